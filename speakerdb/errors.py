@@ -1,0 +1,160 @@
+"""The one exception tree of speakerdb.
+
+Every error the library raises on purpose derives from :class:`SpeakerDBError`. Lower-level
+exceptions (soundfile, PyAV, SQLAlchemy, FAISS, torch) are translated into these at the module
+that calls the lower-level library, so users never need to catch third-party types.
+
+Each class has a short machine-readable ``code`` (used in enrollment reports and ``--json``
+output) and the message is a single line fit for ``error: <message>`` on a terminal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "AlreadyExistsError",
+    "AudioDecodeError",
+    "AudioError",
+    "AudioNotFoundError",
+    "ConfigurationError",
+    "InvalidAudioError",
+    "MissingDependencyError",
+    "ModelError",
+    "ModelMismatchError",
+    "NoSpeechError",
+    "NotFoundError",
+    "SchemaOutOfDateError",
+    "SpeakerDBError",
+    "SpeakerNotFoundError",
+    "StoreError",
+    "TooLittleSpeechError",
+    "UsageError",
+]
+
+
+class SpeakerDBError(Exception):
+    """Base class of every error speakerdb raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        # One line, always: the CLI prints it as `error: <message>`.
+        super().__init__(" ".join(str(message).split()))
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UsageError(SpeakerDBError):
+    """An argument is invalid (bad threshold, malformed manifest line, unknown mode...)."""
+
+    code = "usage"
+
+
+class ConfigurationError(SpeakerDBError):
+    """The environment is not set up for the request (bad database URL, unknown model...)."""
+
+    code = "configuration"
+
+
+class MissingDependencyError(ConfigurationError):
+    """An optional package needed for this feature is not installed."""
+
+    code = "missing_dependency"
+
+
+# --- audio -------------------------------------------------------------------------------------
+
+
+class AudioError(SpeakerDBError):
+    """An input recording cannot be used. ``source`` names the file (or ``<array>``)."""
+
+    code = "audio"
+
+    def __init__(self, source: str | Path, reason: str) -> None:
+        self.source = str(source)
+        self.reason = reason
+        super().__init__(f"{self.source}: {reason}")
+
+
+class AudioNotFoundError(AudioError):
+    """The path does not exist."""
+
+    code = "not_found"
+
+
+class AudioDecodeError(AudioError):
+    """The file exists but is not decodable audio: a directory, empty, truncated, corrupt or
+    not audio at all."""
+
+    code = "unreadable"
+
+
+class InvalidAudioError(AudioError):
+    """Decoded samples are unusable: non-finite values, unsupported sample rate, bad shape."""
+
+    code = "invalid"
+
+
+class NoSpeechError(AudioError):
+    """Voice activity detection found no speech (silence, digital zero, pure noise)."""
+
+    code = "no_speech"
+
+
+class TooLittleSpeechError(AudioError):
+    """There is speech, but less than the model's minimum."""
+
+    code = "too_short"
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+class ModelError(SpeakerDBError):
+    """The embedding model cannot be loaded (missing or malformed weights, unknown name)."""
+
+    code = "model"
+
+
+class ModelMismatchError(SpeakerDBError):
+    """Vectors of one model were about to be mixed with vectors of another."""
+
+    code = "model_mismatch"
+
+
+# --- store -------------------------------------------------------------------------------------
+
+
+class StoreError(SpeakerDBError):
+    """The database or its index could not be read or written."""
+
+    code = "store"
+
+
+class SchemaOutOfDateError(StoreError):
+    """The database schema is older (or newer) than this version of speakerdb expects."""
+
+    code = "schema_out_of_date"
+
+
+class NotFoundError(SpeakerDBError):
+    """A named object does not exist."""
+
+    code = "not_found"
+
+
+class SpeakerNotFoundError(NotFoundError):
+    """No enrolled speaker has this name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no enrolled speaker named {name!r}")
+
+
+class AlreadyExistsError(SpeakerDBError):
+    """A named object already exists (for example: rename onto an existing speaker)."""
+
+    code = "already_exists"

@@ -1,0 +1,60 @@
+"""The models speakerdb knows, by name. Identities are known without loading torch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from speakerdb.errors import ModelError
+from speakerdb.identity import ModelIdentity
+from speakerdb.model.weights import ge2e_weights_path, weights_sha256
+
+if TYPE_CHECKING:
+    import torch
+
+    from speakerdb.model.embedder import Embedder
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "GE2E_DEFAULT_THRESHOLD",
+    "available_models",
+    "load_model",
+    "model_identity",
+]
+
+DEFAULT_MODEL = "ge2e"
+
+GE2E_DEFAULT_THRESHOLD = 0.75
+"""Calibrated decision threshold of the bundled GE2E model (see README, "Calibration")."""
+
+_MODELS = ("ge2e",)
+
+
+def available_models() -> tuple[str, ...]:
+    return _MODELS
+
+
+def model_identity(name: str = DEFAULT_MODEL) -> ModelIdentity:
+    """Identity (name, weights sha256, dimension, default threshold) of a known model."""
+    if name != "ge2e":
+        raise ModelError(f"unknown model {name!r}; available: {', '.join(_MODELS)}")
+    return ModelIdentity(
+        name="ge2e",
+        weights_sha256=weights_sha256(ge2e_weights_path()),
+        dimension=256,
+        default_threshold=GE2E_DEFAULT_THRESHOLD,
+    )
+
+
+def load_model(name: str = DEFAULT_MODEL, device: str | torch.device | None = None) -> Embedder:
+    """Load an embedding model. ``device``: None picks CUDA when available, else CPU.
+
+    Raises ModelError for unknown names or missing/malformed weights, ConfigurationError for
+    an unusable device.
+    """
+    identity = model_identity(name)
+    from speakerdb.model.device import resolve_device
+    from speakerdb.model.embedder import Embedder
+    from speakerdb.model.ge2e import GE2EEncoder
+
+    encoder = GE2EEncoder.from_checkpoint(ge2e_weights_path())
+    return Embedder(encoder, identity, resolve_device(device))
