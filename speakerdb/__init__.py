@@ -19,6 +19,8 @@ from speakerdb.model.registry import load_model, model_identity
 from speakerdb.results import Comparison, Identification, Match, Verification
 
 if TYPE_CHECKING:
+    from speakerdb.enroll.facade import SpeakerDB
+    from speakerdb.enroll.reports import EnrollmentReport, InputReport
     from speakerdb.model.embedder import EmbeddedAudio, Embedder
 
 __version__ = "0.1.0"
@@ -27,9 +29,12 @@ __all__ = [
     "Comparison",
     "EmbeddedAudio",
     "Embedder",
+    "EnrollmentReport",
     "Identification",
+    "InputReport",
     "Match",
     "ModelIdentity",
+    "SpeakerDB",
     "SpeakerDBError",
     "Verification",
     "__version__",
@@ -41,6 +46,9 @@ __all__ = [
 _LAZY = {
     "Embedder": "speakerdb.model.embedder",
     "EmbeddedAudio": "speakerdb.model.embedder",
+    "SpeakerDB": "speakerdb.enroll.facade",
+    "EnrollmentReport": "speakerdb.enroll.reports",
+    "InputReport": "speakerdb.enroll.reports",
 }
 
 

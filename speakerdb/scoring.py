@@ -64,8 +64,12 @@ def cosine_scores(probes: npt.ArrayLike, references: npt.ArrayLike) -> npt.NDArr
         raise UsageError(f"vector dimensions differ: {p.shape[-1]} and {r.shape[-1]}")
     p = p / _norms(p)
     r = r / _norms(r)
-    scores = np.clip(p @ r.T if r.ndim == 2 else p @ r, -1.0, 1.0)
-    return np.asarray(scores, dtype=np.float64)
+    # einsum without BLAS sums each dot product in the same order whatever the matrix sizes,
+    # so a pair scores bit-identically alone or inside a batch.
+    scores = np.einsum("...j,kj->...k", p, np.atleast_2d(r))
+    if r.ndim == 1:
+        scores = scores[..., 0]
+    return np.asarray(np.clip(scores, -1.0, 1.0), dtype=np.float64)
 
 
 def _norms(a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -165,3 +165,26 @@ def broken_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
     sf.write(folder / "short.wav", samples[int(0.5 * rate) : int(0.7 * rate)], rate)
     out["0.2 s of speech"] = (folder / "short.wav", "too_short")
     return out
+
+
+# --- synthetic voiceprints for store tests -------------------------------------------------------
+
+
+def fake_model(dimension: int = 16, name: str = "test-model", tag: str = "0"):
+    from speakerdb.identity import ModelIdentity
+
+    return ModelIdentity(name, tag * 64, dimension, 0.5)
+
+
+def fake_utterance(rng: np.random.Generator, dimension: int = 16, centre=None, spread=0.3):
+    """A unit vector (near ``centre`` if given) with a unique fake audio hash."""
+    import hashlib
+
+    from speakerdb.storage.records import NewUtterance
+
+    vector = rng.standard_normal(dimension)
+    if centre is not None:
+        vector = centre + spread * vector / np.sqrt(dimension)
+    vector = (vector / np.linalg.norm(vector)).astype(np.float32)
+    digest = hashlib.sha256(rng.bytes(16)).hexdigest()
+    return NewUtterance(vector, digest, f"/audio/{digest[:8]}.wav", 3.0, 2.5)

@@ -43,7 +43,7 @@ class EmbeddedAudio:
     """The outcome for one input: ``vector`` (256,) float32 unit-norm, or ``error``.
 
     sha256 / duration (s) / speech_seconds (s after silence trimming) are set when decoding
-    succeeded.
+    succeeded. ``skipped``: decoded but deliberately not encoded (see ``Embedder.iter_embed``).
     """
 
     source: str
@@ -52,6 +52,7 @@ class EmbeddedAudio:
     sha256: str | None = None
     duration: float | None = None
     speech_seconds: float | None = None
+    skipped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -59,6 +60,7 @@ class EmbeddedAudio:
 
 
 ProgressCallback = Callable[[int], None]
+SkipPredicate = Callable[[int, str], bool]
 
 
 class Embedder:
@@ -102,26 +104,44 @@ class Embedder:
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: ProgressCallback | None = None,
         raise_errors: bool = False,
+        skip: SkipPredicate | None = None,
     ) -> list[EmbeddedAudio]:
-        """Embed recordings, one result per input, in order.
+        """Embed recordings, one result per input, in input order.
 
         sources: paths or arrays (arrays need ``sample_rate``). batch_size: windows per encoder
         call. progress: called with the number of inputs finished so far. With
         ``raise_errors`` the first unusable input raises its AudioError; otherwise it is
-        reported in its result and the others go on.
+        reported in its result and the others go on. skip: see :meth:`iter_embed`.
+        """
+        results: dict[int, EmbeddedAudio] = {}
+        for index, result in self.iter_embed(
+            sources, sample_rate=sample_rate, batch_size=batch_size, skip=skip
+        ):
+            if raise_errors and result.error is not None:
+                raise result.error
+            results[index] = result
+            if progress is not None:
+                progress(len(results))
+        return [results[i] for i in range(len(results))]
+
+    def iter_embed(
+        self,
+        sources: Iterable[AudioInput],
+        *,
+        sample_rate: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        skip: SkipPredicate | None = None,
+    ) -> Iterator[tuple[int, EmbeddedAudio]]:
+        """Yield ``(input index, result)`` as each input is finished (roughly in input order).
+
+        skip: called as ``skip(index, sha256)`` once an input is decoded; when it returns True
+        the input is not encoded and its result has ``skipped=True`` (used to pass over audio
+        that is already enrolled).
         """
         if batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, not {batch_size}")
-        results: list[EmbeddedAudio | None] = []
         partial: dict[int, _PartialSum] = {}
-        done = 0
-
-        def finish(index: int, result: EmbeddedAudio) -> None:
-            nonlocal done
-            results[index] = result
-            done += 1
-            if progress is not None:
-                progress(done)
+        finished: collections.deque[tuple[int, EmbeddedAudio]] = collections.deque()
 
         def collect(
             job: tuple[concurrent.futures.Future[npt.NDArray[np.float32]], _Owners],
@@ -133,7 +153,7 @@ class Embedder:
                 acc = partial[index]
                 if acc.add(out[offset : offset + count]):
                     del partial[index]
-                    finish(index, acc.result())
+                    finished.append((index, acc.result()))
                 offset += count
 
         with _encoder_workers(self.device) as (encode_pool, workers):
@@ -150,19 +170,21 @@ class Embedder:
                         collect(inflight.popleft())
 
             for index, item in enumerate(_prepared_stream(sources, sample_rate, workers)):
-                results.append(None)
                 if isinstance(item, AudioError):
-                    if raise_errors:
-                        raise item
-                    finish(index, EmbeddedAudio(item.source, None, error=item))
-                    continue
-                partial[index] = _PartialSum(item, self.dimension)
-                submit(batcher.add(index, item.windows))
+                    finished.append((index, EmbeddedAudio(item.source, None, error=item)))
+                elif skip is not None and skip(index, item.sha256):
+                    finished.append((index, _described(item, None, skipped=True)))
+                else:
+                    partial[index] = _PartialSum(item, self.dimension)
+                    submit(batcher.add(index, item.windows))
+                while finished:
+                    yield finished.popleft()
             submit(batcher.flush())
             while inflight:
                 collect(inflight.popleft())
+                while finished:
+                    yield finished.popleft()
         assert not partial
-        return [r for r in results if r is not None]
 
     def _encode(self, windows: torch.Tensor) -> npt.NDArray[np.float32]:
         """(B, 160, 40) float32 -> (B, 256) float32 unit-norm window embeddings (on CPU)."""
@@ -306,11 +328,21 @@ class _PartialSum:
         return self.remaining == 0
 
     def result(self) -> EmbeddedAudio:
-        p = self.prepared
         vector = (self.total / np.linalg.norm(self.total)).astype(np.float32)
-        return EmbeddedAudio(
-            p.source, vector, sha256=p.sha256, duration=p.duration, speech_seconds=p.speech_seconds
-        )
+        return _described(self.prepared, vector)
+
+
+def _described(
+    prepared: PreparedUtterance, vector: npt.NDArray[np.float32] | None, skipped: bool = False
+) -> EmbeddedAudio:
+    return EmbeddedAudio(
+        prepared.source,
+        vector,
+        sha256=prepared.sha256,
+        duration=prepared.duration,
+        speech_seconds=prepared.speech_seconds,
+        skipped=skipped,
+    )
 
 
 class _WindowBatcher:

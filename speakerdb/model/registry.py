@@ -23,7 +23,7 @@ __all__ = [
 
 DEFAULT_MODEL = "ge2e"
 
-GE2E_DEFAULT_THRESHOLD = 0.75
+GE2E_DEFAULT_THRESHOLD = 0.80
 """Calibrated decision threshold of the bundled GE2E model (see README, "Calibration")."""
 
 _MODELS = ("ge2e",)

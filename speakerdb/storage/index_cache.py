@@ -1,0 +1,247 @@
+"""Keeps a process's in-memory vector index in step with SQL, through the change log.
+
+SQL is the truth; the index (and its file) is a cache of the speakers' centroids. The cache
+remembers the last change sequence number it applied. Catching up reads the changes with a
+higher number, joined to the speakers' current centroids, in one statement, and applies them:
+upsert the current centroid, or remove the id when the speaker is gone. Applying a change
+means "make the index say what SQL says now", so applying one twice is harmless -- which is
+what makes a full rebuild safe without a snapshot: read the counter first, the centroids
+second, and catch up from that counter.
+
+Writers take the counter's row lock for their whole transaction, so change numbers become
+visible in increasing order and a reader that has seen change N has seen every change < N.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import select
+from sqlalchemy.engine import Connection, Engine
+
+from speakerdb.identity import ModelIdentity
+from speakerdb.storage.engine import read_transaction
+from speakerdb.storage.index_file import IndexFileHeader, read_index_file, write_index_file
+from speakerdb.storage.index_policy import choose_params, needs_rebuild
+from speakerdb.storage.schema import Change, Speaker, StoreState
+from speakerdb.storage.vector_index import IndexParams, VectorIndex
+
+__all__ = ["IndexCache", "IndexStatus", "read_all_centroids", "vectors_from_bytes"]
+
+log = logging.getLogger(__name__)
+
+# Rewriting the file costs O(index size); a few changes are cheaper to replay from SQL.
+SAVE_MIN_CHANGES = 1
+SAVE_FRACTION_WHEN_LARGE = 0.01
+LARGE_INDEX = 100_000
+
+
+def vectors_from_bytes(blobs: list[bytes], dimension: int) -> npt.NDArray[np.float32]:
+    """(n,) float32 byte strings -> (n, dimension) float32."""
+    if not blobs:
+        return np.zeros((0, dimension), np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dimension).copy()
+
+
+def read_all_centroids(
+    conn: Connection, dimension: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    rows = conn.execute(select(Speaker.id, Speaker.centroid).order_by(Speaker.id)).all()
+    ids = np.array([r.id for r in rows], dtype=np.int64)
+    return ids, vectors_from_bytes([r.centroid for r in rows], dimension)
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    """How the index file stood when this process loaded it."""
+
+    path: str | None
+    file_state: str  # "current", "stale", "missing", "memory-only", or why it was unusable
+    file_seq: int | None
+    applied_seq: int
+    vectors: int
+    params: str
+
+
+class IndexCache:
+    """The speaker-centroid index of one database, for one process. Thread-safe."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        path: Path | None,
+        instance_id: str,
+        model: ModelIdentity,
+        index_kind: str = "auto",
+    ) -> None:
+        self._engine = engine
+        self.path = path
+        self._instance_id = instance_id
+        self._model = model
+        self._index_kind = index_kind
+        self._lock = threading.RLock()
+        self._index: VectorIndex | None = None
+        self._applied_seq = 0
+        self._saved_seq: int | None = None
+        self._unsaved_changes = 0
+        self._unsaved_deletes = 0
+        self.file_state = "not loaded"
+        self.file_seq: int | None = None
+
+    # --- public -------------------------------------------------------------------------------
+
+    def index(self) -> VectorIndex:
+        """The index, caught up with every change committed before this call."""
+        with self._lock:
+            if self._index is None:
+                self._load()
+            else:
+                self._catch_up()
+            assert self._index is not None
+            return self._index
+
+    @property
+    def applied_seq(self) -> int:
+        return self._applied_seq
+
+    def status(self) -> IndexStatus:
+        with self._lock:
+            index = self.index()
+            return IndexStatus(
+                path=str(self.path) if self.path else None,
+                file_state=self.file_state,
+                file_seq=self.file_seq,
+                applied_seq=self._applied_seq,
+                vectors=len(index),
+                params=index.params.describe(),
+            )
+
+    def rebuild(self, kind: str | None = None) -> VectorIndex:
+        """Rebuild from SQL (optionally forcing an index kind) and save the file."""
+        with self._lock:
+            if kind is not None:
+                self._index_kind = kind
+            self._rebuild("requested")
+            self.save(force=True)
+            assert self._index is not None
+            return self._index
+
+    def save(self, force: bool = False) -> bool:
+        """Write the index file if it is behind the index in memory (or ``force``)."""
+        with self._lock:
+            if self.path is None or self._index is None:
+                return False
+            if not force and not self._worth_saving():
+                return False
+            header = IndexFileHeader(
+                instance_id=self._instance_id,
+                model_key=list(self._model.key),
+                dimension=self._model.dimension,
+                applied_seq=self._applied_seq,
+                kind=self._index.params.kind,
+                nlist=self._index.params.nlist,
+                nprobe=self._index.params.nprobe,
+                count=len(self._index),
+            )
+            write_index_file(self.path, header, self._index)
+            self._saved_seq = self._applied_seq
+            self._unsaved_changes = 0
+            self._unsaved_deletes = 0
+            return True
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _worth_saving(self) -> bool:
+        assert self._index is not None
+        if self._saved_seq is None:
+            return True
+        if self._applied_seq == self._saved_seq:
+            return False
+        if self._unsaved_deletes:
+            return True  # a deleted speaker's voiceprint must not linger in the file
+        if len(self._index) >= LARGE_INDEX:
+            return self._unsaved_changes >= SAVE_FRACTION_WHEN_LARGE * len(self._index)
+        return self._unsaved_changes >= SAVE_MIN_CHANGES
+
+    def _state_seq(self, conn: Connection) -> int:
+        return int(
+            conn.execute(select(StoreState.change_seq).where(StoreState.id == 1)).scalar_one()
+        )
+
+    def _load(self) -> None:
+        if self.path is None:
+            self.file_state = "memory-only"
+            self._rebuild("in-memory database")
+            return
+        loaded = read_index_file(self.path)
+        reason = loaded if isinstance(loaded, str) else self._unusable_reason(*loaded)
+        if reason is not None:
+            self.file_state = reason
+            self._rebuild(reason)
+            return
+        assert not isinstance(loaded, str)
+        header, index = loaded
+        self._index = index
+        self._applied_seq = header.applied_seq
+        self._saved_seq = header.applied_seq
+        self.file_seq = header.applied_seq
+        applied = self._catch_up()
+        self.file_state = "stale" if applied else "current"
+
+    def _unusable_reason(self, header: IndexFileHeader, index: VectorIndex) -> str | None:
+        if header.instance_id != self._instance_id:
+            return "built from another database"
+        if tuple(header.model_key) != self._model.key:
+            return "built with another model"
+        with read_transaction(self._engine) as conn:
+            seq = self._state_seq(conn)
+        if header.applied_seq > seq:
+            return "ahead of the database (restored from an older backup?)"
+        return None
+
+    def _catch_up(self) -> int:
+        """Apply changes newer than the applied sequence; returns how many were applied."""
+        assert self._index is not None
+        with read_transaction(self._engine) as conn:
+            if self._state_seq(conn) == self._applied_seq:
+                return 0
+            rows = conn.execute(
+                select(Change.seq, Change.speaker_id, Speaker.centroid)
+                .outerjoin(Speaker, Speaker.id == Change.speaker_id)
+                .where(Change.seq > self._applied_seq)
+                .order_by(Change.seq)
+            ).all()
+        if not rows:
+            return 0
+        gone = np.array([r.speaker_id for r in rows if r.centroid is None], dtype=np.int64)
+        present = [r for r in rows if r.centroid is not None]
+        self._unsaved_deletes += self._index.remove(gone)
+        self._index.upsert(
+            np.array([r.speaker_id for r in present], dtype=np.int64),
+            vectors_from_bytes([r.centroid for r in present], self._model.dimension),
+        )
+        self._applied_seq = max(r.seq for r in rows)
+        self._unsaved_changes += len(rows)
+        if needs_rebuild(self._index.params, len(self._index), self._index_kind):
+            self._rebuild("grew past its index kind")
+        return len(rows)
+
+    def _rebuild(self, reason: str) -> None:
+        log.info("rebuilding the vector index from SQL: %s", reason)
+        with read_transaction(self._engine) as conn:
+            seq = self._state_seq(conn)
+        # Centroids are read after the counter: anything committed in between is replayed by
+        # the catch-up below, which is harmless (see module docstring).
+        with read_transaction(self._engine) as conn:
+            ids, vectors = read_all_centroids(conn, self._model.dimension)
+        params: IndexParams = choose_params(len(ids), self._index_kind)
+        self._index = VectorIndex.build(self._model.dimension, ids, vectors, params)
+        self._applied_seq = seq
+        self._saved_seq = None
+        self._unsaved_changes = len(ids)
+        self._catch_up()

@@ -1,0 +1,99 @@
+"""Where a database lives: its URL, and where the vector-index cache of that database goes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from speakerdb.errors import ConfigurationError
+
+__all__ = ["DatabaseLocation", "default_sqlite_path", "resolve_location"]
+
+ENV_URL = "SPEAKERDB_URL"
+ENV_INDEX_DIR = "SPEAKERDB_INDEX_DIR"
+
+
+def _xdg(variable: str, fallback: str) -> Path:
+    value = os.environ.get(variable)
+    return Path(value) if value else Path.home() / fallback
+
+
+def default_sqlite_path() -> Path:
+    """``$XDG_DATA_HOME/speakerdb/speakerdb.sqlite`` (``~/.local/share/...`` by default)."""
+    return _xdg("XDG_DATA_HOME", ".local/share") / "speakerdb" / "speakerdb.sqlite"
+
+
+@dataclass(frozen=True)
+class DatabaseLocation:
+    """A resolved database: SQLAlchemy URL, the SQLite file (if any) and the index cache path.
+
+    ``index_path`` is None for in-memory SQLite, whose index lives in memory only.
+    """
+
+    url: URL
+    sqlite_path: Path | None
+    index_path: Path | None
+
+    @property
+    def dialect(self) -> str:
+        return self.url.get_backend_name()
+
+    @property
+    def display(self) -> str:
+        """The URL with any password hidden, for messages."""
+        return self.url.render_as_string(hide_password=True)
+
+
+def resolve_location(url: str | URL | os.PathLike[str] | None = None) -> DatabaseLocation:
+    """Resolve what the user asked for into a database location.
+
+    ``url``: a SQLAlchemy URL (``sqlite:///file``, ``postgresql+psycopg://...``; plain
+    ``postgresql://`` means psycopg 3), a path to a SQLite file, or None for ``$SPEAKERDB_URL``
+    or else the default SQLite file in the user data dir. Raises ConfigurationError.
+    """
+    if url is None:
+        url = os.environ.get(ENV_URL) or None
+    if url is None:
+        return _sqlite_file(default_sqlite_path())
+    if isinstance(url, os.PathLike):
+        return _sqlite_file(Path(url))
+    if isinstance(url, str) and "://" not in url:
+        return _sqlite_file(Path(url))
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"invalid database URL {url!r}: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or database.startswith("file::memory:"):
+            return DatabaseLocation(parsed, None, None)
+        return _sqlite_file(Path(database), parsed)
+    if backend == "postgresql":
+        if parsed.get_driver_name() in ("psycopg2", "postgresql") or "+" not in parsed.drivername:
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return DatabaseLocation(parsed, None, _server_index_path(parsed))
+    raise ConfigurationError(
+        f"unsupported database {backend!r}: use SQLite (a file path or sqlite:///...) or "
+        "PostgreSQL (postgresql+psycopg://user@host/db)"
+    )
+
+
+def _sqlite_file(path: Path, url: URL | None = None) -> DatabaseLocation:
+    path = path.expanduser().resolve()
+    url = URL.create("sqlite", database=str(path)) if url is None else url.set(database=str(path))
+    return DatabaseLocation(url, path, path.with_name(path.name + ".faiss"))
+
+
+def _server_index_path(url: URL) -> Path:
+    override = os.environ.get(ENV_INDEX_DIR)
+    folder = Path(override) if override else _xdg("XDG_CACHE_HOME", ".cache") / "speakerdb"
+    # Keyed by where the data is, not by who connects: the password never enters the name.
+    key = url.set(password=None, drivername=url.get_backend_name())
+    digest = hashlib.sha256(key.render_as_string(hide_password=False).encode()).hexdigest()
+    return folder / f"index-{digest[:20]}.faiss"

@@ -1,0 +1,99 @@
+"""Plain records going in and out of the store (no SQLAlchemy objects leak out of it)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Candidate",
+    "EnrollMode",
+    "EnrollRequest",
+    "EnrollResult",
+    "NewUtterance",
+    "SpeakerRecord",
+    "UtteranceRecord",
+]
+
+EnrollMode = Literal["append", "overwrite", "skip"]
+ENROLL_MODES: tuple[str, ...] = ("append", "overwrite", "skip")
+
+
+@dataclass(frozen=True)
+class NewUtterance:
+    """An embedded recording to enroll. embedding: (D,) float32; duration and speech_seconds
+    in seconds; sha256 of the decoded audio (duplicates are recognised by it)."""
+
+    embedding: npt.NDArray[np.float32]
+    sha256: str
+    source: str | None = None
+    duration: float = 0.0
+    speech_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class EnrollRequest:
+    name: str
+    utterances: list[NewUtterance]
+    mode: EnrollMode = "append"
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SpeakerRecord:
+    id: int
+    name: str
+    metadata: dict[str, Any] | None
+    status: str
+    utterances: int
+    speech_seconds: float
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["created_at"] = self.created_at.isoformat()
+        out["updated_at"] = self.updated_at.isoformat()
+        return out
+
+
+@dataclass(frozen=True)
+class UtteranceRecord:
+    id: int
+    sha256: str
+    source: str | None
+    duration: float
+    speech_seconds: float
+    created_at: dt.datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["created_at"] = self.created_at.isoformat()
+        return out
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    """What one enrollment did. ``speaker`` is None only when nothing existed and nothing was
+    stored. ``added`` / ``duplicates`` list the sha256 of the utterances in each case."""
+
+    name: str
+    speaker: SpeakerRecord | None
+    created: bool = False
+    skipped: bool = False
+    added: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    removed: int = 0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A speaker found by a vector search, with its exact cosine score."""
+
+    id: int
+    name: str
+    score: float

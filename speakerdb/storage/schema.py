@@ -1,0 +1,143 @@
+"""SQL schema (SQLAlchemy 2.0 typed ORM). SQL is the only source of truth of a database.
+
+Tables:
+  models        the embedding model whose vectors the database holds (name, weights hash, dim)
+  speakers      one row per enrolled identity, with its centroid (normalised mean voiceprint)
+  utterances    every enrolled recording's embedding, as float32 bytes
+  changes       the change log the vector-index caches catch up from: one row per speaker id
+                holding the sequence number of its latest centroid upsert or delete
+  store_state   a single row: database identity, the change counter, the model in use, and
+                database-wide settings
+
+The migrations in ``speakerdb/migrations`` must build exactly this schema; a test compares
+them with Alembic's autogenerate comparison.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "Change", "ModelRow", "Speaker", "StoreState", "Utterance", "utcnow"]
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class ModelRow(Base):
+    """An embedding model, as recorded with the vectors it made."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "weights_sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    dimension: Mapped[int] = mapped_column(Integer)
+    default_threshold: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StoreState(Base):
+    """The single row (id 1) describing the database as a whole."""
+
+    __tablename__ = "store_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Distinguishes this database from any other, so an index cache is never applied to a
+    # database it was not built from (a restored backup, a dropped and recreated schema).
+    instance_id: Mapped[str] = mapped_column(String(36))
+    change_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Database-specific decision threshold (set by `speakerdb calibrate`), else the model's.
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Vector-index kind: "auto" (chosen by size), or a forced "flat" / "ivf".
+    index_kind: Mapped[str] = mapped_column(String(16), default="auto", server_default="auto")
+
+
+class Speaker(Base):
+    """An enrolled identity. ``centroid`` is the unit-norm mean of its utterance embeddings
+    (float32 bytes), kept in step with them in the same transaction."""
+
+    __tablename__ = "speakers"
+    # Ids are never reused after a delete.
+    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    centroid: Mapped[bytes] = mapped_column(LargeBinary)
+    utterance_count: Mapped[int] = mapped_column(Integer)
+    speech_seconds: Mapped[float] = mapped_column(Float)
+    change_seq: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Utterance(Base):
+    """One enrolled recording: its decoded-audio hash, where it came from, its embedding."""
+
+    __tablename__ = "utterances"
+    __table_args__ = (
+        UniqueConstraint("speaker_id", "audio_sha256"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    speaker_id: Mapped[int] = mapped_column(
+        ForeignKey("speakers.id", ondelete="CASCADE"), index=True
+    )
+    audio_sha256: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration: Mapped[float] = mapped_column(Float)
+    speech_seconds: Mapped[float] = mapped_column(Float)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Change(Base):
+    """Latest centroid change of each speaker id ("upsert" or "delete"), by sequence number.
+
+    Only the latest change per speaker is kept: a cache that applied everything up to N
+    finds every speaker changed since in ``seq > N``.
+    """
+
+    __tablename__ = "changes"
+    __table_args__ = (Index(None, "seq", unique=True),)
+
+    speaker_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    op: Mapped[str] = mapped_column(String(8))

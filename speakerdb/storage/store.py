@@ -1,0 +1,789 @@
+"""The enrollment store: speakers and their voiceprints in SQL, centroids in a vector index.
+
+Every write is one short SQL transaction that starts by locking the single ``store_state``
+row. That lock serialises writers (SQLite serialises them anyway), fixes the order in which
+change numbers become visible, and makes the model check and first-model registration atomic.
+Embeddings are computed before the transaction, never inside it.
+
+Guarantees: an enrollment either commits whole or leaves no trace; a speaker never exists
+without utterances; its centroid always equals the normalised mean of its utterance embeddings;
+the index each process searches equals SQL as of the moment it was caught up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from speakerdb.errors import (
+    AlreadyExistsError,
+    ModelMismatchError,
+    SpeakerNotFoundError,
+    StoreError,
+    UsageError,
+)
+from speakerdb.identity import ModelIdentity
+from speakerdb.storage.engine import (
+    create_database_engine,
+    read_transaction,
+    retrying,
+    store_error,
+    write_transaction,
+)
+from speakerdb.storage.index_cache import IndexCache, IndexStatus, vectors_from_bytes
+from speakerdb.storage.location import DatabaseLocation, resolve_location
+from speakerdb.storage.migrate import ensure_schema
+from speakerdb.storage.records import (
+    ENROLL_MODES,
+    Candidate,
+    EnrollRequest,
+    EnrollResult,
+    NewUtterance,
+    SpeakerRecord,
+    UtteranceRecord,
+)
+from speakerdb.storage.schema import Change, ModelRow, Speaker, StoreState, Utterance, utcnow
+
+__all__ = ["EnrollmentStore", "validated_name"]
+
+MAX_NAME_LENGTH = 255
+_RESCORE_EXTRA = 8  # candidates beyond k re-scored exactly, so ANN ordering errors vanish
+
+
+class EnrollmentStore:
+    """One database: open it with :meth:`open`, close it (or use ``with``) when done.
+
+    Safe to share between threads. Several processes and machines may use one database at
+    once; each keeps its own index cache and stays correct.
+    """
+
+    def __init__(self, location: DatabaseLocation, engine: Engine, instance_id: str) -> None:
+        self.location = location
+        self._engine = engine
+        self.instance_id = instance_id
+        self._cache: IndexCache | None = None
+        self._cache_lock = threading.Lock()
+        self._closed = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: Any = None) -> EnrollmentStore:
+        """Open (creating a fresh database at the current schema) the database at ``url``
+        (see :func:`speakerdb.storage.location.resolve_location`).
+
+        Raises ConfigurationError for a bad URL, StoreError when the database cannot be
+        reached, SchemaOutOfDateError when it needs ``speakerdb db upgrade``.
+        """
+        location = resolve_location(url)
+        engine = create_database_engine(location)
+        try:
+            ensure_schema(engine, location.display)
+            with read_transaction(engine) as conn:
+                instance_id = conn.execute(
+                    select(StoreState.instance_id).where(StoreState.id == 1)
+                ).scalar_one()
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            raise store_error(exc, f"cannot open {location.display}") from None
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(location, engine, instance_id)
+
+    def close(self) -> None:
+        """Save the index file if it is worth it, and release connections."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._cache is not None:
+                self._cache.save()
+        except OSError:
+            pass  # the file is a cache; the next opener rebuilds or catches up
+        finally:
+            self._engine.dispose()
+
+    def __enter__(self) -> EnrollmentStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def _read(self, what: str) -> Any:
+        return _Guard(self, what, write=False)
+
+    # --- model --------------------------------------------------------------------------------
+
+    def model(self) -> ModelIdentity | None:
+        """The model whose vectors this database holds (None until the first enrollment)."""
+        with self._read("read the model") as conn:
+            return _model_of(conn)
+
+    def check_model(self, identity: ModelIdentity) -> None:
+        """Raise ModelMismatchError unless the database is empty or holds ``identity``'s
+        vectors."""
+        held = self.model()
+        if held is not None and not held.same_model(identity):
+            raise _mismatch(self.location.display, held, identity)
+
+    # --- settings -----------------------------------------------------------------------------
+
+    def threshold(self) -> tuple[float | None, str | None]:
+        """The database-specific threshold and the note on how it was chosen (None, None when
+        the model's default applies)."""
+        with self._read("read the threshold") as conn:
+            row = conn.execute(
+                select(StoreState.threshold, StoreState.threshold_note).where(StoreState.id == 1)
+            ).one()
+        return row.threshold, row.threshold_note
+
+    def set_threshold(self, threshold: float | None, note: str | None = None) -> None:
+        """Store (or with None, clear) the database-specific decision threshold."""
+
+        def work(conn: Connection) -> None:
+            conn.execute(
+                update(StoreState)
+                .where(StoreState.id == 1)
+                .values(threshold=threshold, threshold_note=note if threshold is not None else None)
+            )
+
+        self._write(work, "store the threshold")
+
+    def index_kind(self) -> str:
+        with self._read("read the index kind") as conn:
+            return str(
+                conn.execute(select(StoreState.index_kind).where(StoreState.id == 1)).scalar_one()
+            )
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def _write(self, work: Any, what: str) -> Any:
+        def attempt() -> Any:
+            with write_transaction(self._engine) as conn:
+                return work(conn)
+
+        try:
+            return retrying(attempt, f"cannot {what} in {self.location.display}")
+        except IntegrityError as exc:
+            raise store_error(exc, f"cannot {what}") from None
+
+    def enroll(self, request: EnrollRequest, model: ModelIdentity) -> EnrollResult:
+        """Enroll one speaker (see :meth:`enroll_many`)."""
+        return self.enroll_many([request], model)[0]
+
+    def enroll_many(
+        self, requests: Sequence[EnrollRequest], model: ModelIdentity
+    ) -> list[EnrollResult]:
+        """Enroll several speakers in ONE transaction: all of it commits, or none of it.
+
+        Each request's utterances are (D,) embeddings of ``model``. Modes: "append" adds to an
+        existing speaker (creating it if new); "overwrite" replaces its utterances; "skip"
+        leaves an existing speaker untouched. Utterances whose sha256 the speaker already has
+        are reported as duplicates and not stored twice.
+
+        Raises UsageError for bad names, modes, metadata or vectors (before touching the
+        database), ModelMismatchError when the database holds another model's vectors.
+        """
+        prepared = [_validated(r, model.dimension) for r in requests]
+        order = sorted(range(len(prepared)), key=lambda i: prepared[i].name)
+
+        def work(conn: Connection) -> list[EnrollResult]:
+            state = _lock_state(conn)
+            model_id = _ensure_model(conn, state, model, self.location.display)
+            seq = int(state.change_seq)
+            results: dict[int, EnrollResult] = {}
+            for i in order:  # a fixed lock order across concurrent writers
+                result, changed = _enroll_one(conn, prepared[i], model_id, model.dimension)
+                if changed:
+                    seq += 1
+                    _record_change(conn, result.speaker.id if result.speaker else 0, seq, "upsert")
+                results[i] = result
+            _set_seq(conn, seq)
+            return [results[i] for i in range(len(prepared))]
+
+        return self._write(work, "enroll")
+
+    def delete_speaker(self, name: str) -> SpeakerRecord:
+        """Delete a speaker, its utterances and embeddings; its vector leaves every index at
+        the next catch-up. Raises SpeakerNotFoundError."""
+
+        def work(conn: Connection) -> SpeakerRecord:
+            state = _lock_state(conn)
+            row = _speaker_row(conn, name, for_update=True)
+            record = _speaker_record(row)
+            conn.execute(delete(Utterance).where(Utterance.speaker_id == row.id))
+            conn.execute(delete(Speaker).where(Speaker.id == row.id))
+            seq = int(state.change_seq) + 1
+            _record_change(conn, row.id, seq, "delete")
+            _set_seq(conn, seq)
+            return record
+
+        record = self._write(work, f"delete {name!r}")
+        self._erase_traces()
+        return record
+
+    def _erase_traces(self) -> None:
+        """After a delete: no copy of the voiceprint may linger on disk. The index file is
+        rewritten without it and SQLite's write-ahead log is checkpointed and truncated (pages
+        freed by the delete are zeroed by ``secure_delete``)."""
+        path = self.location.index_path
+        if path is not None and path.exists():
+            try:
+                self._index_cache().index()
+                self._index_cache().save(force=True)
+            except (OSError, StoreError):
+                path.unlink(missing_ok=True)  # a cache: better gone than holding deleted data
+        if self.location.sqlite_path is not None:
+            try:
+                with self._engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            except SQLAlchemyError:
+                pass  # readers may block the checkpoint; the next one completes it
+
+    def rename_speaker(self, old: str, new: str) -> SpeakerRecord:
+        """Rename; the voiceprint is untouched. Raises SpeakerNotFoundError,
+        AlreadyExistsError."""
+        new = validated_name(new)
+
+        def work(conn: Connection) -> SpeakerRecord:
+            _lock_state(conn)
+            row = _speaker_row(conn, old, for_update=True)
+            if old != new and conn.execute(select(Speaker.id).where(Speaker.name == new)).first():
+                raise AlreadyExistsError(f"a speaker named {new!r} already exists")
+            conn.execute(
+                update(Speaker).where(Speaker.id == row.id).values(name=new, updated_at=utcnow())
+            )
+            return _speaker_record(_speaker_row(conn, new))
+
+        return self._write(work, f"rename {old!r}")
+
+    def set_metadata(self, name: str, metadata: dict[str, Any] | None) -> SpeakerRecord:
+        """Replace a speaker's metadata (None clears it)."""
+        _check_metadata(metadata)
+
+        def work(conn: Connection) -> SpeakerRecord:
+            _lock_state(conn)
+            row = _speaker_row(conn, name, for_update=True)
+            conn.execute(
+                update(Speaker)
+                .where(Speaker.id == row.id)
+                .values({_METADATA: metadata, Speaker.updated_at: utcnow()})
+            )
+            return _speaker_record(_speaker_row(conn, name))
+
+        return self._write(work, f"update {name!r}")
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def speaker(self, name: str) -> SpeakerRecord:
+        with self._read(f"read {name!r}") as conn:
+            return _speaker_record(_speaker_row(conn, name))
+
+    def speakers(self) -> list[SpeakerRecord]:
+        with self._read("list speakers") as conn:
+            rows = conn.execute(_SPEAKER_COLUMNS.order_by(Speaker.name)).all()
+        return [_speaker_record(r) for r in rows]
+
+    def counts(self) -> tuple[int, int]:
+        """(speakers, utterances)."""
+        with self._read("count speakers") as conn:
+            speakers = conn.execute(select(func.count()).select_from(Speaker)).scalar_one()
+            utterances = conn.execute(select(func.count()).select_from(Utterance)).scalar_one()
+        return int(speakers), int(utterances)
+
+    def utterances(self, name: str) -> list[UtteranceRecord]:
+        with self._read(f"read {name!r}") as conn:
+            row = _speaker_row(conn, name)
+            rows = conn.execute(
+                select(
+                    Utterance.id,
+                    Utterance.audio_sha256,
+                    Utterance.source,
+                    Utterance.duration,
+                    Utterance.speech_seconds,
+                    Utterance.created_at,
+                )
+                .where(Utterance.speaker_id == row.id)
+                .order_by(Utterance.id)
+            ).all()
+        return [
+            UtteranceRecord(
+                r.id, r.audio_sha256, r.source, r.duration, r.speech_seconds, _aware(r.created_at)
+            )
+            for r in rows
+        ]
+
+    def utterance_embeddings(self, name: str) -> npt.NDArray[np.float32]:
+        """(n, D) embeddings of a speaker's utterances, in enrollment order."""
+        with self._read(f"read {name!r}") as conn:
+            row = _speaker_row(conn, name)
+            dimension = _dimension(conn)
+            blobs = (
+                conn.execute(
+                    select(Utterance.embedding)
+                    .where(Utterance.speaker_id == row.id)
+                    .order_by(Utterance.id)
+                )
+                .scalars()
+                .all()
+            )
+        return vectors_from_bytes(list(blobs), dimension)
+
+    def existing_hashes(self, names: Sequence[str]) -> dict[str, set[str]]:
+        """sha256 of the audio already enrolled, per speaker name (absent names map to {})."""
+        out: dict[str, set[str]] = {n: set() for n in names}
+        if not names:
+            return out
+        with self._read("read enrolled audio") as conn:
+            for chunk_start in range(0, len(names), 500):
+                chunk = list(names)[chunk_start : chunk_start + 500]
+                rows = conn.execute(
+                    select(Speaker.name, Utterance.audio_sha256)
+                    .join(Utterance, Utterance.speaker_id == Speaker.id)
+                    .where(Speaker.name.in_(chunk))
+                ).all()
+                for r in rows:
+                    out[r.name].add(r.audio_sha256)
+        return out
+
+    def centroid(self, name: str) -> tuple[SpeakerRecord, npt.NDArray[np.float32]]:
+        """A speaker and its voiceprint: the (D,) unit-norm centroid, read from SQL."""
+        with self._read(f"read {name!r}") as conn:
+            row = conn.execute(
+                _SPEAKER_COLUMNS.add_columns(Speaker.centroid).where(Speaker.name == name)
+            ).first()
+            if row is None:
+                raise SpeakerNotFoundError(name)
+            vector = np.frombuffer(row.centroid, dtype=np.float32).copy()
+        return _speaker_record(row), vector
+
+    # --- index --------------------------------------------------------------------------------
+
+    def _index_cache(self) -> IndexCache:
+        with self._cache_lock:
+            if self._cache is None:
+                model = self.model()
+                if model is None:
+                    raise StoreError("the database has no voiceprints yet")
+                self._cache = IndexCache(
+                    self._engine,
+                    self.location.index_path,
+                    self.instance_id,
+                    model,
+                    self.index_kind(),
+                )
+            return self._cache
+
+    def search(self, queries: npt.ArrayLike, k: int, model: ModelIdentity) -> list[list[Candidate]]:
+        """The ``k`` enrolled speakers closest to each query, best first, with exact cosine
+        scores. queries: (m, D) or (D,) vectors of ``model``. An empty database gives empty
+        lists."""
+        if k < 1:
+            raise UsageError(f"top-k must be at least 1, not {k}")
+        q = np.asarray(queries, dtype=np.float32)
+        q = q.reshape(1, -1) if q.ndim == 1 else q
+        if self.model() is None:
+            return [[] for _ in range(len(q))]
+        self.check_model(model)
+        if q.shape[1] != model.dimension:
+            raise UsageError(
+                f"query vectors have dimension {q.shape[1]}, expected {model.dimension}"
+            )
+        try:
+            index = self._index_cache().index()
+            _, ids = index.search(q, k + _RESCORE_EXTRA)
+        except SQLAlchemyError as exc:
+            raise store_error(exc, "cannot search") from None
+        wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
+        with self._read("search") as conn:
+            rows = (
+                conn.execute(
+                    select(Speaker.id, Speaker.name, Speaker.centroid).where(Speaker.id.in_(wanted))
+                ).all()
+                if wanted
+                else []
+            )
+        found = {r.id: (r.name, np.frombuffer(r.centroid, dtype=np.float32)) for r in rows}
+        from speakerdb.scoring import cosine_scores
+
+        out: list[list[Candidate]] = []
+        for query, row_ids in zip(q, ids, strict=True):
+            present = [int(i) for i in row_ids if int(i) in found]
+            if not present:
+                out.append([])
+                continue
+            scores = cosine_scores(query, np.stack([found[i][1] for i in present]))
+            ranked = sorted(zip(present, scores, strict=True), key=lambda p: (-p[1], p[0]))[:k]
+            out.append([Candidate(i, found[i][0], float(s)) for i, s in ranked])
+        return out
+
+    def index_status(self) -> IndexStatus:
+        return self._index_cache().status()
+
+    def index_vectors(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Every (speaker id, centroid) in the caught-up index, ids ascending."""
+        return self._index_cache().index().contents()
+
+    def rebuild_index(self, kind: str | None = None) -> IndexStatus:
+        """Rebuild the index from SQL and save its file."""
+        cache = self._index_cache()
+        if kind is not None:
+            self._set_index_kind(kind)
+        cache.rebuild(kind)
+        return cache.status()
+
+    def _set_index_kind(self, kind: str) -> None:
+        from speakerdb.storage.index_policy import INDEX_KINDS
+
+        if kind not in INDEX_KINDS:
+            raise UsageError(f"index kind must be one of {', '.join(INDEX_KINDS)}, not {kind!r}")
+
+        def work(conn: Connection) -> None:
+            conn.execute(update(StoreState).where(StoreState.id == 1).values(index_kind=kind))
+
+        self._write(work, "set the index kind")
+
+    def save_index(self) -> bool:
+        """Write the index file now if it is behind."""
+        return self._cache.save(force=True) if self._cache is not None else False
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+class _Guard:
+    """``with store._read(what) as conn``: a read transaction whose database errors become
+    one-line StoreErrors."""
+
+    def __init__(self, store: EnrollmentStore, what: str, write: bool) -> None:
+        self._store = store
+        self._what = what
+        self._cm: Any = None
+
+    def __enter__(self) -> Connection:
+        try:
+            self._cm = read_transaction(self._store.engine)
+            return self._cm.__enter__()
+        except SQLAlchemyError as exc:
+            raise store_error(exc, f"cannot {self._what}") from None
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        try:
+            self._cm.__exit__(exc_type, exc, tb)
+        except SQLAlchemyError as err:
+            raise store_error(err, f"cannot {self._what}") from None
+        if isinstance(exc, SQLAlchemyError):
+            raise store_error(exc, f"cannot {self._what}") from None
+        return False
+
+
+_METADATA = Speaker.__table__.c.metadata
+
+_SPEAKER_COLUMNS = select(
+    Speaker.id,
+    Speaker.name,
+    Speaker.metadata_.label("speaker_metadata"),
+    Speaker.status,
+    Speaker.utterance_count,
+    Speaker.speech_seconds,
+    Speaker.created_at,
+    Speaker.updated_at,
+)
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    # SQLite returns naive datetimes; they were written in UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def _speaker_record(row: Row[Any]) -> SpeakerRecord:
+    return SpeakerRecord(
+        id=row.id,
+        name=row.name,
+        metadata=row.speaker_metadata,
+        status=row.status,
+        utterances=row.utterance_count,
+        speech_seconds=row.speech_seconds,
+        created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+    )
+
+
+def _speaker_row(conn: Connection, name: str, for_update: bool = False) -> Row[Any]:
+    query = _SPEAKER_COLUMNS.where(Speaker.name == name)
+    if for_update:
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        raise SpeakerNotFoundError(name)
+    return row
+
+
+def _model_of(conn: Connection) -> ModelIdentity | None:
+    row = conn.execute(
+        select(
+            ModelRow.name, ModelRow.weights_sha256, ModelRow.dimension, ModelRow.default_threshold
+        )
+        .join(StoreState, StoreState.model_id == ModelRow.id)
+        .where(StoreState.id == 1)
+    ).first()
+    if row is None:
+        return None
+    return ModelIdentity(row.name, row.weights_sha256, row.dimension, row.default_threshold)
+
+
+def _dimension(conn: Connection) -> int:
+    model = _model_of(conn)
+    if model is None:
+        raise StoreError("the database has no voiceprints yet")
+    return model.dimension
+
+
+def _mismatch(where: str, held: ModelIdentity, offered: ModelIdentity) -> ModelMismatchError:
+    return ModelMismatchError(
+        f"{where} holds voiceprints of model {held.label} ({held.dimension}-d) but these come "
+        f"from {offered.label} ({offered.dimension}-d); vectors of two models are never mixed: "
+        f"use model {held.name!r} with this database, or enroll with {offered.name!r} into "
+        "another database (--db URL)"
+    )
+
+
+def _lock_state(conn: Connection) -> Row[Any]:
+    """Lock the state row for the rest of the transaction (serialises writers)."""
+    return conn.execute(
+        select(StoreState.change_seq, StoreState.model_id)
+        .where(StoreState.id == 1)
+        .with_for_update()
+    ).one()
+
+
+def _set_seq(conn: Connection, seq: int) -> None:
+    conn.execute(update(StoreState).where(StoreState.id == 1).values(change_seq=seq))
+
+
+def _ensure_model(conn: Connection, state: Row[Any], model: ModelIdentity, where: str) -> int:
+    """The id of ``model`` in this database, registering it if the database has none yet."""
+    if state.model_id is not None:
+        held = _model_of(conn)
+        assert held is not None
+        if not held.same_model(model):
+            raise _mismatch(where, held, model)
+        return int(state.model_id)
+    model_id = conn.execute(
+        select(ModelRow.id).where(
+            ModelRow.name == model.name, ModelRow.weights_sha256 == model.weights_sha256
+        )
+    ).scalar()
+    if model_id is None:
+        model_id = conn.execute(
+            ModelRow.__table__.insert()
+            .values(
+                name=model.name,
+                weights_sha256=model.weights_sha256,
+                dimension=model.dimension,
+                default_threshold=model.default_threshold,
+                created_at=utcnow(),
+            )
+            .returning(ModelRow.id)
+        ).scalar_one()
+    conn.execute(update(StoreState).where(StoreState.id == 1).values(model_id=model_id))
+    return int(model_id)
+
+
+def _record_change(conn: Connection, speaker_id: int, seq: int, op: str) -> None:
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    statement = insert(Change.__table__).values(speaker_id=speaker_id, seq=seq, op=op)
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["speaker_id"],
+            set_={"seq": statement.excluded.seq, "op": statement.excluded.op},
+        )
+    )
+    if op == "upsert":
+        conn.execute(update(Speaker).where(Speaker.id == speaker_id).values(change_seq=seq))
+
+
+def validated_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise UsageError(f"speaker name must be text, not {type(name).__name__}")
+    cleaned = name.strip()
+    if not cleaned:
+        raise UsageError("speaker name must not be empty")
+    if len(cleaned) > MAX_NAME_LENGTH:
+        raise UsageError(f"speaker name is longer than {MAX_NAME_LENGTH} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in cleaned):
+        raise UsageError("speaker name must not contain control characters")
+    return cleaned
+
+
+def _check_metadata(metadata: dict[str, Any] | None) -> None:
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise UsageError("speaker metadata must be a JSON object (a dict)")
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"speaker metadata is not JSON-serialisable: {exc}") from None
+
+
+def _validated(request: EnrollRequest, dimension: int) -> EnrollRequest:
+    name = validated_name(request.name)
+    if request.mode not in ENROLL_MODES:
+        raise UsageError(f"mode must be one of {', '.join(ENROLL_MODES)}, not {request.mode!r}")
+    _check_metadata(request.metadata)
+    if not request.utterances and request.mode != "skip":
+        raise UsageError(f"nothing to enroll for {name!r}: no utterances")
+    clean: list[NewUtterance] = []
+    for u in request.utterances:
+        vector = np.asarray(u.embedding, dtype=np.float32).reshape(-1)
+        if vector.shape != (dimension,):
+            raise UsageError(f"embedding has shape {vector.shape}, expected ({dimension},)")
+        norm = float(np.linalg.norm(vector))
+        if not np.all(np.isfinite(vector)) or norm == 0.0:
+            raise UsageError("embedding must be finite and non-zero")
+        if not (isinstance(u.sha256, str) and len(u.sha256) == 64):
+            raise UsageError("utterance sha256 must be 64 hex characters")
+        clean.append(
+            NewUtterance(
+                embedding=(vector / norm).astype(np.float32),
+                sha256=u.sha256,
+                source=u.source,
+                duration=float(u.duration),
+                speech_seconds=float(u.speech_seconds),
+            )
+        )
+    return EnrollRequest(name, clean, request.mode, request.metadata)
+
+
+def _centroid(embeddings: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    mean = embeddings.astype(np.float64).mean(axis=0)
+    return (mean / np.linalg.norm(mean)).astype(np.float32)
+
+
+def _enroll_one(
+    conn: Connection, request: EnrollRequest, model_id: int, dimension: int
+) -> tuple[EnrollResult, bool]:
+    """Apply one enrollment inside the caller's transaction; returns (result, centroid
+    changed)."""
+    now = utcnow()
+    existing = conn.execute(
+        _SPEAKER_COLUMNS.where(Speaker.name == request.name).with_for_update()
+    ).first()
+    if existing is not None and request.mode == "skip":
+        return EnrollResult(request.name, _speaker_record(existing), skipped=True), False
+    if existing is None and request.mode == "skip" and not request.utterances:
+        return EnrollResult(request.name, None, skipped=True), False
+
+    removed = 0
+    known: set[str] = set()
+    if existing is not None:
+        if request.mode == "overwrite":
+            removed = conn.execute(
+                delete(Utterance).where(Utterance.speaker_id == existing.id)
+            ).rowcount
+        else:
+            known = set(
+                conn.execute(
+                    select(Utterance.audio_sha256).where(Utterance.speaker_id == existing.id)
+                ).scalars()
+            )
+    added: list[NewUtterance] = []
+    duplicates: list[str] = []
+    for u in request.utterances:
+        if u.sha256 in known:
+            duplicates.append(u.sha256)
+        else:
+            known.add(u.sha256)
+            added.append(u)
+
+    if existing is not None and not added and removed == 0:
+        if request.metadata is not None:
+            conn.execute(
+                update(Speaker)
+                .where(Speaker.id == existing.id)
+                .values({_METADATA: request.metadata, Speaker.updated_at: now})
+            )
+            existing = _speaker_row(conn, request.name)
+        return EnrollResult(request.name, _speaker_record(existing), duplicates=duplicates), False
+
+    if existing is None:
+        speaker_id = conn.execute(
+            Speaker.__table__.insert()
+            .values(
+                name=request.name,
+                metadata=request.metadata,
+                status="active",
+                centroid=_centroid(np.stack([u.embedding for u in added])).tobytes(),
+                utterance_count=0,
+                speech_seconds=0.0,
+                change_seq=0,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(Speaker.id)
+        ).scalar_one()
+    else:
+        speaker_id = existing.id
+    if added:
+        conn.execute(
+            Utterance.__table__.insert(),
+            [
+                {
+                    "speaker_id": speaker_id,
+                    "audio_sha256": u.sha256,
+                    "source": u.source,
+                    "duration": u.duration,
+                    "speech_seconds": u.speech_seconds,
+                    "embedding": u.embedding.tobytes(),
+                    "model_id": model_id,
+                    "created_at": now,
+                }
+                for u in added
+            ],
+        )
+    rows = conn.execute(
+        select(Utterance.embedding, Utterance.speech_seconds).where(
+            Utterance.speaker_id == speaker_id
+        )
+    ).all()
+    if not rows:
+        raise UsageError(f"enrolling {request.name!r} would leave it without utterances")
+    embeddings = vectors_from_bytes([r.embedding for r in rows], dimension)
+    values: dict[str, Any] = {
+        "centroid": _centroid(embeddings).tobytes(),
+        "utterance_count": len(rows),
+        "speech_seconds": float(sum(r.speech_seconds for r in rows)),
+        "updated_at": now,
+    }
+    if request.metadata is not None:
+        values["metadata"] = request.metadata
+    conn.execute(update(Speaker).where(Speaker.id == speaker_id).values(**values))
+    record = _speaker_record(_speaker_row(conn, request.name))
+    return (
+        EnrollResult(
+            request.name,
+            record,
+            created=existing is None,
+            added=[u.sha256 for u in added],
+            duplicates=duplicates,
+            removed=removed,
+        ),
+        True,
+    )
