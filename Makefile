@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m speakerdb.demo
+	bash demo/run_demo.sh
 
 test: $(STAMP)
 	$(PY) -m ruff check speakerdb tests benchmarks

@@ -22,6 +22,8 @@ import click
 from speakerdb import __version__
 from speakerdb.errors import AudioError, SpeakerDBError, UsageError
 
+RECOMMENDED_SPEECH_SECONDS = 8.0  # kept equal to speakerdb.enroll.RECOMMENDED_SPEECH_SECONDS
+
 if TYPE_CHECKING:
     from speakerdb.enroll.facade import SpeakerDB
     from speakerdb.enroll.reports import EnrollmentReport
@@ -130,6 +132,40 @@ def model_option(fn: F) -> F:
         metavar="NAME",
         help="Embedding model (default: the database's, else ge2e).",
     )(fn)
+
+
+def norm_options(fn: F) -> F:
+    fn = click.option(
+        "--cohort",
+        type=click.Path(path_type=Path),
+        default=None,
+        metavar="M.jsonl",
+        help="With --norm: impostor recordings (a NeMo manifest) to normalise against. "
+        "Default: the enrolled speakers' voiceprints.",
+    )(fn)
+    fn = click.option(
+        "--cohort-size",
+        type=click.IntRange(2, 100_000),
+        default=100,
+        show_default=True,
+        help="With --norm: the N most similar cohort voiceprints used per side.",
+    )(fn)
+    return click.option(
+        "--norm",
+        type=click.Choice(["none", "asnorm"]),
+        default="none",
+        show_default=True,
+        help="Score normalisation: asnorm = adaptive symmetric normalisation against an "
+        "impostor cohort (scores become z-scores with thresholds of their own).",
+    )(fn)
+
+
+def _cohort_files(cohort: Path | None) -> list[Path] | None:
+    if cohort is None:
+        return None
+    from speakerdb.enroll.lists import read_manifest
+
+    return [entry.path for entry in read_manifest(cohort)]
 
 
 def handles_errors(fn: F) -> F:
@@ -249,14 +285,23 @@ def _print_report(report: EnrollmentReport) -> None:
         f"{report.total_speech_seconds:.1f} s of speech"
     )
     for item in report.inputs:
-        if item.status == "rejected":
-            click.echo(f"  rejected {item.source}: {item.message}")
-        elif item.status == "duplicate":
+        if item.status == "duplicate":
             click.echo(f"  duplicate {item.source}: already enrolled")
         elif item.status == "skipped":
             click.echo(f"  skipped {item.source}: speaker exists (mode skip)")
     for message in report.warnings:
         warn(message)
+
+
+def _little_speech(report: EnrollmentReport) -> bool:
+    return 0 < report.total_speech_seconds < RECOMMENDED_SPEECH_SECONDS
+
+
+def _report_rejections(reports: Sequence[EnrollmentReport]) -> None:
+    for report in reports:
+        for item in report.inputs:
+            if item.status == "rejected":
+                click.echo(f"error: {item.source}: {item.message}", err=True)
 
 
 @cli.command()
@@ -316,6 +361,7 @@ def enroll(
     metadata = _parse_meta(meta)
     with open_db(db_url, model_name, device) as db, progress_bar(len(files), "embedding") as bar:
         report = db.enroll(name, list(files), mode=mode, metadata=metadata, progress=bar)
+    _report_rejections([report])
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -337,6 +383,7 @@ def _enroll_manifest(
     entries = read_manifest(manifest)
     with open_db(db_url, model_name, device) as db, progress_bar(len(entries), "enrolling") as bar:
         reports = db.enroll_manifest(entries, mode=mode, progress=bar)
+    _report_rejections(reports)
     totals = {
         "speakers": len(reports),
         "files": len(entries),
@@ -348,9 +395,19 @@ def _enroll_manifest(
     if as_json:
         emit_json({"summary": totals, "speakers": [r.to_dict() for r in reports]})
     else:
+        short = [r.speaker for r in reports if r.changed and _little_speech(r)]
         for report in reports:
-            if report.rejected or report.warnings:
-                _print_report(report)
+            if report.changed:
+                for message in report.warnings:
+                    if report.speaker not in short or "recommended" not in message:
+                        warn(message)
+        if short:
+            listed = ", ".join(short[:10]) + (" ..." if len(short) > 10 else "")
+            warn(
+                f"{len(short)} speakers have less than "
+                f"{RECOMMENDED_SPEECH_SECONDS:.0f} s of speech "
+                f"(less reliable verification): {listed}"
+            )
         click.echo(
             f"{totals['files']} files, {totals['speakers']} speakers ({totals['created']} new): "
             f"{totals['accepted']} accepted, {totals['duplicates']} already enrolled, "
@@ -395,6 +452,7 @@ def _per_file(
 @model_option
 @device_option
 @threshold_option
+@norm_options
 @json_option
 @handles_errors
 def verify(
@@ -404,11 +462,21 @@ def verify(
     model_name: str | None,
     device: str | None,
     threshold: float | None,
+    norm: str,
+    cohort: Path | None,
+    cohort_size: int,
     as_json: bool,
 ) -> None:
     """Is each FILE the enrolled speaker NAME? (exit 0 only if every file is accepted)"""
     with open_db(db_url, model_name, device) as db:
-        results = db.verify_many(name, list(files), threshold)
+        results = db.verify_many(
+            name,
+            list(files),
+            threshold,
+            norm=norm,
+            cohort=_cohort_files(cohort),
+            cohort_size=cohort_size,
+        )
 
     def render(v: Any) -> str:
         verdict = "ACCEPTED" if v.accepted else "REJECTED"
@@ -433,6 +501,7 @@ def verify(
 @model_option
 @device_option
 @threshold_option
+@norm_options
 @json_option
 @handles_errors
 def identify(
@@ -442,12 +511,22 @@ def identify(
     model_name: str | None,
     device: str | None,
     threshold: float | None,
+    norm: str,
+    cohort: Path | None,
+    cohort_size: int,
     as_json: bool,
 ) -> None:
     """Who is speaking in each FILE? The best enrolled speaker if it reaches the threshold,
     else unknown. (exit 0 only if every file is a known speaker)"""
     with open_db(db_url, model_name, device) as db:
-        results = db.identify_many(list(files), top_k, threshold)
+        results = db.identify_many(
+            list(files),
+            top_k,
+            threshold,
+            norm=norm,
+            cohort=_cohort_files(cohort),
+            cohort_size=cohort_size,
+        )
 
     def render(r: Any) -> str:
         head = f"{r.best}" if r.best else "UNKNOWN"
@@ -474,6 +553,7 @@ def identify(
 @model_option
 @device_option
 @threshold_option
+@norm_options
 @db_option
 @json_option
 @handles_errors
@@ -485,19 +565,29 @@ def compare(
     model_name: str | None,
     device: str | None,
     threshold: float | None,
+    norm: str,
+    cohort: Path | None,
+    cohort_size: int,
     db_url: str | None,
     as_json: bool,
 ) -> None:
     """Are A and B the same speaker? Or score every pair of --pairs.
 
-    --db matters only for its calibrated threshold (see `speakerdb calibrate`); no speaker is
-    read or written. With --pairs, each output line is 'score decision path_a path_b'.
+    --db matters only for its calibrated threshold (see `speakerdb calibrate`) and, with
+    --norm asnorm and no --cohort, for its enrolled voiceprints as the cohort; no speaker is
+    written. With --pairs, each output line is 'score decision path_a path_b'.
     """
     if pairs is None:
         if a is None or b is None:
             raise UsageError("usage: speakerdb compare A B (or --pairs FILE)")
         with open_db(db_url, model_name, device) as db:
-            results = db.compare_batch([(a, b)], threshold)
+            results = db.compare_batch(
+                [(a, b)],
+                threshold,
+                norm=norm,
+                cohort=_cohort_files(cohort),
+                cohort_size=cohort_size,
+            )
 
         def render(c: Any) -> str:
             verdict = "SAME" if c.same_speaker else "DIFFERENT"
@@ -512,7 +602,14 @@ def compare(
     with open_db(db_url, model_name, device) as db:
         distinct = len({str(p) for t in trials for p in (t.a, t.b)})
         with progress_bar(distinct, "embedding") as bar:
-            results = db.compare_batch([(t.a, t.b) for t in trials], threshold, progress=bar)
+            results = db.compare_batch(
+                [(t.a, t.b) for t in trials],
+                threshold,
+                progress=bar,
+                norm=norm,
+                cohort=_cohort_files(cohort),
+                cohort_size=cohort_size,
+            )
     failures = [r for r in results if isinstance(r, SpeakerDBError)]
     if as_json:
         emit_json(
@@ -591,6 +688,190 @@ def embed(
         click.echo(f"wrote {len(results)} x {model.dimension} voiceprints to {out}")
     if failed:
         sys.exit(EXIT_ERROR)
+
+
+# --- eval / calibrate ---------------------------------------------------------------------------
+
+
+def _load_trials(trials: Path | None, manifest: Path | None) -> list[Any]:
+    from speakerdb.enroll.evaluation import trials_from_manifest
+    from speakerdb.enroll.lists import read_manifest, read_trials
+
+    if (trials is None) == (manifest is None):
+        raise UsageError("give either TRIALS or --manifest M.jsonl")
+    if manifest is not None:
+        return trials_from_manifest(read_manifest(manifest))
+    assert trials is not None
+    return read_trials(trials, require_labels=True)
+
+
+def _evaluation_text(report: Any) -> list[str]:
+    lines = [
+        f"model {report.model}"
+        + (f", scores normalised with {report.normalization}" if report.normalization else ""),
+        f"trials: {report.trials} scored ({report.target_trials} same speaker, "
+        f"{report.nontarget_trials} different), {report.skipped_trials} skipped",
+        f"EER:              {report.eer:.2%} at threshold {report.threshold:.4f}",
+        f"minDCF (p=0.01):  {report.min_dcf:.4f} at threshold {report.min_dcf_threshold:.4f}",
+        f"minDCF (p=0.05):  {report.min_dcf_p05:.4f}",
+        f"threshold at {report.far:.2%} FAR: {report.threshold_at_far:.4f} "
+        f"(FRR there {report.frr_at_far:.2%})",
+        f"threshold in use: {report.threshold_in_use:.4f} -> "
+        f"FAR {report.far_at_threshold_in_use:.2%}, FRR {report.frr_at_threshold_in_use:.2%}",
+    ]
+    for failure in report.failed_files:
+        lines.append(f"unusable: {failure['path']}: {failure['reason']}")
+    return lines
+
+
+def _evaluation_options(fn: F) -> F:
+    fn = click.option(
+        "--far",
+        type=click.FloatRange(0, 1, max_open=True),
+        default=0.01,
+        show_default=True,
+        help="False-accept rate whose threshold is reported.",
+    )(fn)
+    fn = click.option(
+        "--manifest",
+        type=click.Path(path_type=Path),
+        help="Instead of TRIALS: every pair of a NeMo manifest, labelled by speaker.",
+    )(fn)
+    return click.argument("trials", required=False, type=click.Path(path_type=Path))(fn)
+
+
+@cli.command("eval")
+@_evaluation_options
+@click.option(
+    "--scores",
+    "scores_out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write 'label score path_a path_b' per scored trial to this file.",
+)
+@click.option(
+    "--plot",
+    "plot_out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Draw the DET curve and score histograms to this PNG (needs speakerdb[plot]).",
+)
+@click.option(
+    "--set-default",
+    is_flag=True,
+    help="Also store the threshold at --far as this database's default (see calibrate).",
+)
+@norm_options
+@db_option
+@model_option
+@device_option
+@json_option
+@handles_errors
+def eval_command(
+    trials: Path | None,
+    manifest: Path | None,
+    far: float,
+    scores_out: Path | None,
+    plot_out: Path | None,
+    set_default: bool,
+    norm: str,
+    cohort: Path | None,
+    cohort_size: int,
+    db_url: str | None,
+    model_name: str | None,
+    device: str | None,
+    as_json: bool,
+) -> None:
+    """Measure the model on labelled TRIALS ('1|0 path_a path_b' lines, VoxCeleb style):
+    EER, minDCF, thresholds. Unusable files are reported, not fatal."""
+    rows = _load_trials(trials, manifest)
+    if plot_out is not None:
+        from speakerdb.enroll.plot import plot_evaluation  # fail early if matplotlib is missing
+    with open_db(db_url, model_name, device) as db:
+        distinct = len({str(p) for t in rows for p in (t.a, t.b)})
+        with progress_bar(distinct, "embedding") as bar:
+            if set_default:
+                _, report = db.calibrate(
+                    rows, far, "far", norm, _cohort_files(cohort), cohort_size, bar
+                )
+            else:
+                report = db.evaluate(rows, far, norm, _cohort_files(cohort), cohort_size, bar)
+    if scores_out is not None:
+        from speakerdb.enroll.evaluation import write_scores
+
+        write_scores(report, scores_out)
+    if plot_out is not None:
+        plot_evaluation(report, plot_out)
+    if as_json:
+        emit_json(report.to_dict() | {"stored_as_default": set_default})
+    else:
+        for line in _evaluation_text(report):
+            click.echo(line)
+        if set_default:
+            click.echo(f"stored {report.threshold_at_far:.4f} as this database's threshold")
+
+
+@cli.command()
+@_evaluation_options
+@click.option(
+    "--target",
+    type=click.Choice(["far", "eer"]),
+    default="far",
+    show_default=True,
+    help="far: the lowest threshold with at most --far false accepts; eer: the "
+    "threshold at the equal error rate.",
+)
+@click.option(
+    "--reset", is_flag=True, help="Forget the calibrated threshold (model default again)."
+)
+@norm_options
+@db_option
+@model_option
+@device_option
+@json_option
+@handles_errors
+def calibrate(
+    trials: Path | None,
+    manifest: Path | None,
+    far: float,
+    target: str,
+    reset: bool,
+    norm: str,
+    cohort: Path | None,
+    cohort_size: int,
+    db_url: str | None,
+    model_name: str | None,
+    device: str | None,
+    as_json: bool,
+) -> None:
+    """Choose this database's decision threshold on your own labelled TRIALS and store it;
+    verify, compare and identify use it from then on (unless --threshold is given)."""
+    if reset:
+        with open_db(db_url, model_name, device) as db:
+            db.reset_calibration(norm)
+            used = db.default_threshold(norm)
+        if as_json:
+            emit_json(
+                {
+                    "threshold": used,
+                    "calibrated": False,
+                    "normalization": None if norm == "none" else norm,
+                }
+            )
+        else:
+            click.echo(f"calibration removed; the model's threshold {used:.4f} applies")
+        return
+    rows = _load_trials(trials, manifest)
+    with open_db(db_url, model_name, device) as db:
+        distinct = len({str(p) for t in rows for p in (t.a, t.b)})
+        with progress_bar(distinct, "embedding") as bar:
+            threshold, report = db.calibrate(
+                rows, far, target, norm, _cohort_files(cohort), cohort_size, bar
+            )
+    if as_json:
+        emit_json({"threshold": threshold, "calibrated": True} | report.to_dict())
+    else:
+        for line in _evaluation_text(report):
+            click.echo(line)
+        click.echo(f"stored threshold {threshold:.4f} for this database")
 
 
 # --- speakers -----------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Every decision result reports the score, the threshold it was compared with and the model
 that made the vectors, so that a caller can always tell why it was accepted or rejected.
-Scores are cosine similarities in [-1, 1].
+Scores are cosine similarities in [-1, 1], unless ``normalization`` names a score
+normalisation ("asnorm"); the raw cosine is then in ``cosine``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Comparison:
     a: str = ""
     b: str = ""
     normalization: str | None = None
+    cosine: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,6 +42,7 @@ class Verification:
     model: str
     source: str = ""
     normalization: str | None = None
+    cosine: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

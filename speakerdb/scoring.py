@@ -24,8 +24,10 @@ import numpy.typing as npt
 from speakerdb.errors import UsageError
 
 __all__ = [
+    "DEFAULT_COHORT_TOP_N",
     "ErrorRates",
     "accept",
+    "as_norm",
     "cosine",
     "cosine_scores",
     "eer",
@@ -199,3 +201,50 @@ def threshold_at_far(nontarget_scores: npt.ArrayLike, far: float = 0.01) -> floa
         return float(non[-1])
     # Just above the first non-target score that must be rejected.
     return float(np.nextafter(non[allowed], np.inf))
+
+
+# --- score normalisation -----------------------------------------------------------------------
+
+DEFAULT_COHORT_TOP_N = 100
+MIN_COHORT = 10
+
+
+def as_norm(
+    scores: npt.ArrayLike,
+    enroll_cohort: npt.ArrayLike,
+    test_cohort: npt.ArrayLike,
+    top_n: int = DEFAULT_COHORT_TOP_N,
+) -> npt.NDArray[np.float64]:
+    """Adaptive symmetric score normalisation (AS-norm; Matejka et al., Interspeech 2017).
+
+    scores: (n,) raw cosine scores of n trials. enroll_cohort / test_cohort: (n, C) cosine
+    scores of each trial's enrollment side / test side against C impostor cohort vectors.
+    Each side is normalised by the mean and standard deviation of its ``top_n`` highest cohort
+    scores (the impostors that resemble it most), and the two z-scores are averaged:
+
+        0.5 * ((s - mu_e) / sd_e + (s - mu_t) / sd_t)
+
+    Returns (n,) float64. Normalised scores are no longer cosines: they need thresholds of
+    their own (``speakerdb calibrate --norm asnorm``).
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    e = np.asarray(enroll_cohort, dtype=np.float64).reshape(len(s), -1)
+    t = np.asarray(test_cohort, dtype=np.float64).reshape(len(s), -1)
+    if e.shape[1] < MIN_COHORT or t.shape[1] < MIN_COHORT:
+        raise UsageError(
+            f"score normalisation needs a cohort of at least {MIN_COHORT} impostor voiceprints "
+            f"(got {min(e.shape[1], t.shape[1])})"
+        )
+    if top_n < 2:
+        raise UsageError(f"the cohort top-N must be at least 2, not {top_n}")
+    mu_e, sd_e = _top_stats(e, top_n)
+    mu_t, sd_t = _top_stats(t, top_n)
+    return 0.5 * ((s - mu_e) / sd_e + (s - mu_t) / sd_t)
+
+
+def _top_stats(
+    cohort_scores: npt.NDArray[np.float64], top_n: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    n = min(top_n, cohort_scores.shape[1])
+    top = -np.partition(-cohort_scores, n - 1, axis=1)[:, :n]
+    return top.mean(axis=1), np.maximum(top.std(axis=1), 1e-6)

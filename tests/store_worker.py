@@ -1,13 +1,14 @@
 """A child process for the crash and concurrency tests: enrolls synthetic speakers and
 reports each enrollment on stdout the moment its call has returned.
 
-    python tests/store_worker.py URL PREFIX COUNT SEED [--save-often] [--batch N]
+    python tests/store_worker.py URL PREFIX COUNT SEED [--save-often] [--batch N] [--pause S]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("seed", type=int)
     parser.add_argument("--save-often", action="store_true")
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--pause", type=float, default=0.0, help="seconds between enrollments")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     model = fake_model()
@@ -45,6 +47,8 @@ def main() -> None:
             done += size
             if rng.random() < 0.3:
                 store.search(rng.standard_normal(16), 3, model)
+            if args.pause:
+                time.sleep(args.pause)
             if args.save_often:
                 store.search(rng.standard_normal(16), 1, model)
                 store.save_index()

@@ -138,3 +138,27 @@ def test_threshold_at_far_bounds_false_accepts(seed, far):
     below = non[non < t]
     if below.size:
         assert np.mean(non >= below.max()) > far
+
+
+def test_as_norm_hand_worked():
+    # Enrollment side cohort top-2 of [0.1, 0.3, 0.5]: {0.5, 0.3} -> mean 0.4, sd 0.1.
+    # Test side top-2 of [0.0, 0.2, 0.2]: {0.2, 0.2} -> mean 0.2, sd 0 -> floored at 1e-6.
+    cohort_e = np.array([[0.1, 0.3, 0.5] + [0.0] * 8])
+    cohort_t = np.array([[0.0, 0.2, 0.2] + [-0.1] * 8])
+    value = scoring.as_norm([0.6], cohort_e, cohort_t, top_n=2)[0]
+    assert value == pytest.approx(0.5 * ((0.6 - 0.4) / 0.1 + (0.6 - 0.2) / 1e-6))
+
+
+def test_as_norm_is_invariant_to_scaling():
+    rng = np.random.default_rng(3)
+    scores = rng.uniform(-1, 1, 5)
+    e = rng.uniform(-1, 1, (5, 40))
+    t = rng.uniform(-1, 1, (5, 40))
+    base = scoring.as_norm(scores, e, t, top_n=10)
+    # Scaling raw score and both cohorts by the same factor leaves z-scores unchanged.
+    assert np.allclose(scoring.as_norm(2 * scores, 2 * e, 2 * t, top_n=10), base)
+
+
+def test_as_norm_needs_a_cohort():
+    with pytest.raises(UsageError, match="cohort"):
+        scoring.as_norm([0.5], np.zeros((1, 3)), np.zeros((1, 3)))

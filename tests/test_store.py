@@ -326,6 +326,12 @@ def test_outdated_schema_names_the_upgrade_command(db_url, rng):
         assert check_store(store).revision == head_revision()
 
 
+def test_schema_head_constant_matches_the_migrations():
+    from speakerdb.storage.migrate import alembic_head_revision
+
+    assert head_revision() == alembic_head_revision()
+
+
 def test_migrations_match_the_orm(db_url):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext

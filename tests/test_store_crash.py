@@ -56,7 +56,8 @@ def test_sigkill_during_enrollment_loses_nothing_that_returned(db_url):
     kills = 0
     for round_ in range(KILLS_PER_DATABASE):
         args = ["--save-often"] if round_ % 2 == 0 else ["--batch", "3"]
-        child = _spawn(db_url, f"r{round_:02d}", 400, round_, *args)
+        # Far more work than the child can finish: the kill always lands mid-work.
+        child = _spawn(db_url, f"r{round_:02d}", 1_000_000, round_, "--pause", "0.002", *args)
         time.sleep(rnd.uniform(0.6, 1.8))
         child.send_signal(signal.SIGKILL)
         stdout, stderr = child.communicate(timeout=60)

@@ -15,16 +15,30 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from speakerdb.enroll.lists import ManifestEntry
+from speakerdb.enroll.evaluation import EvaluationReport, ScoredTrial, summarise
+from speakerdb.enroll.lists import ManifestEntry, Trial
 from speakerdb.enroll.reports import EnrollmentReport, InputReport
 from speakerdb.errors import AudioError, SpeakerNotFoundError, UsageError
 from speakerdb.identity import ModelIdentity
 from speakerdb.model.audio import AudioInput, source_label
-from speakerdb.model.registry import DEFAULT_MODEL, model_identity
+from speakerdb.model.registry import (
+    DEFAULT_MODEL,
+    NORMALIZATIONS,
+    default_threshold,
+    model_identity,
+)
 from speakerdb.results import Comparison, Identification, Match, Verification
-from speakerdb.scoring import accept, cosine, cosine_scores, validate_threshold
+from speakerdb.scoring import (
+    DEFAULT_COHORT_TOP_N,
+    accept,
+    as_norm,
+    cosine,
+    cosine_scores,
+    validate_threshold,
+)
 from speakerdb.storage.records import (
     ENROLL_MODES,
+    Candidate,
     EnrollRequest,
     EnrollResult,
     NewUtterance,
@@ -68,6 +82,7 @@ class SpeakerDB:
         self.store = store
         self._device = device
         self._embedder: Embedder | None = None
+        self._cohorts: dict[tuple[str, ...], npt.NDArray[np.float32]] = {}
         if model is None or isinstance(model, str):
             held = store.model()
             self._model_name = model or (held.name if held is not None else DEFAULT_MODEL)
@@ -119,11 +134,24 @@ class SpeakerDB:
     def threshold(self) -> float:
         """The default decision threshold here: the database's calibrated one, else the
         model's."""
-        own, _ = self.store.threshold()
-        return own if own is not None else self.identity.default_threshold
+        return self.default_threshold(None)
 
-    def _threshold(self, threshold: float | None) -> float:
-        return self.threshold if threshold is None else validate_threshold(threshold)
+    def default_threshold(self, normalization: str | None = None) -> float:
+        """The threshold used when none is given, for raw cosine scores (None) or a score
+        normalisation ("asnorm"): the database's calibrated one, else the model's."""
+        norm = _norm(normalization)
+        own, _ = self.store.threshold(norm)
+        return own if own is not None else default_threshold(self._model_name, norm)
+
+    def _threshold(self, threshold: float | None, normalization: str | None = None) -> float:
+        if threshold is None:
+            return self.default_threshold(normalization)
+        if _norm(normalization) is None:
+            return validate_threshold(threshold)
+        value = float(threshold)
+        if not np.isfinite(value):
+            raise UsageError(f"threshold must be a finite number, not {threshold!r}")
+        return value
 
     def _check_model(self) -> ModelIdentity:
         identity = self.identity
@@ -287,8 +315,8 @@ class SpeakerDB:
                 item.consistency = score
                 if score < threshold:
                     report.warnings.append(
-                        f"{item.source} scores {score:.3f} against {name!r}'s other recordings "
-                        f"(threshold {threshold:.3f}): it may be another speaker"
+                        f"{item.source} scores {score:.3f} against the other recordings of "
+                        f"{name!r} (threshold {threshold:.3f}): it may be another speaker"
                     )
         if report.utterances and report.total_speech_seconds < RECOMMENDED_SPEECH_SECONDS:
             report.warnings.append(
@@ -324,18 +352,37 @@ class SpeakerDB:
         audio: Sequence[AudioInput],
         threshold: float | None = None,
         sample_rate: int | None = None,
+        norm: str | None = None,
+        cohort: Sequence[AudioInput] | None = None,
+        cohort_size: int = DEFAULT_COHORT_TOP_N,
     ) -> list[Verification | AudioError]:
-        """:meth:`verify` for several recordings; unusable ones come back as their error."""
-        used = self._threshold(threshold)
+        """:meth:`verify` for several recordings; unusable ones come back as their error.
+
+        norm="asnorm" normalises scores against an impostor cohort: the other enrolled
+        speakers' voiceprints, or the recordings ``cohort`` (see :meth:`evaluate`).
+        """
+        norm = _norm(norm)
+        used = self._threshold(threshold, norm)
         identity = self._check_model()
         record, centroid = self.store.centroid(name)
+        embedded = self._embed_tolerant(audio, sample_rate)
+        good = [e for e in embedded if e.vector is not None]
+        normalised: dict[int, float] = {}
+        if norm is not None and good:
+            vectors = np.stack([e.vector for e in good])  # type: ignore[misc]
+            bank = self._cohort(cohort, exclude=record.id)
+            raw = cosine_scores(vectors, centroid[None, :])[:, 0]
+            enroll_side = np.repeat(cosine_scores(centroid[None, :], bank), len(good), axis=0)
+            values = as_norm(raw, enroll_side, cosine_scores(vectors, bank), cohort_size)
+            normalised = {id(e): float(v) for e, v in zip(good, values, strict=True)}
         out: list[Verification | AudioError] = []
-        for item in self._embed_tolerant(audio, sample_rate):
+        for item in embedded:
             if item.vector is None:
                 assert item.error is not None
                 out.append(item.error)
                 continue
-            score = cosine(item.vector, centroid)
+            raw_score = cosine(item.vector, centroid)
+            score = normalised.get(id(item), raw_score)
             out.append(
                 Verification(
                     score=score,
@@ -344,6 +391,8 @@ class SpeakerDB:
                     speaker=record.name,
                     model=identity.label,
                     source=item.source,
+                    normalization=norm,
+                    cosine=raw_score,
                 )
             )
         return out
@@ -354,9 +403,10 @@ class SpeakerDB:
         b: AudioInput,
         threshold: float | None = None,
         sample_rate: int | None = None,
+        norm: str | None = None,
     ) -> Comparison:
         """Same speaker? File against file, with the one cosine rule."""
-        result = self.compare_batch([(a, b)], threshold, sample_rate=sample_rate)[0]
+        result = self.compare_batch([(a, b)], threshold, sample_rate=sample_rate, norm=norm)[0]
         if isinstance(result, AudioError):
             raise result
         return result
@@ -368,34 +418,94 @@ class SpeakerDB:
         batch_size: int = 32,
         sample_rate: int | None = None,
         progress: Progress | None = None,
+        norm: str | None = None,
+        cohort: Sequence[AudioInput] | None = None,
+        cohort_size: int = DEFAULT_COHORT_TOP_N,
     ) -> list[Comparison | AudioError]:
         """Compare many pairs, embedding each distinct file once. A pair with an unusable file
-        comes back as that file's AudioError. batch_size: windows per encoder call."""
-        used = self._threshold(threshold)
+        comes back as that file's AudioError. batch_size: windows per encoder call (at least
+        the default of the model). norm / cohort / cohort_size: see :meth:`evaluate`."""
+        norm = _norm(norm)
+        used = self._threshold(threshold, norm)
         identity = self.identity
+        keys, embedded = self._embed_distinct(
+            [x for pair in pairs for x in pair], batch_size, sample_rate, progress
+        )
+        rows: list[tuple[int, int] | AudioError] = []
+        for a, b in pairs:
+            ia, ib = keys[_key(a)], keys[_key(b)]
+            failed = next((embedded[i] for i in (ia, ib) if embedded[i].vector is None), None)
+            rows.append(failed.error if failed is not None and failed.error else (ia, ib))
+        scores = self._pair_scores(
+            embedded, [r for r in rows if isinstance(r, tuple)], norm, cohort, cohort_size
+        )
+        out: list[Comparison | AudioError] = []
+        next_score = iter(scores)
+        for row in rows:
+            if isinstance(row, AudioError):
+                out.append(row)
+                continue
+            raw, score = next(next_score)
+            ea, eb = embedded[row[0]], embedded[row[1]]
+            out.append(
+                Comparison(
+                    score,
+                    used,
+                    accept(score, used),
+                    identity.label,
+                    ea.source,
+                    eb.source,
+                    norm,
+                    raw,
+                )
+            )
+        return out
+
+    def _embed_distinct(
+        self,
+        items: Sequence[AudioInput],
+        batch_size: int,
+        sample_rate: int | None,
+        progress: Progress | None,
+    ) -> tuple[dict[object, int], list[EmbeddedAudio]]:
+        """Embed each distinct input once: (key -> position, results)."""
+        from speakerdb.model.embedder import DEFAULT_BATCH_SIZE
+
         keys: dict[object, int] = {}
         distinct: list[AudioInput] = []
-        for item in (x for pair in pairs for x in pair):
+        for item in items:
             key = _key(item)
             if key not in keys:
                 keys[key] = len(distinct)
                 distinct.append(item)
         embedded = self.model.embed(
-            distinct, batch_size=max(batch_size, 1), sample_rate=sample_rate, progress=progress
+            distinct,
+            batch_size=max(batch_size, DEFAULT_BATCH_SIZE),
+            sample_rate=sample_rate,
+            progress=progress,
         )
-        out: list[Comparison | AudioError] = []
-        for a, b in pairs:
-            ea, eb = embedded[keys[_key(a)]], embedded[keys[_key(b)]]
-            failed = ea if ea.vector is None else eb if eb.vector is None else None
-            if failed is not None:
-                assert failed.error is not None
-                out.append(failed.error)
-                continue
-            score = cosine(ea.vector, eb.vector)  # type: ignore[arg-type]
-            out.append(
-                Comparison(score, used, accept(score, used), identity.label, ea.source, eb.source)
-            )
-        return out
+        return keys, embedded
+
+    def _pair_scores(
+        self,
+        embedded: list[EmbeddedAudio],
+        pairs: list[tuple[int, int]],
+        norm: str | None,
+        cohort: Sequence[AudioInput] | None,
+        cohort_size: int,
+    ) -> list[tuple[float, float]]:
+        """(raw cosine, score used for the decision) of each pair of embedded positions."""
+        raw = [cosine(embedded[a].vector, embedded[b].vector) for a, b in pairs]  # type: ignore[arg-type]
+        if norm is None or not pairs:
+            return [(r, r) for r in raw]
+        used = sorted({i for pair in pairs for i in pair})
+        position = {i: k for k, i in enumerate(used)}
+        bank = self._cohort(cohort)
+        against = cosine_scores(np.stack([embedded[i].vector for i in used]), bank)  # type: ignore[misc]
+        a_side = against[[position[a] for a, _ in pairs]]
+        b_side = against[[position[b] for _, b in pairs]]
+        values = as_norm(np.array(raw), a_side, b_side, cohort_size)
+        return [(r, float(v)) for r, v in zip(raw, values, strict=True)]
 
     def identify(
         self,
@@ -403,10 +513,11 @@ class SpeakerDB:
         top_k: int = 5,
         threshold: float | None = None,
         sample_rate: int | None = None,
+        norm: str | None = None,
     ) -> Identification:
         """Who is speaking? Open set: ``best`` is None when no enrolled speaker reaches the
         threshold (an unknown voice); ``matches`` are the top-k candidates, best first."""
-        result = self.identify_many([audio], top_k, threshold, sample_rate)[0]
+        result = self.identify_many([audio], top_k, threshold, sample_rate, norm=norm)[0]
         if isinstance(result, AudioError):
             raise result
         return result
@@ -417,19 +528,25 @@ class SpeakerDB:
         top_k: int = 5,
         threshold: float | None = None,
         sample_rate: int | None = None,
+        norm: str | None = None,
+        cohort: Sequence[AudioInput] | None = None,
+        cohort_size: int = DEFAULT_COHORT_TOP_N,
     ) -> list[Identification | AudioError]:
-        """:meth:`identify` for several recordings, searched in one batch."""
+        """:meth:`identify` for several recordings, searched in one batch. With
+        norm="asnorm" the candidates are re-scored with AS-norm and re-ranked."""
         if top_k < 1:
             raise UsageError(f"top-k must be at least 1, not {top_k}")
-        used = self._threshold(threshold)
+        norm = _norm(norm)
+        used = self._threshold(threshold, norm)
         identity = self._check_model()
         embedded = self._embed_tolerant(audio, sample_rate)
         good = [e for e in embedded if e.vector is not None]
-        found = (
-            self.store.search(np.stack([e.vector for e in good]), top_k, identity)  # type: ignore[misc]
-            if good
-            else []
-        )
+        probes = np.stack([e.vector for e in good]) if good else None  # type: ignore[misc]
+        # With normalisation the raw order may change: fetch a few more candidates.
+        fetch = top_k if norm is None else max(top_k, 10)
+        found = self.store.search(probes, fetch, identity) if probes is not None else []
+        if norm is not None and probes is not None:
+            found = self._normalise_candidates(probes, found, cohort, cohort_size)
         candidates = iter(found)
         out: list[Identification | AudioError] = []
         for item in embedded:
@@ -437,10 +554,142 @@ class SpeakerDB:
                 assert item.error is not None
                 out.append(item.error)
                 continue
-            matches = [Match(c.name, c.score) for c in next(candidates)]
+            matches = [Match(c.name, c.score) for c in next(candidates)][:top_k]
             best = matches[0].name if matches and accept(matches[0].score, used) else None
-            out.append(Identification(best, matches, used, identity.label, item.source))
+            out.append(Identification(best, matches, used, identity.label, item.source, norm))
         return out
+
+    def _normalise_candidates(
+        self,
+        probes: npt.NDArray[np.float32],
+        found: list[list[Candidate]],
+        cohort: Sequence[AudioInput] | None,
+        cohort_size: int,
+    ) -> list[list[Candidate]]:
+        ids, centroids = self.store.index_vectors() if cohort is None else (None, None)
+        bank_all = self._cohort(cohort)
+        out: list[list[Candidate]] = []
+        for probe, candidates in zip(probes, found, strict=True):
+            rescored: list[Candidate] = []
+            for c in candidates:
+                bank = bank_all if ids is None else centroids[ids != c.id]  # type: ignore[index]
+                centroid = self.store.centroid(c.name)[1]
+                value = as_norm(
+                    [c.score],
+                    cosine_scores(centroid[None, :], bank),
+                    cosine_scores(probe[None, :], bank),
+                    cohort_size,
+                )[0]
+                rescored.append(Candidate(c.id, c.name, float(value)))
+            out.append(sorted(rescored, key=lambda c: -c.score))
+        return out
+
+    def _cohort(
+        self, cohort: Sequence[AudioInput] | None, exclude: int | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Impostor voiceprints for score normalisation: the given recordings (embedded once
+        per SpeakerDB), else every enrolled speaker's voiceprint except ``exclude``."""
+        if cohort is not None:
+            key = tuple(str(c) for c in cohort)
+            if key not in self._cohorts:
+                embedded = self.model.embed(list(cohort))
+                vectors = [e.vector for e in embedded if e.vector is not None]
+                if not vectors:
+                    raise UsageError("no usable recording in the cohort")
+                self._cohorts[key] = np.stack(vectors)
+            return self._cohorts[key]
+        ids, vectors = self.store.index_vectors()
+        if exclude is not None:
+            vectors = vectors[ids != exclude]
+        return vectors
+
+    # --- evaluation ---------------------------------------------------------------------------
+
+    def evaluate(
+        self,
+        trials: Sequence[Trial],
+        far: float = 0.01,
+        norm: str | None = None,
+        cohort: Sequence[AudioInput] | None = None,
+        cohort_size: int = DEFAULT_COHORT_TOP_N,
+        progress: Progress | None = None,
+    ) -> EvaluationReport:
+        """Error rates on labelled trials (see :class:`EvaluationReport`).
+
+        Each distinct file is embedded once; trials with an unusable file are skipped and the
+        file is listed with its reason. far: the false-accept rate whose threshold is reported.
+        norm="asnorm": AS-norm scores against ``cohort`` recordings (impostors, none of the
+        trials' speakers), else against the enrolled speakers' voiceprints; cohort_size: the
+        top-N most similar cohort voiceprints used per side.
+        """
+        if not 0.0 <= far < 1.0:
+            raise UsageError(f"--far must be in [0, 1), not {far}")
+        if any(t.label is None for t in trials):
+            raise UsageError("every trial needs a label (1 same speaker, 0 different)")
+        norm = _norm(norm)
+        keys, embedded = self._embed_distinct(
+            [x for t in trials for x in (t.a, t.b)], 0, None, progress
+        )
+        failed: dict[str, tuple[str, str]] = {}
+        for e in embedded:
+            if e.error is not None:
+                failed[e.source] = (e.error.code, e.error.reason)
+        usable = [
+            t
+            for t in trials
+            if embedded[keys[_key(t.a)]].vector is not None
+            and embedded[keys[_key(t.b)]].vector is not None
+        ]
+        scores = self._pair_scores(
+            embedded,
+            [(keys[_key(t.a)], keys[_key(t.b)]) for t in usable],
+            norm,
+            cohort,
+            cohort_size,
+        )
+        scored = [
+            ScoredTrial(int(t.label or 0), score, str(t.a), str(t.b))
+            for t, (_, score) in zip(usable, scores, strict=True)
+        ]
+        return summarise(
+            scored,
+            skipped=len(trials) - len(usable),
+            failed=failed,
+            far=far,
+            threshold_in_use=self.default_threshold(norm),
+            model=self.identity.label,
+            normalization=norm,
+        )
+
+    def calibrate(
+        self,
+        trials: Sequence[Trial],
+        far: float = 0.01,
+        target: str = "far",
+        norm: str | None = None,
+        cohort: Sequence[AudioInput] | None = None,
+        cohort_size: int = DEFAULT_COHORT_TOP_N,
+        progress: Progress | None = None,
+    ) -> tuple[float, EvaluationReport]:
+        """Choose this database's threshold on the user's own labelled trials and store it:
+        verify, compare and identify use it from then on. target: "far" (the lowest threshold
+        with at most ``far`` false accepts) or "eer" (the threshold at the equal error rate).
+        Returns the threshold and the evaluation it came from."""
+        if target not in ("far", "eer"):
+            raise UsageError(f"calibration target must be 'far' or 'eer', not {target!r}")
+        report = self.evaluate(trials, far, norm, cohort, cohort_size, progress)
+        threshold = report.threshold_at_far if target == "far" else report.threshold
+        how = f"{far:.2%} false accepts" if target == "far" else "the equal error rate"
+        note = (
+            f"threshold at {how} on {report.target_trials} target / {report.nontarget_trials} "
+            f"non-target trials (EER {report.eer:.2%})"
+        )
+        self.store.set_threshold(threshold, note, _norm(norm))
+        return threshold, report
+
+    def reset_calibration(self, norm: str | None = None) -> None:
+        """Forget this database's calibrated threshold: the model's default applies again."""
+        self.store.set_threshold(None, None, _norm(norm))
 
     # --- management ---------------------------------------------------------------------------
 
@@ -475,6 +724,16 @@ class SpeakerDB:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _norm(normalization: str | None) -> str | None:
+    if normalization in (None, "none"):
+        return None
+    if normalization not in NORMALIZATIONS:
+        raise UsageError(
+            f"normalisation must be one of {', '.join(NORMALIZATIONS)}, not {normalization!r}"
+        )
+    return normalization
 
 
 def _check_mode(mode: str) -> None:

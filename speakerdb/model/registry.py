@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from speakerdb.errors import ModelError
+from speakerdb.errors import ModelError, UsageError
 from speakerdb.identity import ModelIdentity
 from speakerdb.model.weights import ge2e_weights_path, weights_sha256
 
@@ -15,8 +15,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MODEL",
+    "GE2E_DEFAULT_ASNORM_THRESHOLD",
     "GE2E_DEFAULT_THRESHOLD",
+    "NORMALIZATIONS",
     "available_models",
+    "default_threshold",
     "load_model",
     "model_identity",
 ]
@@ -24,7 +27,26 @@ __all__ = [
 DEFAULT_MODEL = "ge2e"
 
 GE2E_DEFAULT_THRESHOLD = 0.80
-"""Calibrated decision threshold of the bundled GE2E model (see README, "Calibration")."""
+"""Calibrated decision threshold of the bundled GE2E model on raw cosine scores: the
+threshold at 1 % false accepts of impostor recordings against 3-recording voiceprints on the
+read-speech development sets (benchmarks/calibrate_default.py; README, "Calibration")."""
+
+GE2E_DEFAULT_ASNORM_THRESHOLD = 4.09
+"""The same rule applied to AS-norm scores (a cohort of 120 LibriSpeech speakers)."""
+
+NORMALIZATIONS = ("none", "asnorm")
+
+
+def default_threshold(name: str = DEFAULT_MODEL, normalization: str | None = None) -> float:
+    """A model's calibrated threshold for raw cosine scores or for a score normalisation."""
+    key = normalization or "none"
+    if key not in NORMALIZATIONS:
+        raise UsageError(f"normalisation must be one of {', '.join(NORMALIZATIONS)}, not {key!r}")
+    if key == "asnorm":
+        model_identity(name)  # validates the name
+        return GE2E_DEFAULT_ASNORM_THRESHOLD
+    return model_identity(name).default_threshold
+
 
 _MODELS = ("ge2e",)
 

@@ -19,8 +19,9 @@ import numpy as np
 from sqlalchemy import select
 
 from speakerdb.storage.engine import read_transaction
-from speakerdb.storage.index_cache import IndexCache, vectors_from_bytes
+from speakerdb.storage.index_cache import IndexCache
 from speakerdb.storage.migrate import schema_status
+from speakerdb.storage.records import vectors_from_bytes
 from speakerdb.storage.schema import Change, Speaker, StoreState, Utterance
 from speakerdb.storage.store import EnrollmentStore, _model_of
 

@@ -14,8 +14,10 @@ visible in increasing order and a reader that has seen change N has seen every c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +30,11 @@ from speakerdb.identity import ModelIdentity
 from speakerdb.storage.engine import read_transaction
 from speakerdb.storage.index_file import IndexFileHeader, read_index_file, write_index_file
 from speakerdb.storage.index_policy import choose_params, needs_rebuild
+from speakerdb.storage.records import vectors_from_bytes
 from speakerdb.storage.schema import Change, Speaker, StoreState
 from speakerdb.storage.vector_index import IndexParams, VectorIndex
 
-__all__ = ["IndexCache", "IndexStatus", "read_all_centroids", "vectors_from_bytes"]
+__all__ = ["IndexCache", "IndexStatus", "read_all_centroids"]
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +42,6 @@ log = logging.getLogger(__name__)
 SAVE_MIN_CHANGES = 1
 SAVE_FRACTION_WHEN_LARGE = 0.01
 LARGE_INDEX = 100_000
-
-
-def vectors_from_bytes(blobs: list[bytes], dimension: int) -> npt.NDArray[np.float32]:
-    """(n,) float32 byte strings -> (n, dimension) float32."""
-    if not blobs:
-        return np.zeros((0, dimension), np.float32)
-    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dimension).copy()
 
 
 def read_all_centroids(
@@ -97,13 +93,20 @@ class IndexCache:
 
     def index(self) -> VectorIndex:
         """The index, caught up with every change committed before this call."""
+        with read_transaction(self._engine) as conn, self.synced(conn) as index:
+            return index
+
+    @contextlib.contextmanager
+    def synced(self, conn: Connection) -> Iterator[VectorIndex]:
+        """Hold the index, caught up through ``conn`` (the caller's read transaction), for the
+        duration of the block; other threads of this process wait meanwhile."""
         with self._lock:
             if self._index is None:
                 self._load()
             else:
-                self._catch_up()
+                self._catch_up(conn)
             assert self._index is not None
-            return self._index
+            yield self._index
 
     @property
     def applied_seq(self) -> int:
@@ -204,18 +207,20 @@ class IndexCache:
             return "ahead of the database (restored from an older backup?)"
         return None
 
-    def _catch_up(self) -> int:
+    def _catch_up(self, conn: Connection | None = None) -> int:
         """Apply changes newer than the applied sequence; returns how many were applied."""
         assert self._index is not None
-        with read_transaction(self._engine) as conn:
-            if self._state_seq(conn) == self._applied_seq:
-                return 0
-            rows = conn.execute(
-                select(Change.seq, Change.speaker_id, Speaker.centroid)
-                .outerjoin(Speaker, Speaker.id == Change.speaker_id)
-                .where(Change.seq > self._applied_seq)
-                .order_by(Change.seq)
-            ).all()
+        if conn is None:
+            with read_transaction(self._engine) as own:
+                return self._catch_up(own)
+        if self._state_seq(conn) == self._applied_seq:
+            return 0
+        rows = conn.execute(
+            select(Change.seq, Change.speaker_id, Speaker.centroid)
+            .outerjoin(Speaker, Speaker.id == Change.speaker_id)
+            .where(Change.seq > self._applied_seq)
+            .order_by(Change.seq)
+        ).all()
         if not rows:
             return 0
         gone = np.array([r.speaker_id for r in rows if r.centroid is None], dtype=np.int64)

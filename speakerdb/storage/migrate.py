@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 from speakerdb.errors import SchemaOutOfDateError, StoreError
 from speakerdb.storage.engine import write_transaction
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = [
     "SchemaStatus",
@@ -30,6 +30,9 @@ __all__ = [
 ]
 
 UPGRADE_COMMAND = "speakerdb db upgrade"
+SCHEMA_HEAD = "0002"
+"""The newest revision in ``speakerdb/migrations/versions`` (a test keeps the two equal).
+Known without importing Alembic, which is only loaded to migrate."""
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _PG_MIGRATION_LOCK = 0x5350_4B44_4200  # advisory lock key ("SPKDB"): one migrator at a time
 _OUR_TABLES = {"models", "speakers", "utterances", "changes", "store_state"}
@@ -37,6 +40,8 @@ _OUR_TABLES = {"models", "speakers", "utterances", "changes", "store_state"}
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """Alembic Config built in code; script_location is the package's own migrations folder."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     if connection is not None:
@@ -45,12 +50,19 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
-    return head
+    return SCHEMA_HEAD
+
+
+def alembic_head_revision() -> str | None:
+    """The head according to Alembic's own reading of the migrations folder."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def _known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
     return {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
 
 
@@ -72,10 +84,11 @@ class SchemaStatus:
 
 
 def schema_status(connection: Connection) -> SchemaStatus:
-    current = MigrationContext.configure(connection).get_current_revision()
-    foreign = False
-    if current is None:
-        foreign = bool(_OUR_TABLES & set(inspect(connection).get_table_names()))
+    tables = set(inspect(connection).get_table_names())
+    current = None
+    if "alembic_version" in tables:
+        current = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    foreign = current is None and bool(_OUR_TABLES & tables)
     return SchemaStatus(current=current, head=head_revision(), foreign_tables=foreign)
 
 
@@ -134,5 +147,7 @@ def upgrade(engine: Engine, where: str, only_if_fresh: bool = False) -> SchemaSt
                 f"{where} has schema revision {status.current} but this speakerdb needs "
                 f"{status.head}: run `{UPGRADE_COMMAND}`"
             )
+        from alembic import command
+
         command.upgrade(alembic_config(conn), "head")
         return schema_status(conn)

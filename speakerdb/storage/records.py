@@ -17,10 +17,18 @@ __all__ = [
     "NewUtterance",
     "SpeakerRecord",
     "UtteranceRecord",
+    "vectors_from_bytes",
 ]
 
 EnrollMode = Literal["append", "overwrite", "skip"]
 ENROLL_MODES: tuple[str, ...] = ("append", "overwrite", "skip")
+
+
+def vectors_from_bytes(blobs: list[bytes], dimension: int) -> npt.NDArray[np.float32]:
+    """(n,) float32 byte strings, as stored in SQL -> (n, dimension) float32."""
+    if not blobs:
+        return np.zeros((0, dimension), np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dimension).copy()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ Tables:
   changes       the change log the vector-index caches catch up from: one row per speaker id
                 holding the sequence number of its latest centroid upsert or delete
   store_state   a single row: database identity, the change counter, the model in use, and
-                database-wide settings
+                the index kind
+  calibrations  thresholds calibrated on this database's own trials, per normalisation
 
 The migrations in ``speakerdb/migrations`` must build exactly this schema; a test compares
 them with Alembic's autogenerate comparison.
@@ -34,7 +35,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Change", "ModelRow", "Speaker", "StoreState", "Utterance", "utcnow"]
+__all__ = [
+    "Base",
+    "Calibration",
+    "Change",
+    "ModelRow",
+    "Speaker",
+    "StoreState",
+    "Utterance",
+    "utcnow",
+]
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -79,11 +89,20 @@ class StoreState(Base):
     change_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # Database-specific decision threshold (set by `speakerdb calibrate`), else the model's.
-    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
-    threshold_note: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Vector-index kind: "auto" (chosen by size), or a forced "flat" / "ivf".
     index_kind: Mapped[str] = mapped_column(String(16), default="auto", server_default="auto")
+
+
+class Calibration(Base):
+    """A decision threshold chosen on this database's own trials (``speakerdb calibrate``),
+    per score normalisation ("none" for raw cosine scores, "asnorm")."""
+
+    __tablename__ = "calibrations"
+
+    normalization: Mapped[str] = mapped_column(String(16), primary_key=True)
+    threshold: Mapped[float] = mapped_column(Float)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Speaker(Base):

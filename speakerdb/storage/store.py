@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,7 +41,6 @@ from speakerdb.storage.engine import (
     store_error,
     write_transaction,
 )
-from speakerdb.storage.index_cache import IndexCache, IndexStatus, vectors_from_bytes
 from speakerdb.storage.location import DatabaseLocation, resolve_location
 from speakerdb.storage.migrate import ensure_schema
 from speakerdb.storage.records import (
@@ -52,8 +51,21 @@ from speakerdb.storage.records import (
     NewUtterance,
     SpeakerRecord,
     UtteranceRecord,
+    vectors_from_bytes,
 )
-from speakerdb.storage.schema import Change, ModelRow, Speaker, StoreState, Utterance, utcnow
+from speakerdb.storage.schema import (
+    Calibration,
+    Change,
+    ModelRow,
+    Speaker,
+    StoreState,
+    Utterance,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    # FAISS loads with the index, on the first search: enrolling or verifying never needs it.
+    from speakerdb.storage.index_cache import IndexCache, IndexStatus
 
 __all__ = ["EnrollmentStore", "validated_name"]
 
@@ -74,6 +86,7 @@ class EnrollmentStore:
         self.instance_id = instance_id
         self._cache: IndexCache | None = None
         self._cache_lock = threading.Lock()
+        self._model: ModelIdentity | None = None
         self._closed = False
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -131,9 +144,13 @@ class EnrollmentStore:
     # --- model --------------------------------------------------------------------------------
 
     def model(self) -> ModelIdentity | None:
-        """The model whose vectors this database holds (None until the first enrollment)."""
-        with self._read("read the model") as conn:
-            return _model_of(conn)
+        """The model whose vectors this database holds (None until the first enrollment).
+
+        Once a database has a model it keeps it for ever, so the answer is cached then."""
+        if self._model is None:
+            with self._read("read the model") as conn:
+                self._model = _model_of(conn)
+        return self._model
 
     def check_model(self, identity: ModelIdentity) -> None:
         """Raise ModelMismatchError unless the database is empty or holds ``identity``'s
@@ -144,24 +161,32 @@ class EnrollmentStore:
 
     # --- settings -----------------------------------------------------------------------------
 
-    def threshold(self) -> tuple[float | None, str | None]:
-        """The database-specific threshold and the note on how it was chosen (None, None when
-        the model's default applies)."""
+    def threshold(self, normalization: str | None = None) -> tuple[float | None, str | None]:
+        """The threshold calibrated on this database for a score normalisation (None: raw
+        cosine), and the note on how it was chosen; (None, None) when none is set."""
+        key = normalization or "none"
         with self._read("read the threshold") as conn:
             row = conn.execute(
-                select(StoreState.threshold, StoreState.threshold_note).where(StoreState.id == 1)
-            ).one()
-        return row.threshold, row.threshold_note
+                select(Calibration.threshold, Calibration.note).where(
+                    Calibration.normalization == key
+                )
+            ).first()
+        return (row.threshold, row.note) if row is not None else (None, None)
 
-    def set_threshold(self, threshold: float | None, note: str | None = None) -> None:
-        """Store (or with None, clear) the database-specific decision threshold."""
+    def set_threshold(
+        self, threshold: float | None, note: str | None = None, normalization: str | None = None
+    ) -> None:
+        """Store (or with None, clear) this database's threshold for a normalisation."""
+        key = normalization or "none"
 
         def work(conn: Connection) -> None:
-            conn.execute(
-                update(StoreState)
-                .where(StoreState.id == 1)
-                .values(threshold=threshold, threshold_note=note if threshold is not None else None)
-            )
+            conn.execute(delete(Calibration).where(Calibration.normalization == key))
+            if threshold is not None:
+                conn.execute(
+                    Calibration.__table__.insert().values(
+                        normalization=key, threshold=threshold, note=note, created_at=utcnow()
+                    )
+                )
 
         self._write(work, "store the threshold")
 
@@ -201,14 +226,31 @@ class EnrollmentStore:
         database), ModelMismatchError when the database holds another model's vectors.
         """
         prepared = [_validated(r, model.dimension) for r in requests]
-        order = sorted(range(len(prepared)), key=lambda i: prepared[i].name)
 
         def work(conn: Connection) -> list[EnrollResult]:
             state = _lock_state(conn)
             model_id = _ensure_model(conn, state, model, self.location.display)
             seq = int(state.change_seq)
             results: dict[int, EnrollResult] = {}
-            for i in order:  # a fixed lock order across concurrent writers
+            # New speakers (the common case of a large enrollment) go in with a few bulk
+            # statements; existing or repeated names take the general path afterwards.
+            existing = _existing_names(conn, [r.name for r in prepared])
+            fresh: dict[str, int] = {}
+            for i, request in enumerate(prepared):
+                if (
+                    request.name not in existing
+                    and request.name not in fresh
+                    and request.utterances
+                ):
+                    fresh[request.name] = i
+            if fresh:
+                created, seq = _create_speakers(
+                    conn, [prepared[i] for i in fresh.values()], model_id, seq
+                )
+                results.update(zip(fresh.values(), created, strict=True))
+            for i in sorted(
+                set(range(len(prepared))) - set(results), key=lambda i: prepared[i].name
+            ):
                 result, changed = _enroll_one(conn, prepared[i], model_id, model.dimension)
                 if changed:
                     seq += 1
@@ -376,6 +418,8 @@ class EnrollmentStore:
     # --- index --------------------------------------------------------------------------------
 
     def _index_cache(self) -> IndexCache:
+        from speakerdb.storage.index_cache import IndexCache
+
         with self._cache_lock:
             if self._cache is None:
                 model = self.model()
@@ -405,13 +449,12 @@ class EnrollmentStore:
             raise UsageError(
                 f"query vectors have dimension {q.shape[1]}, expected {model.dimension}"
             )
-        try:
-            index = self._index_cache().index()
-            _, ids = index.search(q, k + _RESCORE_EXTRA)
-        except SQLAlchemyError as exc:
-            raise store_error(exc, "cannot search") from None
-        wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
+        cache = self._index_cache()
+        # One transaction: catch up with the change log, search, fetch the candidates.
         with self._read("search") as conn:
+            with cache.synced(conn) as index:
+                _, ids = index.search(q, k + _RESCORE_EXTRA)
+            wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
             rows = (
                 conn.execute(
                     select(Speaker.id, Speaker.name, Speaker.centroid).where(Speaker.id.in_(wanted))
@@ -675,6 +718,102 @@ def _validated(request: EnrollRequest, dimension: int) -> EnrollRequest:
 def _centroid(embeddings: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     mean = embeddings.astype(np.float64).mean(axis=0)
     return (mean / np.linalg.norm(mean)).astype(np.float32)
+
+
+def _existing_names(conn: Connection, names: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    unique = sorted(set(names))
+    for start in range(0, len(unique), 500):
+        chunk = unique[start : start + 500]
+        found.update(conn.execute(select(Speaker.name).where(Speaker.name.in_(chunk))).scalars())
+    return found
+
+
+def _create_speakers(
+    conn: Connection, requests: list[EnrollRequest], model_id: int, seq: int
+) -> tuple[list[EnrollResult], int]:
+    """Insert new speakers (distinct names, none existing) with their utterances and change
+    log entries in bulk statements. Returns their results and the last sequence number used."""
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    kept: list[tuple[list[NewUtterance], list[str]]] = []
+    for request in requests:
+        seen: set[str] = set()
+        added: list[NewUtterance] = []
+        duplicates: list[str] = []
+        for u in request.utterances:
+            if u.sha256 in seen:
+                duplicates.append(u.sha256)
+            else:
+                seen.add(u.sha256)
+                added.append(u)
+        seq += 1
+        kept.append((added, duplicates))
+        rows.append(
+            {
+                "name": request.name,
+                "metadata": request.metadata,
+                "status": "active",
+                "centroid": _centroid(np.stack([u.embedding for u in added])).tobytes(),
+                "utterance_count": len(added),
+                "speech_seconds": float(sum(u.speech_seconds for u in added)),
+                "change_seq": seq,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    ids = (
+        conn.execute(
+            Speaker.__table__.insert().returning(Speaker.id, sort_by_parameter_order=True), rows
+        )
+        .scalars()
+        .all()
+    )
+    conn.execute(
+        Utterance.__table__.insert(),
+        [
+            {
+                "speaker_id": speaker_id,
+                "audio_sha256": u.sha256,
+                "source": u.source,
+                "duration": u.duration,
+                "speech_seconds": u.speech_seconds,
+                "embedding": u.embedding.tobytes(),
+                "model_id": model_id,
+                "created_at": now,
+            }
+            for speaker_id, (added, _) in zip(ids, kept, strict=True)
+            for u in added
+        ],
+    )
+    # Ids are never reused, so a new speaker has no change-log entry yet.
+    conn.execute(
+        Change.__table__.insert(),
+        [
+            {"speaker_id": i, "seq": row["change_seq"], "op": "upsert"}
+            for i, row in zip(ids, rows, strict=True)
+        ],
+    )
+    results = [
+        EnrollResult(
+            row["name"],
+            SpeakerRecord(
+                id=speaker_id,
+                name=row["name"],
+                metadata=row["metadata"],
+                status="active",
+                utterances=row["utterance_count"],
+                speech_seconds=row["speech_seconds"],
+                created_at=now,
+                updated_at=now,
+            ),
+            created=True,
+            added=[u.sha256 for u in added],
+            duplicates=duplicates,
+        )
+        for speaker_id, row, (added, duplicates) in zip(ids, rows, kept, strict=True)
+    ]
+    return results, seq
 
 
 def _enroll_one(

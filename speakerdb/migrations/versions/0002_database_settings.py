@@ -1,4 +1,4 @@
-"""Database-wide settings: a calibrated threshold of this database, and the index kind.
+"""Database-wide settings: calibrated thresholds of this database, and the index kind.
 
 Revision ID: 0002
 Revises: 0001
@@ -17,9 +17,15 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "calibrations",
+        sa.Column("normalization", sa.String(16), nullable=False),
+        sa.Column("threshold", sa.Float(), nullable=False),
+        sa.Column("note", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("normalization", name="pk_calibrations"),
+    )
     with op.batch_alter_table("store_state") as batch:
-        batch.add_column(sa.Column("threshold", sa.Float(), nullable=True))
-        batch.add_column(sa.Column("threshold_note", sa.Text(), nullable=True))
         batch.add_column(
             sa.Column("index_kind", sa.String(16), nullable=False, server_default="auto")
         )
@@ -28,5 +34,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("store_state") as batch:
         batch.drop_column("index_kind")
-        batch.drop_column("threshold_note")
-        batch.drop_column("threshold")
+    op.drop_table("calibrations")

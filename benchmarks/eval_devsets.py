@@ -1,0 +1,57 @@
+"""Error rates of speakerdb on the development sets' trial lists, with and without AS-norm,
+next to the reference figures of ../shared/data/README.md.
+
+    python benchmarks/eval_devsets.py [--cohort librispeech/singles.jsonl] [--cohort-size 100]
+
+The AS-norm cohort is a manifest of impostor recordings under ../shared/data (default: the
+120 LibriSpeech speakers of singles.jsonl, none of whom appears in any trial list).
+Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATA, emit
+from speakerdb import SpeakerDB
+from speakerdb.enroll.lists import read_manifest, read_trials
+
+REFERENCE = {  # ../shared/data/README.md: Resemblyzer 0.1.4 pipeline, cosine scoring
+    "librispeech": {"eer": 0.0042, "threshold": 0.724, "min_dcf": 0.013},
+    "vctk": {"eer": 0.0, "threshold": 0.861, "min_dcf": 0.0},
+    "arabic-commands": {"eer": 0.1412, "threshold": 0.707, "min_dcf": 0.945},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cohort", default="librispeech/singles.jsonl")
+    parser.add_argument("--cohort-size", type=int, default=100)
+    args = parser.parse_args()
+    cohort = [e.path for e in read_manifest(DATA / args.cohort)]
+    results: dict[str, dict] = {}
+    lines = [
+        f"{'set':<16}{'trials':>7}  {'EER':>7} {'thr':>6} {'minDCF':>7}  {'FAR@0.80':>8} "
+        f"{'FRR@0.80':>8}  {'AS-norm EER':>11} {'minDCF':>7}  {'reference EER':>13}"
+    ]
+    with tempfile.TemporaryDirectory() as folder, SpeakerDB.open(f"{folder}/eval.sqlite") as db:
+        for name, ref in REFERENCE.items():
+            trials = read_trials(DATA / name / "trials.txt", require_labels=True)
+            raw = db.evaluate(trials)
+            normed = db.evaluate(trials, norm="asnorm", cohort=cohort, cohort_size=args.cohort_size)
+            results[name] = {"raw": raw.to_dict(), "asnorm": normed.to_dict(), "reference": ref}
+            lines.append(
+                f"{name:<16}{raw.trials:>7}  {raw.eer:>7.2%} {raw.threshold:>6.3f} "
+                f"{raw.min_dcf:>7.3f}  {raw.far_at_threshold_in_use:>8.2%} "
+                f"{raw.frr_at_threshold_in_use:>8.2%}  {normed.eer:>11.2%} {normed.min_dcf:>7.3f}"
+                f"  {ref['eer']:>13.2%}"
+            )
+    emit(lines, {"benchmark": "eval_devsets", "cohort": args.cohort, "results": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""DET curve and score histograms of an evaluation, as a PNG (needs matplotlib:
+``pip install 'speakerdb[plot]'``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+
+from speakerdb.enroll.evaluation import EvaluationReport
+from speakerdb.errors import MissingDependencyError
+from speakerdb.scoring import error_rates
+
+__all__ = ["plot_evaluation"]
+
+_TICKS = [0.0001, 0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8]
+_FLOOR = 0.0001  # rates of 0 are drawn on the axis at 0.01 %
+
+
+def _probit(values: np.ndarray) -> np.ndarray:
+    clipped = np.clip(values, _FLOOR, 1 - _FLOOR)
+    inv = NormalDist().inv_cdf
+    return np.array([inv(float(v)) for v in clipped])
+
+
+def plot_evaluation(report: EvaluationReport, path: Path, title: str | None = None) -> Path:
+    """Draw the DET curve (miss vs false-alarm rate on normal-deviate axes) with the EER point
+    and the threshold in use, next to the target / non-target score histograms."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingDependencyError(
+            "--plot needs matplotlib: pip install 'speakerdb[plot]'"
+        ) from None
+    tgt, non = report.target_scores(), report.nontarget_scores()
+    rates = error_rates(tgt, non)
+    figure, (det, hist) = plt.subplots(1, 2, figsize=(12, 5.2))
+    det.plot(_probit(rates.far), _probit(rates.frr), color="C0", label="DET")
+    det.plot(
+        *_probit(np.array([report.eer, report.eer])),
+        "o",
+        color="C3",
+        label=f"EER {report.eer:.2%} (threshold {report.threshold:.3f})",
+    )
+    used_far, used_frr = report.far_at_threshold_in_use, report.frr_at_threshold_in_use
+    det.plot(
+        *_probit(np.array([used_far, used_frr])),
+        "s",
+        color="C2",
+        label=f"in use: threshold {report.threshold_in_use:.3f} "
+        f"(FAR {used_far:.2%}, FRR {used_frr:.2%})",
+    )
+    ticks = _probit(np.array(_TICKS))
+    labels = [f"{t:.2%}" if t < 0.001 else f"{t:.1%}" for t in _TICKS]
+    det.set_xticks(ticks, labels)
+    det.set_yticks(ticks, labels)
+    margin = 0.1
+    det.set_xlim(ticks[0] - margin, ticks[-1])
+    det.set_ylim(ticks[0] - margin, ticks[-1])
+    det.set_xlabel("false-accept rate")
+    det.set_ylabel("false-reject rate")
+    det.grid(True, alpha=0.4)
+    det.legend(loc="upper right", fontsize=8)
+    det.set_title("DET curve")
+    bins = np.linspace(min(tgt.min(), non.min()), max(tgt.max(), non.max()), 60)
+    hist.hist(non, bins=bins, alpha=0.6, density=True, label=f"different speakers ({non.size})")
+    hist.hist(tgt, bins=bins, alpha=0.6, density=True, label=f"same speaker ({tgt.size})")
+    hist.axvline(report.threshold_in_use, color="C2", linestyle="--", label="threshold in use")
+    hist.axvline(report.threshold, color="C3", linestyle=":", label="threshold at EER")
+    hist.set_xlabel(
+        "score" + (f" ({report.normalization})" if report.normalization else " (cosine)")
+    )
+    hist.set_ylabel("density")
+    hist.legend(fontsize=8)
+    hist.set_title("score distributions")
+    figure.suptitle(
+        title
+        or f"{report.model}: {report.trials} trials, EER {report.eer:.2%}, "
+        f"minDCF(0.01) {report.min_dcf:.3f}"
+    )
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,111 @@
+"""Manifest enrollment through the real CLI, killed with SIGKILL at random moments and resumed;
+and three enrollers writing into one database at once. SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from helpers import manifest
+
+KILLS = 3
+
+
+def _write_manifest(path: Path, rows: list[tuple[Path, str]]) -> Path:
+    path.write_text(
+        "".join(json.dumps({"audio_filepath": str(p), "label": s}) + "\n" for p, s in rows)
+    )
+    return path
+
+
+def _all_rows() -> list[tuple[Path, str]]:
+    rows = manifest("librispeech") + manifest("vctk") + manifest("librispeech", "singles.jsonl")
+    return rows + manifest("arabic-commands")
+
+
+def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "speakerdb", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+    )
+
+
+def _check(db_url: str) -> dict:
+    result = _cli("db", "check", "--db", db_url, "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == (0 if report["consistent"] else 1)
+    return report
+
+
+def _counts(db_url: str) -> dict[str, int]:
+    result = _cli("speakers", "list", "--db", db_url, "--json")
+    assert result.returncode == 0, result.stderr
+    return {s["name"]: s["utterances"] for s in json.loads(result.stdout)}
+
+
+@pytest.mark.slow
+def test_killed_manifest_enrollment_resumes_exactly(db_url, tmp_path):
+    rows = _all_rows()
+    expected = Counter(label for _, label in rows)
+    path = _write_manifest(tmp_path / "all.jsonl", rows)
+    rnd = random.Random(11)
+    for round_ in range(KILLS):
+        child = subprocess.Popen(
+            [sys.executable, "-m", "speakerdb", "enroll", "--manifest", str(path), "--db", db_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=os.environ.copy(),
+        )
+        time.sleep(rnd.uniform(3.0, 9.0))
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=60)
+        report = _check(db_url)
+        assert report["consistent"], (round_, report["problems"])
+        for name, count in _counts(db_url).items():
+            # Speakers are committed whole: never a part of one's recordings.
+            assert count == expected[name], (round_, name, count)
+    done = _cli("enroll", "--manifest", str(path), "--db", db_url, "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)["summary"]
+    assert summary["rejected"] == 0 and summary["accepted"] + summary["duplicates"] == len(rows)
+    assert _counts(db_url) == dict(expected)
+    report = _check(db_url)
+    assert report["consistent"] and report["utterances"] == len(rows)
+    again = _cli("enroll", "--manifest", str(path), "--db", db_url, "--json")
+    assert json.loads(again.stdout)["summary"]["accepted"] == 0  # idempotent
+
+
+@pytest.mark.slow
+def test_three_concurrent_enrollers_lose_nothing(db_url, tmp_path):
+    rows = manifest("librispeech") + manifest("vctk") + manifest("librispeech", "singles.jsonl")
+    speakers = sorted({label for _, label in rows})
+    parts = [[r for r in rows if speakers.index(r[1]) % 3 == k] for k in range(3)]
+    paths = [_write_manifest(tmp_path / f"part{k}.jsonl", part) for k, part in enumerate(parts)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "speakerdb", "enroll", "--manifest", str(p), "--db", db_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ.copy(),
+        )
+        for p in paths
+    ]
+    for child in children:
+        _, err = child.communicate(timeout=900)
+        assert child.returncode == 0, err
+        assert "locked" not in err.lower()
+    assert _counts(db_url) == dict(Counter(label for _, label in rows))
+    assert _check(db_url)["consistent"]
