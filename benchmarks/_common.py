@@ -39,3 +39,37 @@ def emit(summary_lines: list[str], record: dict) -> None:
         print(line)
     print(json.dumps(record))
     sys.stdout.flush()
+
+
+DEFAULT_PG_URL = os.environ.get(
+    "SPEAKERDB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def create_scratch_pg(base_url: str, prefix: str) -> tuple[str, tuple[object, str]] | None:
+    """A new empty PostgreSQL database on the server of ``base_url``: (its URL, a handle for
+    :func:`drop_scratch_pg`), or None (with a note on stderr) when the server is unreachable."""
+    try:
+        import uuid
+
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(base_url).set(database=name).render_as_string(hide_password=False)
+        return url, (admin, name)
+    except Exception as exc:
+        print(f"PostgreSQL unavailable ({type(exc).__name__}: {exc}); skipping it", file=sys.stderr)
+        return None
+
+
+def drop_scratch_pg(handle: tuple[object, str]) -> None:
+    from sqlalchemy import text
+
+    admin, name = handle
+    with admin.connect() as conn:  # type: ignore[attr-defined]
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()  # type: ignore[attr-defined]

@@ -71,6 +71,12 @@ def enrolled_db(db_url):
 
 
 def test_every_command_has_help():
+    def all_commands(group, prefix):
+        for name, command in group.commands.items():
+            yield [*prefix, name]
+            if hasattr(command, "commands"):
+                yield from all_commands(command, [*prefix, name])
+
     commands = [
         [],
         ["enroll"],
@@ -87,7 +93,11 @@ def test_every_command_has_help():
         ["db", "upgrade"],
         ["db", "check"],
         ["db", "rebuild-index"],
+        ["db", "reindex"],
+        ["eval"],
+        ["calibrate"],
     ]
+    assert sorted(map(tuple, all_commands(cli, []))) == sorted(map(tuple, commands[1:]))
     for command in commands:
         result = CliRunner().invoke(cli, [*command, "--help"])
         assert result.exit_code == 0, command

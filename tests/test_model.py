@@ -154,3 +154,25 @@ def test_checkpoint_keys_are_checked_strictly(tmp_path):
         GE2EEncoder.from_checkpoint(tmp_path / "garbage.pt")
     # The two GE2E loss parameters are the only keys allowed to be left out.
     assert isinstance(GE2EEncoder.from_checkpoint(ge2e_weights_path()), GE2EEncoder)
+
+
+@pytest.mark.parametrize("rate", [8_000, 44_100, 48_000])
+def test_parity_at_other_sample_rates(model, librispeech_files, tmp_path, rate):
+    """Recordings at other rates: the reference resamples with librosa (soxr), we with
+    torchaudio; the voiceprints must still agree."""
+    import soundfile as sf
+    import soxr
+    from resemblyzer import VoiceEncoder, preprocess_wav
+
+    reference = VoiceEncoder("cpu", verbose=False)
+    files = []
+    for source in librispeech_files[50:62]:
+        samples, original = sf.read(source, dtype="float32")
+        path = tmp_path / f"{source.stem}-{rate}.wav"
+        sf.write(path, soxr.resample(samples, original, rate), rate, subtype="FLOAT")
+        files.append(path)
+    theirs = np.stack([reference.embed_utterance(preprocess_wav(f)) for f in files])
+    cosines = np.sum(theirs * model.embed_files(files), axis=1)
+    print(f"parity at {rate} Hz: mean {cosines.mean():.6f} min {cosines.min():.6f}")
+    assert cosines.mean() >= 0.995
+    assert cosines.min() >= 0.98

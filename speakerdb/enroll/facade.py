@@ -101,7 +101,8 @@ class SpeakerDB:
         ``$SPEAKERDB_URL``, else ``$XDG_DATA_HOME/speakerdb/speakerdb.sqlite``). model: a
         name (default: the database's model, else "ge2e") or a loaded Embedder. device: for
         the model (None: CUDA if available)."""
-        return cls(EnrollmentStore.open(url), model, device)
+        index_device = None if device is None else str(device)
+        return cls(EnrollmentStore.open(url, device=index_device), model, device)
 
     def close(self) -> None:
         self.store.close()
@@ -566,14 +567,14 @@ class SpeakerDB:
         cohort: Sequence[AudioInput] | None,
         cohort_size: int,
     ) -> list[list[Candidate]]:
-        ids, centroids = self.store.index_vectors() if cohort is None else (None, None)
         bank_all = self._cohort(cohort)
         out: list[list[Candidate]] = []
         for probe, candidates in zip(probes, found, strict=True):
             rescored: list[Candidate] = []
             for c in candidates:
-                bank = bank_all if ids is None else centroids[ids != c.id]  # type: ignore[index]
                 centroid = self.store.centroid(c.name)[1]
+                # The candidate itself is no impostor of itself.
+                bank = bank_all if cohort is not None else _without(bank_all, centroid)
                 value = as_norm(
                     [c.score],
                     cosine_scores(centroid[None, :], bank),
@@ -600,7 +601,14 @@ class SpeakerDB:
             return self._cohorts[key]
         ids, vectors = self.store.index_vectors()
         if exclude is not None:
-            vectors = vectors[ids != exclude]
+            keep = ids != exclude
+            ids, vectors = ids[keep], vectors[keep]
+        if len(vectors) > _MAX_DATABASE_COHORT:
+            # A fixed sample: the top-N statistics need impostors, not all of them.
+            rows = np.random.default_rng(0).choice(
+                len(vectors), _MAX_DATABASE_COHORT, replace=False
+            )
+            vectors = vectors[np.sort(rows)]
         return vectors
 
     # --- evaluation ---------------------------------------------------------------------------
@@ -724,6 +732,16 @@ class SpeakerDB:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+_MAX_DATABASE_COHORT = 5000
+
+
+def _without(
+    bank: npt.NDArray[np.float32], vector: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """``bank`` without the rows equal to ``vector``."""
+    return bank[~np.all(bank == vector, axis=1)]
 
 
 def _norm(normalization: str | None) -> str | None:

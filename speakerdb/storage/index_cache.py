@@ -74,12 +74,14 @@ class IndexCache:
         instance_id: str,
         model: ModelIdentity,
         index_kind: str = "auto",
+        device: str | None = None,
     ) -> None:
         self._engine = engine
         self.path = path
         self._instance_id = instance_id
         self._model = model
         self._index_kind = index_kind
+        self._device = device
         self._lock = threading.RLock()
         self._index: VectorIndex | None = None
         self._applied_seq = 0
@@ -150,6 +152,7 @@ class IndexCache:
                 nlist=self._index.params.nlist,
                 nprobe=self._index.params.nprobe,
                 count=len(self._index),
+                trained_on=self._index.params.trained_on,
             )
             write_index_file(self.path, header, self._index)
             self._saved_seq = self._applied_seq
@@ -189,6 +192,7 @@ class IndexCache:
             return
         assert not isinstance(loaded, str)
         header, index = loaded
+        index.use_gpu(self._device)
         self._index = index
         self._applied_seq = header.applied_seq
         self._saved_seq = header.applied_seq
@@ -246,6 +250,7 @@ class IndexCache:
             ids, vectors = read_all_centroids(conn, self._model.dimension)
         params: IndexParams = choose_params(len(ids), self._index_kind)
         self._index = VectorIndex.build(self._model.dimension, ids, vectors, params)
+        self._index.use_gpu(self._device)
         self._applied_seq = seq
         self._saved_seq = None
         self._unsaved_changes = len(ids)

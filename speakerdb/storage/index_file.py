@@ -36,10 +36,11 @@ class IndexFileHeader:
     nprobe: int
     count: int
     sha256: str = ""
+    trained_on: int = 0
 
     @property
     def params(self) -> IndexParams:
-        return IndexParams(self.kind, self.nlist, self.nprobe)
+        return IndexParams(self.kind, self.nlist, self.nprobe, self.trained_on)
 
 
 def write_index_file(path: Path, header: IndexFileHeader, index: VectorIndex) -> None:

@@ -80,8 +80,15 @@ class EnrollmentStore:
     once; each keeps its own index cache and stays correct.
     """
 
-    def __init__(self, location: DatabaseLocation, engine: Engine, instance_id: str) -> None:
+    def __init__(
+        self,
+        location: DatabaseLocation,
+        engine: Engine,
+        instance_id: str,
+        device: str | None = None,
+    ) -> None:
         self.location = location
+        self.device = device
         self._engine = engine
         self.instance_id = instance_id
         self._cache: IndexCache | None = None
@@ -92,9 +99,11 @@ class EnrollmentStore:
     # --- lifecycle ----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: Any = None) -> EnrollmentStore:
+    def open(cls, url: Any = None, device: str | None = None) -> EnrollmentStore:
         """Open (creating a fresh database at the current schema) the database at ``url``
-        (see :func:`speakerdb.storage.location.resolve_location`).
+        (see :func:`speakerdb.storage.location.resolve_location`). ``device``: "cuda" or
+        "cuda:N" keeps the vector index on that GPU when FAISS has GPU support (faiss-gpu),
+        otherwise it stays on the CPU.
 
         Raises ConfigurationError for a bad URL, StoreError when the database cannot be
         reached, SchemaOutOfDateError when it needs ``speakerdb db upgrade``.
@@ -113,7 +122,7 @@ class EnrollmentStore:
         except BaseException:
             engine.dispose()
             raise
-        return cls(location, engine, instance_id)
+        return cls(location, engine, instance_id, device)
 
     def close(self) -> None:
         """Save the index file if it is worth it, and release connections."""
@@ -431,6 +440,7 @@ class EnrollmentStore:
                     self.instance_id,
                     model,
                     self.index_kind(),
+                    self.device,
                 )
             return self._cache
 
@@ -720,6 +730,24 @@ def _centroid(embeddings: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return (mean / np.linalg.norm(mean)).astype(np.float32)
 
 
+def _utterance_rows(
+    speaker_id: int, utterances: list[NewUtterance], model_id: int, now: dt.datetime
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "speaker_id": speaker_id,
+            "audio_sha256": u.sha256,
+            "source": u.source,
+            "duration": u.duration,
+            "speech_seconds": u.speech_seconds,
+            "embedding": u.embedding.tobytes(),
+            "model_id": model_id,
+            "created_at": now,
+        }
+        for u in utterances
+    ]
+
+
 def _existing_names(conn: Connection, names: Sequence[str]) -> set[str]:
     found: set[str] = set()
     unique = sorted(set(names))
@@ -772,18 +800,9 @@ def _create_speakers(
     conn.execute(
         Utterance.__table__.insert(),
         [
-            {
-                "speaker_id": speaker_id,
-                "audio_sha256": u.sha256,
-                "source": u.source,
-                "duration": u.duration,
-                "speech_seconds": u.speech_seconds,
-                "embedding": u.embedding.tobytes(),
-                "model_id": model_id,
-                "created_at": now,
-            }
+            row
             for speaker_id, (added, _) in zip(ids, kept, strict=True)
-            for u in added
+            for row in _utterance_rows(speaker_id, added, model_id, now)
         ],
     )
     # Ids are never reused, so a new speaker has no change-log entry yet.
@@ -882,20 +901,7 @@ def _enroll_one(
         speaker_id = existing.id
     if added:
         conn.execute(
-            Utterance.__table__.insert(),
-            [
-                {
-                    "speaker_id": speaker_id,
-                    "audio_sha256": u.sha256,
-                    "source": u.source,
-                    "duration": u.duration,
-                    "speech_seconds": u.speech_seconds,
-                    "embedding": u.embedding.tobytes(),
-                    "model_id": model_id,
-                    "created_at": now,
-                }
-                for u in added
-            ],
+            Utterance.__table__.insert(), _utterance_rows(speaker_id, added, model_id, now)
         )
     rows = conn.execute(
         select(Utterance.embedding, Utterance.speech_seconds).where(

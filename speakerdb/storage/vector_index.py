@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from speakerdb.errors import StoreError
 
-__all__ = ["IndexParams", "VectorIndex"]
+__all__ = ["IndexParams", "VectorIndex", "gpu_number"]
 
 IdArray = npt.NDArray[np.int64]
 FloatMatrix = npt.NDArray[np.float32]
@@ -29,12 +29,14 @@ FloatMatrix = npt.NDArray[np.float32]
 
 @dataclass(frozen=True)
 class IndexParams:
-    """How an index is built: ``kind`` ("flat" or "ivf"), and for ivf the number of lists
-    ``nlist`` and of lists scanned per query ``nprobe``."""
+    """How an index is built: ``kind`` ("flat" or "ivf"); for ivf the number of lists
+    ``nlist``, of lists scanned per query ``nprobe``, and how many vectors the lists were
+    trained on (``trained_on``)."""
 
     kind: str = "flat"
     nlist: int = 0
     nprobe: int = 0
+    trained_on: int = 0
 
     def describe(self) -> str:
         if self.kind == "flat":
@@ -42,13 +44,50 @@ class IndexParams:
         return f"ivf(nlist={self.nlist}, nprobe={self.nprobe})"
 
 
+def gpu_number(device: str | None) -> int | None:
+    """The GPU to hold the index on for a device string ("cuda", "cuda:1"), or None for the
+    CPU: when the device is not CUDA, or FAISS was built without GPU support (faiss-cpu), or
+    no GPU is visible. Parsed without torch (the storage layer never imports it)."""
+    if not device:
+        return None
+    kind, _, number = str(device).partition(":")
+    if kind != "cuda" or not hasattr(faiss, "StandardGpuResources"):
+        return None
+    if faiss.get_num_gpus() < 1:
+        return None
+    index = int(number) if number.isdigit() else 0
+    return index if index < faiss.get_num_gpus() else None
+
+
 class VectorIndex:
-    """Vectors keyed by int64 id. Not thread-safe for writes: the store serialises access."""
+    """Vectors keyed by int64 id. Not thread-safe for writes: the store serialises access.
+
+    The master copy always lives on the CPU (updates, persistence). With a GPU
+    (:meth:`use_gpu`), searches run on a GPU replica of it, refreshed after changes.
+    """
 
     def __init__(self, dimension: int, params: IndexParams | None = None) -> None:
         self.dimension = dimension
         self.params = params or IndexParams()
         self._index = self._empty(self.params)
+        self._gpu: int | None = None
+        self._gpu_index: faiss.Index | None = None
+        self._gpu_resources: object | None = None
+
+    def use_gpu(self, device: str | None) -> bool:
+        """Search on the GPU named by ``device`` when possible; returns whether it will."""
+        self._gpu = gpu_number(device)
+        self._gpu_index = None
+        return self._gpu is not None
+
+    def _searcher(self) -> faiss.Index:
+        if self._gpu is None:
+            return self._index
+        if self._gpu_index is None:
+            if self._gpu_resources is None:
+                self._gpu_resources = faiss.StandardGpuResources()
+            self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, self._gpu, self._index)
+        return self._gpu_index
 
     def _empty(self, params: IndexParams) -> faiss.Index:
         if params.kind == "flat":
@@ -75,8 +114,75 @@ class VectorIndex:
         index = cls(dimension, params)
         if params.kind == "ivf":
             index._train(vectors)
-        index.upsert(ids, vectors)
+            index._fill_lists(
+                np.ascontiguousarray(ids, dtype=np.int64),
+                np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dimension),
+            )
+        else:
+            index.upsert(ids, vectors)
         return index
+
+    # Inverted lists are growable arrays: adding entries one by one, as FAISS's add does,
+    # leaves their capacity up to twice their size. Lists are therefore filled in one piece
+    # per list, and re-packed once many lists have grown since (see _note_growth).
+    _REPACK_FRACTION = 0.3
+
+    def _fill_lists(self, ids: IdArray, vectors: FloatMatrix) -> None:
+        """Put (n,) ids / (n, d) vectors into freshly packed inverted lists (ivf only)."""
+        ivf = faiss.extract_index_ivf(self._index)
+        lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+        if len(ids):
+            _, assignment = ivf.quantizer.search(vectors, 1)
+            self._pack(lists, assignment[:, 0], ids, vectors.view(np.uint8))
+        self._install(ivf, lists, len(ids))
+
+    def _repack(self) -> None:
+        """Re-pack the inverted lists to exactly their size (same lists, same contents)."""
+        ivf = faiss.extract_index_ivf(self._index)
+        old = ivf.invlists
+        lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+        for list_no in range(ivf.nlist):
+            size = old.list_size(list_no)
+            if size:
+                lists.add_entries(list_no, size, old.get_ids(list_no), old.get_codes(list_no))
+        self._install(ivf, lists, int(ivf.ntotal))
+
+    @staticmethod
+    def _pack(
+        lists: object, assignment: npt.NDArray[np.int64], ids: IdArray, codes: npt.NDArray[np.uint8]
+    ) -> None:
+        order = np.argsort(assignment, kind="stable")
+        assignment = assignment[order]
+        ids = np.ascontiguousarray(ids[order])
+        codes = np.ascontiguousarray(codes[order])
+        bounds = np.flatnonzero(np.diff(assignment)) + 1
+        for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(order)], strict=True):
+            lists.add_entries(  # type: ignore[attr-defined]
+                int(assignment[start]),
+                int(stop - start),
+                faiss.swig_ptr(ids[start:stop]),
+                faiss.swig_ptr(codes[start:stop]),
+            )
+
+    def _install(self, ivf: faiss.Index, lists: object, total: int) -> None:
+        ivf.replace_invlists(lists, True)
+        lists.this.disown()  # type: ignore[attr-defined]  # owned by the index now
+        ivf.ntotal = total
+        self._index.ntotal = total
+        # Rebuild the id -> (list, offset) map from the new lists.
+        ivf.set_direct_map_type(faiss.DirectMap.NoMap)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        self._grown_lists: set[int] = set()
+        self._gpu_index = None
+
+    def _note_growth(self, vectors: FloatMatrix) -> None:
+        ivf = faiss.extract_index_ivf(self._index)
+        _, assignment = ivf.quantizer.search(vectors, 1)
+        grown = getattr(self, "_grown_lists", set())
+        grown.update(int(a) for a in assignment[:, 0])
+        self._grown_lists = grown
+        if len(grown) > self._REPACK_FRACTION * ivf.nlist:
+            self._repack()
 
     def _train(self, vectors: FloatMatrix) -> None:
         ivf = faiss.extract_index_ivf(self._index)
@@ -111,12 +217,20 @@ class VectorIndex:
             raise StoreError("index upsert: duplicate ids in one call")
         self.remove(ids)
         self._index.add_with_ids(vectors, ids)
+        self._gpu_index = None
+        if self.params.kind == "ivf":
+            self._note_growth(vectors)
 
     def remove(self, ids: IdArray) -> int:
         """Remove these ids (absent ones are ignored); returns how many were removed."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) == 0 or len(self) == 0:
             return 0
+        self._gpu_index = None
+        if self.params.kind == "ivf":
+            # The id hash map of an IVF index only removes through an explicit id array.
+            selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))
+            return int(self._index.remove_ids(selector))
         return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
 
     def get(self, id_: int) -> FloatMatrix | None:
@@ -164,7 +278,11 @@ class VectorIndex:
         if len(self) == 0 or k < 1:
             m = len(queries)
             return np.full((m, max(k, 0)), -np.inf, np.float32), np.full((m, max(k, 0)), -1)
-        scores, ids = self._index.search(queries, k)
+        scores, ids = self._searcher().search(queries, min(k, len(self)))
+        if k > ids.shape[1]:
+            pad = k - ids.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
         return scores, ids.astype(np.int64)
 
     # --- persistence -------------------------------------------------------------------------
@@ -183,4 +301,7 @@ class VectorIndex:
         if params.kind == "ivf":
             faiss.extract_index_ivf(loaded).nprobe = params.nprobe
         index._index = loaded
+        index._gpu = None
+        index._gpu_index = None
+        index._gpu_resources = None
         return index
