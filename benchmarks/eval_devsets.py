@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA, emit
 from speakerdb import SpeakerDB
 from speakerdb.enroll.lists import read_manifest, read_trials
+from speakerdb.model.registry import GE2E_DEFAULT_THRESHOLD
 
 REFERENCE = {  # ../shared/data/README.md: Resemblyzer 0.1.4 pipeline, cosine scoring
     "librispeech": {"eer": 0.0042, "threshold": 0.724, "min_dcf": 0.013},
@@ -35,8 +36,9 @@ def main() -> None:
     cohort = [e.path for e in read_manifest(DATA / args.cohort)]
     results: dict[str, dict] = {}
     lines = [
-        f"{'set':<16}{'trials':>7}  {'EER':>7} {'thr':>6} {'minDCF':>7}  {'FAR@0.80':>8} "
-        f"{'FRR@0.80':>8}  {'AS-norm EER':>11} {'minDCF':>7}  {'reference EER':>13}"
+        f"{'set':<16}{'trials':>7}  {'EER':>7} {'thr':>6} {'minDCF':>7}  "
+        f"{f'FAR@{GE2E_DEFAULT_THRESHOLD:.2f}':>8} {f'FRR@{GE2E_DEFAULT_THRESHOLD:.2f}':>8}  "
+        f"{'AS-norm EER':>11} {'minDCF':>7}  {'reference EER':>13}"
     ]
     with tempfile.TemporaryDirectory() as folder, SpeakerDB.open(f"{folder}/eval.sqlite") as db:
         for name, ref in REFERENCE.items():

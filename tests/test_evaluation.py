@@ -13,6 +13,7 @@ from helpers import manifest, require_data
 from speakerdb import scoring
 from speakerdb.cli import cli
 from speakerdb.errors import MissingDependencyError, UsageError
+from speakerdb.model.registry import GE2E_DEFAULT_THRESHOLD
 
 
 def run(*args: str):
@@ -87,7 +88,7 @@ def test_calibrate_sets_the_threshold_verify_uses(tmp_path, vctk_trials):
         groups.setdefault(label, []).append(str(path))
     assert run("enroll", "p225", *groups["p225"][:3], "--db", db).exit_code == 0
     code, doc = run_json("verify", "p225", groups["p225"][5], "--db", db)
-    assert doc["threshold"] == pytest.approx(0.80)
+    assert doc["threshold"] == pytest.approx(GE2E_DEFAULT_THRESHOLD)
     code, cal = run_json("calibrate", str(vctk_trials), "--target", "eer", "--db", db)
     assert code == 0 and cal["calibrated"] is True
     assert cal["threshold"] == pytest.approx(cal["threshold"])
@@ -99,9 +100,9 @@ def test_calibrate_sets_the_threshold_verify_uses(tmp_path, vctk_trials):
     code, doc = run_json("verify", "p225", groups["p225"][5], "--threshold", "0.5", "--db", db)
     assert doc["threshold"] == 0.5
     code, reset = run_json("calibrate", "--reset", "--db", db)
-    assert reset["threshold"] == pytest.approx(0.80)
+    assert reset["threshold"] == pytest.approx(GE2E_DEFAULT_THRESHOLD)
     code, doc = run_json("verify", "p225", groups["p225"][5], "--db", db)
-    assert doc["threshold"] == pytest.approx(0.80)
+    assert doc["threshold"] == pytest.approx(GE2E_DEFAULT_THRESHOLD)
 
 
 def test_eval_set_default_stores_threshold_at_far(tmp_path, vctk_trials):
