@@ -730,6 +730,23 @@ def _centroid(embeddings: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return (mean / np.linalg.norm(mean)).astype(np.float32)
 
 
+def _split_duplicates(
+    utterances: list[NewUtterance], known: set[str]
+) -> tuple[list[NewUtterance], list[str]]:
+    """(utterances to store, sha256 of the duplicates): an utterance is a duplicate when its
+    audio is in ``known`` or earlier in the list."""
+    seen = set(known)
+    added: list[NewUtterance] = []
+    duplicates: list[str] = []
+    for u in utterances:
+        if u.sha256 in seen:
+            duplicates.append(u.sha256)
+        else:
+            seen.add(u.sha256)
+            added.append(u)
+    return added, duplicates
+
+
 def _utterance_rows(
     speaker_id: int, utterances: list[NewUtterance], model_id: int, now: dt.datetime
 ) -> list[dict[str, Any]]:
@@ -766,15 +783,7 @@ def _create_speakers(
     rows: list[dict[str, Any]] = []
     kept: list[tuple[list[NewUtterance], list[str]]] = []
     for request in requests:
-        seen: set[str] = set()
-        added: list[NewUtterance] = []
-        duplicates: list[str] = []
-        for u in request.utterances:
-            if u.sha256 in seen:
-                duplicates.append(u.sha256)
-            else:
-                seen.add(u.sha256)
-                added.append(u)
+        added, duplicates = _split_duplicates(request.utterances, set())
         seq += 1
         kept.append((added, duplicates))
         rows.append(
@@ -862,14 +871,7 @@ def _enroll_one(
                     select(Utterance.audio_sha256).where(Utterance.speaker_id == existing.id)
                 ).scalars()
             )
-    added: list[NewUtterance] = []
-    duplicates: list[str] = []
-    for u in request.utterances:
-        if u.sha256 in known:
-            duplicates.append(u.sha256)
-        else:
-            known.add(u.sha256)
-            added.append(u)
+    added, duplicates = _split_duplicates(request.utterances, known)
 
     if existing is not None and not added and removed == 0:
         if request.metadata is not None:
