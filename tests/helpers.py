@@ -162,6 +162,13 @@ def broken_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
     hum = 1e-4 * np.random.default_rng(2).standard_normal(rate * 3).astype(np.float32)
     sf.write(folder / "faint-noise.wav", hum, rate, subtype="FLOAT")
     out["faint noise, no speech"] = (folder / "faint-noise.wav", "no_speech")
+    t = np.arange(3 * rate) / rate
+    buzz = 0.3 * np.sign(np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    sf.write(folder / "buzz.wav", buzz, rate)
+    out["steady 200 Hz buzz"] = (folder / "buzz.wav", "no_speech")
+    sweep = 0.5 * np.sin(2 * np.pi * (100 + 2000 * t / 3) * t).astype(np.float32)
+    sf.write(folder / "sweep.wav", sweep, rate)
+    out["frequency sweep"] = (folder / "sweep.wav", "no_speech")
     sf.write(folder / "short.wav", samples[int(0.5 * rate) : int(0.7 * rate)], rate)
     out["0.2 s of speech"] = (folder / "short.wav", "too_short")
     return out

@@ -36,6 +36,11 @@ WebRTC VAD calls loud broadband noise voiced; speech, even noisy, is far from fl
 noisiest development recordings reach 0.12; speech in white noise at 5 dB SNR about 0.5).
 """
 
+MIN_LOUDNESS_RANGE_DB = 1.0
+"""Speech rises and falls from syllable to syllable; a signal whose 25 ms frame energies stay
+within this range (10th to 90th percentile, in dB) is a steady tone, buzz or sweep. The
+flattest development recording (noisy read speech) spans 2.7 dB, synthetic tones under 0.1."""
+
 _FRAME_OFFSETS = torch.arange(WINDOW_FRAMES)
 
 
@@ -59,7 +64,8 @@ def prepare_utterance(source: AudioInput, sample_rate: int | None = None) -> Pre
     """Decode and preprocess one recording (see :func:`speakerdb.model.audio.load_audio`).
 
     Raises the AudioError subclasses of load_audio, plus NoSpeechError when VAD finds no speech
-    or the signal is noise (:data:`MAX_SPECTRAL_FLATNESS`), and TooLittleSpeechError below
+    or the signal is noise (:data:`MAX_SPECTRAL_FLATNESS`) or a steady tone
+    (:data:`MIN_LOUDNESS_RANGE_DB`), and TooLittleSpeechError below
     :data:`MIN_SPEECH_SECONDS`.
     """
     decoded = load_audio(source, sample_rate)
@@ -85,6 +91,13 @@ def prepare_utterance(source: AudioInput, sample_rate: int | None = None) -> Pre
             raise NoSpeechError(
                 decoded.source,
                 f"no speech detected: the signal is noise-like (spectral flatness {flatness:.2f})",
+            )
+        energy_db = 10.0 * torch.log10(power[:, :real_frames].sum(0).double() + 1e-12)
+        spread = float(torch.quantile(energy_db, 0.9) - torch.quantile(energy_db, 0.1))
+        if spread < MIN_LOUDNESS_RANGE_DB:
+            raise NoSpeechError(
+                decoded.source,
+                f"no speech detected: a steady tone or buzz (loudness varies {spread:.1f} dB)",
             )
         mel = mel_spectrogram(samples, power)
         index = torch.tensor(starts)[:, None] + _FRAME_OFFSETS
