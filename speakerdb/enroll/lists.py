@@ -61,7 +61,7 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
         try:
             item = json.loads(line)
         except ValueError as exc:
-            raise UsageError(f"{where}: not a JSON object ({exc.msg})") from None
+            raise UsageError(f"{where}: not a JSON object ({getattr(exc, 'msg', exc)})") from None
         if not isinstance(item, dict):
             raise UsageError(f"{where}: expected a JSON object")
         audio = item.get("audio_filepath")
