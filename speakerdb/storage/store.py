@@ -847,60 +847,41 @@ def _create_speakers(
 def _enroll_one(
     conn: Connection, request: EnrollRequest, model_id: int, dimension: int
 ) -> tuple[EnrollResult, bool]:
-    """Apply one enrollment inside the caller's transaction; returns (result, centroid
-    changed)."""
+    """Apply one enrollment to an EXISTING speaker inside the caller's transaction (new
+    speakers go through :func:`_create_speakers`); returns (result, centroid changed)."""
     now = utcnow()
     existing = conn.execute(
         _SPEAKER_COLUMNS.where(Speaker.name == request.name).with_for_update()
     ).first()
-    if existing is not None and request.mode == "skip":
-        return EnrollResult(request.name, _speaker_record(existing), skipped=True), False
-    if existing is None and request.mode == "skip" and not request.utterances:
+    if existing is None:
+        # Only "skip" with nothing to enroll gets here for an unknown name.
         return EnrollResult(request.name, None, skipped=True), False
+    if request.mode == "skip":
+        return EnrollResult(request.name, _speaker_record(existing), skipped=True), False
 
+    speaker_id = existing.id
     removed = 0
     known: set[str] = set()
-    if existing is not None:
-        if request.mode == "overwrite":
-            removed = conn.execute(
-                delete(Utterance).where(Utterance.speaker_id == existing.id)
-            ).rowcount
-        else:
-            known = set(
-                conn.execute(
-                    select(Utterance.audio_sha256).where(Utterance.speaker_id == existing.id)
-                ).scalars()
-            )
+    if request.mode == "overwrite":
+        removed = conn.execute(delete(Utterance).where(Utterance.speaker_id == speaker_id)).rowcount
+    else:
+        known = set(
+            conn.execute(
+                select(Utterance.audio_sha256).where(Utterance.speaker_id == speaker_id)
+            ).scalars()
+        )
     added, duplicates = _split_duplicates(request.utterances, known)
 
-    if existing is not None and not added and removed == 0:
+    if not added and removed == 0:
         if request.metadata is not None:
             conn.execute(
                 update(Speaker)
-                .where(Speaker.id == existing.id)
+                .where(Speaker.id == speaker_id)
                 .values({_METADATA: request.metadata, Speaker.updated_at: now})
             )
             existing = _speaker_row(conn, request.name)
         return EnrollResult(request.name, _speaker_record(existing), duplicates=duplicates), False
 
-    if existing is None:
-        speaker_id = conn.execute(
-            Speaker.__table__.insert()
-            .values(
-                name=request.name,
-                metadata=request.metadata,
-                status="active",
-                centroid=_centroid(np.stack([u.embedding for u in added])).tobytes(),
-                utterance_count=0,
-                speech_seconds=0.0,
-                change_seq=0,
-                created_at=now,
-                updated_at=now,
-            )
-            .returning(Speaker.id)
-        ).scalar_one()
-    else:
-        speaker_id = existing.id
     if added:
         conn.execute(
             Utterance.__table__.insert(), _utterance_rows(speaker_id, added, model_id, now)
@@ -927,7 +908,6 @@ def _enroll_one(
         EnrollResult(
             request.name,
             record,
-            created=existing is None,
             added=[u.sha256 for u in added],
             duplicates=duplicates,
             removed=removed,
