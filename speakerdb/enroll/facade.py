@@ -328,11 +328,6 @@ class SpeakerDB:
 
     # --- decisions ----------------------------------------------------------------------------
 
-    def _embed_tolerant(
-        self, audio: Sequence[AudioInput], sample_rate: int | None = None
-    ) -> list[EmbeddedAudio]:
-        return self.model.embed(audio, sample_rate=sample_rate)
-
     def verify(
         self,
         name: str,
@@ -366,7 +361,7 @@ class SpeakerDB:
         used = self._threshold(threshold, norm)
         identity = self._check_model()
         record, centroid = self.store.centroid(name)
-        embedded = self._embed_tolerant(audio, sample_rate)
+        embedded = self.model.embed(audio, sample_rate=sample_rate)
         good = [e for e in embedded if e.vector is not None]
         normalised: dict[int, float] = {}
         if norm is not None and good:
@@ -429,12 +424,12 @@ class SpeakerDB:
         norm = _norm(norm)
         used = self._threshold(threshold, norm)
         identity = self.identity
-        keys, embedded = self._embed_distinct(
+        position, embedded = self._embed_distinct(
             [x for pair in pairs for x in pair], batch_size, sample_rate, progress
         )
         rows: list[tuple[int, int] | AudioError] = []
-        for a, b in pairs:
-            ia, ib = keys[_key(a)], keys[_key(b)]
+        for k in range(len(pairs)):
+            ia, ib = position[2 * k], position[2 * k + 1]
             failed = next((embedded[i] for i in (ia, ib) if embedded[i].vector is None), None)
             rows.append(failed.error if failed is not None and failed.error else (ia, ib))
         scores = self._pair_scores(
@@ -468,24 +463,16 @@ class SpeakerDB:
         batch_size: int,
         sample_rate: int | None,
         progress: Progress | None,
-    ) -> tuple[dict[object, int], list[EmbeddedAudio]]:
-        """Embed each distinct input once: (key -> position, results)."""
+    ) -> tuple[list[int], list[EmbeddedAudio]]:
+        """:meth:`Embedder.embed_distinct` with at least the model's default batch size."""
         from speakerdb.model.embedder import DEFAULT_BATCH_SIZE
 
-        keys: dict[object, int] = {}
-        distinct: list[AudioInput] = []
-        for item in items:
-            key = _key(item)
-            if key not in keys:
-                keys[key] = len(distinct)
-                distinct.append(item)
-        embedded = self.model.embed(
-            distinct,
+        return self.model.embed_distinct(
+            items,
             batch_size=max(batch_size, DEFAULT_BATCH_SIZE),
             sample_rate=sample_rate,
             progress=progress,
         )
-        return keys, embedded
 
     def _pair_scores(
         self,
@@ -540,7 +527,7 @@ class SpeakerDB:
         norm = _norm(norm)
         used = self._threshold(threshold, norm)
         identity = self._check_model()
-        embedded = self._embed_tolerant(audio, sample_rate)
+        embedded = self.model.embed(audio, sample_rate=sample_rate)
         good = [e for e in embedded if e.vector is not None]
         probes = np.stack([e.vector for e in good]) if good else None  # type: ignore[misc]
         # With normalisation the raw order may change: fetch a few more candidates.
@@ -635,26 +622,21 @@ class SpeakerDB:
         if any(t.label is None for t in trials):
             raise UsageError("every trial needs a label (1 same speaker, 0 different)")
         norm = _norm(norm)
-        keys, embedded = self._embed_distinct(
+        position, embedded = self._embed_distinct(
             [x for t in trials for x in (t.a, t.b)], 0, None, progress
         )
         failed: dict[str, tuple[str, str]] = {}
         for e in embedded:
             if e.error is not None:
                 failed[e.source] = (e.error.code, e.error.reason)
-        usable = [
-            t
-            for t in trials
-            if embedded[keys[_key(t.a)]].vector is not None
-            and embedded[keys[_key(t.b)]].vector is not None
+        sides = [(position[2 * k], position[2 * k + 1]) for k in range(len(trials))]
+        kept = [
+            k
+            for k, (ia, ib) in enumerate(sides)
+            if embedded[ia].vector is not None and embedded[ib].vector is not None
         ]
-        scores = self._pair_scores(
-            embedded,
-            [(keys[_key(t.a)], keys[_key(t.b)]) for t in usable],
-            norm,
-            cohort,
-            cohort_size,
-        )
+        usable = [trials[k] for k in kept]
+        scores = self._pair_scores(embedded, [sides[k] for k in kept], norm, cohort, cohort_size)
         scored = [
             ScoredTrial(int(t.label or 0), score, str(t.a), str(t.b))
             for t, (_, score) in zip(usable, scores, strict=True)
@@ -763,10 +745,6 @@ def _as_list(audio: AudioInput | Sequence[AudioInput]) -> list[AudioInput]:
     if isinstance(audio, str | np.ndarray) or hasattr(audio, "__fspath__"):
         return [audio]  # type: ignore[list-item]
     return list(audio)  # type: ignore[arg-type]
-
-
-def _key(item: AudioInput) -> object:
-    return ("array", id(item)) if isinstance(item, np.ndarray) else ("path", str(item))
 
 
 def _accept(

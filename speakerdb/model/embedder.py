@@ -285,26 +285,51 @@ class Embedder:
         scores = self.score_pairs(audio_files_pairs, batch_size=batch_size, sample_rate=sample_rate)
         return np.array([accept(s, used) for s in scores], dtype=bool)
 
+    def embed_distinct(
+        self,
+        items: Sequence[AudioInput],
+        *,
+        sample_rate: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[list[int], list[EmbeddedAudio]]:
+        """Embed each distinct input of ``items`` once (paths by name, arrays by identity).
+
+        Returns ``(position, results)``: ``results[position[i]]`` is the result for
+        ``items[i]``. Unusable inputs are reported in their result, not raised.
+        """
+        keys: dict[object, int] = {}
+        distinct: list[AudioInput] = []
+        position: list[int] = []
+        for item in items:
+            key = ("array", id(item)) if isinstance(item, np.ndarray) else ("path", str(item))
+            if key not in keys:
+                keys[key] = len(distinct)
+                distinct.append(item)
+            position.append(keys[key])
+        results = self.embed(
+            distinct, sample_rate=sample_rate, batch_size=batch_size, progress=progress
+        )
+        return position, results
+
     def score_pairs(
         self,
         pairs: Sequence[tuple[AudioInput, AudioInput]],
         batch_size: int = DEFAULT_BATCH_SIZE,
         sample_rate: int | None = None,
     ) -> npt.NDArray[np.float64]:
-        """Cosine scores (P,) float64 of many pairs, embedding each distinct file once."""
-        distinct: dict[object, int] = {}
-        inputs: list[AudioInput] = []
-        for item in itertools.chain.from_iterable(pairs):
-            key = _dedupe_key(item)
-            if key not in distinct:
-                distinct[key] = len(inputs)
-                inputs.append(item)
-        vectors = self.embed_files(inputs, batch_size=batch_size, sample_rate=sample_rate)
+        """Cosine scores (P,) float64 of many pairs, embedding each distinct file once.
+        Raises the AudioError of the first unusable file."""
+        items = list(itertools.chain.from_iterable(pairs))
+        position, results = self.embed_distinct(
+            items, sample_rate=sample_rate, batch_size=batch_size
+        )
+        for result in results:
+            if result.error is not None:
+                raise result.error
+        vectors = [results[p].vector for p in position]
         return np.array(
-            [
-                cosine(vectors[distinct[_dedupe_key(a)]], vectors[distinct[_dedupe_key(b)]])
-                for a, b in pairs
-            ],
+            [cosine(vectors[2 * i], vectors[2 * i + 1]) for i in range(len(pairs))],
             dtype=np.float64,
         )
 
@@ -414,12 +439,6 @@ def _encoder_workers(
             _threads_users -= 1
             if _threads_users == 0:
                 torch.set_num_threads(_threads_saved)
-
-
-def _dedupe_key(item: AudioInput) -> object:
-    if isinstance(item, np.ndarray):
-        return ("array", id(item))
-    return ("path", str(item))
 
 
 def _prepared_stream(
