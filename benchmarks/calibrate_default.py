@@ -1,4 +1,4 @@
-"""How the ge2e model's default thresholds were chosen (speakerdb.model.registry).
+"""How the ge2e model's default thresholds were chosen (speakerdb.model._registry).
 
 Verification compares a probe recording with a speaker's voiceprint: the normalised mean of
 their enrollment recordings. So the calibration reproduces that use on the read-speech
@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speakerdb
 from _common import DATA, emit
 from speakerdb import scoring
-from speakerdb.enroll.lists import read_manifest
-from speakerdb.model.registry import GE2E_DEFAULT_ASNORM_THRESHOLD, GE2E_DEFAULT_THRESHOLD
+from speakerdb.enroll._lists import read_manifest
+from speakerdb.model._registry import GE2E_DEFAULT_ASNORM_THRESHOLD, GE2E_DEFAULT_THRESHOLD
 
 CALIBRATION_SETS = ("librispeech", "vctk")
 REPORT_SETS = ("librispeech", "vctk", "arabic-commands")

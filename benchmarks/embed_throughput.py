@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speakerdb
 from _common import DATA, emit
-from speakerdb.model.utterance import prepare_utterance
+from speakerdb.model._utterance import prepare_utterance
 
 
 def files_of(dataset: str) -> list[Path]:

@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA, emit
 from speakerdb import SpeakerDB, load_model
-from speakerdb.enroll.lists import read_manifest
+from speakerdb.enroll._lists import read_manifest
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA, emit
 from speakerdb import SpeakerDB
-from speakerdb.enroll.lists import read_manifest, read_trials
-from speakerdb.model.registry import GE2E_DEFAULT_THRESHOLD
+from speakerdb.enroll._lists import read_manifest, read_trials
+from speakerdb.model._registry import GE2E_DEFAULT_THRESHOLD
 
 REFERENCE = {  # ../shared/data/README.md: Resemblyzer 0.1.4 pipeline, cosine scoring
     "librispeech": {"eer": 0.0042, "threshold": 0.724, "min_dcf": 0.013},

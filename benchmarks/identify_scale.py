@@ -2,7 +2,7 @@
 
 Generates N synthetic voiceprints shaped like GE2E's (benchmarks/synthetic.py), probes that
 are noisy copies of enrolled voiceprints and probes of unknown speakers, and measures in one
-run, for speakerdb's chosen index (speakerdb.storage.index_policy), exact FAISS flat search
+run, for speakerdb's chosen index (speakerdb.storage._index_policy), exact FAISS flat search
 and a numpy scan: build/train time, resident memory, single-query p50/p99 latency, batch
 throughput; then recall@1 of speakerdb's index against exact search and open-set accuracy
 at the model's default threshold. speakerdb's timings include its exact re-scoring of the
@@ -42,9 +42,9 @@ from _common import (
     percentiles_ms,
 )
 from speakerdb import scoring
-from speakerdb.model.registry import GE2E_DEFAULT_THRESHOLD
-from speakerdb.storage.index_policy import choose_params
-from speakerdb.storage.vector_index import VectorIndex
+from speakerdb.model._registry import GE2E_DEFAULT_THRESHOLD
+from speakerdb.storage._index_policy import choose_params
+from speakerdb.storage._vector_index import VectorIndex
 
 RESCORE_EXTRA = 8  # as the store does
 
@@ -170,9 +170,9 @@ def measure_index(args, vectors, ids, probes, truth, singles) -> dict:
 
 
 def measure_store(args, vectors, ids, probes, truth) -> list[dict]:
-    from speakerdb.identity import ModelIdentity
-    from speakerdb.storage.records import EnrollRequest, NewUtterance
-    from speakerdb.storage.store import EnrollmentStore
+    from speakerdb._identity import ModelIdentity
+    from speakerdb.storage._records import EnrollRequest, NewUtterance
+    from speakerdb.storage._store import EnrollmentStore
 
     n = min(args.store_n, len(vectors))
     model = ModelIdentity("synthetic", "5" * 64, DIM, GE2E_DEFAULT_THRESHOLD)

@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_PG_URL, create_scratch_pg, drop_scratch_pg, emit, percentiles_ms
-from speakerdb.identity import ModelIdentity
-from speakerdb.storage.records import EnrollRequest, NewUtterance
-from speakerdb.storage.store import EnrollmentStore
+from speakerdb._identity import ModelIdentity
+from speakerdb.storage._records import EnrollRequest, NewUtterance
+from speakerdb.storage._store import EnrollmentStore
 
 DIM = 256
 MODEL = ModelIdentity("bench-model", "b" * 64, DIM, 0.8)

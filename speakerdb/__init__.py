@@ -4,51 +4,103 @@
     model = load_model()                        # GE2E, CUDA if available
     model.get_embedding("a.wav")                # (256,) float32, unit norm
     model.verify_speakers("a.wav", "b.wav")     # bool
+    with SpeakerDB.open("team.sqlite") as db:
+        db.enroll("alice", ["a1.wav", "a2.wav"])
+        db.verify("alice", "call.wav")
 
-Heavy modules (torch, SQLAlchemy) load on first use, so ``import speakerdb`` is quick.
+The names exported here are the public API; everything in a module whose name starts with
+an underscore is private and may change. Heavy modules (torch, SQLAlchemy, numpy) load on
+first use of the names that need them, so ``import speakerdb`` is quick.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from speakerdb import errors
+from speakerdb._identity import ModelIdentity
 from speakerdb.errors import SpeakerDBError
-from speakerdb.identity import ModelIdentity
-from speakerdb.model.registry import load_model, model_identity
-from speakerdb.results import Comparison, Identification, Match, Verification
+from speakerdb.model._registry import DEFAULT_MODEL, available_models, load_model, model_identity
 
 if TYPE_CHECKING:
-    from speakerdb.enroll.facade import SpeakerDB
-    from speakerdb.enroll.reports import EnrollmentReport, InputReport
-    from speakerdb.model.embedder import EmbeddedAudio, Embedder
+    from speakerdb._results import Comparison, Identification, Match, Verification
+    from speakerdb.enroll._evaluation import EvaluationReport
+    from speakerdb.enroll._facade import SpeakerDB
+    from speakerdb.enroll._lists import ManifestEntry, Trial, read_manifest, read_trials
+    from speakerdb.enroll._reports import (
+        RECOMMENDED_SPEECH_SECONDS,
+        EnrollmentReport,
+        EnrollmentWarning,
+        InputReport,
+        ManifestSummary,
+    )
+    from speakerdb.model._embedder import EmbeddedAudio, Embedder
+    from speakerdb.storage._check import CheckReport
+    from speakerdb.storage._index_cache import IndexStatus
+    from speakerdb.storage._migrate import UpgradeResult, upgrade_database
+    from speakerdb.storage._records import SpeakerRecord, UtteranceRecord
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "DEFAULT_MODEL",
+    "RECOMMENDED_SPEECH_SECONDS",
+    "CheckReport",
     "Comparison",
     "EmbeddedAudio",
     "Embedder",
     "EnrollmentReport",
+    "EnrollmentWarning",
+    "EvaluationReport",
     "Identification",
+    "IndexStatus",
     "InputReport",
+    "ManifestEntry",
+    "ManifestSummary",
     "Match",
     "ModelIdentity",
     "SpeakerDB",
     "SpeakerDBError",
+    "SpeakerRecord",
+    "Trial",
+    "UpgradeResult",
+    "UtteranceRecord",
     "Verification",
     "__version__",
+    "available_models",
     "errors",
     "load_model",
     "model_identity",
+    "read_manifest",
+    "read_trials",
+    "upgrade_database",
 ]
 
 _LAZY = {
-    "Embedder": "speakerdb.model.embedder",
-    "EmbeddedAudio": "speakerdb.model.embedder",
-    "SpeakerDB": "speakerdb.enroll.facade",
-    "EnrollmentReport": "speakerdb.enroll.reports",
-    "InputReport": "speakerdb.enroll.reports",
+    "Comparison": "speakerdb._results",
+    "Identification": "speakerdb._results",
+    "Match": "speakerdb._results",
+    "Verification": "speakerdb._results",
+    "EvaluationReport": "speakerdb.enroll._evaluation",
+    "SpeakerDB": "speakerdb.enroll._facade",
+    "ManifestEntry": "speakerdb.enroll._lists",
+    "Trial": "speakerdb.enroll._lists",
+    "read_manifest": "speakerdb.enroll._lists",
+    "read_trials": "speakerdb.enroll._lists",
+    "RECOMMENDED_SPEECH_SECONDS": "speakerdb.enroll._reports",
+    "EnrollmentReport": "speakerdb.enroll._reports",
+    "EnrollmentWarning": "speakerdb.enroll._reports",
+    "InputReport": "speakerdb.enroll._reports",
+    "ManifestSummary": "speakerdb.enroll._reports",
+    "EmbeddedAudio": "speakerdb.model._embedder",
+    "Embedder": "speakerdb.model._embedder",
+    "CheckReport": "speakerdb.storage._check",
+    "IndexStatus": "speakerdb.storage._index_cache",
+    "UpgradeResult": "speakerdb.storage._migrate",
+    "upgrade_database": "speakerdb.storage._migrate",
+    "SpeakerRecord": "speakerdb.storage._records",
+    "UtteranceRecord": "speakerdb.storage._records",
 }
 
 
@@ -56,6 +108,10 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'speakerdb' has no attribute {name!r}")
-    import importlib
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-    return getattr(importlib.import_module(module), name)
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

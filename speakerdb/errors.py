@@ -4,12 +4,15 @@ Every error the library raises on purpose derives from :class:`SpeakerDBError`. 
 exceptions (soundfile, PyAV, SQLAlchemy, FAISS, torch) are translated into these at the module
 that calls the lower-level library, so users never need to catch third-party types.
 
-Each class has a short machine-readable ``code`` (used in enrollment reports and ``--json``
-output) and the message is a single line fit for ``error: <message>`` on a terminal.
+Each class has its own short machine-readable ``code`` (used in enrollment reports and
+``--json`` output; no two classes share one) and the message is a single line fit for
+``error: <message>`` on a terminal: file names are escaped by :func:`printable`, so a name
+holding a newline or a terminal control sequence cannot split or forge output lines.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 __all__ = [
@@ -30,7 +33,26 @@ __all__ = [
     "StoreError",
     "TooLittleSpeechError",
     "UsageError",
+    "printable",
 ]
+
+
+def printable(text: str | os.PathLike[str]) -> str:
+    """``text`` with every control, separator or invisible format character escaped
+    (``\\n``, ``\\x1b``, ``\\u202e`` ...) and backslashes doubled, so it stays on one line
+    and shows what it is. Ordinary spaces and visible Unicode are kept as they are."""
+    import unicodedata
+
+    out: list[str] = []
+    for char in os.fspath(text):
+        if char == "\\":
+            out.append("\\\\")
+        elif char == " " or unicodedata.category(char)[0] not in ("C", "Z"):
+            out.append(char)
+        else:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return "".join(out)
 
 
 class SpeakerDBError(Exception):
@@ -39,8 +61,10 @@ class SpeakerDBError(Exception):
     code = "error"
 
     def __init__(self, message: str) -> None:
-        # One line, always: the CLI prints it as `error: <message>`.
-        super().__init__(" ".join(str(message).split()))
+        # One line, always: the CLI prints it as `error: <message>`; control characters
+        # that survive (escape sequences) are shown escaped, never sent to a terminal.
+        one_line = " ".join(str(message).split())
+        super().__init__("".join(c if c.isprintable() else printable(c) for c in one_line))
 
     @property
     def message(self) -> str:
@@ -76,13 +100,13 @@ class AudioError(SpeakerDBError):
     def __init__(self, source: str | Path, reason: str) -> None:
         self.source = str(source)
         self.reason = reason
-        super().__init__(f"{self.source}: {reason}")
+        super().__init__(f"{printable(self.source)}: {reason}")
 
 
 class AudioNotFoundError(AudioError):
     """The path does not exist."""
 
-    code = "not_found"
+    code = "file_not_found"
 
 
 class AudioDecodeError(AudioError):
@@ -148,6 +172,8 @@ class NotFoundError(SpeakerDBError):
 
 class SpeakerNotFoundError(NotFoundError):
     """No enrolled speaker has this name."""
+
+    code = "speaker_not_found"
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -32,26 +32,12 @@ __all__ = [
     "cosine_scores",
     "eer",
     "error_rates",
-    "l2_normalise",
     "min_dcf",
     "threshold_at_far",
     "validate_threshold",
 ]
 
 FloatArray = npt.NDArray[np.floating]
-
-
-def l2_normalise(vectors: npt.ArrayLike) -> npt.NDArray[np.float32]:
-    """Return ``vectors`` scaled to unit L2 norm along the last axis, as float32.
-
-    Shape is preserved: (D,) or (N, D). Raises :class:`UsageError` on zero or non-finite
-    vectors, which have no direction.
-    """
-    array = np.asarray(vectors, dtype=np.float64)
-    norms = np.linalg.norm(array, axis=-1, keepdims=True)
-    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-        raise UsageError("cannot normalise a zero or non-finite vector")
-    return (array / norms).astype(np.float32)
 
 
 def cosine_scores(probes: npt.ArrayLike, references: npt.ArrayLike) -> npt.NDArray[np.float64]:

@@ -126,7 +126,7 @@ def broken_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
     """Inputs that must be refused: name -> (path, expected error code)."""
     samples, rate = speech_sample()
     out: dict[str, tuple[Path, str]] = {}
-    out["missing file"] = (folder / "does-not-exist.wav", "not_found")
+    out["missing file"] = (folder / "does-not-exist.wav", "file_not_found")
     (folder / "a-directory.wav").mkdir()
     out["directory"] = (folder / "a-directory.wav", "unreadable")
     (folder / "empty.wav").write_bytes(b"")
@@ -178,7 +178,7 @@ def broken_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
 
 
 def fake_model(dimension: int = 16, name: str = "test-model", tag: str = "0"):
-    from speakerdb.identity import ModelIdentity
+    from speakerdb._identity import ModelIdentity
 
     return ModelIdentity(name, tag * 64, dimension, 0.5)
 
@@ -187,7 +187,7 @@ def fake_utterance(rng: np.random.Generator, dimension: int = 16, centre=None, s
     """A unit vector (near ``centre`` if given) with a unique fake audio hash."""
     import hashlib
 
-    from speakerdb.storage.records import NewUtterance
+    from speakerdb.storage._records import NewUtterance
 
     vector = rng.standard_normal(dimension)
     if centre is not None:

@@ -16,8 +16,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers import fake_model, fake_utterance
-from speakerdb.storage.records import EnrollRequest
-from speakerdb.storage.store import EnrollmentStore
+from speakerdb.storage._records import EnrollRequest
+from speakerdb.storage._store import EnrollmentStore
 
 
 def main() -> None:

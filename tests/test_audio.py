@@ -14,10 +14,9 @@ from speakerdb.errors import (
     AudioError,
     InvalidAudioError,
     NoSpeechError,
-    SpeakerDBError,
 )
-from speakerdb.model.audio import SAMPLE_RATE, load_audio
-from speakerdb.model.utterance import MIN_SPEECH_SECONDS, prepare_utterance
+from speakerdb.model._audio import SAMPLE_RATE, load_audio
+from speakerdb.model._utterance import MIN_SPEECH_SECONDS, prepare_utterance
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +127,3 @@ def test_minimum_speech_is_at_most_half_a_second():
     start = int(0.4 * rate)
     ok = prepare_utterance(samples[start : start + int(0.6 * rate)], rate)
     assert ok.speech_seconds >= MIN_SPEECH_SECONDS
-
-
-def test_errors_are_one_hierarchy():
-    for cls in (AudioError, AudioDecodeError, InvalidAudioError, NoSpeechError):
-        assert issubclass(cls, SpeakerDBError)

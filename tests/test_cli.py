@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from helpers import broken_inputs, by_speaker, manifest, odd_but_valid_inputs, require_data
 from speakerdb.cli import cli
-from speakerdb.storage.location import resolve_location
+from speakerdb.storage._location import resolve_location
 
 ENROLLED = ("1688", "1998", "2033")
 
@@ -291,10 +291,3 @@ def test_subprocess_exit_codes_and_one_line_errors(tmp_path):
     assert missing.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.wav'}: no such file"]
     debug = _speakerdb("--debug", "verify", "nobody", str(groups["p225"][6]), "--db", db)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
-
-
-def test_cli_constants_match_the_library():
-    from speakerdb import cli as cli_module
-    from speakerdb.enroll import RECOMMENDED_SPEECH_SECONDS
-
-    assert cli_module.RECOMMENDED_SPEECH_SECONDS == RECOMMENDED_SPEECH_SECONDS

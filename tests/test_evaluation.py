@@ -13,7 +13,7 @@ from helpers import manifest, require_data
 from speakerdb import scoring
 from speakerdb.cli import cli
 from speakerdb.errors import MissingDependencyError, UsageError
-from speakerdb.model.registry import GE2E_DEFAULT_THRESHOLD
+from speakerdb.model._registry import GE2E_DEFAULT_THRESHOLD
 
 
 def run(*args: str):
@@ -78,7 +78,7 @@ def test_unusable_files_are_reported_not_fatal(tmp_path):
     assert code == 0
     assert doc["trials"] == 780 and doc["skipped_trials"] == 2
     reasons = {f["path"]: f["code"] for f in doc["failed_files"]}
-    assert reasons == {str(broken): "unreadable", str(tmp_path / "missing.wav"): "not_found"}
+    assert reasons == {str(broken): "unreadable", str(tmp_path / "missing.wav"): "file_not_found"}
 
 
 def test_calibrate_sets_the_threshold_verify_uses(tmp_path, vctk_trials):
@@ -161,8 +161,8 @@ def test_plot_is_a_png(tmp_path, vctk_trials):
 
 
 def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path, vctk_trials):
-    from speakerdb.enroll.evaluation import EvaluationReport
-    from speakerdb.enroll.plot import plot_evaluation
+    from speakerdb.enroll._evaluation import EvaluationReport
+    from speakerdb.enroll._plot import plot_evaluation
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     report = EvaluationReport(1, 1, 1, 0, 0, 0, 0, 0, 0, 0.01, 0, 0, 0.8, 0, 0, "m")

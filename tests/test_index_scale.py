@@ -7,12 +7,12 @@ import pytest
 
 from helpers import fake_model
 from speakerdb import scoring
-from speakerdb.storage import index_policy
-from speakerdb.storage.check import check_store
-from speakerdb.storage.index_policy import FLAT_MAX, choose_params, needs_rebuild
-from speakerdb.storage.records import EnrollRequest, NewUtterance
-from speakerdb.storage.store import EnrollmentStore
-from speakerdb.storage.vector_index import IndexParams, VectorIndex
+from speakerdb.storage import _index_policy as index_policy
+from speakerdb.storage._check import check_store
+from speakerdb.storage._index_policy import FLAT_MAX, choose_params, needs_rebuild
+from speakerdb.storage._records import EnrollRequest, NewUtterance
+from speakerdb.storage._store import EnrollmentStore
+from speakerdb.storage._vector_index import IndexParams, VectorIndex
 
 DIM = 32
 MODEL = fake_model(DIM)

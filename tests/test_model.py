@@ -10,9 +10,9 @@ import speakerdb
 from helpers import manifest, require_data, trials
 from speakerdb import scoring
 from speakerdb.errors import ConfigurationError, ModelError, NoSpeechError, UsageError
-from speakerdb.model import utterance as utterance_module
-from speakerdb.model.ge2e import GE2EEncoder
-from speakerdb.model.weights import ge2e_weights_path, weights_sha256
+from speakerdb.model import _utterance as utterance_module
+from speakerdb.model._ge2e import GE2EEncoder
+from speakerdb.model._weights import ge2e_weights_path, weights_sha256
 
 # Reference figures from ../shared/data/README.md (Resemblyzer 0.1.4, cosine scoring).
 REFERENCE = {
@@ -91,7 +91,7 @@ def test_seed_api_embeds_each_distinct_file_once(model, monkeypatch):
         calls.append(str(source))
         return real(source, sample_rate)
 
-    monkeypatch.setattr("speakerdb.model.embedder.prepare_utterance", counting)
+    monkeypatch.setattr("speakerdb.model._embedder.prepare_utterance", counting)
     decisions = model.verify_speakers_batch([(a1, a2), (a1, b1), (a2, b1), (a1, a2)])
     assert decisions.dtype == np.bool_
     assert decisions.tolist() == [True, False, False, True]

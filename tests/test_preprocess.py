@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from speakerdb.model import preprocess
-from speakerdb.model.windows import window_starts
+from speakerdb.model import _preprocess as preprocess
+from speakerdb.model._windows import window_starts
 
 pytest.importorskip("resemblyzer", reason="resemblyzer is the reference implementation")
 

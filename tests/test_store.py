@@ -19,12 +19,12 @@ from speakerdb.errors import (
     SpeakerNotFoundError,
     UsageError,
 )
-from speakerdb.storage.check import check_store
-from speakerdb.storage.index_file import read_index_file
-from speakerdb.storage.location import resolve_location
-from speakerdb.storage.migrate import head_revision
-from speakerdb.storage.records import EnrollRequest
-from speakerdb.storage.store import EnrollmentStore
+from speakerdb.storage._check import check_store
+from speakerdb.storage._index_file import read_index_file
+from speakerdb.storage._location import resolve_location
+from speakerdb.storage._migrate import head_revision
+from speakerdb.storage._records import EnrollRequest
+from speakerdb.storage._store import EnrollmentStore
 
 MODEL = fake_model()
 
@@ -295,7 +295,7 @@ def test_check_detects_an_index_file_that_lies(tmp_path, rng):
         store.search(np.ones(16), 1, MODEL)
         store.save_index()
     # Replace one vector in the file, keep its header's claims (as a buggy writer would).
-    from speakerdb.storage.index_file import write_index_file
+    from speakerdb.storage._index_file import write_index_file
 
     header, index = read_index_file(tmp_path / "d.sqlite.faiss")
     ids, _ = index.contents()
@@ -310,8 +310,8 @@ def test_check_detects_an_index_file_that_lies(tmp_path, rng):
 def test_outdated_schema_names_the_upgrade_command(db_url, rng):
     from alembic import command
 
-    from speakerdb.storage.engine import create_database_engine
-    from speakerdb.storage.migrate import alembic_config, upgrade
+    from speakerdb.storage._engine import create_database_engine
+    from speakerdb.storage._migrate import alembic_config, upgrade
 
     location = resolve_location(db_url)
     engine = create_database_engine(location)
@@ -327,7 +327,12 @@ def test_outdated_schema_names_the_upgrade_command(db_url, rng):
 
 
 def test_schema_head_constant_matches_the_migrations():
-    from speakerdb.storage.migrate import alembic_head_revision
+    from alembic.script import ScriptDirectory
+
+    from speakerdb.storage._migrate import alembic_config
+
+    def alembic_head_revision():
+        return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
     assert head_revision() == alembic_head_revision()
 
@@ -336,7 +341,7 @@ def test_migrations_match_the_orm(db_url):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from speakerdb.storage.schema import Base
+    from speakerdb.storage._schema import Base
 
     EnrollmentStore.open(db_url).close()
     engine = create_engine(resolve_location(db_url).url)

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from helpers import fake_model
-from speakerdb.storage.check import check_store
-from speakerdb.storage.index_file import read_index_file
-from speakerdb.storage.store import EnrollmentStore
+from speakerdb.storage._check import check_store
+from speakerdb.storage._index_file import read_index_file
+from speakerdb.storage._store import EnrollmentStore
 
 WORKER = Path(__file__).with_name("store_worker.py")
 KILLS_PER_DATABASE = 12

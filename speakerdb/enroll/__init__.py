@@ -1,6 +1,2 @@
-"""The SpeakerDB facade: enroll, verify, compare, identify, manage, evaluate."""
-
-from speakerdb.enroll.facade import RECOMMENDED_SPEECH_SECONDS, SpeakerDB
-from speakerdb.enroll.reports import EnrollmentReport, InputReport
-
-__all__ = ["RECOMMENDED_SPEECH_SECONDS", "EnrollmentReport", "InputReport", "SpeakerDB"]
+"""The SpeakerDB facade and what it composes: enrollment bookkeeping, AS-norm cohorts,
+evaluation, list files. Private modules; the public names are exported by :mod:`speakerdb`."""

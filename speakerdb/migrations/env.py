@@ -1,12 +1,12 @@
 """Alembic environment of speakerdb. Runs online only, on the connection speakerdb hands over
-in ``config.attributes["connection"]`` (see speakerdb.storage.migrate)."""
+in ``config.attributes["connection"]`` (see speakerdb.storage._migrate)."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from speakerdb.storage.schema import Base
+from speakerdb.storage._schema import Base
 
 config = context.config
 

@@ -1,8 +1,4 @@
-"""Model layer: audio decoding, GE2E preprocessing and encoder, the Embedder.
+"""Model layer: audio decoding, speech checks, model families and the batched Embedder.
 
-Knows nothing of SQL. Importing this package does not import torch; :func:`load_model` does.
+Knows nothing of SQL. Private modules; the public names are exported by :mod:`speakerdb`.
 """
-
-from speakerdb.model.registry import DEFAULT_MODEL, available_models, load_model, model_identity
-
-__all__ = ["DEFAULT_MODEL", "available_models", "load_model", "model_identity"]

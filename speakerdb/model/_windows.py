@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from speakerdb.model.preprocess import MEL_HOP
+from speakerdb.model._preprocess import MEL_HOP
 
 __all__ = ["WINDOW_FRAMES", "window_starts"]
 

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from speakerdb.errors import MissingDependencyError, StoreError
-from speakerdb.storage.location import DatabaseLocation
+from speakerdb.storage._location import DatabaseLocation
 
 __all__ = [
     "create_database_engine",

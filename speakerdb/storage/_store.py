@@ -26,6 +26,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from speakerdb._identity import ModelIdentity
 from speakerdb.errors import (
     AlreadyExistsError,
     ModelMismatchError,
@@ -33,17 +34,16 @@ from speakerdb.errors import (
     StoreError,
     UsageError,
 )
-from speakerdb.identity import ModelIdentity
-from speakerdb.storage.engine import (
+from speakerdb.storage._engine import (
     create_database_engine,
     read_transaction,
     retrying,
     store_error,
     write_transaction,
 )
-from speakerdb.storage.location import DatabaseLocation, resolve_location
-from speakerdb.storage.migrate import ensure_schema
-from speakerdb.storage.records import (
+from speakerdb.storage._location import DatabaseLocation, resolve_location
+from speakerdb.storage._migrate import ensure_schema
+from speakerdb.storage._records import (
     ENROLL_MODES,
     Candidate,
     EnrollRequest,
@@ -53,7 +53,7 @@ from speakerdb.storage.records import (
     UtteranceRecord,
     vectors_from_bytes,
 )
-from speakerdb.storage.schema import (
+from speakerdb.storage._schema import (
     Calibration,
     Change,
     ModelRow,
@@ -65,7 +65,7 @@ from speakerdb.storage.schema import (
 
 if TYPE_CHECKING:
     # FAISS loads with the index, on the first search: enrolling or verifying never needs it.
-    from speakerdb.storage.index_cache import IndexCache, IndexStatus
+    from speakerdb.storage._index_cache import IndexCache, IndexStatus
 
 __all__ = ["EnrollmentStore", "validated_name"]
 
@@ -101,7 +101,7 @@ class EnrollmentStore:
     @classmethod
     def open(cls, url: Any = None, device: str | None = None) -> EnrollmentStore:
         """Open (creating a fresh database at the current schema) the database at ``url``
-        (see :func:`speakerdb.storage.location.resolve_location`). ``device``: "cuda" or
+        (see :func:`speakerdb.storage._location.resolve_location`). ``device``: "cuda" or
         "cuda:N" keeps the vector index on that GPU when FAISS has GPU support (faiss-gpu),
         otherwise it stays on the CPU.
 
@@ -147,8 +147,8 @@ class EnrollmentStore:
     def engine(self) -> Engine:
         return self._engine
 
-    def _read(self, what: str) -> Any:
-        return _Guard(self, what, write=False)
+    def _read(self, what: str) -> _Guard:
+        return _Guard(self, what)
 
     # --- model --------------------------------------------------------------------------------
 
@@ -261,9 +261,9 @@ class EnrollmentStore:
                 set(range(len(prepared))) - set(results), key=lambda i: prepared[i].name
             ):
                 result, changed = _enroll_one(conn, prepared[i], model_id, model.dimension)
-                if changed:
+                if changed and result.speaker is not None:
                     seq += 1
-                    _record_change(conn, result.speaker.id if result.speaker else 0, seq, "upsert")
+                    _record_change(conn, result.speaker.id, seq, "upsert")
                 results[i] = result
             _set_seq(conn, seq)
             return [results[i] for i in range(len(prepared))]
@@ -346,6 +346,17 @@ class EnrollmentStore:
         with self._read(f"read {name!r}") as conn:
             return _speaker_record(_speaker_row(conn, name))
 
+    def speaker_records(self, names: Sequence[str]) -> dict[str, SpeakerRecord]:
+        """The records of those of ``names`` that exist, by name."""
+        unique = sorted(set(names))
+        out: dict[str, SpeakerRecord] = {}
+        with self._read("read speakers") as conn:
+            for start in range(0, len(unique), 500):
+                chunk = unique[start : start + 500]
+                rows = conn.execute(_SPEAKER_COLUMNS.where(Speaker.name.in_(chunk))).all()
+                out.update((r.name, _speaker_record(r)) for r in rows)
+        return out
+
     def speakers(self) -> list[SpeakerRecord]:
         with self._read("list speakers") as conn:
             rows = conn.execute(_SPEAKER_COLUMNS.order_by(Speaker.name)).all()
@@ -427,7 +438,7 @@ class EnrollmentStore:
     # --- index --------------------------------------------------------------------------------
 
     def _index_cache(self) -> IndexCache:
-        from speakerdb.storage.index_cache import IndexCache
+        from speakerdb.storage._index_cache import IndexCache
 
         with self._cache_lock:
             if self._cache is None:
@@ -502,7 +513,7 @@ class EnrollmentStore:
         return cache.status()
 
     def _set_index_kind(self, kind: str) -> None:
-        from speakerdb.storage.index_policy import INDEX_KINDS
+        from speakerdb.storage._index_policy import INDEX_KINDS
 
         if kind not in INDEX_KINDS:
             raise UsageError(f"index kind must be one of {', '.join(INDEX_KINDS)}, not {kind!r}")
@@ -524,7 +535,7 @@ class _Guard:
     """``with store._read(what) as conn``: a read transaction whose database errors become
     one-line StoreErrors."""
 
-    def __init__(self, store: EnrollmentStore, what: str, write: bool) -> None:
+    def __init__(self, store: EnrollmentStore, what: str) -> None:
         self._store = store
         self._what = what
         self._cm: Any = None
@@ -838,6 +849,8 @@ def _create_speakers(
             created=True,
             added=[u.sha256 for u in added],
             duplicates=duplicates,
+            utterance_hashes=[u.sha256 for u in added],
+            utterance_embeddings=np.stack([u.embedding for u in added]),
         )
         for speaker_id, row, (added, duplicates) in zip(ids, rows, kept, strict=True)
     ]
@@ -887,9 +900,9 @@ def _enroll_one(
             Utterance.__table__.insert(), _utterance_rows(speaker_id, added, model_id, now)
         )
     rows = conn.execute(
-        select(Utterance.embedding, Utterance.speech_seconds).where(
-            Utterance.speaker_id == speaker_id
-        )
+        select(Utterance.audio_sha256, Utterance.embedding, Utterance.speech_seconds)
+        .where(Utterance.speaker_id == speaker_id)
+        .order_by(Utterance.id)
     ).all()
     if not rows:
         raise UsageError(f"enrolling {request.name!r} would leave it without utterances")
@@ -911,6 +924,8 @@ def _enroll_one(
             added=[u.sha256 for u in added],
             duplicates=duplicates,
             removed=removed,
+            utterance_hashes=[r.audio_sha256 for r in rows],
+            utterance_embeddings=embeddings,
         ),
         True,
     )

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from speakerdb._identity import ModelIdentity
 from speakerdb.errors import ModelError, UsageError
-from speakerdb.identity import ModelIdentity
-from speakerdb.model.weights import ge2e_weights_path, weights_sha256
+from speakerdb.model._weights import ge2e_weights_path, weights_sha256
 
 if TYPE_CHECKING:
     import torch
 
-    from speakerdb.model.embedder import Embedder
+    from speakerdb.model._embedder import Embedder
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -75,9 +75,9 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device | None = No
     an unusable device.
     """
     identity = model_identity(name)
-    from speakerdb.model.device import resolve_device
-    from speakerdb.model.embedder import Embedder
-    from speakerdb.model.ge2e import GE2EEncoder
+    from speakerdb.model._device import resolve_device
+    from speakerdb.model._embedder import Embedder
+    from speakerdb.model._ge2e import GE2EEncoder
 
     encoder = GE2EEncoder.from_checkpoint(ge2e_weights_path())
     return Embedder(encoder, identity, resolve_device(device))

@@ -22,13 +22,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from speakerdb._identity import ModelIdentity
+from speakerdb._results import Comparison
 from speakerdb.errors import AudioDecodeError, AudioError, UsageError
-from speakerdb.identity import ModelIdentity
-from speakerdb.model.audio import AudioInput, source_label
-from speakerdb.model.device import resolve_device
-from speakerdb.model.ge2e import GE2EEncoder
-from speakerdb.model.utterance import PreparedUtterance, prepare_utterance
-from speakerdb.results import Comparison
+from speakerdb.model._audio import AudioInput, source_label
+from speakerdb.model._device import resolve_device
+from speakerdb.model._ge2e import GE2EEncoder
+from speakerdb.model._utterance import PreparedUtterance, prepare_utterance
 from speakerdb.scoring import accept, cosine, validate_threshold
 
 __all__ = ["DEFAULT_BATCH_SIZE", "EmbeddedAudio", "Embedder"]
@@ -59,7 +59,8 @@ class EmbeddedAudio:
         return self.vector is not None
 
 
-ProgressCallback = Callable[[int], None]
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(done, total)``: inputs finished so far, out of ``total``."""
 SkipPredicate = Callable[[int, str], bool]
 
 
@@ -109,19 +110,20 @@ class Embedder:
         """Embed recordings, one result per input, in input order.
 
         sources: paths or arrays (arrays need ``sample_rate``). batch_size: windows per encoder
-        call. progress: called with the number of inputs finished so far. With
+        call. progress: called as ``progress(done, total)`` as inputs finish. With
         ``raise_errors`` the first unusable input raises its AudioError; otherwise it is
         reported in its result and the others go on. skip: see :meth:`iter_embed`.
         """
+        items = list(sources)
         results: dict[int, EmbeddedAudio] = {}
         for index, result in self.iter_embed(
-            sources, sample_rate=sample_rate, batch_size=batch_size, skip=skip
+            items, sample_rate=sample_rate, batch_size=batch_size, skip=skip
         ):
             if raise_errors and result.error is not None:
                 raise result.error
             results[index] = result
             if progress is not None:
-                progress(len(results))
+                progress(len(results), len(items))
         return [results[i] for i in range(len(results))]
 
     def iter_embed(
@@ -204,7 +206,7 @@ class Embedder:
         Raises the AudioError of the first unusable input (use :meth:`embed` to collect
         errors instead). ``progress=True`` draws a progress bar on stderr.
         """
-        callback = _progress_callback(progress, len(paths))
+        callback = _progress_callback(progress)
         try:
             results = self.embed(
                 paths,
@@ -481,11 +483,11 @@ def _prepare_or_error(
         )
 
 
-def _progress_callback(progress: bool | ProgressCallback, total: int) -> ProgressCallback | None:
+def _progress_callback(progress: bool | ProgressCallback) -> ProgressCallback | None:
     if callable(progress):
         return progress
     if not progress:
         return None
-    from speakerdb.progress import ProgressBar
+    from speakerdb._progress import ProgressBar
 
-    return ProgressBar(total, "embedding")
+    return ProgressBar("embedding")

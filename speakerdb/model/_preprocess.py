@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from speakerdb.model.audio import SAMPLE_RATE
+from speakerdb.model._audio import SAMPLE_RATE
 
 if TYPE_CHECKING:
     import torch

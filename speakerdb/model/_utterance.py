@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from speakerdb.errors import NoSpeechError, TooLittleSpeechError
-from speakerdb.model.audio import SAMPLE_RATE, AudioInput, load_audio
-from speakerdb.model.preprocess import (
+from speakerdb.model._audio import SAMPLE_RATE, AudioInput, load_audio
+from speakerdb.model._preprocess import (
     MEL_HOP,
     median_spectral_flatness,
     mel_spectrogram,
@@ -17,7 +17,7 @@ from speakerdb.model.preprocess import (
     power_spectrogram,
     trim_long_silences,
 )
-from speakerdb.model.windows import WINDOW_FRAMES, window_starts
+from speakerdb.model._windows import WINDOW_FRAMES, window_starts
 
 __all__ = ["MIN_SPEECH_SECONDS", "PreparedUtterance", "prepare_utterance"]
 
@@ -61,7 +61,7 @@ class PreparedUtterance:
 
 
 def prepare_utterance(source: AudioInput, sample_rate: int | None = None) -> PreparedUtterance:
-    """Decode and preprocess one recording (see :func:`speakerdb.model.audio.load_audio`).
+    """Decode and preprocess one recording (see :func:`speakerdb.model._audio.load_audio`).
 
     Raises the AudioError subclasses of load_audio, plus NoSpeechError when VAD finds no speech
     or the signal is noise (:data:`MAX_SPECTRAL_FLATNESS`) or a steady tone

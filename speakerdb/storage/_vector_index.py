@@ -4,11 +4,11 @@
 Kinds:
   flat   exact search over every vector (FAISS IndexFlatIP keyed by speaker id, IndexIDMap2)
   ivf    inverted lists (FAISS IndexIVFFlat, full-precision vectors, ids kept in a hash map);
-         only a few lists are scanned per query -- see :mod:`speakerdb.storage.index_policy`
+         only a few lists are scanned per query -- see :mod:`speakerdb.storage._index_policy`
 
 Both keep full float32 vectors, so the scores they return are exact inner products; the store
 re-scores candidates with the one cosine rule anyway (:mod:`speakerdb.scoring`).
-This module does not know about SQL; :mod:`speakerdb.storage.store` keeps it in step.
+This module does not know about SQL; :mod:`speakerdb.storage._store` keeps it in step.
 """
 
 from __future__ import annotations

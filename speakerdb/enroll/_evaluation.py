@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from speakerdb import scoring
-from speakerdb.enroll.lists import ManifestEntry, Trial
+from speakerdb.enroll._lists import ManifestEntry, Trial
 from speakerdb.errors import UsageError
 
 __all__ = ["EvaluationReport", "ScoredTrial", "summarise", "trials_from_manifest"]

@@ -87,7 +87,12 @@ class UtteranceRecord:
 @dataclass(frozen=True)
 class EnrollResult:
     """What one enrollment did. ``speaker`` is None only when nothing existed and nothing was
-    stored. ``added`` / ``duplicates`` list the sha256 of the utterances in each case."""
+    stored. ``added`` / ``duplicates`` list the sha256 of the utterances in each case.
+
+    When the speaker's voiceprint changed, ``utterance_hashes`` and ``utterance_embeddings``
+    ((n, D) float32) hold all of its recordings as the enrolling transaction left them, in
+    enrollment order, so reports never need a second, racing read.
+    """
 
     name: str
     speaker: SpeakerRecord | None
@@ -96,6 +101,8 @@ class EnrollResult:
     added: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     removed: int = 0
+    utterance_hashes: list[str] = field(default_factory=list)
+    utterance_embeddings: npt.NDArray[np.float32] | None = None
 
 
 @dataclass(frozen=True)

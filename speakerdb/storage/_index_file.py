@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from speakerdb.storage.vector_index import IndexParams, VectorIndex
+from speakerdb.storage._vector_index import IndexParams, VectorIndex
 
 __all__ = ["IndexFileHeader", "read_index_file", "write_index_file"]
 

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from speakerdb.storage.engine import read_transaction
-from speakerdb.storage.index_cache import IndexCache
-from speakerdb.storage.migrate import schema_status
-from speakerdb.storage.records import vectors_from_bytes
-from speakerdb.storage.schema import Change, Speaker, StoreState, Utterance
-from speakerdb.storage.store import EnrollmentStore, _model_of
+from speakerdb.storage._engine import read_transaction
+from speakerdb.storage._index_cache import IndexCache
+from speakerdb.storage._migrate import schema_status
+from speakerdb.storage._records import vectors_from_bytes
+from speakerdb.storage._schema import Change, Speaker, StoreState, Utterance
+from speakerdb.storage._store import EnrollmentStore, _model_of
 
 __all__ = ["CheckReport", "check_store"]
 
@@ -99,7 +99,7 @@ def check_store(store: EnrollmentStore, attempts: int = 3) -> CheckReport:
 
 
 def _model_from(fields: dict[str, Any]) -> Any:
-    from speakerdb.identity import ModelIdentity
+    from speakerdb._identity import ModelIdentity
 
     return ModelIdentity(
         fields["name"], fields["weights_sha256"], fields["dimension"], fields["default_threshold"]

@@ -4,66 +4,53 @@ It composes the model layer (recordings -> voiceprints) and the store (voiceprin
 a vector index) and decides everything with the one cosine-threshold rule of
 :mod:`speakerdb.scoring`. Every result carries the score, the threshold used and the model.
 The threshold, unless given, is the database's calibrated one if set, else the model's.
+Enrollment bookkeeping lives in :mod:`._enrollment`, AS-norm cohorts in :mod:`._cohort`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import numpy.typing as npt
 
-from speakerdb.enroll.evaluation import EvaluationReport, ScoredTrial, summarise
-from speakerdb.enroll.lists import ManifestEntry, Trial
-from speakerdb.enroll.reports import EnrollmentReport, InputReport
-from speakerdb.errors import AudioError, SpeakerNotFoundError, UsageError
-from speakerdb.identity import ModelIdentity
-from speakerdb.model.audio import AudioInput, source_label
-from speakerdb.model.registry import (
-    DEFAULT_MODEL,
-    NORMALIZATIONS,
-    default_threshold,
-    model_identity,
+from speakerdb._identity import ModelIdentity
+from speakerdb._results import Comparison, Identification, Match, Verification
+from speakerdb.enroll._cohort import Cohorts, normalization
+from speakerdb.enroll._enrollment import (
+    ManifestEnrollment,
+    apply_result,
+    finish_report,
+    set_totals,
+    sort_inputs,
 )
-from speakerdb.results import Comparison, Identification, Match, Verification
-from speakerdb.scoring import (
-    DEFAULT_COHORT_TOP_N,
-    accept,
-    as_norm,
-    cosine,
-    cosine_scores,
-    validate_threshold,
-)
-from speakerdb.storage.records import (
+from speakerdb.enroll._evaluation import EvaluationReport, ScoredTrial, summarise
+from speakerdb.enroll._lists import ManifestEntry, Trial
+from speakerdb.enroll._reports import EnrollmentReport, InputReport, ManifestSummary
+from speakerdb.errors import AudioError, UsageError
+from speakerdb.model._audio import AudioInput, source_label
+from speakerdb.model._registry import DEFAULT_MODEL, default_threshold, model_identity
+from speakerdb.scoring import DEFAULT_COHORT_TOP_N, accept, cosine, validate_threshold
+from speakerdb.storage._records import (
     ENROLL_MODES,
-    Candidate,
+    EnrollMode,
     EnrollRequest,
-    EnrollResult,
-    NewUtterance,
     SpeakerRecord,
     UtteranceRecord,
 )
-from speakerdb.storage.store import EnrollmentStore, validated_name
+from speakerdb.storage._store import EnrollmentStore, validated_name
 
 if TYPE_CHECKING:
     import torch
 
-    from speakerdb.model.embedder import EmbeddedAudio, Embedder
-    from speakerdb.storage.check import CheckReport
-    from speakerdb.storage.index_cache import IndexStatus
+    from speakerdb.model._embedder import EmbeddedAudio, Embedder
+    from speakerdb.storage._check import CheckReport
+    from speakerdb.storage._index_cache import IndexStatus
 
-__all__ = ["RECOMMENDED_SPEECH_SECONDS", "SpeakerDB"]
+__all__ = ["Progress", "SpeakerDB"]
 
-RECOMMENDED_SPEECH_SECONDS = 8.0
-"""Net speech (s) below which an enrollment gets a warning: GE2E voiceprints made from less
-are noticeably less reliable (more false rejections of the genuine speaker)."""
-
-_MANIFEST_COMMIT_SPEAKERS = 32  # speakers per transaction during a manifest enrollment
-_MANIFEST_COMMIT_SECONDS = 2.0  # ... or this long since the last commit, whichever first
-
-Progress = Callable[[int], None]
+Progress = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` while recordings are embedded."""
 
 
 class SpeakerDB:
@@ -82,13 +69,13 @@ class SpeakerDB:
         self.store = store
         self._device = device
         self._embedder: Embedder | None = None
-        self._cohorts: dict[tuple[str, ...], npt.NDArray[np.float32]] = {}
         if model is None or isinstance(model, str):
             held = store.model()
             self._model_name = model or (held.name if held is not None else DEFAULT_MODEL)
         else:
             self._embedder = model
             self._model_name = model.identity.name
+        self._cohorts = Cohorts(store, lambda: self.model, lambda: self.identity)
 
     @classmethod
     def open(
@@ -119,7 +106,7 @@ class SpeakerDB:
     def model(self) -> Embedder:
         """The embedding model, loaded on first use."""
         if self._embedder is None:
-            from speakerdb.model.registry import load_model
+            from speakerdb.model._registry import load_model
 
             self._embedder = load_model(self._model_name, self._device)
         return self._embedder
@@ -137,17 +124,17 @@ class SpeakerDB:
         model's."""
         return self.default_threshold(None)
 
-    def default_threshold(self, normalization: str | None = None) -> float:
+    def default_threshold(self, norm: str | None = None) -> float:
         """The threshold used when none is given, for raw cosine scores (None) or a score
         normalisation ("asnorm"): the database's calibrated one, else the model's."""
-        norm = _norm(normalization)
-        own, _ = self.store.threshold(norm)
-        return own if own is not None else default_threshold(self._model_name, norm)
+        key = normalization(norm)
+        own, _ = self.store.threshold(key)
+        return own if own is not None else default_threshold(self._model_name, key)
 
-    def _threshold(self, threshold: float | None, normalization: str | None = None) -> float:
+    def _threshold(self, threshold: float | None, norm: str | None = None) -> float:
         if threshold is None:
-            return self.default_threshold(normalization)
-        if _norm(normalization) is None:
+            return self.default_threshold(norm)
+        if normalization(norm) is None:
             return validate_threshold(threshold)
         value = float(threshold)
         if not np.isfinite(value):
@@ -165,6 +152,7 @@ class SpeakerDB:
         self,
         name: str,
         audio: AudioInput | Sequence[AudioInput],
+        *,
         mode: str = "append",
         metadata: dict[str, Any] | None = None,
         sample_rate: int | None = None,
@@ -181,37 +169,41 @@ class SpeakerDB:
         Raises UsageError (bad name/mode/metadata), ModelMismatchError, StoreError.
         """
         name = validated_name(name)
-        _check_mode(mode)
+        checked_mode = _check_mode(mode)
         inputs = _as_list(audio)
         if not inputs:
             raise UsageError(f"no recordings given to enroll {name!r}")
         identity = self._check_model()
-        existing = {s.name for s in self.store.speakers()} if mode == "skip" else set()
-        report = EnrollmentReport(speaker=name, mode=mode)
-        if name in existing:
-            report.inputs = [InputReport(source_label(a), "skipped") for a in inputs]
-            return self._finish_report(report, name, [])
-        known = self.store.existing_hashes([name])[name] if mode == "append" else set()
+        report = EnrollmentReport(speaker=name, mode=checked_mode)
+        if checked_mode == "skip":
+            existing = self.store.speaker_records([name]).get(name)
+            if existing is not None:
+                report.inputs = [InputReport(source_label(a), "skipped") for a in inputs]
+                set_totals(report, existing)
+                return finish_report(report, None, self.threshold)
+        known = self.store.existing_hashes([name])[name] if checked_mode == "append" else set()
         results = self.model.embed(
             inputs,
             sample_rate=sample_rate,
             progress=progress,
             skip=lambda _i, sha: sha in known,
         )
-        accepted = _accept(report, results, known)
-        if accepted:
-            request = EnrollRequest(name, accepted, mode, metadata)  # type: ignore[arg-type]
-            result = self.store.enroll(request, identity)
-            _apply_result(report, result)
-        return self._finish_report(report, name, [u.embedding for u in accepted])
+        accepted = sort_inputs(report, results, known)
+        if not accepted:
+            set_totals(report, self.store.speaker_records([name]).get(name))
+            return finish_report(report, None, self.threshold)
+        result = self.store.enroll(EnrollRequest(name, accepted, checked_mode, metadata), identity)
+        apply_result(report, result)
+        return finish_report(report, result, self.threshold)
 
     def enroll_manifest(
         self,
         entries: Sequence[ManifestEntry],
+        *,
         mode: str = "append",
         progress: Progress | None = None,
         batch_size: int | None = None,
-    ) -> list[EnrollmentReport]:
+    ) -> ManifestSummary:
         """Enroll many speakers from manifest entries in one pass (batched embedding).
 
         Speakers are committed as soon as all their recordings are embedded, several per
@@ -219,112 +211,19 @@ class SpeakerDB:
         already-enrolled audio (decoded to recognise it, not re-embedded). Reports come in the
         order each speaker first appears.
         """
-        _check_mode(mode)
-        identity = self._check_model()
-        by_speaker: dict[str, list[int]] = {}
-        for index, entry in enumerate(entries):
-            by_speaker.setdefault(validated_name(entry.speaker), []).append(index)
-        speaker_of = {i: name for name, indexes in by_speaker.items() for i in indexes}
-        existing = {s.name: s for s in self.store.speakers()}
-        known = self.store.existing_hashes(list(by_speaker)) if mode == "append" else {}
-        reports = {name: EnrollmentReport(speaker=name, mode=mode) for name in by_speaker}
-        results: dict[str, dict[int, EmbeddedAudio]] = {n: {} for n in by_speaker}
-        ready: list[str] = []
-        last_commit = time.monotonic()
-
-        def skip(index: int, sha: str) -> bool:
-            name = speaker_of[index]
-            if mode == "skip" and name in existing:
-                return True
-            return sha in known.get(name, set())
-
-        def commit(names: list[str]) -> None:
-            requests: list[EnrollRequest] = []
-            accepted_of: dict[str, list[NewUtterance]] = {}
-            for name in names:
-                report = reports[name]
-                ordered = [results[name][i] for i in by_speaker[name]]
-                accepted_of[name] = _accept(report, ordered, known.get(name, set()))
-                if mode == "skip" and name in existing:
-                    report.inputs = [
-                        InputReport(r.source, "skipped", sha256=r.sha256) for r in ordered
-                    ]
-                elif accepted_of[name]:
-                    requests.append(EnrollRequest(name, accepted_of[name], mode, None))  # type: ignore[arg-type]
-            if requests:
-                for result in self.store.enroll_many(requests, identity):
-                    _apply_result(reports[result.name], result)
-            for name in names:
-                report = reports[name]
-                if not report.changed and name in existing:
-                    report.utterances = existing[name].utterances
-                    report.total_speech_seconds = existing[name].speech_seconds
-                new = [u.embedding for u in accepted_of[name]]
-                self._finish_report(report, name, new, lookup=False)
-
+        run = ManifestEnrollment(
+            self.store, self._check_model(), entries, _check_mode(mode), self.threshold
+        )
         paths = [entry.path for entry in entries]
-        for index, result in self.model.iter_embed(
-            paths, skip=skip, **({"batch_size": batch_size} if batch_size else {})
-        ):
-            name = speaker_of[index]
-            results[name][index] = result
+        stream = self.model.iter_embed(
+            paths, skip=run.skip, **({"batch_size": batch_size} if batch_size else {})
+        )
+        for done, (index, result) in enumerate(stream, start=1):
+            run.add(index, result)
             if progress is not None:
-                progress(sum(len(r) for r in results.values()))
-            if len(results[name]) == len(by_speaker[name]):
-                ready.append(name)
-            if ready and (
-                len(ready) >= _MANIFEST_COMMIT_SPEAKERS
-                or time.monotonic() - last_commit >= _MANIFEST_COMMIT_SECONDS
-            ):
-                commit(ready)
-                ready = []
-                last_commit = time.monotonic()
-        if ready:
-            commit(ready)
-        return [reports[name] for name in by_speaker]
-
-    def _finish_report(
-        self,
-        report: EnrollmentReport,
-        name: str,
-        new_embeddings: list[npt.NDArray[np.float32]],
-        lookup: bool = True,
-    ) -> EnrollmentReport:
-        """Fill the speaker's totals and the warnings (inconsistent recordings, little speech)."""
-        threshold = self.threshold
-        if lookup:
-            try:
-                record = self.store.speaker(name)
-                report.utterances = record.utterances
-                report.total_speech_seconds = record.speech_seconds
-            except SpeakerNotFoundError:  # nothing was accepted for a new speaker
-                report.utterances, report.total_speech_seconds = 0, 0.0
-        accepted = [i for i in report.inputs if i.status == "accepted"]
-        if lookup and report.changed and report.utterances >= 2:
-            embeddings = self.store.utterance_embeddings(name)
-            hashes = [u.sha256 for u in self.store.utterances(name)]
-        else:  # a manifest run: judge the recordings accepted in this run among themselves
-            embeddings = np.stack(new_embeddings) if len(new_embeddings) >= 2 else None
-            hashes = [i.sha256 or "" for i in accepted]
-        if report.changed and embeddings is not None and len(embeddings) >= 2:
-            consistency = _leave_one_out(embeddings)
-            by_hash = dict(zip(hashes, consistency, strict=True))
-            for item in accepted:
-                score = by_hash.get(item.sha256 or "")
-                if score is None:
-                    continue
-                item.consistency = score
-                if score < threshold:
-                    report.warnings.append(
-                        f"{item.source} scores {score:.3f} against the other recordings of "
-                        f"{name!r} (threshold {threshold:.3f}): it may be another speaker"
-                    )
-        if report.utterances and report.total_speech_seconds < RECOMMENDED_SPEECH_SECONDS:
-            report.warnings.append(
-                f"{name!r} has {report.total_speech_seconds:.1f} s of speech; at least "
-                f"{RECOMMENDED_SPEECH_SECONDS:.0f} s is recommended for reliable verification"
-            )
-        return report
+                progress(done, len(paths))
+        run.flush()
+        return ManifestSummary(files=len(entries), reports=run.ordered_reports())
 
     # --- decisions ----------------------------------------------------------------------------
 
@@ -333,11 +232,13 @@ class SpeakerDB:
         name: str,
         audio: AudioInput,
         threshold: float | None = None,
+        *,
         sample_rate: int | None = None,
+        norm: str | None = None,
     ) -> Verification:
         """Is this recording the enrolled speaker ``name``? Scores the recording against the
         speaker's voiceprint (centroid). Raises SpeakerNotFoundError, AudioError, ..."""
-        result = self.verify_many(name, [audio], threshold, sample_rate)[0]
+        result = self.verify_many(name, [audio], threshold, sample_rate=sample_rate, norm=norm)[0]
         if isinstance(result, AudioError):
             raise result
         return result
@@ -347,6 +248,7 @@ class SpeakerDB:
         name: str,
         audio: Sequence[AudioInput],
         threshold: float | None = None,
+        *,
         sample_rate: int | None = None,
         norm: str | None = None,
         cohort: Sequence[AudioInput] | None = None,
@@ -357,7 +259,7 @@ class SpeakerDB:
         norm="asnorm" normalises scores against an impostor cohort: the other enrolled
         speakers' voiceprints, or the recordings ``cohort`` (see :meth:`evaluate`).
         """
-        norm = _norm(norm)
+        norm = normalization(norm)
         used = self._threshold(threshold, norm)
         identity = self._check_model()
         record, centroid = self.store.centroid(name)
@@ -365,17 +267,18 @@ class SpeakerDB:
         good = [e for e in embedded if e.vector is not None]
         normalised: dict[int, float] = {}
         if norm is not None and good:
-            vectors = np.stack([e.vector for e in good])  # type: ignore[misc]
-            bank = self._cohort(cohort, exclude=record.id)
-            raw = cosine_scores(vectors, centroid[None, :])[:, 0]
-            enroll_side = np.repeat(cosine_scores(centroid[None, :], bank), len(good), axis=0)
-            values = as_norm(raw, enroll_side, cosine_scores(vectors, bank), cohort_size)
+            values = self._cohorts.verification_scores(
+                np.stack([cast(np.ndarray, e.vector) for e in good]),
+                centroid,
+                record.id,
+                cohort,
+                cohort_size,
+            )
             normalised = {id(e): float(v) for e, v in zip(good, values, strict=True)}
         out: list[Verification | AudioError] = []
         for item in embedded:
             if item.vector is None:
-                assert item.error is not None
-                out.append(item.error)
+                out.append(_error_of(item))
                 continue
             raw_score = cosine(item.vector, centroid)
             score = normalised.get(id(item), raw_score)
@@ -398,6 +301,7 @@ class SpeakerDB:
         a: AudioInput,
         b: AudioInput,
         threshold: float | None = None,
+        *,
         sample_rate: int | None = None,
         norm: str | None = None,
     ) -> Comparison:
@@ -411,6 +315,7 @@ class SpeakerDB:
         self,
         pairs: Sequence[tuple[AudioInput, AudioInput]],
         threshold: float | None = None,
+        *,
         batch_size: int = 32,
         sample_rate: int | None = None,
         progress: Progress | None = None,
@@ -421,7 +326,7 @@ class SpeakerDB:
         """Compare many pairs, embedding each distinct file once. A pair with an unusable file
         comes back as that file's AudioError. batch_size: windows per encoder call (at least
         the default of the model). norm / cohort / cohort_size: see :meth:`evaluate`."""
-        norm = _norm(norm)
+        norm = normalization(norm)
         used = self._threshold(threshold, norm)
         identity = self.identity
         position, embedded = self._embed_distinct(
@@ -431,8 +336,8 @@ class SpeakerDB:
         for k in range(len(pairs)):
             ia, ib = position[2 * k], position[2 * k + 1]
             failed = next((embedded[i] for i in (ia, ib) if embedded[i].vector is None), None)
-            rows.append(failed.error if failed is not None and failed.error else (ia, ib))
-        scores = self._pair_scores(
+            rows.append(_error_of(failed) if failed is not None else (ia, ib))
+        scores = self._cohorts.pair_scores(
             embedded, [r for r in rows if isinstance(r, tuple)], norm, cohort, cohort_size
         )
         out: list[Comparison | AudioError] = []
@@ -442,15 +347,14 @@ class SpeakerDB:
                 out.append(row)
                 continue
             raw, score = next(next_score)
-            ea, eb = embedded[row[0]], embedded[row[1]]
             out.append(
                 Comparison(
                     score,
                     used,
                     accept(score, used),
                     identity.label,
-                    ea.source,
-                    eb.source,
+                    embedded[row[0]].source,
+                    embedded[row[1]].source,
                     norm,
                     raw,
                 )
@@ -465,7 +369,7 @@ class SpeakerDB:
         progress: Progress | None,
     ) -> tuple[list[int], list[EmbeddedAudio]]:
         """:meth:`Embedder.embed_distinct` with at least the model's default batch size."""
-        from speakerdb.model.embedder import DEFAULT_BATCH_SIZE
+        from speakerdb.model._embedder import DEFAULT_BATCH_SIZE
 
         return self.model.embed_distinct(
             items,
@@ -474,38 +378,20 @@ class SpeakerDB:
             progress=progress,
         )
 
-    def _pair_scores(
-        self,
-        embedded: list[EmbeddedAudio],
-        pairs: list[tuple[int, int]],
-        norm: str | None,
-        cohort: Sequence[AudioInput] | None,
-        cohort_size: int,
-    ) -> list[tuple[float, float]]:
-        """(raw cosine, score used for the decision) of each pair of embedded positions."""
-        raw = [cosine(embedded[a].vector, embedded[b].vector) for a, b in pairs]  # type: ignore[arg-type]
-        if norm is None or not pairs:
-            return [(r, r) for r in raw]
-        used = sorted({i for pair in pairs for i in pair})
-        position = {i: k for k, i in enumerate(used)}
-        bank = self._cohort(cohort)
-        against = cosine_scores(np.stack([embedded[i].vector for i in used]), bank)  # type: ignore[misc]
-        a_side = against[[position[a] for a, _ in pairs]]
-        b_side = against[[position[b] for _, b in pairs]]
-        values = as_norm(np.array(raw), a_side, b_side, cohort_size)
-        return [(r, float(v)) for r, v in zip(raw, values, strict=True)]
-
     def identify(
         self,
         audio: AudioInput,
         top_k: int = 5,
         threshold: float | None = None,
+        *,
         sample_rate: int | None = None,
         norm: str | None = None,
     ) -> Identification:
         """Who is speaking? Open set: ``best`` is None when no enrolled speaker reaches the
         threshold (an unknown voice); ``matches`` are the top-k candidates, best first."""
-        result = self.identify_many([audio], top_k, threshold, sample_rate, norm=norm)[0]
+        result = self.identify_many([audio], top_k, threshold, sample_rate=sample_rate, norm=norm)[
+            0
+        ]
         if isinstance(result, AudioError):
             raise result
         return result
@@ -515,6 +401,7 @@ class SpeakerDB:
         audio: Sequence[AudioInput],
         top_k: int = 5,
         threshold: float | None = None,
+        *,
         sample_rate: int | None = None,
         norm: str | None = None,
         cohort: Sequence[AudioInput] | None = None,
@@ -524,85 +411,34 @@ class SpeakerDB:
         norm="asnorm" the candidates are re-scored with AS-norm and re-ranked."""
         if top_k < 1:
             raise UsageError(f"top-k must be at least 1, not {top_k}")
-        norm = _norm(norm)
+        norm = normalization(norm)
         used = self._threshold(threshold, norm)
         identity = self._check_model()
         embedded = self.model.embed(audio, sample_rate=sample_rate)
-        good = [e for e in embedded if e.vector is not None]
-        probes = np.stack([e.vector for e in good]) if good else None  # type: ignore[misc]
+        good = [cast(np.ndarray, e.vector) for e in embedded if e.vector is not None]
+        probes = np.stack(good) if good else None
         # With normalisation the raw order may change: fetch a few more candidates.
         fetch = top_k if norm is None else max(top_k, 10)
         found = self.store.search(probes, fetch, identity) if probes is not None else []
         if norm is not None and probes is not None:
-            found = self._normalise_candidates(probes, found, cohort, cohort_size)
+            found = self._cohorts.rescore_candidates(probes, found, cohort, cohort_size)
         candidates = iter(found)
         out: list[Identification | AudioError] = []
         for item in embedded:
             if item.vector is None:
-                assert item.error is not None
-                out.append(item.error)
+                out.append(_error_of(item))
                 continue
             matches = [Match(c.name, c.score) for c in next(candidates)][:top_k]
             best = matches[0].name if matches and accept(matches[0].score, used) else None
             out.append(Identification(best, matches, used, identity.label, item.source, norm))
         return out
 
-    def _normalise_candidates(
-        self,
-        probes: npt.NDArray[np.float32],
-        found: list[list[Candidate]],
-        cohort: Sequence[AudioInput] | None,
-        cohort_size: int,
-    ) -> list[list[Candidate]]:
-        bank_all = self._cohort(cohort)
-        out: list[list[Candidate]] = []
-        for probe, candidates in zip(probes, found, strict=True):
-            rescored: list[Candidate] = []
-            for c in candidates:
-                centroid = self.store.centroid(c.name)[1]
-                # The candidate itself is no impostor of itself.
-                bank = bank_all if cohort is not None else _without(bank_all, centroid)
-                value = as_norm(
-                    [c.score],
-                    cosine_scores(centroid[None, :], bank),
-                    cosine_scores(probe[None, :], bank),
-                    cohort_size,
-                )[0]
-                rescored.append(Candidate(c.id, c.name, float(value)))
-            out.append(sorted(rescored, key=lambda c: -c.score))
-        return out
-
-    def _cohort(
-        self, cohort: Sequence[AudioInput] | None, exclude: int | None = None
-    ) -> npt.NDArray[np.float32]:
-        """Impostor voiceprints for score normalisation: the given recordings (embedded once
-        per SpeakerDB), else every enrolled speaker's voiceprint except ``exclude``."""
-        if cohort is not None:
-            key = tuple(str(c) for c in cohort)
-            if key not in self._cohorts:
-                embedded = self.model.embed(list(cohort))
-                vectors = [e.vector for e in embedded if e.vector is not None]
-                if not vectors:
-                    raise UsageError("no usable recording in the cohort")
-                self._cohorts[key] = np.stack(vectors)
-            return self._cohorts[key]
-        ids, vectors = self.store.index_vectors()
-        if exclude is not None:
-            keep = ids != exclude
-            ids, vectors = ids[keep], vectors[keep]
-        if len(vectors) > _MAX_DATABASE_COHORT:
-            # A fixed sample: the top-N statistics need impostors, not all of them.
-            rows = np.random.default_rng(0).choice(
-                len(vectors), _MAX_DATABASE_COHORT, replace=False
-            )
-            vectors = vectors[np.sort(rows)]
-        return vectors
-
     # --- evaluation ---------------------------------------------------------------------------
 
     def evaluate(
         self,
         trials: Sequence[Trial],
+        *,
         far: float = 0.01,
         norm: str | None = None,
         cohort: Sequence[AudioInput] | None = None,
@@ -621,7 +457,7 @@ class SpeakerDB:
             raise UsageError(f"--far must be in [0, 1), not {far}")
         if any(t.label is None for t in trials):
             raise UsageError("every trial needs a label (1 same speaker, 0 different)")
-        norm = _norm(norm)
+        norm = normalization(norm)
         position, embedded = self._embed_distinct(
             [x for t in trials for x in (t.a, t.b)], 0, None, progress
         )
@@ -636,7 +472,9 @@ class SpeakerDB:
             if embedded[ia].vector is not None and embedded[ib].vector is not None
         ]
         usable = [trials[k] for k in kept]
-        scores = self._pair_scores(embedded, [sides[k] for k in kept], norm, cohort, cohort_size)
+        scores = self._cohorts.pair_scores(
+            embedded, [sides[k] for k in kept], norm, cohort, cohort_size
+        )
         scored = [
             ScoredTrial(int(t.label or 0), score, str(t.a), str(t.b))
             for t, (_, score) in zip(usable, scores, strict=True)
@@ -654,6 +492,7 @@ class SpeakerDB:
     def calibrate(
         self,
         trials: Sequence[Trial],
+        *,
         far: float = 0.01,
         target: str = "far",
         norm: str | None = None,
@@ -667,19 +506,21 @@ class SpeakerDB:
         Returns the threshold and the evaluation it came from."""
         if target not in ("far", "eer"):
             raise UsageError(f"calibration target must be 'far' or 'eer', not {target!r}")
-        report = self.evaluate(trials, far, norm, cohort, cohort_size, progress)
+        report = self.evaluate(
+            trials, far=far, norm=norm, cohort=cohort, cohort_size=cohort_size, progress=progress
+        )
         threshold = report.threshold_at_far if target == "far" else report.threshold
         how = f"{far:.2%} false accepts" if target == "far" else "the equal error rate"
         note = (
             f"threshold at {how} on {report.target_trials} target / {report.nontarget_trials} "
             f"non-target trials (EER {report.eer:.2%})"
         )
-        self.store.set_threshold(threshold, note, _norm(norm))
+        self.store.set_threshold(threshold, note, normalization(norm))
         return threshold, report
 
     def reset_calibration(self, norm: str | None = None) -> None:
         """Forget this database's calibrated threshold: the model's default applies again."""
-        self.store.set_threshold(None, None, _norm(norm))
+        self.store.set_threshold(None, None, normalization(norm))
 
     # --- management ---------------------------------------------------------------------------
 
@@ -704,7 +545,7 @@ class SpeakerDB:
 
     def check(self) -> CheckReport:
         """Verify the database's invariants and its index against SQL."""
-        from speakerdb.storage.check import check_store
+        from speakerdb.storage._check import check_store
 
         return check_store(self.store)
 
@@ -716,92 +557,19 @@ class SpeakerDB:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-_MAX_DATABASE_COHORT = 5000
-
-
-def _without(
-    bank: npt.NDArray[np.float32], vector: npt.NDArray[np.float32]
-) -> npt.NDArray[np.float32]:
-    """``bank`` without the rows equal to ``vector``."""
-    return bank[~np.all(bank == vector, axis=1)]
-
-
-def _norm(normalization: str | None) -> str | None:
-    if normalization in (None, "none"):
-        return None
-    if normalization not in NORMALIZATIONS:
-        raise UsageError(
-            f"normalisation must be one of {', '.join(NORMALIZATIONS)}, not {normalization!r}"
-        )
-    return normalization
-
-
-def _check_mode(mode: str) -> None:
+def _check_mode(mode: str) -> EnrollMode:
     if mode not in ENROLL_MODES:
         raise UsageError(f"mode must be one of {', '.join(ENROLL_MODES)}, not {mode!r}")
+    return cast(EnrollMode, mode)
 
 
 def _as_list(audio: AudioInput | Sequence[AudioInput]) -> list[AudioInput]:
     if isinstance(audio, str | np.ndarray) or hasattr(audio, "__fspath__"):
-        return [audio]  # type: ignore[list-item]
-    return list(audio)  # type: ignore[arg-type]
+        return [cast(AudioInput, audio)]
+    return list(cast(Sequence[AudioInput], audio))
 
 
-def _accept(
-    report: EnrollmentReport, results: Iterable[EmbeddedAudio], known: set[str]
-) -> list[NewUtterance]:
-    """Sort embedded inputs into the report; return the utterances to store."""
-    accepted: list[NewUtterance] = []
-    seen = set(known)
-    report.inputs = []
-    for r in results:
-        if r.error is not None:
-            report.inputs.append(
-                InputReport(r.source, "rejected", reason=r.error.code, message=r.error.reason)
-            )
-            continue
-        item = InputReport(
-            r.source,
-            "duplicate",
-            sha256=r.sha256,
-            duration=r.duration,
-            speech_seconds=r.speech_seconds,
-        )
-        report.inputs.append(item)
-        if r.skipped or r.sha256 in seen or r.vector is None:
-            continue
-        seen.add(r.sha256 or "")
-        item.status = "accepted"
-        accepted.append(
-            NewUtterance(
-                r.vector,
-                r.sha256 or "",
-                r.source,
-                float(r.duration or 0),
-                float(r.speech_seconds or 0),
-            )
-        )
-    return accepted
-
-
-def _apply_result(report: EnrollmentReport, result: EnrollResult) -> None:
-    report.changed = bool(result.added) or result.removed > 0
-    report.created = result.created
-    added = set(result.added)
-    for item in report.inputs:
-        if item.status == "accepted" and item.sha256 not in added:
-            item.status = "duplicate"  # enrolled meanwhile by someone else
-    report.net_speech_seconds = sum(
-        i.speech_seconds or 0.0 for i in report.inputs if i.status == "accepted"
-    )
-    if result.speaker is not None:
-        report.utterances = result.speaker.utterances
-        report.total_speech_seconds = result.speaker.speech_seconds
-
-
-def _leave_one_out(embeddings: npt.NDArray[np.float32]) -> list[float]:
-    """Cosine of each embedding with the mean of all the others: (n, D) -> n scores."""
-    total = embeddings.astype(np.float64).sum(axis=0)
-    return [
-        float(cosine_scores(embeddings[i], total - embeddings[i])) for i in range(len(embeddings))
-    ]
+def _error_of(item: EmbeddedAudio) -> AudioError:
+    if item.error is None:  # an input without a vector always carries its error
+        raise ValueError(f"{item.source} has neither a voiceprint nor an error")
+    return item.error

@@ -2,7 +2,7 @@
 Verification", 2018): 3-layer LSTM(40 -> 256), Linear(256 -> 256), ReLU, L2 normalisation.
 
 The weights are the pretrained checkpoint shipped inside the ``resemblyzer`` package
-(see :mod:`speakerdb.model.weights`), loaded with ``weights_only=True``.
+(see :mod:`speakerdb.model._weights`), loaded with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from speakerdb.errors import ModelError
-from speakerdb.model.preprocess import MEL_CHANNELS
+from speakerdb.model._preprocess import MEL_CHANNELS
 
 __all__ = ["EMBEDDING_DIM", "GE2EEncoder"]
 

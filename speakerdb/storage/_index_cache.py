@@ -26,13 +26,13 @@ import numpy.typing as npt
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
-from speakerdb.identity import ModelIdentity
-from speakerdb.storage.engine import read_transaction
-from speakerdb.storage.index_file import IndexFileHeader, read_index_file, write_index_file
-from speakerdb.storage.index_policy import choose_params, needs_rebuild
-from speakerdb.storage.records import vectors_from_bytes
-from speakerdb.storage.schema import Change, Speaker, StoreState
-from speakerdb.storage.vector_index import IndexParams, VectorIndex
+from speakerdb._identity import ModelIdentity
+from speakerdb.storage._engine import read_transaction
+from speakerdb.storage._index_file import IndexFileHeader, read_index_file, write_index_file
+from speakerdb.storage._index_policy import choose_params, needs_rebuild
+from speakerdb.storage._records import vectors_from_bytes
+from speakerdb.storage._schema import Change, Speaker, StoreState
+from speakerdb.storage._vector_index import IndexParams, VectorIndex
 
 __all__ = ["IndexCache", "IndexStatus", "read_all_centroids"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from speakerdb.errors import UsageError
-from speakerdb.storage.vector_index import IndexParams
+from speakerdb.storage._vector_index import IndexParams
 
 __all__ = ["FLAT_MAX", "INDEX_KINDS", "RETRAIN_GROWTH", "choose_params", "needs_rebuild"]
 

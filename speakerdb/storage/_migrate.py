@@ -9,24 +9,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 from speakerdb.errors import SchemaOutOfDateError, StoreError
-from speakerdb.storage.engine import write_transaction
+from speakerdb.storage._engine import write_transaction
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 __all__ = [
     "SchemaStatus",
+    "UpgradeResult",
     "alembic_config",
     "ensure_schema",
     "head_revision",
     "schema_status",
     "upgrade",
+    "upgrade_database",
 ]
 
 UPGRADE_COMMAND = "speakerdb db upgrade"
@@ -51,13 +53,6 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 def head_revision() -> str:
     return SCHEMA_HEAD
-
-
-def alembic_head_revision() -> str | None:
-    """The head according to Alembic's own reading of the migrations folder."""
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def _known_revisions() -> set[str]:
@@ -151,3 +146,41 @@ def upgrade(engine: Engine, where: str, only_if_fresh: bool = False) -> SchemaSt
 
         command.upgrade(alembic_config(conn), "head")
         return schema_status(conn)
+
+
+@dataclass(frozen=True)
+class UpgradeResult:
+    """What :func:`upgrade_database` did: the database (password hidden) and its schema
+    revision before (None: no speakerdb schema yet) and after."""
+
+    database: str
+    before: str | None
+    after: str | None
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+def upgrade_database(url: Any = None) -> UpgradeResult:
+    """Upgrade the schema of the database at ``url`` (see ``resolve_location``) to this
+    version of speakerdb, creating it when it does not exist. Safe to run from several
+    processes at once. Raises ConfigurationError, StoreError (not a speakerdb database,
+    unreachable), SchemaOutOfDateError (made by a newer speakerdb)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from speakerdb.storage._engine import create_database_engine, store_error
+    from speakerdb.storage._location import resolve_location
+
+    location = resolve_location(url)
+    engine = create_database_engine(location)
+    try:
+        with engine.connect() as conn:
+            before = schema_status(conn).current
+            conn.rollback()
+        after = upgrade(engine, location.display).current
+    except SQLAlchemyError as exc:
+        raise store_error(exc, f"cannot upgrade {location.display}") from None
+    finally:
+        engine.dispose()
+    return UpgradeResult(location.display, before, after)

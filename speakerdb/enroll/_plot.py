@@ -8,7 +8,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from speakerdb.enroll.evaluation import EvaluationReport
+from speakerdb.enroll._evaluation import EvaluationReport
 from speakerdb.errors import MissingDependencyError
 from speakerdb.scoring import error_rates
 

@@ -1,0 +1,219 @@
+"""What every command shares: output (text, one JSON document, errors), common options,
+the error contract, opening the database, progress bars."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+
+from speakerdb.errors import AudioError, SpeakerDBError, printable
+
+if TYPE_CHECKING:
+    from speakerdb._progress import ProgressBar
+    from speakerdb.enroll._facade import SpeakerDB
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_NO, EXIT_ERROR = 0, 1, 2
+
+
+class Failure(click.ClickException):
+    """An error already reported; exits with status 2."""
+
+    exit_code = EXIT_ERROR
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _clean(value: Any) -> Any:
+    """Non-finite floats become null: JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def emit_json(document: Any) -> None:
+    click.echo(json.dumps(_clean(document), default=_json_default, ensure_ascii=False, indent=None))
+
+
+def error_object(exc: SpeakerDBError) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if isinstance(exc, AudioError):
+        body["source"] = exc.source
+    return body
+
+
+def show(path: object) -> str:
+    """A path (or name) for one line of text output: control characters escaped."""
+    return printable(str(path))
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def fail(exc: SpeakerDBError, as_json: bool) -> NoReturn:
+    if as_json:
+        emit_json({"error": error_object(exc)})
+    raise Failure(exc.message)
+
+
+def per_file(
+    results: Sequence[Any], as_json: bool, render: Callable[[Any], str], ok: Callable[[Any], bool]
+) -> int:
+    """Print one result per file (a list in JSON when several), return the exit status."""
+    documents = []
+    status = EXIT_OK
+    for result in results:
+        if isinstance(result, SpeakerDBError):
+            documents.append(
+                {"source": getattr(result, "source", None), "error": error_object(result)}
+            )
+            if not as_json:
+                click.echo(f"error: {result.message}", err=True)
+            status = EXIT_ERROR
+            continue
+        documents.append(result.to_dict())
+        if not as_json:
+            click.echo(render(result))
+        if not ok(result) and status == EXIT_OK:
+            status = EXIT_NO
+    if as_json:
+        emit_json(documents[0] if len(documents) == 1 else documents)
+    return status
+
+
+# --- common options -----------------------------------------------------------------------------
+
+
+def db_option(fn: F) -> F:
+    return click.option(
+        "--db",
+        "db_url",
+        metavar="URL",
+        envvar="SPEAKERDB_URL",
+        help="Database: a SQLite file path, sqlite:///FILE or postgresql+psycopg://USER@HOST/DB. "
+        "Default: $SPEAKERDB_URL, else ~/.local/share/speakerdb/speakerdb.sqlite.",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON document on stdout."
+    )(fn)
+
+
+def device_option(fn: F) -> F:
+    return click.option(
+        "--device",
+        metavar="DEVICE",
+        default=None,
+        help="Torch device for the model: cpu, cuda, cuda:1 ... Default: CUDA if available.",
+    )(fn)
+
+
+def threshold_option(fn: F) -> F:
+    return click.option(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="Decision threshold (cosine score, -1..1). Default: the database's calibrated "
+        "threshold, else the model's.",
+    )(fn)
+
+
+def model_option(fn: F) -> F:
+    return click.option(
+        "--model",
+        "model_name",
+        default=None,
+        metavar="NAME",
+        help="Embedding model (default: the database's, else ge2e).",
+    )(fn)
+
+
+def norm_options(fn: F) -> F:
+    fn = click.option(
+        "--cohort",
+        type=click.Path(path_type=Path),
+        default=None,
+        metavar="M.jsonl",
+        help="With --norm: impostor recordings (a NeMo manifest) to normalise against. "
+        "Default: the enrolled speakers' voiceprints.",
+    )(fn)
+    fn = click.option(
+        "--cohort-size",
+        type=click.IntRange(2, 100_000),
+        default=100,
+        show_default=True,
+        help="With --norm: the N most similar cohort voiceprints used per side.",
+    )(fn)
+    return click.option(
+        "--norm",
+        type=click.Choice(["none", "asnorm"]),
+        default="none",
+        show_default=True,
+        help="Score normalisation: asnorm = adaptive symmetric normalisation against an "
+        "impostor cohort (scores become z-scores with thresholds of their own).",
+    )(fn)
+
+
+def cohort_files(cohort: Path | None) -> list[Path] | None:
+    if cohort is None:
+        return None
+    from speakerdb.enroll._lists import read_manifest
+
+    return [entry.path for entry in read_manifest(cohort)]
+
+
+def handles_errors(fn: F) -> F:
+    """Turn library errors into `error: ...` and exit status 2 (JSON error on stdout too)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SpeakerDBError as exc:
+            context = click.get_current_context(silent=True)
+            if context is not None and (context.find_root().obj or {}).get("debug"):
+                raise
+            fail(exc, bool(kwargs.get("as_json")))
+
+    return wrapper  # type: ignore[return-value]  # functools.wraps loses F's signature
+
+
+def open_db(
+    db_url: str | None, model_name: str | None = None, device: str | None = None
+) -> SpeakerDB:
+    from speakerdb.enroll._facade import SpeakerDB
+
+    return SpeakerDB.open(db_url, model=model_name, device=device)
+
+
+def progress_bar(label: str) -> ProgressBar:
+    """A ``(done, total)`` callback drawing a bar on stderr when it is a terminal."""
+    from speakerdb._progress import ProgressBar
+
+    return ProgressBar(label)

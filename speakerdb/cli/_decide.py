@@ -1,0 +1,225 @@
+"""``speakerdb verify``, ``identify`` and ``compare``: the three decisions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from speakerdb.cli._common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    cohort_files,
+    db_option,
+    device_option,
+    emit_json,
+    error_object,
+    handles_errors,
+    json_option,
+    model_option,
+    norm_options,
+    open_db,
+    per_file,
+    progress_bar,
+    show,
+    threshold_option,
+)
+from speakerdb.errors import SpeakerDBError, UsageError
+
+
+@click.command()
+@click.argument("name")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@db_option
+@model_option
+@device_option
+@threshold_option
+@norm_options
+@json_option
+@handles_errors
+def verify(
+    name: str,
+    files: tuple[Path, ...],
+    db_url: str | None,
+    model_name: str | None,
+    device: str | None,
+    threshold: float | None,
+    norm: str,
+    cohort: Path | None,
+    cohort_size: int,
+    as_json: bool,
+) -> None:
+    """Is each FILE the enrolled speaker NAME? (exit 0 only if every file is accepted)"""
+    with open_db(db_url, model_name, device) as db:
+        results = db.verify_many(
+            name,
+            list(files),
+            threshold,
+            norm=norm,
+            cohort=cohort_files(cohort),
+            cohort_size=cohort_size,
+        )
+
+    def render(v: Any) -> str:
+        verdict = "ACCEPTED" if v.accepted else "REJECTED"
+        return (
+            f"{verdict}  {show(v.speaker)}  {show(v.source)}  score {v.score:.4f}  "
+            f"threshold {v.threshold:.4f}"
+        )
+
+    sys.exit(per_file(results, as_json, render, lambda v: v.accepted))
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--top-k",
+    "-k",
+    type=click.IntRange(1, 1000),
+    default=5,
+    show_default=True,
+    help="How many candidates to list.",
+)
+@db_option
+@model_option
+@device_option
+@threshold_option
+@norm_options
+@json_option
+@handles_errors
+def identify(
+    files: tuple[Path, ...],
+    top_k: int,
+    db_url: str | None,
+    model_name: str | None,
+    device: str | None,
+    threshold: float | None,
+    norm: str,
+    cohort: Path | None,
+    cohort_size: int,
+    as_json: bool,
+) -> None:
+    """Who is speaking in each FILE? The best enrolled speaker if it reaches the threshold,
+    else unknown. (exit 0 only if every file is a known speaker)"""
+    with open_db(db_url, model_name, device) as db:
+        results = db.identify_many(
+            list(files),
+            top_k,
+            threshold,
+            norm=norm,
+            cohort=cohort_files(cohort),
+            cohort_size=cohort_size,
+        )
+
+    def render(r: Any) -> str:
+        head = show(r.best) if r.best else "UNKNOWN"
+        listing = (
+            ", ".join(f"{show(m.name)} {m.score:.4f}" for m in r.matches) or "no speakers enrolled"
+        )
+        return f"{head}  {show(r.source)}  threshold {r.threshold:.4f}  [{listing}]"
+
+    sys.exit(per_file(results, as_json, render, lambda r: r.best is not None))
+
+
+@click.command()
+@click.argument("a", required=False, type=click.Path(path_type=Path))
+@click.argument("b", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--pairs",
+    type=click.Path(path_type=Path),
+    help="File of pairs: 'path_a path_b' or VoxCeleb '1|0 path_a path_b' lines, paths "
+    "relative to the file's folder.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="With --pairs: write the score lines to this file instead of stdout.",
+)
+@model_option
+@device_option
+@threshold_option
+@norm_options
+@db_option
+@json_option
+@handles_errors
+def compare(
+    a: Path | None,
+    b: Path | None,
+    pairs: Path | None,
+    out: Path | None,
+    model_name: str | None,
+    device: str | None,
+    threshold: float | None,
+    norm: str,
+    cohort: Path | None,
+    cohort_size: int,
+    db_url: str | None,
+    as_json: bool,
+) -> None:
+    """Are A and B the same speaker? Or score every pair of --pairs.
+
+    --db matters only for its calibrated threshold (see `speakerdb calibrate`) and, with
+    --norm asnorm and no --cohort, for its enrolled voiceprints as the cohort; no speaker is
+    written. With --pairs, each output line is 'score decision path_a path_b'.
+    """
+    if pairs is None:
+        if a is None or b is None:
+            raise UsageError("usage: speakerdb compare A B (or --pairs FILE)")
+        with open_db(db_url, model_name, device) as db:
+            results = db.compare_batch(
+                [(a, b)],
+                threshold,
+                norm=norm,
+                cohort=cohort_files(cohort),
+                cohort_size=cohort_size,
+            )
+
+        def render(c: Any) -> str:
+            verdict = "SAME" if c.same_speaker else "DIFFERENT"
+            return (
+                f"{verdict}  score {c.score:.4f}  threshold {c.threshold:.4f}  "
+                f"{show(c.a)}  {show(c.b)}"
+            )
+
+        sys.exit(per_file(results, as_json, render, lambda c: c.same_speaker))
+    if a is not None or b is not None:
+        raise UsageError("give either A B or --pairs, not both")
+    from speakerdb.enroll._lists import read_pairs
+
+    trials = read_pairs(pairs)
+    with open_db(db_url, model_name, device) as db, progress_bar("embedding") as bar:
+        results = db.compare_batch(
+            [(t.a, t.b) for t in trials],
+            threshold,
+            progress=bar,
+            norm=norm,
+            cohort=cohort_files(cohort),
+            cohort_size=cohort_size,
+        )
+    failures = [r for r in results if isinstance(r, SpeakerDBError)]
+    if as_json:
+        emit_json(
+            [
+                {"a": str(t.a), "b": str(t.b), "label": t.label, "error": error_object(r)}
+                if isinstance(r, SpeakerDBError)
+                else {**r.to_dict(), "label": t.label}
+                for t, r in zip(trials, results, strict=True)
+            ]
+        )
+    else:
+        lines = []
+        for t, r in zip(trials, results, strict=True):
+            if isinstance(r, SpeakerDBError):
+                lines.append(f"nan error {show(t.a)} {show(t.b)}")
+                click.echo(f"error: {r.message}", err=True)
+            else:
+                verdict = "same" if r.same_speaker else "different"
+                lines.append(f"{r.score:.6f} {verdict} {show(t.a)} {show(t.b)}")
+        text = "\n".join(lines) + "\n"
+        if out is not None:
+            out.write_text(text)
+        else:
+            click.echo(text, nl=False)
+    sys.exit(EXIT_ERROR if failures else EXIT_OK)

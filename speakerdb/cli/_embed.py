@@ -1,0 +1,69 @@
+"""``speakerdb embed``: voiceprints of files into a .npy array."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from speakerdb.cli._common import (
+    EXIT_ERROR,
+    device_option,
+    emit_json,
+    error_object,
+    handles_errors,
+    json_option,
+    model_option,
+    progress_bar,
+    show,
+)
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write the (N, 256) float32 array (.npy), row i for FILE i.",
+)
+@model_option
+@device_option
+@json_option
+@handles_errors
+def embed(
+    files: tuple[Path, ...], out: Path, model_name: str | None, device: str | None, as_json: bool
+) -> None:
+    """Write the voiceprints of FILE(s) to a .npy array (unit-norm rows, in order)."""
+    import numpy as np
+
+    from speakerdb.model._registry import DEFAULT_MODEL, load_model
+
+    model = load_model(model_name or DEFAULT_MODEL, device)
+    with progress_bar("embedding") as bar:
+        results = model.embed(list(files), progress=bar)
+    failed = [r for r in results if r.error is not None]
+    for r in failed:
+        assert r.error is not None
+        if not as_json:
+            click.echo(f"error: {r.error.message}", err=True)
+    if not failed:
+        np.save(out, np.stack([r.vector for r in results]).astype(np.float32))
+    if as_json:
+        emit_json(
+            {
+                "out": str(out) if not failed else None,
+                "model": model.identity.label,
+                "files": [
+                    {"source": r.source, "sha256": r.sha256, "speech_seconds": r.speech_seconds}
+                    if r.error is None
+                    else {"source": r.source, "error": error_object(r.error)}
+                    for r in results
+                ],
+            }
+        )
+    elif not failed:
+        click.echo(f"wrote {len(results)} x {model.dimension} voiceprints to {show(out)}")
+    if failed:
+        sys.exit(EXIT_ERROR)

@@ -1,0 +1,169 @@
+"""``speakerdb enroll``: one speaker from files, or many from a NeMo manifest."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from speakerdb.cli._common import (
+    EXIT_ERROR,
+    db_option,
+    device_option,
+    emit_json,
+    handles_errors,
+    json_option,
+    model_option,
+    open_db,
+    progress_bar,
+    show,
+    warn,
+)
+from speakerdb.enroll._reports import RECOMMENDED_SPEECH_SECONDS
+from speakerdb.errors import UsageError
+
+if TYPE_CHECKING:
+    from speakerdb.enroll._reports import EnrollmentReport, ManifestSummary
+
+
+def _parse_meta(items: Sequence[str]) -> dict[str, Any] | None:
+    if not items:
+        return None
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--meta expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def _print_report(report: EnrollmentReport) -> None:
+    verb = "created" if report.created else "updated" if report.changed else "unchanged"
+    click.echo(
+        f"{show(report.speaker)}: {verb}, {report.accepted} accepted, "
+        f"{report.duplicates} duplicate, {report.rejected} rejected; {report.utterances} "
+        f"recordings, {report.total_speech_seconds:.1f} s of speech"
+    )
+    for item in report.inputs:
+        if item.status == "duplicate":
+            click.echo(f"  duplicate {show(item.source)}: already enrolled")
+        elif item.status == "skipped":
+            click.echo(f"  skipped {show(item.source)}: speaker exists (mode skip)")
+    for warning in report.warnings:
+        warn(warning.message)
+
+
+def _report_rejections(reports: Sequence[EnrollmentReport]) -> None:
+    for report in reports:
+        for item in report.inputs:
+            if item.status == "rejected":
+                click.echo(f"error: {show(item.source)}: {item.message}", err=True)
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path),
+    help="NeMo manifest (JSON lines with "
+    "audio_filepath and label/speaker): enroll many speakers in one run.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["append", "overwrite", "skip"]),
+    default="append",
+    show_default=True,
+    help="append: add recordings (create if new); overwrite: replace "
+    "them; skip: leave an existing speaker untouched.",
+)
+@click.option(
+    "--meta",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Metadata to store with the speaker (repeatable).",
+)
+@db_option
+@model_option
+@device_option
+@json_option
+@handles_errors
+def enroll(
+    name: str | None,
+    files: tuple[Path, ...],
+    manifest: Path | None,
+    mode: str,
+    meta: tuple[str, ...],
+    db_url: str | None,
+    model_name: str | None,
+    device: str | None,
+    as_json: bool,
+) -> None:
+    """Enroll speaker NAME from FILE(s), or many speakers from --manifest.
+
+    Unusable recordings are reported and skipped; if none is usable nothing changes.
+    Recordings already enrolled for the speaker are recognised by their audio and not stored
+    twice, so an interrupted --manifest run can simply be run again.
+    """
+    if manifest is not None:
+        if name or files:
+            raise UsageError("give either NAME FILE... or --manifest, not both")
+        if meta:
+            raise UsageError("--meta applies to NAME FILE... enrollment only")
+        _enroll_manifest(manifest, mode, db_url, model_name, device, as_json)
+        return
+    if not name or not files:
+        raise UsageError("usage: speakerdb enroll NAME FILE... (or --manifest M.jsonl)")
+    metadata = _parse_meta(meta)
+    with open_db(db_url, model_name, device) as db, progress_bar("embedding") as bar:
+        report = db.enroll(name, list(files), mode=mode, metadata=metadata, progress=bar)
+    _report_rejections([report])
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        _print_report(report)
+    if report.rejected or (report.accepted == 0 and not report.duplicates and mode != "skip"):
+        sys.exit(EXIT_ERROR)
+
+
+def _enroll_manifest(
+    manifest: Path,
+    mode: str,
+    db_url: str | None,
+    model_name: str | None,
+    device: str | None,
+    as_json: bool,
+) -> None:
+    from speakerdb.enroll._lists import read_manifest
+
+    entries = read_manifest(manifest)
+    with open_db(db_url, model_name, device) as db, progress_bar("enrolling") as bar:
+        summary = db.enroll_manifest(entries, mode=mode, progress=bar)
+    _report_rejections(summary.reports)
+    if as_json:
+        emit_json(summary.to_dict())
+    else:
+        _print_summary(summary)
+    if summary.rejected:
+        sys.exit(EXIT_ERROR)
+
+
+def _print_summary(summary: ManifestSummary) -> None:
+    for warning in summary.warnings:
+        warn(warning.message)
+    short = summary.little_speech
+    if short:
+        listed = ", ".join(show(s) for s in short[:10]) + (" ..." if len(short) > 10 else "")
+        warn(
+            f"{len(short)} speakers have less than {RECOMMENDED_SPEECH_SECONDS:.0f} s of speech "
+            f"(less reliable verification): {listed}"
+        )
+    click.echo(
+        f"{summary.files} files, {summary.speakers} speakers ({summary.created} new): "
+        f"{summary.accepted} accepted, {summary.duplicates} already enrolled, "
+        f"{summary.rejected} rejected"
+    )

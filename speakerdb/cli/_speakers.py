@@ -1,0 +1,96 @@
+"""``speakerdb speakers list|show|rename|delete``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from speakerdb.cli._common import db_option, emit_json, handles_errors, json_option, open_db, show
+from speakerdb.errors import UsageError
+
+
+@click.group()
+def speakers() -> None:
+    """List, show, rename and delete enrolled speakers."""
+
+
+@speakers.command("list")
+@db_option
+@json_option
+@handles_errors
+def speakers_list(db_url: str | None, as_json: bool) -> None:
+    """List enrolled speakers with their number of recordings."""
+    with open_db(db_url) as db:
+        records = db.speakers()
+    if as_json:
+        emit_json([r.to_dict() | {"utterances": r.utterances} for r in records])
+        return
+    for r in records:
+        click.echo(f"{show(r.name)}\t{r.utterances} recordings\t{r.speech_seconds:.1f} s speech")
+    if not records:
+        click.echo("no speakers enrolled", err=True)
+
+
+@speakers.command("show")
+@click.argument("name")
+@db_option
+@json_option
+@handles_errors
+def speakers_show(name: str, db_url: str | None, as_json: bool) -> None:
+    """Show one speaker, with every enrolled recording."""
+    with open_db(db_url) as db:
+        record = db.speaker(name)
+        recordings = db.utterances(name)
+    if as_json:
+        emit_json(record.to_dict() | {"recordings": [u.to_dict() for u in recordings]})
+        return
+    click.echo(f"{show(record.name)} (id {record.id}, {record.status})")
+    click.echo(
+        f"  enrolled {record.created_at:%Y-%m-%d %H:%M:%S} UTC, "
+        f"updated {record.updated_at:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    click.echo(f"  {record.utterances} recordings, {record.speech_seconds:.1f} s of speech")
+    if record.metadata:
+        click.echo(f"  metadata: {json.dumps(record.metadata, ensure_ascii=False)}")
+    for u in recordings:
+        source = show(u.source) if u.source else "<array>"
+        click.echo(f"  - {source}  {u.speech_seconds:.1f} s  sha256 {u.sha256[:12]}")
+
+
+@speakers.command("rename")
+@click.argument("old")
+@click.argument("new")
+@db_option
+@json_option
+@handles_errors
+def speakers_rename(old: str, new: str, db_url: str | None, as_json: bool) -> None:
+    """Rename speaker OLD to NEW (the voiceprint is kept)."""
+    with open_db(db_url) as db:
+        record = db.rename(old, new)
+    if as_json:
+        emit_json(record.to_dict())
+    else:
+        click.echo(f"renamed {show(old)} to {show(record.name)}")
+
+
+@speakers.command("delete")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@db_option
+@json_option
+@handles_errors
+def speakers_delete(name: str, yes: bool, db_url: str | None, as_json: bool) -> None:
+    """Delete speaker NAME and every voiceprint of it (SQL rows and index)."""
+    with open_db(db_url) as db:
+        db.speaker(name)  # not found -> error before asking
+        if not yes:
+            if not sys.stdin.isatty():
+                raise UsageError(f"refusing to delete {name!r} without --yes (no terminal to ask)")
+            click.confirm(f"Delete speaker {name!r} and all its voiceprints?", abort=True)
+        record = db.delete(name)
+    if as_json:
+        emit_json({"deleted": record.to_dict()})
+    else:
+        click.echo(f"deleted {show(record.name)} ({record.utterances} recordings)")
