@@ -291,3 +291,34 @@ def test_subprocess_exit_codes_and_one_line_errors(tmp_path):
     assert missing.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.wav'}: no such file"]
     debug = _speakerdb("--debug", "verify", "nobody", str(groups["p225"][6]), "--db", db)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_file_names_with_newlines_and_escapes_stay_on_one_line(tmp_path):
+    """A file name is data: it must not split text output or forge an error line."""
+    require_data()
+    db = str(tmp_path / "names.sqlite")
+    groups = by_speaker("vctk")
+    real = groups["p225"][6]
+    tricky = tmp_path / "call\nerror: forged.wav"
+    tricky.write_bytes(real.read_bytes())
+    bidi = tmp_path / "evil\u202egnp.wav"
+    missing = tmp_path / "gone\n.wav"
+    assert _speakerdb("enroll", "p225", *map(str, groups["p225"][:3]), "--db", db).returncode == 0
+    out = _speakerdb("verify", "p225", str(tricky), str(bidi), str(missing), "--db", db)
+    assert out.returncode == 2
+    # One result line for the readable file, one error line per broken file.
+    assert len(out.stdout.splitlines()) == 1, out.stdout
+    assert "call\\x0aerror: forged.wav" in out.stdout
+    errors = out.stderr.splitlines()
+    assert len(errors) == 2, out.stderr
+    assert all(line.startswith("error: ") for line in errors)
+    assert "evil\\u202egnp.wav" in out.stderr and "gone\\x0a.wav" in out.stderr
+    assert "\u202e" not in out.stderr
+    # JSON keeps the true names (it is unambiguous already).
+    doc = json.loads(
+        _speakerdb("verify", "p225", str(tricky), str(missing), "--db", db, "--json").stdout
+    )
+    assert doc[0]["source"] == str(tricky) and doc[1]["source"] == str(missing)
+    enroll = _speakerdb("enroll", "p226", str(tricky), str(missing), "--db", db)
+    assert len(enroll.stderr.splitlines()) >= 1
+    assert all(line.startswith(("error: ", "warning: ")) for line in enroll.stderr.splitlines())

@@ -81,7 +81,7 @@ def test_unusable_files_are_reported_not_fatal(tmp_path):
     assert reasons == {str(broken): "unreadable", str(tmp_path / "missing.wav"): "file_not_found"}
 
 
-def test_calibrate_sets_the_threshold_verify_uses(tmp_path, vctk_trials):
+def test_calibrate_sets_the_threshold_verify_uses(tmp_path, vctk_trials, model):
     db = str(tmp_path / "c.sqlite")
     groups = {}
     for path, label in manifest("vctk"):
@@ -89,20 +89,37 @@ def test_calibrate_sets_the_threshold_verify_uses(tmp_path, vctk_trials):
     assert run("enroll", "p225", *groups["p225"][:3], "--db", db).exit_code == 0
     code, doc = run_json("verify", "p225", groups["p225"][5], "--db", db)
     assert doc["threshold"] == pytest.approx(GE2E_DEFAULT_THRESHOLD)
+    # What calibration must give, computed independently from the model's own scores.
+    rows = [line.split() for line in vctk_trials.read_text().splitlines()]
+    files = sorted({vctk_trials.parent / p for r in rows for p in r[1:]})
+    vectors = dict(zip(files, model.embed_files(files), strict=True))
+    scores = [
+        (
+            r[0],
+            scoring.cosine(vectors[vctk_trials.parent / r[1]], vectors[vctk_trials.parent / r[2]]),
+        )
+        for r in rows
+    ]
+    tgt = [s for label, s in scores if label == "1"]
+    non = [s for label, s in scores if label == "0"]
+
     code, cal = run_json("calibrate", str(vctk_trials), "--target", "eer", "--db", db)
     assert code == 0 and cal["calibrated"] is True
-    assert cal["threshold"] == pytest.approx(cal["threshold"])
+    assert cal["threshold"] == pytest.approx(scoring.eer(tgt, non)[1], abs=1e-6)
     code, doc = run_json("verify", "p225", groups["p225"][5], "--db", db)
     assert doc["threshold"] == pytest.approx(cal["threshold"])
     code, doc = run_json("compare", groups["p225"][5], groups["p226"][5], "--db", db)
     assert doc["threshold"] == pytest.approx(cal["threshold"])
-    # An explicit --threshold still wins.
-    code, doc = run_json("verify", "p225", groups["p225"][5], "--threshold", "0.5", "--db", db)
-    assert doc["threshold"] == 0.5
-    code, reset = run_json("calibrate", "--reset", "--db", db)
-    assert reset["threshold"] == pytest.approx(GE2E_DEFAULT_THRESHOLD)
+
+    # At a target false-accept rate the stored threshold is the one at that rate, and the
+    # document reports the stored threshold, not the EER one of its evaluation.
+    code, cal = run_json("calibrate", str(vctk_trials), "--far", "0.02", "--db", db)
+    expected = scoring.threshold_at_far(non, 0.02)
+    assert cal["threshold"] == pytest.approx(expected, abs=1e-6)
+    assert cal["evaluation"]["threshold"] == pytest.approx(scoring.eer(tgt, non)[1], abs=1e-6)
+    assert np.mean(np.array(non) >= cal["threshold"]) <= 0.02
     code, doc = run_json("verify", "p225", groups["p225"][5], "--db", db)
-    assert doc["threshold"] == pytest.approx(GE2E_DEFAULT_THRESHOLD)
+    assert doc["threshold"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_eval_set_default_stores_threshold_at_far(tmp_path, vctk_trials):

@@ -208,7 +208,15 @@ def calibrate(
             progress=bar,
         )
     if as_json:
-        emit_json({"threshold": threshold, "calibrated": True} | report.to_dict())
+        emit_json(
+            {
+                "threshold": threshold,
+                "calibrated": True,
+                "target": target,
+                "normalization": None if norm == "none" else norm,
+                "evaluation": report.to_dict(),
+            }
+        )
     else:
         for line in _evaluation_text(report):
             click.echo(line)
