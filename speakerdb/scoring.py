@@ -64,7 +64,7 @@ def _norms(a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     norms = np.linalg.norm(a, axis=-1, keepdims=True)
     if not np.all(np.isfinite(norms)) or np.any(norms == 0):
         raise UsageError("cannot score a zero or non-finite vector")
-    return norms
+    return np.asarray(norms, dtype=np.float64)
 
 
 def cosine(a: npt.ArrayLike, b: npt.ArrayLike) -> float:

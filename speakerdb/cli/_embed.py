@@ -48,8 +48,9 @@ def embed(
         assert r.error is not None
         if not as_json:
             click.echo(f"error: {r.error.message}", err=True)
+    vectors = [r.vector for r in results if r.vector is not None]
     if not failed:
-        np.save(out, np.stack([r.vector for r in results]).astype(np.float32))
+        np.save(out, np.stack(vectors).astype(np.float32))
     if as_json:
         emit_json(
             {

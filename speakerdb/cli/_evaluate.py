@@ -120,17 +120,22 @@ def eval_command(
     rows = _load_trials(trials, manifest)
     if plot_out is not None:
         from speakerdb.enroll._plot import plot_evaluation  # fail early if matplotlib is missing
-    options = {
-        "far": far,
-        "norm": norm,
-        "cohort": cohort_files(cohort),
-        "cohort_size": cohort_size,
-    }
+    files = cohort_files(cohort)
     with open_db(db_url, model_name, device) as db, progress_bar("embedding") as bar:
         if set_default:
-            _, report = db.calibrate(rows, target="far", progress=bar, **options)
+            _, report = db.calibrate(
+                rows,
+                far=far,
+                target="far",
+                norm=norm,
+                cohort=files,
+                cohort_size=cohort_size,
+                progress=bar,
+            )
         else:
-            report = db.evaluate(rows, progress=bar, **options)
+            report = db.evaluate(
+                rows, far=far, norm=norm, cohort=files, cohort_size=cohort_size, progress=bar
+            )
     if scores_out is not None:
         from speakerdb.enroll._evaluation import write_scores
 

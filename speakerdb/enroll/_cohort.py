@@ -73,10 +73,10 @@ class Cohorts:
             key = tuple(str(c) for c in cohort)
             if key not in self._embedded:
                 embedded = self._embedder().embed(list(cohort))
-                vectors = [e.vector for e in embedded if e.vector is not None]
-                if not vectors:
+                usable = [e.vector for e in embedded if e.vector is not None]
+                if not usable:
                     raise UsageError("no usable recording in the cohort")
-                self._embedded[key] = np.stack(vectors)
+                self._embedded[key] = np.stack(usable)
             return self._embedded[key]
         self._store.check_model(self._identity())
         if self._store.model() is None:
@@ -166,4 +166,5 @@ def _without(
     bank: npt.NDArray[np.float32], vector: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float32]:
     """``bank`` without the rows equal to ``vector``."""
-    return bank[~np.all(bank == vector, axis=1)]
+    kept: npt.NDArray[np.float32] = bank[~np.all(bank == vector, axis=1)]
+    return kept

@@ -226,10 +226,10 @@ class ManifestEnrollment:
                 results[result.name] = result
                 apply_result(self.reports[result.name], result)
         for name in names:
-            result = results.get(name)
-            if result is None:  # nothing stored: the speaker as it stood when the run began
+            stored = results.get(name)
+            if stored is None:  # nothing stored: the speaker as it stood when the run began
                 set_totals(self.reports[name], self._existing.get(name))
-            finish_report(self.reports[name], result, self._threshold)
+            finish_report(self.reports[name], stored, self._threshold)
 
     def ordered_reports(self) -> list[EnrollmentReport]:
         return [self.reports[name] for name in self.by_speaker]

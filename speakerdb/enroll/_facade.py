@@ -566,7 +566,7 @@ def _check_mode(mode: str) -> EnrollMode:
 def _as_list(audio: AudioInput | Sequence[AudioInput]) -> list[AudioInput]:
     if isinstance(audio, str | np.ndarray) or hasattr(audio, "__fspath__"):
         return [cast(AudioInput, audio)]
-    return list(cast(Sequence[AudioInput], audio))
+    return list(audio)
 
 
 def _error_of(item: EmbeddedAudio) -> AudioError:
