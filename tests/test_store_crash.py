@@ -21,7 +21,6 @@ import pytest
 
 from helpers import fake_model
 from speakerdb.storage._check import check_store
-from speakerdb.storage._index_file import read_index_file
 from speakerdb.storage._store import EnrollmentStore
 
 WORKER = Path(__file__).with_name("store_worker.py")
@@ -82,8 +81,7 @@ def test_sigkill_during_enrollment_loses_nothing_that_returned(db_url):
             for speaker_id, vector in zip(ids[:50], vectors[:50], strict=False):
                 name = next(s.name for s in store.speakers() if s.id == speaker_id)
                 assert np.allclose(store.centroid(name)[1], vector, atol=1e-6)
-            path = store.location.index_path
-            on_disk = read_index_file(path)
+            on_disk = store.stored_index()
             assert not isinstance(on_disk, str) or on_disk == "missing", on_disk
     assert kills >= KILLS_PER_DATABASE
     assert len(confirmed) > KILLS_PER_DATABASE  # the children did real work before dying

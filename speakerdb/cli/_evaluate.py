@@ -126,7 +126,13 @@ def eval_command(
         "cohort": cohort_files(cohort),
         "cohort_size": cohort_size,
     }
-    with open_db(db_url, model_name, device) as db, progress_bar("embedding") as bar:
+    # Only --set-default writes: otherwise the database is read, and not needed at all.
+    with (
+        open_db(
+            db_url, model_name, device, read_only=not set_default, missing_ok=not set_default
+        ) as db,
+        progress_bar("embedding") as bar,
+    ):
         if set_default:
             _, report = db.calibrate(rows, target="far", progress=bar, **options)
         else:

@@ -291,7 +291,10 @@ class VectorIndex:
         return faiss.serialize_index(self._index).tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, dimension: int, params: IndexParams) -> VectorIndex:
+    def from_bytes(
+        cls, data: bytes | bytearray, dimension: int, params: IndexParams
+    ) -> VectorIndex:
+        """An index from :meth:`to_bytes` output (``data`` is not copied first)."""
         index = cls.__new__(cls)
         index.dimension = dimension
         index.params = params
