@@ -166,22 +166,32 @@ class IndexCache:
             assert self._index is not None
             return self._index
 
-    def save(self, force: bool = False) -> bool:
+    def save(self, force: bool = False, only_if_present: bool = False) -> bool:
         """Write the index file if it is behind the index in memory (or ``force``).
 
         Under the folder lock, the index first catches up with SQL (so a speaker deleted
-        by anyone meanwhile leaves it), then replaces the file. Raises StoreError when the
-        file cannot be written (the caller may ignore it: the file is a cache)."""
+        by anyone meanwhile leaves it), then replaces the file. ``only_if_present``: only
+        rewrite a file that exists when the lock is taken (after a delete: a file written
+        by anyone before the delete committed must lose the speaker; no file, nothing to
+        erase), loading the index first if this process has none. Raises StoreError when
+        the file cannot be written (the caller may ignore it: the file is a cache)."""
         with self._lock:
-            if self.path is None or self._index is None:
+            if self.path is None:
                 return False
-            if not force and not self._worth_saving():
+            if not only_if_present and (
+                self._index is None or (not force and not self._worth_saving())
+            ):
                 return False
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 with folder_lock(self.path.parent):
+                    if only_if_present and not self.path.exists():
+                        return False
+                    if self._index is None:
+                        self._load()
                     with read_transaction(self._engine) as conn:
                         self._catch_up(conn)
+                    assert self._index is not None
                     index = self._index
                     header = IndexFileHeader(
                         instance_id=self._instance_id,

@@ -16,12 +16,12 @@ import contextlib
 import datetime as dt
 import json
 import threading
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Select, delete, func, select, text, update
+from sqlalchemy import Select, Table, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
@@ -73,6 +73,8 @@ if TYPE_CHECKING:
 
 __all__ = ["EnrollmentStore", "validated_name"]
 
+T = TypeVar("T")
+AnySelect: TypeAlias = "Select[*tuple[Any, ...]]"  # a SELECT of any columns
 _RESCORE_EXTRA = 8  # candidates beyond k re-scored exactly, so ANN ordering errors vanish
 
 
@@ -227,9 +229,9 @@ class EnrollmentStore:
             conn.execute(delete(Calibration).where(Calibration.normalization == key))
             if threshold is not None:
                 conn.execute(
-                    Calibration.__table__.insert().values(
-                        normalization=key, threshold=threshold, note=note, created_at=utcnow()
-                    )
+                    _table(Calibration)
+                    .insert()
+                    .values(normalization=key, threshold=threshold, note=note, created_at=utcnow())
                 )
 
         self._write(work, "store the threshold")
@@ -242,11 +244,11 @@ class EnrollmentStore:
 
     # --- writes -------------------------------------------------------------------------------
 
-    def _write(self, work: Any, what: str) -> Any:
+    def _write(self, work: Callable[[Connection], T], what: str) -> T:
         if self.read_only:
             raise UsageError(f"cannot {what}: {self.location.display} was opened read-only")
 
-        def attempt() -> Any:
+        def attempt() -> T:
             with write_transaction(self._engine) as conn:
                 return work(conn)
 
@@ -389,12 +391,15 @@ class EnrollmentStore:
         rewritten without it and SQLite's write-ahead log is checkpointed and truncated (pages
         freed by the delete are zeroed by ``secure_delete``)."""
         path = self.location.index_path
-        if path is not None and path.exists():
+        if path is not None:
             try:
-                self._index_cache().index()
-                self._index_cache().save(force=True)
+                # Existence is judged under the file's lock: a process saving an index that
+                # still held the speaker either finished before (its file is rewritten here)
+                # or catches up after (and drops the speaker itself).
+                self._index_cache().save(force=True, only_if_present=True)
             except (OSError, StoreError):
-                path.unlink(missing_ok=True)  # a cache: better gone than holding deleted data
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)  # a cache: better gone than holding deleted data
         if self.location.sqlite_path is not None:
             try:
                 with self._engine.connect() as conn:
@@ -655,6 +660,11 @@ _SPEAKER_COLUMNS = select(
 )
 
 
+def _table(mapped: type[Any]) -> Table:
+    """The Core table of a mapped class (typed: ``__table__`` is a FromClause to mypy)."""
+    return cast(Table, mapped.__table__)
+
+
 def _aware(value: dt.datetime) -> dt.datetime:
     # SQLite returns naive datetimes; they were written in UTC.
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
@@ -674,7 +684,7 @@ def _speaker_record(row: Row[Any]) -> SpeakerRecord:
 
 
 def _speaker_row(
-    conn: Connection, name: str, for_update: bool = False, columns: Select[Any] | None = None
+    conn: Connection, name: str, for_update: bool = False, columns: AnySelect | None = None
 ) -> Row[Any]:
     """The speaker called ``name``: stored exactly so, else under its canonical form (see
     :mod:`speakerdb.storage._names`). Raises SpeakerNotFoundError."""
@@ -690,7 +700,7 @@ def _speaker_row(
 
 
 def _rows_by_name(
-    conn: Connection, names: Sequence[str], columns: Select[Any]
+    conn: Connection, names: Sequence[str], columns: AnySelect
 ) -> dict[str, Row[Any]]:
     """The rows (``columns`` must include Speaker.name) of those of ``names`` that exist,
     keyed by the name as given; each looked up like :func:`_speaker_row`."""
@@ -737,7 +747,7 @@ def _mismatch(where: str, held: ModelIdentity, offered: ModelIdentity) -> ModelM
     )
 
 
-def _lock_state(conn: Connection) -> Row[Any]:
+def _lock_state(conn: Connection) -> Row[int, int | None]:
     """Lock the state row for the rest of the transaction (serialises writers)."""
     return conn.execute(
         select(StoreState.change_seq, StoreState.model_id)
@@ -750,7 +760,9 @@ def _set_seq(conn: Connection, seq: int) -> None:
     conn.execute(update(StoreState).where(StoreState.id == 1).values(change_seq=seq))
 
 
-def _ensure_model(conn: Connection, state: Row[Any], model: ModelIdentity, where: str) -> int:
+def _ensure_model(
+    conn: Connection, state: Row[int, int | None], model: ModelIdentity, where: str
+) -> int:
     """The id of ``model`` in this database, registering it if the database has none yet."""
     if state.model_id is not None:
         held = _model_of(conn)
@@ -765,7 +777,8 @@ def _ensure_model(conn: Connection, state: Row[Any], model: ModelIdentity, where
     ).scalar()
     if model_id is None:
         model_id = conn.execute(
-            ModelRow.__table__.insert()
+            _table(ModelRow)
+            .insert()
             .values(
                 name=model.name,
                 weights_sha256=model.weights_sha256,
@@ -781,7 +794,7 @@ def _ensure_model(conn: Connection, state: Row[Any], model: ModelIdentity, where
 
 def _record_change(conn: Connection, speaker_id: int, seq: int, op: str) -> None:
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    statement = insert(Change.__table__).values(speaker_id=speaker_id, seq=seq, op=op)
+    statement = insert(_table(Change)).values(speaker_id=speaker_id, seq=seq, op=op)
     conn.execute(
         statement.on_conflict_do_update(
             index_elements=["speaker_id"],
@@ -834,7 +847,8 @@ def _validated(request: EnrollRequest, dimension: int) -> EnrollRequest:
 
 def _centroid(embeddings: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     mean = embeddings.astype(np.float64).mean(axis=0)
-    return (mean / np.linalg.norm(mean)).astype(np.float32)
+    unit: npt.NDArray[np.float32] = (mean / np.linalg.norm(mean)).astype(np.float32)
+    return unit
 
 
 def _split_duplicates(
@@ -908,13 +922,13 @@ def _create_speakers(
         )
     ids = (
         conn.execute(
-            Speaker.__table__.insert().returning(Speaker.id, sort_by_parameter_order=True), rows
+            _table(Speaker).insert().returning(Speaker.id, sort_by_parameter_order=True), rows
         )
         .scalars()
         .all()
     )
     conn.execute(
-        Utterance.__table__.insert(),
+        _table(Utterance).insert(),
         [
             row
             for speaker_id, (added, _) in zip(ids, kept, strict=True)
@@ -923,7 +937,7 @@ def _create_speakers(
     )
     # Ids are never reused, so a new speaker has no change-log entry yet.
     conn.execute(
-        Change.__table__.insert(),
+        _table(Change).insert(),
         [
             {"speaker_id": i, "seq": row["change_seq"], "op": "upsert"}
             for i, row in zip(ids, rows, strict=True)
@@ -992,9 +1006,7 @@ def _enroll_one(
         return EnrollResult(request.name, _speaker_record(existing), duplicates=duplicates), False
 
     if added:
-        conn.execute(
-            Utterance.__table__.insert(), _utterance_rows(speaker_id, added, model_id, now)
-        )
+        conn.execute(_table(Utterance).insert(), _utterance_rows(speaker_id, added, model_id, now))
     rows = conn.execute(
         select(Utterance.audio_sha256, Utterance.embedding, Utterance.speech_seconds)
         .where(Utterance.speaker_id == speaker_id)
