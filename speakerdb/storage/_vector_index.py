@@ -196,10 +196,6 @@ class VectorIndex:
         ivf.cp.max_points_per_centroid = 64
         ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
 
-    @property
-    def is_trained(self) -> bool:
-        return bool(self._index.is_trained)
-
     # --- contents ----------------------------------------------------------------------------
 
     def __len__(self) -> int:
