@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 import numpy as np
@@ -347,7 +348,7 @@ class EnrollmentStore:
             raise store_error(exc, f"cannot compact {self.location.display}") from None
         return CompactResult(self.location.display, 0, 0)  # in-memory: nothing on disk
 
-    def _compact_sqlite(self, path: Any) -> CompactResult:
+    def _compact_sqlite(self, path: Path) -> CompactResult:
         def size() -> int:
             companions = [path, path.with_name(path.name + "-wal")]
             return sum(p.stat().st_size for p in companions if p.exists())
