@@ -142,20 +142,25 @@ def _raise_if_unusable(status: SchemaStatus, where: str) -> None:
             f"{where} is not a speakerdb database: {status.foreign}; speakerdb leaves it "
             "untouched (use another --db)"
         )
-    if status.current is not None and status.current not in _known_revisions():
+    if status.current not in (None, status.head) and status.current not in _known_revisions():
         raise SchemaOutOfDateError(
             f"{where} has schema revision {status.current}, which this speakerdb does not know "
             f"(it needs {status.head}): it was made by a newer speakerdb; upgrade speakerdb"
         )
 
 
-def ensure_schema(engine: Engine, where: str, read_only: bool = False) -> SchemaStatus:
+def ensure_schema(
+    engine: Engine, where: str, read_only: bool = False, known: SchemaStatus | None = None
+) -> SchemaStatus:
     """Create the schema at head in a fresh database; refuse an outdated or foreign one.
 
     ``read_only``: never create anything; a fresh database raises DatabaseNotFoundError.
     Raises SchemaOutOfDateError naming ``speakerdb db upgrade`` when the schema is behind,
-    NotASpeakerDBError when the database holds another application's tables.
+    NotASpeakerDBError when the database holds another application's tables. ``known``:
+    a status just read (by :func:`inspect_read_only`): an up-to-date one is not read again.
     """
+    if known is not None and known.up_to_date:
+        return known
     with engine.connect() as probe:
         status = schema_status(probe)
         probe.rollback()

@@ -129,13 +129,14 @@ class EnrollmentStore:
         """
         location = resolve_location(url)
         path = location.sqlite_path
+        known = None
         if path is not None and path.exists() and not read_only:
             # Classified through a read-only connection first: another application's file
             # must not even be switched to WAL mode or chmod'ed.
-            inspect_read_only(location)
+            known = inspect_read_only(location)
         engine = create_database_engine(location, read_only=read_only)
         try:
-            ensure_schema(engine, location.display, read_only=read_only)
+            ensure_schema(engine, location.display, read_only=read_only, known=known)
             with read_transaction(engine) as conn:
                 state = conn.execute(
                     select(StoreState.instance_id, StoreState.index_key).where(StoreState.id == 1)
