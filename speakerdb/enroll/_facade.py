@@ -113,10 +113,6 @@ class SpeakerDB:
             raise DatabaseNotFoundError("no database: this needs an existing database (--db)")
         return self._store
 
-    @property
-    def has_database(self) -> bool:
-        return self._store is not None
-
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
