@@ -23,7 +23,9 @@ ENV_INDEX_DIR = "SPEAKERDB_INDEX_DIR"
 _CREDENTIALS = re.compile(r"(//[^/:@\s]*:)(.*)@")
 # A string that starts like a server URL but lacks "://" is a mistyped URL, not a file name
 # (treating it as a SQLite path would create folders named after the password).
-_URL_LIKE = re.compile(r"^(postgres(ql)?|mysql|mariadb|oracle|mssql)([+:/]|$)|^sqlite:", re.I)
+_URL_LIKE = re.compile(
+    r"^(?:postgres(?:ql)?|mysql|mariadb|oracle|mssql)(?:\+\w+)?(?::|//)|^sqlite:", re.I
+)
 
 
 def mask_password(text: str) -> str:
