@@ -21,11 +21,13 @@ __all__ = [
     "AudioError",
     "AudioNotFoundError",
     "ConfigurationError",
+    "DatabaseNotFoundError",
     "InvalidAudioError",
     "MissingDependencyError",
     "ModelError",
     "ModelMismatchError",
     "NoSpeechError",
+    "NotASpeakerDBError",
     "NotFoundError",
     "SchemaOutOfDateError",
     "SpeakerDBError",
@@ -164,10 +166,24 @@ class SchemaOutOfDateError(StoreError):
     code = "schema_out_of_date"
 
 
+class NotASpeakerDBError(StoreError):
+    """The database (or file) exists and holds something else: another application's
+    tables, or not a database at all. speakerdb leaves it untouched."""
+
+    code = "not_speakerdb"
+
+
 class NotFoundError(SpeakerDBError):
     """A named object does not exist."""
 
     code = "not_found"
+
+
+class DatabaseNotFoundError(NotFoundError):
+    """A command that only reads was pointed at a database that does not exist (or holds no
+    speakerdb schema yet); it is not created."""
+
+    code = "database_not_found"
 
 
 class SpeakerNotFoundError(NotFoundError):

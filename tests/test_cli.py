@@ -94,6 +94,7 @@ def test_every_command_has_help():
         ["db", "check"],
         ["db", "rebuild-index"],
         ["db", "reindex"],
+        ["db", "compact"],
         ["eval"],
         ["calibrate"],
     ]

@@ -20,7 +20,6 @@ from speakerdb.errors import (
     UsageError,
 )
 from speakerdb.storage._check import check_store
-from speakerdb.storage._index_file import read_index_file
 from speakerdb.storage._location import resolve_location
 from speakerdb.storage._migrate import head_revision
 from speakerdb.storage._records import EnrollRequest
@@ -188,9 +187,9 @@ def test_delete_leaves_nothing(db_url, rng):
         store.search(np.ones(16), 1, MODEL)  # the index now holds bob...
         store.save_index()  # ...and so does its file
         store.delete_speaker("bob")
-        loaded = read_index_file(store.location.index_path)
+        loaded = store.stored_index()
         assert not isinstance(loaded, str), loaded
-        assert bob_id not in loaded[1].contents()[0].tolist()
+        assert bob_id not in loaded.index.contents()[0].tolist()
         with pytest.raises(SpeakerNotFoundError):
             store.speaker("bob")
         with pytest.raises(SpeakerNotFoundError):
@@ -204,9 +203,11 @@ def test_delete_leaves_nothing(db_url, rng):
                 assert count.scalar_one() == 0
         engine.dispose()
         assert check_store(store).consistent
-    loaded = read_index_file(store.location.index_path)
-    assert not isinstance(loaded, str), loaded
-    assert loaded[1].contents()[0].tolist() == [store.speaker("alice").id]
+    with EnrollmentStore.open(db_url) as again:
+        loaded = again.stored_index()
+        assert not isinstance(loaded, str), loaded
+        assert loaded.authentic
+        assert loaded.index.contents()[0].tolist() == [again.speaker("alice").id]
     # No byte of bob's voiceprints is left on disk (SQLite file, WAL, index file).
     if store.location.sqlite_path is not None:
         folder = store.location.sqlite_path.parent
@@ -248,7 +249,7 @@ def test_index_file_is_reused_caught_up_or_rebuilt(tmp_path, rng):
         assert status.file_state in ("current", "stale") and status.vectors == 4
     # Corrupt file: rebuilt from SQL.
     data = bytearray(index_path.read_bytes())
-    data[-10] ^= 0xFF
+    data[-100] ^= 0xFF  # in the FAISS bytes (the last 32 are the MAC)
     index_path.write_bytes(bytes(data))
     with EnrollmentStore.open(url) as store:
         assert "corrupt" in store.index_status().file_state
@@ -294,13 +295,13 @@ def test_check_detects_an_index_file_that_lies(tmp_path, rng):
             enroll(store, name, rng)
         store.search(np.ones(16), 1, MODEL)
         store.save_index()
-    # Replace one vector in the file, keep its header's claims (as a buggy writer would).
-    from speakerdb.storage._index_file import write_index_file
+        # Replace one vector in the file, keep its header's claims (as a buggy writer would).
+        from speakerdb.storage._index_file import write_index_file
 
-    header, index = read_index_file(tmp_path / "d.sqlite.faiss")
-    ids, _ = index.contents()
-    index.upsert(ids[:1], -np.ones((1, 16), np.float32) / 4)
-    write_index_file(tmp_path / "d.sqlite.faiss", header, index)
+        stored = store.stored_index()
+        ids, _ = stored.index.contents()
+        stored.index.upsert(ids[:1], -np.ones((1, 16), np.float32) / 4)
+        write_index_file(store.location.index_path, stored.header, stored.index, store.index_key)
     with EnrollmentStore.open(url) as store:
         report = check_store(store)
         assert not report.consistent

@@ -205,11 +205,21 @@ def handles_errors(fn: F) -> F:
 
 
 def open_db(
-    db_url: str | None, model_name: str | None = None, device: str | None = None
+    db_url: str | None,
+    model_name: str | None = None,
+    device: str | None = None,
+    *,
+    read_only: bool = False,
+    missing_ok: bool = False,
 ) -> SpeakerDB:
+    """The database of a command. Commands that only read pass ``read_only`` (nothing is
+    created, migrated or written; a missing database is an error), and those that can work
+    without a database (compare, eval) also ``missing_ok``."""
     from speakerdb.enroll._facade import SpeakerDB
 
-    return SpeakerDB.open(db_url, model=model_name, device=device)
+    return SpeakerDB.open(
+        db_url, model=model_name, device=device, read_only=read_only, missing_ok=missing_ok
+    )
 
 
 def progress_bar(label: str) -> ProgressBar:

@@ -1,4 +1,4 @@
-"""``speakerdb db upgrade|check|rebuild-index|reindex``: database maintenance."""
+"""``speakerdb db upgrade|check|rebuild-index|reindex|compact``: database maintenance."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from speakerdb.cli._common import (
 
 @click.group()
 def db() -> None:
-    """Database maintenance: upgrade the schema, check consistency, rebuild the index."""
+    """Database maintenance: upgrade the schema, check consistency, rebuild the index,
+    erase deleted voiceprints for good."""
 
 
 @db.command("upgrade")
@@ -50,9 +51,9 @@ def db_upgrade(db_url: str | None, as_json: bool) -> None:
 def db_check(db_url: str | None, as_json: bool) -> None:
     """Check the database: counts, schema, model, and the index against SQL.
 
-    Exit 0 when consistent, 1 when not.
+    Exit 0 when consistent, 1 when not. Only reads the database.
     """
-    with open_db(db_url) as handle:
+    with open_db(db_url, read_only=True) as handle:
         report = handle.check()
     if as_json:
         emit_json(report.to_dict())
@@ -97,3 +98,26 @@ def db_rebuild_index(kind: str | None, db_url: str | None, as_json: bool) -> Non
 
 
 db.add_command(db_rebuild_index, "reindex")
+
+
+@db.command("compact")
+@db_option
+@json_option
+@handles_errors
+def db_compact(db_url: str | None, as_json: bool) -> None:
+    """Erase deleted speakers' voiceprints from the database files for good, and shrink them.
+
+    PostgreSQL keeps deleted rows in its table files (and its write-ahead log) until they are
+    rewritten: this runs VACUUM FULL on the tables holding voiceprints, which locks them
+    (other commands wait) while it runs. SQLite zeroes deleted rows at once; this runs VACUUM
+    to give the space back.
+    """
+    with open_db(db_url) as handle:
+        result = handle.compact()
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(
+            f"compacted {show(result.database)}: {result.before_bytes} -> "
+            f"{result.after_bytes} bytes"
+        )

@@ -52,7 +52,7 @@ def verify(
     as_json: bool,
 ) -> None:
     """Is each FILE the enrolled speaker NAME? (exit 0 only if every file is accepted)"""
-    with open_db(db_url, model_name, device) as db:
+    with open_db(db_url, model_name, device, read_only=True) as db:
         results = db.verify_many(
             name,
             list(files),
@@ -103,7 +103,7 @@ def identify(
 ) -> None:
     """Who is speaking in each FILE? The best enrolled speaker if it reaches the threshold,
     else unknown. (exit 0 only if every file is a known speaker)"""
-    with open_db(db_url, model_name, device) as db:
+    with open_db(db_url, model_name, device, read_only=True) as db:
         results = db.identify_many(
             list(files),
             top_k,
@@ -161,13 +161,14 @@ def compare(
     """Are A and B the same speaker? Or score every pair of --pairs.
 
     --db matters only for its calibrated threshold (see `speakerdb calibrate`) and, with
-    --norm asnorm and no --cohort, for its enrolled voiceprints as the cohort; no speaker is
-    written. With --pairs, each output line is 'score decision path_a path_b'.
+    --norm asnorm and no --cohort, for its enrolled voiceprints as the cohort; it is only
+    read, and without one (none at the default place either) the model's threshold applies.
+    With --pairs, each output line is 'score decision path_a path_b'.
     """
     if pairs is None:
         if a is None or b is None:
             raise UsageError("usage: speakerdb compare A B (or --pairs FILE)")
-        with open_db(db_url, model_name, device) as db:
+        with open_db(db_url, model_name, device, read_only=True, missing_ok=True) as db:
             results = db.compare_batch(
                 [(a, b)],
                 threshold,
@@ -189,7 +190,10 @@ def compare(
     from speakerdb.enroll._lists import read_pairs
 
     trials = read_pairs(pairs)
-    with open_db(db_url, model_name, device) as db, progress_bar("embedding") as bar:
+    with (
+        open_db(db_url, model_name, device, read_only=True, missing_ok=True) as db,
+        progress_bar("embedding") as bar,
+    ):
         results = db.compare_batch(
             [(t.a, t.b) for t in trials],
             threshold,

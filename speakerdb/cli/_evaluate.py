@@ -121,7 +121,13 @@ def eval_command(
     if plot_out is not None:
         from speakerdb.enroll._plot import plot_evaluation  # fail early if matplotlib is missing
     files = cohort_files(cohort)
-    with open_db(db_url, model_name, device) as db, progress_bar("embedding") as bar:
+    # Only --set-default writes: otherwise the database is read, and not needed at all.
+    with (
+        open_db(
+            db_url, model_name, device, read_only=not set_default, missing_ok=not set_default
+        ) as db,
+        progress_bar("embedding") as bar,
+    ):
         if set_default:
             _, report = db.calibrate(
                 rows,

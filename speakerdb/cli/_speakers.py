@@ -22,7 +22,7 @@ def speakers() -> None:
 @handles_errors
 def speakers_list(db_url: str | None, as_json: bool) -> None:
     """List enrolled speakers with their number of recordings."""
-    with open_db(db_url) as db:
+    with open_db(db_url, read_only=True) as db:
         records = db.speakers()
     if as_json:
         emit_json([r.to_dict() | {"utterances": r.utterances} for r in records])
@@ -40,7 +40,7 @@ def speakers_list(db_url: str | None, as_json: bool) -> None:
 @handles_errors
 def speakers_show(name: str, db_url: str | None, as_json: bool) -> None:
     """Show one speaker, with every enrolled recording."""
-    with open_db(db_url) as db:
+    with open_db(db_url, read_only=True) as db:
         record = db.speaker(name)
         recordings = db.utterances(name)
     if as_json:

@@ -54,7 +54,7 @@ class Cohorts:
 
     def __init__(
         self,
-        store: EnrollmentStore,
+        store: EnrollmentStore | None,
         embedder: Callable[[], Embedder],
         identity: Callable[[], ModelIdentity],
     ) -> None:
@@ -78,13 +78,14 @@ class Cohorts:
                     raise UsageError("no usable recording in the cohort")
                 self._embedded[key] = np.stack(usable)
             return self._embedded[key]
-        self._store.check_model(self._identity())
-        if self._store.model() is None:
+        store = self._database()
+        store.check_model(self._identity())
+        if store.model() is None:
             raise UsageError(
                 "score normalisation against the enrolled speakers needs enrolled speakers "
                 "(or give --cohort M.jsonl)"
             )
-        ids, vectors = self._store.index_vectors()
+        ids, vectors = store.index_vectors()
         if exclude is not None:
             keep = ids != exclude
             vectors = vectors[keep]
@@ -92,6 +93,14 @@ class Cohorts:
             rows = np.random.default_rng(0).choice(len(vectors), MAX_DATABASE_COHORT, replace=False)
             vectors = vectors[np.sort(rows)]
         return vectors
+
+    def _database(self) -> EnrollmentStore:
+        if self._store is None:
+            raise UsageError(
+                "score normalisation against the enrolled speakers needs a database "
+                "(--db URL), or give --cohort M.jsonl"
+            )
+        return self._store
 
     def pair_scores(
         self,
@@ -142,7 +151,7 @@ class Cohorts:
         for probe, candidates in zip(probes, found, strict=True):
             rescored: list[Candidate] = []
             for c in candidates:
-                centroid = self._store.centroid(c.name)[1]
+                centroid = self._database().centroid(c.name)[1]
                 # The candidate itself is no impostor of itself.
                 bank = bank_all if cohort is not None else _without(bank_all, centroid)
                 value = as_norm(

@@ -27,12 +27,13 @@ from speakerdb.enroll._enrollment import (
 from speakerdb.enroll._evaluation import EvaluationReport, ScoredTrial, summarise
 from speakerdb.enroll._lists import ManifestEntry, Trial
 from speakerdb.enroll._reports import EnrollmentReport, InputReport, ManifestSummary
-from speakerdb.errors import AudioError, UsageError
+from speakerdb.errors import AudioError, DatabaseNotFoundError, UsageError
 from speakerdb.model._audio import AudioInput, source_label
 from speakerdb.model._registry import DEFAULT_MODEL, default_threshold, model_identity
 from speakerdb.scoring import DEFAULT_COHORT_TOP_N, accept, cosine, validate_threshold
 from speakerdb.storage._records import (
     ENROLL_MODES,
+    CompactResult,
     EnrollMode,
     EnrollRequest,
     SpeakerRecord,
@@ -62,15 +63,15 @@ class SpeakerDB:
 
     def __init__(
         self,
-        store: EnrollmentStore,
+        store: EnrollmentStore | None,
         model: str | Embedder | None = None,
         device: str | torch.device | None = None,
     ) -> None:
-        self.store = store
+        self._store = store
         self._device = device
         self._embedder: Embedder | None = None
         if model is None or isinstance(model, str):
-            held = store.model()
+            held = store.model() if store is not None else None
             self._model_name = model or (held.name if held is not None else DEFAULT_MODEL)
         else:
             self._embedder = model
@@ -83,16 +84,38 @@ class SpeakerDB:
         url: Any = None,
         model: str | Embedder | None = None,
         device: str | torch.device | None = None,
+        *,
+        read_only: bool = False,
+        missing_ok: bool = False,
     ) -> SpeakerDB:
         """Open (or create) a database. url: SQLAlchemy URL or SQLite path (None:
         ``$SPEAKERDB_URL``, else ``$XDG_DATA_HOME/speakerdb/speakerdb.sqlite``). model: a
         name (default: the database's model, else "ge2e") or a loaded Embedder. device: for
-        the model (None: CUDA if available)."""
+        the model (None: CUDA if available).
+
+        read_only: never create or change the database (reading commands); a database that
+        does not exist raises DatabaseNotFoundError, unless ``missing_ok``: then this
+        SpeakerDB has no database and only compares recordings (compare, evaluate) with the
+        model's threshold."""
         index_device = None if device is None else str(device)
-        return cls(EnrollmentStore.open(url, device=index_device), model, device)
+        try:
+            store = EnrollmentStore.open(url, device=index_device, read_only=read_only)
+        except DatabaseNotFoundError:
+            if not (read_only and missing_ok):
+                raise
+            store = None
+        return cls(store, model, device)
+
+    @property
+    def store(self) -> EnrollmentStore:
+        """The database. Raises DatabaseNotFoundError when opened without one."""
+        if self._store is None:
+            raise DatabaseNotFoundError("no database: this needs an existing database (--db)")
+        return self._store
 
     def close(self) -> None:
-        self.store.close()
+        if self._store is not None:
+            self._store.close()
 
     def __enter__(self) -> SpeakerDB:
         return self
@@ -128,7 +151,7 @@ class SpeakerDB:
         """The threshold used when none is given, for raw cosine scores (None) or a score
         normalisation ("asnorm"): the database's calibrated one, else the model's."""
         key = normalization(norm)
-        own, _ = self.store.threshold(key)
+        own, _ = self._store.threshold(key) if self._store is not None else (None, None)
         return own if own is not None else default_threshold(self._model_name, key)
 
     def _threshold(self, threshold: float | None, norm: str | None = None) -> float:
@@ -552,6 +575,13 @@ class SpeakerDB:
     def rebuild_index(self, kind: str | None = None) -> IndexStatus:
         """Rebuild the vector index from SQL (``kind``: "auto", "flat" or "ivf")."""
         return self.store.rebuild_index(kind)
+
+    def compact(self) -> CompactResult:
+        """Erase deleted voiceprints' bytes from the database files for good and shrink them
+        (PostgreSQL: VACUUM FULL of the vector tables, which locks them while it runs;
+        SQLite: VACUUM). Deleting a speaker removes its rows at once, but PostgreSQL keeps
+        the old row versions in its table files until they are rewritten."""
+        return self.store.compact()
 
 
 # --- helpers ------------------------------------------------------------------------------------

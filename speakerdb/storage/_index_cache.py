@@ -10,6 +10,12 @@ second, and catch up from that counter.
 
 Writers take the counter's row lock for their whole transaction, so change numbers become
 visible in increasing order and a reader that has seen change N has seen every change < N.
+
+Deletion wins over any stale cache: a process saves its index only under the folder lock of
+the file (:func:`~speakerdb.storage._index_file.folder_lock`), after catching up with SQL
+inside that lock. A delete commits first and rewrites the file under the same lock after, so
+whichever of the two writes last, the file never holds a speaker whose delete had committed
+before the write began, and no process replaces the file with an index older than its own.
 """
 
 from __future__ import annotations
@@ -27,14 +33,22 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from speakerdb._identity import ModelIdentity
+from speakerdb.errors import StoreError
 from speakerdb.storage._engine import read_transaction
-from speakerdb.storage._index_file import IndexFileHeader, read_index_file, write_index_file
+from speakerdb.storage._index_file import (
+    Expected,
+    IndexFile,
+    IndexFileHeader,
+    folder_lock,
+    read_index_file,
+    write_index_file,
+)
 from speakerdb.storage._index_policy import choose_params, needs_rebuild
 from speakerdb.storage._records import vectors_from_bytes
 from speakerdb.storage._schema import Change, Speaker, StoreState
 from speakerdb.storage._vector_index import IndexParams, VectorIndex
 
-__all__ = ["IndexCache", "IndexStatus", "read_all_centroids"]
+__all__ = ["IndexCache", "IndexStatus", "read_all_centroids", "read_file_as_stored"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +64,20 @@ def read_all_centroids(
     rows = conn.execute(select(Speaker.id, Speaker.centroid).order_by(Speaker.id)).all()
     ids = np.array([r.id for r in rows], dtype=np.int64)
     return ids, vectors_from_bytes([r.centroid for r in rows], dimension)
+
+
+def read_file_as_stored(
+    engine: Engine, path: Path, instance_id: str, model: ModelIdentity, key: bytes
+) -> IndexFile | str:
+    """The index file at ``path`` as it is on disk (not caught up), checked against the
+    database's current change counter; see :func:`read_index_file`."""
+    with read_transaction(engine) as conn:
+        seq = _state_seq(conn)
+    return read_index_file(path, Expected(instance_id, model.key, key, seq))
+
+
+def _state_seq(conn: Connection) -> int:
+    return int(conn.execute(select(StoreState.change_seq).where(StoreState.id == 1)).scalar_one())
 
 
 @dataclass(frozen=True)
@@ -73,12 +101,14 @@ class IndexCache:
         path: Path | None,
         instance_id: str,
         model: ModelIdentity,
+        key: bytes,
         index_kind: str = "auto",
         device: str | None = None,
     ) -> None:
         self._engine = engine
         self.path = path
         self._instance_id = instance_id
+        self._key = key
         self._model = model
         self._index_kind = index_kind
         self._device = device
@@ -136,25 +166,49 @@ class IndexCache:
             assert self._index is not None
             return self._index
 
-    def save(self, force: bool = False) -> bool:
-        """Write the index file if it is behind the index in memory (or ``force``)."""
+    def save(self, force: bool = False, only_if_present: bool = False) -> bool:
+        """Write the index file if it is behind the index in memory (or ``force``).
+
+        Under the folder lock, the index first catches up with SQL (so a speaker deleted
+        by anyone meanwhile leaves it), then replaces the file. ``only_if_present``: only
+        rewrite a file that exists when the lock is taken (after a delete: a file written
+        by anyone before the delete committed must lose the speaker; no file, nothing to
+        erase), loading the index first if this process has none. Raises StoreError when
+        the file cannot be written (the caller may ignore it: the file is a cache)."""
         with self._lock:
-            if self.path is None or self._index is None:
+            if self.path is None:
                 return False
-            if not force and not self._worth_saving():
+            if not only_if_present and (
+                self._index is None or (not force and not self._worth_saving())
+            ):
                 return False
-            header = IndexFileHeader(
-                instance_id=self._instance_id,
-                model_key=list(self._model.key),
-                dimension=self._model.dimension,
-                applied_seq=self._applied_seq,
-                kind=self._index.params.kind,
-                nlist=self._index.params.nlist,
-                nprobe=self._index.params.nprobe,
-                count=len(self._index),
-                trained_on=self._index.params.trained_on,
-            )
-            write_index_file(self.path, header, self._index)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                with folder_lock(self.path.parent):
+                    if only_if_present and not self.path.exists():
+                        return False
+                    if self._index is None:
+                        self._load()
+                    with read_transaction(self._engine) as conn:
+                        self._catch_up(conn)
+                    assert self._index is not None
+                    index = self._index
+                    header = IndexFileHeader(
+                        instance_id=self._instance_id,
+                        model_key=list(self._model.key),
+                        dimension=self._model.dimension,
+                        applied_seq=self._applied_seq,
+                        kind=index.params.kind,
+                        nlist=index.params.nlist,
+                        nprobe=index.params.nprobe,
+                        count=len(index),
+                        trained_on=index.params.trained_on,
+                    )
+                    write_index_file(self.path, header, index, self._key)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot write the index file {self.path}: {exc.strerror or exc}"
+                ) from None
             self._saved_seq = self._applied_seq
             self._unsaved_changes = 0
             self._unsaved_deletes = 0
@@ -174,24 +228,24 @@ class IndexCache:
             return self._unsaved_changes >= SAVE_FRACTION_WHEN_LARGE * len(self._index)
         return self._unsaved_changes >= SAVE_MIN_CHANGES
 
-    def _state_seq(self, conn: Connection) -> int:
-        return int(
-            conn.execute(select(StoreState.change_seq).where(StoreState.id == 1)).scalar_one()
-        )
-
     def _load(self) -> None:
         if self.path is None:
             self.file_state = "memory-only"
             self._rebuild("in-memory database")
             return
-        loaded = read_index_file(self.path)
-        reason = loaded if isinstance(loaded, str) else self._unusable_reason(*loaded)
-        if reason is not None:
+        loaded = read_file_as_stored(
+            self._engine, self.path, self._instance_id, self._model, self._key
+        )
+        if isinstance(loaded, str) or not loaded.authentic:
+            reason = (
+                loaded
+                if isinstance(loaded, str)
+                else "not authenticated (not written by a holder of this database)"
+            )
             self.file_state = reason
             self._rebuild(reason)
             return
-        assert not isinstance(loaded, str)
-        header, index = loaded
+        header, index = loaded.header, loaded.index
         index.use_gpu(self._device)
         self._index = index
         self._applied_seq = header.applied_seq
@@ -200,24 +254,13 @@ class IndexCache:
         applied = self._catch_up()
         self.file_state = "stale" if applied else "current"
 
-    def _unusable_reason(self, header: IndexFileHeader, index: VectorIndex) -> str | None:
-        if header.instance_id != self._instance_id:
-            return "built from another database"
-        if tuple(header.model_key) != self._model.key:
-            return "built with another model"
-        with read_transaction(self._engine) as conn:
-            seq = self._state_seq(conn)
-        if header.applied_seq > seq:
-            return "ahead of the database (restored from an older backup?)"
-        return None
-
     def _catch_up(self, conn: Connection | None = None) -> int:
         """Apply changes newer than the applied sequence; returns how many were applied."""
         assert self._index is not None
         if conn is None:
             with read_transaction(self._engine) as own:
                 return self._catch_up(own)
-        if self._state_seq(conn) == self._applied_seq:
+        if _state_seq(conn) == self._applied_seq:
             return 0
         rows = conn.execute(
             select(Change.seq, Change.speaker_id, Speaker.centroid)
@@ -243,7 +286,7 @@ class IndexCache:
     def _rebuild(self, reason: str) -> None:
         log.info("rebuilding the vector index from SQL: %s", reason)
         with read_transaction(self._engine) as conn:
-            seq = self._state_seq(conn)
+            seq = _state_seq(conn)
         # Centroids are read after the counter: anything committed in between is replayed by
         # the catch-up below, which is harmless (see module docstring).
         with read_transaction(self._engine) as conn:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +13,25 @@ from sqlalchemy.exc import ArgumentError
 
 from speakerdb.errors import ConfigurationError
 
-__all__ = ["DatabaseLocation", "default_sqlite_path", "resolve_location"]
+__all__ = ["DatabaseLocation", "default_sqlite_path", "mask_password", "resolve_location"]
 
 ENV_URL = "SPEAKERDB_URL"
 ENV_INDEX_DIR = "SPEAKERDB_INDEX_DIR"
+
+# "//user:" then everything up to the LAST "@" of the line: a password holding an unescaped
+# "@" (or "/", or spaces) is masked whole. Over-masking is harmless; a leak is not.
+_CREDENTIALS = re.compile(r"(//[^/:@\s]*:)(.*)@")
+# A string that starts like a server URL but lacks "://" is a mistyped URL, not a file name
+# (treating it as a SQLite path would create folders named after the password).
+_URL_LIKE = re.compile(
+    r"^(?:postgres(?:ql)?|mysql|mariadb|oracle|mssql)(?:\+\w+)?(?::|//)|^sqlite:", re.I
+)
+
+
+def mask_password(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` in it replaced by
+    ``***``, whether or not the URL parses."""
+    return _CREDENTIALS.sub(r"\1***@", text)
 
 
 def _xdg(variable: str, fallback: str) -> Path:
@@ -63,11 +79,13 @@ def resolve_location(url: str | URL | os.PathLike[str] | None = None) -> Databas
     if isinstance(url, os.PathLike):
         return _sqlite_file(Path(url))
     if isinstance(url, str) and "://" not in url:
+        if _URL_LIKE.match(url.strip()):
+            raise ConfigurationError(
+                f"invalid database URL {mask_password(url)!r}: expected "
+                "dialect+driver://user:password@host:port/database"
+            )
         return _sqlite_file(Path(url))
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigurationError(f"invalid database URL {url!r}: {exc}") from None
+    parsed = _parse(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         database = parsed.database or ""
@@ -82,6 +100,30 @@ def resolve_location(url: str | URL | os.PathLike[str] | None = None) -> Databas
         f"unsupported database {backend!r}: use SQLite (a file path or sqlite:///...) or "
         "PostgreSQL (postgresql+psycopg://user@host/db)"
     )
+
+
+def _parse(url: str | URL) -> URL:
+    """A SQLAlchemy URL, or ConfigurationError with any password masked. SQLAlchemy raises
+    ArgumentError for unparseable text and a bare ValueError for a non-numeric port."""
+    if isinstance(url, URL):
+        parsed = url
+    else:
+        try:
+            parsed = make_url(url)
+        except (ArgumentError, ValueError, TypeError) as exc:
+            reason = mask_password(" ".join(str(exc).split())) or type(exc).__name__
+            raise ConfigurationError(
+                f"invalid database URL {mask_password(str(url))!r}: {reason}"
+            ) from None
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.host is not None and "@" in parsed.host:
+        raise ConfigurationError(
+            f"invalid database URL {mask_password(str(url))!r}: the user name or password "
+            "holds an '@'; write it percent-encoded (%40)"
+        )
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ConfigurationError(f"invalid database URL {shown!r}: port {parsed.port} out of range")
+    return parsed
 
 
 def _sqlite_file(path: Path, url: URL | None = None) -> DatabaseLocation:

@@ -1,8 +1,10 @@
 """Schema versions, with Alembic shipped inside the package and configured in code.
 
-A fresh database is created at the newest revision. A database at an older revision is left
-alone and refused with the exact command that upgrades it; one at an unknown (newer)
-revision is refused too.
+A fresh database -- one holding no table at all -- is created at the newest revision. A
+database at an older revision is left alone and refused with the exact command that upgrades
+it; one at an unknown (newer) revision is refused too. A database holding anything that is
+not speakerdb's (another application's tables, another application's ``alembic_version``)
+is refused and never written to.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
-from speakerdb.errors import SchemaOutOfDateError, StoreError
+from speakerdb.errors import DatabaseNotFoundError, NotASpeakerDBError, SchemaOutOfDateError
 from speakerdb.storage._engine import write_transaction
 
 if TYPE_CHECKING:
@@ -32,12 +34,14 @@ __all__ = [
 ]
 
 UPGRADE_COMMAND = "speakerdb db upgrade"
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 """The newest revision in ``speakerdb/migrations/versions`` (a test keeps the two equal).
 Known without importing Alembic, which is only loaded to migrate."""
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _PG_MIGRATION_LOCK = 0x5350_4B44_4200  # advisory lock key ("SPKDB"): one migrator at a time
+# The tables of revision 0001: every speakerdb database has them, whatever its revision.
 _OUR_TABLES = {"models", "speakers", "utterances", "changes", "store_state"}
+_MAX_NAMED = 5
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -63,11 +67,12 @@ def _known_revisions() -> set[str]:
 
 @dataclass(frozen=True)
 class SchemaStatus:
-    """``current`` revision (None: no speakerdb schema yet) and the ``head`` this code needs."""
+    """``current`` revision (None: no speakerdb schema) and the ``head`` this code needs.
+    ``foreign`` says why the database is not speakerdb's (None when it is, or is empty)."""
 
     current: str | None
     head: str
-    foreign_tables: bool = False
+    foreign: str | None = None
 
     @property
     def up_to_date(self) -> bool:
@@ -75,16 +80,54 @@ class SchemaStatus:
 
     @property
     def fresh(self) -> bool:
-        return self.current is None and not self.foreign_tables
+        """Nothing at all in the database: speakerdb may create its schema there."""
+        return self.current is None and self.foreign is None
+
+
+def _relations(connection: Connection) -> tuple[set[str], list[str]]:
+    """(tables of the schema speakerdb uses, every table or view of the database by
+    qualified name). SQLite's own ``sqlite_*`` tables do not count."""
+    here = set(inspect(connection).get_table_names())
+    if connection.dialect.name == "postgresql":
+        rows = connection.execute(
+            text(
+                "SELECT n.nspname || '.' || c.relname FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') "
+                "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                "AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1"
+            )
+        ).scalars()
+        return here, list(rows)
+    rows = connection.execute(
+        text(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+            "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY 1"
+        )
+    ).scalars()
+    return here, list(rows)
 
 
 def schema_status(connection: Connection) -> SchemaStatus:
-    tables = set(inspect(connection).get_table_names())
-    current = None
-    if "alembic_version" in tables:
-        current = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    foreign = current is None and bool(_OUR_TABLES & tables)
-    return SchemaStatus(current=current, head=head_revision(), foreign_tables=foreign)
+    """Where the database stands. Only reads."""
+    here, everything = _relations(connection)
+    version: str | None = None
+    if "alembic_version" in here:
+        version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    if here >= _OUR_TABLES and version is not None:
+        return SchemaStatus(current=version, head=head_revision())
+    if not everything:
+        return SchemaStatus(current=None, head=head_revision())
+    if version is not None:
+        why = f"its alembic_version (revision {version}) belongs to another application"
+    elif here >= _OUR_TABLES:
+        why = "it has tables named like speakerdb's but no schema revision"
+    else:
+        shown = ", ".join(everything[:_MAX_NAMED]) + (
+            ", ..." if len(everything) > _MAX_NAMED else ""
+        )
+        why = f"it holds other tables ({shown})"
+    return SchemaStatus(current=None, head=head_revision(), foreign=why)
 
 
 def _lock_for_migration(connection: Connection) -> None:
@@ -94,29 +137,41 @@ def _lock_for_migration(connection: Connection) -> None:
 
 
 def _raise_if_unusable(status: SchemaStatus, where: str) -> None:
-    if status.foreign_tables:
-        raise StoreError(
-            f"{where} has tables named like speakerdb's but no schema revision: "
-            "it is not a speakerdb database"
+    if status.foreign is not None:
+        raise NotASpeakerDBError(
+            f"{where} is not a speakerdb database: {status.foreign}; speakerdb leaves it "
+            "untouched (use another --db)"
         )
-    if status.current is not None and status.current not in _known_revisions():
+    if status.current not in (None, status.head) and status.current not in _known_revisions():
         raise SchemaOutOfDateError(
             f"{where} has schema revision {status.current}, which this speakerdb does not know "
             f"(it needs {status.head}): it was made by a newer speakerdb; upgrade speakerdb"
         )
 
 
-def ensure_schema(engine: Engine, where: str) -> SchemaStatus:
-    """Create the schema at head in a fresh database; refuse an outdated one.
+def ensure_schema(
+    engine: Engine, where: str, read_only: bool = False, known: SchemaStatus | None = None
+) -> SchemaStatus:
+    """Create the schema at head in a fresh database; refuse an outdated or foreign one.
 
-    Raises SchemaOutOfDateError naming ``speakerdb db upgrade`` when the schema is behind.
+    ``read_only``: never create anything; a fresh database raises DatabaseNotFoundError.
+    Raises SchemaOutOfDateError naming ``speakerdb db upgrade`` when the schema is behind,
+    NotASpeakerDBError when the database holds another application's tables. ``known``:
+    a status just read (by :func:`inspect_read_only`): an up-to-date one is not read again.
     """
+    if known is not None and known.up_to_date:
+        return known
     with engine.connect() as probe:
         status = schema_status(probe)
         probe.rollback()
     if status.up_to_date:
         return status
     _raise_if_unusable(status, where)
+    if status.fresh and read_only:
+        raise DatabaseNotFoundError(
+            f"{where} holds no speakerdb database yet (nothing is enrolled there; enrolling "
+            "creates it)"
+        )
     if not status.fresh:
         raise SchemaOutOfDateError(
             f"{where} has schema revision {status.current} but this speakerdb needs "
@@ -165,22 +220,48 @@ class UpgradeResult:
 def upgrade_database(url: Any = None) -> UpgradeResult:
     """Upgrade the schema of the database at ``url`` (see ``resolve_location``) to this
     version of speakerdb, creating it when it does not exist. Safe to run from several
-    processes at once. Raises ConfigurationError, StoreError (not a speakerdb database,
-    unreachable), SchemaOutOfDateError (made by a newer speakerdb)."""
+    processes at once. Raises ConfigurationError, NotASpeakerDBError (another application's
+    database: left untouched), StoreError (unreachable), SchemaOutOfDateError (made by a
+    newer speakerdb)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from speakerdb.storage._engine import create_database_engine, store_error
     from speakerdb.storage._location import resolve_location
 
     location = resolve_location(url)
+    if location.sqlite_path is not None and location.sqlite_path.exists():
+        inspect_read_only(location)  # another application's file is refused before any write
     engine = create_database_engine(location)
     try:
         with engine.connect() as conn:
-            before = schema_status(conn).current
+            status = schema_status(conn)
             conn.rollback()
+        _raise_if_unusable(status, location.display)
+        before = status.current
         after = upgrade(engine, location.display).current
     except SQLAlchemyError as exc:
         raise store_error(exc, f"cannot upgrade {location.display}") from None
     finally:
         engine.dispose()
     return UpgradeResult(location.display, before, after)
+
+
+def inspect_read_only(location: Any) -> SchemaStatus:
+    """The schema status of an existing database, read through a read-only engine (a SQLite
+    file is not even switched to WAL mode). Raises NotASpeakerDBError for another
+    application's database, SchemaOutOfDateError for one of a newer speakerdb."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from speakerdb.storage._engine import create_database_engine, store_error
+
+    engine = create_database_engine(location, read_only=True)
+    try:
+        with engine.connect() as conn:
+            status = schema_status(conn)
+            conn.rollback()
+    except SQLAlchemyError as exc:
+        raise store_error(exc, f"cannot read {location.display}") from None
+    finally:
+        engine.dispose()
+    _raise_if_unusable(status, location.display)
+    return status

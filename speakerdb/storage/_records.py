@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 __all__ = [
     "Candidate",
+    "CompactResult",
     "EnrollMode",
     "EnrollRequest",
     "EnrollResult",
@@ -112,3 +113,17 @@ class Candidate:
     id: int
     name: str
     score: float
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    """What :meth:`EnrollmentStore.compact` did: the database (password hidden) and the
+    bytes its vector-holding tables (PostgreSQL) or file and write-ahead log (SQLite) took
+    before and after."""
+
+    database: str
+    before_bytes: int
+    after_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

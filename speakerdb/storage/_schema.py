@@ -6,8 +6,8 @@ Tables:
   utterances    every enrolled recording's embedding, as float32 bytes
   changes       the change log the vector-index caches catch up from: one row per speaker id
                 holding the sequence number of its latest centroid upsert or delete
-  store_state   a single row: database identity, the change counter, the model in use, and
-                the index kind
+  store_state   a single row: database identity, the change counter, the model in use, the
+                index kind, and the key that authenticates index cache files
   calibrations  thresholds calibrated on this database's own trials, per normalisation
 
 The migrations in ``speakerdb/migrations`` must build exactly this schema; a test compares
@@ -17,7 +17,7 @@ them with Alembic's autogenerate comparison.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -91,6 +91,9 @@ class StoreState(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Vector-index kind: "auto" (chosen by size), or a forced "flat" / "ivf".
     index_kind: Mapped[str] = mapped_column(String(16), default="auto", server_default="auto")
+    # 32 random bytes (hex): the HMAC key of the index cache files. Only a holder of the
+    # database can write a file the store will use; anything else is rebuilt from SQL.
+    index_key: Mapped[str] = mapped_column(String(64))
 
 
 class Calibration(Base):
@@ -111,7 +114,7 @@ class Speaker(Base):
 
     __tablename__ = "speakers"
     # Ids are never reused after a delete.
-    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_autoincrement": True}
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)

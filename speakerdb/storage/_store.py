@@ -12,15 +12,17 @@ the index each process searches equals SQL as of the moment it was caught up.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, Table, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
@@ -42,10 +44,12 @@ from speakerdb.storage._engine import (
     write_transaction,
 )
 from speakerdb.storage._location import DatabaseLocation, resolve_location
-from speakerdb.storage._migrate import ensure_schema
+from speakerdb.storage._migrate import ensure_schema, inspect_read_only
+from speakerdb.storage._names import lookup_forms, validated_name
 from speakerdb.storage._records import (
     ENROLL_MODES,
     Candidate,
+    CompactResult,
     EnrollRequest,
     EnrollResult,
     NewUtterance,
@@ -66,10 +70,12 @@ from speakerdb.storage._schema import (
 if TYPE_CHECKING:
     # FAISS loads with the index, on the first search: enrolling or verifying never needs it.
     from speakerdb.storage._index_cache import IndexCache, IndexStatus
+    from speakerdb.storage._index_file import IndexFile
 
 __all__ = ["EnrollmentStore", "validated_name"]
 
-MAX_NAME_LENGTH = 255
+T = TypeVar("T")
+AnySelect: TypeAlias = "Select[*tuple[Any, ...]]"  # a SELECT of any columns
 _RESCORE_EXTRA = 8  # candidates beyond k re-scored exactly, so ANN ordering errors vanish
 
 
@@ -85,12 +91,16 @@ class EnrollmentStore:
         location: DatabaseLocation,
         engine: Engine,
         instance_id: str,
+        index_key: bytes,
         device: str | None = None,
+        read_only: bool = False,
     ) -> None:
         self.location = location
         self.device = device
+        self.read_only = read_only
         self._engine = engine
         self.instance_id = instance_id
+        self.index_key = index_key
         self._cache: IndexCache | None = None
         self._cache_lock = threading.Lock()
         self._model: ModelIdentity | None = None
@@ -99,30 +109,52 @@ class EnrollmentStore:
     # --- lifecycle ----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: Any = None, device: str | None = None) -> EnrollmentStore:
-        """Open (creating a fresh database at the current schema) the database at ``url``
-        (see :func:`speakerdb.storage._location.resolve_location`). ``device``: "cuda" or
-        "cuda:N" keeps the vector index on that GPU when FAISS has GPU support (faiss-gpu),
-        otherwise it stays on the CPU.
+    def open(
+        cls, url: Any = None, device: str | None = None, *, read_only: bool = False
+    ) -> EnrollmentStore:
+        """Open the database at ``url`` (see
+        :func:`speakerdb.storage._location.resolve_location`), creating it at the current
+        schema when it does not exist or is empty. ``device``: "cuda" or "cuda:N" keeps the
+        vector index on that GPU when FAISS has GPU support (faiss-gpu), otherwise it stays
+        on the CPU.
 
-        Raises ConfigurationError for a bad URL, StoreError when the database cannot be
-        reached, SchemaOutOfDateError when it needs ``speakerdb db upgrade``.
+        ``read_only``: never create or change the database (no file, no schema, no
+        migration, no row; writes raise UsageError). The index cache file, which holds
+        nothing SQL does not, is still refreshed when its folder is writable.
+
+        Raises ConfigurationError for a bad URL, DatabaseNotFoundError (read-only) when
+        there is no database, NotASpeakerDBError when it holds another application's data
+        (left untouched), StoreError when it cannot be reached, SchemaOutOfDateError when it
+        needs ``speakerdb db upgrade``.
         """
         location = resolve_location(url)
-        engine = create_database_engine(location)
+        path = location.sqlite_path
+        known = None
+        if path is not None and path.exists() and not read_only:
+            # Classified through a read-only connection first: another application's file
+            # must not even be switched to WAL mode or chmod'ed.
+            known = inspect_read_only(location)
+        engine = create_database_engine(location, read_only=read_only)
         try:
-            ensure_schema(engine, location.display)
+            ensure_schema(engine, location.display, read_only=read_only, known=known)
             with read_transaction(engine) as conn:
-                instance_id = conn.execute(
-                    select(StoreState.instance_id).where(StoreState.id == 1)
-                ).scalar_one()
+                state = conn.execute(
+                    select(StoreState.instance_id, StoreState.index_key).where(StoreState.id == 1)
+                ).one()
         except SQLAlchemyError as exc:
             engine.dispose()
             raise store_error(exc, f"cannot open {location.display}") from None
         except BaseException:
             engine.dispose()
             raise
-        return cls(location, engine, instance_id, device)
+        return cls(
+            location,
+            engine,
+            state.instance_id,
+            bytes.fromhex(state.index_key),
+            device,
+            read_only=read_only,
+        )
 
     def close(self) -> None:
         """Save the index file if it is worth it, and release connections."""
@@ -132,7 +164,7 @@ class EnrollmentStore:
         try:
             if self._cache is not None:
                 self._cache.save()
-        except OSError:
+        except StoreError:
             pass  # the file is a cache; the next opener rebuilds or catches up
         finally:
             self._engine.dispose()
@@ -147,8 +179,15 @@ class EnrollmentStore:
     def engine(self) -> Engine:
         return self._engine
 
-    def _read(self, what: str) -> _Guard:
-        return _Guard(self, what)
+    @contextlib.contextmanager
+    def _read(self, what: str) -> Iterator[Connection]:
+        """``with store._read(what) as conn``: a read transaction whose database errors
+        become one-line StoreErrors ("cannot <what>: ...")."""
+        try:
+            with read_transaction(self._engine) as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise store_error(exc, f"cannot {what}") from None
 
     # --- model --------------------------------------------------------------------------------
 
@@ -192,9 +231,9 @@ class EnrollmentStore:
             conn.execute(delete(Calibration).where(Calibration.normalization == key))
             if threshold is not None:
                 conn.execute(
-                    Calibration.__table__.insert().values(
-                        normalization=key, threshold=threshold, note=note, created_at=utcnow()
-                    )
+                    _table(Calibration)
+                    .insert()
+                    .values(normalization=key, threshold=threshold, note=note, created_at=utcnow())
                 )
 
         self._write(work, "store the threshold")
@@ -207,8 +246,11 @@ class EnrollmentStore:
 
     # --- writes -------------------------------------------------------------------------------
 
-    def _write(self, work: Any, what: str) -> Any:
-        def attempt() -> Any:
+    def _write(self, work: Callable[[Connection], T], what: str) -> T:
+        if self.read_only:
+            raise UsageError(f"cannot {what}: {self.location.display} was opened read-only")
+
+        def attempt() -> T:
             with write_transaction(self._engine) as conn:
                 return work(conn)
 
@@ -289,17 +331,77 @@ class EnrollmentStore:
         self._erase_traces()
         return record
 
+    def compact(self) -> CompactResult:
+        """Erase the bytes of deleted voiceprints from the database files and give the space
+        back: PostgreSQL keeps deleted rows in the table files (dead tuples) until they are
+        rewritten, whatever VACUUM and CHECKPOINT do, so this runs VACUUM FULL on the tables
+        holding vectors (it locks them exclusively while it runs: writers and readers wait);
+        SQLite already zeroes freed pages (``secure_delete``), VACUUM also shrinks the file.
+        Raises UsageError when opened read-only, StoreError."""
+        if self.read_only:
+            raise UsageError(f"cannot compact {self.location.display}: opened read-only")
+        try:
+            if self.location.sqlite_path is not None:
+                return self._compact_sqlite(self.location.sqlite_path)
+            if self._engine.dialect.name == "postgresql":
+                return self._compact_postgresql()
+        except SQLAlchemyError as exc:
+            raise store_error(exc, f"cannot compact {self.location.display}") from None
+        return CompactResult(self.location.display, 0, 0)  # in-memory: nothing on disk
+
+    def _compact_sqlite(self, path: Path) -> CompactResult:
+        def size() -> int:
+            companions = [path, path.with_name(path.name + "-wal")]
+            return sum(p.stat().st_size for p in companions if p.exists())
+
+        before = size()
+        raw = self._engine.raw_connection()
+        try:
+            # VACUUM cannot run inside a transaction: the DBAPI connection is in autocommit
+            # mode (isolation_level None, see the engine), so it runs on its own.
+            cursor = raw.cursor()
+            cursor.execute("VACUUM")
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cursor.close()
+        finally:
+            raw.close()
+        return CompactResult(self.location.display, before, size())
+
+    def _compact_postgresql(self) -> CompactResult:
+        tables = ("utterances", "speakers")
+
+        def size(conn: Connection) -> int:
+            return int(
+                sum(
+                    conn.execute(
+                        text("SELECT pg_total_relation_size(CAST(:t AS regclass))"), {"t": t}
+                    ).scalar_one()
+                    for t in tables
+                )
+            )
+
+        with self._engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            before = size(conn)
+            for table in tables:
+                conn.exec_driver_sql(f'VACUUM (FULL, ANALYZE) "{table}"')
+            after = size(conn)
+        return CompactResult(self.location.display, before, after)
+
     def _erase_traces(self) -> None:
         """After a delete: no copy of the voiceprint may linger on disk. The index file is
         rewritten without it and SQLite's write-ahead log is checkpointed and truncated (pages
         freed by the delete are zeroed by ``secure_delete``)."""
         path = self.location.index_path
-        if path is not None and path.exists():
+        if path is not None:
             try:
-                self._index_cache().index()
-                self._index_cache().save(force=True)
+                # Existence is judged under the file's lock: a process saving an index that
+                # still held the speaker either finished before (its file is rewritten here)
+                # or catches up after (and drops the speaker itself).
+                self._index_cache().save(force=True, only_if_present=True)
             except (OSError, StoreError):
-                path.unlink(missing_ok=True)  # a cache: better gone than holding deleted data
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)  # a cache: better gone than holding deleted data
         if self.location.sqlite_path is not None:
             try:
                 with self._engine.connect() as conn:
@@ -309,13 +411,14 @@ class EnrollmentStore:
 
     def rename_speaker(self, old: str, new: str) -> SpeakerRecord:
         """Rename; the voiceprint is untouched. Raises SpeakerNotFoundError,
-        AlreadyExistsError."""
+        AlreadyExistsError, UsageError (an invalid new name)."""
         new = validated_name(new)
 
         def work(conn: Connection) -> SpeakerRecord:
             _lock_state(conn)
             row = _speaker_row(conn, old, for_update=True)
-            if old != new and conn.execute(select(Speaker.id).where(Speaker.name == new)).first():
+            taken = conn.execute(select(Speaker.id).where(Speaker.name == new)).scalar()
+            if taken is not None and taken != row.id:
                 raise AlreadyExistsError(f"a speaker named {new!r} already exists")
             conn.execute(
                 update(Speaker).where(Speaker.id == row.id).values(name=new, updated_at=utcnow())
@@ -336,7 +439,7 @@ class EnrollmentStore:
                 .where(Speaker.id == row.id)
                 .values({_METADATA: metadata, Speaker.updated_at: utcnow()})
             )
-            return _speaker_record(_speaker_row(conn, name))
+            return _speaker_record(_speaker_row(conn, row.name))
 
         return self._write(work, f"update {name!r}")
 
@@ -347,15 +450,11 @@ class EnrollmentStore:
             return _speaker_record(_speaker_row(conn, name))
 
     def speaker_records(self, names: Sequence[str]) -> dict[str, SpeakerRecord]:
-        """The records of those of ``names`` that exist, by name."""
-        unique = sorted(set(names))
-        out: dict[str, SpeakerRecord] = {}
+        """The records of those of ``names`` that exist, keyed by the names as given (each
+        looked up like :meth:`speaker`)."""
         with self._read("read speakers") as conn:
-            for start in range(0, len(unique), 500):
-                chunk = unique[start : start + 500]
-                rows = conn.execute(_SPEAKER_COLUMNS.where(Speaker.name.in_(chunk))).all()
-                out.update((r.name, _speaker_record(r)) for r in rows)
-        return out
+            rows = _rows_by_name(conn, names, _SPEAKER_COLUMNS)
+        return {name: _speaker_record(row) for name, row in rows.items()}
 
     def speakers(self) -> list[SpeakerRecord]:
         with self._read("list speakers") as conn:
@@ -408,30 +507,32 @@ class EnrollmentStore:
         return vectors_from_bytes(list(blobs), dimension)
 
     def existing_hashes(self, names: Sequence[str]) -> dict[str, set[str]]:
-        """sha256 of the audio already enrolled, per speaker name (absent names map to {})."""
+        """sha256 of the audio already enrolled, per speaker name as given (looked up like
+        :meth:`speaker`; absent names map to an empty set)."""
         out: dict[str, set[str]] = {n: set() for n in names}
         if not names:
             return out
         with self._read("read enrolled audio") as conn:
-            for chunk_start in range(0, len(names), 500):
-                chunk = list(names)[chunk_start : chunk_start + 500]
+            found = _rows_by_name(conn, names, select(Speaker.id, Speaker.name))
+            owner: dict[int, list[str]] = {}
+            for name, row in found.items():
+                owner.setdefault(row.id, []).append(name)
+            ids = sorted(owner)
+            for start in range(0, len(ids), 500):
                 rows = conn.execute(
-                    select(Speaker.name, Utterance.audio_sha256)
-                    .join(Utterance, Utterance.speaker_id == Speaker.id)
-                    .where(Speaker.name.in_(chunk))
+                    select(Utterance.speaker_id, Utterance.audio_sha256).where(
+                        Utterance.speaker_id.in_(ids[start : start + 500])
+                    )
                 ).all()
                 for r in rows:
-                    out[r.name].add(r.audio_sha256)
+                    for name in owner[r.speaker_id]:
+                        out[name].add(r.audio_sha256)
         return out
 
     def centroid(self, name: str) -> tuple[SpeakerRecord, npt.NDArray[np.float32]]:
         """A speaker and its voiceprint: the (D,) unit-norm centroid, read from SQL."""
         with self._read(f"read {name!r}") as conn:
-            row = conn.execute(
-                _SPEAKER_COLUMNS.add_columns(Speaker.centroid).where(Speaker.name == name)
-            ).first()
-            if row is None:
-                raise SpeakerNotFoundError(name)
+            row = _speaker_row(conn, name, columns=_SPEAKER_COLUMNS.add_columns(Speaker.centroid))
             vector = np.frombuffer(row.centroid, dtype=np.float32).copy()
         return _speaker_record(row), vector
 
@@ -450,6 +551,7 @@ class EnrollmentStore:
                     self.location.index_path,
                     self.instance_id,
                     model,
+                    self.index_key,
                     self.index_kind(),
                     self.device,
                 )
@@ -505,7 +607,10 @@ class EnrollmentStore:
         return self._index_cache().index().contents()
 
     def rebuild_index(self, kind: str | None = None) -> IndexStatus:
-        """Rebuild the index from SQL and save its file."""
+        """Rebuild the index from SQL and save its file. Raises UsageError when opened
+        read-only, StoreError when the file cannot be written."""
+        if self.read_only:
+            raise UsageError(f"cannot rebuild the index of {self.location.display}: read-only")
         cache = self._index_cache()
         if kind is not None:
             self._set_index_kind(kind)
@@ -523,38 +628,24 @@ class EnrollmentStore:
 
         self._write(work, "set the index kind")
 
+    def stored_index(self) -> IndexFile | str:
+        """The index file as it is on disk, not caught up (see
+        :func:`~speakerdb.storage._index_file.read_index_file`), or why there is none to
+        read: for ``db check`` and for inspecting what a file holds."""
+        from speakerdb.storage._index_cache import read_file_as_stored
+
+        model = self.model()
+        path = self.location.index_path
+        if model is None or path is None:
+            return "missing"
+        return read_file_as_stored(self._engine, path, self.instance_id, model, self.index_key)
+
     def save_index(self) -> bool:
         """Write the index file now if it is behind."""
         return self._cache.save(force=True) if self._cache is not None else False
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-class _Guard:
-    """``with store._read(what) as conn``: a read transaction whose database errors become
-    one-line StoreErrors."""
-
-    def __init__(self, store: EnrollmentStore, what: str) -> None:
-        self._store = store
-        self._what = what
-        self._cm: Any = None
-
-    def __enter__(self) -> Connection:
-        try:
-            self._cm = read_transaction(self._store.engine)
-            return self._cm.__enter__()
-        except SQLAlchemyError as exc:
-            raise store_error(exc, f"cannot {self._what}") from None
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        try:
-            self._cm.__exit__(exc_type, exc, tb)
-        except SQLAlchemyError as err:
-            raise store_error(err, f"cannot {self._what}") from None
-        if isinstance(exc, SQLAlchemyError):
-            raise store_error(exc, f"cannot {self._what}") from None
-        return False
 
 
 _METADATA = Speaker.__table__.c.metadata
@@ -569,6 +660,11 @@ _SPEAKER_COLUMNS = select(
     Speaker.created_at,
     Speaker.updated_at,
 )
+
+
+def _table(mapped: type[Any]) -> Table:
+    """The Core table of a mapped class (typed: ``__table__`` is a FromClause to mypy)."""
+    return cast(Table, mapped.__table__)
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
@@ -589,14 +685,39 @@ def _speaker_record(row: Row[Any]) -> SpeakerRecord:
     )
 
 
-def _speaker_row(conn: Connection, name: str, for_update: bool = False) -> Row[Any]:
-    query = _SPEAKER_COLUMNS.where(Speaker.name == name)
+def _speaker_row(
+    conn: Connection, name: str, for_update: bool = False, columns: AnySelect | None = None
+) -> Row[Any]:
+    """The speaker called ``name``: stored exactly so, else under its canonical form (see
+    :mod:`speakerdb.storage._names`). Raises SpeakerNotFoundError."""
+    forms = lookup_forms(name)
+    query = (columns if columns is not None else _SPEAKER_COLUMNS).where(Speaker.name.in_(forms))
     if for_update:
         query = query.with_for_update()
-    row = conn.execute(query).first()
-    if row is None:
-        raise SpeakerNotFoundError(name)
-    return row
+    rows = {row.name: row for row in conn.execute(query).all()}
+    for form in forms:
+        if form in rows:
+            return rows[form]
+    raise SpeakerNotFoundError(name)
+
+
+def _rows_by_name(
+    conn: Connection, names: Sequence[str], columns: AnySelect
+) -> dict[str, Row[Any]]:
+    """The rows (``columns`` must include Speaker.name) of those of ``names`` that exist,
+    keyed by the name as given; each looked up like :func:`_speaker_row`."""
+    forms = {name: lookup_forms(name) for name in names}
+    wanted = sorted({form for variants in forms.values() for form in variants})
+    rows: dict[str, Row[Any]] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        rows.update((r.name, r) for r in conn.execute(columns.where(Speaker.name.in_(chunk))))
+    out: dict[str, Row[Any]] = {}
+    for name, variants in forms.items():
+        found = next((rows[form] for form in variants if form in rows), None)
+        if found is not None:
+            out[name] = found
+    return out
 
 
 def _model_of(conn: Connection) -> ModelIdentity | None:
@@ -628,7 +749,7 @@ def _mismatch(where: str, held: ModelIdentity, offered: ModelIdentity) -> ModelM
     )
 
 
-def _lock_state(conn: Connection) -> Row[Any]:
+def _lock_state(conn: Connection) -> Row[int, int | None]:
     """Lock the state row for the rest of the transaction (serialises writers)."""
     return conn.execute(
         select(StoreState.change_seq, StoreState.model_id)
@@ -641,7 +762,9 @@ def _set_seq(conn: Connection, seq: int) -> None:
     conn.execute(update(StoreState).where(StoreState.id == 1).values(change_seq=seq))
 
 
-def _ensure_model(conn: Connection, state: Row[Any], model: ModelIdentity, where: str) -> int:
+def _ensure_model(
+    conn: Connection, state: Row[int, int | None], model: ModelIdentity, where: str
+) -> int:
     """The id of ``model`` in this database, registering it if the database has none yet."""
     if state.model_id is not None:
         held = _model_of(conn)
@@ -656,7 +779,8 @@ def _ensure_model(conn: Connection, state: Row[Any], model: ModelIdentity, where
     ).scalar()
     if model_id is None:
         model_id = conn.execute(
-            ModelRow.__table__.insert()
+            _table(ModelRow)
+            .insert()
             .values(
                 name=model.name,
                 weights_sha256=model.weights_sha256,
@@ -672,7 +796,7 @@ def _ensure_model(conn: Connection, state: Row[Any], model: ModelIdentity, where
 
 def _record_change(conn: Connection, speaker_id: int, seq: int, op: str) -> None:
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    statement = insert(Change.__table__).values(speaker_id=speaker_id, seq=seq, op=op)
+    statement = insert(_table(Change)).values(speaker_id=speaker_id, seq=seq, op=op)
     conn.execute(
         statement.on_conflict_do_update(
             index_elements=["speaker_id"],
@@ -681,19 +805,6 @@ def _record_change(conn: Connection, speaker_id: int, seq: int, op: str) -> None
     )
     if op == "upsert":
         conn.execute(update(Speaker).where(Speaker.id == speaker_id).values(change_seq=seq))
-
-
-def validated_name(name: str) -> str:
-    if not isinstance(name, str):
-        raise UsageError(f"speaker name must be text, not {type(name).__name__}")
-    cleaned = name.strip()
-    if not cleaned:
-        raise UsageError("speaker name must not be empty")
-    if len(cleaned) > MAX_NAME_LENGTH:
-        raise UsageError(f"speaker name is longer than {MAX_NAME_LENGTH} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in cleaned):
-        raise UsageError("speaker name must not contain control characters")
-    return cleaned
 
 
 def _check_metadata(metadata: dict[str, Any] | None) -> None:
@@ -738,7 +849,8 @@ def _validated(request: EnrollRequest, dimension: int) -> EnrollRequest:
 
 def _centroid(embeddings: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     mean = embeddings.astype(np.float64).mean(axis=0)
-    return (mean / np.linalg.norm(mean)).astype(np.float32)
+    unit: npt.NDArray[np.float32] = (mean / np.linalg.norm(mean)).astype(np.float32)
+    return unit
 
 
 def _split_duplicates(
@@ -812,13 +924,13 @@ def _create_speakers(
         )
     ids = (
         conn.execute(
-            Speaker.__table__.insert().returning(Speaker.id, sort_by_parameter_order=True), rows
+            _table(Speaker).insert().returning(Speaker.id, sort_by_parameter_order=True), rows
         )
         .scalars()
         .all()
     )
     conn.execute(
-        Utterance.__table__.insert(),
+        _table(Utterance).insert(),
         [
             row
             for speaker_id, (added, _) in zip(ids, kept, strict=True)
@@ -827,7 +939,7 @@ def _create_speakers(
     )
     # Ids are never reused, so a new speaker has no change-log entry yet.
     conn.execute(
-        Change.__table__.insert(),
+        _table(Change).insert(),
         [
             {"speaker_id": i, "seq": row["change_seq"], "op": "upsert"}
             for i, row in zip(ids, rows, strict=True)
@@ -896,9 +1008,7 @@ def _enroll_one(
         return EnrollResult(request.name, _speaker_record(existing), duplicates=duplicates), False
 
     if added:
-        conn.execute(
-            Utterance.__table__.insert(), _utterance_rows(speaker_id, added, model_id, now)
-        )
+        conn.execute(_table(Utterance).insert(), _utterance_rows(speaker_id, added, model_id, now))
     rows = conn.execute(
         select(Utterance.audio_sha256, Utterance.embedding, Utterance.speech_seconds)
         .where(Utterance.speaker_id == speaker_id)

@@ -196,10 +196,6 @@ class VectorIndex:
         ivf.cp.max_points_per_centroid = 64
         ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
 
-    @property
-    def is_trained(self) -> bool:
-        return bool(self._index.is_trained)
-
     # --- contents ----------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -291,7 +287,10 @@ class VectorIndex:
         return faiss.serialize_index(self._index).tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, dimension: int, params: IndexParams) -> VectorIndex:
+    def from_bytes(
+        cls, data: bytes | bytearray, dimension: int, params: IndexParams
+    ) -> VectorIndex:
+        """An index from :meth:`to_bytes` output (``data`` is not copied first)."""
         index = cls.__new__(cls)
         index.dimension = dimension
         index.params = params
