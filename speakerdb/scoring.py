@@ -12,6 +12,12 @@ the same score whichever path (verify, compare, identify) produced it.
 The evaluation helpers (:func:`error_rates`, :func:`eer`, :func:`min_dcf`,
 :func:`threshold_at_far`) take the scores of target trials (same speaker) and non-target
 trials (different speakers) as 1-D arrays. Rates are fractions in [0, 1], never percentages.
+
+Calibrated scores are log-likelihood ratios, ``llr = ln p(score | same) / p(score | different)``
+(natural log). Their measures: :func:`bayes_threshold` (where an LLR should be cut for a given
+prior and costs), :func:`act_dcf` (the cost of the decisions actually made), :func:`cllr` (the
+log-loss of the LLRs, in bits) and :func:`min_cllr` (the same after the best monotonic
+recalibration, :func:`pav_llrs`): ``cllr - min_cllr`` is what miscalibration costs.
 """
 
 from __future__ import annotations
@@ -27,12 +33,18 @@ __all__ = [
     "DEFAULT_COHORT_TOP_N",
     "ErrorRates",
     "accept",
+    "act_dcf",
     "as_norm",
+    "bayes_threshold",
+    "cllr",
     "cosine",
     "cosine_scores",
+    "detection_cost",
     "eer",
     "error_rates",
+    "min_cllr",
     "min_dcf",
+    "pav_llrs",
     "threshold_at_far",
     "validate_threshold",
 ]
@@ -61,7 +73,7 @@ def cosine_scores(probes: npt.ArrayLike, references: npt.ArrayLike) -> npt.NDArr
 
 
 def _norms(a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    norms = np.linalg.norm(a, axis=-1, keepdims=True)
+    norms = np.asarray(np.linalg.norm(a, axis=-1, keepdims=True), dtype=np.float64)
     if not np.all(np.isfinite(norms)) or np.any(norms == 0):
         raise UsageError("cannot score a zero or non-finite vector")
     return np.asarray(norms, dtype=np.float64)
@@ -106,7 +118,7 @@ class ErrorRates:
 
 
 def _split(
-    target_scores: npt.ArrayLike, nontarget_scores: npt.ArrayLike
+    target_scores: npt.ArrayLike, nontarget_scores: npt.ArrayLike, allow_infinite: bool = False
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     tgt = np.sort(np.asarray(target_scores, dtype=np.float64).ravel())
     non = np.sort(np.asarray(nontarget_scores, dtype=np.float64).ravel())
@@ -114,7 +126,10 @@ def _split(
         raise UsageError(
             f"need both target and non-target trials (got {tgt.size} target, {non.size} non-target)"
         )
-    if not (np.all(np.isfinite(tgt)) and np.all(np.isfinite(non))):
+    if allow_infinite:
+        if np.isnan(tgt).any() or np.isnan(non).any():
+            raise UsageError("scores must not be NaN")
+    elif not (np.all(np.isfinite(tgt)) and np.all(np.isfinite(non))):
         raise UsageError("scores must be finite")
     return tgt, non
 
@@ -187,6 +202,133 @@ def threshold_at_far(nontarget_scores: npt.ArrayLike, far: float = 0.01) -> floa
         return float(non[-1])
     # Just above the first non-target score that must be rejected.
     return float(np.nextafter(non[allowed], np.inf))
+
+
+# --- calibrated scores (log-likelihood ratios) -------------------------------------------------
+
+
+def _check_costs(p_target: float, c_miss: float, c_fa: float) -> None:
+    if not 0.0 < p_target < 1.0:
+        raise UsageError(f"p_target must be in (0, 1), not {p_target}")
+    if not (c_miss > 0.0 and c_fa > 0.0 and np.isfinite(c_miss) and np.isfinite(c_fa)):
+        raise UsageError(f"costs must be positive and finite, not c_miss={c_miss} c_fa={c_fa}")
+
+
+def bayes_threshold(p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+    """The LLR threshold of the Bayes decision for a prior and costs.
+
+    Accepting costs ``c_fa`` when wrong and rejecting ``c_miss``; the expected cost is least
+    when accepting iff ``P(same | x) * c_miss >= P(different | x) * c_fa``, i.e. iff
+
+        llr >= ln(c_fa / c_miss) - logit(p_target)      (logit(p) = ln(p / (1 - p)))
+
+    p_target 0.01 with unit costs gives ln 99 = 4.595. Raises UsageError for a prior outside
+    (0, 1) or non-positive costs.
+    """
+    _check_costs(p_target, c_miss, c_fa)
+    return float(np.log(c_fa / c_miss) - np.log(p_target / (1.0 - p_target)))
+
+
+def detection_cost(
+    frr: float, far: float, p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0
+) -> float:
+    """Normalised detection cost of decisions with miss rate ``frr`` and false-accept rate
+    ``far`` (fractions): ``(c_miss p FRR + c_fa (1 - p) FAR) / min(c_miss p, c_fa (1 - p))``.
+
+    1.0 is the cost of the better of the two trivial systems (accept all, reject all).
+    """
+    _check_costs(p_target, c_miss, c_fa)
+    cost = c_miss * p_target * frr + c_fa * (1.0 - p_target) * far
+    return float(cost / min(c_miss * p_target, c_fa * (1.0 - p_target)))
+
+
+def act_dcf(
+    target_llrs: npt.ArrayLike,
+    nontarget_llrs: npt.ArrayLike,
+    p_target: float = 0.01,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+    threshold: float | None = None,
+) -> float:
+    """Actual normalised detection cost of accepting iff ``llr >= threshold``.
+
+    threshold: None means the Bayes threshold of (p_target, c_miss, c_fa), which is what
+    makes this the *actual* DCF of calibrated LLRs; pass any other threshold (on any score)
+    to cost those decisions instead. Never below :func:`min_dcf` of the same scores.
+    """
+    tgt, non = _split(target_llrs, nontarget_llrs, allow_infinite=True)
+    t = bayes_threshold(p_target, c_miss, c_fa) if threshold is None else float(threshold)
+    frr = float(np.mean(tgt < t))
+    far = float(np.mean(non >= t))
+    return detection_cost(frr, far, p_target, c_miss, c_fa)
+
+
+def cllr(target_llrs: npt.ArrayLike, nontarget_llrs: npt.ArrayLike) -> float:
+    """Log-likelihood-ratio cost (Brummer), in bits:
+
+        0.5 * (mean over targets of log2(1 + e^-llr) + mean over non-targets of log2(1 + e^llr))
+
+    0 for perfect, confident LLRs; 1 for the uninformative llr = 0; unbounded for confident
+    errors. LLRs may be +-inf (a confident error then costs inf).
+    """
+    tgt, non = _split(target_llrs, nontarget_llrs, allow_infinite=True)
+    # logaddexp(0, x) = ln(1 + e^x) without overflow.
+    miss = np.mean(np.logaddexp(0.0, -tgt))
+    false_alarm = np.mean(np.logaddexp(0.0, non))
+    return float(0.5 * (miss + false_alarm) / np.log(2.0))
+
+
+def pav_llrs(
+    target_scores: npt.ArrayLike, nontarget_scores: npt.ArrayLike
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The best monotonic (non-decreasing) map from scores to LLRs on these very trials.
+
+    Pool-adjacent-violators on the scores sorted ascending, tied scores pooled into one
+    block first (so equal scores always get equal LLRs): each block's fraction of targets p
+    becomes ``llr = logit(p) - ln(N_target / N_nontarget)``, i.e. the posterior with the
+    trials' own proportion taken out. This is the ROC convex hull turned into LLRs (BOSARIS
+    ``opt_loglr``). Returns ``(target_llrs, nontarget_llrs)`` in the input order; values may
+    be +-inf where a block holds only one class.
+    """
+    tgt = np.asarray(target_scores, dtype=np.float64).ravel()
+    non = np.asarray(nontarget_scores, dtype=np.float64).ravel()
+    _split(tgt, non)  # validation only
+    scores = np.concatenate([tgt, non])
+    labels = np.concatenate([np.ones(tgt.size), np.zeros(non.size)])
+    values, block_of = np.unique(scores, return_inverse=True)
+    hits = np.bincount(block_of, weights=labels, minlength=values.size)
+    counts = np.bincount(block_of, minlength=values.size).astype(np.float64)
+    # Stack of pooled blocks: (targets, trials, how many tie-blocks it covers).
+    pooled_hits: list[float] = []
+    pooled_counts: list[float] = []
+    pooled_width: list[int] = []
+    for h, c in zip(hits, counts, strict=True):
+        pooled_hits.append(float(h))
+        pooled_counts.append(float(c))
+        pooled_width.append(1)
+        # Merge while the new block's target fraction is below its predecessor's
+        # (compared by cross-multiplying, exact for integer counts).
+        while (
+            len(pooled_hits) > 1
+            and pooled_hits[-1] * pooled_counts[-2] <= pooled_hits[-2] * pooled_counts[-1]
+        ):
+            h2, c2, w2 = pooled_hits.pop(), pooled_counts.pop(), pooled_width.pop()
+            pooled_hits[-1] += h2
+            pooled_counts[-1] += c2
+            pooled_width[-1] += w2
+    fraction = np.repeat(np.array(pooled_hits) / np.array(pooled_counts), pooled_width)
+    with np.errstate(divide="ignore"):
+        log_odds = np.log(fraction) - np.log1p(-fraction)
+    llr = log_odds - np.log(tgt.size / non.size)
+    per_trial = llr[block_of]
+    return per_trial[: tgt.size], per_trial[tgt.size :]
+
+
+def min_cllr(target_scores: npt.ArrayLike, nontarget_scores: npt.ArrayLike) -> float:
+    """Cllr (bits) after the best monotonic recalibration on these trials (:func:`pav_llrs`):
+    the discrimination part of Cllr, the loss no calibration of these scores can remove.
+    Always in [0, 1]."""
+    return cllr(*pav_llrs(target_scores, nontarget_scores))
 
 
 # --- score normalisation -----------------------------------------------------------------------

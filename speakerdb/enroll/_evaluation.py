@@ -14,7 +14,14 @@ from speakerdb import scoring
 from speakerdb.enroll._lists import ManifestEntry, Trial
 from speakerdb.errors import UsageError
 
-__all__ = ["EvaluationReport", "ScoredTrial", "summarise", "trials_from_manifest"]
+__all__ = [
+    "CalibrationFigures",
+    "EvaluationReport",
+    "ScoredTrial",
+    "calibration_figures",
+    "summarise",
+    "trials_from_manifest",
+]
 
 
 @dataclass(frozen=True)
@@ -130,3 +137,62 @@ def write_scores(report: EvaluationReport, path: Path) -> None:
     """One line per scored trial: ``label score path_a path_b``."""
     lines = [f"{t.label} {t.score:.6f} {t.a} {t.b}\n" for t in report.scores]
     path.write_text("".join(lines))
+
+
+@dataclass(frozen=True)
+class CalibrationFigures:
+    """How good calibrated scores (LLRs) are on labelled trials, at one operating point.
+
+    Rates are fractions. ``eer`` / ``min_dcf`` / ``min_cllr`` treat the LLRs as scores (what
+    the best threshold or monotonic recalibration could reach); ``act_dcf``, ``far`` and
+    ``frr`` are those of the decisions ``llr >= threshold`` actually taken (``threshold``: the
+    Bayes threshold of p_target / c_miss / c_fa unless another was given); ``cllr`` (bits) is
+    the log-loss of the LLRs themselves, ``cllr - min_cllr`` what miscalibration costs.
+    """
+
+    target_trials: int
+    nontarget_trials: int
+    eer: float
+    min_dcf: float
+    act_dcf: float
+    threshold: float
+    far: float
+    frr: float
+    cllr: float
+    min_cllr: float
+    p_target: float
+    c_miss: float
+    c_fa: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def calibration_figures(
+    target_llrs: npt.ArrayLike,
+    nontarget_llrs: npt.ArrayLike,
+    p_target: float = 0.01,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+    threshold: float | None = None,
+) -> CalibrationFigures:
+    """Compute :class:`CalibrationFigures` from the LLRs of target and non-target trials,
+    (n,) and (m,) float arrays. Raises UsageError without both kinds of trials."""
+    tgt = np.asarray(target_llrs, dtype=np.float64).ravel()
+    non = np.asarray(nontarget_llrs, dtype=np.float64).ravel()
+    used = scoring.bayes_threshold(p_target, c_miss, c_fa) if threshold is None else threshold
+    return CalibrationFigures(
+        target_trials=int(tgt.size),
+        nontarget_trials=int(non.size),
+        eer=scoring.eer(tgt, non)[0],
+        min_dcf=scoring.min_dcf(tgt, non, p_target, c_miss, c_fa)[0],
+        act_dcf=scoring.act_dcf(tgt, non, p_target, c_miss, c_fa, threshold=used),
+        threshold=float(used),
+        far=float(np.mean(non >= used)),
+        frr=float(np.mean(tgt < used)),
+        cllr=scoring.cllr(tgt, non),
+        min_cllr=scoring.min_cllr(tgt, non),
+        p_target=p_target,
+        c_miss=c_miss,
+        c_fa=c_fa,
+    )
