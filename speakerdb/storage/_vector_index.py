@@ -14,12 +14,13 @@ This module does not know about SQL; :mod:`speakerdb.storage._store` keeps it in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
-import faiss
 import numpy as np
 import numpy.typing as npt
 
 from speakerdb.errors import StoreError
+from speakerdb.storage._faiss import FaissIndex, FlatIdMap, InvertedLists, IvfIndex, faiss
 
 __all__ = ["IndexParams", "VectorIndex", "gpu_number"]
 
@@ -71,7 +72,7 @@ class VectorIndex:
         self.params = params or IndexParams()
         self._index = self._empty(self.params)
         self._gpu: int | None = None
-        self._gpu_index: faiss.Index | None = None
+        self._gpu_index: FaissIndex | None = None
         self._gpu_resources: object | None = None
 
     def use_gpu(self, device: str | None) -> bool:
@@ -80,22 +81,27 @@ class VectorIndex:
         self._gpu_index = None
         return self._gpu is not None
 
-    def _searcher(self) -> faiss.Index:
+    def _searcher(self) -> FaissIndex:
         if self._gpu is None:
             return self._index
         if self._gpu_index is None:
             if self._gpu_resources is None:
                 self._gpu_resources = faiss.StandardGpuResources()
-            self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, self._gpu, self._index)
+            self._gpu_index = cast(
+                FaissIndex, faiss.index_cpu_to_gpu(self._gpu_resources, self._gpu, self._index)
+            )
         return self._gpu_index
 
-    def _empty(self, params: IndexParams) -> faiss.Index:
+    def _empty(self, params: IndexParams) -> FaissIndex:
         if params.kind == "flat":
-            return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dimension))
+            return cast(FlatIdMap, faiss.IndexIDMap2(faiss.IndexFlatIP(self.dimension)))
         if params.kind == "ivf":
             quantizer = faiss.IndexFlatIP(self.dimension)
-            index = faiss.IndexIVFFlat(
-                quantizer, self.dimension, params.nlist, faiss.METRIC_INNER_PRODUCT
+            index = cast(
+                IvfIndex,
+                faiss.IndexIVFFlat(
+                    quantizer, self.dimension, params.nlist, faiss.METRIC_INNER_PRODUCT
+                ),
             )
             index.own_fields = True
             quantizer.this.disown()
@@ -129,8 +135,8 @@ class VectorIndex:
 
     def _fill_lists(self, ids: IdArray, vectors: FloatMatrix) -> None:
         """Put (n,) ids / (n, d) vectors into freshly packed inverted lists (ivf only)."""
-        ivf = faiss.extract_index_ivf(self._index)
-        lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+        ivf = self._ivf()
+        lists = cast(InvertedLists, faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size))
         if len(ids):
             _, assignment = ivf.quantizer.search(vectors, 1)
             self._pack(lists, assignment[:, 0], ids, vectors.view(np.uint8))
@@ -138,9 +144,9 @@ class VectorIndex:
 
     def _repack(self) -> None:
         """Re-pack the inverted lists to exactly their size (same lists, same contents)."""
-        ivf = faiss.extract_index_ivf(self._index)
+        ivf = self._ivf()
         old = ivf.invlists
-        lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+        lists = cast(InvertedLists, faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size))
         for list_no in range(ivf.nlist):
             size = old.list_size(list_no)
             if size:
@@ -149,7 +155,10 @@ class VectorIndex:
 
     @staticmethod
     def _pack(
-        lists: object, assignment: npt.NDArray[np.int64], ids: IdArray, codes: npt.NDArray[np.uint8]
+        lists: InvertedLists,
+        assignment: npt.NDArray[np.int64],
+        ids: IdArray,
+        codes: npt.NDArray[np.uint8],
     ) -> None:
         order = np.argsort(assignment, kind="stable")
         assignment = assignment[order]
@@ -157,16 +166,16 @@ class VectorIndex:
         codes = np.ascontiguousarray(codes[order])
         bounds = np.flatnonzero(np.diff(assignment)) + 1
         for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(order)], strict=True):
-            lists.add_entries(  # type: ignore[attr-defined]
+            lists.add_entries(
                 int(assignment[start]),
                 int(stop - start),
                 faiss.swig_ptr(ids[start:stop]),
                 faiss.swig_ptr(codes[start:stop]),
             )
 
-    def _install(self, ivf: faiss.Index, lists: object, total: int) -> None:
+    def _install(self, ivf: IvfIndex, lists: InvertedLists, total: int) -> None:
         ivf.replace_invlists(lists, True)
-        lists.this.disown()  # type: ignore[attr-defined]  # owned by the index now
+        lists.this.disown()  # owned by the index now
         ivf.ntotal = total
         self._index.ntotal = total
         # Rebuild the id -> (list, offset) map from the new lists.
@@ -176,16 +185,19 @@ class VectorIndex:
         self._gpu_index = None
 
     def _note_growth(self, vectors: FloatMatrix) -> None:
-        ivf = faiss.extract_index_ivf(self._index)
+        ivf = self._ivf()
         _, assignment = ivf.quantizer.search(vectors, 1)
-        grown = getattr(self, "_grown_lists", set())
+        grown: set[int] = getattr(self, "_grown_lists", set())
         grown.update(int(a) for a in assignment[:, 0])
         self._grown_lists = grown
         if len(grown) > self._REPACK_FRACTION * ivf.nlist:
             self._repack()
 
+    def _ivf(self) -> IvfIndex:
+        return cast(IvfIndex, faiss.extract_index_ivf(self._index))
+
     def _train(self, vectors: FloatMatrix) -> None:
-        ivf = faiss.extract_index_ivf(self._index)
+        ivf = self._ivf()
         # k-means on a sample is enough for list centres; 64 points per list is FAISS's own
         # lower recommendation (its default ceiling of 256 per list costs 4x the time).
         sample = vectors
@@ -239,8 +251,9 @@ class VectorIndex:
     def contents(self) -> tuple[IdArray, FloatMatrix]:
         """Every (id, vector) held: (n,) int64 sorted ascending, (n, d) float32."""
         if self.params.kind == "flat":
-            ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
-            vectors = self._index.index.reconstruct_n(0, len(ids)) if len(ids) else None
+            flat = cast(FlatIdMap, self._index)
+            ids = faiss.vector_to_array(flat.id_map).astype(np.int64)
+            vectors = flat.index.reconstruct_n(0, len(ids)) if len(ids) else None
         else:
             ids, vectors = self._ivf_contents()
         if vectors is None:
@@ -249,7 +262,7 @@ class VectorIndex:
         return ids[order], np.asarray(vectors, dtype=np.float32)[order]
 
     def _ivf_contents(self) -> tuple[IdArray, FloatMatrix | None]:
-        ivf = faiss.extract_index_ivf(self._index)
+        ivf = self._ivf()
         lists = ivf.invlists
         id_parts: list[IdArray] = []
         vector_parts: list[FloatMatrix] = []
@@ -284,7 +297,7 @@ class VectorIndex:
     # --- persistence -------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        return faiss.serialize_index(self._index).tobytes()
+        return bytes(faiss.serialize_index(self._index).tobytes())
 
     @classmethod
     def from_bytes(
@@ -294,11 +307,11 @@ class VectorIndex:
         index = cls.__new__(cls)
         index.dimension = dimension
         index.params = params
-        loaded = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        loaded = cast(FaissIndex, faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)))
         if loaded.d != dimension:
             raise StoreError(f"index file holds {loaded.d}-d vectors, expected {dimension}")
         if params.kind == "ivf":
-            faiss.extract_index_ivf(loaded).nprobe = params.nprobe
+            cast(IvfIndex, faiss.extract_index_ivf(loaded)).nprobe = params.nprobe
         index._index = loaded
         index._gpu = None
         index._gpu_index = None
