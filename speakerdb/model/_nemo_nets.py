@@ -1,0 +1,508 @@
+"""NeMo's speaker networks in plain torch, for inference only.
+
+Each piece computes what its NeMo counterpart computes in eval mode (no dither, dropout or
+spec augment), in float32:
+
+* :class:`MelFrontEnd` — ``AudioToMelSpectrogramPreprocessor`` / ``FilterbankFeatures``:
+  pre-emphasis (masked past the signal), ``torch.stft`` (centred with zero padding, or NeMo's
+  "exact pad"), magnitude as ``sqrt(re^2 + im^2)``, power, the checkpoint's own mel matrix,
+  log with NeMo's zero guard, per-feature (or all-feature) normalisation over the valid frames.
+* :class:`JasperEncoder` — ``ConvASREncoder`` of ``JasperBlock`` s (TitaNet, SpeakerNet):
+  masked (depthwise-separable) convolutions, BatchNorm, squeeze-excitation over the valid
+  frames, residual branches.
+* :class:`EcapaEncoder` — NeMo's ``ECAPAEncoder`` (TDNN + SE-TDNN blocks). Its convolutions
+  are not masked in NeMo, so an utterance's result depends on the zero padding NeMo gives it
+  (its feature length rounded up to ``pad_to``); the encoder reproduces that padding for every
+  utterance of a batch (see :meth:`EcapaEncoder.forward`).
+* :class:`AttentivePooling` / :class:`StatsPooling` and :class:`EmbeddingHead` —
+  ``SpeakerDecoder``: attentive statistics pooling (TitaNet, ECAPA) or mean + standard
+  deviation ("xvector", SpeakerNet) or mean ("tap"), then the embedding layers; the embedding
+  is what NeMo returns from ``get_embedding`` (before the final classification layer).
+
+At load time BatchNorm layers that directly follow a linear operation are folded into it
+(exact up to float rounding); the networks keep no state between calls, so one instance can
+serve several threads.
+
+Shapes: B utterances, C channels, T frames, F mel features, D embedding size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ACTIVATIONS",
+    "AttentivePooling",
+    "EcapaEncoder",
+    "EmbeddingHead",
+    "JasperBlock",
+    "JasperEncoder",
+    "MelFrontEnd",
+    "NemoSpeakerNet",
+    "StatsPooling",
+    "SubLayer",
+    "TdnnLayer",
+    "TdnnSeBlock",
+]
+
+# NeMo's activation registry (nemo.collections.common.parts.utils.activation_registry), with
+# each module's default arguments (Hardtanh: [-1, 1]).
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "identity": lambda x: x,
+    "hardtanh": F.hardtanh,
+    "relu": F.relu,
+    "selu": F.selu,
+    "swish": F.silu,
+    "silu": F.silu,
+    "gelu": F.gelu,
+}
+# normalize_batch's guard against a zero standard deviation.
+_STD_GUARD = 1e-5
+
+
+def _time_mask(lengths: Tensor, frames: int, dtype: torch.dtype) -> Tensor:
+    """(B,) valid frame counts -> (B, 1, frames) mask, 1 on valid frames, 0 on padding."""
+    steps = torch.arange(frames, device=lengths.device)
+    return (steps[None, :] < lengths[:, None]).to(dtype)[:, None, :]
+
+
+@dataclass(frozen=True)
+class MelFrontEnd:
+    """NeMo's FilterbankFeatures in eval mode, for one utterance at a time.
+
+    ``window`` (win_length,) and ``filterbank`` (1, F, n_fft // 2 + 1) are the checkpoint's own
+    buffers (NeMo loads them over the ones it computes). Read-only, so thread-safe.
+    """
+
+    hop_length: int
+    win_length: int
+    n_fft: int
+    exact_pad: bool
+    preemph: float | None
+    window: Tensor
+    filterbank: Tensor
+    mag_power: float
+    log: bool
+    log_guard_add: bool
+    log_guard_value: float
+    normalize: str | None
+
+    @property
+    def features(self) -> int:
+        return int(self.filterbank.shape[1])
+
+    def frames(self, samples: int) -> int:
+        """NeMo's valid frame count (``get_seq_len``) for ``samples`` input samples."""
+        pad = (self.n_fft - self.hop_length) // 2 * 2 if self.exact_pad else self.n_fft // 2 * 2
+        return (samples + pad - self.n_fft) // self.hop_length
+
+    def __call__(self, samples: npt.NDArray[np.float32]) -> Tensor:
+        """(n,) float32 samples -> (T, F) float32 features, T = :meth:`frames` (n)."""
+        x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None, :]
+        length = x.shape[1]
+        frames = self.frames(length)
+        if self.exact_pad:
+            pad = (self.n_fft - self.hop_length) // 2
+            x = F.pad(x[:, None, :], (pad, pad), "constant")[:, 0, :]
+        if self.preemph is not None:
+            x = torch.cat((x[:, :1], x[:, 1:] - self.preemph * x[:, :-1]), dim=1)
+            # NeMo masks by the unpadded length even after exact padding: kept as it does.
+            x = x.masked_fill(torch.arange(x.shape[1])[None, :] >= length, 0.0)
+        spec = torch.stft(
+            x,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.win_length,
+            center=not self.exact_pad,
+            window=self.window,
+            return_complex=True,
+            pad_mode="constant",
+        )
+        mag = torch.view_as_real(spec).pow(2).sum(-1).sqrt()
+        if self.mag_power != 1.0:
+            mag = mag.pow(self.mag_power)
+        mel = torch.matmul(self.filterbank, mag)
+        if self.log:
+            if self.log_guard_add:
+                mel = torch.log(mel + self.log_guard_value)
+            else:
+                mel = torch.log(torch.clamp(mel, min=self.log_guard_value))
+        total = mel.shape[-1]
+        valid = torch.arange(total)[None, :] < frames
+        if self.normalize == "per_feature":
+            count = valid.sum(dim=1)
+            mean = torch.where(valid[:, None, :], mel, 0.0).sum(dim=2) / count[:, None]
+            centred = torch.where(valid[:, None, :], mel - mean[:, :, None], 0.0)
+            std = torch.sqrt(centred.pow(2).sum(dim=2) / (count[:, None] - 1.0))
+            std = std.masked_fill(std.isnan(), 0.0) + _STD_GUARD
+            mel = (mel - mean[:, :, None]) / std[:, :, None]
+        elif self.normalize == "all_features":
+            mean = mel[0, :, :frames].mean()
+            std = mel[0, :, :frames].std() + _STD_GUARD
+            mel = (mel - mean) / std
+        return mel[0, :, :frames].T.contiguous()
+
+
+def _pointwise(weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
+    """(Cout, Cin) weight, (B, Cin, T) -> (B, Cout, T): a 1x1 convolution."""
+    return F.conv1d(x, weight[:, :, None], bias)
+
+
+class SubLayer(nn.Module):
+    """One convolution of a Jasper block with its BatchNorm folded in: an optional spatial
+    convolution (depthwise ``(C, 1, k)`` when separable, full ``(Cout, Cin, k)`` otherwise)
+    whose input is masked as NeMo's MaskedConv1d masks it, then (separable) the pointwise
+    ``(Cout, Cin)`` convolution. Pointwise convolutions need no input mask: they cannot carry
+    padding into valid frames, and every later wider operation masks its own input."""
+
+    def __init__(
+        self,
+        spatial: Tensor | None,
+        groups: int,
+        dilation: int,
+        point: Tensor | None,
+        bias: Tensor,
+    ) -> None:
+        super().__init__()
+        self.spatial: Tensor | None
+        self.point: Tensor | None
+        self.bias: Tensor
+        self.register_buffer("spatial", spatial)
+        self.register_buffer("point", point)
+        self.register_buffer("bias", bias)
+        self.groups = groups
+        self.dilation = dilation
+        self.kernel = 1 if spatial is None else int(spatial.shape[-1])
+        self.padding = dilation * (self.kernel - 1) // 2
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        if self.spatial is not None:
+            if self.kernel > 1:
+                x = x * mask
+            x = F.conv1d(
+                x,
+                self.spatial,
+                self.bias if self.point is None else None,
+                padding=self.padding,
+                dilation=self.dilation,
+                groups=self.groups,
+            )
+        if self.point is not None:
+            x = _pointwise(self.point, self.bias, x)
+        return x
+
+
+class JasperBlock(nn.Module):
+    """``JasperBlock`` in eval mode: ``repeat`` sub-layers with the activation between them,
+    optional squeeze-excitation over the valid frames, optional residual (pointwise conv +
+    BatchNorm of the block input, added), then the activation."""
+
+    def __init__(
+        self,
+        layers: list[SubLayer],
+        activation: str,
+        se: tuple[Tensor, Tensor] | None,
+        residual: SubLayer | None,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.activation = activation
+        self.se_squeeze: Tensor | None
+        self.se_excite: Tensor | None
+        self.register_buffer("se_squeeze", None if se is None else se[0])
+        self.register_buffer("se_excite", None if se is None else se[1])
+        self.residual = residual
+
+    def forward(self, x: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+        act = ACTIVATIONS[self.activation]
+        out = x
+        for i, layer in enumerate(self.layers):
+            out = layer(out, mask)
+            if i < len(self.layers) - 1:
+                out = act(out)
+        if self.se_squeeze is not None and self.se_excite is not None:
+            out = out * mask
+            context = out.sum(dim=-1) / lengths[:, None]
+            gate = torch.sigmoid(F.linear(act(F.linear(context, self.se_squeeze)), self.se_excite))
+            out = out * gate[:, :, None]
+        if self.residual is not None:
+            out = out + self.residual(x, mask)
+        return act(out)
+
+
+class JasperEncoder(nn.Module):
+    """``ConvASREncoder`` (stride 1, masked convolutions): (B, F, T) features and (B,) valid
+    frame counts -> (B, C, T) with padded frames zeroed; the lengths do not change."""
+
+    def __init__(self, blocks: list[JasperBlock]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        mask = _time_mask(lengths, x.shape[-1], x.dtype)
+        lengths_f = lengths.to(x.dtype)
+        for block in self.blocks:
+            x = block(x, mask, lengths_f)
+        return x * mask, lengths
+
+
+class TdnnLayer(nn.Module):
+    """NeMo's ``TDNNModule``: convolution (with bias, "same" padding) -> ReLU -> BatchNorm
+    (kept as a per-channel scale and shift: it follows the ReLU, so it cannot be folded)."""
+
+    def __init__(
+        self, weight: Tensor, bias: Tensor, dilation: int, bn: tuple[Tensor, Tensor]
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.register_buffer("scale", bn[0])
+        self.register_buffer("shift", bn[1])
+        self.weight: Tensor
+        self.bias: Tensor
+        self.scale: Tensor
+        self.shift: Tensor
+        self.dilation = dilation
+        self.kernel = int(weight.shape[-1])
+        self.padding = dilation * (self.kernel - 1) // 2
+
+    def forward(self, x: Tensor, edge: Tensor) -> Tensor:
+        if self.kernel > 1:
+            x = x * edge
+        x = F.conv1d(x, self.weight, self.bias, padding=self.padding, dilation=self.dilation)
+        return F.relu(x) * self.scale[:, None] + self.shift[:, None]
+
+
+class TdnnSeBlock(nn.Module):
+    """NeMo's ``TDNNSEModule``: TDNN (1x1) -> grouped convolution -> ReLU -> BatchNorm ->
+    TDNN (1x1) -> squeeze-excitation over the valid frames -> + input."""
+
+    def __init__(
+        self,
+        first: TdnnLayer,
+        group_weight: Tensor,
+        group_bias: Tensor,
+        groups: int,
+        dilation: int,
+        bn: tuple[Tensor, Tensor],
+        second: TdnnLayer,
+        se: tuple[Tensor, Tensor, tuple[Tensor, Tensor], Tensor, Tensor],
+    ) -> None:
+        super().__init__()
+        self.first = first
+        self.second = second
+        self.register_buffer("group_weight", group_weight)
+        self.register_buffer("group_bias", group_bias)
+        self.register_buffer("scale", bn[0])
+        self.register_buffer("shift", bn[1])
+        squeeze, squeeze_bias, (se_scale, se_shift), excite, excite_bias = se
+        self.register_buffer("squeeze", squeeze)
+        self.register_buffer("squeeze_bias", squeeze_bias)
+        self.register_buffer("se_scale", se_scale)
+        self.register_buffer("se_shift", se_shift)
+        self.register_buffer("excite", excite)
+        self.register_buffer("excite_bias", excite_bias)
+        self.group_weight: Tensor
+        self.group_bias: Tensor
+        self.scale: Tensor
+        self.shift: Tensor
+        self.squeeze: Tensor
+        self.squeeze_bias: Tensor
+        self.se_scale: Tensor
+        self.se_shift: Tensor
+        self.excite: Tensor
+        self.excite_bias: Tensor
+        self.groups = groups
+        self.dilation = dilation
+        self.kernel = int(group_weight.shape[-1])
+        self.padding = dilation * (self.kernel - 1) // 2
+
+    def forward(self, x: Tensor, edge: Tensor, valid: Tensor, lengths: Tensor) -> Tensor:
+        h: Tensor = self.first(x, edge)
+        if self.kernel > 1:
+            h = h * edge
+        h = F.conv1d(
+            h,
+            self.group_weight,
+            self.group_bias,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+        )
+        h = F.relu(h) * self.scale[:, None] + self.shift[:, None]
+        h = self.second(h, edge)
+        context = (h * valid).sum(dim=2) / lengths[:, None]
+        s = F.relu(F.linear(context, self.squeeze, self.squeeze_bias))
+        s = s * self.se_scale + self.se_shift
+        s = torch.sigmoid(F.linear(s, self.excite, self.excite_bias))
+        return s[:, :, None] * h + x
+
+
+class EcapaEncoder(nn.Module):
+    """NeMo's ``ECAPAEncoder``: TDNN, SE-TDNN blocks, concatenation of the blocks' outputs,
+    aggregation TDNN. (B, F, T) features + (B,) valid frame counts -> (B, C, T') and lengths.
+
+    NeMo runs these convolutions unmasked on one utterance padded with ``pad_value`` up to a
+    multiple of ``pad_to`` frames (one frame more than the valid ones, at least), with zeros
+    beyond. In a batch each utterance gets exactly that: ``pad_value`` up to its own padded
+    length, and every convolution wider than 1 sees zeros past it, as it would at the end of
+    the utterance's own tensor. So batching changes nothing.
+    """
+
+    def __init__(
+        self,
+        first: TdnnLayer,
+        blocks: list[TdnnSeBlock],
+        aggregate: TdnnLayer,
+        pad_to: int,
+        pad_value: float,
+    ) -> None:
+        super().__init__()
+        self.first = first
+        self.blocks = nn.ModuleList(blocks)
+        self.aggregate = aggregate
+        self.pad_to = pad_to
+        self.pad_value = pad_value
+
+    def padded_frames(self, lengths: Tensor) -> Tensor:
+        """NeMo's tensor length for one utterance of ``lengths`` valid frames."""
+        total = lengths + 1  # the feature extractor's one extra (masked) frame
+        if self.pad_to > 0:
+            total = (total + self.pad_to - 1) // self.pad_to * self.pad_to
+        return total
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        padded = self.padded_frames(lengths)
+        frames = int(padded.max())
+        if x.shape[-1] < frames:
+            x = F.pad(x, (0, frames - x.shape[-1]))
+        x = x[:, :, :frames]
+        valid = _time_mask(lengths, frames, x.dtype)
+        edge = _time_mask(padded, frames, x.dtype)
+        x = x * valid + self.pad_value * (edge - valid)
+        lengths_f = lengths.to(x.dtype)
+        x = self.first(x, edge)
+        outputs = []
+        for block in self.blocks:
+            x = block(x, edge, valid, lengths_f)
+            outputs.append(x)
+        x = self.aggregate(torch.cat(outputs, dim=1), edge)
+        out: Tensor = x * valid
+        return out, lengths
+
+
+class AttentivePooling(nn.Module):
+    """NeMo's ``AttentivePoolLayer``: attention weights from [x, mean, std] (the concatenation
+    is never built: the first 1x1 convolution is split into its x part and its statistics
+    part), then the attention-weighted mean and standard deviation. (B, C, T) -> (B, 2C)."""
+
+    def __init__(
+        self,
+        weight: Tensor,
+        bias: Tensor,
+        bn: tuple[Tensor, Tensor],
+        out_weight: Tensor,
+        out_bias: Tensor,
+        eps: float = 1e-10,
+    ) -> None:
+        super().__init__()
+        channels = out_weight.shape[0]
+        self.register_buffer("w_x", weight[:, :channels].contiguous())
+        self.register_buffer("w_stats", weight[:, channels:].contiguous())
+        self.register_buffer("bias", bias)
+        self.register_buffer("scale", bn[0])
+        self.register_buffer("shift", bn[1])
+        self.register_buffer("out_weight", out_weight)
+        self.register_buffer("out_bias", out_bias)
+        self.w_x: Tensor
+        self.w_stats: Tensor
+        self.bias: Tensor
+        self.scale: Tensor
+        self.shift: Tensor
+        self.out_weight: Tensor
+        self.out_bias: Tensor
+        self.eps = eps
+
+    def _stats(self, x: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        mean = torch.sum(weights * x, dim=2)
+        std = torch.sqrt((weights * (x - mean[:, :, None]).pow(2)).sum(2).clamp(self.eps))
+        return mean, std
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        mask = _time_mask(lengths, x.shape[-1], x.dtype)
+        mean, std = self._stats(x, mask / lengths.to(x.dtype)[:, None, None])
+        stats_term = F.linear(torch.cat((mean, std), dim=1), self.w_stats, self.bias)
+        h = _pointwise(self.w_x, None, x) + stats_term[:, :, None]
+        h = torch.tanh(F.relu(h) * self.scale[:, None] + self.shift[:, None])
+        scores = _pointwise(self.out_weight, self.out_bias, h)
+        scores = scores.masked_fill(mask == 0, float("-inf"))
+        mu, sigma = self._stats(x, F.softmax(scores, dim=2))
+        return torch.cat((mu, sigma), dim=1)
+
+
+class StatsPooling(nn.Module):
+    """NeMo's ``StatsPoolLayer`` with lengths: mean ("tap"), or mean and unbiased standard
+    deviation ("xvector"). (B, C, T) -> (B, C) or (B, 2C)."""
+
+    def __init__(self, with_std: bool, eps: float = 1e-10) -> None:
+        super().__init__()
+        self.with_std = with_std
+        self.eps = eps
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        keep = _time_mask(lengths, x.shape[-1], x.dtype)
+        x = x * keep
+        lengths_f = lengths.to(x.dtype)
+        means = x.mean(dim=-1) * (x.shape[-1] / lengths_f)[:, None]
+        if not self.with_std:
+            return means
+        var = ((x - means[:, :, None]) * keep).pow(2.0).sum(-1) / (lengths_f - 1)[:, None]
+        return torch.cat((means, var.clamp(min=self.eps).sqrt()), dim=-1)
+
+
+class EmbeddingHead(nn.Module):
+    """The SpeakerDecoder's embedding layers, BatchNorm folded in: a chain of affine maps
+    ``(out, in)``, a ReLU after those marked so. (B, in) -> (B, D)."""
+
+    def __init__(self, layers: list[tuple[Tensor, Tensor, bool]]) -> None:
+        super().__init__()
+        self.relu_after = [relu for _, _, relu in layers]
+        for i, (weight, bias, _) in enumerate(layers):
+            self.register_buffer(f"weight{i}", weight)
+            self.register_buffer(f"bias{i}", bias)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        x = pooled
+        for i, relu in enumerate(self.relu_after):
+            x = F.linear(x, getattr(self, f"weight{i}"), getattr(self, f"bias{i}"))
+            if relu:
+                x = F.relu(x)
+        return x
+
+
+class NemoSpeakerNet(nn.Module):
+    """Encoder + pooling + embedding head: (B, T, F) features zero-padded to the longest,
+    (B,) int64 valid frames -> (B, D) float32 embeddings (not normalised)."""
+
+    def __init__(
+        self,
+        encoder: JasperEncoder | EcapaEncoder,
+        pooling: AttentivePooling | StatsPooling,
+        head: EmbeddingHead,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.head = head
+
+    def forward(self, features: Tensor, lengths: Tensor) -> Tensor:
+        encoded, lengths = self.encoder(features.transpose(1, 2), lengths)
+        embeddings: Tensor = self.head(self.pooling(encoded, lengths))
+        return embeddings
