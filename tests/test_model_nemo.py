@@ -187,6 +187,27 @@ def test_random_weights_are_discriminative(fixture_encoder: NemoEncoder) -> None
     assert off_diagonal.mean() < 0.9, off_diagonal.mean()
 
 
+def test_channels_last_depthwise_convolution_is_conv1d() -> None:
+    """The Jasper encoder's depthwise convolution (shifted multiply-adds) against torch's."""
+    from speakerdb.model._nemo_nets import _depthwise
+
+    generator = torch.Generator().manual_seed(0)
+    for k in (1, 3, 7, 15):
+        for dilation in (1, 2):
+            for frames in (1, 4, 50):
+                x = torch.randn(2, frames, 6, generator=generator)
+                w = torch.randn(6, 1, k, generator=generator)
+                expected = torch.nn.functional.conv1d(
+                    x.transpose(1, 2),
+                    w,
+                    padding=dilation * (k - 1) // 2,
+                    dilation=dilation,
+                    groups=6,
+                ).transpose(1, 2)
+                got = _depthwise(x, w[:, 0, :].T.contiguous(), dilation)
+                torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_batchnorm_is_not_identity_in_fixtures() -> None:
     for name in MODELS:
         state = _fixture_state(name)

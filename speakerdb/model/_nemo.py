@@ -589,16 +589,16 @@ def _jasper_conv(
         scale, shift = weights.batchnorm(f"{prefix}.mconv.{index + 2}", c_out, _JASPER_BN_EPS)
         point = point * scale[:, None]
         if k == 1:  # a 1-wide depthwise convolution is a per-channel scale: fold it too
-            layer = SubLayer(None, 1, 1, (point * depthwise[:, 0, 0][None, :]).contiguous(), shift)
-        else:
-            layer = SubLayer(depthwise, c_in, block.dilation, point.contiguous(), shift)
-        return layer, index + 3
+            point = point * depthwise[:, 0, 0][None, :]
+            return SubLayer(None, None, 1, point.contiguous(), shift), index + 3
+        taps = depthwise[:, 0, :].T.contiguous()  # (k, C) for channels-last time steps
+        return SubLayer(taps, None, block.dilation, point.contiguous(), shift), index + 3
     full = weights.take(f"{prefix}.mconv.{index}.conv.weight", (c_out, c_in, k))
     scale, shift = weights.batchnorm(f"{prefix}.mconv.{index + 1}", c_out, _JASPER_BN_EPS)
     full = full * scale[:, None, None]
     if k == 1:
-        return SubLayer(None, 1, 1, full[:, :, 0].contiguous(), shift), index + 2
-    return SubLayer(full.contiguous(), 1, block.dilation, None, shift), index + 2
+        return SubLayer(None, None, 1, full[:, :, 0].contiguous(), shift), index + 2
+    return SubLayer(None, full.contiguous(), block.dilation, None, shift), index + 2
 
 
 def _jasper_encoder(spec: _JasperSpec, weights: _Weights) -> tuple[JasperEncoder, int]:
@@ -626,7 +626,8 @@ def _jasper_encoder(spec: _JasperSpec, weights: _Weights) -> tuple[JasperEncoder
         if block.residual:
             point = weights.take(f"{prefix}.res.0.0.conv.weight", (block.filters, c_in, 1))
             scale, shift = weights.batchnorm(f"{prefix}.res.0.1", block.filters, _JASPER_BN_EPS)
-            residual = SubLayer(None, 1, 1, (point[:, :, 0] * scale[:, None]).contiguous(), shift)
+            point = (point[:, :, 0] * scale[:, None]).contiguous()
+            residual = SubLayer(None, None, 1, point, shift)
         blocks.append(JasperBlock(layers, spec.activation, se, residual))
         c_in = block.filters
     return JasperEncoder(blocks), c_in

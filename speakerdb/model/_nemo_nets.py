@@ -20,8 +20,11 @@ spec augment), in float32:
   is what NeMo returns from ``get_embedding`` (before the final classification layer).
 
 At load time BatchNorm layers that directly follow a linear operation are folded into it
-(exact up to float rounding); the networks keep no state between calls, so one instance can
-serve several threads.
+(exact up to float rounding). The Jasper encoder and the pooling work channels-last,
+(B, T, C): a pointwise convolution is then one matrix product over all frames of the batch
+(faster than a 1x1 convolution on this CPU), and a depthwise convolution k multiply-adds over
+contiguous rows. Masks are skipped when no utterance of a batch is padded. The networks keep no
+state between calls, so one instance can serve several threads.
 
 Shapes: B utterances, C channels, T frames, F mel features, D embedding size.
 """
@@ -150,59 +153,91 @@ class MelFrontEnd:
         return mel[0, :, :frames].T.contiguous()
 
 
-def _pointwise(weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
-    """(Cout, Cin) weight, (B, Cin, T) -> (B, Cout, T): a 1x1 convolution."""
-    return F.conv1d(x, weight[:, :, None], bias)
+def _masked(x: Tensor, mask: Tensor | None) -> Tensor:
+    return x if mask is None else x * mask
+
+
+def _activation_(name: str, x: Tensor) -> Tensor:
+    """The named activation, in place where torch allows it (``x`` is always a fresh
+    intermediate here)."""
+    if name == "relu":
+        return x.relu_()
+    if name == "hardtanh":
+        return F.hardtanh(x, inplace=True)
+    if name == "selu":
+        return F.selu(x, inplace=True)
+    if name in ("swish", "silu"):
+        return F.silu(x, inplace=True)
+    return ACTIVATIONS[name](x)
+
+
+def _depthwise(x: Tensor, taps: Tensor, dilation: int) -> Tensor:
+    """Depthwise "same" convolution along time of channels-last ``x`` (B, T, C) with ``taps``
+    (k, C), k odd (NeMo makes every Jasper kernel odd), zero padding outside: one fused
+    multiply-add per tap over the rows it reaches (contiguous slices, no padded copy)."""
+    centre = taps.shape[0] // 2
+    frames = x.shape[1]
+    out = x * taps[centre]
+    for j in range(taps.shape[0]):
+        shift = (j - centre) * dilation
+        if shift == 0 or abs(shift) >= frames:
+            continue
+        if shift > 0:
+            out[:, : frames - shift].addcmul_(x[:, shift:], taps[j])
+        else:
+            out[:, -shift:].addcmul_(x[:, : frames + shift], taps[j])
+    return out
 
 
 class SubLayer(nn.Module):
-    """One convolution of a Jasper block with its BatchNorm folded in: an optional spatial
-    convolution (depthwise ``(C, 1, k)`` when separable, full ``(Cout, Cin, k)`` otherwise)
-    whose input is masked as NeMo's MaskedConv1d masks it, then (separable) the pointwise
-    ``(Cout, Cin)`` convolution. Pointwise convolutions need no input mask: they cannot carry
-    padding into valid frames, and every later wider operation masks its own input."""
+    """One convolution of a Jasper block with its BatchNorm folded in, on channels-last
+    (B, T, C) tensors: an optional depthwise convolution (taps ``(k, Cin)``) or full
+    convolution (``(Cout, Cin, k)``) whose input is masked as NeMo's MaskedConv1d masks it,
+    then (separable blocks) the pointwise ``(Cout, Cin)`` convolution, a matrix product.
+    Pointwise convolutions need no input mask: they cannot carry padding into valid frames,
+    and every later wider operation masks its own input."""
 
     def __init__(
         self,
-        spatial: Tensor | None,
-        groups: int,
+        depthwise: Tensor | None,
+        full: Tensor | None,
         dilation: int,
         point: Tensor | None,
         bias: Tensor,
     ) -> None:
         super().__init__()
-        self.spatial: Tensor | None
+        self.depthwise: Tensor | None
+        self.full: Tensor | None
         self.point: Tensor | None
         self.bias: Tensor
-        self.register_buffer("spatial", spatial)
+        self.register_buffer("depthwise", depthwise)
+        self.register_buffer("full", full)
         self.register_buffer("point", point)
         self.register_buffer("bias", bias)
-        self.groups = groups
         self.dilation = dilation
-        self.kernel = 1 if spatial is None else int(spatial.shape[-1])
-        self.padding = dilation * (self.kernel - 1) // 2
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        if self.spatial is not None:
-            if self.kernel > 1:
-                x = x * mask
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        if self.depthwise is not None:
+            x = _depthwise(_masked(x, mask), self.depthwise, self.dilation)
+        elif self.full is not None:
+            kernel = self.full.shape[-1]
             x = F.conv1d(
-                x,
-                self.spatial,
-                self.bias if self.point is None else None,
-                padding=self.padding,
+                _masked(x, mask).transpose(1, 2),
+                self.full,
+                self.bias,
+                padding=self.dilation * (kernel - 1) // 2,
                 dilation=self.dilation,
-                groups=self.groups,
-            )
+            ).transpose(1, 2)
         if self.point is not None:
-            x = _pointwise(self.point, self.bias, x)
+            x = F.linear(x, self.point, self.bias)
         return x
 
 
 class JasperBlock(nn.Module):
-    """``JasperBlock`` in eval mode: ``repeat`` sub-layers with the activation between them,
-    optional squeeze-excitation over the valid frames, optional residual (pointwise conv +
-    BatchNorm of the block input, added), then the activation."""
+    """``JasperBlock`` in eval mode on channels-last (B, T, C) tensors: ``repeat`` sub-layers
+    with the activation between them, optional squeeze-excitation over the valid frames,
+    optional residual (pointwise conv + BatchNorm of the block input, added), then the
+    activation."""
 
     def __init__(
         self,
@@ -220,37 +255,46 @@ class JasperBlock(nn.Module):
         self.register_buffer("se_excite", None if se is None else se[1])
         self.residual = residual
 
-    def forward(self, x: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
-        act = ACTIVATIONS[self.activation]
+    def forward(self, x: Tensor, mask: Tensor | None, lengths: Tensor) -> Tensor:
         out = x
         for i, layer in enumerate(self.layers):
             out = layer(out, mask)
             if i < len(self.layers) - 1:
-                out = act(out)
+                out = _activation_(self.activation, out)
         if self.se_squeeze is not None and self.se_excite is not None:
-            out = out * mask
-            context = out.sum(dim=-1) / lengths[:, None]
-            gate = torch.sigmoid(F.linear(act(F.linear(context, self.se_squeeze)), self.se_excite))
-            out = out * gate[:, :, None]
+            if mask is not None:
+                out = out.mul_(mask)
+            context = out.sum(dim=1) / lengths[:, None]
+            hidden = ACTIVATIONS[self.activation](F.linear(context, self.se_squeeze))
+            out = out.mul_(torch.sigmoid(F.linear(hidden, self.se_excite))[:, None, :])
         if self.residual is not None:
-            out = out + self.residual(x, mask)
-        return act(out)
+            out = out.add_(self.residual(x, mask))
+        return _activation_(self.activation, out)
 
 
 class JasperEncoder(nn.Module):
-    """``ConvASREncoder`` (stride 1, masked convolutions): (B, F, T) features and (B,) valid
-    frame counts -> (B, C, T) with padded frames zeroed; the lengths do not change."""
+    """``ConvASREncoder`` (stride 1, masked convolutions): channels-last (B, T, F) features
+    and (B,) valid frame counts -> (B, T, C) with padded frames zeroed; lengths unchanged."""
 
     def __init__(self, blocks: list[JasperBlock]) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        mask = _time_mask(lengths, x.shape[-1], x.dtype)
+        mask = _frame_mask(lengths, x.shape[1], x.dtype)
         lengths_f = lengths.to(x.dtype)
         for block in self.blocks:
             x = block(x, mask, lengths_f)
-        return x * mask, lengths
+        return _masked(x, mask), lengths
+
+
+def _frame_mask(lengths: Tensor, frames: int, dtype: torch.dtype) -> Tensor | None:
+    """(B, frames, 1) channels-last mask, or None when no utterance is padded (a batch of
+    one, or of equal lengths: masking would change nothing)."""
+    if bool((lengths == frames).all()):
+        return None
+    steps = torch.arange(frames, device=lengths.device)
+    return (steps[None, :] < lengths[:, None]).to(dtype)[:, :, None]
 
 
 class TdnnLayer(nn.Module):
@@ -347,7 +391,8 @@ class TdnnSeBlock(nn.Module):
 
 class EcapaEncoder(nn.Module):
     """NeMo's ``ECAPAEncoder``: TDNN, SE-TDNN blocks, concatenation of the blocks' outputs,
-    aggregation TDNN. (B, F, T) features + (B,) valid frame counts -> (B, C, T') and lengths.
+    aggregation TDNN. Channels-last (B, T, F) features + (B,) valid frame counts ->
+    channels-last (B, T', C) and the lengths (computed in NeMo's (B, C, T) layout inside).
 
     NeMo runs these convolutions unmasked on one utterance padded with ``pad_value`` up to a
     multiple of ``pad_to`` frames (one frame more than the valid ones, at least), with zeros
@@ -378,7 +423,8 @@ class EcapaEncoder(nn.Module):
             total = (total + self.pad_to - 1) // self.pad_to * self.pad_to
         return total
 
-    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        x = features.transpose(1, 2)  # (B, F, T): NeMo's layout, kept for its convolutions
         padded = self.padded_frames(lengths)
         frames = int(padded.max())
         if x.shape[-1] < frames:
@@ -394,14 +440,29 @@ class EcapaEncoder(nn.Module):
             x = block(x, edge, valid, lengths_f)
             outputs.append(x)
         x = self.aggregate(torch.cat(outputs, dim=1), edge)
-        out: Tensor = x * valid
+        out: Tensor = (x * valid)[:, :, : int(lengths.max())].transpose(1, 2)
         return out, lengths
+
+
+def _weighted_stats(x: Tensor, weights: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """NeMo's get_statistics_with_mask on channels-last ``x`` (B, T, C) with ``weights``
+    (B, T, 1) or (B, T, C) summing to 1 over time: weighted mean and standard deviation
+    sqrt(max(sum w (x - mean)^2, eps)), each (B, C)."""
+    if weights.shape[-1] == 1:  # one weight per frame: matrix-vector products, no temporaries
+        mean = torch.bmm(weights.transpose(1, 2), x)[:, 0]
+        centred = (x - mean[:, None, :]).pow_(2)
+        var = torch.bmm(weights.transpose(1, 2), centred)[:, 0]
+    else:
+        mean = (weights * x).sum(dim=1)
+        var = (weights * (x - mean[:, None, :]).pow_(2)).sum(dim=1)
+    return mean, var.clamp(eps).sqrt()
 
 
 class AttentivePooling(nn.Module):
     """NeMo's ``AttentivePoolLayer``: attention weights from [x, mean, std] (the concatenation
     is never built: the first 1x1 convolution is split into its x part and its statistics
-    part), then the attention-weighted mean and standard deviation. (B, C, T) -> (B, 2C)."""
+    part), then the attention-weighted mean and standard deviation.
+    Channels-last (B, T, C) and (B,) valid frames -> (B, 2C)."""
 
     def __init__(
         self,
@@ -430,26 +491,25 @@ class AttentivePooling(nn.Module):
         self.out_bias: Tensor
         self.eps = eps
 
-    def _stats(self, x: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-        mean = torch.sum(weights * x, dim=2)
-        std = torch.sqrt((weights * (x - mean[:, :, None]).pow(2)).sum(2).clamp(self.eps))
-        return mean, std
-
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        mask = _time_mask(lengths, x.shape[-1], x.dtype)
-        mean, std = self._stats(x, mask / lengths.to(x.dtype)[:, None, None])
+        frames = x.shape[1]
+        steps = torch.arange(frames, device=x.device)
+        valid = (steps[None, :] < lengths[:, None])[:, :, None]  # (B, T, 1)
+        uniform = valid.to(x.dtype) / lengths.to(x.dtype)[:, None, None]
+        mean, std = _weighted_stats(x, uniform, self.eps)
         stats_term = F.linear(torch.cat((mean, std), dim=1), self.w_stats, self.bias)
-        h = _pointwise(self.w_x, None, x) + stats_term[:, :, None]
-        h = torch.tanh(F.relu(h) * self.scale[:, None] + self.shift[:, None])
-        scores = _pointwise(self.out_weight, self.out_bias, h)
-        scores = scores.masked_fill(mask == 0, float("-inf"))
-        mu, sigma = self._stats(x, F.softmax(scores, dim=2))
+        h = F.linear(x, self.w_x).add_(stats_term[:, None, :]).relu_()
+        h = torch.tanh_(h.mul_(self.scale).add_(self.shift))
+        scores = F.linear(h, self.out_weight, self.out_bias)
+        if not bool(valid.all()):
+            scores = scores.masked_fill_(~valid, float("-inf"))
+        mu, sigma = _weighted_stats(x, torch.softmax(scores, dim=1), self.eps)
         return torch.cat((mu, sigma), dim=1)
 
 
 class StatsPooling(nn.Module):
     """NeMo's ``StatsPoolLayer`` with lengths: mean ("tap"), or mean and unbiased standard
-    deviation ("xvector"). (B, C, T) -> (B, C) or (B, 2C)."""
+    deviation ("xvector"). Channels-last (B, T, C) -> (B, C) or (B, 2C)."""
 
     def __init__(self, with_std: bool, eps: float = 1e-10) -> None:
         super().__init__()
@@ -457,13 +517,15 @@ class StatsPooling(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        keep = _time_mask(lengths, x.shape[-1], x.dtype)
+        frames = x.shape[1]
+        keep = (torch.arange(frames, device=x.device)[None, :] < lengths[:, None])[:, :, None]
+        keep = keep.to(x.dtype)
         x = x * keep
         lengths_f = lengths.to(x.dtype)
-        means = x.mean(dim=-1) * (x.shape[-1] / lengths_f)[:, None]
+        means = x.mean(dim=1) * (frames / lengths_f)[:, None]
         if not self.with_std:
             return means
-        var = ((x - means[:, :, None]) * keep).pow(2.0).sum(-1) / (lengths_f - 1)[:, None]
+        var = ((x - means[:, None, :]) * keep).pow_(2.0).sum(1) / (lengths_f - 1)[:, None]
         return torch.cat((means, var.clamp(min=self.eps).sqrt()), dim=-1)
 
 
@@ -503,6 +565,6 @@ class NemoSpeakerNet(nn.Module):
         self.head = head
 
     def forward(self, features: Tensor, lengths: Tensor) -> Tensor:
-        encoded, lengths = self.encoder(features.transpose(1, 2), lengths)
+        encoded, lengths = self.encoder(features, lengths)
         embeddings: Tensor = self.head(self.pooling(encoded, lengths))
         return embeddings
