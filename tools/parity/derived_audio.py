@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,14 +73,17 @@ def derive(source: Path, variant: str, target: Path) -> Path:
     if rate != SOURCE_RATE or samples.ndim != 1:
         raise ValueError(f"{source}: expected 16 kHz mono, got {rate} Hz, shape {samples.shape}")
     target.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed into place: a concurrent reader never sees half.
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     if variant in _RATES:
         out = soxr.resample(samples, SOURCE_RATE, _RATES[variant], quality="soxr_hq")
         pcm = np.clip(np.round(out * 32768.0), -32768, 32767).astype(np.int16)
-        sf.write(target, pcm, _RATES[variant], format="WAV", subtype="PCM_16")
+        sf.write(partial, pcm, _RATES[variant], format="WAV", subtype="PCM_16")
     elif variant == "mp3":
-        sf.write(target, samples, SOURCE_RATE, format="MP3", subtype="MPEG_LAYER_III")
+        sf.write(partial, samples, SOURCE_RATE, format="MP3", subtype="MPEG_LAYER_III")
     else:
         raise ValueError(f"unknown variant {variant!r}")
+    os.replace(partial, target)
     return target
 
 
