@@ -524,9 +524,9 @@ def _weighted_stats(x: Tensor, weights: Tensor, eps: float) -> tuple[Tensor, Ten
         mean = torch.bmm(weights.transpose(1, 2), x)[:, 0]
         centred = (x - mean[:, None, :]).pow_(2)
         var = torch.bmm(weights.transpose(1, 2), centred)[:, 0]
-    else:
+    else:  # one temporary of x's size at a time: long recordings make these large
         mean = (weights * x).sum(dim=1)
-        var = (weights * (x - mean[:, None, :]).pow_(2)).sum(dim=1)
+        var = (x - mean[:, None, :]).pow_(2).mul_(weights).sum(dim=1)
     return mean, var.clamp(eps).sqrt()
 
 
@@ -569,9 +569,12 @@ class AttentivePooling(nn.Module):
         h = self.frames(x).add_(stats_term[:, None, :]).relu_()
         h = torch.tanh_(h.mul_(self.scale).add_(self.shift))
         scores = self.scores(h)
+        del h
         if not bool(valid.all()):
             scores = scores.masked_fill_(~valid, float("-inf"))
-        mu, sigma = _weighted_stats(x, torch.softmax(scores, dim=1), self.eps)
+        attention = torch.softmax(scores, dim=1)
+        del scores  # (B, T, C) each: freed before the weighted statistics
+        mu, sigma = _weighted_stats(x, attention, self.eps)
         return torch.cat((mu, sigma), dim=1)
 
 

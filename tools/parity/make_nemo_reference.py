@@ -278,6 +278,13 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--limit", type=int, default=None, help="embed about N files (trial)")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared machine OpenMP's spinning threads make "
+        "NeMo many times slower; the results do not depend on it)",
+    )
+    parser.add_argument(
         "--reuse", action="store_true", help="re-embed with an existing .nemo instead of a new one"
     )
     args = parser.parse_args()
@@ -286,7 +293,7 @@ def main() -> None:
 
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     info = versions()
     log(json.dumps(info))
     variants = args.variants.split(",")
