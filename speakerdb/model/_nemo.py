@@ -14,6 +14,14 @@ How audio reaches the network, as in ``EncDecSpeakerLabelModel.infer_file``: sam
 resampled with librosa's default (soxr "HQ", then cut or zero-padded to
 ``ceil(n * target / rate)``) to the config's ``train_ds.sample_rate`` (16 kHz), the whole
 recording is one chunk (no windows), and the embedding is the decoder's embedding layer.
+
+For the engine: ``prepare`` and ``encode`` keep no state and may run in several threads at
+once. On a shared CPU, run them with one torch thread per worker (``torch.set_num_threads(1)``,
+one worker per core): with OpenMP's spinning threads both NeMo and this module slow down many
+times when another process takes a core. A recording is encoded whole, as NeMo does (no
+chunking: it would change the embedding); TitaNet-L on a 10-minute recording peaks at about
+2 GB above the loaded model (NeMo: about 5 GB). Padding is masked, so batches of any lengths
+give the same embeddings, but padded frames still cost time: batch similar lengths.
 """
 
 from __future__ import annotations

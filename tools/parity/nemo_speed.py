@@ -140,9 +140,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument(
         "--workers",
-        default="1,2",
-        help="speakerdb configurations to time: worker threads (1: one loop, torch threads as "
-        "--threads; N > 1: N loops, torch single-threaded), comma-separated",
+        default="1x1,1x2,2x1",
+        help="speakerdb configurations, comma-separated WORKERSxTHREADS: worker loops x torch "
+        "threads (with several workers torch runs single-threaded)",
     )
     parser.add_argument(
         "--nemo-threads", default="2,1", help="NeMo configurations: torch threads, comma-separated"
@@ -163,9 +163,11 @@ def main() -> None:
     configs: dict[str, tuple[str, list[str]]] = {}
     for n in args.nemo_threads.split(","):
         configs[f"nemo-{n}t"] = (args.nemo_python, ["--impl", "nemo", "--threads", n])
-    for n in args.workers.split(","):
-        name = f"speakerdb-{n}w"
-        configs[name] = (sys.executable, ["--impl", "speakerdb", "--workers", n])
+    for entry in args.workers.split(","):
+        workers, _, threads = entry.partition("x")
+        name = f"speakerdb-{workers}w{threads or args.threads}t"
+        extra = ["--impl", "speakerdb", "--workers", workers]
+        configs[name] = (sys.executable, [*extra, "--threads", threads or str(args.threads)])
     runs: dict[str, list[float]] = {name: [] for name in configs}
     for _ in range(args.rounds):
         for name, (python, extra) in configs.items():
