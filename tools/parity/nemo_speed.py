@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--set", default="librispeech")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=1, help="files per encode call")
     parser.add_argument(
         "--workers",
         default="1x1,1x2,2x1",
