@@ -229,6 +229,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="first N inputs per variant")
     parser.add_argument("--seed", type=int, default=20251124)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--skip-normalized", action="store_true", help="skip encode_batch(normalize=True)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -260,8 +263,10 @@ def main() -> None:
                 wav = classifier.load_audio(str(path))
                 emb = classifier.encode_batch(wav[None])
             elapsed += time.perf_counter() - start
-            with torch.no_grad():
-                emb_n = classifier.encode_batch(wav[None], normalize=True)
+            emb_n = emb
+            if not args.skip_normalized:
+                with torch.no_grad():
+                    emb_n = classifier.encode_batch(wav[None], normalize=True)
             seconds += wav.shape[0] / 16_000
             keys.append(item.key)
             plain.append(emb[0, 0].numpy())

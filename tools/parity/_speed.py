@@ -1,0 +1,86 @@
+"""Shared timing code of speechbrain_speed.py and wespeaker_speed.py.
+
+Our side runs in speakerdb's environment (this interpreter); the original framework's side
+runs in the reference environment through a child interpreter (``--ref-python``), on the same
+files, one after the other (never concurrently), each after a warm-up file.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+import encoder_driver  # noqa: E402
+import parity_audio  # noqa: E402
+
+
+def speed_files(data: Path, count: int) -> list[Path]:
+    """Real speech of every length: librispeech (2-35 s), vctk, telephone (8 kHz) files."""
+    rows = parity_audio.recordings(data)
+    picked = [r for r in rows if r[0] == "librispeech"][:50]
+    picked += [r for r in rows if r[0] == "vctk"][:20]
+    picked += [r for r in rows if r[0] == "telephone"][::9]
+    return [data / s / rel for s, rel in picked][:count]
+
+
+def audio_seconds(paths: list[Path]) -> float:
+    import soundfile as sf
+
+    return sum(sf.info(str(p)).duration for p in paths)
+
+
+def time_ours(encoder: object, paths: list[Path], batch_size: int) -> dict[str, float]:
+    """Wall time of decode / resample+front end / encoder over ``paths`` (seconds)."""
+    encoder_driver.prepare_file(encoder, paths[0])  # warm-up
+    encoder_driver.embed_files(encoder, paths[:1])
+    start = time.perf_counter()
+    decoded = [encoder_driver.decode(p) for p in paths]
+    t_decode = time.perf_counter() - start
+    start = time.perf_counter()
+    prepared = [encoder.prepare(encoder.resample(s, r)) for s, r in decoded]  # type: ignore[attr-defined]
+    t_front = time.perf_counter() - start
+    start = time.perf_counter()
+    encoder_driver.embed_prepared(encoder, prepared, batch_size)
+    t_encode = time.perf_counter() - start
+    return {
+        "decode": t_decode,
+        "front_end": t_front,
+        "encoder": t_encode,
+        "total": t_decode + t_front + t_encode,
+    }
+
+
+def run_original(ref_python: str, code: str, args: dict[str, object]) -> dict[str, float]:
+    """Run ``code`` (which prints one JSON object last) in the reference interpreter."""
+    out = subprocess.run(
+        [ref_python, "-c", code, json.dumps(args)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report(
+    name: str, seconds: float, original: dict[str, float], ours: dict[str, dict[str, float]]
+) -> None:
+    print(f"{seconds:.0f} s of audio, torch threads {torch.get_num_threads()}")
+    for label, elapsed in original.items():
+        print(f"  original {label:<34} {elapsed:8.1f} s  {seconds / elapsed:7.1f}x real time")
+    base = min(original.values())
+    for label, t in ours.items():
+        print(
+            f"  speakerdb {label:<33} {t['total']:8.1f} s  {seconds / t['total']:7.1f}x real time"
+            f"  ({base / t['total']:.2f}x the fastest original; decode {t['decode']:.1f} s, "
+            f"front end {t['front_end']:.1f} s, encoder {t['encoder']:.1f} s)"
+        )
