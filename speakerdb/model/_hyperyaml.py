@@ -66,7 +66,9 @@ def _import_yaml() -> Any:
 
 def _make_loader() -> type:
     yaml = _import_yaml()
-    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    # The pure-Python loader: the C one composes nodes without calling compose_node, so
+    # aliases could not be refused (hyperparams files are a few kB: speed does not matter).
+    base = yaml.SafeLoader
 
     class _Loader(base):  # type: ignore[misc, valid-type]
         """SafeLoader + inert HyperPyYAML tags; YAML aliases refused (no expansion bombs)."""
@@ -208,6 +210,8 @@ def _resolve_reference(text: str, root: Mapping[str, Any], field: str, depth: in
         return name
 
     expression = _REF.sub(substitute, text)
+    if not values:
+        raise ModelError(f"hyperparams.yaml: {field}: reference {text!r} names no <key>")
     if values and all(_is_number(v) for v in values.values()):
         try:
             return _arithmetic(ast.parse(expression.strip(), mode="eval").body, values)

@@ -366,7 +366,12 @@ def _read(path: Path) -> bytes:
             raise ModelError(f"{path}: {size} bytes is over the {MAX_ONNX_BYTES}-byte limit")
         if size == 0:
             raise ModelError(f"{path}: empty file")
-        return path.read_bytes()
+        with open(path, "rb") as fh:
+            # ONNX serialisers write fields in number order: a ModelProto starts with its
+            # ir_version (field 1, varint: byte 0x08). Anything else is not read further.
+            if fh.read(1) != b"\x08":
+                raise ModelError(f"{path}: not an ONNX model (no IR version first)")
+            return b"\x08" + fh.read()
     except FileNotFoundError:
         raise ModelError(f"{path}: no such file") from None
     except OSError as exc:

@@ -525,8 +525,18 @@ def load_checkpoint(path: Path, limit: int) -> dict[str, Any]:
     """A checkpoint read with ``torch.load(weights_only=True)`` (no pickle runs code).
     Raises ModelError for missing, oversized, malformed or object-carrying files."""
     import io
+    import zipfile
 
     data = _read_limited(path, limit)
+    try:
+        # A checkpoint is a zip archive; its members could be compressed far beyond the file
+        # size, so their declared sizes are checked before anything is inflated.
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            inflated = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, ValueError):
+        inflated = len(data)  # legacy (non-zip) format: torch reports what it is
+    if inflated > 2 * limit:
+        raise ModelError(f"{path}: unpacks to {inflated} bytes, over the {2 * limit}-byte limit")
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -71,10 +72,39 @@ def run_original(ref_python: str, code: str, args: dict[str, object]) -> dict[st
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def alternate(
+    rounds: int,
+    original: Callable[[], dict[str, float]],
+    ours: Callable[[], dict[str, dict[str, float]]],
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Run original, ours, original, ours ... and keep each one's fastest round (the machine
+    is shared: the least disturbed run is the best estimate of each side's own cost)."""
+    best_original: dict[str, float] = {}
+    best_ours: dict[str, dict[str, float]] = {}
+    for round_number in range(rounds):
+        for label, elapsed in original().items():
+            print(f"round {round_number + 1}: original {label}: {elapsed:.1f} s", flush=True)
+            best_original[label] = min(elapsed, best_original.get(label, float("inf")))
+        for label, times in ours().items():
+            print(
+                f"round {round_number + 1}: speakerdb {label}: {times['total']:.1f} s", flush=True
+            )
+            if label not in best_ours or times["total"] < best_ours[label]["total"]:
+                best_ours[label] = times
+    return best_original, best_ours
+
+
+def load_average() -> str:
+    import os
+
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs"
+
+
 def report(
     name: str, seconds: float, original: dict[str, float], ours: dict[str, dict[str, float]]
 ) -> None:
-    print(f"{seconds:.0f} s of audio, torch threads {torch.get_num_threads()}")
+    print(f"{seconds:.0f} s of audio, torch threads {torch.get_num_threads()}, {load_average()}")
     for label, elapsed in original.items():
         print(f"  original {label:<34} {elapsed:8.1f} s  {seconds / elapsed:7.1f}x real time")
     base = min(original.values())

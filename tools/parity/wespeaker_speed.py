@@ -70,22 +70,23 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=default_data(_speed.ROOT))
     parser.add_argument("--files", type=int, default=80)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rounds", type=int, default=2, help="original/ours alternations")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     paths = _speed.speed_files(args.data, args.files)
     seconds = _speed.audio_seconds(paths)
-    original = _speed.run_original(
-        args.ref_python,
-        ORIGINAL,
-        {
-            "model": str(args.model.resolve()),
-            "model_dir": str(args.model_dir.resolve()),
-            "files": [str(p) for p in paths],
-            "threads": args.threads,
-        },
-    )
     encoder = load_onnx(args.model, threads=args.threads)
-    ours = {"per file": _speed.time_ours(encoder, paths, 1)}
+    spec = {
+        "model": str(args.model.resolve()),
+        "model_dir": str(args.model_dir.resolve()),
+        "files": [str(p) for p in paths],
+        "threads": args.threads,
+    }
+    original, ours = _speed.alternate(
+        args.rounds,
+        lambda: _speed.run_original(args.ref_python, ORIGINAL, spec),
+        lambda: {"per file": _speed.time_ours(encoder, paths, 1)},
+    )
     _speed.report("onnx", seconds, original, ours)
 
 
