@@ -85,6 +85,15 @@ def items(data: Path, variants: tuple[str, ...] = VARIANTS) -> list[Item]:
     return out
 
 
+def subset(todo: list[Item], limit: int = 0, every: int = 1) -> list[Item]:
+    """The first ``limit`` (0: all) of every ``every``-th item, per variant, in order."""
+    out: list[Item] = []
+    for variant in dict.fromkeys(i.variant for i in todo):
+        chosen = [i for i in todo if i.variant == variant][::every]
+        out.extend(chosen[:limit] if limit else chosen)
+    return out
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

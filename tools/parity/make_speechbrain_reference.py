@@ -227,6 +227,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=parity_audio.default_data(ROOT))
     parser.add_argument("--variants", default=",".join(parity_audio.VARIANTS))
     parser.add_argument("--limit", type=int, default=0, help="first N inputs per variant")
+    parser.add_argument("--every", type=int, default=1, help="every N-th input of each variant")
     parser.add_argument("--seed", type=int, default=20251124)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument(
@@ -247,10 +248,7 @@ def main() -> None:
         classifier = EncoderClassifier.from_hparams(source=str(folder.resolve()), savedir=savedir)
         variants = tuple(args.variants.split(","))
         todo = parity_audio.items(data, variants)
-        if args.limit:
-            todo = [
-                it for v in variants for it in [i for i in todo if i.variant == v][: args.limit]
-            ]
+        todo = parity_audio.subset(todo, args.limit, args.every)
         keys, plain, normed, shas = [], [], [], {}
         seconds = 0.0
         elapsed = 0.0

@@ -231,6 +231,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=parity_audio.default_data(ROOT))
     parser.add_argument("--variants", default=",".join(parity_audio.VARIANTS))
     parser.add_argument("--limit", type=int, default=0, help="first N inputs per variant")
+    parser.add_argument("--every", type=int, default=1, help="every N-th input of each variant")
     parser.add_argument("--seed", type=int, default=20251124)
     parser.add_argument(
         "--skip-unscaled", action="store_true", help="skip the unscaled extract_embedding run"
@@ -253,8 +254,7 @@ def main() -> None:
 
     variants = tuple(args.variants.split(","))
     todo = parity_audio.items(data, variants)
-    if args.limit:
-        todo = [it for v in variants for it in [i for i in todo if i.variant == v][: args.limit]]
+    todo = parity_audio.subset(todo, args.limit, args.every)
     keys, e_onnx, e_torch, e_float, shas = [], [], [], [], {}
     seconds = t_torch = t_onnx = 0.0
     for item in todo:
