@@ -64,6 +64,9 @@ def main() -> None:
         lambda: {
             "per file": _speed.time_ours(encoder, paths, 1),
             "batches of 8 (length-sorted)": _speed.time_ours(encoder, paths, 8),
+            f"{args.threads} threads x 1 torch thread, per file": _speed.time_ours_parallel(
+                encoder, paths, args.threads
+            ),
         },
     )
     _speed.report("speechbrain", seconds, original, ours)

@@ -76,6 +76,7 @@ def main() -> None:
     paths = _speed.speed_files(args.data, args.files)
     seconds = _speed.audio_seconds(paths)
     encoder = load_onnx(args.model, threads=args.threads)
+    single = load_onnx(args.model, threads=1)
     spec = {
         "model": str(args.model.resolve()),
         "model_dir": str(args.model_dir.resolve()),
@@ -85,7 +86,12 @@ def main() -> None:
     original, ours = _speed.alternate(
         args.rounds,
         lambda: _speed.run_original(args.ref_python, ORIGINAL, spec),
-        lambda: {"per file": _speed.time_ours(encoder, paths, 1)},
+        lambda: {
+            "per file": _speed.time_ours(encoder, paths, 1),
+            f"{args.threads} threads x 1-thread session, per file": _speed.time_ours_parallel(
+                single, paths, args.threads
+            ),
+        },
     )
     _speed.report("onnx", seconds, original, ours)
 
