@@ -60,9 +60,10 @@ def test_reference_model_is_discriminative(reference):
 
 
 def test_parity_with_wespeaker(encoder, reference):
-    """Every original recording; a fifth of the 8 kHz, 48 kHz and MP3 versions."""
+    """Half the original recordings (every set), a tenth of the 8 kHz, 48 kHz and MP3
+    versions; the slow test below takes every input."""
     data = require_data()
-    assert_parity(encoder, reference, data, {"orig": 1, "8k": 5, "48k": 5, "mp3": 5}, "onnx")
+    assert_parity(encoder, reference, data, {"orig": 2, "8k": 10, "48k": 10, "mp3": 10}, "onnx")
 
 
 @pytest.mark.slow

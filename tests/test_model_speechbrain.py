@@ -68,9 +68,10 @@ def test_reference_model_is_discriminative(reference):
 
 
 def test_parity_with_speechbrain(encoder, reference):
-    """Every original recording; a fifth of the 8 kHz, 48 kHz and MP3 versions."""
+    """A third of the original recordings (every set) and a fifteenth of the 8 kHz, 48 kHz
+    and MP3 versions; the slow test below takes every input."""
     data = require_data()
-    assert_parity(encoder, reference, data, {"orig": 1, "8k": 5, "48k": 5, "mp3": 5}, "sb")
+    assert_parity(encoder, reference, data, {"orig": 3, "8k": 15, "48k": 15, "mp3": 15}, "sb")
 
 
 @pytest.mark.slow
@@ -86,7 +87,7 @@ def test_parity_with_embedding_normalisation(reference):
     normed = Reference(REFERENCE, "embeddings_normalized")
     encoder = load_speechbrain(MODEL, embedding_norm=True)
     assert encoder.weights_sha256 != load_speechbrain(MODEL).weights_sha256
-    assert_parity(encoder, normed, data, {"orig": 10, "48k": 20}, "sb-norm")
+    assert_parity(encoder, normed, data, {"orig": 30, "48k": 60}, "sb-norm")
 
 
 def test_batch_invariance(encoder, reference):

@@ -38,6 +38,7 @@ import torch
 
 from speakerdb.errors import MissingDependencyError, ModelError, TooLittleSpeechError
 from speakerdb.model._encoder import SpeakerEncoder
+from speakerdb.model._resampling import torchaudio_resample
 
 __all__ = ["OnnxEncoder", "OnnxSummary", "is_onnx_model", "load_onnx", "summarize_onnx"]
 
@@ -306,8 +307,6 @@ class OnnxEncoder(SpeakerEncoder):
 
     def resample(self, samples: npt.NDArray[np.float32], rate: int) -> npt.NDArray[np.float32]:
         """torchaudio.transforms.Resample(rate, 16000) at its defaults, as WeSpeaker does."""
-        from speakerdb.model._speechbrain import torchaudio_resample
-
         return torchaudio_resample(samples, rate, self.sample_rate)
 
     def prepare(self, samples: npt.NDArray[np.float32]) -> list[torch.Tensor]:

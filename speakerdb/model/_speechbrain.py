@@ -29,7 +29,6 @@ implement exactly is refused with a ModelError naming the field and the value.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import os
@@ -47,6 +46,7 @@ from speakerdb.errors import ModelError, TooLittleSpeechError
 from speakerdb.model._ecapa import EcapaConfig, EcapaTdnn, check_state_dict
 from speakerdb.model._encoder import SpeakerEncoder
 from speakerdb.model._hyperyaml import Tagged, load_hyperyaml, resolve
+from speakerdb.model._resampling import torchaudio_resample
 
 __all__ = [
     "SpeechBrainEncoder",
@@ -395,28 +395,6 @@ class SpeechBrainFbank:
 
 
 # --- encoder -------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=16)
-def _torchaudio_resampler(rate: int, new_rate: int) -> torch.nn.Module:
-    import torchaudio
-
-    # torchaudio's defaults, as SpeechBrain's AudioNormalizer and WeSpeaker use them.
-    resampler: torch.nn.Module = torchaudio.transforms.Resample(orig_freq=rate, new_freq=new_rate)
-    return resampler
-
-
-def torchaudio_resample(
-    samples: npt.NDArray[np.float32], rate: int, new_rate: int
-) -> npt.NDArray[np.float32]:
-    """(n,) float32 at ``rate`` -> (m,) float32 at ``new_rate`` with
-    ``torchaudio.transforms.Resample(rate, new_rate)`` at its defaults (identity if equal)."""
-    if rate == new_rate:
-        return np.ascontiguousarray(samples, dtype=np.float32)
-    with torch.inference_mode():
-        tensor = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None, :]
-        out = _torchaudio_resampler(int(rate), int(new_rate))(tensor)
-    return np.ascontiguousarray(out[0].numpy())
 
 
 class SpeechBrainEncoder(SpeakerEncoder):
