@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--reference", type=Path, required=True)
     parser.add_argument("--array", default="embeddings")
+    parser.add_argument("--every", type=int, default=1, help="every N-th reference input")
     parser.add_argument("--data", type=Path, default=default_data(ROOT))
     args = parser.parse_args()
     if args.family == "speechbrain":
@@ -51,7 +52,7 @@ def main() -> None:
     all_cos = []
     start = time.perf_counter()
     for variant in VARIANTS:
-        items = reference.items(variant)
+        items = reference.items(variant, args.every)
         if not items:
             continue
         ours = embed_files(encoder, input_paths(reference, items, args.data))
