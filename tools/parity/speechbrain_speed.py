@@ -31,7 +31,9 @@ from speechbrain.inference.speaker import EncoderClassifier
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 with tempfile.TemporaryDirectory() as savedir:
-    clf = EncoderClassifier.from_hparams(source=args["model"], savedir=savedir)
+    clf = EncoderClassifier.from_hparams(
+        source=args["model"], savedir=savedir, overrides={"pretrained_path": args["model"]}
+    )
     clf.encode_batch(clf.load_audio(args["files"][0])[None])
     start = time.perf_counter()
     for path in args["files"]:
