@@ -60,10 +60,10 @@ def test_reference_model_is_discriminative(reference):
 
 
 def test_parity_with_wespeaker(encoder, reference):
-    """Half the original recordings (every set), a tenth of the 8 kHz, 48 kHz and MP3
+    """A quarter of the original recordings (every set), a twentieth of the 8 kHz, 48 kHz and MP3
     versions; the slow test below takes every input."""
     data = require_data()
-    assert_parity(encoder, reference, data, {"orig": 2, "8k": 10, "48k": 10, "mp3": 10}, "onnx")
+    assert_parity(encoder, reference, data, {"orig": 4, "8k": 20, "48k": 20, "mp3": 20}, "onnx")
 
 
 @pytest.mark.slow
