@@ -14,10 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-try:  # the audio module is being renamed to a private name on main
-    from speakerdb.model._audio import decode_file  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - before the rename
-    from speakerdb.model.audio import decode_file
+from speakerdb.model._audio import decode_file
 
 
 def decode(path: Path) -> tuple[np.ndarray, int]:
