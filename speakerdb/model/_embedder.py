@@ -42,8 +42,9 @@ _LOOKAHEAD = 4  # files prepared ahead of the encoder
 class EmbeddedAudio:
     """The outcome for one input: ``vector`` (256,) float32 unit-norm, or ``error``.
 
-    sha256 / duration (s) / speech_seconds (s after silence trimming) are set when decoding
-    succeeded. ``skipped``: decoded but deliberately not encoded (see ``Embedder.iter_embed``).
+    sha256 / duration (s) / speech_seconds (s after silence trimming) / bandwidth_hz (Hz, a
+    calibration quality measure; None if unmeasurable) are set when decoding succeeded.
+    ``skipped``: decoded but deliberately not encoded (see ``Embedder.iter_embed``).
     """
 
     source: str
@@ -53,6 +54,7 @@ class EmbeddedAudio:
     duration: float | None = None
     speech_seconds: float | None = None
     skipped: bool = False
+    bandwidth_hz: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -369,6 +371,7 @@ def _described(
         duration=prepared.duration,
         speech_seconds=prepared.speech_seconds,
         skipped=skipped,
+        bandwidth_hz=prepared.bandwidth_hz,
     )
 
 
