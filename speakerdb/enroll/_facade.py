@@ -667,7 +667,7 @@ class SpeakerDB:
         identity = self.identity
         calibration, used = scored.fit(
             identity,
-            p_fit=prior if prior is not None else DEFAULT_OPERATING_POINT.p_target,
+            p_fit=_prior(prior),
             score=key or "cosine",
             trials_sha256=trials_sha256 or trials_digest(trials),
         )
@@ -677,7 +677,7 @@ class SpeakerDB:
             threshold=self.store.threshold(key)[0],  # still decides what cannot be calibrated
             source="database",
             calibration=calibration.to_dict(),
-            p_target=None if far is not None else (prior or DEFAULT_OPERATING_POINT.p_target),
+            p_target=None if far is not None else _prior(prior),
             c_miss=None if far is not None else 1.0,
             c_fa=None if far is not None else 1.0,
             target_far=far,
@@ -770,7 +770,7 @@ class SpeakerDB:
     ) -> DecisionRule:
         if prior is not None and far is not None:
             raise UsageError("give a prior or a target false-accept rate, not both")
-        p_target = None if far is not None else (prior or DEFAULT_OPERATING_POINT.p_target)
+        p_target = None if far is not None else _prior(prior)
         changed = dataclasses.replace(
             setting,
             p_target=p_target,
@@ -884,6 +884,11 @@ def _vector(item: EmbeddedAudio) -> np.ndarray:
     if item.vector is None:  # callers pass embedded inputs only
         raise ValueError(f"{item.source} has no voiceprint")
     return item.vector
+
+
+def _prior(prior: float | None) -> float:
+    """The target prior of an operating point: the one given, else the default (0.01)."""
+    return DEFAULT_OPERATING_POINT.p_target if prior is None else float(prior)
 
 
 def _report_far(far: float | None) -> float:

@@ -297,9 +297,9 @@ def resolve_policy(
             target_far = setting.target_far
         else:
             point = OperatingPoint(
-                setting.p_target or DEFAULT_OPERATING_POINT.p_target,
-                setting.c_miss or 1.0,
-                setting.c_fa or 1.0,
+                _or(setting.p_target, DEFAULT_OPERATING_POINT.p_target),
+                _or(setting.c_miss, 1.0),
+                _or(setting.c_fa, 1.0),
             )
     elif setting is None and default == "bundled" and normalization is None:
         calibration, source = bundled_for(identity.key), "bundled"
@@ -360,6 +360,8 @@ def _check_calibration(calibration: Calibration, identity: ModelIdentity, score:
 
 
 def _threshold_at_far(calibration: Calibration, far: float) -> float:
+    if not 0.0 < far < 1.0:
+        raise UsageError(f"the target false-accept rate must be in (0, 1), not {far}")
     impostors = calibration.fit.nontarget_trials
     if far * impostors < 1:
         raise UsageError(
@@ -367,6 +369,10 @@ def _threshold_at_far(calibration: Calibration, far: float) -> float:
             f"{math.ceil(1 / far)} different-speaker trials (this one saw {impostors})"
         )
     return calibration.threshold_at_far(far)
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else float(value)
 
 
 def _given(threshold: float, normalization: str | None) -> float:
