@@ -320,6 +320,15 @@ def test_bandwidth_is_measured_on_the_decoded_audio(model):
     assert model.embed([manifest("telephone")[0][0]])[0].bandwidth_hz < 4000
 
 
+def test_a_model_alone_decides_with_the_cosine_rule(model):
+    files = [str(p) for p in by_speaker("vctk")["p225"][:2]]
+    doc = model.compare(*files).to_dict()
+    assert doc["decision_rule"]["text"] == "cosine >= 0.82 (model default)"
+    assert doc["llr"] is None and doc["cosine"] == doc["score"] and doc["calibration"] is None
+    given = model.compare(*files, threshold=0.99).decision_rule
+    assert given is not None and given.text == "cosine >= 0.99 (threshold given)"
+
+
 def test_speaker_bandwidth_follows_its_recordings(db_url):
     rng = np.random.default_rng(3)
     identity = fake_model()

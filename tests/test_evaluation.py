@@ -127,6 +127,7 @@ def test_calibrate_rule_score_sets_the_cosine_threshold_verify_uses(tmp_path, vc
     assert doc["threshold"] == pytest.approx(expected, abs=1e-6)
     # --reset: a new database's default again, the bundled calibration.
     code, reset = run_json("calibrate", "--reset", "--db", db)
+    assert code == 0 and reset["decision_rule"]["calibration"] == "bundled"
     code, doc = run_json("verify", "p225", groups["p225"][5], "--db", db)
     assert doc["calibration"] == "bundled" and doc["decision_rule"]["score"] == "llr"
 

@@ -23,7 +23,7 @@ import numpy.typing as npt
 import torch
 
 from speakerdb._identity import ModelIdentity
-from speakerdb._results import Comparison
+from speakerdb._results import Comparison, DecisionRule
 from speakerdb.errors import AudioDecodeError, AudioError, UsageError
 from speakerdb.model._audio import AudioInput, source_label
 from speakerdb.model._device import resolve_device
@@ -242,13 +242,15 @@ class Embedder:
         return self.default_threshold if threshold is None else validate_threshold(threshold)
 
     def compare(self, a: AudioInput, b: AudioInput, threshold: float | None = None) -> Comparison:
-        """Same speaker? Scores ``a`` against ``b`` with the one cosine rule.
+        """Same speaker? Scores ``a`` against ``b`` with the cosine rule (a model alone has no
+        database, hence no calibration: :meth:`SpeakerDB.compare` decides on LLRs).
 
-        threshold: None uses the model's calibrated default.
+        threshold: None uses the model's default cosine threshold.
         """
         used = self._threshold(threshold)
         vectors = self.embed_files([a, b])
         score = cosine(vectors[0], vectors[1])
+        origin = "model_default" if threshold is None else "given"
         return Comparison(
             score=score,
             threshold=used,
@@ -256,6 +258,7 @@ class Embedder:
             model=self.identity.label,
             a=source_label(a),
             b=source_label(b),
+            decision_rule=DecisionRule("cosine", used, origin),
         )
 
     def verify_speakers(
