@@ -220,7 +220,8 @@ FEATURES: dict[str, tuple[str, Callable[[TrialQuality], Array]]] = {
         lambda q: np.log(q.enroll_count),
     ),
     "bandwidth_min_khz": (
-        "the narrower side's audio bandwidth in kHz (speakerdb._quality.speech_bandwidth_hz)",
+        "the narrower side's audio bandwidth in kHz (speakerdb._quality.speech_bandwidth_hz "
+        "of the decoded 16 kHz audio)",
         _bandwidth_min_khz,
     ),
     "score_x_log_speech_min": ("score times log_speech_min", lambda q: q.score * _log_min(q)),
