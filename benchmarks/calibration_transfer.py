@@ -42,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA, emit
 from speakerdb import _calibration as cal
 from speakerdb import scoring
-from speakerdb._quality import speech_bandwidth_hz
 from speakerdb.enroll._evaluation import calibration_figures
 
 SETS = ("librispeech", "vctk", "arabic-commands", "telephone")
@@ -79,11 +78,14 @@ def default_cache() -> Path:
 
 
 class EmbeddingCache:
-    """vector + speech seconds + bandwidth per key, in one JSON-lines file per model."""
+    """vector + speech seconds + bandwidth per key, in one JSON-lines file per model. The
+    bandwidth is the engine's (EmbeddedAudio.bandwidth_hz, measured on the decoded 16 kHz
+    audio, as the database stores it); files named ``calibration-*`` held bandwidths at the
+    files' own rates and are not read."""
 
     def __init__(self, folder: Path, model_label: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"calibration-{model_label.replace(':', '-')}.jsonl"
+        self.path = folder / f"calibration16k-{model_label.replace(':', '-')}.jsonl"
         self.rows: dict[str, dict] = {}
         if self.path.exists():
             for line in self.path.read_text().splitlines():
@@ -144,7 +146,7 @@ def embed_set(name: str, model, cache: EmbeddingCache, crops: bool) -> list[Reco
     whole = [j for j in missing if j[4] is None]
     if whole:
         results = model.embed([str(j[3]) for j in whole])
-        cache.add(_rows(whole, results, [_bandwidth(j[3], None) for j in whole]))
+        cache.add(_rows(whole, results))
     parts = [j for j in missing if j[4] is not None]
     for rate, group in itertools.groupby(
         sorted(parts, key=lambda j: sf.info(str(j[3])).samplerate),
@@ -153,7 +155,7 @@ def embed_set(name: str, model, cache: EmbeddingCache, crops: bool) -> list[Reco
         group = list(group)
         arrays = [_crop(j[3], j[4]) for j in group]
         results = model.embed(arrays, sample_rate=rate)
-        cache.add(_rows(group, results, [speech_bandwidth_hz(a, rate) for a in arrays]))
+        cache.add(_rows(group, results))
     out = []
     for key, parent, speaker, _path, _crop_spec in jobs:
         row = cache.rows[key]
@@ -182,13 +184,9 @@ def _crop(path: Path, spec: tuple[int, int] | None) -> np.ndarray:
     return mono[start : start + length]
 
 
-def _bandwidth(path: Path, spec: tuple[int, int] | None) -> float:
-    return speech_bandwidth_hz(_crop(path, spec), sf.info(str(path)).samplerate)
-
-
-def _rows(jobs, results, bandwidths) -> list[dict]:
+def _rows(jobs, results) -> list[dict]:
     rows = []
-    for job, result, bandwidth in zip(jobs, results, bandwidths, strict=True):
+    for job, result in zip(jobs, results, strict=True):
         if result.vector is None and not job[4]:
             raise SystemExit(f"cannot embed {job[3]}: {result.error}")
         rows.append(
@@ -196,7 +194,7 @@ def _rows(jobs, results, bandwidths) -> list[dict]:
                 "key": job[0],
                 "vector": None if result.vector is None else result.vector.tolist(),
                 "speech_seconds": result.speech_seconds,
-                "bandwidth_hz": bandwidth,
+                "bandwidth_hz": result.bandwidth_hz,
             }
         )
     return rows

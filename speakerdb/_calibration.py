@@ -49,6 +49,7 @@ __all__ = [
     "FAR_GRID",
     "FEATURES",
     "FORMAT",
+    "SCORES",
     "Calibration",
     "FitSummary",
     "OperatingPoint",
@@ -65,6 +66,10 @@ FORMAT = "speakerdb-calibration/1"
 """The ``format`` tag of :meth:`Calibration.to_dict`; bumped when the dict's meaning changes."""
 
 Array = npt.NDArray[np.float64]
+
+SCORES = ("cosine", "asnorm")
+"""What the ``score`` input of a calibration is: the raw cosine, or its AS-norm z-score
+(:func:`speakerdb.scoring.as_norm`). A calibration maps one kind only."""
 
 
 _INPUTS = (
@@ -215,7 +220,8 @@ FEATURES: dict[str, tuple[str, Callable[[TrialQuality], Array]]] = {
         lambda q: np.log(q.enroll_count),
     ),
     "bandwidth_min_khz": (
-        "the narrower side's audio bandwidth in kHz (speakerdb._quality.speech_bandwidth_hz)",
+        "the narrower side's audio bandwidth in kHz (speakerdb._quality.speech_bandwidth_hz "
+        "of the decoded 16 kHz audio)",
         _bandwidth_min_khz,
     ),
     "score_x_log_speech_min": ("score times log_speech_min", lambda q: q.score * _log_min(q)),
@@ -318,7 +324,8 @@ class Calibration:
     bandwidths), the [min, max] seen when fitting; inputs are clipped to them before the
     features are computed, so the calibration never extrapolates its quality terms beyond
     the data it saw. far_thresholds: (far, llr threshold) pairs measured on the fit's
-    impostor trials.
+    impostor trials. score: what the ``score`` input is, "cosine" or "asnorm" (the AS-norm
+    z-score; see :data:`SCORES`).
     """
 
     model: dict[str, Any]
@@ -328,6 +335,7 @@ class Calibration:
     input_ranges: dict[str, tuple[float, float]]
     far_thresholds: tuple[tuple[float, float], ...]
     fit: FitSummary
+    score: str = "cosine"
 
     # --- applying ------------------------------------------------------------------------------
 
@@ -397,7 +405,7 @@ class Calibration:
         return {
             "format": FORMAT,
             "model": dict(self.model),
-            "score": "cosine",
+            "score": self.score,
             "features": [
                 {"name": name, "definition": FEATURES[name][0], "weight": weight}
                 for name, weight in zip(self.features, self.weights, strict=True)
@@ -431,6 +439,9 @@ class Calibration:
                 and isinstance(model.get("dimension"), int)
             ):
                 raise ModelError("calibration: model needs name, weights_sha256 and dimension")
+            score = data.get("score", "cosine")
+            if score not in SCORES:
+                raise ModelError(f"calibration of unknown scores {score!r}")
             names = tuple(str(f["name"]) for f in data["features"])
             unknown = [n for n in names if n not in FEATURES]
             if unknown:
@@ -451,7 +462,9 @@ class Calibration:
                 groups={str(k): (int(v[0]), int(v[1])) for k, v in fit.get("groups", {}).items()},
                 note=str(fit.get("note", "")),
             )
-            return cls(model, names, weights, _finite(data["bias"]), ranges, far, summary)
+            return cls(
+                model, names, weights, _finite(data["bias"]), ranges, far, summary, str(score)
+            )
         except ModelError:
             raise
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
@@ -527,6 +540,7 @@ def fit_calibration(
     created: str | None = None,
     clip_inputs: bool = True,
     note: str = "",
+    score: str = "cosine",
 ) -> Calibration:
     """Fit ``llr = w . features + b`` by prior-weighted logistic regression.
 
@@ -542,9 +556,9 @@ def fit_calibration(
 
     inputs: n trials; labels: (n,) 1 same speaker / 0 different. model: the scores' model
     identity ({"name", "weights_sha256", "dimension"}). groups: (n,) condition labels for
-    balancing (e.g. "vctk/pairs"). clip_inputs: record the inputs' ranges so that applying
-    clips to them (False records none). Raises UsageError without both classes or with
-    mismatched lengths.
+    balancing (e.g. "vctk/pairs"). score: what ``inputs.score`` holds (:data:`SCORES`).
+    clip_inputs: record the inputs' ranges so that applying clips to them (False records
+    none). Raises UsageError without both classes or with mismatched lengths.
     """
     y = np.asarray(labels, dtype=np.float64).ravel()
     if y.size != len(inputs):
@@ -560,6 +574,8 @@ def fit_calibration(
         raise UsageError(f"p_fit must be in (0, 1), not {p_fit}")
     if regularisation < 0:
         raise UsageError(f"regularisation must be >= 0, not {regularisation}")
+    if score not in SCORES:
+        raise UsageError(f"score must be one of {', '.join(SCORES)}, not {score!r}")
     features = tuple(features)
     ranges: dict[str, tuple[float, float]] = {}
     if clip_inputs:
@@ -610,6 +626,7 @@ def fit_calibration(
         fit=FitSummary(
             p_fit, regularisation, n_tgt, n_non, trials_sha256, stamp, group_counts, note
         ),
+        score=score,
     )
 
 

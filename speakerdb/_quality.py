@@ -27,7 +27,7 @@ BANDWIDTH_MAX_HZ = 8000.0
 
 _FRAME_SECONDS = 0.025
 _HOP_SECONDS = 0.010
-_CHUNK_FRAMES = 2048  # frames transformed at once, bounding memory on long recordings
+_CHUNK_FRAMES = 512  # frames transformed at once: bounds memory, stays in cache
 
 
 def speech_bandwidth_hz(
@@ -60,12 +60,12 @@ def speech_bandwidth_hz(
     if not np.all(np.isfinite(x)):
         raise UsageError("cannot measure the bandwidth of non-finite samples")
     window = np.hanning(frame)
-    starts = np.arange(0, x.size - frame + 1, hop)
+    # A strided view of every frame (no copy); each chunk is copied once, windowed.
+    frames = np.lib.stride_tricks.sliding_window_view(x, frame)[::hop]
     power = np.zeros(frame // 2 + 1)
-    for first in range(0, starts.size, _CHUNK_FRAMES):
-        chunk = starts[first : first + _CHUNK_FRAMES]
-        frames = x[chunk[:, None] + np.arange(frame)] * window
-        power += (np.abs(np.fft.rfft(frames, axis=1)) ** 2).sum(axis=0)
+    for first in range(0, frames.shape[0], _CHUNK_FRAMES):
+        spectrum = np.fft.rfft(frames[first : first + _CHUNK_FRAMES] * window, axis=1)
+        power += (spectrum.real**2 + spectrum.imag**2).sum(axis=0)
     freqs = np.fft.rfftfreq(frame, 1.0 / sample_rate)
     keep = (freqs > 0) & (freqs <= max_hz)
     power, freqs = power[keep], freqs[keep]

@@ -1,9 +1,14 @@
 """Result types shared by the model layer and the SpeakerDB facade.
 
-Every decision result reports the score, the threshold it was compared with and the model
-that made the vectors, so that a caller can always tell why it was accepted or rejected.
-Scores are cosine similarities in [-1, 1], unless ``normalization`` names a score
-normalisation ("asnorm"); the raw cosine is then in ``cosine``.
+Every decision result reports the score the decision used, the threshold it was compared
+with, the rule (:class:`DecisionRule`) and the model that made the vectors, so that a caller
+can always tell why it was accepted or rejected. ``score`` is the calibrated log-likelihood
+ratio when a calibration applies (``llr``, natural log), else the cosine similarity in
+[-1, 1] or, with ``normalization`` "asnorm", its AS-norm z-score; the raw cosine is always in
+``cosine``. ``calibration`` says whose calibration made the LLR: "bundled" (the model's own),
+"database" (fitted on the database's trials) or None (no LLR).
+
+``to_dict()`` is the one source of every answer's fields (CLI ``--json``, the HTTP service).
 """
 
 from __future__ import annotations
@@ -11,12 +16,75 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Comparison", "Identification", "Match", "Verification"]
+__all__ = ["Comparison", "DecisionRule", "Identification", "Match", "Verification"]
+
+_ORIGINS = {
+    "operating_point": "",
+    "target_far": "",
+    "given": "threshold given",
+    "database": "database threshold",
+    "model_default": "model default",
+}
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """The one decision rule: accept iff ``score`` >= ``threshold``.
+
+    score: which score is compared -- "llr" (a calibrated log-likelihood ratio), "cosine" or
+    "asnorm" (the AS-norm z-score). origin: where the threshold comes from --
+    "operating_point" (the Bayes threshold ln(c_fa / c_miss) - logit(p_target) of the
+    prior and costs given), "target_far" (the LLR at which the share ``far`` of the
+    calibration's impostor trials was accepted), "given" (``--threshold``), "database" (a
+    threshold on the score scale stored by ``calibrate --rule score``) or "model_default".
+    calibration: "bundled" or "database" for LLRs, else None. note: why a calibration in use
+    did not apply to this answer (e.g. an enrollment without a measured bandwidth).
+    """
+
+    score: str
+    threshold: float
+    origin: str
+    calibration: str | None = None
+    p_target: float | None = None
+    c_miss: float | None = None
+    c_fa: float | None = None
+    far: float | None = None
+    note: str | None = None
+
+    def accepts(self, score: float) -> bool:
+        return bool(score >= self.threshold)
+
+    @property
+    def text(self) -> str:
+        """One line, e.g. ``llr >= 4.595 (p_target=0.01, c_miss=1, c_fa=1)`` or
+        ``cosine >= 0.82 (model default)``."""
+        if self.origin == "operating_point":
+            why = f"p_target={self.p_target:g}, c_miss={self.c_miss:g}, c_fa={self.c_fa:g}"
+        elif self.origin == "target_far":
+            why = f"FAR {self.far:g} on the calibration's impostor trials"
+        else:
+            why = _ORIGINS.get(self.origin, self.origin)
+        if self.calibration is not None:
+            why += f"; {self.calibration} calibration"
+        if self.note:
+            why += f"; {self.note}"
+        return f"{self.score} >= {self.threshold:.4g} ({why})"
+
+    def with_note(self, note: str) -> DecisionRule:
+        return DecisionRule(**{**asdict(self), "note": note})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "text": self.text}
+
+
+def _rule_of(threshold: float, normalization: str | None) -> DecisionRule:
+    """The rule of a result made without one: the score scale compared with ``threshold``."""
+    return DecisionRule(normalization or "cosine", threshold, "given")
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """File against file: ``same_speaker`` iff ``score >= threshold``."""
+    """File against file: ``same_speaker`` iff ``score >= threshold`` (see the module)."""
 
     score: float
     threshold: float
@@ -26,9 +94,18 @@ class Comparison:
     b: str = ""
     normalization: str | None = None
     cosine: float | None = None
+    llr: float | None = None
+    decision_rule: DecisionRule | None = None
+    calibration: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.decision_rule is None:
+            object.__setattr__(self, "decision_rule", _rule_of(self.threshold, self.normalization))
+        if self.cosine is None and self.decision_rule.score == "cosine":  # type: ignore[union-attr]
+            object.__setattr__(self, "cosine", self.score)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _with_rule(asdict(self), self.decision_rule)
 
 
 @dataclass(frozen=True)
@@ -43,17 +120,29 @@ class Verification:
     source: str = ""
     normalization: str | None = None
     cosine: float | None = None
+    llr: float | None = None
+    decision_rule: DecisionRule | None = None
+    calibration: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.decision_rule is None:
+            object.__setattr__(self, "decision_rule", _rule_of(self.threshold, self.normalization))
+        if self.cosine is None and self.decision_rule.score == "cosine":  # type: ignore[union-attr]
+            object.__setattr__(self, "cosine", self.score)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _with_rule(asdict(self), self.decision_rule)
 
 
 @dataclass(frozen=True)
 class Match:
-    """One candidate of an identification: an enrolled speaker and its score."""
+    """One candidate of an identification: an enrolled speaker, the score the ranking and
+    decision used, its raw cosine and its LLR (None when not calibrated)."""
 
     name: str
     score: float
+    cosine: float | None = None
+    llr: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +151,9 @@ class Match:
 @dataclass(frozen=True)
 class Identification:
     """Open-set identification: ``best`` is the top match if it reaches the threshold, else
-    None (an unknown speaker). ``matches`` are the top-k candidates, best first."""
+    None (an unknown speaker). ``matches`` are the top-k candidates, best first by the score
+    the decision uses (the LLR when calibrated). ``score`` / ``cosine`` / ``llr``: the top
+    match's."""
 
     best: str | None
     matches: list[Match] = field(default_factory=list)
@@ -70,18 +161,43 @@ class Identification:
     model: str = ""
     source: str = ""
     normalization: str | None = None
+    decision_rule: DecisionRule | None = None
+    calibration: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.decision_rule is None:
+            object.__setattr__(self, "decision_rule", _rule_of(self.threshold, self.normalization))
 
     @property
     def score(self) -> float | None:
         return self.matches[0].score if self.matches else None
 
+    @property
+    def cosine(self) -> float | None:
+        return self.matches[0].cosine if self.matches else None
+
+    @property
+    def llr(self) -> float | None:
+        return self.matches[0].llr if self.matches else None
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "best": self.best,
-            "score": self.score,
-            "matches": [m.to_dict() for m in self.matches],
-            "threshold": self.threshold,
-            "model": self.model,
-            "source": self.source,
-            "normalization": self.normalization,
-        }
+        return _with_rule(
+            {
+                "best": self.best,
+                "score": self.score,
+                "cosine": self.cosine,
+                "llr": self.llr,
+                "matches": [m.to_dict() for m in self.matches],
+                "threshold": self.threshold,
+                "model": self.model,
+                "source": self.source,
+                "normalization": self.normalization,
+                "calibration": self.calibration,
+            },
+            self.decision_rule,
+        )
+
+
+def _with_rule(out: dict[str, Any], rule: DecisionRule | None) -> dict[str, Any]:
+    out["decision_rule"] = rule.to_dict() if rule is not None else None
+    return out

@@ -81,14 +81,12 @@ def test_unusable_files_are_reported_not_fatal(tmp_path):
     assert reasons == {str(broken): "unreadable", str(tmp_path / "missing.wav"): "file_not_found"}
 
 
-def test_calibrate_sets_the_threshold_verify_uses(tmp_path, vctk_trials, model):
+def test_calibrate_rule_score_sets_the_cosine_threshold_verify_uses(tmp_path, vctk_trials, model):
     db = str(tmp_path / "c.sqlite")
     groups = {}
     for path, label in manifest("vctk"):
         groups.setdefault(label, []).append(str(path))
     assert run("enroll", "p225", *groups["p225"][:3], "--db", db).exit_code == 0
-    code, doc = run_json("verify", "p225", groups["p225"][5], "--db", db)
-    assert doc["threshold"] == pytest.approx(GE2E_DEFAULT_THRESHOLD)
     # What calibration must give, computed independently from the model's own scores.
     rows = [line.split() for line in vctk_trials.read_text().splitlines()]
     files = sorted({vctk_trials.parent / p for r in rows for p in r[1:]})
@@ -103,31 +101,46 @@ def test_calibrate_sets_the_threshold_verify_uses(tmp_path, vctk_trials, model):
     tgt = [s for label, s in scores if label == "1"]
     non = [s for label, s in scores if label == "0"]
 
-    code, cal = run_json("calibrate", str(vctk_trials), "--target", "eer", "--db", db)
-    assert code == 0 and cal["calibrated"] is True
+    code, cal = run_json(
+        "calibrate", str(vctk_trials), "--rule", "score", "--target", "eer", "--db", db
+    )
+    assert code == 0 and cal["calibrated"] is True and cal["kind"] == "threshold"
     assert cal["threshold"] == pytest.approx(scoring.eer(tgt, non)[1], abs=1e-6)
     code, doc = run_json("verify", "p225", groups["p225"][5], "--db", db)
-    assert doc["threshold"] == pytest.approx(cal["threshold"])
+    assert doc["threshold"] == pytest.approx(cal["threshold"]) and doc["llr"] is None
+    assert doc["decision_rule"]["score"] == "cosine"
+    assert doc["decision_rule"]["origin"] == "database"
     code, doc = run_json("compare", groups["p225"][5], groups["p226"][5], "--db", db)
     assert doc["threshold"] == pytest.approx(cal["threshold"])
+    assert doc["threshold"] != pytest.approx(GE2E_DEFAULT_THRESHOLD)
 
     # At a target false-accept rate the stored threshold is the one at that rate, and the
     # document reports the stored threshold, not the EER one of its evaluation.
-    code, cal = run_json("calibrate", str(vctk_trials), "--far", "0.02", "--db", db)
+    code, cal = run_json(
+        "calibrate", str(vctk_trials), "--rule", "score", "--far", "0.02", "--db", db
+    )
     expected = scoring.threshold_at_far(non, 0.02)
     assert cal["threshold"] == pytest.approx(expected, abs=1e-6)
     assert cal["evaluation"]["threshold"] == pytest.approx(scoring.eer(tgt, non)[1], abs=1e-6)
     assert np.mean(np.array(non) >= cal["threshold"]) <= 0.02
     code, doc = run_json("verify", "p225", groups["p225"][5], "--db", db)
     assert doc["threshold"] == pytest.approx(expected, abs=1e-6)
+    # --reset: a new database's default again, the bundled calibration.
+    code, reset = run_json("calibrate", "--reset", "--db", db)
+    assert code == 0 and reset["decision_rule"]["calibration"] == "bundled"
+    code, doc = run_json("verify", "p225", groups["p225"][5], "--db", db)
+    assert doc["calibration"] == "bundled" and doc["decision_rule"]["score"] == "llr"
 
 
-def test_eval_set_default_stores_threshold_at_far(tmp_path, vctk_trials):
+def test_eval_set_default_fits_and_stores_a_calibration(tmp_path, vctk_trials):
     db = str(tmp_path / "d.sqlite")
     code, doc = run_json("eval", str(vctk_trials), "--set-default", "--far", "0.05", "--db", db)
     assert code == 0 and doc["stored_as_default"] is True
+    assert doc["calibration"] == "database" and doc["decision_rule"]["origin"] == "target_far"
     code, again = run_json("eval", str(vctk_trials), "--db", db)
-    assert again["threshold_in_use"] == pytest.approx(doc["threshold_at_far"])
+    assert again["decision_rule"] == doc["decision_rule"]
+    assert again["threshold_in_use"] == pytest.approx(doc["threshold_in_use"])
+    assert again["calibrated"] == doc["calibrated"]
 
 
 def test_asnorm_in_eval_verify_identify_compare(tmp_path):

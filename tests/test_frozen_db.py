@@ -1,11 +1,17 @@
-"""Databases frozen at the first schema revision (0001), written by the store code of that
-time (tests/fixtures/make_frozen_db.py regenerates them), are upgraded by ``speakerdb db
-upgrade`` with every row intact and then work: db check, verify, identify. SQLite from a
-committed file, PostgreSQL from a committed pg_dump restored with psql."""
+"""Databases frozen at older schema revisions, written by the code of that time
+(tests/fixtures/make_frozen_db.py regenerates them), are upgraded by ``speakerdb db upgrade``
+with every row intact and then work: db check, verify, identify. SQLite from a committed
+file, PostgreSQL from a committed pg_dump restored with psql.
+
+Revision 0001: the first store. Revision 0003: the last before calibrated decisions, with a
+threshold from `calibrate` and the answers that code gave: after the upgrade the database
+keeps deciding exactly so (cosine against its threshold) until its owner opts in, then
+switches to LLRs wherever the quality measures are known."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import unicodedata
@@ -54,6 +60,28 @@ def rows(url: str) -> dict[str, list[tuple]]:
         engine.dispose()
 
 
+def restore(pg_url: str, dump: Path) -> None:
+    """Load a plain pg_dump into the (empty) database at ``pg_url`` with psql."""
+    if shutil.which("psql") is None:
+        pytest.skip("psql (the PostgreSQL client) is not installed: cannot restore the dump")
+    target = make_url(pg_url).set(drivername="postgresql")
+    restored = subprocess.run(
+        [
+            "psql",
+            "--quiet",
+            "--no-psqlrc",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            str(dump),
+            target.render_as_string(hide_password=False),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert restored.returncode == 0, restored.stderr
+
+
 def upgraded_intact(url: str) -> None:
     before = rows(url)
     assert {row[1] for row in before["speakers"]} == {
@@ -86,6 +114,10 @@ def upgraded_intact(url: str) -> None:
     verified = run("verify", "p225", p225[5], p225[6], "--db", url)
     assert verified.exit_code == 0, verified.output
     assert all(v["accepted"] for v in json.loads(verified.stdout))
+    # Created before calibrated decisions: the cosine against the model's threshold, as then.
+    for v in json.loads(verified.stdout):
+        assert v["decision_rule"]["text"] == "cosine >= 0.82 (model default)"
+        assert v["llr"] is None and v["calibration"] is None and v["score"] == v["cosine"]
     identified = run("identify", p225[7], "--db", url)
     assert identified.exit_code == 0, identified.output
     assert json.loads(identified.stdout)["best"] == "p225"
@@ -110,22 +142,126 @@ def test_the_frozen_sqlite_database_upgrades_intact(tmp_path):
 
 def test_the_frozen_postgresql_dump_upgrades_intact(pg_url):
     require_data()
-    if shutil.which("psql") is None:
-        pytest.skip("psql (the PostgreSQL client) is not installed: cannot restore the dump")
-    target = make_url(pg_url).set(drivername="postgresql")
-    restored = subprocess.run(
-        [
-            "psql",
-            "--quiet",
-            "--no-psqlrc",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-f",
-            str(FIXTURES / "frozen-0001.postgresql.sql"),
-            target.render_as_string(hide_password=False),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert restored.returncode == 0, restored.stderr
+    restore(pg_url, FIXTURES / "frozen-0001.postgresql.sql")
     upgraded_intact(pg_url)
+
+
+# --- revision 0003: the decisions stay those of that code until the owner opts in -------------
+
+CALIBRATIONS_0003 = "normalization, threshold, note"
+
+
+def rows_0003(url: str) -> dict[str, list[tuple]]:
+    out = rows(url)
+    engine = create_engine(make_url(url))
+    try:
+        with engine.connect() as conn:
+            out["calibrations"] = [
+                tuple(row)
+                for row in conn.execute(text(f"SELECT {CALIBRATIONS_0003} FROM calibrations"))
+            ]
+            out["index_key"] = [tuple(conn.execute(text("SELECT index_key FROM store_state")))]
+    finally:
+        engine.dispose()
+    return out
+
+
+def same_answers(url: str, data: Path, answers: dict) -> None:
+    """verify / identify / compare answer as the revision-0003 code did, on the cosine rule
+    with the database's calibrated threshold."""
+    for old in answers["verify"]:
+        result = run("verify", old["name"], str(data / old["file"]), "--db", url)
+        doc = json.loads(result.stdout)
+        assert result.exit_code == (0 if old["accepted"] else 1), result.output
+        assert doc["accepted"] == old["accepted"] and doc["speaker"] == old["speaker"]
+        assert doc["score"] == pytest.approx(old["score"], abs=1e-6)
+        assert doc["threshold"] == pytest.approx(old["threshold"], abs=1e-12)
+        assert doc["cosine"] == pytest.approx(old["score"], abs=1e-6) and doc["llr"] is None
+        rule = doc["decision_rule"]
+        assert (rule["score"], rule["origin"], rule["calibration"]) == ("cosine", "database", None)
+        assert rule["text"] == f"cosine >= {old['threshold']:.4g} (database threshold)"
+    for old in answers["identify"]:
+        doc = json.loads(run("identify", str(data / old["file"]), "-k", "3", "--db", url).stdout)
+        assert doc["best"] == old["best"] and doc["llr"] is None
+        assert [m["name"] for m in doc["matches"]] == [m["name"] for m in old["matches"]]
+        for new, was in zip(doc["matches"], old["matches"], strict=True):
+            assert new["score"] == pytest.approx(was["score"], abs=1e-6)
+        assert doc["threshold"] == pytest.approx(old["threshold"], abs=1e-12)
+    for old in answers["compare"]:
+        a, b = str(data / old["a"]), str(data / old["b"])
+        doc = json.loads(run("compare", a, b, "--db", url).stdout)
+        assert doc["same_speaker"] == old["same_speaker"] and doc["llr"] is None
+        assert doc["score"] == pytest.approx(old["score"], abs=1e-6)
+        assert doc["threshold"] == pytest.approx(old["threshold"], abs=1e-12)
+
+
+def upgraded_0003_keeps_deciding(url: str) -> None:
+    data = require_data()
+    answers = json.loads((FIXTURES / "frozen-0003.answers.json").read_text())
+    before = rows_0003(url)
+    assert before["calibrations"][0][:2] == ("none", answers["threshold"])
+    result = run("db", "upgrade", "--db", url)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["from"] == "0003"
+    assert rows_0003(url) == before  # every row of revision 0003 as it was
+    same_answers(url, data, answers)
+    show = json.loads(run("calibrate", "--show", "--db", url).stdout)
+    assert show["default"] == "none" and show["calibration"] is None
+
+    # One call may ask for a calibrated decision: files compared are measured now.
+    old = answers["compare"][1]
+    doc = json.loads(
+        run(
+            "compare", str(data / old["a"]), str(data / old["b"]), "--prior", "0.01", "--db", url
+        ).stdout
+    )
+    assert doc["calibration"] == "bundled" and doc["llr"] is not None
+    assert doc["threshold"] == pytest.approx(math.log(99))
+    same_answers(url, data, answers)  # and nothing was stored
+
+    # The owner opts in: LLRs wherever both sides' quality is known.
+    result = run("calibrate", "--bundled", "--db", url)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(run("compare", str(data / old["a"]), str(data / old["b"]), "--db", url).stdout)
+    assert doc["calibration"] == "bundled" and doc["decision_rule"]["score"] == "llr"
+    # Speakers enrolled before have no measured bandwidth: the cosine rule, with the
+    # database's threshold, says why.
+    first = answers["verify"][0]
+    doc = json.loads(run("verify", first["name"], str(data / first["file"]), "--db", url).stdout)
+    assert doc["llr"] is None and doc["accepted"] == first["accepted"]
+    assert doc["threshold"] == pytest.approx(answers["threshold"])
+    assert "bandwidth is unknown" in doc["decision_rule"]["note"]
+    probe = answers["identify"][0]
+    doc = json.loads(run("identify", str(data / probe["file"]), "--db", url).stdout)
+    assert (
+        doc["decision_rule"]["score"] == "cosine" and "candidates" in doc["decision_rule"]["note"]
+    )
+    assert doc["best"] == probe["best"]
+    # Re-enrolled, a speaker is calibrated.
+    p225 = sorted((data / "vctk" / "p225").glob("*.wav"))
+    result = run("enroll", "p225", *map(str, p225[:3]), "--mode", "overwrite", "--db", url)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(run("verify", "p225", str(data / first["file"]), "--db", url).stdout)
+    assert doc["calibration"] == "bundled" and doc["llr"] is not None and doc["accepted"]
+    # --reset now returns to the bundled calibration (the database opted in).
+    json.loads(run("calibrate", "--reset", "--db", url).stdout)
+    doc = json.loads(run("verify", "p225", str(data / first["file"]), "--db", url).stdout)
+    assert doc["calibration"] == "bundled"
+    other = answers["verify"][2]
+    doc = json.loads(run("verify", other["name"], str(data / other["file"]), "--db", url).stdout)
+    assert doc["llr"] is None and doc["threshold"] == pytest.approx(0.82)  # reset: model's
+    check = run("db", "check", "--db", url)
+    assert check.exit_code == 0 and json.loads(check.stdout)["consistent"]
+
+
+def test_a_frozen_0003_sqlite_database_keeps_deciding_until_opted_in(tmp_path):
+    require_data()
+    path = tmp_path / "frozen-0003.sqlite"
+    shutil.copyfile(FIXTURES / "frozen-0003.sqlite", path)
+    upgraded_0003_keeps_deciding(f"sqlite:///{path}")
+
+
+def test_a_frozen_0003_postgresql_database_keeps_deciding_until_opted_in(pg_url):
+    require_data()
+    restore(pg_url, FIXTURES / "frozen-0003.postgresql.sql")
+    upgraded_0003_keeps_deciding(pg_url)

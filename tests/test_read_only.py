@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -160,7 +161,9 @@ def test_compare_and_eval_without_a_database_create_none(tmp_path, voices):
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["same_speaker"] is True
-    assert document["threshold"] == pytest.approx(0.82)  # the model's: no database
+    # No database: decided like a new one, with the model's bundled calibration at ln 99.
+    assert document["decision_rule"]["score"] == "llr" and document["calibration"] == "bundled"
+    assert document["threshold"] == pytest.approx(math.log(99))
     trials = tmp_path / "trials.txt"
     trials.write_text(f"1 {voices['p225'][3]} {genuine}\n0 {voices['p225'][3]} {impostor}\n")
     result = run(["eval", str(trials), "--json"], env=env)

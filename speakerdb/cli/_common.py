@@ -139,9 +139,38 @@ def threshold_option(fn: F) -> F:
         type=float,
         default=None,
         metavar="T",
-        help="Decision threshold (cosine score, -1..1). Default: the database's calibrated "
-        "threshold, else the model's.",
+        help="Decision threshold on the scale of the rule in use: an LLR when a calibration "
+        "applies (see `speakerdb calibrate --show`), else a cosine score (-1..1) or, with "
+        "--norm asnorm, a z-score. Overrides --prior and --far.",
     )(fn)
+
+
+def operating_point_options(fn: F) -> F:
+    """--prior and --far: a calibrated decision at another operating point, for one call."""
+    fn = click.option(
+        "--far",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        default=None,
+        metavar="F",
+        help="Decide at the LLR threshold where the calibration's impostor trials were "
+        "accepted at rate F (e.g. 0.01). Default: the database's operating point.",
+    )(fn)
+    return click.option(
+        "--prior",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        default=None,
+        metavar="P",
+        help="Decide at the Bayes threshold of target prior P with unit costs, "
+        "llr >= ln((1-P)/P) (0.01 -> 4.6). Default: the database's operating point. "
+        "A database deciding on cosine scores uses the bundled calibration for this call.",
+    )(fn)
+
+
+def rule_text(result: Any) -> str:
+    """The end of a decision's text line: raw cosine, LLR and the rule."""
+    llr = f"  llr {result.llr:.3f}" if result.llr is not None else ""
+    cos = f"  cosine {result.cosine:.4f}" if result.cosine is not None else ""
+    return f"{cos}{llr}  [{result.decision_rule.text}]"
 
 
 def model_option(fn: F) -> F:

@@ -21,8 +21,10 @@ from speakerdb.cli._common import (
     model_option,
     norm_options,
     open_db,
+    operating_point_options,
     per_file,
     progress_bar,
+    rule_text,
     show,
     threshold_option,
 )
@@ -36,6 +38,7 @@ from speakerdb.errors import SpeakerDBError, UsageError
 @model_option
 @device_option
 @threshold_option
+@operating_point_options
 @norm_options
 @json_option
 @handles_errors
@@ -46,12 +49,17 @@ def verify(
     model_name: str | None,
     device: str | None,
     threshold: float | None,
+    prior: float | None,
+    far: float | None,
     norm: str,
     cohort: Path | None,
     cohort_size: int,
     as_json: bool,
 ) -> None:
-    """Is each FILE the enrolled speaker NAME? (exit 0 only if every file is accepted)"""
+    """Is each FILE the enrolled speaker NAME? (exit 0 only if every file is accepted)
+
+    Accepted iff score >= threshold, the score being the calibrated log-likelihood ratio
+    where a calibration applies, else the cosine; each answer shows the rule it used."""
     with open_db(db_url, model_name, device, read_only=True) as db:
         results = db.verify_many(
             name,
@@ -60,13 +68,15 @@ def verify(
             norm=norm,
             cohort=cohort_files(cohort),
             cohort_size=cohort_size,
+            prior=prior,
+            far=far,
         )
 
     def render(v: Any) -> str:
         verdict = "ACCEPTED" if v.accepted else "REJECTED"
         return (
             f"{verdict}  {show(v.speaker)}  {show(v.source)}  score {v.score:.4f}  "
-            f"threshold {v.threshold:.4f}"
+            f"threshold {v.threshold:.4f}{rule_text(v)}"
         )
 
     sys.exit(per_file(results, as_json, render, lambda v: v.accepted))
@@ -86,6 +96,7 @@ def verify(
 @model_option
 @device_option
 @threshold_option
+@operating_point_options
 @norm_options
 @json_option
 @handles_errors
@@ -96,13 +107,18 @@ def identify(
     model_name: str | None,
     device: str | None,
     threshold: float | None,
+    prior: float | None,
+    far: float | None,
     norm: str,
     cohort: Path | None,
     cohort_size: int,
     as_json: bool,
 ) -> None:
     """Who is speaking in each FILE? The best enrolled speaker if it reaches the threshold,
-    else unknown. (exit 0 only if every file is a known speaker)"""
+    else unknown. (exit 0 only if every file is a known speaker)
+
+    Candidates are ranked and decided on the score the rule compares (the calibrated LLR
+    where a calibration applies to all of them, else the cosine)."""
     with open_db(db_url, model_name, device, read_only=True) as db:
         results = db.identify_many(
             list(files),
@@ -111,6 +127,8 @@ def identify(
             norm=norm,
             cohort=cohort_files(cohort),
             cohort_size=cohort_size,
+            prior=prior,
+            far=far,
         )
 
     def render(r: Any) -> str:
@@ -118,7 +136,10 @@ def identify(
         listing = (
             ", ".join(f"{show(m.name)} {m.score:.4f}" for m in r.matches) or "no speakers enrolled"
         )
-        return f"{head}  {show(r.source)}  threshold {r.threshold:.4f}  [{listing}]"
+        return (
+            f"{head}  {show(r.source)}  threshold {r.threshold:.4f}  [{listing}]  "
+            f"[{r.decision_rule.text}]"
+        )
 
     sys.exit(per_file(results, as_json, render, lambda r: r.best is not None))
 
@@ -140,6 +161,7 @@ def identify(
 @model_option
 @device_option
 @threshold_option
+@operating_point_options
 @norm_options
 @db_option
 @json_option
@@ -152,6 +174,8 @@ def compare(
     model_name: str | None,
     device: str | None,
     threshold: float | None,
+    prior: float | None,
+    far: float | None,
     norm: str,
     cohort: Path | None,
     cohort_size: int,
@@ -160,10 +184,11 @@ def compare(
 ) -> None:
     """Are A and B the same speaker? Or score every pair of --pairs.
 
-    --db matters only for its calibrated threshold (see `speakerdb calibrate`) and, with
-    --norm asnorm and no --cohort, for its enrolled voiceprints as the cohort; it is only
-    read, and without one (none at the default place either) the model's threshold applies.
-    With --pairs, each output line is 'score decision path_a path_b'.
+    --db matters only for how it decides (its calibration, operating point or threshold:
+    see `speakerdb calibrate`) and, with --norm asnorm and no --cohort, for its enrolled
+    voiceprints as the cohort; it is only read, and without one (none at the default place
+    either) the model's bundled calibration decides, as in a new database. With --pairs, each
+    output line is 'score decision path_a path_b' (score: what the rule compared).
     """
     if pairs is None:
         if a is None or b is None:
@@ -175,13 +200,15 @@ def compare(
                 norm=norm,
                 cohort=cohort_files(cohort),
                 cohort_size=cohort_size,
+                prior=prior,
+                far=far,
             )
 
         def render(c: Any) -> str:
             verdict = "SAME" if c.same_speaker else "DIFFERENT"
             return (
                 f"{verdict}  score {c.score:.4f}  threshold {c.threshold:.4f}  "
-                f"{show(c.a)}  {show(c.b)}"
+                f"{show(c.a)}  {show(c.b)}{rule_text(c)}"
             )
 
         sys.exit(per_file(results, as_json, render, lambda c: c.same_speaker))
@@ -201,6 +228,8 @@ def compare(
             norm=norm,
             cohort=cohort_files(cohort),
             cohort_size=cohort_size,
+            prior=prior,
+            far=far,
         )
     failures = [r for r in results if isinstance(r, SpeakerDBError)]
     if as_json:

@@ -1,9 +1,11 @@
-"""``speakerdb eval`` and ``calibrate``: error rates on labelled trials, and thresholds."""
+"""``speakerdb eval`` and ``calibrate``: error rates on labelled trials, and how a database
+decides (its calibration, operating point or threshold)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,26 +20,37 @@ from speakerdb.cli._common import (
     model_option,
     norm_options,
     open_db,
+    operating_point_options,
     progress_bar,
     show,
+    threshold_option,
 )
 from speakerdb.errors import UsageError
 
 if TYPE_CHECKING:
+    from speakerdb._results import DecisionRule
     from speakerdb.enroll._evaluation import EvaluationReport
     from speakerdb.enroll._lists import Trial
 
 
-def _load_trials(trials: Path | None, manifest: Path | None) -> list[Trial]:
+def _load_trials(trials: Path | None, manifest: Path | None) -> tuple[list[Trial], str]:
+    """The labelled trials of TRIALS or --manifest, and the sha256 of that file."""
     from speakerdb.enroll._evaluation import trials_from_manifest
     from speakerdb.enroll._lists import read_manifest, read_trials
 
     if (trials is None) == (manifest is None):
         raise UsageError("give either TRIALS or --manifest M.jsonl")
     if manifest is not None:
-        return trials_from_manifest(read_manifest(manifest))
+        return trials_from_manifest(read_manifest(manifest)), _sha256(manifest)
     assert trials is not None
-    return read_trials(trials, require_labels=True)
+    return read_trials(trials, require_labels=True), _sha256(trials)
+
+
+def _sha256(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:  # read_trials has read it a moment ago; say so in one line anyway
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _evaluation_text(report: EvaluationReport) -> list[str]:
@@ -51,22 +64,25 @@ def _evaluation_text(report: EvaluationReport) -> list[str]:
         f"minDCF (p=0.05):  {report.min_dcf_p05:.4f}",
         f"threshold at {report.far:.2%} FAR: {report.threshold_at_far:.4f} "
         f"(FRR there {report.frr_at_far:.2%})",
-        f"threshold in use: {report.threshold_in_use:.4f} -> "
-        f"FAR {report.far_at_threshold_in_use:.2%}, FRR {report.frr_at_threshold_in_use:.2%}",
     ]
+    rule = report.decision_rule["text"] if report.decision_rule else report.threshold_in_use
+    lines.append(
+        f"decision in use:  {rule} -> FAR {report.far_at_threshold_in_use:.2%}, "
+        f"FRR {report.frr_at_threshold_in_use:.2%}"
+    )
+    c = report.calibrated
+    if c is not None:
+        lines.append(
+            f"calibrated LLRs:  Cllr {c.cllr:.3f} bits (minCllr {c.min_cllr:.3f}); "
+            f"actual DCF {c.act_dcf:.4f}, minimum DCF {c.min_dcf:.4f} (p_target "
+            f"{c.p_target:g}); EER {c.eer:.2%}"
+        )
     for failure in report.failed_files:
         lines.append(f"unusable: {show(failure['path'])}: {failure['reason']}")
     return lines
 
 
-def _evaluation_options(fn: F) -> F:
-    fn = click.option(
-        "--far",
-        type=click.FloatRange(0, 1, max_open=True),
-        default=0.01,
-        show_default=True,
-        help="False-accept rate whose threshold is reported.",
-    )(fn)
+def _trial_options(fn: F) -> F:
     fn = click.option(
         "--manifest",
         type=click.Path(path_type=Path),
@@ -76,12 +92,15 @@ def _evaluation_options(fn: F) -> F:
 
 
 @click.command("eval")
-@_evaluation_options
+@_trial_options
+@operating_point_options
+@threshold_option
 @click.option(
     "--scores",
     "scores_out",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Write 'label score path_a path_b' per scored trial to this file.",
+    help="Write 'label score path_a path_b' per scored trial to this file (score: cosine, "
+    "or the AS-norm z-score).",
 )
 @click.option(
     "--plot",
@@ -92,7 +111,8 @@ def _evaluation_options(fn: F) -> F:
 @click.option(
     "--set-default",
     is_flag=True,
-    help="Also store the threshold at --far as this database's default (see calibrate).",
+    help="Also fit a calibration on these trials and store it as this database's, at "
+    "--prior or --far (as `speakerdb calibrate TRIALS` does).",
 )
 @norm_options
 @db_option
@@ -103,7 +123,9 @@ def _evaluation_options(fn: F) -> F:
 def eval_command(
     trials: Path | None,
     manifest: Path | None,
-    far: float,
+    prior: float | None,
+    far: float | None,
+    threshold: float | None,
     scores_out: Path | None,
     plot_out: Path | None,
     set_default: bool,
@@ -116,8 +138,11 @@ def eval_command(
     as_json: bool,
 ) -> None:
     """Measure the model on labelled TRIALS ('1|0 path_a path_b' lines, VoxCeleb style):
-    EER, minDCF, thresholds. Unusable files are reported, not fatal."""
-    rows = _load_trials(trials, manifest)
+    EER, minDCF, the score threshold at --far (default 1 %), and the decisions of the rule in
+    use (with --prior / --far / --threshold as verify takes them): their FAR and FRR and,
+    when calibrated, Cllr, minCllr and actual / minimum DCF at the operating point.
+    Unusable files are reported, not fatal."""
+    rows, digest = _load_trials(trials, manifest)
     if plot_out is not None:
         from speakerdb.enroll._plot import plot_evaluation  # fail early if matplotlib is missing
     files = cohort_files(cohort)
@@ -129,18 +154,28 @@ def eval_command(
         progress_bar("embedding") as bar,
     ):
         if set_default:
-            _, report = db.calibrate(
+            if threshold is not None:
+                raise UsageError("--set-default stores an operating point: --prior or --far")
+            report = db.calibrate(
                 rows,
+                prior=prior,
                 far=far,
-                target="far",
                 norm=norm,
                 cohort=files,
                 cohort_size=cohort_size,
                 progress=bar,
-            )
+                trials_sha256=digest,
+            ).report
         else:
             report = db.evaluate(
-                rows, far=far, norm=norm, cohort=files, cohort_size=cohort_size, progress=bar
+                rows,
+                far=far,
+                prior=prior,
+                threshold=threshold,
+                norm=norm,
+                cohort=files,
+                cohort_size=cohort_size,
+                progress=bar,
             )
     if scores_out is not None:
         from speakerdb.enroll._evaluation import write_scores
@@ -154,22 +189,42 @@ def eval_command(
         for line in _evaluation_text(report):
             click.echo(line)
         if set_default:
-            click.echo(f"stored {report.threshold_at_far:.4f} as this database's threshold")
+            click.echo("stored this calibration as this database's")
 
 
 @click.command()
-@_evaluation_options
+@_trial_options
+@operating_point_options
+@click.option(
+    "--rule",
+    type=click.Choice(["llr", "score"]),
+    default="llr",
+    show_default=True,
+    help="llr: fit a calibration (score + quality measures -> LLR) on the trials; score: "
+    "store a threshold on the score scale instead (the cosine rule of databases made before "
+    "schema 0004), at --far (default 1 %) or --target eer.",
+)
 @click.option(
     "--target",
     type=click.Choice(["far", "eer"]),
     default="far",
     show_default=True,
-    help="far: the lowest threshold with at most --far false accepts; eer: the "
-    "threshold at the equal error rate.",
+    help="With --rule score: far = the lowest threshold with at most --far false accepts; "
+    "eer = the threshold at the equal error rate.",
 )
 @click.option(
-    "--reset", is_flag=True, help="Forget the calibrated threshold (model default again)."
+    "--bundled",
+    is_flag=True,
+    help="Decide with the model's bundled calibration (at --prior or --far; default p 0.01): "
+    "how a database created before schema 0004 opts in.",
 )
+@click.option(
+    "--reset",
+    is_flag=True,
+    help="Forget this database's calibration or threshold: back to the bundled calibration "
+    "(the model's threshold in databases created before schema 0004 that never opted in).",
+)
+@click.option("--show", "show_only", is_flag=True, help="Print how this database decides.")
 @norm_options
 @db_option
 @model_option
@@ -179,9 +234,13 @@ def eval_command(
 def calibrate(
     trials: Path | None,
     manifest: Path | None,
-    far: float,
+    prior: float | None,
+    far: float | None,
+    rule: str,
     target: str,
+    bundled: bool,
     reset: bool,
+    show_only: bool,
     norm: str,
     cohort: Path | None,
     cohort_size: int,
@@ -190,45 +249,108 @@ def calibrate(
     device: str | None,
     as_json: bool,
 ) -> None:
-    """Choose this database's decision threshold on your own labelled TRIALS and store it;
-    verify, compare and identify use it from then on (unless --threshold is given)."""
+    """Decide how this database accepts: fit a calibration on your own labelled TRIALS
+    ('1|0 path_a path_b' lines) and store it, with the operating point (--prior P, default
+    0.01, or --far F) and what it was fitted on (counts, date, the list's sha256); verify,
+    compare and identify use it from then on.
+
+    \b
+    speakerdb calibrate TRIALS [--prior P | --far F] [--norm asnorm]   fit and store
+    speakerdb calibrate --bundled [--prior P | --far F]                opt in to the bundled one
+    speakerdb calibrate --prior P | --far F                            move the operating point
+    speakerdb calibrate --reset                                        back to the default
+    speakerdb calibrate --show                                         how it decides now
+    """
+    has_trials = trials is not None or manifest is not None
+    chosen = {"TRIALS": has_trials, "--bundled": bundled, "--reset": reset, "--show": show_only}
+    modes = [name for name, on in chosen.items() if on]
+    if len(modes) > 1:
+        raise UsageError(f"give only one of {', '.join(modes)}")
+    if show_only:
+        with open_db(db_url, model_name, device, read_only=True, missing_ok=True) as db:
+            info = db.calibration_info(norm)
+        if as_json:
+            emit_json(info)
+        else:
+            _print_info(info)
+        return
     if reset:
         with open_db(db_url, model_name, device) as db:
-            db.reset_calibration(norm)
-            used = db.default_threshold(norm)
-        if as_json:
-            emit_json(
-                {
-                    "threshold": used,
-                    "calibrated": False,
-                    "normalization": None if norm == "none" else norm,
-                }
-            )
-        else:
-            click.echo(f"calibration removed; the model's threshold {used:.4f} applies")
+            used = db.reset_calibration(norm)
+        _done(as_json, used, "calibration removed", {"calibrated": False})
         return
-    rows = _load_trials(trials, manifest)
+    if bundled:
+        with open_db(db_url, model_name, device) as db:
+            used = db.use_bundled_calibration(norm, prior=prior, far=far)
+        _done(as_json, used, "deciding with the bundled calibration", {"calibrated": True})
+        return
+    if not has_trials:
+        if prior is None and far is None:
+            raise UsageError("give TRIALS, --bundled, --prior/--far, --reset or --show")
+        with open_db(db_url, model_name, device) as db:
+            used = db.set_operating_point(norm, prior=prior, far=far)
+        _done(as_json, used, "operating point stored", {"calibrated": True})
+        return
+    rows, digest = _load_trials(trials, manifest)
     with open_db(db_url, model_name, device) as db, progress_bar("embedding") as bar:
-        threshold, report = db.calibrate(
+        result = db.calibrate(
             rows,
+            prior=prior,
             far=far,
+            rule=rule,
             target=target,
             norm=norm,
             cohort=cohort_files(cohort),
             cohort_size=cohort_size,
             progress=bar,
+            trials_sha256=digest,
         )
     if as_json:
         emit_json(
-            {
-                "threshold": threshold,
-                "calibrated": True,
-                "target": target,
-                "normalization": None if norm == "none" else norm,
-                "evaluation": report.to_dict(),
-            }
+            result.to_dict()
+            | {"calibrated": True, "normalization": None if norm == "none" else norm}
+        )
+        return
+    for line in _evaluation_text(result.report):
+        click.echo(line)
+    if result.calibration is not None:
+        fit = result.calibration.fit
+        click.echo(
+            f"stored a calibration fitted on {fit.target_trials} same-speaker / "
+            f"{fit.nontarget_trials} different-speaker trials (sha256 {digest[:12]}); "
+            f"decisions: {result.rule.text}"
         )
     else:
-        for line in _evaluation_text(report):
-            click.echo(line)
-        click.echo(f"stored threshold {threshold:.4f} for this database")
+        click.echo(f"stored threshold {result.threshold:.4f} for this database")
+
+
+def _done(as_json: bool, rule: DecisionRule, what: str, extra: dict[str, Any]) -> None:
+    if as_json:
+        emit_json({"threshold": rule.threshold, "decision_rule": rule.to_dict(), **extra})
+    else:
+        click.echo(f"{what}; decisions: {rule.text}")
+
+
+def _print_info(info: dict[str, Any]) -> None:
+    click.echo(f"model {info['model']}; decisions: {info['decision_rule']['text']}")
+    stored = info["stored"]
+    if stored is None:
+        default = info["default"]
+        click.echo(
+            "nothing stored: the default applies ("
+            + ("the bundled calibration" if default == "bundled" else "the model's threshold")
+            + ")"
+        )
+    else:
+        click.echo(
+            f"stored {stored['created_at']}: {stored['kind']}"
+            + (f" ({stored['source']})" if stored["source"] else "")
+            + (f", {stored['note']}" if stored["note"] else "")
+        )
+    fit = info["fit"]
+    if fit is not None:
+        click.echo(
+            f"calibration fitted on {fit['target_trials']} same-speaker / "
+            f"{fit['nontarget_trials']} different-speaker trials, {fit['created']}, "
+            f"trial list sha256 {fit['trials_sha256']}"
+        )

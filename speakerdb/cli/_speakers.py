@@ -51,12 +51,20 @@ def speakers_show(name: str, db_url: str | None, as_json: bool) -> None:
         f"  enrolled {record.created_at:%Y-%m-%d %H:%M:%S} UTC, "
         f"updated {record.updated_at:%Y-%m-%d %H:%M:%S} UTC"
     )
-    click.echo(f"  {record.utterances} recordings, {record.speech_seconds:.1f} s of speech")
+    bandwidth = (
+        f"bandwidth {record.bandwidth_hz / 1000:.1f} kHz"
+        if record.bandwidth_hz is not None
+        else "bandwidth unknown (enrolled before schema 0004: decided on cosine scores)"
+    )
+    click.echo(
+        f"  {record.utterances} recordings, {record.speech_seconds:.1f} s of speech, {bandwidth}"
+    )
     if record.metadata:
         click.echo(f"  metadata: {json.dumps(record.metadata, ensure_ascii=False)}")
     for u in recordings:
         source = show(u.source) if u.source else "<array>"
-        click.echo(f"  - {source}  {u.speech_seconds:.1f} s  sha256 {u.sha256[:12]}")
+        khz = f"{u.bandwidth_hz / 1000:.1f} kHz" if u.bandwidth_hz is not None else "? kHz"
+        click.echo(f"  - {source}  {u.speech_seconds:.1f} s  {khz}  sha256 {u.sha256[:12]}")
 
 
 @speakers.command("rename")

@@ -9,6 +9,7 @@ would give meaningless z-scores without any error.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -145,7 +146,8 @@ class Cohorts:
         cohort: Sequence[AudioInput] | None,
         cohort_size: int,
     ) -> list[list[Candidate]]:
-        """Identification candidates re-scored with AS-norm and re-ranked, best first."""
+        """Identification candidates re-scored with AS-norm (their ``score`` becomes the
+        z-score; the rest, enrollment quality included, is kept) and re-ranked, best first."""
         bank_all = self.bank(cohort)
         out: list[list[Candidate]] = []
         for probe, candidates in zip(probes, found, strict=True):
@@ -160,7 +162,7 @@ class Cohorts:
                     cosine_scores(probe[None, :], bank),
                     cohort_size,
                 )[0]
-                rescored.append(Candidate(c.id, c.name, float(value)))
+                rescored.append(dataclasses.replace(c, score=float(value)))
             out.append(sorted(rescored, key=lambda c: -c.score))
         return out
 

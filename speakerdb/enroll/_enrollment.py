@@ -61,6 +61,7 @@ def sort_inputs(
             sha256=r.sha256,
             duration=r.duration,
             speech_seconds=r.speech_seconds,
+            bandwidth_hz=r.bandwidth_hz,
         )
         report.inputs.append(item)
         if r.skipped or r.sha256 is None or r.sha256 in seen or r.vector is None:
@@ -74,6 +75,7 @@ def sort_inputs(
                 r.source,
                 float(r.duration or 0.0),
                 float(r.speech_seconds or 0.0),
+                r.bandwidth_hz,
             )
         )
     return accepted

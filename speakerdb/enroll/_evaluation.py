@@ -1,47 +1,76 @@
-"""Measuring a model on labelled trials: EER, minDCF, thresholds, and the scores behind them."""
+"""Measuring a model on labelled trials: EER, minDCF, thresholds, the decisions of the rule
+in use and, when calibrated, the quality of its LLRs (Cllr, minCllr, actual DCF); fitting a
+calibration on such trials."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from speakerdb import scoring
+from speakerdb._calibration import Calibration, fit_calibration
+from speakerdb._results import DecisionRule
 from speakerdb.enroll._lists import ManifestEntry, Trial
+from speakerdb.enroll._policy import (
+    MIN_NONTARGET_TRIALS,
+    MIN_TARGET_TRIALS,
+    DecisionPolicy,
+    Side,
+    trial_quality,
+)
 from speakerdb.errors import UsageError
+
+if TYPE_CHECKING:
+    from speakerdb._identity import ModelIdentity
 
 __all__ = [
     "CalibrationFigures",
+    "CalibrationResult",
     "EvaluationReport",
     "ScoredTrial",
+    "ScoredTrials",
     "calibration_figures",
     "summarise",
+    "trials_digest",
     "trials_from_manifest",
 ]
 
 
 @dataclass(frozen=True)
 class ScoredTrial:
+    """One scored trial: ``score`` on the score scale (cosine, or AS-norm z-score), ``llr``
+    when a calibration applied."""
+
     label: int
     score: float
     a: str
     b: str
+    llr: float | None = None
 
 
 @dataclass
 class EvaluationReport:
-    """Error rates of the rule ``score >= threshold`` on labelled trials.
+    """Error rates on labelled trials.
 
-    Rates are fractions (0-1). ``threshold`` is the threshold at the EER; ``min_dcf`` is the
-    normalised minimum detection cost at p_target 0.01 (``min_dcf_p05`` at 0.05);
-    ``threshold_at_far`` is the lowest threshold with false-accept rate <= ``far``.
-    ``threshold_in_use`` is what verify/compare/identify use on this database now, with the
-    FAR and FRR it gives on these trials. Trials with an unusable file are not scored; the
-    files are listed in ``failed_files`` with the reason.
+    Rates are fractions (0-1). The score figures are those of the scores (cosine, or AS-norm
+    z-score): ``threshold`` is the threshold at the EER; ``min_dcf`` is the normalised minimum
+    detection cost at p_target 0.01 (``min_dcf_p05`` at 0.05); ``threshold_at_far`` is the
+    lowest threshold with false-accept rate <= ``far``.
+
+    The decisions: ``decision_rule`` is the rule verify/compare/identify use on this database
+    now (see :class:`speakerdb._results.DecisionRule`; ``calibration`` whose LLRs it compares,
+    if any), ``threshold_in_use`` its threshold (an LLR when calibrated), with the FAR and FRR
+    of its decisions on these trials. ``calibrated``: when the rule is calibrated, the
+    figures of the LLRs (Cllr, minCllr, actual and minimum DCF at the rule's operating point,
+    FAR and FRR of its decisions; :class:`CalibrationFigures`). Trials with an unusable file
+    are not scored; the files are listed in ``failed_files`` with the reason.
     """
 
     trials: int
@@ -63,6 +92,9 @@ class EvaluationReport:
     normalization: str | None = None
     failed_files: list[dict[str, str]] = field(default_factory=list)
     scores: list[ScoredTrial] = field(default_factory=list, repr=False)
+    decision_rule: dict[str, Any] | None = None
+    calibration: str | None = None
+    calibrated: CalibrationFigures | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -94,8 +126,16 @@ def summarise(
     threshold_in_use: float,
     model: str,
     normalization: str | None,
+    *,
+    accepted: Sequence[bool] | None = None,
+    rule: DecisionRule | None = None,
 ) -> EvaluationReport:
-    """Compute every figure of an :class:`EvaluationReport` from scored trials."""
+    """Compute every figure of an :class:`EvaluationReport` from scored trials.
+
+    accepted: the decisions taken on each trial (default: score >= threshold_in_use). rule:
+    the rule in use; when it is calibrated, the calibration figures are computed from the
+    trials' LLRs (those that have one).
+    """
     tgt = np.array([t.score for t in scored if t.label == 1], dtype=np.float64)
     non = np.array([t.score for t in scored if t.label == 0], dtype=np.float64)
     if tgt.size == 0 or non.size == 0:
@@ -107,6 +147,15 @@ def summarise(
     dcf, dcf_threshold = scoring.min_dcf(tgt, non, p_target=0.01)
     dcf05, _ = scoring.min_dcf(tgt, non, p_target=0.05)
     at_far = scoring.threshold_at_far(non, far)
+    labels = np.array([t.label for t in scored])
+    taken = (
+        np.array([t.score >= threshold_in_use for t in scored])
+        if accepted is None
+        else np.asarray(accepted, dtype=bool)
+    )
+    calibrated = None
+    if rule is not None and rule.score == "llr":
+        calibrated = _llr_figures(scored, rule)
     return EvaluationReport(
         trials=len(scored),
         target_trials=int(tgt.size),
@@ -121,8 +170,8 @@ def summarise(
         threshold_at_far=at_far,
         frr_at_far=float(np.mean(tgt < at_far)),
         threshold_in_use=threshold_in_use,
-        far_at_threshold_in_use=float(np.mean(non >= threshold_in_use)),
-        frr_at_threshold_in_use=float(np.mean(tgt < threshold_in_use)),
+        far_at_threshold_in_use=float(np.mean(taken[labels == 0])),
+        frr_at_threshold_in_use=float(np.mean(~taken[labels == 1])),
         model=model,
         normalization=normalization,
         failed_files=[
@@ -130,6 +179,27 @@ def summarise(
             for path, (code, reason) in failed.items()
         ],
         scores=scored,
+        decision_rule=rule.to_dict() if rule is not None else None,
+        calibration=rule.calibration if rule is not None else None,
+        calibrated=calibrated,
+    )
+
+
+def _llr_figures(scored: list[ScoredTrial], rule: DecisionRule) -> CalibrationFigures | None:
+    """The calibration figures of the trials that have an LLR, at the rule's operating point
+    (its prior and costs; p_target 0.01 with unit costs when the threshold comes from a
+    false-accept rate or was given). None unless both classes have LLRs."""
+    tgt = [t.llr for t in scored if t.label == 1 and t.llr is not None]
+    non = [t.llr for t in scored if t.label == 0 and t.llr is not None]
+    if not tgt or not non:
+        return None
+    return calibration_figures(
+        tgt,
+        non,
+        p_target=rule.p_target or 0.01,
+        c_miss=rule.c_miss or 1.0,
+        c_fa=rule.c_fa or 1.0,
+        threshold=rule.threshold,
     )
 
 
@@ -196,3 +266,114 @@ def calibration_figures(
         c_miss=c_miss,
         c_fa=c_fa,
     )
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """What :meth:`SpeakerDB.calibrate` stored. kind: "llr" (a calibration fitted on the
+    trials, ``calibration``) or "threshold" (a threshold on the score scale). rule: the
+    decision rule now in use; report: the evaluation of the trials with it (in-sample)."""
+
+    kind: str
+    rule: DecisionRule
+    report: EvaluationReport
+    calibration: Calibration | None = None
+
+    @property
+    def threshold(self) -> float:
+        return self.rule.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "threshold": self.threshold,
+            "decision_rule": self.rule.to_dict(),
+            "calibration": self.calibration.to_dict() if self.calibration is not None else None,
+            "evaluation": self.report.to_dict(),
+        }
+
+
+def trials_digest(trials: Sequence[Trial]) -> str:
+    """sha256 of a trial list as ``label path_a path_b`` lines, for lists that do not come
+    from a file (the CLI hashes the file itself)."""
+    digest = hashlib.sha256()
+    for t in trials:
+        digest.update(f"{t.label} {t.a} {t.b}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ScoredTrials:
+    """Usable labelled trials, scored: per trial its raw cosine, its score on the policy's
+    scale (the cosine, or the AS-norm z-score), and the quality of its two files (``enrolls``
+    is file a, ``probes`` file b: the calibration's features are symmetric). ``skipped``:
+    trials with an unusable file, listed in ``failed`` (path -> (code, reason))."""
+
+    trials: list[Trial]
+    cosines: list[float]
+    scores: list[float]
+    probes: list[Side]
+    enrolls: list[Side]
+    skipped: int
+    failed: dict[str, tuple[str, str]]
+
+    def summary(
+        self, policy: DecisionPolicy, far: float, model: str, normalization: str | None
+    ) -> EvaluationReport:
+        """The :class:`EvaluationReport` of these trials under ``policy``."""
+        decisions = policy.decide(self.cosines, self.scores, self.probes, self.enrolls)
+        scored = [
+            ScoredTrial(int(t.label or 0), score, str(t.a), str(t.b), d.llr)
+            for t, score, d in zip(self.trials, self.scores, decisions, strict=True)
+        ]
+        return summarise(
+            scored,
+            skipped=self.skipped,
+            failed=self.failed,
+            far=far,
+            threshold_in_use=policy.rule.threshold,
+            model=model,
+            normalization=normalization,
+            accepted=[d.accepted for d in decisions],
+            rule=policy.rule,
+        )
+
+    def fit(
+        self, identity: ModelIdentity, *, p_fit: float, score: str, trials_sha256: str
+    ) -> tuple[Calibration, int]:
+        """Fit a calibration on these trials (those whose files' quality is known). Returns
+        it and how many trials it was fitted on. Raises UsageError for fewer than
+        :data:`MIN_TARGET_TRIALS` same-speaker or :data:`MIN_NONTARGET_TRIALS`
+        different-speaker trials."""
+        usable = [
+            i
+            for i, (p, e) in enumerate(zip(self.probes, self.enrolls, strict=True))
+            if p.known and e.known
+        ]
+        labels = np.array([int(self.trials[i].label or 0) for i in usable])
+        targets, impostors = int(labels.sum()), int(labels.size - labels.sum())
+        if targets < MIN_TARGET_TRIALS or impostors < MIN_NONTARGET_TRIALS:
+            raise UsageError(
+                f"too few trials to calibrate: {targets} same-speaker and {impostors} "
+                f"different-speaker trials could be scored; at least {MIN_TARGET_TRIALS} and "
+                f"{MIN_NONTARGET_TRIALS} are needed"
+            )
+        inputs = trial_quality(
+            [self.scores[i] for i in usable],
+            [self.probes[i] for i in usable],
+            [self.enrolls[i] for i in usable],
+        )
+        calibration = fit_calibration(
+            inputs,
+            labels,
+            model={
+                "name": identity.name,
+                "weights_sha256": identity.weights_sha256,
+                "dimension": identity.dimension,
+            },
+            p_fit=p_fit,
+            trials_sha256=trials_sha256,
+            note=f"speakerdb calibrate: {targets} same-speaker / {impostors} different trials",
+            score=score,
+        )
+        return calibration, len(usable)

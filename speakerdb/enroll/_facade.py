@@ -1,21 +1,25 @@
 """SpeakerDB: the one object applications use -- enroll, verify, compare, identify, manage.
 
 It composes the model layer (recordings -> voiceprints) and the store (voiceprints in SQL and
-a vector index) and decides everything with the one cosine-threshold rule of
-:mod:`speakerdb.scoring`. Every result carries the score, the threshold used and the model.
-The threshold, unless given, is the database's calibrated one if set, else the model's.
-Enrollment bookkeeping lives in :mod:`._enrollment`, AS-norm cohorts in :mod:`._cohort`.
+a vector index) and decides everything with one rule: accept iff score >= threshold, the
+score being the calibrated log-likelihood ratio where a calibration applies, else the cosine
+(or its AS-norm z-score). Which calibration and threshold apply is :mod:`._policy`'s
+business. Every result carries the raw cosine, the LLR, the score used, the threshold, the
+rule and the model. Enrollment bookkeeping lives in :mod:`._enrollment`, AS-norm cohorts in
+:mod:`._cohort`, evaluation in :mod:`._evaluation`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from speakerdb._calibration import DEFAULT_OPERATING_POINT
 from speakerdb._identity import ModelIdentity
-from speakerdb._results import Comparison, Identification, Match, Verification
+from speakerdb._results import Comparison, DecisionRule, Identification, Match, Verification
 from speakerdb.enroll._cohort import Cohorts, normalization
 from speakerdb.enroll._enrollment import (
     ManifestEnrollment,
@@ -24,15 +28,29 @@ from speakerdb.enroll._enrollment import (
     set_totals,
     sort_inputs,
 )
-from speakerdb.enroll._evaluation import EvaluationReport, ScoredTrial, summarise
+from speakerdb.enroll._evaluation import (
+    CalibrationResult,
+    EvaluationReport,
+    ScoredTrials,
+    trials_digest,
+)
 from speakerdb.enroll._lists import ManifestEntry, Trial
+from speakerdb.enroll._policy import (
+    RERANKED_CANDIDATES,
+    DecisionPolicy,
+    Side,
+    bundled_for,
+    rank_candidates,
+    resolve_policy,
+)
 from speakerdb.enroll._reports import EnrollmentReport, InputReport, ManifestSummary
 from speakerdb.errors import AudioError, DatabaseNotFoundError, UsageError
 from speakerdb.model._audio import AudioInput, source_label
 from speakerdb.model._registry import DEFAULT_MODEL, default_threshold, model_identity
-from speakerdb.scoring import DEFAULT_COHORT_TOP_N, accept, cosine, validate_threshold
+from speakerdb.scoring import DEFAULT_COHORT_TOP_N, cosine
 from speakerdb.storage._records import (
     ENROLL_MODES,
+    CalibrationSetting,
     CompactResult,
     EnrollMode,
     EnrollRequest,
@@ -123,7 +141,7 @@ class SpeakerDB:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- model and threshold --------------------------------------------------------------------
+    # --- model, thresholds and calibration ------------------------------------------------------
 
     @property
     def model(self) -> Embedder:
@@ -143,26 +161,45 @@ class SpeakerDB:
 
     @property
     def threshold(self) -> float:
-        """The default decision threshold here: the database's calibrated one, else the
-        model's."""
+        """The threshold on cosine scores here: the database's own (``calibrate --rule
+        score``), else the model's. The cosine rule uses it where no calibration applies;
+        enrollment warnings always do."""
         return self.default_threshold(None)
 
     def default_threshold(self, norm: str | None = None) -> float:
-        """The threshold used when none is given, for raw cosine scores (None) or a score
-        normalisation ("asnorm"): the database's calibrated one, else the model's."""
+        """The threshold on the score scale of raw cosine scores (None) or of a score
+        normalisation ("asnorm"): the database's own, else the model's."""
         key = normalization(norm)
         own, _ = self._store.threshold(key) if self._store is not None else (None, None)
         return own if own is not None else default_threshold(self._model_name, key)
 
-    def _threshold(self, threshold: float | None, norm: str | None = None) -> float:
-        if threshold is None:
-            return self.default_threshold(norm)
-        if normalization(norm) is None:
-            return validate_threshold(threshold)
-        value = float(threshold)
-        if not np.isfinite(value):
-            raise UsageError(f"threshold must be a finite number, not {threshold!r}")
-        return value
+    def decision_policy(
+        self,
+        norm: str | None = None,
+        *,
+        threshold: float | None = None,
+        prior: float | None = None,
+        far: float | None = None,
+    ) -> DecisionPolicy:
+        """How this database decides for a normalisation, with a call's overrides: the
+        calibration in use (if any) and the rules on LLRs and on the score scale (see
+        :func:`speakerdb.enroll._policy.resolve_policy`). Without a database: as a new one
+        (the bundled calibration)."""
+        key = normalization(norm)
+        if self._store is None:
+            default, setting = "bundled", None
+        else:
+            default, setting = self._store.calibration_setting(key)
+        return resolve_policy(
+            self.identity,
+            key,
+            default_threshold(self._model_name, key),
+            default,
+            setting,
+            threshold=threshold,
+            prior=prior,
+            far=far,
+        )
 
     def _check_model(self) -> ModelIdentity:
         identity = self.identity
@@ -249,6 +286,8 @@ class SpeakerDB:
         return ManifestSummary(files=len(entries), reports=run.ordered_reports())
 
     # --- decisions ----------------------------------------------------------------------------
+    # Every decision: accept iff score >= threshold, the score being the calibrated LLR where a
+    # calibration applies, else the cosine (or AS-norm z-score); see _policy.
 
     def verify(
         self,
@@ -258,10 +297,15 @@ class SpeakerDB:
         *,
         sample_rate: int | None = None,
         norm: str | None = None,
+        prior: float | None = None,
+        far: float | None = None,
     ) -> Verification:
         """Is this recording the enrolled speaker ``name``? Scores the recording against the
-        speaker's voiceprint (centroid). Raises SpeakerNotFoundError, AudioError, ..."""
-        result = self.verify_many(name, [audio], threshold, sample_rate=sample_rate, norm=norm)[0]
+        speaker's voiceprint (centroid). threshold / prior / far: see :meth:`verify_many`.
+        Raises SpeakerNotFoundError, AudioError, ..."""
+        result = self.verify_many(
+            name, [audio], threshold, sample_rate=sample_rate, norm=norm, prior=prior, far=far
+        )[0]
         if isinstance(result, AudioError):
             raise result
         return result
@@ -276,45 +320,53 @@ class SpeakerDB:
         norm: str | None = None,
         cohort: Sequence[AudioInput] | None = None,
         cohort_size: int = DEFAULT_COHORT_TOP_N,
+        prior: float | None = None,
+        far: float | None = None,
     ) -> list[Verification | AudioError]:
         """:meth:`verify` for several recordings; unusable ones come back as their error.
 
-        norm="asnorm" normalises scores against an impostor cohort: the other enrolled
-        speakers' voiceprints, or the recordings ``cohort`` (see :meth:`evaluate`).
+        threshold: overrides the threshold of the rule in use, on its scale (an LLR when
+        calibrated, else a cosine or z-score). prior / far: decide at the Bayes threshold of
+        target prior ``prior`` (unit costs), or at the LLR threshold reaching false-accept
+        rate ``far`` on the calibration's trials, for this call. norm="asnorm" normalises
+        scores against an impostor cohort: the other enrolled speakers' voiceprints, or the
+        recordings ``cohort`` (see :meth:`evaluate`).
         """
-        norm = normalization(norm)
-        used = self._threshold(threshold, norm)
+        key = normalization(norm)
+        policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
         identity = self._check_model()
         record, centroid = self.store.centroid(name)
         embedded = self.model.embed(audio, sample_rate=sample_rate)
         good = [e for e in embedded if e.vector is not None]
-        normalised: dict[int, float] = {}
-        if norm is not None and good:
-            values = self._cohorts.verification_scores(
-                np.stack([cast(np.ndarray, e.vector) for e in good]),
-                centroid,
-                record.id,
-                cohort,
-                cohort_size,
-            )
-            normalised = {id(e): float(v) for e, v in zip(good, values, strict=True)}
+        cosines = [cosine(_vector(e), centroid) for e in good]
+        scores = cosines
+        if key is not None and good:
+            scores = self._cohorts.verification_scores(
+                np.stack([_vector(e) for e in good]), centroid, record.id, cohort, cohort_size
+            ).tolist()
+        enrolled = Side(record.speech_seconds, record.utterances, record.bandwidth_hz)
+        decided = iter(
+            policy.decide(cosines, scores, [_side(e) for e in good], [enrolled] * len(good))
+        )
         out: list[Verification | AudioError] = []
         for item in embedded:
             if item.vector is None:
                 out.append(_error_of(item))
                 continue
-            raw_score = cosine(item.vector, centroid)
-            score = normalised.get(id(item), raw_score)
+            d = next(decided)
             out.append(
                 Verification(
-                    score=score,
-                    threshold=used,
-                    accepted=accept(score, used),
+                    score=d.score,
+                    threshold=d.threshold,
+                    accepted=d.accepted,
                     speaker=record.name,
                     model=identity.label,
                     source=item.source,
-                    normalization=norm,
-                    cosine=raw_score,
+                    normalization=key,
+                    cosine=d.cosine,
+                    llr=d.llr,
+                    decision_rule=d.rule,
+                    calibration=d.calibration,
                 )
             )
         return out
@@ -327,9 +379,13 @@ class SpeakerDB:
         *,
         sample_rate: int | None = None,
         norm: str | None = None,
+        prior: float | None = None,
+        far: float | None = None,
     ) -> Comparison:
-        """Same speaker? File against file, with the one cosine rule."""
-        result = self.compare_batch([(a, b)], threshold, sample_rate=sample_rate, norm=norm)[0]
+        """Same speaker? File against file, with the one rule (see :meth:`verify_many`)."""
+        result = self.compare_batch(
+            [(a, b)], threshold, sample_rate=sample_rate, norm=norm, prior=prior, far=far
+        )[0]
         if isinstance(result, AudioError):
             raise result
         return result
@@ -345,12 +401,16 @@ class SpeakerDB:
         norm: str | None = None,
         cohort: Sequence[AudioInput] | None = None,
         cohort_size: int = DEFAULT_COHORT_TOP_N,
+        prior: float | None = None,
+        far: float | None = None,
     ) -> list[Comparison | AudioError]:
         """Compare many pairs, embedding each distinct file once. A pair with an unusable file
         comes back as that file's AudioError. batch_size: windows per encoder call (at least
-        the default of the model). norm / cohort / cohort_size: see :meth:`evaluate`."""
-        norm = normalization(norm)
-        used = self._threshold(threshold, norm)
+        the default of the model). threshold / prior / far: see :meth:`verify_many`; norm /
+        cohort / cohort_size: see :meth:`evaluate`. Each pair's calibration sees both
+        files' own quality (the features are symmetric)."""
+        key = normalization(norm)
+        policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
         identity = self.identity
         position, embedded = self._embed_distinct(
             [x for pair in pairs for x in pair], batch_size, sample_rate, progress
@@ -360,26 +420,35 @@ class SpeakerDB:
             ia, ib = position[2 * k], position[2 * k + 1]
             failed = next((embedded[i] for i in (ia, ib) if embedded[i].vector is None), None)
             rows.append(_error_of(failed) if failed is not None else (ia, ib))
-        scores = self._cohorts.pair_scores(
-            embedded, [r for r in rows if isinstance(r, tuple)], norm, cohort, cohort_size
+        good = [r for r in rows if isinstance(r, tuple)]
+        scores = self._cohorts.pair_scores(embedded, good, key, cohort, cohort_size)
+        decided = iter(
+            policy.decide(
+                [raw for raw, _ in scores],
+                [used for _, used in scores],
+                [_side(embedded[b]) for _, b in good],
+                [_side(embedded[a]) for a, _ in good],
+            )
         )
         out: list[Comparison | AudioError] = []
-        next_score = iter(scores)
         for row in rows:
             if isinstance(row, AudioError):
                 out.append(row)
                 continue
-            raw, score = next(next_score)
+            d = next(decided)
             out.append(
                 Comparison(
-                    score,
-                    used,
-                    accept(score, used),
-                    identity.label,
-                    embedded[row[0]].source,
-                    embedded[row[1]].source,
-                    norm,
-                    raw,
+                    score=d.score,
+                    threshold=d.threshold,
+                    same_speaker=d.accepted,
+                    model=identity.label,
+                    a=embedded[row[0]].source,
+                    b=embedded[row[1]].source,
+                    normalization=key,
+                    cosine=d.cosine,
+                    llr=d.llr,
+                    decision_rule=d.rule,
+                    calibration=d.calibration,
                 )
             )
         return out
@@ -409,12 +478,14 @@ class SpeakerDB:
         *,
         sample_rate: int | None = None,
         norm: str | None = None,
+        prior: float | None = None,
+        far: float | None = None,
     ) -> Identification:
         """Who is speaking? Open set: ``best`` is None when no enrolled speaker reaches the
         threshold (an unknown voice); ``matches`` are the top-k candidates, best first."""
-        result = self.identify_many([audio], top_k, threshold, sample_rate=sample_rate, norm=norm)[
-            0
-        ]
+        result = self.identify_many(
+            [audio], top_k, threshold, sample_rate=sample_rate, norm=norm, prior=prior, far=far
+        )[0]
         if isinstance(result, AudioError):
             raise result
         return result
@@ -429,58 +500,100 @@ class SpeakerDB:
         norm: str | None = None,
         cohort: Sequence[AudioInput] | None = None,
         cohort_size: int = DEFAULT_COHORT_TOP_N,
+        prior: float | None = None,
+        far: float | None = None,
     ) -> list[Identification | AudioError]:
-        """:meth:`identify` for several recordings, searched in one batch. With
-        norm="asnorm" the candidates are re-scored with AS-norm and re-ranked."""
+        """:meth:`identify` for several recordings, searched in one batch.
+
+        With a calibration the nearest :data:`RERANKED_CANDIDATES` voiceprints by cosine are
+        given LLRs (each from its own enrollment quality) and ranked and decided on them; if
+        any of them cannot be calibrated (enrolled before schema 0004), that identification
+        ranks and decides on the score rule and says so. With norm="asnorm" the candidates
+        are re-scored with AS-norm first. threshold / prior / far: see :meth:`verify_many`.
+        """
         if top_k < 1:
             raise UsageError(f"top-k must be at least 1, not {top_k}")
-        norm = normalization(norm)
-        used = self._threshold(threshold, norm)
+        key = normalization(norm)
+        policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
         identity = self._check_model()
         embedded = self.model.embed(audio, sample_rate=sample_rate)
-        good = [cast(np.ndarray, e.vector) for e in embedded if e.vector is not None]
+        good = [_vector(e) for e in embedded if e.vector is not None]
         probes = np.stack(good) if good else None
-        # With normalisation the raw order may change: fetch a few more candidates.
-        fetch = top_k if norm is None else max(top_k, 10)
+        # Normalised or calibrated scores may order candidates differently from the cosine:
+        # fetch more than k and rank them all.
+        plain = key is None and policy.calibration is None
+        fetch = top_k if plain else max(top_k, RERANKED_CANDIDATES)
         found = self.store.search(probes, fetch, identity) if probes is not None else []
-        if norm is not None and probes is not None:
+        cosines = [{c.id: c.score for c in candidates} for candidates in found]
+        if key is not None and probes is not None:
             found = self._cohorts.rescore_candidates(probes, found, cohort, cohort_size)
-        candidates = iter(found)
+        results = iter(zip(found, cosines, strict=True))
         out: list[Identification | AudioError] = []
         for item in embedded:
             if item.vector is None:
                 out.append(_error_of(item))
                 continue
-            matches = [Match(c.name, c.score) for c in next(candidates)][:top_k]
-            best = matches[0].name if matches and accept(matches[0].score, used) else None
-            out.append(Identification(best, matches, used, identity.label, item.source, norm))
+            candidates, raw = next(results)
+            decisions, rule = rank_candidates(policy, candidates, raw, _side(item))
+            matches = [Match(c.name, d.score, d.cosine, d.llr) for c, d in decisions[:top_k]]
+            best = decisions[0][0].name if decisions and decisions[0][1].accepted else None
+            out.append(
+                Identification(
+                    best,
+                    matches,
+                    rule.threshold,
+                    identity.label,
+                    item.source,
+                    key,
+                    rule,
+                    rule.calibration if rule.score == "llr" else None,
+                )
+            )
         return out
 
-    # --- evaluation ---------------------------------------------------------------------------
+    # --- evaluation and calibration -----------------------------------------------------------
 
     def evaluate(
         self,
         trials: Sequence[Trial],
         *,
-        far: float = 0.01,
+        far: float | None = None,
+        prior: float | None = None,
+        threshold: float | None = None,
         norm: str | None = None,
         cohort: Sequence[AudioInput] | None = None,
         cohort_size: int = DEFAULT_COHORT_TOP_N,
         progress: Progress | None = None,
     ) -> EvaluationReport:
-        """Error rates on labelled trials (see :class:`EvaluationReport`).
+        """Error rates on labelled trials (see :class:`EvaluationReport`), and the decisions
+        verify/compare/identify would take on them: the rule in use (with ``prior`` /
+        ``far`` / ``threshold`` as in :meth:`verify_many`), its FAR and FRR and, when it is
+        calibrated, Cllr, minCllr and actual / minimum DCF at its operating point.
 
         Each distinct file is embedded once; trials with an unusable file are skipped and the
-        file is listed with its reason. far: the false-accept rate whose threshold is reported.
-        norm="asnorm": AS-norm scores against ``cohort`` recordings (impostors, none of the
-        trials' speakers), else against the enrolled speakers' voiceprints; cohort_size: the
-        top-N most similar cohort voiceprints used per side.
+        file is listed with its reason. far: also the false-accept rate whose score threshold
+        on these trials is reported (default 1 %). norm="asnorm": AS-norm scores against
+        ``cohort`` recordings (impostors, none of the trials' speakers), else against the
+        enrolled speakers' voiceprints; cohort_size: the top-N most similar cohort
+        voiceprints used per side.
         """
-        if not 0.0 <= far < 1.0:
-            raise UsageError(f"--far must be in [0, 1), not {far}")
+        key = normalization(norm)
+        report_far = _report_far(far)
+        policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
+        scored = self._score_trials(trials, key, cohort, cohort_size, progress)
+        return scored.summary(policy, report_far, self.identity.label, key)
+
+    def _score_trials(
+        self,
+        trials: Sequence[Trial],
+        norm: str | None,
+        cohort: Sequence[AudioInput] | None,
+        cohort_size: int,
+        progress: Progress | None,
+    ) -> ScoredTrials:
+        """Embed the trials' files (each once) and score the usable trials."""
         if any(t.label is None for t in trials):
             raise UsageError("every trial needs a label (1 same speaker, 0 different)")
-        norm = normalization(norm)
         position, embedded = self._embed_distinct(
             [x for t in trials for x in (t.a, t.b)], 0, None, progress
         )
@@ -494,56 +607,219 @@ class SpeakerDB:
             for k, (ia, ib) in enumerate(sides)
             if embedded[ia].vector is not None and embedded[ib].vector is not None
         ]
-        usable = [trials[k] for k in kept]
         scores = self._cohorts.pair_scores(
             embedded, [sides[k] for k in kept], norm, cohort, cohort_size
         )
-        scored = [
-            ScoredTrial(int(t.label or 0), score, str(t.a), str(t.b))
-            for t, (_, score) in zip(usable, scores, strict=True)
-        ]
-        return summarise(
-            scored,
-            skipped=len(trials) - len(usable),
+        return ScoredTrials(
+            trials=[trials[k] for k in kept],
+            cosines=[raw for raw, _ in scores],
+            scores=[used for _, used in scores],
+            probes=[_side(embedded[sides[k][1]]) for k in kept],
+            enrolls=[_side(embedded[sides[k][0]]) for k in kept],
+            skipped=len(trials) - len(kept),
             failed=failed,
-            far=far,
-            threshold_in_use=self.default_threshold(norm),
-            model=self.identity.label,
-            normalization=norm,
         )
 
     def calibrate(
         self,
         trials: Sequence[Trial],
         *,
-        far: float = 0.01,
+        prior: float | None = None,
+        far: float | None = None,
+        rule: str = "llr",
         target: str = "far",
         norm: str | None = None,
         cohort: Sequence[AudioInput] | None = None,
         cohort_size: int = DEFAULT_COHORT_TOP_N,
         progress: Progress | None = None,
-    ) -> tuple[float, EvaluationReport]:
-        """Choose this database's threshold on the user's own labelled trials and store it:
-        verify, compare and identify use it from then on. target: "far" (the lowest threshold
-        with at most ``far`` false accepts) or "eer" (the threshold at the equal error rate).
-        Returns the threshold and the evaluation it came from."""
+        trials_sha256: str | None = None,
+    ) -> CalibrationResult:
+        """Calibrate this database on the user's own labelled trials and store the result:
+        verify, compare and identify decide with it from then on.
+
+        rule "llr" (default): fit a calibration of the scores (cosine, or AS-norm z-score
+        with norm="asnorm") and the quality measures of both files to LLRs (prior-weighted
+        logistic regression at p_fit = ``prior``, default 0.01; see
+        :func:`speakerdb._calibration.fit_calibration`) and store it with the operating point
+        (``prior``, or the target false-accept rate ``far`` looked up in the calibration's
+        table; default p_target 0.01) and what it was fitted on (counts, date,
+        ``trials_sha256``: the trial list's sha256, by default that of its lines). Needs at
+        least :data:`MIN_TARGET_TRIALS` same-speaker and :data:`MIN_NONTARGET_TRIALS`
+        different-speaker trials. rule "score": store a threshold on the score scale (the
+        old way): the lowest with at most ``far`` (default 1 %) false accepts (target
+        "far") or the one at the equal error rate (target "eer").
+
+        Returns the stored rule and the evaluation of the trials with it (in-sample).
+        Raises UsageError for too few trials or bad options.
+        """
+        if rule not in ("llr", "score"):
+            raise UsageError(f"calibration rule must be 'llr' or 'score', not {rule!r}")
+        key = normalization(norm)
+        if rule == "score":
+            return self._calibrate_threshold(
+                trials, far, target, key, cohort, cohort_size, progress
+            )
+        if target != "far":
+            raise UsageError("--target applies to --rule score only")
+        if prior is not None and far is not None:
+            raise UsageError("give a prior or a target false-accept rate, not both")
+        scored = self._score_trials(trials, key, cohort, cohort_size, progress)
+        identity = self.identity
+        calibration, used = scored.fit(
+            identity,
+            p_fit=_prior(prior),
+            score=key or "cosine",
+            trials_sha256=trials_sha256 or trials_digest(trials),
+        )
+        setting = CalibrationSetting(
+            normalization=key or "none",
+            kind="llr",
+            threshold=self.store.threshold(key)[0],  # still decides what cannot be calibrated
+            source="database",
+            calibration=calibration.to_dict(),
+            p_target=None if far is not None else _prior(prior),
+            c_miss=None if far is not None else 1.0,
+            c_fa=None if far is not None else 1.0,
+            target_far=far,
+            trials_sha256=calibration.fit.trials_sha256,
+            target_trials=calibration.fit.target_trials,
+            nontarget_trials=calibration.fit.nontarget_trials,
+            note=f"fitted on {used} trials of {len(trials)}",
+        )
+        policy = resolve_policy(
+            identity, key, default_threshold(self._model_name, key), setting=setting
+        )  # checks the operating point before anything is stored
+        self.store.set_calibration(setting)
+        report = scored.summary(policy, _report_far(far), identity.label, key)
+        return CalibrationResult("llr", policy.rule, report, calibration)
+
+    def _calibrate_threshold(
+        self,
+        trials: Sequence[Trial],
+        far: float | None,
+        target: str,
+        key: str | None,
+        cohort: Sequence[AudioInput] | None,
+        cohort_size: int,
+        progress: Progress | None,
+    ) -> CalibrationResult:
         if target not in ("far", "eer"):
             raise UsageError(f"calibration target must be 'far' or 'eer', not {target!r}")
-        report = self.evaluate(
-            trials, far=far, norm=norm, cohort=cohort, cohort_size=cohort_size, progress=progress
-        )
+        report_far = _report_far(far)
+        scored = self._score_trials(trials, key, cohort, cohort_size, progress)
+        report = scored.summary(self.decision_policy(key), report_far, self.identity.label, key)
         threshold = report.threshold_at_far if target == "far" else report.threshold
-        how = f"{far:.2%} false accepts" if target == "far" else "the equal error rate"
+        how = f"{report_far:.2%} false accepts" if target == "far" else "the equal error rate"
         note = (
             f"threshold at {how} on {report.target_trials} target / {report.nontarget_trials} "
             f"non-target trials (EER {report.eer:.2%})"
         )
-        self.store.set_threshold(threshold, note, normalization(norm))
-        return threshold, report
+        self.store.set_threshold(threshold, note, key)
+        rule = DecisionRule(key or "cosine", threshold, "database")
+        return CalibrationResult("threshold", rule, report, None)
 
-    def reset_calibration(self, norm: str | None = None) -> None:
-        """Forget this database's calibrated threshold: the model's default applies again."""
-        self.store.set_threshold(None, None, normalization(norm))
+    def use_bundled_calibration(
+        self, norm: str | None = None, *, prior: float | None = None, far: float | None = None
+    ) -> DecisionRule:
+        """Decide with the model's bundled calibration (at p_target ``prior`` or false-accept
+        rate ``far``; default p_target 0.01): how a database created before schema 0004 opts
+        in. Returns the rule now in use. Raises UsageError when the model has none, or for
+        AS-norm scores (the bundled calibrations map raw cosines)."""
+        key = normalization(norm)
+        if key is not None:
+            raise UsageError(
+                "the bundled calibration maps cosine scores; for AS-norm scores fit one on "
+                "your trials (speakerdb calibrate TRIALS --norm asnorm)"
+            )
+        if bundled_for(self.identity.key) is None:
+            raise UsageError(
+                f"model {self.identity.label} has no bundled calibration: fit one with "
+                "`speakerdb calibrate TRIALS`"
+            )
+        return self._store_operating_point(
+            CalibrationSetting(
+                "none", "llr", source="bundled", threshold=self.store.threshold(None)[0]
+            ),
+            prior,
+            far,
+        )
+
+    def set_operating_point(
+        self, norm: str | None = None, *, prior: float | None = None, far: float | None = None
+    ) -> DecisionRule:
+        """Move the operating point of the calibration in use (bundled or the database's own)
+        to p_target ``prior`` (unit costs) or false-accept rate ``far``; stored. Returns the
+        rule now in use. Raises UsageError when the database decides without a calibration
+        (opt in with :meth:`use_bundled_calibration` or :meth:`calibrate`)."""
+        key = normalization(norm)
+        if (prior is None) == (far is None):
+            raise UsageError("give a prior or a target false-accept rate (one of them)")
+        default, setting = self.store.calibration_setting(key)
+        if setting is None and default == "bundled" and key is None:
+            setting = CalibrationSetting("none", "llr", source="bundled")
+        if setting is None or setting.kind != "llr":
+            scale = key or "cosine"
+            raise UsageError(
+                f"this database decides on {scale} scores without a calibration: opt in with "
+                "`speakerdb calibrate --bundled` or fit one with `speakerdb calibrate TRIALS`"
+            )
+        return self._store_operating_point(setting, prior, far)
+
+    def _store_operating_point(
+        self, setting: CalibrationSetting, prior: float | None, far: float | None
+    ) -> DecisionRule:
+        if prior is not None and far is not None:
+            raise UsageError("give a prior or a target false-accept rate, not both")
+        p_target = None if far is not None else _prior(prior)
+        changed = dataclasses.replace(
+            setting,
+            p_target=p_target,
+            c_miss=None if p_target is None else 1.0,
+            c_fa=None if p_target is None else 1.0,
+            target_far=far,
+            note=setting.note if setting.source == "database" else "bundled calibration",
+        )
+        key = None if setting.normalization == "none" else setting.normalization
+        policy = resolve_policy(
+            self.identity, key, default_threshold(self._model_name, key), setting=changed
+        )
+        self.store.set_calibration(changed)
+        return policy.rule
+
+    def reset_calibration(self, norm: str | None = None) -> DecisionRule:
+        """Forget this database's calibration or threshold for a normalisation: the default
+        applies again -- the bundled calibration for raw cosine scores (in databases created
+        since schema 0004 or opted in; else the model's cosine threshold), the model's
+        threshold for AS-norm scores. Returns the rule now in use."""
+        key = normalization(norm)
+        self.store.clear_calibration(key)
+        return self.decision_policy(key).rule
+
+    def calibration_info(self, norm: str | None = None) -> dict[str, Any]:
+        """What decides here for a normalisation, JSON-compatible: the rule in use, whose
+        calibration (``calibration``: "bundled", "database" or None), the database's
+        default, the stored setting (operating point, counts, trial list sha256, date) and
+        the calibration's own fit summary."""
+        key = normalization(norm)
+        default, setting = (
+            self.store.calibration_setting(key) if self._store is not None else ("bundled", None)
+        )
+        policy = self.decision_policy(key)
+        stored = None
+        if setting is not None:
+            stored = {k: v for k, v in dataclasses.asdict(setting).items() if k != "calibration"}
+        fit = None
+        if policy.calibration is not None:
+            fit = policy.calibration.to_dict()["fit"]
+        return {
+            "normalization": key,
+            "decision_rule": policy.rule.to_dict(),
+            "calibration": policy.rule.calibration,
+            "default": default,
+            "stored": stored,
+            "fit": fit,
+            "model": self.identity.label,
+        }
 
     # --- management ---------------------------------------------------------------------------
 
@@ -597,6 +873,30 @@ def _as_list(audio: AudioInput | Sequence[AudioInput]) -> list[AudioInput]:
     if isinstance(audio, str | np.ndarray) or hasattr(audio, "__fspath__"):
         return [cast(AudioInput, audio)]
     return list(audio)
+
+
+def _side(item: EmbeddedAudio) -> Side:
+    """A recording's quality as one side of a trial."""
+    return Side(item.speech_seconds, 1, item.bandwidth_hz)
+
+
+def _vector(item: EmbeddedAudio) -> np.ndarray:
+    if item.vector is None:  # callers pass embedded inputs only
+        raise ValueError(f"{item.source} has no voiceprint")
+    return item.vector
+
+
+def _prior(prior: float | None) -> float:
+    """The target prior of an operating point: the one given, else the default (0.01)."""
+    return DEFAULT_OPERATING_POINT.p_target if prior is None else float(prior)
+
+
+def _report_far(far: float | None) -> float:
+    """The false-accept rate whose score threshold an evaluation reports (default 1 %)."""
+    value = 0.01 if far is None else float(far)
+    if not 0.0 <= value < 1.0:
+        raise UsageError(f"--far must be in [0, 1), not {far}")
+    return value
 
 
 def _error_of(item: EmbeddedAudio) -> AudioError:

@@ -47,12 +47,14 @@ def plot_evaluation(report: EvaluationReport, path: Path, title: str | None = No
         label=f"EER {report.eer:.2%} (threshold {report.threshold:.3f})",
     )
     used_far, used_frr = report.far_at_threshold_in_use, report.frr_at_threshold_in_use
+    rule_text = (report.decision_rule or {}).get("text") or (
+        f"threshold {report.threshold_in_use:.3f}"
+    )
     det.plot(
         *_probit(np.array([used_far, used_frr])),
         "s",
         color="C2",
-        label=f"in use: threshold {report.threshold_in_use:.3f} "
-        f"(FAR {used_far:.2%}, FRR {used_frr:.2%})",
+        label=f"in use: {rule_text} (FAR {used_far:.2%}, FRR {used_frr:.2%})",
     )
     ticks = _probit(np.array(_TICKS))
     labels = [f"{t:.2%}" if t < 0.001 else f"{t:.1%}" for t in _TICKS]
@@ -69,7 +71,9 @@ def plot_evaluation(report: EvaluationReport, path: Path, title: str | None = No
     bins = np.linspace(min(tgt.min(), non.min()), max(tgt.max(), non.max()), 60)
     hist.hist(non, bins=bins, alpha=0.6, density=True, label=f"different speakers ({non.size})")
     hist.hist(tgt, bins=bins, alpha=0.6, density=True, label=f"same speaker ({tgt.size})")
-    hist.axvline(report.threshold_in_use, color="C2", linestyle="--", label="threshold in use")
+    rule = report.decision_rule or {}
+    if rule.get("score", "llr") != "llr":  # an LLR threshold has no place on the score axis
+        hist.axvline(report.threshold_in_use, color="C2", linestyle="--", label="threshold in use")
     hist.axvline(report.threshold, color="C3", linestyle=":", label="threshold at EER")
     hist.set_xlabel(
         "score" + (f" ({report.normalization})" if report.normalization else " (cosine)")

@@ -47,7 +47,8 @@ class InputReport:
     is already enrolled for this speaker: not stored twice), rejected (``reason`` is the error
     code: unreadable, too_short, no_speech, ...; ``message`` says why), skipped (mode "skip"
     and the speaker exists). ``consistency``: cosine of this recording with the speaker's
-    other recordings (their centroid), when there are others."""
+    other recordings (their centroid), when there are others. ``bandwidth_hz``: its audio
+    bandwidth, a quality measure for calibration (None if it could not be measured)."""
 
     source: str
     status: InputStatus
@@ -57,6 +58,7 @@ class InputReport:
     duration: float | None = None
     speech_seconds: float | None = None
     consistency: float | None = None
+    bandwidth_hz: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -23,7 +23,7 @@ import numpy.typing as npt
 import torch
 
 from speakerdb._identity import ModelIdentity
-from speakerdb._results import Comparison
+from speakerdb._results import Comparison, DecisionRule
 from speakerdb.errors import AudioDecodeError, AudioError, UsageError
 from speakerdb.model._audio import AudioInput, source_label
 from speakerdb.model._device import resolve_device
@@ -42,8 +42,9 @@ _LOOKAHEAD = 4  # files prepared ahead of the encoder
 class EmbeddedAudio:
     """The outcome for one input: ``vector`` (256,) float32 unit-norm, or ``error``.
 
-    sha256 / duration (s) / speech_seconds (s after silence trimming) are set when decoding
-    succeeded. ``skipped``: decoded but deliberately not encoded (see ``Embedder.iter_embed``).
+    sha256 / duration (s) / speech_seconds (s after silence trimming) / bandwidth_hz (Hz, a
+    calibration quality measure; None if unmeasurable) are set when decoding succeeded.
+    ``skipped``: decoded but deliberately not encoded (see ``Embedder.iter_embed``).
     """
 
     source: str
@@ -53,6 +54,7 @@ class EmbeddedAudio:
     duration: float | None = None
     speech_seconds: float | None = None
     skipped: bool = False
+    bandwidth_hz: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -240,13 +242,15 @@ class Embedder:
         return self.default_threshold if threshold is None else validate_threshold(threshold)
 
     def compare(self, a: AudioInput, b: AudioInput, threshold: float | None = None) -> Comparison:
-        """Same speaker? Scores ``a`` against ``b`` with the one cosine rule.
+        """Same speaker? Scores ``a`` against ``b`` with the cosine rule (a model alone has no
+        database, hence no calibration: :meth:`SpeakerDB.compare` decides on LLRs).
 
-        threshold: None uses the model's calibrated default.
+        threshold: None uses the model's default cosine threshold.
         """
         used = self._threshold(threshold)
         vectors = self.embed_files([a, b])
         score = cosine(vectors[0], vectors[1])
+        origin = "model_default" if threshold is None else "given"
         return Comparison(
             score=score,
             threshold=used,
@@ -254,6 +258,7 @@ class Embedder:
             model=self.identity.label,
             a=source_label(a),
             b=source_label(b),
+            decision_rule=DecisionRule("cosine", used, origin),
         )
 
     def verify_speakers(
@@ -369,6 +374,7 @@ def _described(
         duration=prepared.duration,
         speech_seconds=prepared.speech_seconds,
         skipped=skipped,
+        bandwidth_hz=prepared.bandwidth_hz,
     )
 
 

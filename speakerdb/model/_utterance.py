@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from speakerdb.errors import NoSpeechError, TooLittleSpeechError
+from speakerdb._quality import speech_bandwidth_hz
+from speakerdb.errors import NoSpeechError, TooLittleSpeechError, UsageError
 from speakerdb.model._audio import SAMPLE_RATE, AudioInput, load_audio
 from speakerdb.model._preprocess import (
     MEL_HOP,
@@ -50,7 +51,9 @@ class PreparedUtterance:
 
     windows: (n_windows, 160, 40) float32 mel power frames; source: path or ``<array>``;
     sha256: digest of the decoded 16 kHz samples; duration: seconds of decoded audio;
-    speech_seconds: seconds left after silence trimming.
+    speech_seconds: seconds left after silence trimming; bandwidth_hz: the decoded audio's
+    bandwidth in Hz (:func:`speakerdb._quality.speech_bandwidth_hz`, a quality measure for
+    calibration), None when it cannot be measured.
     """
 
     windows: torch.Tensor
@@ -58,6 +61,7 @@ class PreparedUtterance:
     sha256: str
     duration: float
     speech_seconds: float
+    bandwidth_hz: float | None = None
 
 
 def prepare_utterance(source: AudioInput, sample_rate: int | None = None) -> PreparedUtterance:
@@ -108,4 +112,14 @@ def prepare_utterance(source: AudioInput, sample_rate: int | None = None) -> Pre
         sha256=decoded.sha256,
         duration=decoded.duration,
         speech_seconds=speech_seconds,
+        bandwidth_hz=_bandwidth(decoded.samples),
     )
+
+
+def _bandwidth(samples: np.ndarray) -> float | None:
+    """Bandwidth of the decoded 16 kHz samples, measured on the whole recording (silences
+    carry little power); None if it cannot be measured, which only disables calibration."""
+    try:
+        return speech_bandwidth_hz(samples, SAMPLE_RATE)
+    except UsageError:
+        return None

@@ -137,6 +137,17 @@ def _model_from(fields: dict[str, Any]) -> Any:
     )
 
 
+def _same_bandwidth(stored: float | None, rows: list[Any]) -> bool:
+    """Whether a speaker's bandwidth is its recordings' speech-weighted mean (None when any
+    recording's is unknown)."""
+    seconds = [float(r.speech_seconds) for r in rows]
+    if any(r.bandwidth_hz is None for r in rows) or sum(seconds) <= 0:
+        return stored is None
+    expected = sum(s * float(r.bandwidth_hz) for s, r in zip(seconds, rows, strict=True))
+    expected /= sum(seconds)
+    return stored is not None and abs(stored - expected) <= 1e-6 * max(1.0, expected)
+
+
 def _check_sql(store: EnrollmentStore) -> CheckReport:
     problems: list[str] = []
     with read_transaction(store.engine) as conn:
@@ -154,6 +165,7 @@ def _check_sql(store: EnrollmentStore) -> CheckReport:
                 Speaker.centroid,
                 Speaker.utterance_count,
                 Speaker.speech_seconds,
+                Speaker.bandwidth_hz,
                 Speaker.change_seq,
             ).order_by(Speaker.id)
         ).all()
@@ -163,6 +175,7 @@ def _check_sql(store: EnrollmentStore) -> CheckReport:
                 Utterance.embedding,
                 Utterance.model_id,
                 Utterance.speech_seconds,
+                Utterance.bandwidth_hz,
             ).order_by(Utterance.speaker_id, Utterance.id)
         ).all()
         changes = {r.speaker_id: r for r in conn.execute(select(Change)).all()}
@@ -195,6 +208,8 @@ def _check_sql(store: EnrollmentStore) -> CheckReport:
             1.0, s.speech_seconds
         ):
             note("speech seconds out of date", s.name)
+        if not _same_bandwidth(s.bandwidth_hz, rows):
+            note("bandwidths out of date", s.name)
         if model is None:
             continue
         if any(len(r.embedding) != 4 * dimension for r in rows) or len(s.centroid) != 4 * dimension:

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 UPGRADE_COMMAND = "speakerdb db upgrade"
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 """The newest revision in ``speakerdb/migrations/versions`` (a test keeps the two equal).
 Known without importing Alembic, which is only loaded to migrate."""
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -200,6 +200,10 @@ def upgrade(engine: Engine, where: str, only_if_fresh: bool = False) -> SchemaSt
         from alembic import command
 
         command.upgrade(alembic_config(conn), "head")
+        if status.fresh:
+            # A database created now decides with the model's bundled calibration; one that
+            # existed before keeps its behaviour (revision 0004 sets "none") until opted in.
+            conn.execute(text("UPDATE store_state SET calibration_default = 'bundled'"))
         return schema_status(conn)
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "CALIBRATION_SOURCES",
+    "CalibrationSetting",
     "Candidate",
     "CompactResult",
     "EnrollMode",
@@ -35,13 +37,15 @@ def vectors_from_bytes(blobs: list[bytes], dimension: int) -> npt.NDArray[np.flo
 @dataclass(frozen=True)
 class NewUtterance:
     """An embedded recording to enroll. embedding: (D,) float32; duration and speech_seconds
-    in seconds; sha256 of the decoded audio (duplicates are recognised by it)."""
+    in seconds; sha256 of the decoded audio (duplicates are recognised by it); bandwidth_hz:
+    its audio bandwidth in Hz (None: unknown, which keeps its speaker off calibration)."""
 
     embedding: npt.NDArray[np.float32]
     sha256: str
     source: str | None = None
     duration: float = 0.0
     speech_seconds: float = 0.0
+    bandwidth_hz: float | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,10 @@ class EnrollRequest:
 
 @dataclass(frozen=True)
 class SpeakerRecord:
+    """An enrolled speaker. ``utterances``, ``speech_seconds`` (total, s) and
+    ``bandwidth_hz`` (speech-weighted mean of its recordings', None when any is unknown) are
+    the enrollment side's quality measures for calibration."""
+
     id: int
     name: str
     metadata: dict[str, Any] | None
@@ -62,6 +70,7 @@ class SpeakerRecord:
     speech_seconds: float
     created_at: dt.datetime
     updated_at: dt.datetime
+    bandwidth_hz: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -78,6 +87,7 @@ class UtteranceRecord:
     duration: float
     speech_seconds: float
     created_at: dt.datetime
+    bandwidth_hz: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -108,11 +118,45 @@ class EnrollResult:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A speaker found by a vector search, with its exact cosine score."""
+    """A speaker found by a vector search, with its exact cosine score (or, re-scored, its
+    normalised score) and its enrollment quality: recordings, total speech seconds and
+    bandwidth (Hz, None when unknown)."""
 
     id: int
     name: str
     score: float
+    utterances: int = 0
+    speech_seconds: float = 0.0
+    bandwidth_hz: float | None = None
+
+
+CALIBRATION_SOURCES = ("bundled", "database")
+
+
+@dataclass(frozen=True)
+class CalibrationSetting:
+    """How a database decides for one score normalisation (a ``calibrations`` row; see
+    :class:`speakerdb.storage._schema.Calibration` for the meaning of every field).
+
+    normalization: "none" or "asnorm". kind: "threshold" (``threshold`` on the score scale)
+    or "llr" (``source`` "bundled" or "database", whose ``calibration`` is the JSON dict,
+    and the operating point ``p_target`` / ``c_miss`` / ``c_fa`` or ``target_far``).
+    """
+
+    normalization: str
+    kind: str
+    threshold: float | None = None
+    note: str | None = None
+    source: str | None = None
+    calibration: dict[str, Any] | None = None
+    p_target: float | None = None
+    c_miss: float | None = None
+    c_fa: float | None = None
+    target_far: float | None = None
+    trials_sha256: str | None = None
+    target_trials: int | None = None
+    nontarget_trials: int | None = None
+    created_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,11 @@ Tables:
   changes       the change log the vector-index caches catch up from: one row per speaker id
                 holding the sequence number of its latest centroid upsert or delete
   store_state   a single row: database identity, the change counter, the model in use, the
-                index kind, and the key that authenticates index cache files
-  calibrations  thresholds calibrated on this database's own trials, per normalisation
+                index kind, the key that authenticates index cache files, and which
+                calibration applies where none is set (``calibration_default``)
+  calibrations  how this database decides, per score normalisation: a threshold on the score
+                scale chosen on its own trials, or a calibration to log-likelihood ratios
+                (the bundled one or one fitted on its own trials) with an operating point
 
 The migrations in ``speakerdb/migrations`` must build exactly this schema; a test compares
 them with Alembic's autogenerate comparison.
@@ -94,18 +97,48 @@ class StoreState(Base):
     # 32 random bytes (hex): the HMAC key of the index cache files. Only a holder of the
     # database can write a file the store will use; anything else is rebuilt from SQL.
     index_key: Mapped[str] = mapped_column(String(64))
+    # Which calibration applies to a normalisation without a ``calibrations`` row: "bundled"
+    # (the model's own, at the default operating point) for databases created since revision
+    # 0004 or opted in; "none" (cosine score against the model's threshold) for databases
+    # created before, which keep deciding as they did until their owner opts in.
+    calibration_default: Mapped[str] = mapped_column(
+        String(16), default="none", server_default="none"
+    )
 
 
 class Calibration(Base):
-    """A decision threshold chosen on this database's own trials (``speakerdb calibrate``),
-    per score normalisation ("none" for raw cosine scores, "asnorm")."""
+    """How this database decides for one score normalisation ("none" for raw cosine scores,
+    "asnorm").
+
+    kind "threshold": accept iff the score (cosine, or AS-norm z-score) >= ``threshold``,
+    chosen on this database's own trials (``speakerdb calibrate --rule score``; every row
+    written before revision 0004 is of this kind). kind "llr": ``threshold``, if set, is
+    kept from before for the answers the calibration cannot take; the score and quality
+    measures are mapped to a log-likelihood ratio by a calibration -- ``source`` "bundled"
+    (the model's shipped calibration) or "database" (``calibration`` holds one fitted on this
+    database's trials: the ``speakerdb-calibration/1`` JSON, which also records its fit) --
+    and accepted iff the LLR reaches the operating point's threshold: the Bayes threshold of
+    ``p_target`` / ``c_miss`` / ``c_fa``, or, when ``target_far`` is set, the LLR at which
+    that share of the calibration's impostor trials was accepted. ``trials_sha256`` and the
+    trial counts repeat the fit's, for queries.
+    """
 
     __tablename__ = "calibrations"
 
     normalization: Mapped[str] = mapped_column(String(16), primary_key=True)
-    threshold: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16), default="threshold", server_default="threshold")
+    source: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    calibration: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    p_target: Mapped[float | None] = mapped_column(Float, nullable=True)
+    c_miss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    c_fa: Mapped[float | None] = mapped_column(Float, nullable=True)
+    target_far: Mapped[float | None] = mapped_column(Float, nullable=True)
+    trials_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    target_trials: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    nontarget_trials: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Speaker(Base):
@@ -123,6 +156,9 @@ class Speaker(Base):
     centroid: Mapped[bytes] = mapped_column(LargeBinary)
     utterance_count: Mapped[int] = mapped_column(Integer)
     speech_seconds: Mapped[float] = mapped_column(Float)
+    # Speech-weighted mean of the recordings' bandwidths (Hz), the enrollment side's channel
+    # for calibration; NULL when any recording's is unknown (enrolled before revision 0004).
+    bandwidth_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
     change_seq: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -145,6 +181,8 @@ class Utterance(Base):
     source: Mapped[str | None] = mapped_column(Text, nullable=True)
     duration: Mapped[float] = mapped_column(Float)
     speech_seconds: Mapped[float] = mapped_column(Float)
+    # Audio bandwidth (Hz, speakerdb._quality); NULL for recordings enrolled before 0004.
+    bandwidth_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

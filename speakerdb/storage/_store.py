@@ -47,7 +47,9 @@ from speakerdb.storage._location import DatabaseLocation, resolve_location
 from speakerdb.storage._migrate import ensure_schema, inspect_read_only
 from speakerdb.storage._names import lookup_forms, validated_name
 from speakerdb.storage._records import (
+    CALIBRATION_SOURCES,
     ENROLL_MODES,
+    CalibrationSetting,
     Candidate,
     CompactResult,
     EnrollRequest,
@@ -210,8 +212,10 @@ class EnrollmentStore:
     # --- settings -----------------------------------------------------------------------------
 
     def threshold(self, normalization: str | None = None) -> tuple[float | None, str | None]:
-        """The threshold calibrated on this database for a score normalisation (None: raw
-        cosine), and the note on how it was chosen; (None, None) when none is set."""
+        """The threshold on the score scale calibrated on this database for a score
+        normalisation (None: raw cosine), and the note on how it was chosen; (None, None)
+        when none is set. With a calibration to LLRs it is the threshold for the answers the
+        calibration cannot take."""
         key = normalization or "none"
         with self._read("read the threshold") as conn:
             row = conn.execute(
@@ -219,24 +223,107 @@ class EnrollmentStore:
                     Calibration.normalization == key
                 )
             ).first()
-        return (row.threshold, row.note) if row is not None else (None, None)
+        if row is None or row.threshold is None:
+            return None, None
+        return row.threshold, row.note
 
     def set_threshold(
         self, threshold: float | None, note: str | None = None, normalization: str | None = None
     ) -> None:
-        """Store (or with None, clear) this database's threshold for a normalisation."""
+        """Store (or with None, clear) this database's threshold on the score scale for a
+        normalisation: it replaces whatever decided for that normalisation before."""
+        if threshold is None:
+            self.clear_calibration(normalization)
+            return
+        self.set_calibration(
+            CalibrationSetting(
+                normalization or "none", "threshold", threshold=float(threshold), note=note
+            )
+        )
+
+    def calibration_setting(
+        self, normalization: str | None = None
+    ) -> tuple[str, CalibrationSetting | None]:
+        """How this database decides for a normalisation (None: raw cosine): the calibration
+        that applies where nothing is set ("bundled" or "none", see
+        :attr:`speakerdb.storage._schema.StoreState.calibration_default`), and the setting
+        stored for that normalisation, if any. One read transaction."""
+        key = normalization or "none"
+        with self._read("read the calibration") as conn:
+            default = conn.execute(
+                select(StoreState.calibration_default).where(StoreState.id == 1)
+            ).scalar_one()
+            row = conn.execute(
+                select(*_table(Calibration).c).where(Calibration.normalization == key)
+            ).first()
+        if row is None:
+            return str(default), None
+        return str(default), CalibrationSetting(
+            normalization=row.normalization,
+            kind=row.kind,
+            threshold=row.threshold,
+            note=row.note,
+            source=row.source,
+            calibration=row.calibration,
+            p_target=row.p_target,
+            c_miss=row.c_miss,
+            c_fa=row.c_fa,
+            target_far=row.target_far,
+            trials_sha256=row.trials_sha256,
+            target_trials=row.target_trials,
+            nontarget_trials=row.nontarget_trials,
+            created_at=_aware(row.created_at),
+        )
+
+    def set_calibration(self, setting: CalibrationSetting) -> None:
+        """Store how this database decides for ``setting.normalization``, replacing what was
+        there. A calibration to LLRs also opts the database in for good: from then on a
+        normalisation without a setting uses the bundled calibration (``calibrate --reset``
+        returns there). Raises UsageError for a malformed setting."""
+        _check_setting(setting)
+
+        def work(conn: Connection) -> None:
+            _lock_state(conn)
+            conn.execute(
+                delete(Calibration).where(Calibration.normalization == setting.normalization)
+            )
+            conn.execute(
+                _table(Calibration)
+                .insert()
+                .values(
+                    normalization=setting.normalization,
+                    kind=setting.kind,
+                    threshold=setting.threshold,
+                    note=setting.note,
+                    source=setting.source,
+                    calibration=setting.calibration,
+                    p_target=setting.p_target,
+                    c_miss=setting.c_miss,
+                    c_fa=setting.c_fa,
+                    target_far=setting.target_far,
+                    trials_sha256=setting.trials_sha256,
+                    target_trials=setting.target_trials,
+                    nontarget_trials=setting.nontarget_trials,
+                    created_at=utcnow(),
+                )
+            )
+            if setting.kind == "llr":
+                conn.execute(
+                    update(StoreState)
+                    .where(StoreState.id == 1)
+                    .values(calibration_default="bundled")
+                )
+
+        self._write(work, "store the calibration")
+
+    def clear_calibration(self, normalization: str | None = None) -> None:
+        """Forget this database's setting for a normalisation: the default applies again."""
         key = normalization or "none"
 
         def work(conn: Connection) -> None:
             conn.execute(delete(Calibration).where(Calibration.normalization == key))
-            if threshold is not None:
-                conn.execute(
-                    _table(Calibration)
-                    .insert()
-                    .values(normalization=key, threshold=threshold, note=note, created_at=utcnow())
-                )
 
-        self._write(work, "store the threshold")
+        self._write(work, "reset the calibration")
 
     def index_kind(self) -> str:
         with self._read("read the index kind") as conn:
@@ -479,13 +566,20 @@ class EnrollmentStore:
                     Utterance.duration,
                     Utterance.speech_seconds,
                     Utterance.created_at,
+                    Utterance.bandwidth_hz,
                 )
                 .where(Utterance.speaker_id == row.id)
                 .order_by(Utterance.id)
             ).all()
         return [
             UtteranceRecord(
-                r.id, r.audio_sha256, r.source, r.duration, r.speech_seconds, _aware(r.created_at)
+                r.id,
+                r.audio_sha256,
+                r.source,
+                r.duration,
+                r.speech_seconds,
+                _aware(r.created_at),
+                r.bandwidth_hz,
             )
             for r in rows
         ]
@@ -580,12 +674,19 @@ class EnrollmentStore:
             wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
             rows = (
                 conn.execute(
-                    select(Speaker.id, Speaker.name, Speaker.centroid).where(Speaker.id.in_(wanted))
+                    select(
+                        Speaker.id,
+                        Speaker.name,
+                        Speaker.centroid,
+                        Speaker.utterance_count,
+                        Speaker.speech_seconds,
+                        Speaker.bandwidth_hz,
+                    ).where(Speaker.id.in_(wanted))
                 ).all()
                 if wanted
                 else []
             )
-        found = {r.id: (r.name, np.frombuffer(r.centroid, dtype=np.float32)) for r in rows}
+        found = {r.id: (r, np.frombuffer(r.centroid, dtype=np.float32)) for r in rows}
         from speakerdb.scoring import cosine_scores
 
         out: list[list[Candidate]] = []
@@ -596,7 +697,7 @@ class EnrollmentStore:
                 continue
             scores = cosine_scores(query, np.stack([found[i][1] for i in present]))
             ranked = sorted(zip(present, scores, strict=True), key=lambda p: (-p[1], p[0]))[:k]
-            out.append([Candidate(i, found[i][0], float(s)) for i, s in ranked])
+            out.append([_candidate(cast(Row[Any], found[i][0]), float(s)) for i, s in ranked])
         return out
 
     def index_status(self) -> IndexStatus:
@@ -659,6 +760,7 @@ _SPEAKER_COLUMNS = select(
     Speaker.speech_seconds,
     Speaker.created_at,
     Speaker.updated_at,
+    Speaker.bandwidth_hz,
 )
 
 
@@ -682,7 +784,42 @@ def _speaker_record(row: Row[Any]) -> SpeakerRecord:
         speech_seconds=row.speech_seconds,
         created_at=_aware(row.created_at),
         updated_at=_aware(row.updated_at),
+        bandwidth_hz=row.bandwidth_hz,
     )
+
+
+def _candidate(row: Row[Any], score: float) -> Candidate:
+    return Candidate(
+        row.id, row.name, score, row.utterance_count, row.speech_seconds, row.bandwidth_hz
+    )
+
+
+def _check_setting(setting: CalibrationSetting) -> None:
+    if setting.normalization not in ("none", "asnorm"):
+        raise UsageError(f"unknown normalisation {setting.normalization!r}")
+    if setting.threshold is not None and not np.isfinite(setting.threshold):
+        raise UsageError(f"threshold must be finite, not {setting.threshold}")
+    if setting.kind == "threshold":
+        if setting.threshold is None:
+            raise UsageError("a threshold setting needs a threshold")
+        return
+    if setting.kind != "llr" or setting.source not in CALIBRATION_SOURCES:
+        raise UsageError(f"unknown calibration setting {setting.kind!r} / {setting.source!r}")
+    if (setting.source == "database") != (setting.calibration is not None):
+        raise UsageError("a database calibration, and only one, stores its calibration")
+    if (setting.p_target is None) == (setting.target_far is None):
+        raise UsageError("an operating point needs a prior or a target false-accept rate")
+
+
+def _bandwidth_of(seconds: Sequence[float], bandwidths: Sequence[float | None]) -> float | None:
+    """The voiceprint's bandwidth: its recordings' bandwidths averaged with their speech
+    seconds as weights (as speakerdb._calibration.enrollment_quality), None if any is
+    unknown or no recording has speech."""
+    known = [b for b in bandwidths if b is not None]
+    total = float(sum(seconds))
+    if not known or len(known) != len(bandwidths) or total <= 0:
+        return None
+    return float(sum(s * b for s, b in zip(seconds, known, strict=True)) / total)
 
 
 def _speaker_row(
@@ -842,9 +979,19 @@ def _validated(request: EnrollRequest, dimension: int) -> EnrollRequest:
                 source=u.source,
                 duration=float(u.duration),
                 speech_seconds=float(u.speech_seconds),
+                bandwidth_hz=_checked_bandwidth(u.bandwidth_hz),
             )
         )
     return EnrollRequest(name, clean, request.mode, request.metadata)
+
+
+def _checked_bandwidth(value: float | None) -> float | None:
+    if value is None:
+        return None
+    hz = float(value)
+    if not (np.isfinite(hz) and hz > 0):
+        raise UsageError(f"bandwidth must be positive Hz or unknown (None), not {value!r}")
+    return hz
 
 
 def _centroid(embeddings: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -880,6 +1027,7 @@ def _utterance_rows(
             "source": u.source,
             "duration": u.duration,
             "speech_seconds": u.speech_seconds,
+            "bandwidth_hz": u.bandwidth_hz,
             "embedding": u.embedding.tobytes(),
             "model_id": model_id,
             "created_at": now,
@@ -917,6 +1065,9 @@ def _create_speakers(
                 "centroid": _centroid(np.stack([u.embedding for u in added])).tobytes(),
                 "utterance_count": len(added),
                 "speech_seconds": float(sum(u.speech_seconds for u in added)),
+                "bandwidth_hz": _bandwidth_of(
+                    [u.speech_seconds for u in added], [u.bandwidth_hz for u in added]
+                ),
                 "change_seq": seq,
                 "created_at": now,
                 "updated_at": now,
@@ -957,6 +1108,7 @@ def _create_speakers(
                 speech_seconds=row["speech_seconds"],
                 created_at=now,
                 updated_at=now,
+                bandwidth_hz=row["bandwidth_hz"],
             ),
             created=True,
             added=[u.sha256 for u in added],
@@ -1010,7 +1162,12 @@ def _enroll_one(
     if added:
         conn.execute(_table(Utterance).insert(), _utterance_rows(speaker_id, added, model_id, now))
     rows = conn.execute(
-        select(Utterance.audio_sha256, Utterance.embedding, Utterance.speech_seconds)
+        select(
+            Utterance.audio_sha256,
+            Utterance.embedding,
+            Utterance.speech_seconds,
+            Utterance.bandwidth_hz,
+        )
         .where(Utterance.speaker_id == speaker_id)
         .order_by(Utterance.id)
     ).all()
@@ -1021,6 +1178,9 @@ def _enroll_one(
         "centroid": _centroid(embeddings).tobytes(),
         "utterance_count": len(rows),
         "speech_seconds": float(sum(r.speech_seconds for r in rows)),
+        "bandwidth_hz": _bandwidth_of(
+            [r.speech_seconds for r in rows], [r.bandwidth_hz for r in rows]
+        ),
         "updated_at": now,
     }
     if request.metadata is not None:

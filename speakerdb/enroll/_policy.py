@@ -1,0 +1,391 @@
+"""How a database decides: which score is compared with which threshold, per normalisation.
+
+One rule everywhere: accept iff ``score >= threshold``, where the score is the calibrated
+log-likelihood ratio when a calibration applies, else the cosine (or its AS-norm z-score).
+:func:`resolve_policy` turns what the database stores (a
+:class:`~speakerdb.storage._records.CalibrationSetting` and its default) and what the caller
+asks for (``threshold``, ``prior``, ``far``) into a :class:`DecisionPolicy`;
+:meth:`DecisionPolicy.decide` applies it to trials whose quality measures are known.
+
+Which calibration applies, for a normalisation:
+
+1. the database's setting for it: a threshold on the score scale (no calibration), or a
+   calibration (the bundled one, or the database's own) at an operating point;
+2. without a setting, the database's default: the model's bundled calibration at the
+   default operating point (p_target 0.01, unit costs) for raw cosine scores, in databases
+   created since schema revision 0004 or opted in; none (cosine against the model's
+   threshold) in databases created before; and none for AS-norm scores unless the database
+   fitted its own calibration of them;
+3. ``prior`` or ``far`` given for one call ask for a calibrated decision: the calibration of
+   (1)/(2), else the bundled one.
+
+A calibration needs the speech seconds and bandwidth of both sides. Where one is unknown
+(a speaker enrolled before revision 0004), that answer falls back to the score rule (the
+database's stored threshold, else the model's) and its decision rule says why.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from speakerdb._calibration import (
+    DEFAULT_OPERATING_POINT,
+    Calibration,
+    OperatingPoint,
+    TrialQuality,
+    bundled_calibration,
+)
+from speakerdb._identity import ModelIdentity
+from speakerdb._results import DecisionRule
+from speakerdb.errors import ModelMismatchError, UsageError
+from speakerdb.scoring import validate_threshold
+from speakerdb.storage._records import CalibrationSetting, Candidate
+
+__all__ = [
+    "MIN_NONTARGET_TRIALS",
+    "MIN_TARGET_TRIALS",
+    "RERANKED_CANDIDATES",
+    "Decision",
+    "DecisionPolicy",
+    "Side",
+    "bundled_for",
+    "rank_candidates",
+    "resolve_policy",
+    "trial_quality",
+]
+
+MIN_TARGET_TRIALS = 50
+"""Fewest same-speaker trials ``calibrate`` fits on: about ten per fitted weight (the
+score, three quality terms and the bias), the usual floor for a logistic regression."""
+MIN_NONTARGET_TRIALS = 200
+"""Fewest different-speaker trials ``calibrate`` fits on (the LLR threshold at a target
+false-accept rate F further needs 1 / F of them)."""
+
+RERANKED_CANDIDATES = 20
+"""Identification with a calibration (or AS-norm) ranks at least this many candidates, the
+nearest by cosine: the LLR of a voiceprint depends on its own enrollment quality, so the
+LLR order may differ from the cosine order a little further down the list."""
+
+UNKNOWN_ENROLLMENT_BANDWIDTH = (
+    "not calibrated: the enrollment's bandwidth is unknown (recordings enrolled before "
+    "schema 0004; re-enroll them to calibrate)"
+)
+
+UNKNOWN_PROBE_QUALITY = (
+    "not calibrated: the probe's bandwidth or speech duration could not be measured"
+)
+
+
+@dataclass(frozen=True)
+class Side:
+    """The quality of one side of a trial: speech seconds (summed over a voiceprint's
+    recordings), recordings behind it, and audio bandwidth in Hz (None: unknown)."""
+
+    speech_seconds: float | None
+    count: int = 1
+    bandwidth_hz: float | None = None
+
+    @property
+    def known(self) -> bool:
+        return (
+            self.speech_seconds is not None
+            and self.speech_seconds > 0
+            and self.bandwidth_hz is not None
+            and self.count >= 1
+        )
+
+
+def trial_quality(
+    scores: Sequence[float], probes: Sequence[Side], enrolls: Sequence[Side]
+) -> TrialQuality:
+    """The calibration inputs of n trials whose sides are all :attr:`Side.known`."""
+    if not all(p.known and e.known for p, e in zip(probes, enrolls, strict=True)):
+        raise UsageError("calibration needs the speech seconds and bandwidth of both sides")
+    return TrialQuality.of(
+        scores,
+        [float(p.speech_seconds or 0.0) for p in probes],
+        [float(e.speech_seconds or 0.0) for e in enrolls],
+        [e.count for e in enrolls],
+        [float(p.bandwidth_hz or 0.0) for p in probes],
+        [float(e.bandwidth_hz or 0.0) for e in enrolls],
+    )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One trial decided: its raw cosine, LLR (None when no calibration applied), the score
+    the rule compared, and the rule."""
+
+    cosine: float
+    llr: float | None
+    score: float
+    rule: DecisionRule
+
+    @property
+    def accepted(self) -> bool:
+        return self.rule.accepts(self.score)
+
+    @property
+    def threshold(self) -> float:
+        return self.rule.threshold
+
+    @property
+    def calibration(self) -> str | None:
+        return self.rule.calibration if self.llr is not None else None
+
+
+@dataclass(frozen=True)
+class DecisionPolicy:
+    """The rules of one normalisation. ``score_rule``: the score scale's rule (used without a
+    calibration, and for trials a calibration cannot take). ``calibration`` / ``llr_rule``:
+    the calibration in use and its rule on LLRs (both None without one)."""
+
+    normalization: str | None
+    score_rule: DecisionRule
+    calibration: Calibration | None = None
+    llr_rule: DecisionRule | None = None
+
+    @property
+    def rule(self) -> DecisionRule:
+        """The rule for trials whose quality is known."""
+        return self.llr_rule if self.llr_rule is not None else self.score_rule
+
+    def llrs(
+        self, scores: Sequence[float], probes: Sequence[Side], enrolls: Sequence[Side]
+    ) -> npt.NDArray[np.float64]:
+        """(n,) LLRs of n trials (scores on the calibration's scale), NaN where a side's
+        quality is unknown or there is no calibration."""
+        out = np.full(len(scores), np.nan)
+        if self.calibration is None:
+            return out
+        known = [
+            i for i, (p, e) in enumerate(zip(probes, enrolls, strict=True)) if p.known and e.known
+        ]
+        if known:
+            inputs = trial_quality(
+                [scores[i] for i in known], [probes[i] for i in known], [enrolls[i] for i in known]
+            )
+            out[known] = self.calibration.llrs(inputs)
+        return out
+
+    def decide(
+        self,
+        cosines: Sequence[float],
+        scores: Sequence[float],
+        probes: Sequence[Side],
+        enrolls: Sequence[Side],
+    ) -> list[Decision]:
+        """Decide n trials: (n,) raw cosines, (n,) scores on the policy's scale (the cosine,
+        or the AS-norm z-score), and each trial's probe and enrollment quality."""
+        llrs = self.llrs(scores, probes, enrolls)
+        out = []
+        for i, llr in enumerate(llrs):
+            if self.llr_rule is not None and math.isfinite(llr):
+                out.append(Decision(cosines[i], float(llr), float(llr), self.llr_rule))
+            else:
+                rule = self.score_rule
+                if self.llr_rule is not None:
+                    rule = rule.with_note(_why_not(probes[i]))
+                out.append(Decision(cosines[i], None, float(scores[i]), rule))
+        return out
+
+
+def rank_candidates(
+    policy: DecisionPolicy,
+    candidates: Sequence[Candidate],
+    cosines: dict[int, float],
+    probe: Side,
+) -> tuple[list[tuple[Candidate, Decision]], DecisionRule]:
+    """Decide every identification candidate of one probe and rank them, best first by the
+    score the rule compares. ``candidates``' scores are on the policy's scale (cosine, or
+    z-score after AS-norm); ``cosines``: their raw cosines by speaker id.
+
+    One rule per identification, so that the ranking compares like with like: the LLR rule
+    when every candidate can be calibrated, else the score rule for all of them (its note
+    says how many enrollments lack a bandwidth). Returns the ranked pairs and the rule.
+    """
+    enrolls = [Side(c.speech_seconds, c.utterances, c.bandwidth_hz) for c in candidates]
+    decisions = policy.decide(
+        [cosines.get(c.id, c.score) for c in candidates],
+        [c.score for c in candidates],
+        [probe] * len(candidates),
+        enrolls,
+    )
+    rule = policy.rule
+    lacking = [d for d in decisions if d.llr is None]
+    if policy.llr_rule is not None and lacking:
+        if probe.known:
+            why = (
+                f"not calibrated: {len(lacking)} of {len(decisions)} candidates' enrollment "
+                "bandwidths are unknown (enrolled before schema 0004; re-enroll them to "
+                "calibrate)"
+            )
+        else:
+            why = UNKNOWN_PROBE_QUALITY
+        rule = policy.score_rule.with_note(why)
+        decisions = [
+            Decision(d.cosine, d.llr, float(c.score), rule)
+            for c, d in zip(candidates, decisions, strict=True)
+        ]
+    ranked = sorted(
+        zip(candidates, decisions, strict=True), key=lambda pair: (-pair[1].score, pair[0].id)
+    )
+    return ranked, rule
+
+
+def _why_not(probe: Side) -> str:
+    return UNKNOWN_ENROLLMENT_BANDWIDTH if probe.known else UNKNOWN_PROBE_QUALITY
+
+
+@functools.lru_cache(maxsize=8)
+def bundled_for(identity_key: tuple[str, str, int]) -> Calibration | None:
+    """The bundled calibration of a model (name, weights sha256, dimension), or None."""
+    return bundled_calibration(*identity_key)
+
+
+def resolve_policy(
+    identity: ModelIdentity,
+    normalization: str | None,
+    model_threshold: float,
+    default: str = "bundled",
+    setting: CalibrationSetting | None = None,
+    *,
+    threshold: float | None = None,
+    prior: float | None = None,
+    far: float | None = None,
+) -> DecisionPolicy:
+    """The decision policy for one call (see the module docstring for the order of things).
+
+    identity: the model whose scores are decided. model_threshold: its threshold on the
+    score scale of ``normalization``. default / setting: what the database stores (see
+    :meth:`~speakerdb.storage._store.EnrollmentStore.calibration_setting`; "bundled" and
+    None without a database). threshold: overrides the threshold of the rule in use, on its
+    scale (an LLR when calibrated, else a cosine in [-1, 1] or a z-score). prior / far: an
+    operating point for this call (Bayes threshold at p_target ``prior`` with unit costs,
+    or the LLR threshold at false-accept rate ``far`` of the calibration's table).
+
+    Raises UsageError for bad values or a calibrated decision nobody can make (AS-norm
+    scores without a calibration of them), ModelMismatchError when the database's
+    calibration belongs to another model.
+    """
+    if prior is not None and far is not None:
+        raise UsageError("give a prior or a target false-accept rate, not both")
+    score_kind = normalization or "cosine"
+    score_threshold, score_origin = model_threshold, "model_default"
+    calibration: Calibration | None = None
+    source: str | None = None
+    point = DEFAULT_OPERATING_POINT
+    target_far: float | None = None
+    if setting is not None and setting.threshold is not None:
+        # The database's own threshold on the score scale: its rule, or (next to a
+        # calibration) the rule of the answers the calibration cannot take.
+        score_threshold, score_origin = setting.threshold, "database"
+    if setting is not None and setting.kind == "llr":
+        source = setting.source
+        if source == "database":
+            calibration = Calibration.from_dict(setting.calibration or {})
+        else:
+            calibration = bundled_for(identity.key)
+        if setting.target_far is not None:
+            target_far = setting.target_far
+        else:
+            point = OperatingPoint(
+                _or(setting.p_target, DEFAULT_OPERATING_POINT.p_target),
+                _or(setting.c_miss, 1.0),
+                _or(setting.c_fa, 1.0),
+            )
+    elif setting is None and default == "bundled" and normalization is None:
+        calibration, source = bundled_for(identity.key), "bundled"
+    if prior is not None or far is not None:
+        if calibration is None:
+            if normalization is not None:
+                raise UsageError(
+                    f"no calibration of {normalization} scores here: fit one with "
+                    f"`speakerdb calibrate TRIALS --norm {normalization}`"
+                )
+            calibration, source = bundled_for(identity.key), "bundled"
+            if calibration is None:
+                raise UsageError(
+                    f"model {identity.label} has no bundled calibration: fit one with "
+                    "`speakerdb calibrate TRIALS`"
+                )
+        point = OperatingPoint(prior) if prior is not None else point
+        target_far = far if far is not None else (None if prior is not None else target_far)
+    if calibration is None:
+        source = None
+    if calibration is not None:
+        _check_calibration(calibration, identity, score_kind)
+
+    if threshold is not None and calibration is None:
+        score_threshold, score_origin = _given(threshold, normalization), "given"
+    score_rule = DecisionRule(score_kind, float(score_threshold), score_origin)
+    if calibration is None:
+        return DecisionPolicy(normalization, score_rule)
+    if threshold is not None:
+        llr_rule = DecisionRule("llr", _finite(threshold), "given", source)
+    elif target_far is not None:
+        llr_rule = DecisionRule(
+            "llr", _threshold_at_far(calibration, target_far), "target_far", source, far=target_far
+        )
+    else:
+        llr_rule = DecisionRule(
+            "llr",
+            point.threshold,
+            "operating_point",
+            source,
+            p_target=point.p_target,
+            c_miss=point.c_miss,
+            c_fa=point.c_fa,
+        )
+    return DecisionPolicy(normalization, score_rule, calibration, llr_rule)
+
+
+def _check_calibration(calibration: Calibration, identity: ModelIdentity, score: str) -> None:
+    if not calibration.matches(*identity.key):
+        model = calibration.model
+        raise ModelMismatchError(
+            f"this database's calibration was fitted on scores of model {model.get('name')}:"
+            f"{str(model.get('weights_sha256'))[:12]}, not {identity.label}: fit another "
+            "(speakerdb calibrate TRIALS) or return to the bundled one (calibrate --reset)"
+        )
+    if calibration.score != score:
+        raise UsageError(f"the calibration maps {calibration.score} scores, not {score} scores")
+
+
+def _threshold_at_far(calibration: Calibration, far: float) -> float:
+    if not 0.0 < far < 1.0:
+        raise UsageError(f"the target false-accept rate must be in (0, 1), not {far}")
+    impostors = calibration.fit.nontarget_trials
+    if far * impostors < 1:
+        raise UsageError(
+            f"a false-accept rate of {far:g} needs a calibration fitted on at least "
+            f"{math.ceil(1 / far)} different-speaker trials (this one saw {impostors})"
+        )
+    return calibration.threshold_at_far(far)
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else float(value)
+
+
+def _given(threshold: float, normalization: str | None) -> float:
+    if normalization is None:
+        return validate_threshold(threshold)
+    return _finite(threshold)
+
+
+def _finite(value: Any) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"threshold must be a number, not {value!r}") from None
+    if not math.isfinite(out):
+        raise UsageError(f"threshold must be a finite number, not {value!r}")
+    return out
