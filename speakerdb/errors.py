@@ -34,6 +34,7 @@ __all__ = [
     "SpeakerNotFoundError",
     "StoreError",
     "TooLittleSpeechError",
+    "TooLongError",
     "UsageError",
     "printable",
 ]
@@ -134,6 +135,12 @@ class TooLittleSpeechError(AudioError):
     """There is speech, but less than the model's minimum."""
 
     code = "too_short"
+
+
+class TooLongError(AudioError):
+    """The recording is longer than the limit of the caller (a service's upload limit)."""
+
+    code = "too_long"
 
 
 # --- models ------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ Tables:
   store_state   a single row: database identity, the change counter, the model in use, the
                 index kind, and the key that authenticates index cache files
   calibrations  thresholds calibrated on this database's own trials, per normalisation
+  api_keys      keys of the HTTP service (``speakerdb serve``): only their sha256, never the
+                key itself, with their scopes
 
 The migrations in ``speakerdb/migrations`` must build exactly this schema; a test compares
 them with Alembic's autogenerate comparison.
@@ -36,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "ApiKey",
     "Base",
     "Calibration",
     "Change",
@@ -163,3 +166,18 @@ class Change(Base):
     speaker_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     op: Mapped[str] = mapped_column(String(8))
+
+
+class ApiKey(Base):
+    """An API key of the HTTP service. Only the sha256 of the key is stored: the key itself
+    is shown once, when it is created. ``prefix`` (its first characters, not secret enough to
+    matter) lets a person tell keys apart; ``scopes`` is a space-separated list."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    scopes: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
