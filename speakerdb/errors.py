@@ -20,6 +20,7 @@ __all__ = [
     "AudioDecodeError",
     "AudioError",
     "AudioNotFoundError",
+    "BusyError",
     "ConfigurationError",
     "DatabaseNotFoundError",
     "InvalidAudioError",
@@ -84,6 +85,13 @@ class ConfigurationError(SpeakerDBError):
     """The environment is not set up for the request (bad database URL, unknown model...)."""
 
     code = "configuration"
+
+
+class BusyError(SpeakerDBError):
+    """The work could not be done within its time limit (a server too busy to embed a
+    request's recordings in time); trying again later may succeed."""
+
+    code = "busy"
 
 
 class MissingDependencyError(ConfigurationError):

@@ -96,9 +96,7 @@ def parse_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
             elif scope in SCOPES:
                 wanted.add(scope)
             else:
-                raise UsageError(
-                    f"unknown scope {word!r}: use {', '.join((*SCOPES, *_ALIASES))}"
-                )
+                raise UsageError(f"unknown scope {word!r}: use {', '.join((*SCOPES, *_ALIASES))}")
     if not wanted:
         raise UsageError(f"a key needs at least one scope ({', '.join(SCOPES)})")
     return tuple(s for s in SCOPES if s in wanted)
