@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -315,6 +316,11 @@ class IndexCache:
     def _maintain(self) -> None:
         generation, kind = self._generation, self._index_kind
         try:
+            import faiss
+
+            # Training runs on at most half the cores (OpenMP's thread count is set per
+            # calling thread): the others keep answering queries meanwhile.
+            faiss.omp_set_num_threads(max(1, (os.cpu_count() or 2) // 2))
             # Built without the lock: the counter first, the centroids second, then every
             # change after that counter replayed under the lock (see the module docstring).
             with read_transaction(self._engine) as conn:
