@@ -618,3 +618,51 @@ def test_generated_requests_never_get_a_server_error(served):
     assert not failures, "\n".join(failures[:10])
     assert served.server.process.poll() is None  # still up
     assert "Traceback" not in "".join(served.server.stderr)
+
+
+# --- the keys command -----------------------------------------------------------------------------
+
+
+def test_keys_command_shows_a_key_once_and_stores_only_its_hash(tmp_path):
+    import hashlib
+
+    from click.testing import CliRunner
+    from sqlalchemy import create_engine, text
+
+    from speakerdb.cli import cli
+
+    url = f"sqlite:///{tmp_path / 'keys.sqlite'}"
+    runner = CliRunner()
+    made = runner.invoke(cli, ["keys", "create", "frontdesk", "--scope", "verify", "--db", url])
+    assert made.exit_code == 0, made.output
+    secret = made.stdout.strip()
+    assert secret.startswith("sdb_") and len(secret) > 40 and "\n" not in secret
+    assert "shown only now" in made.stderr
+    listed = runner.invoke(cli, ["keys", "list", "--db", url, "--json"])
+    assert listed.exit_code == 0 and secret not in listed.stdout
+    (entry,) = json.loads(listed.stdout)
+    assert entry["name"] == "frontdesk" and entry["scopes"] == ["verify"]
+    assert secret.startswith(entry["prefix"]) and len(entry["prefix"]) < 16
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT * FROM api_keys")).one()._asdict()
+    engine.dispose()
+    assert row["key_sha256"] == hashlib.sha256(secret.encode()).hexdigest()
+    assert not any(secret in str(value) for value in row.values())
+    twice = runner.invoke(cli, ["keys", "create", "frontdesk", "--scope", "read", "--db", url])
+    assert twice.exit_code == 2 and "already exists" in twice.stderr
+    unknown = runner.invoke(cli, ["keys", "create", "x", "--scope", "root", "--db", url])
+    assert unknown.exit_code == 2 and "unknown scope 'root'" in unknown.stderr
+    both = runner.invoke(
+        cli, ["keys", "create", "ops", "--scope", "read,enroll", "--db", url, "--json"]
+    )
+    assert json.loads(both.stdout)["scopes"] == ["verify", "identify", "enroll"]
+    with SpeakerDB.open(url) as db:
+        assert db.authenticate(secret).name == "frontdesk"
+        assert db.authenticate(secret + "x") is None and db.authenticate("") is None
+    revoked = runner.invoke(cli, ["keys", "revoke", "frontdesk", "--db", url])
+    assert revoked.exit_code == 0
+    with SpeakerDB.open(url) as db:
+        assert db.authenticate(secret) is None
+    again = runner.invoke(cli, ["keys", "revoke", "frontdesk", "--db", url])
+    assert again.exit_code == 2 and "no API key named 'frontdesk'" in again.stderr
