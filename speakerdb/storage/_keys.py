@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, insert, select
-from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from speakerdb.errors import AlreadyExistsError, NotFoundError, UsageError
@@ -106,11 +106,10 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _record(row: Row[Any]) -> ApiKeyRecord:
-    created = row.created_at
+def _record(name: str, prefix: str, scopes: str, created: dt.datetime) -> ApiKeyRecord:
     if created.tzinfo is None:  # SQLite returns naive datetimes; they were written in UTC
         created = created.replace(tzinfo=dt.UTC)
-    return ApiKeyRecord(row.name, row.prefix, tuple(row.scopes.split()), created)
+    return ApiKeyRecord(name, prefix, tuple(scopes.split()), created)
 
 
 def _key_name(name: object) -> str:
@@ -169,7 +168,7 @@ def list_keys(engine: Engine) -> list[ApiKeyRecord]:
             rows = conn.execute(_COLUMNS.order_by(ApiKey.name)).all()
     except SQLAlchemyError as exc:
         raise store_error(exc, "cannot list API keys") from None
-    return [_record(r) for r in rows]
+    return [_record(r.name, r.prefix, r.scopes, r.created_at) for r in rows]
 
 
 def revoke_key(engine: Engine, where: str, name: str) -> ApiKeyRecord:
@@ -182,7 +181,7 @@ def revoke_key(engine: Engine, where: str, name: str) -> ApiKeyRecord:
         if row is None:
             raise NotFoundError(f"no API key named {name!r}")
         conn.execute(delete(ApiKey).where(ApiKey.name == name))
-        return _record(row)
+        return _record(row.name, row.prefix, row.scopes, row.created_at)
 
     return retrying(lambda: _in_write(engine, work), f"cannot revoke an API key in {where}")
 
@@ -202,7 +201,7 @@ def authenticate(engine: Engine, secret: str) -> ApiKeyRecord | None:
         raise store_error(exc, "cannot check the API key") from None
     if row is None or not hmac.compare_digest(row.key_sha256, digest):
         return None
-    return _record(row)
+    return _record(row.name, row.prefix, row.scopes, row.created_at)
 
 
 def any_keys(engine: Engine) -> bool:
