@@ -105,6 +105,8 @@ def main() -> None:
                     )
                     unloaded.append(time.perf_counter() - t0)
                     answer.raise_for_status()
+            with server.client() as anonymous:
+                metrics_before = anonymous.get("/metrics").text
             loaded: list[float] = []
             failures: list[str] = []
             barrier = threading.Barrier(args.clients + 1)
@@ -140,7 +142,7 @@ def main() -> None:
             with server.client() as anonymous:
                 metrics = anonymous.get("/metrics").text
         loaded_rps = args.requests / loaded_s
-        batch_files = _histogram_mean(metrics, "speakerdb_embed_batch_files")
+        batch_files = _histogram_mean(metrics, metrics_before, "speakerdb_embed_batch_files")
         # (c) the CLI, one process per lookup
         cli = []
         for probe in probes[: args.cli_runs]:
@@ -204,13 +206,20 @@ def _duration(path: Path) -> float:
     return float(soundfile.info(str(path)).duration)
 
 
-def _histogram_mean(text: str, name: str) -> float:
-    values = {}
-    for line in text.splitlines():
-        for suffix in ("_sum", "_count"):
-            if line.startswith(name + suffix + " "):
-                values[suffix] = float(line.split()[1])
-    return values.get("_sum", 0.0) / max(values.get("_count", 0.0), 1.0)
+def _histogram_mean(text: str, before: str, name: str) -> float:
+    """Mean of the observations of histogram ``name`` made between two scrapes."""
+
+    def values(scrape: str) -> dict[str, float]:
+        found = {}
+        for line in scrape.splitlines():
+            for suffix in ("_sum", "_count"):
+                if line.startswith(name + suffix + " "):
+                    found[suffix] = float(line.split()[1])
+        return found
+
+    now, then = values(text), values(before)
+    count = now.get("_count", 0.0) - then.get("_count", 0.0)
+    return (now.get("_sum", 0.0) - then.get("_sum", 0.0)) / max(count, 1.0)
 
 
 if __name__ == "__main__":
