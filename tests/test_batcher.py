@@ -116,3 +116,24 @@ def test_enrollments_of_several_threads_skip_their_own_known_audio(model, voices
             assert plain.speaker("a").utterances == 3 and plain.speaker("b").utterances == 4
     finally:
         batcher.close()
+
+
+def test_uploads_are_private_files_removed_afterwards(voices, tmp_path):
+    import io
+    import stat
+
+    from speakerdb.service._uploads import received_uploads
+
+    data = voices["p225"][0].read_bytes()
+    files = [("../../etc/evil\nname.wav", io.BytesIO(data)), (None, io.BytesIO(b"junk"))]
+    with received_uploads(files, max_seconds=4.0, folder=str(tmp_path)) as uploads:
+        (folder,) = list(tmp_path.iterdir())
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        for upload in uploads:
+            assert stat.S_IMODE(upload.path.stat().st_mode) == 0o600
+            assert upload.path.parent == folder
+        assert uploads[0].path.read_bytes() == data
+        assert uploads[0].label == "upload:evil\\x0aname.wav" and uploads[1].label == "upload:file2"
+        assert uploads[0].error is not None and uploads[0].error.code == "too_long"  # 6 s > 4 s
+        assert uploads[1].error is None  # not audio: the library says so, in its words
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ Several recordings in one request give a list with one object per recording, in 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any, Literal
@@ -54,9 +55,14 @@ _AUDIO_ERRORS: dict[str, type[AudioError]] = {
 }
 
 
-def _state(request: Request) -> ServiceState:
+def _service(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
     return state
+
+
+async def _state(request: Request) -> ServiceState:
+    # async: a plain dependency would cost every request a trip through the thread pool
+    return _service(request)
 
 
 State = Annotated[ServiceState, Depends(_state)]
@@ -70,7 +76,7 @@ def require(*scopes: str) -> Callable[..., ApiKeyRecord | None]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> ApiKeyRecord | None:
-        return _state(request).authorize(credentials.credentials if credentials else None, scopes)
+        return _service(request).authorize(credentials.credentials if credentials else None, scopes)
 
     return check
 
@@ -175,8 +181,9 @@ def _per_file(
 
 
 @router.get("/healthz", tags=["operations"], summary="The process is up.")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz() -> dict[str, str | int]:
+    """Answers as long as the process runs; ``pid`` tells the workers apart."""
+    return {"status": "ok", "pid": os.getpid()}
 
 
 @router.get(
