@@ -458,6 +458,29 @@ def test_several_workers_share_one_database(tmp_path, voices):
         assert len(workers) == 2
 
 
+def test_two_servers_on_one_postgresql_see_each_other(pg_url, voices):
+    p225 = voices["p225"]
+    keys = make_keys(pg_url)
+    with (
+        Server(pg_url) as first,
+        Server(pg_url) as second,
+        first.client(keys["admin"]) as a,
+        second.client(keys["admin"]) as b,
+    ):
+        assert b.post("/v1/identify", files=upload(p225[5:6])).json()["best"] is None
+        assert a.post("/v1/speakers/carol/enroll", files=upload(p225[:3])).status_code == 201
+        # The very next request to the other server sees her.
+        assert b.post("/v1/identify", files=upload(p225[5:6])).json()["best"] == "carol"
+        assert (
+            b.post("/v1/speakers/carol/verify", files=upload(p225[5:6])).json()["decision"]
+            == "ACCEPT"
+        )
+        assert "carol" in _speakers(b)
+        assert b.delete("/v1/speakers/carol").status_code == 200
+        assert a.post("/v1/identify", files=upload(p225[5:6])).json()["best"] is None
+        assert a.post("/v1/speakers/carol/verify", files=upload(p225[5:6])).status_code == 404
+
+
 def _db_check(url: str, env: dict[str, str]) -> dict:
     checked = subprocess.run(
         [sys.executable, "-m", "speakerdb", "db", "check", "--db", url, "--json"],
@@ -570,11 +593,10 @@ def _batch_counts(text: str) -> tuple[float, float]:
 # --- generated requests -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("served", ["sqlite"], indirect=True)  # the HTTP layer is the same
 def test_generated_requests_never_get_a_server_error(served):
     """Schemathesis generates requests for every operation of /openapi.json (valid and
     invalid ones, a bounded number each): none may be answered with a 5xx."""
-    if not served.url.startswith("sqlite"):
-        pytest.skip("run once, on SQLite: the HTTP layer is the same on PostgreSQL")
     schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import HealthCheck, given, settings
 
@@ -663,3 +685,44 @@ def test_keys_command_shows_a_key_once_and_stores_only_its_hash(tmp_path):
         assert db.authenticate(secret) is None
     again = runner.invoke(cli, ["keys", "revoke", "frontdesk", "--db", url])
     assert again.exit_code == 2 and "no API key named 'frontdesk'" in again.stderr
+
+
+# --- the CLI against a server ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("served", ["sqlite"], indirect=True)  # the client is the same
+def test_cli_verify_and_identify_with_server_answer_like_the_local_commands(served, voices):
+    from click.testing import CliRunner
+
+    from speakerdb.cli import cli
+
+    p225, p226 = voices["p225"], voices["p226"]
+    name = f"gus-{uuid.uuid4().hex[:6]}"
+    with served.client("admin") as admin:
+        assert admin.post(f"/v1/speakers/{name}/enroll", files=upload(p225[:3])).status_code == 201
+    runner = CliRunner()
+    keyed = {"SPEAKERDB_API_KEY": served.keys["admin"]}
+
+    def run(*args: str, env: dict[str, str] | None = None):
+        return runner.invoke(cli, [*args, "--server", served.server.url], env=env or keyed)
+
+    local = runner.invoke(cli, ["verify", name, str(p225[5]), "--db", served.url, "--json"])
+    remote = run("verify", name, str(p225[5]), "--json")
+    assert local.exit_code == remote.exit_code == 0, remote.output
+    here, there = json.loads(local.stdout), json.loads(remote.stdout)
+    assert there["decision"] == "ACCEPT" and there["source"] == f"upload:{p225[5].name}"
+    assert there["score"] == pytest.approx(here["score"], abs=1e-5)
+    assert {
+        k: v for k, v in there.items() if k not in ("source", "score", "cosine", "decision")
+    } == {k: v for k, v in here.items() if k not in ("source", "score", "cosine")}
+    both = run("verify", name, str(p225[6]), str(p226[0]))
+    assert both.exit_code == 1 and both.stdout.startswith("ACCEPTED")
+    assert "REJECTED" in both.stdout.splitlines()[1]
+    missing = run("verify", "nobody-here", str(p225[5]))
+    assert missing.exit_code == 2 and "no enrolled speaker named 'nobody-here'" in missing.stderr
+    refused = run("verify", name, str(p225[5]), env={"SPEAKERDB_API_KEY": "sdb_wrong"})
+    assert refused.exit_code == 2 and "unauthorized" in refused.stderr
+    identified = run("identify", str(p225[7]), "--json")
+    assert identified.exit_code == 0 and json.loads(identified.stdout)["best"] == name
+    with served.client("admin") as admin:
+        admin.delete(f"/v1/speakers/{name}")

@@ -32,6 +32,13 @@ from speakerdb.errors import SpeakerDBError, UsageError
 @click.command()
 @click.argument("name")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--server",
+    metavar="URL",
+    default=None,
+    help="Ask a running `speakerdb serve` at URL instead (API key in $SPEAKERDB_API_KEY); "
+    "--db, --model, --device and --cohort do not apply.",
+)
 @db_option
 @model_option
 @device_option
@@ -50,8 +57,14 @@ def verify(
     cohort: Path | None,
     cohort_size: int,
     as_json: bool,
+    server: str | None,
 ) -> None:
     """Is each FILE the enrolled speaker NAME? (exit 0 only if every file is accepted)"""
+    if server is not None:
+        from speakerdb.cli._remote import remote_verify
+
+        _local_only(cohort)
+        sys.exit(remote_verify(server, name, files, threshold, norm, as_json))
     with open_db(db_url, model_name, device, read_only=True) as db:
         results = db.verify_many(
             name,
@@ -82,6 +95,13 @@ def verify(
     show_default=True,
     help="How many candidates to list.",
 )
+@click.option(
+    "--server",
+    metavar="URL",
+    default=None,
+    help="Ask a running `speakerdb serve` at URL instead (API key in $SPEAKERDB_API_KEY); "
+    "--db, --model, --device and --cohort do not apply.",
+)
 @db_option
 @model_option
 @device_option
@@ -100,9 +120,15 @@ def identify(
     cohort: Path | None,
     cohort_size: int,
     as_json: bool,
+    server: str | None,
 ) -> None:
     """Who is speaking in each FILE? The best enrolled speaker if it reaches the threshold,
     else unknown. (exit 0 only if every file is a known speaker)"""
+    if server is not None:
+        from speakerdb.cli._remote import remote_identify
+
+        _local_only(cohort)
+        sys.exit(remote_identify(server, files, top_k, threshold, norm, as_json))
     with open_db(db_url, model_name, device, read_only=True) as db:
         results = db.identify_many(
             list(files),
@@ -227,3 +253,8 @@ def compare(
         else:
             click.echo(text, nl=False)
     sys.exit(EXIT_ERROR if failures else EXIT_OK)
+
+
+def _local_only(cohort: Path | None) -> None:
+    if cohort is not None:
+        raise UsageError("--cohort names local files: it does not go with --server")
