@@ -137,3 +137,33 @@ def test_uploads_are_private_files_removed_afterwards(voices, tmp_path):
         assert uploads[0].error is not None and uploads[0].error.code == "too_long"  # 6 s > 4 s
         assert uploads[1].error is None  # not audio: the library says so, in its words
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_plain_speakerdb_answers_threads_as_it_answers_one(voices, tmp_path):
+    """No batcher: threads share one SpeakerDB -- its store, its encoder pools, and one
+    model, loaded once although every thread asks for it at the same moment."""
+    url = f"sqlite:///{tmp_path / 'p.sqlite'}"
+    probes = [*voices["p225"][3:7], *voices["p226"][:4]]
+    with SpeakerDB.open(url, device="cpu") as loader:
+        loader.enroll("alice", voices["p225"][:3])
+    with SpeakerDB.open(url, device="cpu") as db:
+        assert not db.model_loaded
+        answers: list = [None] * len(probes)
+        models: list[int] = [0] * len(probes)
+        barrier = threading.Barrier(len(probes))
+
+        def ask(i: int) -> None:
+            barrier.wait()
+            models[i] = id(db.model)
+            answers[i] = db.verify("alice", probes[i])
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(probes))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        alone = [db.verify("alice", p) for p in probes]
+    assert len(set(models)) == 1
+    for together, one in zip(answers, alone, strict=True):
+        assert together.score == pytest.approx(one.score, abs=1e-6)
+    assert [v.accepted for v in alone] == [True] * 4 + [False] * 4
