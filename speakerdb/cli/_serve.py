@@ -179,6 +179,10 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))
+        # Listening from now on: connections made as soon as the "ready" line appears
+        # (printed at the end of the app's startup, before uvicorn starts accepting) wait
+        # in the kernel's queue rather than being refused.
+        sock.listen(2048)
     except (OSError, OverflowError) as exc:
         sock.close()
         raise ConfigurationError(f"cannot listen on {host}:{port}: {exc}") from None
