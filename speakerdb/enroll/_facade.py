@@ -628,6 +628,7 @@ class SpeakerDB:
         return authenticate(self.store.engine, secret)
 
     def has_api_keys(self) -> bool:
+        """Whether any API key exists (a server without one stays on loopback)."""
         from speakerdb.storage._keys import any_keys
 
         return any_keys(self.store.engine)
