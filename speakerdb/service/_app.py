@@ -20,8 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from speakerdb import __version__
-from speakerdb.enroll._facade import SpeakerDB
+from speakerdb import ApiKeyRecord, SpeakerDB, __version__
 from speakerdb.errors import SpeakerDBError
 from speakerdb.service._batcher import BatchingEmbedder
 from speakerdb.service._errors import (
@@ -33,7 +32,6 @@ from speakerdb.service._errors import (
 )
 from speakerdb.service._metrics import Metrics
 from speakerdb.service._settings import ServiceSettings
-from speakerdb.storage._keys import ApiKeyRecord
 
 __all__ = ["ServiceState", "app_from_environment", "create_app"]
 

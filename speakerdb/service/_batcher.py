@@ -27,8 +27,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from speakerdb import EmbeddedAudio, Embedder
 from speakerdb.errors import AudioError, BusyError
-from speakerdb.model._embedder import DEFAULT_BATCH_SIZE, EmbeddedAudio, Embedder
+from speakerdb.model._embedder import DEFAULT_BATCH_SIZE
 
 if TYPE_CHECKING:
     import torch

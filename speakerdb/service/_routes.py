@@ -24,8 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, Response
 
-from speakerdb import errors
-from speakerdb._results import Comparison, Identification, Verification
+from speakerdb import ApiKeyRecord, Comparison, Identification, Verification, errors
 from speakerdb.errors import AudioError, SpeakerNotFoundError, UsageError
 from speakerdb.service._app import ServiceState
 from speakerdb.service._batcher import Upload
@@ -38,7 +37,7 @@ from speakerdb.service._errors import (
 )
 from speakerdb.service._metrics import CONTENT_TYPE
 from speakerdb.service._uploads import received_uploads
-from speakerdb.storage._keys import SCOPES, ApiKeyRecord
+from speakerdb.storage._keys import SCOPES
 
 __all__ = ["router"]
 
