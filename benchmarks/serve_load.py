@@ -2,14 +2,19 @@
 
 * (b) offline batch: ``Embedder.embed_files`` on the clips (recordings/s), the ceiling;
 * (a) in process: a ``SpeakerDB.verify`` loop, one clip at a time (latency, recordings/s);
-* the server, unloaded: one verify request at a time over HTTP (latency);
+* the server, unloaded: one verify request at a time over HTTP (latency), alternating
+  with (a) clip by clip;
 * the server under load: N concurrent clients (default 16) sending verify requests;
 * (c) the CLI: ``speakerdb verify NAME FILE`` as one process per lookup.
+
+The first four are measured in interleaved rounds (b, a, unloaded, loaded; again ...), so
+that a machine whose other load changes during the run biases none of them; each ratio is
+taken within a round, and the median round is reported with the range.
 
 Goals (issue 12): throughput under 16 clients >= 0.8x the offline batch throughput; p50 of
 an unloaded verify <= 1.3x the in-process call. Bounded: a fixed number of requests.
 
-  python benchmarks/serve_load.py [--clips 48] [--requests 192] [--clients 16] [--cli-runs 5]
+  python benchmarks/serve_load.py [--rounds 3] [--clips 48] [--requests 96] [--clients 16]
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +36,7 @@ from _common import DATA, emit, percentiles_ms
 from service_helpers import Server
 
 SPEAKERDB = [sys.executable, "-m", "speakerdb"]
+VERIFY = "/v1/speakers/target/verify"
 
 
 def clips(count: int) -> list[Path]:
@@ -51,16 +58,49 @@ def load() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
+def loaded_round(server: Server, secret: str, payloads, requests: int, clients: int):
+    """``requests`` verify requests from ``clients`` threads at once: (requests/s,
+    latencies in s, failures)."""
+    import httpx
+
+    latencies: list[float] = []
+    failures: list[str] = []
+    barrier = threading.Barrier(clients + 1)
+    lock = threading.Lock()
+
+    def client_thread(worker: int) -> None:
+        with httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {secret}"}, timeout=300
+        ) as c:
+            barrier.wait()
+            for i in range(worker, requests, clients):
+                name, data = payloads[i % len(payloads)]
+                t0 = time.perf_counter()
+                answer = c.post(VERIFY, files={"audio": (name, data)})
+                elapsed = time.perf_counter() - t0
+                with lock:
+                    latencies.append(elapsed)
+                    if answer.status_code != 200:
+                        failures.append(answer.text[:200])
+
+    threads = [threading.Thread(target=client_thread, args=(w,)) for w in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    return requests / (time.perf_counter() - started), latencies, failures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clips", type=int, default=48)
-    parser.add_argument("--requests", type=int, default=192, help="requests under load")
+    parser.add_argument("--requests", type=int, default=96, help="loaded requests per round")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--unloaded", type=int, default=40, help="sequential HTTP verifies")
     parser.add_argument("--cli-runs", type=int, default=5)
     args = parser.parse_args()
-
-    import httpx
 
     from speakerdb import SpeakerDB, load_model
 
@@ -69,80 +109,71 @@ def main() -> None:
     seconds_of_audio = sum(_duration(p) for p in probes)
     enroll = sorted((DATA / "vctk" / "p225").glob("*.wav"))[:3]
     payloads = [(p.name, p.read_bytes()) for p in probes]
+    rounds: list[dict[str, float]] = []
+    in_process: list[float] = []
+    unloaded: list[float] = []
+    loaded: list[float] = []
+    failures: list[str] = []
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{Path(folder) / 'load.sqlite'}"
         model = load_model(device="cpu")
-        model.embed_files(probes[:4])  # warm-up
-        # (b) offline batch throughput
-        started = time.perf_counter()
-        model.embed_files(probes)
-        batch_s = time.perf_counter() - started
-        batch_rps = len(probes) / batch_s
-        # (a) the in-process verify loop
         with SpeakerDB.open(url, model=model) as db:
             db.enroll("target", enroll)
             secret = db.create_key("bench", ["verify"]).secret
+        with (
+            Server(url, "--no-access-log") as server,
+            SpeakerDB.open(url, model=model) as db,
+            server.client(secret) as client,
+        ):
+            model.embed_files(probes[:4])  # warm-up, both sides
             db.verify("target", probes[0])
-            in_process = []
-            started = time.perf_counter()
-            for probe in probes:
-                t0 = time.perf_counter()
-                db.verify("target", probe)
-                in_process.append(time.perf_counter() - t0)
-            loop_rps = len(probes) / (time.perf_counter() - started)
-        del model
-        # The server: unloaded, then under load.
-        with Server(url, "--no-access-log") as server:
-            with server.client(secret) as client:
-                for name, data in payloads[:4]:  # warm-up
-                    client.post("/v1/speakers/target/verify", files={"audio": (name, data)})
-                unloaded = []
-                for i in range(args.unloaded):
-                    name, data = payloads[i % len(payloads)]
+            for name, data in payloads[:4]:
+                client.post(VERIFY, files={"audio": (name, data)}).raise_for_status()
+            batch_files: list[float] = []
+            for _ in range(args.rounds):
+                # (b) offline batch
+                started = time.perf_counter()
+                model.embed_files(probes)
+                batch_rps = len(probes) / (time.perf_counter() - started)
+                # (a) in process and over HTTP (unloaded), one at a time, alternating clip
+                # by clip so that both see the same machine
+                these: list[float] = []
+                single: list[float] = []
+                for probe, (name, data) in zip(probes, payloads, strict=True):
                     t0 = time.perf_counter()
-                    answer = client.post(
-                        "/v1/speakers/target/verify", files={"audio": (name, data)}
-                    )
-                    unloaded.append(time.perf_counter() - t0)
-                    answer.raise_for_status()
-            with server.client() as anonymous:
-                metrics_before = anonymous.get("/metrics").text
-            loaded: list[float] = []
-            failures: list[str] = []
-            barrier = threading.Barrier(args.clients + 1)
-            lock = threading.Lock()
-
-            def client_thread(worker: int) -> None:
-                with httpx.Client(
-                    base_url=server.url,
-                    headers={"Authorization": f"Bearer {secret}"},
-                    timeout=300,
-                ) as c:
-                    barrier.wait()
-                    for i in range(worker, args.requests, args.clients):
-                        name, data = payloads[i % len(payloads)]
-                        t0 = time.perf_counter()
-                        answer = c.post("/v1/speakers/target/verify", files={"audio": (name, data)})
-                        elapsed = time.perf_counter() - t0
-                        with lock:
-                            loaded.append(elapsed)
-                            if answer.status_code != 200:
-                                failures.append(answer.text[:200])
-
-            threads = [
-                threading.Thread(target=client_thread, args=(w,)) for w in range(args.clients)
-            ]
-            for t in threads:
-                t.start()
-            barrier.wait()
-            started = time.perf_counter()
-            for t in threads:
-                t.join()
-            loaded_s = time.perf_counter() - started
-            with server.client() as anonymous:
-                metrics = anonymous.get("/metrics").text
-        loaded_rps = args.requests / loaded_s
-        batch_files = _histogram_mean(metrics, metrics_before, "speakerdb_embed_batch_files")
+                    db.verify("target", probe)
+                    these.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    client.post(VERIFY, files={"audio": (name, data)}).raise_for_status()
+                    single.append(time.perf_counter() - t0)
+                loop_rps = len(probes) / sum(these)
+                in_process += these
+                unloaded += single
+                # HTTP, under load
+                with server.client() as anonymous:
+                    metrics_before = anonymous.get("/metrics").text
+                loaded_rps, latencies, failed = loaded_round(
+                    server, secret, payloads, args.requests, args.clients
+                )
+                with server.client() as anonymous:
+                    metrics = anonymous.get("/metrics").text
+                batch_files.append(
+                    _histogram_mean(metrics, metrics_before, "speakerdb_embed_batch_files")
+                )
+                loaded += latencies
+                failures += failed
+                rounds.append(
+                    {
+                        "offline_batch_rps": round(batch_rps, 2),
+                        "in_process_rps": round(loop_rps, 2),
+                        "http_loaded_rps": round(loaded_rps, 2),
+                        "loaded_over_offline_batch": round(loaded_rps / batch_rps, 3),
+                        "unloaded_p50_over_in_process_p50": round(
+                            statistics.median(single) / statistics.median(these), 3
+                        ),
+                    }
+                )
+        del model
         # (c) the CLI, one process per lookup
         cli = []
         for probe in probes[: args.cli_runs]:
@@ -154,45 +185,56 @@ def main() -> None:
             )
             cli.append(time.perf_counter() - t0)
     load_after = load()
-    inproc = percentiles_ms(in_process)
-    single = percentiles_ms(unloaded)
-    under = percentiles_ms(loaded)
-    cli_stats = percentiles_ms(cli)
+
+    def median_of(key: str) -> float:
+        return float(statistics.median(r[key] for r in rounds))
+
+    def spread(key: str) -> str:
+        values = [r[key] for r in rounds]
+        return f"{min(values):g}-{max(values):g}"
+
+    inproc, single_ms = percentiles_ms(in_process), percentiles_ms(unloaded)
+    under, cli_stats = percentiles_ms(loaded), percentiles_ms(cli)
     record = {
         "benchmark": "serve_load",
+        "rounds": rounds,
         "clips": len(probes),
         "audio_seconds": round(seconds_of_audio, 1),
         "clients": args.clients,
-        "requests_under_load": args.requests,
+        "requests_under_load": args.requests * args.rounds,
         "failures": len(failures),
-        "offline_batch_rps": round(batch_rps, 2),
-        "in_process_rps": round(loop_rps, 2),
+        "offline_batch_rps": median_of("offline_batch_rps"),
+        "in_process_rps": median_of("in_process_rps"),
+        "http_loaded_rps": median_of("http_loaded_rps"),
         "in_process": inproc,
-        "http_unloaded": single,
+        "http_unloaded": single_ms,
         "http_loaded": under,
-        "http_loaded_rps": round(loaded_rps, 2),
-        "mean_files_per_batch": round(batch_files, 2),
+        "mean_files_per_batch": round(statistics.mean(batch_files), 2),
         "cli_rps": round(len(cli) / sum(cli), 3),
         "cli": cli_stats,
-        "loaded_over_offline_batch": round(loaded_rps / batch_rps, 3),
-        "unloaded_p50_over_in_process_p50": round(single["p50_ms"] / inproc["p50_ms"], 3),
+        "loaded_over_offline_batch": median_of("loaded_over_offline_batch"),
+        "unloaded_p50_over_in_process_p50": median_of("unloaded_p50_over_in_process_p50"),
         "load_average_before": load_before,
         "load_average_after": load_after,
         "cpus": os.cpu_count(),
     }
     lines = [
-        f"{len(probes)} clips of 3-8 s ({seconds_of_audio:.0f} s of audio); load average "
-        f"before {load_before}, after {load_after} ({os.cpu_count()} CPUs)",
-        f"(b) offline batch embed_files:        {batch_rps:7.2f} recordings/s",
-        f"(a) in-process SpeakerDB.verify loop: {loop_rps:7.2f} /s, p50 {inproc['p50_ms']:.1f} ms, "
-        f"p99 {inproc['p99_ms']:.1f} ms",
-        f"    HTTP, one request at a time:      p50 {single['p50_ms']:.1f} ms, "
-        f"p99 {single['p99_ms']:.1f} ms  -> {record['unloaded_p50_over_in_process_p50']}x "
-        "in-process",
-        f"    HTTP, {args.clients} clients:               {loaded_rps:7.2f} requests/s, "
-        f"p50 {under['p50_ms']:.1f} ms, p99 {under['p99_ms']:.1f} ms, {batch_files:.1f} "
-        f"recordings per batch -> {record['loaded_over_offline_batch']}x offline batch",
-        f"(c) CLI, one process per lookup:      {record['cli_rps']:7.3f} /s, "
+        f"{len(probes)} clips of 3-8 s ({seconds_of_audio:.0f} s of audio), {args.rounds} "
+        f"interleaved rounds; load average before {load_before}, after {load_after} "
+        f"({os.cpu_count()} CPUs); medians of the rounds (range)",
+        f"(b) offline batch embed_files:  {record['offline_batch_rps']:6.2f} recordings/s "
+        f"({spread('offline_batch_rps')})",
+        f"(a) in-process verify loop:     {record['in_process_rps']:6.2f} /s, "
+        f"p50 {inproc['p50_ms']:.1f} ms, p99 {inproc['p99_ms']:.1f} ms",
+        f"    HTTP, one at a time:        p50 {single_ms['p50_ms']:.1f} ms, p99 "
+        f"{single_ms['p99_ms']:.1f} ms -> p50 {record['unloaded_p50_over_in_process_p50']}x "
+        f"in-process ({spread('unloaded_p50_over_in_process_p50')})",
+        f"    HTTP, {args.clients} clients:         {record['http_loaded_rps']:6.2f} requests/s "
+        f"({spread('http_loaded_rps')}), p50 {under['p50_ms']:.0f} ms, p99 "
+        f"{under['p99_ms']:.0f} ms, {record['mean_files_per_batch']:.1f} recordings per batch -> "
+        f"{record['loaded_over_offline_batch']}x offline batch "
+        f"({spread('loaded_over_offline_batch')})",
+        f"(c) CLI, one process per lookup: {record['cli_rps']:6.3f} /s, "
         f"p50 {cli_stats['p50_ms']:.0f} ms",
     ]
     if failures:

@@ -77,6 +77,21 @@ from speakerdb.errors import ConfigurationError, MissingDependencyError, UsageEr
     show_default=True,
     help="Longest wait of a batch for recordings of requests still arriving.",
 )
+@click.option(
+    "--batches",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Embedding batches in flight at once (each embeds the recordings of the requests "
+    "waiting when it starts).",
+)
+@click.option(
+    "--upload-dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Where uploads are written while their request runs (private folder, deleted "
+    "after). Default: /dev/shm where there is one, else the temporary folder.",
+)
 @click.option("--access-log/--no-access-log", default=True, help="Log every request.")
 @click.option(
     "--log-level",
@@ -97,6 +112,8 @@ def serve(
     max_files: int,
     timeout_s: float,
     batch_wait_ms: float,
+    batches: int,
+    upload_dir: str | None,
     access_log: bool,
     log_level: str,
 ) -> None:
@@ -144,6 +161,8 @@ def serve(
         max_seconds=max_seconds,
         request_timeout_s=timeout_s,
         batch_wait_s=batch_wait_ms / 1000.0,
+        batch_parallel=batches,
+        upload_dir=upload_dir,
         public_url=f"http://{shown_host}:{actual_port}",
     )
     common = {

@@ -89,6 +89,7 @@ class ServiceState:
                 max_files=s.batch_files,
                 timeout_s=s.request_timeout_s,
                 on_batch=self.metrics.batch,
+                parallel=s.batch_parallel,
             )
             db = SpeakerDB(opened.store, self.batcher)
             if db.store.model() is not None:

@@ -93,7 +93,10 @@ class BatchingEmbedder(Embedder):
     inner: the real model. max_wait_s: longest wait for announced requests once something
     is queued. max_files: most recordings per batch. timeout_s: how long a call waits for
     its results before raising BusyError. on_batch: called after each batch (metrics).
-    Call :meth:`close` to stop the batching thread.
+    parallel: batches embedded at once, each by a thread of its own. A batch of a few
+    recordings fills one encoder batch, which one core encodes: a second batch in flight
+    keeps the other core busy (measured: 16 clients on 2 cores went from about 0.9x to
+    about 1.1-1.3x the offline batch rate). Call :meth:`close` to stop the threads.
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class BatchingEmbedder(Embedder):
         max_files: int = 64,
         timeout_s: float = 60.0,
         on_batch: Callable[[BatchStats], None] | None = None,
+        parallel: int = 2,
     ) -> None:
         # Embedder.__init__ is not called: the encoder stays the inner model's, and every
         # method that would touch it is routed to the inner model (embed, iter_embed, to).
@@ -118,8 +122,12 @@ class BatchingEmbedder(Embedder):
         self._queue: list[_Job] = []
         self._expected = 0
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="speakerdb-batcher", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"speakerdb-batcher-{n}", daemon=True)
+            for n in range(max(1, parallel))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def __getattr__(self, name: str) -> Any:
         # Anything else an Embedder has (attributes a newer Embedder may add) is the model's.
@@ -136,7 +144,8 @@ class BatchingEmbedder(Embedder):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
     def to(self, device: str | torch.device | None) -> Embedder:
         self._inner.to(device)

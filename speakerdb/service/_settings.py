@@ -30,9 +30,11 @@ class ServiceSettings:
     max_files: most recordings in one request. max_seconds: longest recording (413, code
     too_long). request_timeout_s: longest time to receive a request body (408) and to wait
     for its recordings to be embedded (503, code busy). batch_wait_s / batch_files: the
-    micro-batcher (see :mod:`speakerdb.service._batcher`). upload_dir: where uploads are
-    written while a request runs (None: the system's temporary folder). public_url: how
-    the server is reached, printed when it is ready.
+    micro-batcher (see :mod:`speakerdb.service._batcher`); batch_parallel: batches embedded
+    at once (two keep both cores of a small machine busy: one batch decodes while the
+    other encodes). upload_dir: where uploads are written while a request runs (None:
+    /dev/shm where there is one, else the system's temporary folder). public_url: how the
+    server is reached, printed when it is ready.
     """
 
     db_url: str | None = None
@@ -45,6 +47,7 @@ class ServiceSettings:
     request_timeout_s: float = 60.0
     batch_wait_s: float = 0.01
     batch_files: int = 64
+    batch_parallel: int = 2
     upload_dir: str | None = None
     public_url: str | None = None
 
