@@ -59,6 +59,7 @@ SAVE_MIN_CHANGES = 1
 SAVE_FRACTION_WHEN_LARGE = 0.01
 LARGE_INDEX = 100_000
 MAINTENANCE_RETRY_S = 60.0
+REBUILD_NICE = 10  # 19 starved the rebuild for minutes on a loaded 2-core machine
 
 
 def read_all_centroids(
@@ -319,8 +320,11 @@ class IndexCache:
             import faiss
 
             # Training runs on at most half the cores (OpenMP's thread count is set per
-            # calling thread): the others keep answering queries meanwhile.
+            # calling thread), at a lower priority (on Linux a thread's nice value is its
+            # own): queries go first, and the rebuild still progresses on a busy machine.
             faiss.omp_set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), REBUILD_NICE)
             # Built without the lock: the counter first, the centroids second, then every
             # change after that counter replayed under the lock (see the module docstring).
             with read_transaction(self._engine) as conn:
