@@ -100,6 +100,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=96, help="loaded requests per round")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--cli-runs", type=int, default=5)
+    parser.add_argument(
+        "--serve-args", default="", help="extra options of speakerdb serve, e.g. '--batches 1'"
+    )
     args = parser.parse_args()
 
     from speakerdb import SpeakerDB, load_model
@@ -121,7 +124,7 @@ def main() -> None:
             db.enroll("target", enroll)
             secret = db.create_key("bench", ["verify"]).secret
         with (
-            Server(url, "--no-access-log") as server,
+            Server(url, "--no-access-log", *args.serve_args.split()) as server,
             SpeakerDB.open(url, model=model) as db,
             server.client(secret) as client,
         ):
@@ -130,11 +133,17 @@ def main() -> None:
             for name, data in payloads[:4]:
                 client.post(VERIFY, files={"audio": (name, data)}).raise_for_status()
             batch_files: list[float] = []
+            # CPU seconds per recording: offline, and per request in the server and in
+            # the clients (this process) during the loaded phase.
+            offline_cpu: list[float] = []
+            served_cpu: list[float] = []
+            client_cpu: list[float] = []
             for _ in range(args.rounds):
                 # (b) offline batch
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), _own_cpu()
                 model.embed_files(probes)
                 batch_rps = len(probes) / (time.perf_counter() - started)
+                offline_cpu.append((_own_cpu() - cpu) / len(probes))
                 # (a) in process and over HTTP (unloaded), one at a time, alternating clip
                 # by clip so that both see the same machine
                 these: list[float] = []
@@ -152,9 +161,12 @@ def main() -> None:
                 # HTTP, under load
                 with server.client() as anonymous:
                     metrics_before = anonymous.get("/metrics").text
+                cpu, server_cpu = _own_cpu(), _cpu_of(server.process.pid)
                 loaded_rps, latencies, failed = loaded_round(
                     server, secret, payloads, args.requests, args.clients
                 )
+                client_cpu.append((_own_cpu() - cpu) / args.requests)
+                served_cpu.append((_cpu_of(server.process.pid) - server_cpu) / args.requests)
                 with server.client() as anonymous:
                     metrics = anonymous.get("/metrics").text
                 batch_files.append(
@@ -210,6 +222,9 @@ def main() -> None:
         "http_unloaded": single_ms,
         "http_loaded": under,
         "mean_files_per_batch": round(statistics.mean(batch_files), 2),
+        "cpu_ms_per_recording_offline": round(statistics.median(offline_cpu) * 1000, 1),
+        "cpu_ms_per_request_server": round(statistics.median(served_cpu) * 1000, 1),
+        "cpu_ms_per_request_clients": round(statistics.median(client_cpu) * 1000, 1),
         "cli_rps": round(len(cli) / sum(cli), 3),
         "cli": cli_stats,
         "loaded_over_offline_batch": median_of("loaded_over_offline_batch"),
@@ -234,12 +249,27 @@ def main() -> None:
         f"{under['p99_ms']:.0f} ms, {record['mean_files_per_batch']:.1f} recordings per batch -> "
         f"{record['loaded_over_offline_batch']}x offline batch "
         f"({spread('loaded_over_offline_batch')})",
+        f"    CPU per recording: offline {record['cpu_ms_per_recording_offline']} ms; per "
+        f"request under load: server {record['cpu_ms_per_request_server']} ms, the "
+        f"{args.clients} clients {record['cpu_ms_per_request_clients']} ms",
         f"(c) CLI, one process per lookup: {record['cli_rps']:6.3f} /s, "
         f"p50 {cli_stats['p50_ms']:.0f} ms",
     ]
     if failures:
         lines.append(f"FAILED requests: {len(failures)}: {failures[:3]}")
     emit(lines, record)
+
+
+def _own_cpu() -> float:
+    """CPU seconds used by this process so far (all threads)."""
+    times = os.times()
+    return times.user + times.system
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds used by process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _duration(path: Path) -> float:
