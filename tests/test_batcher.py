@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from helpers import by_speaker, require_data
+from helpers import by_speaker, require_data, speech_sample, write_aac
 from speakerdb import SpeakerDB
 from speakerdb.errors import BusyError, TooLongError
 
@@ -167,3 +167,37 @@ def test_a_plain_speakerdb_answers_threads_as_it_answers_one(voices, tmp_path):
     for together, one in zip(answers, alone, strict=True):
         assert together.score == pytest.approx(one.score, abs=1e-6)
     assert [v.accepted for v in alone] == [True] * 4 + [False] * 4
+
+
+def test_headers_that_understate_the_length_do_not_let_long_audio_through(model, tmp_path):
+    """The duration limit trusts libsndfile's headers only because libsndfile then decodes
+    no more than they declare: a WAV or FLAC holding 20 s behind a 2 s header is embedded
+    as 2 s, and FFmpeg's formats are counted by decoding, up to the limit."""
+    import struct
+
+    import soundfile as sf
+
+    from speakerdb.service._uploads import duration_beyond
+
+    one, rate = speech_sample()
+    speech = np.tile(one, int(20 * rate / len(one)) + 1)[: 20 * rate]
+    wav = tmp_path / "lie.wav"
+    sf.write(wav, speech, rate, subtype="PCM_16")
+    data = bytearray(wav.read_bytes())
+    at = data.find(b"data")
+    struct.pack_into("<I", data, at + 4, rate * 2 * 2)  # declares 2 s of 16-bit samples
+    wav.write_bytes(bytes(data))
+    flac = tmp_path / "lie.flac"
+    sf.write(flac, speech, rate)
+    data = bytearray(flac.read_bytes())
+    fields = int.from_bytes(data[18:26], "big")  # STREAMINFO: 36 bits of total samples
+    data[18:26] = ((fields & ~((1 << 36) - 1)) | 2 * rate).to_bytes(8, "big")
+    flac.write_bytes(bytes(data))
+    for path in (wav, flac):
+        assert duration_beyond(path, 4.0) is None  # the header says 2 s ...
+        decoded = model.embed([path])[0]
+        assert decoded.duration == pytest.approx(2.0, abs=0.01), path  # ... and 2 s decode
+    mp4 = tmp_path / "long.m4a"
+    write_aac(mp4, speech, rate)
+    assert duration_beyond(mp4, 4.0) == float("inf")  # counted by decoding, stopped early
+    assert duration_beyond(mp4, 60.0) is None
