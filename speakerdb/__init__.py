@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from speakerdb.model._embedder import EmbeddedAudio, Embedder
     from speakerdb.storage._check import CheckReport
     from speakerdb.storage._index_cache import IndexStatus
+    from speakerdb.storage._keys import ApiKeyRecord, NewApiKey
     from speakerdb.storage._migrate import UpgradeResult, upgrade_database
     from speakerdb.storage._records import SpeakerRecord, UtteranceRecord
 
@@ -46,6 +47,7 @@ __version__ = "0.2.0"
 __all__ = [
     "DEFAULT_MODEL",
     "RECOMMENDED_SPEECH_SECONDS",
+    "ApiKeyRecord",
     "CheckReport",
     "Comparison",
     "EmbeddedAudio",
@@ -60,6 +62,7 @@ __all__ = [
     "ManifestSummary",
     "Match",
     "ModelIdentity",
+    "NewApiKey",
     "SpeakerDB",
     "SpeakerDBError",
     "SpeakerRecord",
@@ -97,6 +100,8 @@ _LAZY = {
     "Embedder": "speakerdb.model._embedder",
     "CheckReport": "speakerdb.storage._check",
     "IndexStatus": "speakerdb.storage._index_cache",
+    "ApiKeyRecord": "speakerdb.storage._keys",
+    "NewApiKey": "speakerdb.storage._keys",
     "UpgradeResult": "speakerdb.storage._migrate",
     "upgrade_database": "speakerdb.storage._migrate",
     "SpeakerRecord": "speakerdb.storage._records",

@@ -20,6 +20,7 @@ __all__ = [
     "AudioDecodeError",
     "AudioError",
     "AudioNotFoundError",
+    "BusyError",
     "ConfigurationError",
     "DatabaseNotFoundError",
     "InvalidAudioError",
@@ -34,6 +35,7 @@ __all__ = [
     "SpeakerNotFoundError",
     "StoreError",
     "TooLittleSpeechError",
+    "TooLongError",
     "UsageError",
     "printable",
 ]
@@ -85,6 +87,13 @@ class ConfigurationError(SpeakerDBError):
     code = "configuration"
 
 
+class BusyError(SpeakerDBError):
+    """The work could not be done within its time limit (a server too busy to embed a
+    request's recordings in time); trying again later may succeed."""
+
+    code = "busy"
+
+
 class MissingDependencyError(ConfigurationError):
     """An optional package needed for this feature is not installed."""
 
@@ -134,6 +143,12 @@ class TooLittleSpeechError(AudioError):
     """There is speech, but less than the model's minimum."""
 
     code = "too_short"
+
+
+class TooLongError(AudioError):
+    """The recording is longer than the limit of the caller (a service's upload limit)."""
+
+    code = "too_long"
 
 
 # --- models ------------------------------------------------------------------------------------

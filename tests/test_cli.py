@@ -97,6 +97,11 @@ def test_every_command_has_help():
         ["db", "compact"],
         ["eval"],
         ["calibrate"],
+        ["serve"],
+        ["keys"],
+        ["keys", "create"],
+        ["keys", "list"],
+        ["keys", "revoke"],
     ]
     assert sorted(map(tuple, all_commands(cli, []))) == sorted(map(tuple, commands[1:]))
     for command in commands:

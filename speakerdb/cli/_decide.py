@@ -34,6 +34,13 @@ from speakerdb.errors import SpeakerDBError, UsageError
 @click.command()
 @click.argument("name")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--server",
+    metavar="URL",
+    default=None,
+    help="Ask a running `speakerdb serve` at URL instead (API key in $SPEAKERDB_API_KEY); "
+    "--db, --model, --device and --cohort do not apply.",
+)
 @db_option
 @model_option
 @device_option
@@ -55,11 +62,17 @@ def verify(
     cohort: Path | None,
     cohort_size: int,
     as_json: bool,
+    server: str | None,
 ) -> None:
     """Is each FILE the enrolled speaker NAME? (exit 0 only if every file is accepted)
 
     Accepted iff score >= threshold, the score being the calibrated log-likelihood ratio
     where a calibration applies, else the cosine; each answer shows the rule it used."""
+    if server is not None:
+        from speakerdb.cli._remote import remote_verify
+
+        _local_only(cohort)
+        sys.exit(remote_verify(server, name, files, threshold, norm, as_json, prior=prior, far=far))
     with open_db(db_url, model_name, device, read_only=True) as db:
         results = db.verify_many(
             name,
@@ -92,6 +105,13 @@ def verify(
     show_default=True,
     help="How many candidates to list.",
 )
+@click.option(
+    "--server",
+    metavar="URL",
+    default=None,
+    help="Ask a running `speakerdb serve` at URL instead (API key in $SPEAKERDB_API_KEY); "
+    "--db, --model, --device and --cohort do not apply.",
+)
 @db_option
 @model_option
 @device_option
@@ -113,12 +133,20 @@ def identify(
     cohort: Path | None,
     cohort_size: int,
     as_json: bool,
+    server: str | None,
 ) -> None:
     """Who is speaking in each FILE? The best enrolled speaker if it reaches the threshold,
     else unknown. (exit 0 only if every file is a known speaker)
 
     Candidates are ranked and decided on the score the rule compares (the calibrated LLR
     where a calibration applies to all of them, else the cosine)."""
+    if server is not None:
+        from speakerdb.cli._remote import remote_identify
+
+        _local_only(cohort)
+        sys.exit(
+            remote_identify(server, files, top_k, threshold, norm, as_json, prior=prior, far=far)
+        )
     with open_db(db_url, model_name, device, read_only=True) as db:
         results = db.identify_many(
             list(files),
@@ -256,3 +284,8 @@ def compare(
         else:
             click.echo(text, nl=False)
     sys.exit(EXIT_ERROR if failures else EXIT_OK)
+
+
+def _local_only(cohort: Path | None) -> None:
+    if cohort is not None:
+        raise UsageError("--cohort names local files: it does not go with --server")

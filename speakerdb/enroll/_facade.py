@@ -12,6 +12,7 @@ rule and the model. Enrollment bookkeeping lives in :mod:`._enrollment`, AS-norm
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from speakerdb.model._embedder import EmbeddedAudio, Embedder
     from speakerdb.storage._check import CheckReport
     from speakerdb.storage._index_cache import IndexStatus
+    from speakerdb.storage._keys import ApiKeyRecord, NewApiKey
 
 __all__ = ["Progress", "SpeakerDB"]
 
@@ -88,6 +90,8 @@ class SpeakerDB:
         self._store = store
         self._device = device
         self._embedder: Embedder | None = None
+        # Threads of a server may ask for the model at once: it is loaded only once.
+        self._model_lock = threading.Lock()
         if model is None or isinstance(model, str):
             held = store.model() if store is not None else None
             self._model_name = model or (held.name if held is not None else DEFAULT_MODEL)
@@ -105,6 +109,7 @@ class SpeakerDB:
         *,
         read_only: bool = False,
         missing_ok: bool = False,
+        background_index: bool = False,
     ) -> SpeakerDB:
         """Open (or create) a database. url: SQLAlchemy URL or SQLite path (None:
         ``$SPEAKERDB_URL``, else ``$XDG_DATA_HOME/speakerdb/speakerdb.sqlite``). model: a
@@ -114,10 +119,18 @@ class SpeakerDB:
         read_only: never create or change the database (reading commands); a database that
         does not exist raises DatabaseNotFoundError, unless ``missing_ok``: then this
         SpeakerDB has no database and only compares recordings (compare, evaluate) with the
-        model's threshold."""
+        model's threshold.
+
+        background_index: for a long-running SpeakerDB (a server): index maintenance runs in
+        a background thread, so no query waits for it (see :meth:`EnrollmentStore.open`).
+
+        A SpeakerDB may be shared by threads: the store serialises what must be, and the
+        model is loaded once."""
         index_device = None if device is None else str(device)
         try:
-            store = EnrollmentStore.open(url, device=index_device, read_only=read_only)
+            store = EnrollmentStore.open(
+                url, device=index_device, read_only=read_only, background_index=background_index
+            )
         except DatabaseNotFoundError:
             if not (read_only and missing_ok):
                 raise
@@ -149,8 +162,15 @@ class SpeakerDB:
         if self._embedder is None:
             from speakerdb.model._registry import load_model
 
-            self._embedder = load_model(self._model_name, self._device)
+            with self._model_lock:
+                if self._embedder is None:
+                    self._embedder = load_model(self._model_name, self._device)
         return self._embedder
+
+    @property
+    def model_loaded(self) -> bool:
+        """Whether the embedding model is in memory (it loads on first use)."""
+        return self._embedder is not None
 
     @property
     def identity(self) -> ModelIdentity:
@@ -851,6 +871,47 @@ class SpeakerDB:
     def rebuild_index(self, kind: str | None = None) -> IndexStatus:
         """Rebuild the vector index from SQL (``kind``: "auto", "flat" or "ivf")."""
         return self.store.rebuild_index(kind)
+
+    # --- API keys of the HTTP service ---------------------------------------------------------
+
+    def create_key(self, name: str, scopes: Sequence[str]) -> NewApiKey:
+        """Create an API key for ``speakerdb serve``; its secret is in the result, and only
+        there (the database keeps its sha256). scopes: verify, identify, enroll, admin (or
+        read = verify + identify). Raises UsageError, AlreadyExistsError, StoreError."""
+        from speakerdb.storage._keys import create_key
+
+        self._writable("create an API key")
+        return create_key(self.store.engine, self.store.location.display, name, scopes)
+
+    def api_keys(self) -> list[ApiKeyRecord]:
+        """Every API key, without secrets."""
+        from speakerdb.storage._keys import list_keys
+
+        return list_keys(self.store.engine)
+
+    def revoke_key(self, name: str) -> ApiKeyRecord:
+        """Delete an API key: every server refuses it from its next request on. Raises
+        NotFoundError."""
+        from speakerdb.storage._keys import revoke_key
+
+        self._writable("revoke an API key")
+        return revoke_key(self.store.engine, self.store.location.display, name)
+
+    def authenticate(self, secret: str) -> ApiKeyRecord | None:
+        """The API key whose secret this is, or None (compared in constant time)."""
+        from speakerdb.storage._keys import authenticate
+
+        return authenticate(self.store.engine, secret)
+
+    def has_api_keys(self) -> bool:
+        """Whether any API key exists (a server without one stays on loopback)."""
+        from speakerdb.storage._keys import any_keys
+
+        return any_keys(self.store.engine)
+
+    def _writable(self, what: str) -> None:
+        if self.store.read_only:
+            raise UsageError(f"cannot {what}: {self.store.location.display} was opened read-only")
 
     def compact(self) -> CompactResult:
         """Erase deleted voiceprints' bytes from the database files for good and shrink them

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,8 @@ log = logging.getLogger(__name__)
 SAVE_MIN_CHANGES = 1
 SAVE_FRACTION_WHEN_LARGE = 0.01
 LARGE_INDEX = 100_000
+MAINTENANCE_RETRY_S = 60.0
+REBUILD_NICE = 10  # 19 starved the rebuild for minutes on a loaded 2-core machine
 
 
 def read_all_centroids(
@@ -104,6 +108,7 @@ class IndexCache:
         key: bytes,
         index_kind: str = "auto",
         device: str | None = None,
+        background: bool = False,
     ) -> None:
         self._engine = engine
         self.path = path
@@ -120,6 +125,13 @@ class IndexCache:
         self._unsaved_deletes = 0
         self.file_state = "not loaded"
         self.file_seq: int | None = None
+        # Background maintenance (see _start_maintenance): the thread running it, when it
+        # last failed, and how many rebuilds it has swapped in.
+        self._background = background
+        self._maintenance: threading.Thread | None = None
+        self._maintenance_failed_at: float | None = None
+        self.background_rebuilds = 0
+        self._generation = 0  # bumped by every rebuild in the foreground
 
     # --- public -------------------------------------------------------------------------------
 
@@ -260,31 +272,94 @@ class IndexCache:
         if conn is None:
             with read_transaction(self._engine) as own:
                 return self._catch_up(own)
-        if _state_seq(conn) == self._applied_seq:
+        applied, seq, removed = _apply_changes(self._index, conn, self._applied_seq, self._model)
+        if not applied:
             return 0
-        rows = conn.execute(
-            select(Change.seq, Change.speaker_id, Speaker.centroid)
-            .outerjoin(Speaker, Speaker.id == Change.speaker_id)
-            .where(Change.seq > self._applied_seq)
-            .order_by(Change.seq)
-        ).all()
-        if not rows:
-            return 0
-        gone = np.array([r.speaker_id for r in rows if r.centroid is None], dtype=np.int64)
-        present = [r for r in rows if r.centroid is not None]
-        self._unsaved_deletes += self._index.remove(gone)
-        self._index.upsert(
-            np.array([r.speaker_id for r in present], dtype=np.int64),
-            vectors_from_bytes([r.centroid for r in present], self._model.dimension),
-        )
-        self._applied_seq = max(r.seq for r in rows)
-        self._unsaved_changes += len(rows)
+        self._unsaved_deletes += removed
+        self._applied_seq = seq
+        self._unsaved_changes += applied
         if needs_rebuild(self._index.params, len(self._index), self._index_kind):
-            self._rebuild("grew past its index kind")
-        return len(rows)
+            if self._background:
+                self._start_maintenance()
+            else:
+                self._rebuild("grew past its index kind")
+        return applied
+
+    # --- background maintenance ---------------------------------------------------------------
+
+    @property
+    def maintenance_running(self) -> bool:
+        """Whether a background rebuild is under way."""
+        thread = self._maintenance
+        return thread is not None and thread.is_alive()
+
+    def wait_for_maintenance(self, timeout: float | None = None) -> bool:
+        """Wait until no background rebuild runs (at most ``timeout`` s); True if none does."""
+        thread = self._maintenance
+        if thread is not None:
+            thread.join(timeout)
+        return not self.maintenance_running
+
+    def _start_maintenance(self) -> None:
+        """Rebuild the index (new kind, or retrained lists) in a thread of its own, while
+        queries go on with the current index, kept caught up meanwhile. Called under the
+        lock. A failed rebuild is retried at most once a minute (and logged)."""
+        if self.maintenance_running:
+            return
+        failed = self._maintenance_failed_at
+        if failed is not None and time.monotonic() - failed < MAINTENANCE_RETRY_S:
+            return
+        self._maintenance = threading.Thread(
+            target=self._maintain, name="speakerdb-index-maintenance", daemon=True
+        )
+        self._maintenance.start()
+
+    def _maintain(self) -> None:
+        generation, kind = self._generation, self._index_kind
+        try:
+            import faiss
+
+            # Training runs on at most half the cores (OpenMP's thread count is set per
+            # calling thread), at a lower priority (on Linux a thread's nice value is its
+            # own): queries go first, and the rebuild still progresses on a busy machine.
+            faiss.omp_set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), REBUILD_NICE)
+            # Built without the lock: the counter first, the centroids second, then every
+            # change after that counter replayed under the lock (see the module docstring).
+            with read_transaction(self._engine) as conn:
+                seq = _state_seq(conn)
+            with read_transaction(self._engine) as conn:
+                ids, vectors = read_all_centroids(conn, self._model.dimension)
+            log.info("rebuilding the vector index of %d speakers in the background", len(ids))
+            params = choose_params(len(ids), kind)
+            fresh = VectorIndex.build(self._model.dimension, ids, vectors, params)
+            fresh.use_gpu(self._device)
+            # Most of what was committed during the build is replayed outside the lock too;
+            # the lock is held only for the last few changes and the swap.
+            with read_transaction(self._engine) as conn:
+                _, seq, _ = _apply_changes(fresh, conn, seq, self._model)
+            with self._lock, read_transaction(self._engine) as conn:
+                if generation != self._generation:
+                    log.info("background rebuild dropped: the index was rebuilt meanwhile")
+                    return
+                _, seq, _ = _apply_changes(fresh, conn, seq, self._model)
+                self._index = fresh
+                self._applied_seq = seq
+                self._saved_seq = None
+                self._unsaved_changes = len(fresh)
+                self._unsaved_deletes = 0
+                self.background_rebuilds += 1
+                self._maintenance_failed_at = None
+            log.info("background rebuild done: %s", params.describe())
+        except Exception:
+            # The current index keeps answering; the rebuild is tried again later.
+            log.exception("background rebuild of the vector index failed")
+            self._maintenance_failed_at = time.monotonic()
 
     def _rebuild(self, reason: str) -> None:
         log.info("rebuilding the vector index from SQL: %s", reason)
+        self._generation += 1
         with read_transaction(self._engine) as conn:
             seq = _state_seq(conn)
         # Centroids are read after the counter: anything committed in between is replayed by
@@ -298,3 +373,28 @@ class IndexCache:
         self._saved_seq = None
         self._unsaved_changes = len(ids)
         self._catch_up()
+
+
+def _apply_changes(
+    index: VectorIndex, conn: Connection, since: int, model: ModelIdentity
+) -> tuple[int, int, int]:
+    """Apply to ``index`` every change after sequence ``since``, read through ``conn``.
+    Returns (changes applied, the sequence now applied, vectors removed)."""
+    if _state_seq(conn) == since:
+        return 0, since, 0
+    rows = conn.execute(
+        select(Change.seq, Change.speaker_id, Speaker.centroid)
+        .outerjoin(Speaker, Speaker.id == Change.speaker_id)
+        .where(Change.seq > since)
+        .order_by(Change.seq)
+    ).all()
+    if not rows:
+        return 0, since, 0
+    gone = np.array([r.speaker_id for r in rows if r.centroid is None], dtype=np.int64)
+    present = [r for r in rows if r.centroid is not None]
+    removed = index.remove(gone)
+    index.upsert(
+        np.array([r.speaker_id for r in present], dtype=np.int64),
+        vectors_from_bytes([r.centroid for r in present], model.dimension),
+    )
+    return len(rows), max(r.seq for r in rows), removed

@@ -12,6 +12,8 @@ Tables:
   calibrations  how this database decides, per score normalisation: a threshold on the score
                 scale chosen on its own trials, or a calibration to log-likelihood ratios
                 (the bundled one or one fitted on its own trials) with an operating point
+  api_keys      keys of the HTTP service (``speakerdb serve``): only their sha256, never the
+                key itself, with their scopes
 
 The migrations in ``speakerdb/migrations`` must build exactly this schema; a test compares
 them with Alembic's autogenerate comparison.
@@ -39,6 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "ApiKey",
     "Base",
     "Calibration",
     "Change",
@@ -201,3 +204,18 @@ class Change(Base):
     speaker_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     op: Mapped[str] = mapped_column(String(8))
+
+
+class ApiKey(Base):
+    """An API key of the HTTP service. Only the sha256 of the key is stored: the key itself
+    is shown once, when it is created. ``prefix`` (its first characters, not secret enough to
+    matter) lets a person tell keys apart; ``scopes`` is a space-separated list."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    scopes: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -96,10 +96,12 @@ class EnrollmentStore:
         index_key: bytes,
         device: str | None = None,
         read_only: bool = False,
+        background_index: bool = False,
     ) -> None:
         self.location = location
         self.device = device
         self.read_only = read_only
+        self.background_index = background_index
         self._engine = engine
         self.instance_id = instance_id
         self.index_key = index_key
@@ -112,7 +114,12 @@ class EnrollmentStore:
 
     @classmethod
     def open(
-        cls, url: Any = None, device: str | None = None, *, read_only: bool = False
+        cls,
+        url: Any = None,
+        device: str | None = None,
+        *,
+        read_only: bool = False,
+        background_index: bool = False,
     ) -> EnrollmentStore:
         """Open the database at ``url`` (see
         :func:`speakerdb.storage._location.resolve_location`), creating it at the current
@@ -123,6 +130,12 @@ class EnrollmentStore:
         ``read_only``: never create or change the database (no file, no schema, no
         migration, no row; writes raise UsageError). The index cache file, which holds
         nothing SQL does not, is still refreshed when its folder is writable.
+
+        ``background_index``: for a long-running process (a server). Index maintenance --
+        the switch from exact to IVF search as the database grows, retraining the lists --
+        runs in a background thread while queries are answered from the current index
+        (kept caught up), which is swapped for the new one when it is ready. Without it, the
+        query that first sees the new size does the rebuild (seconds at 100 000 speakers).
 
         Raises ConfigurationError for a bad URL, DatabaseNotFoundError (read-only) when
         there is no database, NotASpeakerDBError when it holds another application's data
@@ -156,6 +169,7 @@ class EnrollmentStore:
             bytes.fromhex(state.index_key),
             device,
             read_only=read_only,
+            background_index=background_index,
         )
 
     def close(self) -> None:
@@ -165,6 +179,7 @@ class EnrollmentStore:
         self._closed = True
         try:
             if self._cache is not None:
+                self._cache.wait_for_maintenance()
                 self._cache.save()
         except StoreError:
             pass  # the file is a cache; the next opener rebuilds or catches up
@@ -648,6 +663,7 @@ class EnrollmentStore:
                     self.index_key,
                     self.index_kind(),
                     self.device,
+                    background=self.background_index,
                 )
             return self._cache
 
@@ -702,6 +718,15 @@ class EnrollmentStore:
 
     def index_status(self) -> IndexStatus:
         return self._index_cache().status()
+
+    def index_maintenance_running(self) -> bool:
+        """Whether a background index rebuild is under way (see ``background_index``)."""
+        return self._cache is not None and self._cache.maintenance_running
+
+    def wait_for_index_maintenance(self, timeout: float | None = None) -> bool:
+        """Wait until no background index rebuild runs (at most ``timeout`` s); True when
+        none does."""
+        return self._cache is None or self._cache.wait_for_maintenance(timeout)
 
     def index_vectors(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """Every (speaker id, centroid) in the caught-up index, ids ascending."""

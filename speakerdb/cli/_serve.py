@@ -1,0 +1,208 @@
+"""``speakerdb serve``: the HTTP service on uvicorn."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import click
+
+from speakerdb.cli._common import (
+    EXIT_ERROR,
+    db_option,
+    device_option,
+    handles_errors,
+    model_option,
+    open_db,
+    warn,
+)
+from speakerdb.errors import ConfigurationError, MissingDependencyError, UsageError
+
+
+@click.command()
+@db_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Anything but a loopback address needs an API key first.",
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes, each with its own model, index and micro-batcher.",
+)
+@model_option
+@device_option
+@click.option(
+    "--max-request-mb",
+    type=click.FloatRange(0.01, 4096),
+    default=50.0,
+    show_default=True,
+    help="Largest request body (413 beyond).",
+)
+@click.option(
+    "--max-seconds",
+    type=click.FloatRange(1, 86_400),
+    default=120.0,
+    show_default=True,
+    help="Longest recording accepted (413, code too_long, beyond).",
+)
+@click.option(
+    "--max-files",
+    type=click.IntRange(1, 1000),
+    default=20,
+    show_default=True,
+    help="Most recordings in one request.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(0.1, 3600),
+    default=60.0,
+    show_default=True,
+    help="Seconds to receive a request body (408 beyond) and to embed its recordings "
+    "(503, code busy, beyond).",
+)
+@click.option(
+    "--batch-wait-ms",
+    type=click.FloatRange(0, 1000),
+    default=10.0,
+    show_default=True,
+    help="Longest wait of a batch for recordings of requests still arriving.",
+)
+@click.option(
+    "--batches",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Embedding batches in flight at once (each embeds the recordings of the requests "
+    "waiting when it starts).",
+)
+@click.option(
+    "--upload-dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Where uploads are written while their request runs (private folder, deleted "
+    "after). Default: /dev/shm where there is one, else the temporary folder.",
+)
+@click.option("--access-log/--no-access-log", default=True, help="Log every request.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="info",
+    show_default=True,
+)
+@handles_errors
+def serve(
+    db_url: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    model_name: str | None,
+    device: str | None,
+    max_request_mb: float,
+    max_seconds: float,
+    max_files: int,
+    timeout_s: float,
+    batch_wait_ms: float,
+    batches: int,
+    upload_dir: str | None,
+    access_log: bool,
+    log_level: str,
+) -> None:
+    """Serve the database over HTTP (FastAPI on uvicorn): enroll, verify, identify,
+    compare, manage speakers; /docs, /openapi.json, /healthz, /readyz, /metrics.
+
+    Requests need `Authorization: Bearer KEY` with a key from `speakerdb keys create`.
+    While no key exists the server only listens on a loopback address, and answers
+    without authentication there. It prints `speakerdb serve: ready on URL` once the
+    model is loaded and the index warm.
+    """
+    try:
+        import uvicorn
+
+        from speakerdb.service import ServiceSettings, create_app, is_loopback
+        from speakerdb.service._settings import SETTINGS_ENV
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"speakerdb serve needs the serve extra: pip install 'speakerdb[serve]' ({exc})"
+        ) from None
+    with open_db(db_url, model_name, device) as db:
+        has_keys = db.has_api_keys()
+    loopback = is_loopback(host)
+    if not loopback and not has_keys:
+        raise UsageError(
+            f"refusing to listen on {host}: no API key exists, so anyone who can reach it "
+            "could use the database; create one first (speakerdb keys create NAME --scope "
+            "...) or listen on 127.0.0.1"
+        )
+    if not has_keys:
+        warn(
+            "no API key exists: requests are answered without authentication (loopback "
+            "only) until one is created with `speakerdb keys create`"
+        )
+    sock = _bind(host, port)
+    actual_port = sock.getsockname()[1]
+    shown_host = f"[{host}]" if ":" in host else host
+    settings = ServiceSettings(
+        db_url=db_url,
+        model=model_name,
+        device=device,
+        auth="auto" if loopback else "required",
+        max_request_bytes=int(max_request_mb * 1024 * 1024),
+        max_files=max_files,
+        max_seconds=max_seconds,
+        request_timeout_s=timeout_s,
+        batch_wait_s=batch_wait_ms / 1000.0,
+        batch_parallel=batches,
+        upload_dir=upload_dir,
+        public_url=f"http://{shown_host}:{actual_port}",
+    )
+    common = {
+        "log_level": log_level,
+        "access_log": access_log,
+        "timeout_graceful_shutdown": 30,
+        "lifespan": "on",
+    }
+    if workers == 1:
+        config = uvicorn.Config(create_app(settings), **common)  # type: ignore[arg-type]
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
+        if not server.started:
+            sys.exit(EXIT_ERROR)
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ[SETTINGS_ENV] = settings.to_json()
+    config = uvicorn.Config(
+        "speakerdb.service:app_from_environment",
+        factory=True,
+        workers=workers,
+        **common,  # type: ignore[arg-type]
+    )
+    Multiprocess(config, sockets=[sock]).run()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only on sockets that say so,
+    # and without it every answer written in two parts waits for a delayed ACK (40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+        # Listening from now on: connections made as soon as the "ready" line appears
+        # (printed at the end of the app's startup, before uvicorn starts accepting) wait
+        # in the kernel's queue rather than being refused.
+        sock.listen(2048)
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc}") from None
+    return sock

@@ -1,0 +1,502 @@
+"""The routes: each parses the request, calls the SpeakerDB facade, and answers with the
+fields of the CLI's ``--json`` (``to_dict()``) plus a decision word.
+
+Decision words: verify and compare -- ACCEPT, REJECT, NOT_ENOUGH_SPEECH; verify of a name
+nobody is enrolled under -- SPEAKER_NOT_ENROLLED (status 404); identify -- IDENTIFIED,
+UNKNOWN_SPEAKER, NOT_ENOUGH_SPEECH. A recording with too little speech is an answer (200),
+not an error: the request was right, the audio cannot decide. Other unusable recordings
+are errors: 415 (not decodable), 413 (too long), 422 (invalid samples).
+
+Several recordings in one request give a list with one object per recording, in order
+(like the CLI with several files), each with its decision or its error; the status is 200.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends, File, Form, Path, Request, UploadFile
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse, Response
+
+from speakerdb import ApiKeyRecord, Comparison, Identification, Verification, errors
+from speakerdb.errors import AudioError, SpeakerNotFoundError, UsageError
+from speakerdb.service._app import ServiceState
+from speakerdb.service._batcher import Upload
+from speakerdb.service._errors import (
+    ServiceError,
+    error_response,
+    json_ready,
+    library_error_body,
+    status_for,
+)
+from speakerdb.service._metrics import CONTENT_TYPE
+from speakerdb.service._uploads import received_uploads
+from speakerdb.storage._keys import SCOPES
+
+__all__ = ["router"]
+
+router = APIRouter()
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key made by `speakerdb keys create NAME --scope ...`.",
+)
+NOT_ENOUGH_SPEECH_CODES = frozenset({errors.NoSpeechError.code, errors.TooLittleSpeechError.code})
+_AUDIO_ERRORS: dict[str, type[AudioError]] = {
+    cls.code: cls
+    for cls in vars(errors).values()
+    if isinstance(cls, type) and issubclass(cls, AudioError)
+}
+
+
+def _service(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+async def _state(request: Request) -> ServiceState:
+    # async: a plain dependency would cost every request a trip through the thread pool
+    return _service(request)
+
+
+State = Annotated[ServiceState, Depends(_state)]
+
+
+def require(*scopes: str) -> Callable[..., ApiKeyRecord | None]:
+    """A dependency admitting requests whose key has any of ``scopes`` (see
+    :meth:`ServiceState.authorize`)."""
+
+    def check(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> ApiKeyRecord | None:
+        return _service(request).authorize(credentials.credentials if credentials else None, scopes)
+
+    return check
+
+
+SpeakerName = Annotated[str, Path(description="The speaker's name.", max_length=255)]
+Threshold = Annotated[
+    float | None,
+    Form(
+        description="Decision threshold (default: the database's calibrated one, else the model's)."
+    ),
+]
+Prior = Annotated[
+    float | None,
+    Form(
+        description="Operating point: the prior probability of the claimed speaker (unit costs); "
+        "the decision threshold on the LLR is then its Bayes threshold.",
+        gt=0,
+        lt=1,
+    ),
+]
+Far = Annotated[
+    float | None,
+    Form(
+        description="Operating point: a target false-accept rate from the calibration's table.",
+        gt=0,
+        lt=1,
+    ),
+]
+Norm = Annotated[
+    Literal["none", "asnorm"],
+    Form(description="Score normalisation: asnorm against the other enrolled speakers."),
+]
+Recordings = Annotated[
+    list[UploadFile], File(description="One or more recordings (any format; by content).")
+]
+
+_AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No valid API key."},
+    403: {"description": "The key's scopes do not allow this."},
+    413: {"description": "Request or recording too large or too long."},
+    415: {"description": "A recording is not decodable audio."},
+    422: {"description": "Invalid request or invalid audio samples."},
+}
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _uploads(state: ServiceState, files: Sequence[UploadFile]) -> Iterator[list[Upload]]:
+    settings = state.settings
+    if not files:
+        raise ServiceError(422, "validation", "no recording was uploaded")
+    if len(files) > settings.max_files:
+        raise ServiceError(
+            413, "too_many_files", f"at most {settings.max_files} recordings per request"
+        )
+    with received_uploads(
+        [(f.filename, f.file) for f in files],
+        max_seconds=settings.max_seconds,
+        folder=settings.upload_dir,
+    ) as uploads:
+        yield uploads
+
+
+def _scrubbed(value: Any, uploads: Sequence[Upload]) -> Any:
+    """``value`` with every temporary path replaced by its upload's label: nothing about the
+    server's file system reaches an answer, whatever a lower layer put in a message."""
+    if isinstance(value, str):
+        for upload in uploads:
+            value = value.replace(str(upload.path), upload.label)
+        return value
+    if isinstance(value, dict):
+        return {k: _scrubbed(v, uploads) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v, uploads) for v in value]
+    return value
+
+
+def _answer(document: Any, uploads: Sequence[Upload] = (), status: int = 200) -> JSONResponse:
+    return JSONResponse(_scrubbed(json_ready(document), uploads), status_code=status)
+
+
+def _failed(error: AudioError) -> dict[str, Any]:
+    body: dict[str, Any] = {"source": error.source, "error": library_error_body(error)}
+    if error.code in NOT_ENOUGH_SPEECH_CODES:
+        body["decision"] = "NOT_ENOUGH_SPEECH"
+    return body
+
+
+def _decided(result: Verification | Comparison | Identification | AudioError) -> dict[str, Any]:
+    if isinstance(result, AudioError):
+        return _failed(result)
+    document = result.to_dict()
+    if isinstance(result, Verification):
+        document["decision"] = "ACCEPT" if result.accepted else "REJECT"
+    elif isinstance(result, Comparison):
+        document["decision"] = "ACCEPT" if result.same_speaker else "REJECT"
+    else:
+        document["decision"] = "IDENTIFIED" if result.best is not None else "UNKNOWN_SPEAKER"
+    return document
+
+
+def _per_file(
+    results: Sequence[Verification | Comparison | Identification | AudioError],
+    uploads: Sequence[Upload],
+) -> JSONResponse:
+    """One object for one recording (an unusable one as its error status, unless it only
+    lacks speech), a list for several."""
+    if len(results) == 1:
+        only = results[0]
+        if isinstance(only, AudioError) and only.code not in NOT_ENOUGH_SPEECH_CODES:
+            return _answer({"error": library_error_body(only)}, uploads, status_for(only))
+        return _answer(_decided(only), uploads)
+    return _answer([_decided(r) for r in results], uploads)
+
+
+# --- health, metrics ----------------------------------------------------------------------------
+
+
+@router.get("/healthz", tags=["operations"], summary="The process is up.")
+async def healthz() -> dict[str, str | int]:
+    """Answers as long as the process runs; ``pid`` tells the workers apart."""
+    return {"status": "ok", "pid": os.getpid()}
+
+
+@router.get(
+    "/readyz",
+    tags=["operations"],
+    summary="Ready: database reachable, model loaded, index caught up.",
+    responses={503: {"description": "Not ready (see checks)."}},
+)
+def readyz(state: State) -> JSONResponse:
+    checks: dict[str, Any] = {}
+    ready = state.ready
+    if not ready:
+        checks["startup"] = "the database and model are still loading"
+        return JSONResponse({"status": "starting", "checks": checks}, status_code=503)
+    db = state.db
+    try:
+        speakers, _ = db.store.counts()
+        checks["database"] = {"status": "ok", "speakers": speakers}
+    except errors.SpeakerDBError as exc:
+        checks["database"] = {"status": "error", "message": exc.message}
+        ready = False
+    checks["model"] = {
+        "status": "ok" if db.model_loaded else "not loaded",
+        "name": db.identity.label,
+    }
+    ready = ready and db.model_loaded
+    if ready:
+        try:
+            if db.store.model() is None:
+                checks["index"] = {"status": "ok", "vectors": 0}
+            else:
+                index = db.store.index_status()  # catches up with the change log first
+                checks["index"] = {
+                    "status": "ok",
+                    "vectors": index.vectors,
+                    "applied_change": index.applied_seq,
+                    "kind": index.params,
+                    "rebuilding": db.store.index_maintenance_running(),
+                }
+        except errors.SpeakerDBError as exc:
+            checks["index"] = {"status": "error", "message": exc.message}
+            ready = False
+    state.metrics.index_rebuilds.set(1 if db.store.index_maintenance_running() else 0)
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+@router.get(
+    "/metrics",
+    tags=["operations"],
+    summary="Prometheus metrics (text format).",
+    response_class=Response,
+)
+def metrics(state: State) -> Response:
+    if state.ready:
+        state.metrics.index_rebuilds.set(1 if state.db.store.index_maintenance_running() else 0)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+# --- decisions ----------------------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/speakers/{name}/verify",
+    tags=["decisions"],
+    summary="Is each recording the enrolled speaker NAME?",
+    dependencies=[Depends(require("verify"))],
+    responses={**_AUDIO_RESPONSES, 404: {"description": "SPEAKER_NOT_ENROLLED."}},
+)
+def verify(
+    name: SpeakerName,
+    audio: Recordings,
+    state: State,
+    threshold: Threshold = None,
+    prior: Prior = None,
+    far: Far = None,
+    norm: Norm = "none",
+) -> JSONResponse:
+    """Scores each recording against the speaker's voiceprint: ACCEPT iff score >=
+    threshold. One recording: one object; several: a list."""
+    with _uploads(state, audio) as uploads:
+        try:
+            results = state.db.verify_many(
+                name, uploads, threshold, norm=norm, prior=prior, far=far
+            )
+        except SpeakerNotFoundError as exc:
+            state.metrics.errors.labels(exc.code).inc()
+            return error_response(
+                404, library_error_body(exc), decision="SPEAKER_NOT_ENROLLED", speaker=name
+            )
+        return _per_file(results, uploads)
+
+
+@router.post(
+    "/v1/identify",
+    tags=["decisions"],
+    summary="Who is speaking in each recording, among everyone enrolled?",
+    dependencies=[Depends(require("identify"))],
+    responses=_AUDIO_RESPONSES,
+)
+def identify(
+    audio: Recordings,
+    state: State,
+    top_k: Annotated[int, Form(ge=1, le=1000, description="Candidates to list.")] = 5,
+    threshold: Threshold = None,
+    prior: Prior = None,
+    far: Far = None,
+    norm: Norm = "none",
+) -> JSONResponse:
+    """Open set: ``best`` is the top candidate if it reaches the threshold (IDENTIFIED),
+    else null (UNKNOWN_SPEAKER); ``matches`` are the top-k candidates, best first."""
+    with _uploads(state, audio) as uploads:
+        results = state.db.identify_many(uploads, top_k, threshold, norm=norm, prior=prior, far=far)
+        return _per_file(results, uploads)
+
+
+@router.post(
+    "/v1/compare",
+    tags=["decisions"],
+    summary="Are two recordings the same speaker?",
+    dependencies=[Depends(require("verify"))],
+    responses=_AUDIO_RESPONSES,
+)
+def compare(
+    a: Annotated[UploadFile, File(description="The first recording.")],
+    b: Annotated[UploadFile, File(description="The second recording.")],
+    state: State,
+    threshold: Threshold = None,
+    prior: Prior = None,
+    far: Far = None,
+    norm: Norm = "none",
+) -> JSONResponse:
+    """File against file with the one cosine rule: ACCEPT iff score >= threshold."""
+    with _uploads(state, [a, b]) as uploads:
+        result = state.db.compare_batch(
+            [(uploads[0], uploads[1])], threshold, norm=norm, prior=prior, far=far
+        )[0]
+        return _per_file([result], uploads)
+
+
+# --- enrollment and management ------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/speakers/{name}/enroll",
+    tags=["speakers"],
+    summary="Enroll recordings of speaker NAME.",
+    dependencies=[Depends(require("enroll"))],
+    status_code=200,
+    responses={**_AUDIO_RESPONSES, 201: {"description": "The speaker was created."}},
+)
+def enroll(
+    name: SpeakerName,
+    audio: Recordings,
+    state: State,
+    mode: Annotated[
+        Literal["append", "overwrite", "skip"],
+        Form(
+            description="append: add (create if new); overwrite: replace the speaker's "
+            "recordings; skip: leave an existing speaker untouched."
+        ),
+    ] = "append",
+    metadata: Annotated[
+        str | None, Form(description="A JSON object stored with the speaker.")
+    ] = None,
+) -> JSONResponse:
+    """The report of the CLI's ``enroll --json``: every recording accepted, duplicate,
+    rejected (with its reason) or skipped, and the speaker's totals. 201 when the speaker
+    was created; when no recording was usable, nothing is stored and the status is that of
+    the first rejection (with its error)."""
+    meta = _metadata(metadata)
+    with _uploads(state, audio) as uploads:
+        report = state.db.enroll(name, uploads, mode=mode, metadata=meta)
+        document = report.to_dict()
+        status = 201 if report.created else 200
+        rejected = [i for i in report.inputs if i.status == "rejected"]
+        if rejected and len(rejected) == len(report.inputs):
+            first = rejected[0]
+            error_class = _AUDIO_ERRORS.get(first.reason or "", AudioError)
+            status = status_for(error_class(first.source, first.message or ""))
+            document["error"] = {
+                "code": first.reason,
+                "message": f"{first.source}: {first.message}",
+                "source": first.source,
+            }
+        return _answer(document, uploads, status)
+
+
+def _metadata(text: str | None) -> dict[str, Any] | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"metadata is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError("metadata must be a JSON object")
+    return value
+
+
+@router.get(
+    "/v1/speakers",
+    tags=["speakers"],
+    summary="Every enrolled speaker.",
+    dependencies=[Depends(require("verify", "identify"))],
+)
+def list_speakers(state: State) -> JSONResponse:
+    return _answer([r.to_dict() | {"utterances": r.utterances} for r in state.db.speakers()])
+
+
+@router.get(
+    "/v1/speakers/{name}",
+    tags=["speakers"],
+    summary="One speaker with its enrolled recordings.",
+    dependencies=[Depends(require("verify", "identify"))],
+    responses={404: {"description": "No such speaker."}},
+)
+def show_speaker(name: SpeakerName, state: State) -> JSONResponse:
+    record = state.db.speaker(name)
+    recordings = state.db.utterances(record.name)
+    return _answer(record.to_dict() | {"recordings": [u.to_dict() for u in recordings]})
+
+
+class Rename(BaseModel):
+    new_name: str = Field(min_length=1, max_length=255, description="The new name.")
+
+
+@router.post(
+    "/v1/speakers/{name}/rename",
+    tags=["speakers"],
+    summary="Rename a speaker (the voiceprint is kept).",
+    dependencies=[Depends(require("admin"))],
+    responses={404: {"description": "No such speaker."}, 409: {"description": "Name taken."}},
+)
+def rename_speaker(
+    name: SpeakerName, body: Annotated[Rename, Body()], state: State
+) -> JSONResponse:
+    return _answer(state.db.rename(name, body.new_name).to_dict())
+
+
+@router.delete(
+    "/v1/speakers/{name}",
+    tags=["speakers"],
+    summary="Delete a speaker and every voiceprint of it.",
+    dependencies=[Depends(require("admin"))],
+    responses={404: {"description": "No such speaker."}},
+)
+def delete_speaker(name: SpeakerName, state: State) -> JSONResponse:
+    """Removes the rows and embedding bytes from SQL and rewrites the index file without
+    them, as ``speakerdb speakers delete`` does (see the README on what PostgreSQL keeps
+    until ``speakerdb db compact``)."""
+    return _answer({"deleted": state.db.delete(name).to_dict()})
+
+
+# --- keys ---------------------------------------------------------------------------------------
+
+
+class NewKey(BaseModel):
+    name: str = Field(min_length=1, max_length=64, description="A name for the key.")
+    scopes: list[str] = Field(
+        min_length=1, max_length=8, description=f"Any of {', '.join(SCOPES)}, or read."
+    )
+
+
+@router.get(
+    "/v1/keys",
+    tags=["keys"],
+    summary="Every API key (without secrets).",
+    dependencies=[Depends(require("admin"))],
+)
+def list_keys(state: State) -> JSONResponse:
+    return _answer([k.to_dict() for k in state.db.api_keys()])
+
+
+@router.post(
+    "/v1/keys",
+    tags=["keys"],
+    summary="Create an API key; its secret is in this answer only.",
+    dependencies=[Depends(require("admin"))],
+    status_code=201,
+    responses={409: {"description": "A key of that name exists."}},
+)
+def create_key(body: Annotated[NewKey, Body()], state: State) -> JSONResponse:
+    made = state.db.create_key(body.name, body.scopes)
+    return _answer(made.record.to_dict() | {"key": made.secret}, status=201)
+
+
+@router.delete(
+    "/v1/keys/{key_name}",
+    tags=["keys"],
+    summary="Revoke an API key.",
+    dependencies=[Depends(require("admin"))],
+    responses={404: {"description": "No such key."}},
+)
+def revoke_key(
+    key_name: Annotated[str, Path(max_length=64, description="The key's name.")], state: State
+) -> JSONResponse:
+    return _answer({"revoked": state.db.revoke_key(key_name).to_dict()})

@@ -1,0 +1,214 @@
+"""API keys of the HTTP service (``speakerdb serve``), kept in the database they open.
+
+A key is 32 random bytes (URL-safe base64, 43 characters) behind the prefix ``sdb_``. Only
+its sha256 is stored: a key with that much entropy needs no salt or slow hash (nobody can
+search 2^256 keys for a stolen digest), and a lookup by digest compares the presented key
+in constant time (:func:`hmac.compare_digest` on the digests). The key itself is returned
+once, by :func:`create_key`, and cannot be recovered later.
+
+Scopes: ``verify`` (verify, compare), ``identify`` (identify, list and show speakers),
+``enroll``, and ``admin`` (everything, including delete, rename and keys). ``read`` is
+shorthand for verify + identify.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from speakerdb.errors import AlreadyExistsError, NotFoundError, UsageError
+from speakerdb.storage._engine import read_transaction, retrying, store_error, write_transaction
+from speakerdb.storage._names import canonical_name, validated_name
+from speakerdb.storage._schema import ApiKey, utcnow
+
+__all__ = [
+    "KEY_PREFIX",
+    "SCOPES",
+    "ApiKeyRecord",
+    "NewApiKey",
+    "any_keys",
+    "authenticate",
+    "create_key",
+    "list_keys",
+    "parse_scopes",
+    "revoke_key",
+]
+
+T = TypeVar("T")
+
+KEY_PREFIX = "sdb_"
+SCOPES = ("verify", "identify", "enroll", "admin")
+_ALIASES = {"read": ("verify", "identify")}
+_MAX_KEY_NAME = 64
+_SHOWN_CHARACTERS = 12  # "sdb_" and 8 random characters: enough to tell keys apart
+_MAX_PRESENTED = 256  # longer "keys" are refused before hashing
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """A stored key, without its secret. ``prefix``: its first characters, to recognise it."""
+
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    created_at: dt.datetime
+
+    def allows(self, scope: str) -> bool:
+        """Whether this key may do what ``scope`` covers (admin covers everything)."""
+        return "admin" in self.scopes or scope in self.scopes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "prefix": self.prefix,
+            "scopes": list(self.scopes),
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class NewApiKey:
+    """A key just created: ``secret`` is the key itself, shown this once."""
+
+    record: ApiKeyRecord
+    secret: str
+
+
+def parse_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """Validated scopes, sorted in :data:`SCOPES` order; each item may hold several
+    separated by commas or spaces, and ``read`` means verify + identify. Raises UsageError
+    for an unknown scope or none at all."""
+    wanted: set[str] = set()
+    for item in scopes:
+        for word in str(item).replace(",", " ").split():
+            scope = word.strip().lower()
+            if scope in _ALIASES:
+                wanted.update(_ALIASES[scope])
+            elif scope in SCOPES:
+                wanted.add(scope)
+            else:
+                raise UsageError(f"unknown scope {word!r}: use {', '.join((*SCOPES, *_ALIASES))}")
+    if not wanted:
+        raise UsageError(f"a key needs at least one scope ({', '.join(SCOPES)})")
+    return tuple(s for s in SCOPES if s in wanted)
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _record(name: str, prefix: str, scopes: str, created: dt.datetime) -> ApiKeyRecord:
+    if created.tzinfo is None:  # SQLite returns naive datetimes; they were written in UTC
+        created = created.replace(tzinfo=dt.UTC)
+    return ApiKeyRecord(name, prefix, tuple(scopes.split()), created)
+
+
+def _key_name(name: object) -> str:
+    try:
+        cleaned = validated_name(name)
+    except UsageError as exc:
+        raise UsageError(exc.message.replace("speaker name", "key name")) from None
+    if len(cleaned) > _MAX_KEY_NAME:
+        raise UsageError(f"key name is longer than {_MAX_KEY_NAME} characters")
+    return cleaned
+
+
+_COLUMNS = select(ApiKey.name, ApiKey.prefix, ApiKey.scopes, ApiKey.created_at)
+
+
+def create_key(engine: Engine, where: str, name: str, scopes: Iterable[str]) -> NewApiKey:
+    """Create a key called ``name`` with ``scopes``. Returns it with its secret (the only
+    time the secret is available). Raises UsageError (bad name or scope), AlreadyExistsError
+    (a key of that name exists), StoreError."""
+    clean_name = _key_name(name)
+    granted = parse_scopes(scopes)
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    now = utcnow()
+
+    def work(conn: Connection) -> None:
+        taken = conn.execute(select(ApiKey.id).where(ApiKey.name == clean_name)).first()
+        if taken is not None:
+            raise AlreadyExistsError(f"an API key named {clean_name!r} already exists")
+        conn.execute(
+            insert(ApiKey).values(
+                name=clean_name,
+                key_sha256=_digest(secret),
+                prefix=secret[:_SHOWN_CHARACTERS],
+                scopes=" ".join(granted),
+                created_at=now,
+            )
+        )
+
+    try:
+        retrying(lambda: _in_write(engine, work), f"cannot create an API key in {where}")
+    except IntegrityError:  # a concurrent create of the same name won the race
+        raise AlreadyExistsError(f"an API key named {clean_name!r} already exists") from None
+    record = ApiKeyRecord(clean_name, secret[:_SHOWN_CHARACTERS], granted, now)
+    return NewApiKey(record, secret)
+
+
+def _in_write(engine: Engine, work: Callable[[Connection], T]) -> T:
+    with write_transaction(engine) as conn:
+        return work(conn)
+
+
+def list_keys(engine: Engine) -> list[ApiKeyRecord]:
+    """Every key (without secrets), by name."""
+    try:
+        with read_transaction(engine) as conn:
+            rows = conn.execute(_COLUMNS.order_by(ApiKey.name)).all()
+    except SQLAlchemyError as exc:
+        raise store_error(exc, "cannot list API keys") from None
+    return [_record(r.name, r.prefix, r.scopes, r.created_at) for r in rows]
+
+
+def revoke_key(engine: Engine, where: str, name: str) -> ApiKeyRecord:
+    """Delete the key called ``name``: it stops working at once, in every server. Raises
+    NotFoundError, StoreError."""
+    name = canonical_name(name)
+
+    def work(conn: Connection) -> ApiKeyRecord:
+        row = conn.execute(_COLUMNS.where(ApiKey.name == name)).first()
+        if row is None:
+            raise NotFoundError(f"no API key named {name!r}")
+        conn.execute(delete(ApiKey).where(ApiKey.name == name))
+        return _record(row.name, row.prefix, row.scopes, row.created_at)
+
+    return retrying(lambda: _in_write(engine, work), f"cannot revoke an API key in {where}")
+
+
+def authenticate(engine: Engine, secret: str) -> ApiKeyRecord | None:
+    """The key whose secret is ``secret``, or None. Raises StoreError when the database
+    cannot be read."""
+    if not secret or len(secret) > _MAX_PRESENTED:
+        return None
+    digest = _digest(secret)
+    try:
+        with read_transaction(engine) as conn:
+            row = conn.execute(
+                _COLUMNS.add_columns(ApiKey.key_sha256).where(ApiKey.key_sha256 == digest)
+            ).first()
+    except SQLAlchemyError as exc:
+        raise store_error(exc, "cannot check the API key") from None
+    if row is None or not hmac.compare_digest(row.key_sha256, digest):
+        return None
+    return _record(row.name, row.prefix, row.scopes, row.created_at)
+
+
+def any_keys(engine: Engine) -> bool:
+    """Whether at least one key exists."""
+    try:
+        with read_transaction(engine) as conn:
+            count = conn.execute(select(func.count()).select_from(ApiKey)).scalar_one()
+    except SQLAlchemyError as exc:
+        raise store_error(exc, "cannot read API keys") from None
+    return int(count) > 0
