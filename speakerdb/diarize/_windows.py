@@ -1,0 +1,169 @@
+"""Short overlapping windows of a recording, embedded while the recording streams.
+
+Windows of ``window`` seconds start every ``hop`` seconds over the whole recording; those
+with enough detected speech are embedded through the public :meth:`Embedder.embed` on
+in-memory arrays (so every model family works; the engine batches all windows of a block
+together). Only the window embeddings, their times and the per-frame speech decisions are
+kept: memory grows by about 1 KB per window (256 float32) and 1 byte per 30 ms frame,
+whatever the recording's length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from speakerdb.diarize._speech import FRAME_SAMPLES, SpeechDetector
+from speakerdb.diarize._stream import AudioStream
+from speakerdb.errors import UsageError
+from speakerdb.model._audio import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from speakerdb.model._embedder import Embedder
+
+__all__ = ["DEFAULT_HOP", "DEFAULT_WINDOW", "WindowEmbeddings", "embed_windows"]
+
+DEFAULT_WINDOW = 1.5
+"""Seconds per window: long enough for a usable voiceprint, short enough to sit inside a turn."""
+DEFAULT_HOP = 0.75
+"""Seconds between window starts (each moment of speech is seen by two windows)."""
+MIN_SPEECH_SHARE = 0.3
+"""A window is embedded when at least this share of its frames is speech."""
+
+
+@dataclass(frozen=True)
+class WindowEmbeddings:
+    """What diarization keeps of a recording.
+
+    starts / ends: (n,) float64 window times in seconds; vectors: (n, D) float32 unit-norm
+    window embeddings; speech: (f,) bool raw speech decision per 30 ms frame; duration: the
+    recording's length in seconds; bandwidth_hz: its audio bandwidth (a calibration quality
+    measure; None if unmeasured).
+    """
+
+    starts: npt.NDArray[np.float64]
+    ends: npt.NDArray[np.float64]
+    vectors: npt.NDArray[np.float32]
+    speech: npt.NDArray[np.bool_]
+    duration: float
+    bandwidth_hz: float | None
+
+
+def embed_windows(
+    stream: AudioStream,
+    model: Embedder,
+    *,
+    window: float = DEFAULT_WINDOW,
+    hop: float = DEFAULT_HOP,
+    progress: Callable[[float, float], None] | None = None,
+) -> WindowEmbeddings:
+    """Decode ``stream`` block by block, detect speech and embed its speech windows.
+
+    progress: called as ``progress(seconds_done, total_seconds)`` after each block (the
+    total is the declared duration, or the seconds done when unknown).
+    Raises UsageError for a bad window/hop, AudioError subclasses from decoding.
+    """
+    if not 0.5 <= window <= 10.0:
+        raise UsageError(f"window must be between 0.5 and 10 seconds, not {window}")
+    if not 0.1 <= hop <= window:
+        raise UsageError(f"hop must be between 0.1 s and the window ({window} s), not {hop}")
+    win = round(window * SAMPLE_RATE)
+    step = round(hop * SAMPLE_RATE)
+    detector = SpeechDetector()
+    flags: list[npt.NDArray[np.bool_]] = []
+    n_flags = 0
+    buffer = np.zeros(0, dtype=np.float32)
+    buffer_start = 0  # absolute sample index of buffer[0]
+    next_start = 0  # absolute sample index of the next window
+    total = 0
+    starts: list[int] = []
+    vectors: list[npt.NDArray[np.float32]] = []
+    spectrum = _Bandwidth()
+
+    def speech_share(start: int, end: int) -> float:
+        first, last = start // FRAME_SAMPLES, max(start // FRAME_SAMPLES + 1, end // FRAME_SAMPLES)
+        decided = flags[0][first:last] if flags else np.zeros(0, bool)
+        return float(decided.mean()) if decided.size else 0.0
+
+    def embed_ready(final: bool) -> None:
+        nonlocal buffer, buffer_start, next_start, flags
+        if len(flags) > 1:
+            flags = [np.concatenate(flags)]
+        pending: list[tuple[int, npt.NDArray[np.float32]]] = []
+        end_available = buffer_start + buffer.size
+        while next_start + win <= end_available or (
+            final and next_start + win // 2 < end_available
+        ):
+            end = min(next_start + win, end_available)
+            if speech_share(next_start, end) >= MIN_SPEECH_SHARE:
+                pending.append(
+                    (next_start, buffer[next_start - buffer_start : end - buffer_start].copy())
+                )
+            next_start += step
+        if pending:
+            results = model.embed([p[1] for p in pending], sample_rate=SAMPLE_RATE)
+            for (start, _), result in zip(pending, results, strict=True):
+                # Windows the engine finds no (or too little) speech in are not speech.
+                if result.vector is not None:
+                    starts.append(start)
+                    vectors.append(result.vector)
+        drop = min(next_start, end_available) - buffer_start
+        if drop > 0:
+            buffer = buffer[drop:]
+            buffer_start += drop
+
+    for block in stream.blocks():
+        total += block.size
+        buffer = np.concatenate([buffer, block]) if buffer.size else block
+        decided = detector.push(block)
+        flags.append(decided)
+        n_flags += decided.size
+        spectrum.add(block)
+        embed_ready(final=False)
+        if progress is not None:
+            done = total / SAMPLE_RATE
+            progress(done, max(done, stream.duration or done))
+    flags.append(detector.finish())
+    embed_ready(final=True)
+    speech = np.concatenate(flags) if flags else np.zeros(0, bool)
+    dimension = model.dimension
+    return WindowEmbeddings(
+        starts=np.array(starts, dtype=np.float64) / SAMPLE_RATE,
+        ends=np.minimum(np.array(starts, dtype=np.float64) + win, total) / SAMPLE_RATE,
+        vectors=np.stack(vectors) if vectors else np.zeros((0, dimension), np.float32),
+        speech=speech[: -(-total // FRAME_SAMPLES)],
+        duration=total / SAMPLE_RATE,
+        bandwidth_hz=spectrum.bandwidth(),
+    )
+
+
+class _Bandwidth:
+    """The recording's bandwidth measured on a bounded sample of it: the first blocks up to
+    five minutes (the long-term spectrum settles long before that)."""
+
+    LIMIT = 300 * SAMPLE_RATE
+
+    def __init__(self) -> None:
+        self._parts: list[npt.NDArray[np.float32]] = []
+        self._count = 0
+
+    def add(self, block: npt.NDArray[np.float32]) -> None:
+        if self._count < self.LIMIT:
+            take = block[: self.LIMIT - self._count]
+            self._parts.append(take)
+            self._count += take.size
+
+    def bandwidth(self) -> float | None:
+        from speakerdb._quality import speech_bandwidth_hz
+
+        if not self._parts:
+            return None
+        try:
+            return speech_bandwidth_hz(np.concatenate(self._parts), SAMPLE_RATE)
+        except Exception:  # silent or too short: calibration is then skipped, not fatal
+            return None
+
