@@ -18,10 +18,11 @@ import numpy.typing as npt
 from speakerdb.diarize._cluster import MIN_CLUSTER_WINDOWS, SpeakerCount, centroids, cluster_windows
 from speakerdb.diarize._result import Diarization, DiarizedSpeaker, Turn
 from speakerdb.diarize._speech import smooth_speech
-from speakerdb.diarize._stream import open_stream
+from speakerdb.diarize._stream import AudioStream, open_stream
 from speakerdb.diarize._turns import MAX_PAUSE, MIN_TURN, frame_labels, segments_of
 from speakerdb.diarize._windows import DEFAULT_HOP, DEFAULT_WINDOW, embed_windows
 from speakerdb.errors import NoSpeechError, UsageError
+from speakerdb.model._audio import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from speakerdb.model._audio import AudioInput
@@ -37,15 +38,20 @@ __all__ = [
     "diarize",
 ]
 
+VOICEPRINT_SECONDS = 60.0
+"""Speech (s) re-embedded per voice for its voiceprint: its longest turns, up to this much."""
+VOICEPRINT_MARGIN = 0.25
+"""Seconds cut from both ends of each turn used for a voiceprint (where voices change)."""
+
 MIN_NAMING_SECONDS = 3.0
 """A voice with less speech than this (s) is not named: two or three short windows make
 an unreliable voiceprint (enrollment recommends far more)."""
 
 CLUSTER_THRESHOLDS = {"ge2e": 0.60}
 """Per model family: the least average cosine similarity between the windows of two groups
-for them to be one voice. GE2E's 1.5 s windows: same speaker median 0.77 (5th percentile
-0.65), different speakers median 0.50 (95th percentile 0.62), on the development
-conversations' windows."""
+for them to be one voice. Chosen from the similarity of GE2E's 1.5 s windows in the
+development conversations, between the same speaker's (median 0.77, 5th percentile 0.65)
+and different speakers' (median 0.50, 95th percentile 0.62)."""
 
 _FALLBACK_RATIO = 0.60 / 0.82
 """For a family without its own value: the same ratio to its verification threshold as
@@ -96,7 +102,9 @@ class VoiceAnalysis:
 
     segments: turns ``(start s, end s, voice)``, voices numbered 0..k-1 in order of first
     appearance; voiceprints: (k, D) float32 unit-norm; speech_seconds: (k,) per voice;
-    bandwidth_hz: the recording's (for calibration; None if unmeasured); windows: how many
+    turn_counts: (k,) turns per voice; voiceprint_seconds: (k,) speech behind each
+    voiceprint (after the engine's silence trimming); bandwidth_hz: of the voiceprints'
+    audio (for calibration; None if unmeasured); windows: how many
     windows were embedded; parameters: the settings actually used.
     """
 
@@ -107,6 +115,7 @@ class VoiceAnalysis:
     speech_seconds: npt.NDArray[np.float64]
     turn_counts: npt.NDArray[np.int64]
     bandwidth_hz: float | None
+    voiceprint_seconds: npt.NDArray[np.float64]
     windows: int
     parameters: dict[str, Any]
 
@@ -165,13 +174,14 @@ def analyse_voices(
     k = len(order)
     if k == 0:
         raise NoSpeechError(stream.source, "no speech detected")
-    kept = np.array([c for c in order], dtype=np.int64)
-    prints = centroids(embedded.vectors, labels, int(labels.max()) + 1)[kept]
+    kept = np.array(list(order), dtype=np.int64)
+    window_prints = centroids(embedded.vectors, labels, int(labels.max()) + 1)[kept]
     seconds = np.zeros(k)
     counts = np.zeros(k, dtype=np.int64)
     for s, e, c in segments:
         seconds[c] += e - s
         counts[c] += 1
+    prints, probe_seconds, bandwidth = _voiceprints(stream, model, segments, k, window_prints)
     return VoiceAnalysis(
         source=stream.source,
         duration=embedded.duration,
@@ -179,10 +189,58 @@ def analyse_voices(
         voiceprints=prints,
         speech_seconds=seconds,
         turn_counts=counts,
-        bandwidth_hz=embedded.bandwidth_hz,
+        bandwidth_hz=bandwidth if bandwidth is not None else embedded.bandwidth_hz,
+        voiceprint_seconds=probe_seconds,
         windows=int(embedded.vectors.shape[0]),
         parameters=parameters,
     )
+
+
+def _voiceprints(
+    stream: AudioStream,
+    model: Embedder,
+    segments: list[tuple[float, float, int]],
+    k: int,
+    fallback: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64], float | None]:
+    """One voiceprint per voice, embedded like an enrollment recording: the audio of the
+    voice's longest turns (less :data:`VOICEPRINT_MARGIN` at each end), up to
+    :data:`VOICEPRINT_SECONDS`, read in a second pass over the stream and embedded as one
+    utterance. A voice whose audio the engine cannot embed keeps the mean of its window
+    embeddings (``fallback``, (k, D)). Returns (k, D) voiceprints, (k,) speech seconds
+    behind each (the windows' turn seconds for a fallback) and the audio bandwidth."""
+    pieces: list[list[tuple[int, int]]] = [[] for _ in range(k)]
+    by_length = sorted(segments, key=lambda seg: seg[0] - seg[1])
+    budget = np.full(k, VOICEPRINT_SECONDS)
+    for start, end, voice in by_length:
+        a, b = start + VOICEPRINT_MARGIN, end - VOICEPRINT_MARGIN
+        take = min(b - a, budget[voice])
+        if take >= 0.5:
+            pieces[voice].append((round(a * SAMPLE_RATE), round((a + take) * SAMPLE_RATE)))
+            budget[voice] -= take
+    wanted = sorted((a, b, v) for v, spans in enumerate(pieces) for a, b in spans)
+    audio: list[list[npt.NDArray[np.float32]]] = [[] for _ in range(k)]
+    position = 0
+    for block in stream.blocks():
+        end = position + block.size
+        for a, b, v in wanted:
+            if a < end and b > position:
+                audio[v].append(block[max(a, position) - position : min(b, end) - position].copy())
+        position = end
+    present = [v for v in range(k) if audio[v]]
+    results = model.embed(
+        [np.concatenate(audio[v]) for v in present], sample_rate=SAMPLE_RATE
+    )
+    prints = fallback.copy()
+    seconds = np.array([sum(e - s for s, e, c in segments if c == v) for v in range(k)])
+    bandwidths: list[float] = []
+    for v, result in zip(present, results, strict=True):
+        if result.vector is not None:
+            prints[v] = result.vector
+            seconds[v] = float(result.speech_seconds or 0.0)
+            if result.bandwidth_hz is not None:
+                bandwidths.append(result.bandwidth_hz)
+    return prints, seconds, (float(np.median(bandwidths)) if bandwidths else None)
 
 
 def anonymous(analysis: VoiceAnalysis, model_label: str, prefix: str = "speaker") -> Diarization:
