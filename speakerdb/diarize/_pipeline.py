@@ -38,8 +38,10 @@ __all__ = [
     "diarize",
 ]
 
-VOICEPRINT_SECONDS = 60.0
-"""Speech (s) re-embedded per voice for its voiceprint: its longest turns, up to this much."""
+VOICEPRINT_SECONDS = 30.0
+"""Speech (s) re-embedded per voice for its voiceprint: its longest turns, up to this much
+(about as much as a good enrollment; it bounds the audio held for the second pass to
+2 MB per voice, whatever the recording's length)."""
 VOICEPRINT_MARGIN = 0.25
 """Seconds cut from both ends of each turn used for a voiceprint (where voices change)."""
 
@@ -189,7 +191,7 @@ def analyse_voices(
         voiceprints=prints,
         speech_seconds=seconds,
         turn_counts=counts,
-        bandwidth_hz=bandwidth if bandwidth is not None else embedded.bandwidth_hz,
+        bandwidth_hz=bandwidth,
         voiceprint_seconds=probe_seconds,
         windows=int(embedded.vectors.shape[0]),
         parameters=parameters,
@@ -227,14 +229,17 @@ def _voiceprints(
             if a < end and b > position:
                 audio[v].append(block[max(a, position) - position : min(b, end) - position].copy())
         position = end
-    present = [v for v in range(k) if audio[v]]
-    results = model.embed(
-        [np.concatenate(audio[v]) for v in present], sample_rate=SAMPLE_RATE
-    )
     prints = fallback.copy()
     seconds = np.array([sum(e - s for s, e, c in segments if c == v) for v in range(k)])
     bandwidths: list[float] = []
-    for v, result in zip(present, results, strict=True):
+    for v in range(k):
+        if not audio[v]:
+            continue
+        # One voice at a time, its pieces released as soon as it is embedded.
+        samples = np.concatenate(audio[v])
+        audio[v] = []
+        result = model.embed([samples], sample_rate=SAMPLE_RATE)[0]
+        del samples
         if result.vector is not None:
             prints[v] = result.vector
             seconds[v] = float(result.speech_seconds or 0.0)

@@ -10,7 +10,7 @@ whatever the recording's length.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,8 +43,7 @@ class WindowEmbeddings:
 
     starts / ends: (n,) float64 window times in seconds; vectors: (n, D) float32 unit-norm
     window embeddings; speech: (f,) bool raw speech decision per 30 ms frame; duration: the
-    recording's length in seconds; bandwidth_hz: its audio bandwidth (a calibration quality
-    measure; None if unmeasured).
+    recording's length in seconds.
     """
 
     starts: npt.NDArray[np.float64]
@@ -52,7 +51,6 @@ class WindowEmbeddings:
     vectors: npt.NDArray[np.float32]
     speech: npt.NDArray[np.bool_]
     duration: float
-    bandwidth_hz: float | None
 
 
 def embed_windows(
@@ -76,62 +74,62 @@ def embed_windows(
     win = round(window * SAMPLE_RATE)
     step = round(hop * SAMPLE_RATE)
     detector = SpeechDetector()
-    flags: list[npt.NDArray[np.bool_]] = []
-    n_flags = 0
-    buffer = np.zeros(0, dtype=np.float32)
-    buffer_start = 0  # absolute sample index of buffer[0]
-    next_start = 0  # absolute sample index of the next window
+    decided: list[npt.NDArray[np.bool_]] = []  # consolidated into one array per block
     total = 0
-    starts: list[int] = []
-    vectors: list[npt.NDArray[np.float32]] = []
-    spectrum = _Bandwidth()
+    window_starts: list[int] = []  # absolute sample index of every window handed out
 
     def speech_share(start: int, end: int) -> float:
         first, last = start // FRAME_SAMPLES, max(start // FRAME_SAMPLES + 1, end // FRAME_SAMPLES)
-        decided = flags[0][first:last] if flags else np.zeros(0, bool)
-        return float(decided.mean()) if decided.size else 0.0
+        frames = decided[0][first:last] if decided else np.zeros(0, bool)
+        return float(frames.mean()) if frames.size else 0.0
 
-    def embed_ready(final: bool) -> None:
-        nonlocal buffer, buffer_start, next_start, flags
-        if len(flags) > 1:
-            flags = [np.concatenate(flags)]
-        pending: list[tuple[int, npt.NDArray[np.float32]]] = []
-        end_available = buffer_start + buffer.size
-        while next_start + win <= end_available or (
-            final and next_start + win // 2 < end_available
-        ):
-            end = min(next_start + win, end_available)
-            if speech_share(next_start, end) >= MIN_SPEECH_SHARE:
-                pending.append(
-                    (next_start, buffer[next_start - buffer_start : end - buffer_start].copy())
-                )
-            next_start += step
-        if pending:
-            results = model.embed([p[1] for p in pending], sample_rate=SAMPLE_RATE)
-            for (start, _), result in zip(pending, results, strict=True):
-                # Windows the engine finds no (or too little) speech in are not speech.
-                if result.vector is not None:
-                    starts.append(start)
-                    vectors.append(result.vector)
-        drop = min(next_start, end_available) - buffer_start
-        if drop > 0:
-            buffer = buffer[drop:]
-            buffer_start += drop
+    def windows() -> Iterator[npt.NDArray[np.float32]]:
+        """The speech windows, produced while the stream is decoded; the engine pulls them
+        a few at a time, so decoding, speech detection and encoding overlap."""
+        nonlocal total, decided
+        buffer = np.zeros(0, dtype=np.float32)
+        buffer_start = 0  # absolute sample index of buffer[0]
+        next_start = 0
+        blocks = stream.blocks()
+        final = False
+        while not final:
+            block = next(blocks, None)
+            if block is None:
+                final = True
+                decided.append(detector.finish())
+            else:
+                total += block.size
+                buffer = np.concatenate([buffer, block]) if buffer.size else block
+                decided.append(detector.push(block))
+            decided = [np.concatenate(decided)] if len(decided) > 1 else decided
+            end_available = buffer_start + buffer.size
+            while next_start + win <= end_available or (
+                final and next_start + win // 2 < end_available
+            ):
+                end = min(next_start + win, end_available)
+                if speech_share(next_start, end) >= MIN_SPEECH_SHARE:
+                    window_starts.append(next_start)
+                    yield buffer[next_start - buffer_start : end - buffer_start].copy()
+                next_start += step
+            drop = min(next_start, end_available) - buffer_start
+            if drop > 0:
+                buffer = buffer[drop:]
+                buffer_start += drop
+            if progress is not None and block is not None:
+                done = total / SAMPLE_RATE
+                progress(done, max(done, stream.duration or done))
 
-    for block in stream.blocks():
-        total += block.size
-        buffer = np.concatenate([buffer, block]) if buffer.size else block
-        decided = detector.push(block)
-        flags.append(decided)
-        n_flags += decided.size
-        spectrum.add(block)
-        embed_ready(final=False)
-        if progress is not None:
-            done = total / SAMPLE_RATE
-            progress(done, max(done, stream.duration or done))
-    flags.append(detector.finish())
-    embed_ready(final=True)
-    speech = np.concatenate(flags) if flags else np.zeros(0, bool)
+    starts: list[int] = []
+    vectors: list[npt.NDArray[np.float32]] = []
+    found: dict[int, npt.NDArray[np.float32]] = {}
+    for index, result in model.iter_embed(windows(), sample_rate=SAMPLE_RATE):
+        # Windows the engine finds no (or too little) speech in are not speech.
+        if result.vector is not None:
+            found[index] = result.vector
+    for index in sorted(found):
+        starts.append(window_starts[index])
+        vectors.append(found[index])
+    speech = decided[0] if decided else np.zeros(0, bool)
     dimension = model.dimension
     return WindowEmbeddings(
         starts=np.array(starts, dtype=np.float64) / SAMPLE_RATE,
@@ -139,33 +137,4 @@ def embed_windows(
         vectors=np.stack(vectors) if vectors else np.zeros((0, dimension), np.float32),
         speech=speech[: -(-total // FRAME_SAMPLES)],
         duration=total / SAMPLE_RATE,
-        bandwidth_hz=spectrum.bandwidth(),
     )
-
-
-class _Bandwidth:
-    """The recording's bandwidth measured on a bounded sample of it: the first blocks up to
-    five minutes (the long-term spectrum settles long before that)."""
-
-    LIMIT = 300 * SAMPLE_RATE
-
-    def __init__(self) -> None:
-        self._parts: list[npt.NDArray[np.float32]] = []
-        self._count = 0
-
-    def add(self, block: npt.NDArray[np.float32]) -> None:
-        if self._count < self.LIMIT:
-            take = block[: self.LIMIT - self._count]
-            self._parts.append(take)
-            self._count += take.size
-
-    def bandwidth(self) -> float | None:
-        from speakerdb._quality import speech_bandwidth_hz
-
-        if not self._parts:
-            return None
-        try:
-            return speech_bandwidth_hz(np.concatenate(self._parts), SAMPLE_RATE)
-        except Exception:  # silent or too short: calibration is then skipped, not fatal
-            return None
-
