@@ -9,6 +9,7 @@ SQLite and PostgreSQL.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import subprocess
 import sys
@@ -47,7 +48,8 @@ def test_rttm_round_trip(rows):
 
 def test_rttm_labels_with_spaces_stay_one_field():
     text = format_rttm([RttmTurn("my meeting", 1.0, 2.0, "Ann Lee")])
-    assert text.split() == "SPEAKER my_meeting 1 1.000 2.000 <NA> <NA> Ann_Lee <NA> <NA>".split()
+    expected = "SPEAKER my_meeting 1 1.000 2.000 <NA> <NA> Ann_Lee <NA> <NA>"
+    assert text.split() == expected.split()
 
 
 @pytest.mark.parametrize(
@@ -72,7 +74,7 @@ def test_turns_are_sorted_disjoint_long_enough_and_inside_the_recording(frames, 
         assert 0 <= start < stop <= end + 1e-9
         assert stop - start >= min_turn - 1e-9
         assert voice in set(frames)
-    for (_, stop, _), (start, _, _) in zip(turns, turns[1:], strict=False):
+    for (_, stop, _), (start, _, _) in itertools.pairwise(turns):
         assert stop <= start + 1e-9
 
 
@@ -131,7 +133,7 @@ def test_clustering_honours_the_number_of_speakers():
 
 
 def test_clusters_of_a_few_windows_dissolve_into_the_nearest_voice():
-    vectors, truth = _voices([40, 40, 2])
+    vectors, _ = _voices([40, 40, 2])
     got = cluster_windows(vectors, threshold=0.6, min_windows=4)
     assert len(set(got.tolist())) == 2
 
@@ -222,7 +224,7 @@ def _check_rttm(path: Path, duration: float) -> list[RttmTurn]:
     assert turns
     for t in turns:
         assert 0 <= t.start < t.end <= duration + 1e-3
-    for a, b in zip(turns, turns[1:], strict=False):
+    for a, b in itertools.pairwise(turns):
         assert a.end <= b.start + 1e-3
     return turns
 
@@ -289,7 +291,7 @@ def test_python_api_on_postgresql_names_one_to_one(pg_url, model):
         result = db.diarize(_conversations() / "conv05.flac")
     names = [s.name for s in result.speakers if s.name]
     assert names and len(names) == len(set(names)) and set(names) <= set(entry["known"])
-    start, end, label, name, score = result.turns[0]  # the documented tuple shape
+    start, end, _label, name, score = result.turns[0]  # the documented tuple shape
     assert start < end and (name is None) == (score is None)
     unknown = set(entry["unknown"])
     reference = read_rttm(_conversations() / entry["rttm_filepath"])
@@ -322,7 +324,11 @@ def test_eval_diarization_der_on_conversations_and_a_broken_system_fails(enrolle
         ["diarize", "--manifest", str(manifest), "--out-dir", str(out_dir), "--db", str(enrolled)],
     )
     assert made.exit_code == 0, made.output
-    assert sorted(p.name for p in out_dir.iterdir()) == ["conv02.rttm", "conv03.rttm", "conv07.rttm"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "conv02.rttm",
+        "conv03.rttm",
+        "conv07.rttm",
+    ]
     result = runner.invoke(
         cli,
         ["eval-diarization", "--manifest", str(manifest), "--hyp-dir", str(out_dir), "--json"],
@@ -365,15 +371,16 @@ def test_bad_input_exits_2_and_changes_nothing(enrolled, tmp_path, args):
     not_audio.write_text("not audio at all")
     conv = str(_conversations() / "conv09.flac")
     argv = [
-        {"missing.flac": str(tmp_path / "missing.flac"), "NOT_AUDIO": str(not_audio), "CONV": conv}
-        .get(a, a)
+        {
+            "missing.flac": str(tmp_path / "missing.flac"),
+            "NOT_AUDIO": str(not_audio),
+            "CONV": conv,
+        }.get(a, a)
         for a in args
     ]
     before = _digest(enrolled)
     rttm = tmp_path / "never.rttm"
-    result = CliRunner().invoke(
-        cli, ["diarize", *argv, "--db", str(enrolled), "--rttm", str(rttm)]
-    )
+    result = CliRunner().invoke(cli, ["diarize", *argv, "--db", str(enrolled), "--rttm", str(rttm)])
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert not rttm.exists()

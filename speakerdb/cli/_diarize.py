@@ -187,7 +187,9 @@ def diarize(
             documents.append(document)
             if not as_json:
                 names = ", ".join(s.label for s in result.speakers)
-                click.echo(f"{show(entry.audio)}: {len(result.turns)} turns ({names}) -> {show(target)}")
+                click.echo(
+                    f"{show(entry.audio)}: {len(result.turns)} turns ({names}) -> {show(target)}"
+                )
         if as_json:
             emit_json(documents)
         sys.exit(status)
@@ -322,9 +324,7 @@ def eval_diarization(
         groups["no_overlap"] = [s for e, s in scores if not e.overlap]
         groups["overlap"] = [s for e, s in scores if e.overlap]
     summary = {name: total_score(group).to_dict() for name, group in groups.items() if group}
-    files = [
-        {"file": e.file_id, "overlap": e.overlap, **s.to_dict()} for e, s in scores
-    ]
+    files = [{"file": e.file_id, "overlap": e.overlap, **s.to_dict()} for e, s in scores]
     if as_json:
         emit_json({"collar": collar, "summary": summary, "files": files})
         sys.exit(EXIT_OK)

@@ -99,9 +99,7 @@ def read_diarization_manifest(path: str | Path) -> list[DiarizationEntry]:
                 rttm=base / rttm if isinstance(rttm, str) and rttm else None,
                 num_speakers=int(num) if isinstance(num, int) and num > 0 else None,
                 known=tuple(item["known"]) if isinstance(item.get("known"), list) else None,
-                unknown=(
-                    tuple(item["unknown"]) if isinstance(item.get("unknown"), list) else None
-                ),
+                unknown=(tuple(item["unknown"]) if isinstance(item.get("unknown"), list) else None),
                 overlap=item.get("overlap") if isinstance(item.get("overlap"), bool) else None,
             )
         )
@@ -183,7 +181,7 @@ def score_diarization(
     if collar < 0:
         raise UsageError(f"the collar must be >= 0 seconds, not {collar}")
     metric = _der_metric(collar)
-    from pyannote.core import Annotation, Segment, Timeline
+    from pyannote.core import Annotation, Segment, Timeline  # type: ignore[import-untyped]
 
     ref, hyp = Annotation(), Annotation()
     for i, t in enumerate(reference):
@@ -200,7 +198,11 @@ def score_diarization(
         missed=float(detail["missed detection"]),
         false_alarm=float(detail["false alarm"]),
         confusion=float(detail["confusion"]),
-        **naming,
+        wrong_name=naming["wrong_name"],
+        unknown_speech=naming["unknown_speech"],
+        unknown_named=naming["unknown_named"],
+        known_speech=naming["known_speech"],
+        known_unnamed=naming["known_unnamed"],
     )
 
 
@@ -222,7 +224,9 @@ def total_score(scores: Sequence[DiarizationScore]) -> DiarizationScore:
 
 def _der_metric(collar: float) -> Any:
     try:
-        from pyannote.metrics.diarization import DiarizationErrorRate
+        from pyannote.metrics.diarization import (  # type: ignore[import-untyped]
+            DiarizationErrorRate,
+        )
     except ImportError:
         raise MissingDependencyError(
             "evaluating diarization needs pyannote.metrics: pip install 'speakerdb[diarize]'"
@@ -238,9 +242,7 @@ def _naming(
     known: Iterable[str] | None,
     duration: float | None,
 ) -> dict[str, float]:
-    end = max(
-        [t.end for t in reference] + [t.end for t in hypothesis] + [duration or 0.0, _STEP]
-    )
+    end = max([t.end for t in reference] + [t.end for t in hypothesis] + [duration or 0.0, _STEP])
     n = int(np.ceil(end / _STEP)) + 1
     speakers = sorted({t.speaker for t in reference})
     ref = np.zeros((len(speakers), n), dtype=bool)
@@ -264,7 +266,6 @@ def _naming(
         wrong |= hyp_named[j] & ~own
     known_set = set(known) if known is not None else set(names)
     unknown_rows = [index[s] for s in speakers if s not in known_set]
-    known_rows = [index[s] for s in speakers if s in known_set]
     unknown_speech = _any(ref, unknown_rows, n) & scored
     known_unnamed = np.zeros(n, dtype=bool)
     known_speech = np.zeros(n, dtype=bool)
@@ -275,7 +276,6 @@ def _naming(
         known_speech |= mine
         named = hyp_named[nindex[s]] if s in nindex else np.zeros(n, dtype=bool)
         known_unnamed |= mine & ~named
-    del known_rows
     return {
         "wrong_name": float((wrong & speech).sum() * _STEP),
         "unknown_speech": float(unknown_speech.sum() * _STEP),
@@ -286,7 +286,9 @@ def _naming(
 
 
 def _any(rows: npt.NDArray[np.bool_], which: list[int], n: int) -> npt.NDArray[np.bool_]:
-    return rows[which].any(axis=0) if which else np.zeros(n, dtype=bool)
+    if not which:
+        return np.zeros(n, dtype=bool)
+    return np.asarray(rows[which].any(axis=0), dtype=bool)
 
 
 def _frame(seconds: float) -> int:

@@ -296,7 +296,5 @@ def diarize(
         )
     except TypeError as exc:
         raise UsageError(f"unknown diarization option ({exc})") from None
-    analysis = analyse_voices(
-        audio, embedder, settings, sample_rate=sample_rate, progress=progress
-    )
+    analysis = analyse_voices(audio, embedder, settings, sample_rate=sample_rate, progress=progress)
     return anonymous(analysis, embedder.identity.label)

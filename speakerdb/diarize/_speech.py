@@ -91,7 +91,7 @@ def smooth_speech(
     mask = raw.copy()
     gap = round(min_pause / FRAME_SECONDS)
     for start, end in runs(~mask):
-        if 0 < start and end < mask.size and end - start < gap:
+        if start > 0 and end < mask.size and end - start < gap:
             mask[start:end] = True
     short = round(min_speech / FRAME_SECONDS)
     for start, end in runs(mask):

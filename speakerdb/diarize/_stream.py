@@ -100,7 +100,7 @@ def _probe(path: Path, label: str) -> tuple[str, float | None]:
     except OSError as exc:
         raise AudioDecodeError(label, f"cannot read file ({exc.strerror or exc})") from None
     if head[:4] in _SNDFILE_MAGIC:
-        import soundfile
+        import soundfile  # type: ignore[import-untyped]
 
         try:
             with soundfile.SoundFile(str(path)) as f:
@@ -139,7 +139,7 @@ def _sndfile_blocks(
     path: Path, label: str, block_seconds: float
 ) -> Iterator[tuple[npt.NDArray[np.float32], int]]:
     """(n,) float32 mono blocks at the file's own rate, with that rate."""
-    import soundfile
+    import soundfile  # type: ignore[import-untyped]
 
     try:
         with soundfile.SoundFile(str(path)) as f:
@@ -195,7 +195,7 @@ def _resampled(
 ) -> Iterator[npt.NDArray[np.float32]]:
     """Blocks at their own rate -> blocks at 16 kHz (soxr's streaming HQ resampler keeps
     its filter state between blocks, so block edges leave no trace)."""
-    import soxr
+    import soxr  # type: ignore[import-untyped]
 
     resampler: soxr.ResampleStream | None = None
     current = 0
@@ -212,4 +212,3 @@ def _resampled(
         yield resampler.resample_chunk(block, last=False)
     if resampler is not None:
         yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-

@@ -10,6 +10,8 @@ turn belong to it).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import numpy.typing as npt
 
@@ -69,7 +71,7 @@ def segments_of(
     for a, b in runs(labels >= 0):
         values = labels[a:b]
         cuts = [0, *(np.flatnonzero(np.diff(values)) + 1).tolist(), b - a]
-        segments.extend([a + s, a + e, int(values[s])] for s, e in zip(cuts, cuts[1:], strict=False))
+        segments.extend([a + s, a + e, int(values[s])] for s, e in itertools.pairwise(cuts))
     short = round(min_turn / FRAME_SECONDS)
     pause = round(max_pause / FRAME_SECONDS)
     # Shortest first: a run of flips shrinks to the voice around it.
@@ -84,9 +86,7 @@ def segments_of(
         if left is None and right is None:
             del segments[i]
             continue
-        longer = max(
-            (s for s in (left, right) if s is not None), key=lambda s: s[1] - s[0]
-        )
+        longer = max((s for s in (left, right) if s is not None), key=lambda s: s[1] - s[0])
         seg[2] = longer[2]
         segments = _merge(segments, 0)
     merged = _merge(segments, pause)

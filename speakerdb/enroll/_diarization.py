@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from speakerdb._identity import ModelIdentity
+from speakerdb._results import DecisionRule
 from speakerdb.diarize import (
     MIN_NAMING_SECONDS,
     Diarization,
@@ -20,11 +22,15 @@ from speakerdb.diarize import (
     VoiceAnalysis,
     assign_one_to_one,
 )
-from speakerdb.enroll._policy import RERANKED_CANDIDATES, Decision, DecisionPolicy, Side, rank_candidates
+from speakerdb.enroll._policy import (
+    RERANKED_CANDIDATES,
+    Decision,
+    DecisionPolicy,
+    Side,
+    rank_candidates,
+)
 from speakerdb.storage._records import Candidate
 from speakerdb.storage._store import EnrollmentStore
-from speakerdb._identity import ModelIdentity
-from speakerdb._results import DecisionRule
 
 __all__ = ["SHOWN_MATCHES", "name_voices"]
 
@@ -110,9 +116,10 @@ def name_voices(
             )
         )
     turns = []
-    for s, e, c in analysis.segments:
-        named = speakers[c].name
-        turns.append(Turn(s, e, labels[c], named, speakers[c].score if named else None))
+    for start, end, voice in analysis.segments:
+        named = speakers[voice].name
+        score = speakers[voice].score if named else None
+        turns.append(Turn(start, end, labels[voice], named, score))
     return Diarization(
         source=analysis.source,
         duration=analysis.duration,
