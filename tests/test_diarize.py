@@ -430,3 +430,52 @@ def test_long_recording_streams_with_bounded_memory(tmp_path):
         peaks[times] = record["peak"]
     # Reading the whole recording would hold 3x more at 6x than at 2x.
     assert peaks[6] < 1.3 * peaks[2]
+
+
+@pytest.fixture(scope="session")
+def pyannote_sample(tmp_path_factory):
+    """pyannote.audio's 30 s two-speaker sample and its RTTM (MIT), read from the wheel pip
+    fetches (no dependency installed, nothing copied into the repository). Skipped when pip
+    cannot fetch it (offline)."""
+    import zipfile
+
+    folder = tmp_path_factory.mktemp("pyannote-wheel")
+    try:
+        fetched = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "pyannote.audio==4.0.7",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-q",
+                "-d",
+                str(folder),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.skip("pip could not fetch the pyannote.audio wheel in time")
+    wheels = list(folder.glob("pyannote_audio-*.whl"))
+    if fetched.returncode != 0 or not wheels:
+        pytest.skip(f"pip could not fetch the pyannote.audio wheel: {fetched.stderr[-200:]}")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        for name in ("sample.wav", "sample.rttm"):
+            (folder / name).write_bytes(wheel.read(f"pyannote/audio/sample/{name}"))
+    return folder / "sample.wav", folder / "sample.rttm"
+
+
+def test_pyannote_sample_conversation_with_the_number_of_speakers_given(model, pyannote_sample):
+    """Unseen, spontaneous speech with turns of 1-4 s (the development conversations' are
+    5-20 s): with two voices asked for, the turns follow the reference."""
+    from speakerdb.diarize import diarize
+
+    audio, rttm = pyannote_sample
+    result = diarize(audio, model, num_speakers=2)
+    assert result.num_speakers == 2
+    score = score_diarization(read_rttm(rttm), result.rttm_turns("sample"), duration=30.0)
+    assert score.der <= 0.15

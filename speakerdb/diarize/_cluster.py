@@ -29,7 +29,7 @@ __all__ = [
 MAX_LINKAGE_WINDOWS = 2000
 """Windows clustered by linkage at most (16 MB of pairwise distances)."""
 MIN_CLUSTER_WINDOWS = 4
-"""Clusters with fewer windows (about 3 s of speech at the default hop) are dissolved."""
+"""Clusters with fewer windows (about 2 s of speech at the default hop) are dissolved."""
 _REFINE_ROUNDS = 3
 
 
