@@ -335,8 +335,13 @@ def eval_diarization(
             f"{row['false_alarm']:7.2%} {row['confusion']:7.2%} {row['naming_error']:7.2%}"
         )
     for name, row in summary.items():
-        unknown = row["unknown_named"]
+        unknown, unnamed = row["unknown_named"], row["known_unnamed"]
+        parts = []
         if unknown is not None:
-            click.echo(f"{name}: unknown speakers' speech given a name {unknown:.2%}")
+            parts.append(f"unknown speakers' speech given a name {unknown:.2%}")
+        if unnamed is not None:
+            parts.append(f"known speakers' speech not under their name {unnamed:.2%}")
+        if parts:
+            click.echo(f"{name}: {'; '.join(parts)}")
     click.echo(f"collar {collar} s on each side of reference boundaries (pyannote.metrics DER)")
     sys.exit(EXIT_OK)
