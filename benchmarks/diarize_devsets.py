@@ -104,7 +104,8 @@ def accuracy(model: object) -> tuple[dict, list[dict]]:
                     {
                         "file": entry.file_id,
                         "overlap": entry.overlap,
-                        "speakers_ref": entry.num_speakers,
+                        # From the RTTM: the manifest's num_speakers counts one absent speaker
+                        "speakers_ref": len({t.speaker for t in reference}),
                         "speakers_found": result.num_speakers,
                         "names": [s.label for s in result.speakers],
                         "rtf_x": round(result.duration / seconds, 1),
