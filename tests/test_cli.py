@@ -97,6 +97,8 @@ def test_every_command_has_help():
         ["db", "compact"],
         ["eval"],
         ["calibrate"],
+        ["diarize"],
+        ["eval-diarization"],
         ["serve"],
         ["keys"],
         ["keys", "create"],

@@ -77,7 +77,17 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from speakerdb.cli import _db, _decide, _embed, _enroll, _evaluate, _keys, _serve, _speakers
+    from speakerdb.cli import (
+        _db,
+        _decide,
+        _diarize,
+        _embed,
+        _enroll,
+        _evaluate,
+        _keys,
+        _serve,
+        _speakers,
+    )
 
     for command in (
         _enroll.enroll,
@@ -87,6 +97,8 @@ def _register() -> None:
         _embed.embed,
         _evaluate.eval_command,
         _evaluate.calibrate,
+        _diarize.diarize,
+        _diarize.eval_diarization,
         _speakers.speakers,
         _db.db,
         _keys.keys,
