@@ -11,6 +11,7 @@ turn belong to it).
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import numpy.typing as npt
@@ -72,7 +73,8 @@ def segments_of(
         values = labels[a:b]
         cuts = [0, *(np.flatnonzero(np.diff(values)) + 1).tolist(), b - a]
         segments.extend([a + s, a + e, int(values[s])] for s, e in itertools.pairwise(cuts))
-    short = round(min_turn / FRAME_SECONDS)
+    # Frames needed to reach min_turn (ceil: a turn is never shorter than asked).
+    short = math.ceil(min_turn / FRAME_SECONDS - 1e-9)
     pause = round(max_pause / FRAME_SECONDS)
     # Shortest first: a run of flips shrinks to the voice around it.
     while True:
