@@ -77,7 +77,17 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from speakerdb.cli import _db, _decide, _embed, _enroll, _evaluate, _keys, _serve, _speakers
+    from speakerdb.cli import (
+        _db,
+        _decide,
+        _embed,
+        _enroll,
+        _evaluate,
+        _keys,
+        _models,
+        _serve,
+        _speakers,
+    )
 
     for command in (
         _enroll.enroll,
@@ -89,6 +99,7 @@ def _register() -> None:
         _evaluate.calibrate,
         _speakers.speakers,
         _db.db,
+        _models.models,
         _keys.keys,
         _serve.serve,
     ):

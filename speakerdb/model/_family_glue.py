@@ -52,7 +52,7 @@ def family_embedder(
 
 
 class _FamilyEmbedder(Embedder):
-    def __init__(  # noqa: D107 -- deliberately skips Embedder.__init__ (GE2E-only today)
+    def __init__(  # deliberately skips Embedder.__init__ (GE2E-only until the engine merge)
         self, encoder: SpeakerEncoder, identity: ModelIdentity, device: torch.device
     ) -> None:
         encoder.to(device)

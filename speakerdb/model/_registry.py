@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from speakerdb._identity import ModelIdentity
 from speakerdb.errors import ModelError, ModelNotFoundError, UsageError
@@ -39,9 +39,11 @@ __all__ = [
     "GE2E_THRESHOLD_NOTE",
     "MODEL_ENV",
     "NORMALIZATIONS",
+    "ModelInfo",
     "ModelSpec",
     "available_models",
     "default_threshold",
+    "describe_model",
     "detect_family",
     "identity_threshold",
     "load_encoder",
@@ -271,3 +273,63 @@ def load_model(
     from speakerdb.model._family_glue import family_embedder
 
     return family_embedder(family, identity, resolve_device(device))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``speakerdb models show`` reports about a model.
+
+    threshold_origin: where ``default_threshold`` (a cosine in [-1, 1]) comes from.
+    calibration: "bundled" when speakerdb ships a calibration to log-likelihood ratios for
+    these exact weights, else None: decisions then compare the cosine with the default
+    threshold, marked uncalibrated, until ``speakerdb calibrate`` runs on the user's data.
+    """
+
+    name: str
+    family: str
+    label: str
+    source: str | None
+    dimension: int
+    weights_sha256: str
+    sample_rate: int
+    default_threshold: float
+    threshold_origin: str
+    calibration: str | None
+    architecture: str | None
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "calibrated": self.calibrated}
+
+
+def describe_model(name_or_path: str | os.PathLike[str] | None = None) -> ModelInfo:
+    """Load a model (see :func:`load_model`) on the CPU and describe it. Raises as
+    :func:`load_model`."""
+    from speakerdb._calibration import bundled_calibration
+
+    spec = resolve_model(name_or_path)
+    if spec.path is None:
+        identity, sample_rate, architecture = _ge2e_identity(), 16_000, "GE2E 3-layer LSTM(256)"
+    else:
+        encoder = load_encoder(spec)
+        identity = _encoder_identity(encoder, spec.path)
+        sample_rate = int(encoder.sample_rate)
+        found = getattr(encoder, "architecture", None)
+        architecture = found if isinstance(found, str) else None
+    bundled = bundled_calibration(*identity.key)
+    return ModelInfo(
+        name=identity.name,
+        family=identity.family,
+        label=identity.label,
+        source=identity.source,
+        dimension=identity.dimension,
+        weights_sha256=identity.weights_sha256,
+        sample_rate=sample_rate,
+        default_threshold=identity.default_threshold,
+        threshold_origin=identity.threshold_note,
+        calibration="bundled" if bundled is not None else None,
+        architecture=architecture,
+    )
