@@ -216,8 +216,8 @@ class SpeakerDB:
             return self._embedder.identity
         if self._model_arg is None:
             held = self._held_model()
-            if held is not None:
-                return held
+            if held is not None and held.source is not None:
+                return held  # a built-in model's threshold is this release's, not the row's
         spec = self._model_spec()
         if spec.path is None:
             return model_identity(spec.name)
