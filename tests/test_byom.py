@@ -17,13 +17,13 @@ import sys
 import tarfile
 from pathlib import Path
 
+import encoder_driver
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-import encoder_driver
 from helpers import by_speaker, require_data
 from speakerdb import SpeakerDB, load_model
 from speakerdb.cli import cli
@@ -87,7 +87,7 @@ def enroll_two(url: str, speech, model: str | None = None, env=None):
     extra = ["--model", model] if model else []
     for name in ("p225", "p226"):
         files = [str(p) for p in speech[name][:3]]
-        code, doc, result = run_json("enroll", name, *files, "--db", url, *extra, env=env)
+        code, _doc, result = run_json("enroll", name, *files, "--db", url, *extra, env=env)
         assert code == 0, result.output
 
 
@@ -175,7 +175,7 @@ def test_a_moved_model_is_accepted_and_remembered(family, sqlite_url, speech, tm
     )
     assert result.exit_code == 0, result.output
     assert models_row(sqlite_url)["source"] == str(moved)
-    code, doc, result = run_json("verify", "p225", probe, "--db", sqlite_url)
+    code, _doc, result = run_json("verify", "p225", probe, "--db", sqlite_url)
     assert code in (0, 1), result.output
 
 
@@ -197,7 +197,8 @@ def test_speakerdb_model_names_the_model_of_a_new_database(sqlite_url, speech, t
     assert models_row(sqlite_url)["family"] == "onnx"
     # A database with a model keeps it whatever the variable says.
     env = {"SPEAKERDB_MODEL": "ge2e"}
-    code, doc, result = run_json("verify", "p225", str(speech["p225"][5]), "--db", sqlite_url, env=env)
+    probe = str(speech["p225"][5])
+    code, doc, result = run_json("verify", "p225", probe, "--db", sqlite_url, env=env)
     assert code in (0, 1), result.output
     assert doc["model"].startswith("onnx:")
 
