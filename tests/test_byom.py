@@ -373,3 +373,16 @@ def test_subprocess_enroll_then_verify(tmp_path, speech):
     assert missing.returncode == 2
     assert missing.stderr.startswith("error: ") and missing.stderr.count("\n") == 1
     assert str(model) in missing.stderr
+
+
+def test_calibrating_on_own_trials_ends_uncalibrated_answers(sqlite_url, speech, tmp_path):
+    data = require_data()
+    model = copy_model("speechbrain", tmp_path)
+    enroll_two(sqlite_url, speech, str(model))
+    code, doc, result = run_json("calibrate", str(data / "vctk" / "trials.txt"), "--db", sqlite_url)
+    assert code == 0, result.output
+    code, doc, result = run_json("verify", "p225", str(speech["p225"][5]), "--db", sqlite_url)
+    assert code in (0, 1), result.output
+    assert doc["model"].startswith("speechbrain:")
+    assert doc["decision_rule"]["score"] == "llr" and doc["calibration"] == "database"
+    assert "uncalibrated" not in doc["decision_rule"]["text"]
