@@ -753,6 +753,8 @@ class SpeakerDB:
         policy = resolve_policy(
             identity, key, identity_threshold(identity, key), setting=setting
         )  # checks the operating point before anything is stored
+        # A calibration belongs to a model: a database without one adopts it now.
+        self.store.adopt_model(identity)
         self.store.set_calibration(setting)
         report = scored.summary(policy, _report_far(far), identity.label, key)
         return CalibrationResult("llr", policy.rule, report, calibration)
@@ -778,6 +780,7 @@ class SpeakerDB:
             f"threshold at {how} on {report.target_trials} target / {report.nontarget_trials} "
             f"non-target trials (EER {report.eer:.2%})"
         )
+        self.store.adopt_model(self.identity)
         self.store.set_threshold(threshold, note, key)
         rule = DecisionRule(key or "cosine", threshold, "database")
         return CalibrationResult("threshold", rule, report, None)

@@ -224,6 +224,19 @@ class EnrollmentStore:
         if held is not None and not held.same_model(identity):
             raise _mismatch(self.location.display, held, identity)
 
+    def adopt_model(self, identity: ModelIdentity) -> None:
+        """Record ``identity`` as this database's model if it has none yet (a calibration or
+        the first enrollment fixes it); ModelMismatchError if it holds another."""
+        if self.model() is not None:
+            self.check_model(identity)
+            return
+
+        def work(conn: Connection) -> None:
+            _ensure_model(conn, _lock_state(conn), identity, self.location.display)
+
+        self._write(work, "record the model")
+        self._model = None
+
     def remember_model_source(self, identity: ModelIdentity) -> bool:
         """Record ``identity.source`` as where this database's model now loads from, when the
         database holds that model's vectors and remembered another path (the file moved).
