@@ -79,8 +79,7 @@ UNKNOWN_ENROLLMENT_BANDWIDTH = (
 )
 
 UNCALIBRATED_MODEL = (
-    "uncalibrated: the model's default threshold, not fitted to your data "
-    "(run `speakerdb calibrate TRIALS`)"
+    "uncalibrated: the model's toolkit default; calibrate with `speakerdb calibrate TRIALS`"
 )
 
 UNKNOWN_PROBE_QUALITY = (
