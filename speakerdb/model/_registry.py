@@ -312,13 +312,14 @@ def describe_model(name_or_path: str | os.PathLike[str] | None = None) -> ModelI
 
     spec = resolve_model(name_or_path)
     if spec.path is None:
-        identity, sample_rate, architecture = _ge2e_identity(), 16_000, "GE2E 3-layer LSTM(256)"
+        identity, sample_rate = _ge2e_identity(), 16_000
+        architecture = "GE2E: 3-layer LSTM(256), linear 256"
     else:
         encoder = load_encoder(spec)
         identity = _encoder_identity(encoder, spec.path)
         sample_rate = int(encoder.sample_rate)
         found = getattr(encoder, "architecture", None)
-        architecture = found if isinstance(found, str) else None
+        architecture = found if isinstance(found, str) else ""
     bundled = bundled_calibration(*identity.key)
     return ModelInfo(
         name=identity.name,
@@ -331,5 +332,5 @@ def describe_model(name_or_path: str | os.PathLike[str] | None = None) -> ModelI
         default_threshold=identity.default_threshold,
         threshold_origin=identity.threshold_note,
         calibration="bundled" if bundled is not None else None,
-        architecture=architecture,
+        architecture=architecture or None,
     )
