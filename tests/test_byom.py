@@ -390,3 +390,18 @@ def test_calibrating_on_own_trials_ends_uncalibrated_answers(sqlite_url, speech,
     assert doc["model"].startswith("speechbrain:")
     assert doc["decision_rule"]["score"] == "llr" and doc["calibration"] == "database"
     assert "uncalibrated" not in doc["decision_rule"]["text"]
+
+
+def test_the_service_loads_the_database_model(sqlite_url, speech, tmp_path):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from service_helpers import Server, upload
+
+    model = copy_model("onnx", tmp_path)
+    enroll_two(sqlite_url, speech, str(model))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with Server(sqlite_url, env=env) as server, server.client() as client:
+        answer = client.post("/v1/speakers/p225/verify", files=upload(speech["p225"][5:6]))
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["model"] == load_model(model, "cpu").identity.label
+        assert "uncalibrated" in body["decision_rule"]["text"]
