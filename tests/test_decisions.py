@@ -12,6 +12,8 @@ import math
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import by_speaker, fake_model, fake_utterance, manifest, require_data
 from speakerdb import SpeakerDB, scoring
@@ -359,3 +361,25 @@ def test_a_new_database_defaults_to_the_bundled_calibration(db_url):
     upgrade_database(db_url)  # created by `db upgrade`
     with EnrollmentStore.open(db_url) as store:
         assert store.calibration_setting() == ("bundled", None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prior=st.none() | st.floats(min_value=0, max_value=1, exclude_min=True, exclude_max=True),
+    far=st.none() | st.floats(min_value=0, max_value=1, exclude_min=True, exclude_max=True),
+    threshold=st.none() | st.floats(allow_nan=True, allow_infinity=True),
+    normalization=st.sampled_from([None, "asnorm"]),
+)
+def test_any_operating_point_gives_a_policy_or_a_usage_error(prior, far, threshold, normalization):
+    """Whatever numbers a caller (or an HTTP client) sends, the policy is made or refused with
+    a UsageError: never another exception (a subnormal --far once overflowed into a 500)."""
+    from speakerdb.enroll._policy import resolve_policy
+    from speakerdb.model._registry import model_identity
+
+    try:
+        policy = resolve_policy(
+            model_identity(), normalization, 0.82, threshold=threshold, prior=prior, far=far
+        )
+    except UsageError:
+        return
+    assert math.isfinite(policy.rule.threshold)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -123,6 +124,12 @@ def test_every_route(served, voices):
         assert {"/v1/speakers/{name}/verify", "/v1/identify", "/v1/compare"} <= set(paths)
         docs = anonymous.get("/docs")
         assert docs.status_code == 200 and "swagger" in docs.text.lower()
+        # Offline servers: the page's script and style come from this server, no CDN.
+        assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', docs.text)
+        assert len(assets) == 2 and all(a.startswith("/docs-assets/") for a in assets)
+        for asset in assets:
+            got = anonymous.get(asset)
+            assert got.status_code == 200 and len(got.content) > 10_000, asset
 
         created = admin.post(f"/v1/speakers/{name}/enroll", files=upload(p225[:3]))
         assert created.status_code == 201, created.text
@@ -146,10 +153,14 @@ def test_every_route(served, voices):
         assert impostor["decision"] == "REJECT" and impostor["score"] < impostor["threshold"]
         both = admin.post(f"/v1/speakers/{name}/verify", files=upload([p225[6], p226[1]]))
         assert [r["decision"] for r in both.json()] == ["ACCEPT", "REJECT"]
+        # A threshold is on the scale of the rule in use (an LLR when calibrated): one above
+        # the genuine probe's own score must turn it away.
+        above = round(genuine["score"] + 0.5, 3)
         strict = admin.post(
-            f"/v1/speakers/{name}/verify", files=upload(p225[5:6]), data={"threshold": "0.999"}
+            f"/v1/speakers/{name}/verify", files=upload(p225[5:6]), data={"threshold": str(above)}
         ).json()
-        assert strict["threshold"] == 0.999 and strict["decision"] == "REJECT"
+        assert strict["threshold"] == above and strict["decision"] == "REJECT"
+        assert strict["score"] == pytest.approx(genuine["score"])
 
         nobody = admin.post("/v1/speakers/nobody-at-all/verify", files=upload(p225[5:6]))
         assert nobody.status_code == 404
@@ -458,6 +469,28 @@ def test_several_workers_share_one_database(tmp_path, voices):
             if len(workers) == 2:
                 break
         assert len(workers) == 2
+        # Whichever worker a scrape reaches, /metrics counts the whole server: each worker
+        # answered one identification, and every worker's scrape says 2.
+        scraped: dict[int, float] = {}
+        for _ in range(500):
+            with server.client(keys["admin"]) as fresh:
+                pid = fresh.get("/healthz").json()["pid"]
+                if pid not in scraped:
+                    scraped[pid] = identifications(fresh.get("/metrics").text)
+            if len(scraped) == 2:
+                break
+        assert scraped == {pid: 2.0 for pid in workers}
+
+
+def identifications(metrics: str) -> float:
+    """The count of successful POST /v1/identify in a Prometheus text exposition."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("speakerdb_http_requests_total{") and (
+            'route="/v1/identify"' in line and 'status="200"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def test_two_servers_on_one_postgresql_see_each_other(pg_url, voices):
@@ -636,7 +669,7 @@ def test_generated_requests_never_get_a_server_error(served):
     assert operations >= 10
     print("\n" + "\n".join(f"{n:4d} {w} -> {c}" for (w, c), n in sorted(statuses.items())))
     assert {c // 100 for _, c in statuses} >= {2, 4}  # it did reach the routes' work
-    assert not failures, "\n".join(failures[:10])
+    assert not failures, "\n".join(failures[:10]) + "\n" + "".join(served.server.stderr)[-3000:]
     assert served.server.process.poll() is None  # still up
     assert "Traceback" not in "".join(served.server.stderr)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import tempfile
 
 import click
 
@@ -180,6 +181,8 @@ def serve(
         return
     from uvicorn.supervisors import Multiprocess
 
+    from speakerdb.service._metrics import MULTIPROCESS_ENV
+
     os.environ[SETTINGS_ENV] = settings.to_json()
     config = uvicorn.Config(
         "speakerdb.service:app_from_environment",
@@ -187,7 +190,11 @@ def serve(
         workers=workers,
         **common,  # type: ignore[arg-type]
     )
-    Multiprocess(config, sockets=[sock]).run()
+    # The workers' metrics meet in files here (a fresh directory: stale files of an
+    # earlier run would add to the counts); the workers inherit the variable.
+    with tempfile.TemporaryDirectory(prefix="speakerdb-metrics-") as shared:
+        os.environ[MULTIPROCESS_ENV] = shared
+        Multiprocess(config, sockets=[sock]).run()
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -371,9 +371,12 @@ def _threshold_at_far(calibration: Calibration, far: float) -> float:
         raise UsageError(f"the target false-accept rate must be in (0, 1), not {far}")
     impostors = calibration.fit.nontarget_trials
     if far * impostors < 1:
+        # 1 / far overflows for subnormal rates: say how many trials in words, not by ceil().
+        needed = 1.0 / far if far > 1e-300 else math.inf
+        count = f"{math.ceil(needed)}" if needed < 1e15 else f"{needed:.3g}"
         raise UsageError(
             f"a false-accept rate of {far:g} needs a calibration fitted on at least "
-            f"{math.ceil(1 / far)} different-speaker trials (this one saw {impostors})"
+            f"{count} different-speaker trials (this one saw {impostors})"
         )
     return calibration.threshold_at_far(far)
 

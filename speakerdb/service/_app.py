@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 import logging
 import os
 import threading
@@ -163,6 +164,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             yield
         finally:
             await anyio.to_thread.run_sync(state.stop)
+            metrics.worker_exited()
 
     app = FastAPI(
         title="speakerdb",
@@ -175,14 +177,54 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             '"message"}}`.'
         ),
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = state
+    _install_docs(app)
     _install_error_handlers(app, metrics)
     app.add_middleware(_Guard, state=state)
     from speakerdb.service._routes import router
 
     app.include_router(router)
     return app
+
+
+DOCS_ASSETS = "/docs-assets"
+"""Where the Swagger UI's script and style are served from (no CDN: servers are often
+offline, and a docs page that fetches code from the internet is not wanted there)."""
+
+
+def _install_docs(app: FastAPI) -> None:
+    """``/docs``: the Swagger UI, with its assets served by this server from the
+    ``fastapi-offline`` package (a dependency of the serve extra)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        assets = importlib.resources.files("fastapi_offline") / "static"
+    except ModuleNotFoundError:
+        assets = None
+    if assets is None or not assets.is_dir():
+        # An installation without the extra's assets: the usual page, which fetches them
+        # from a CDN.
+        app.get("/docs", include_in_schema=False)(
+            lambda: get_swagger_ui_html(openapi_url="/openapi.json", title="speakerdb")
+        )
+        return
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json",
+            title="speakerdb - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+        )
 
 
 def app_from_environment() -> FastAPI:

@@ -1,17 +1,25 @@
 """Prometheus metrics of one server process (``GET /metrics``, text format 0.0.4).
 
 Each app has a registry of its own, so several apps in one process (tests) do not mix
-their counts. With ``--workers N`` every worker counts for itself: a scrape reaches one of
-them (label the scrape target per worker, or run one worker per server).
+their counts. With ``--workers N`` the workers share their counts through files in
+``$PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode; ``speakerdb serve``
+makes a fresh directory for each run), so whichever worker a scrape reaches answers for the
+whole server: counters and histograms summed over the workers, the in-flight gauge summed
+over the live ones, the index-maintenance gauge their maximum.
 """
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from speakerdb.service._batcher import BatchStats
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "MULTIPROCESS_ENV", "Metrics"]
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Set (before prometheus_client is imported) in every worker of a multi-worker server."""
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -24,6 +32,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.shared = bool(os.environ.get(MULTIPROCESS_ENV))
         self.requests = Counter(
             "speakerdb_http_requests",
             "HTTP requests answered, by method, route template and status.",
@@ -47,6 +56,7 @@ class Metrics:
             "speakerdb_http_requests_in_flight",
             "Requests being received or answered.",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.batch_files = Histogram(
             "speakerdb_embed_batch_files",
@@ -70,6 +80,7 @@ class Metrics:
             "speakerdb_index_maintenance_running",
             "1 while the vector index is being rebuilt in the background.",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
 
     def batch(self, stats: BatchStats) -> None:
@@ -78,4 +89,18 @@ class Metrics:
         self.batch_seconds.observe(stats.seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.shared:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        # Every worker's files, this one's included: the server's totals.
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+        return generate_latest(combined)
+
+    def worker_exited(self) -> None:
+        """Drop this process's live gauges from the shared totals (clean shutdown)."""
+        if self.shared:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
