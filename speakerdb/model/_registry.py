@@ -77,7 +77,9 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device | None = No
     identity = model_identity(name)
     from speakerdb.model._device import resolve_device
     from speakerdb.model._embedder import Embedder
-    from speakerdb.model._ge2e import GE2EEncoder
+    from speakerdb.model._ge2e import GE2EEncoder, GE2ESpeakerEncoder
 
-    encoder = GE2EEncoder.from_checkpoint(ge2e_weights_path())
-    return Embedder(encoder, identity, resolve_device(device))
+    network = GE2EEncoder.from_checkpoint(ge2e_weights_path())
+    return Embedder(
+        GE2ESpeakerEncoder(network, identity.weights_sha256), identity, resolve_device(device)
+    )
