@@ -67,8 +67,10 @@ def main() -> None:
 
     reference = VoiceEncoder("cpu", verbose=False)
     model = speakerdb.load_model(device="cpu")
-    windows = torch.cat([prepare_utterance(f).windows for f in files])
-    encoder = model._encoder  # the floor measures the encoder alone
+    windows = torch.cat(
+        [torch.stack(prepare_utterance(f, encoder=model.encoder).chunks) for f in files]
+    )
+    encoder = model.encoder.network  # the floor measures the LSTM alone
 
     def run_reference() -> None:
         for f in files:
@@ -128,10 +130,9 @@ def family_benchmark(spec, files: list[Path], audio_seconds: float, args) -> Non
     import numpy as np
 
     from speakerdb.model._audio import decode_file
-    from speakerdb.model._registry import load_encoder
 
-    encoder = load_encoder(spec)
     model = speakerdb.load_model(spec, device="cpu")
+    encoder = model.encoder
 
     def features(path: Path) -> list[torch.Tensor]:
         data, rate = decode_file(path)

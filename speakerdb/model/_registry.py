@@ -261,18 +261,18 @@ def load_model(
     """
     spec = name_or_path if isinstance(name_or_path, ModelSpec) else resolve_model(name_or_path)
     from speakerdb.model._device import resolve_device
+    from speakerdb.model._embedder import Embedder
 
     if spec.path is None:
-        from speakerdb.model._embedder import Embedder
-        from speakerdb.model._ge2e import GE2EEncoder
+        from speakerdb.model._ge2e import GE2EEncoder, GE2ESpeakerEncoder
 
-        encoder = GE2EEncoder.from_checkpoint(ge2e_weights_path())
-        return Embedder(encoder, _ge2e_identity(), resolve_device(device))
-    family = load_encoder(spec)
-    identity = _encoder_identity(family, spec.path)
-    from speakerdb.model._family_glue import family_embedder
-
-    return family_embedder(family, identity, resolve_device(device))
+        identity = _ge2e_identity()
+        network = GE2EEncoder.from_checkpoint(ge2e_weights_path())
+        encoder: SpeakerEncoder = GE2ESpeakerEncoder(network, identity.weights_sha256)
+    else:
+        encoder = load_encoder(spec)
+        identity = _encoder_identity(encoder, spec.path)
+    return Embedder(encoder, identity, resolve_device(device))
 
 
 @dataclass(frozen=True)
