@@ -48,7 +48,10 @@ def speech_bandwidth_hz(
 
     Raises UsageError for fewer samples than one frame, non-finite samples or a silent signal.
     """
-    x = np.asarray(samples, dtype=np.float64).ravel()
+    x = np.asarray(samples)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    x = x.ravel()  # float32 stays float32: frames are widened chunk by chunk (bounded memory)
     if not 0.0 < energy_fraction < 1.0:
         raise UsageError(f"energy_fraction must be in (0, 1), not {energy_fraction}")
     if sample_rate <= 0:
@@ -64,7 +67,8 @@ def speech_bandwidth_hz(
     frames = np.lib.stride_tricks.sliding_window_view(x, frame)[::hop]
     power = np.zeros(frame // 2 + 1)
     for first in range(0, frames.shape[0], _CHUNK_FRAMES):
-        spectrum = np.fft.rfft(frames[first : first + _CHUNK_FRAMES] * window, axis=1)
+        chunk = frames[first : first + _CHUNK_FRAMES].astype(np.float64)
+        spectrum = np.fft.rfft(chunk * window, axis=1)
         power += (spectrum.real**2 + spectrum.imag**2).sum(axis=0)
     freqs = np.fft.rfftfreq(frame, 1.0 / sample_rate)
     keep = (freqs > 0) & (freqs <= max_hz)

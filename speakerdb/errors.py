@@ -27,6 +27,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelError",
     "ModelMismatchError",
+    "ModelNotFoundError",
     "NoSpeechError",
     "NotASpeakerDBError",
     "NotFoundError",
@@ -158,6 +159,13 @@ class ModelError(SpeakerDBError):
     """The embedding model cannot be loaded (missing or malformed weights, unknown name)."""
 
     code = "model"
+
+
+class ModelNotFoundError(ModelError):
+    """A database's model file or folder is not where it was last loaded from (or a --model
+    path does not exist)."""
+
+    code = "model_not_found"
 
 
 class ModelMismatchError(SpeakerDBError):

@@ -104,6 +104,9 @@ def test_every_command_has_help():
         ["keys", "create"],
         ["keys", "list"],
         ["keys", "revoke"],
+        ["models"],
+        ["models", "list"],
+        ["models", "show"],
     ]
     assert sorted(map(tuple, all_commands(cli, []))) == sorted(map(tuple, commands[1:]))
     for command in commands:

@@ -82,6 +82,17 @@ def restore(pg_url: str, dump: Path) -> None:
     assert restored.returncode == 0, restored.stderr
 
 
+def recorded_as_ge2e(url: str) -> None:
+    """Revision 0006: a model recorded before it is the bundled GE2E, loaded by name."""
+    engine = create_engine(make_url(url))
+    try:
+        with engine.connect() as conn:
+            models = list(conn.execute(text("SELECT name, family, source FROM models")))
+    finally:
+        engine.dispose()
+    assert [tuple(m) for m in models] == [("ge2e", "ge2e", None)]
+
+
 def upgraded_intact(url: str) -> None:
     before = rows(url)
     assert {row[1] for row in before["speakers"]} == {
@@ -104,6 +115,7 @@ def upgraded_intact(url: str) -> None:
     for table in ("models", "utterances", "changes", "store_state"):
         assert after[table] == before[table], table
     assert all(len(row[6]) == 4 * 256 for row in after["utterances"])  # embedding bytes
+    recorded_as_ge2e(url)
 
     check = run("db", "check", "--db", url)
     report = json.loads(check.stdout)
@@ -204,6 +216,7 @@ def upgraded_0003_keeps_deciding(url: str) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["from"] == "0003"
     assert rows_0003(url) == before  # every row of revision 0003 as it was
+    recorded_as_ge2e(url)
     same_answers(url, data, answers)
     show = json.loads(run("calibrate", "--show", "--db", url).stdout)
     assert show["default"] == "none" and show["calibration"] is None

@@ -87,9 +87,9 @@ def test_seed_api_embeds_each_distinct_file_once(model, monkeypatch):
     calls = []
     real = utterance_module.prepare_utterance
 
-    def counting(source, sample_rate=None):
+    def counting(source, *args, **kwargs):
         calls.append(str(source))
-        return real(source, sample_rate)
+        return real(source, *args, **kwargs)
 
     monkeypatch.setattr("speakerdb.model._embedder.prepare_utterance", counting)
     decisions = model.verify_speakers_batch([(a1, a2), (a1, b1), (a2, b1), (a1, a2)])

@@ -143,6 +143,7 @@ def test_parity_with_nemo_other_architectures(name: str, derived_dir: Path) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.full_parity
 @pytest.mark.parametrize("name", MODELS)
 def test_parity_with_nemo_every_file(name: str, derived_dir: Path) -> None:
     """All 1890 reference files per model: 540 originals and 450 per derived variant

@@ -75,6 +75,7 @@ def test_parity_with_speechbrain(encoder, reference):
 
 
 @pytest.mark.slow
+@pytest.mark.full_parity
 def test_parity_with_speechbrain_every_input(encoder, reference):
     """All 1890 inputs (about 10 000 s of audio; a few minutes on 2 cores)."""
     data = require_data()

@@ -85,6 +85,7 @@ def _register() -> None:
         _enroll,
         _evaluate,
         _keys,
+        _models,
         _serve,
         _speakers,
     )
@@ -101,6 +102,7 @@ def _register() -> None:
         _diarize.eval_diarization,
         _speakers.speakers,
         _db.db,
+        _models.models,
         _keys.keys,
         _serve.serve,
     ):

@@ -178,8 +178,10 @@ def model_option(fn: F) -> F:
         "--model",
         "model_name",
         default=None,
-        metavar="NAME",
-        help="Embedding model (default: the database's, else ge2e).",
+        metavar="NAME|PATH",
+        help="Embedding model: a built-in name (ge2e) or the path of a NeMo .nemo archive, "
+        "a SpeechBrain model folder or a WeSpeaker ONNX file. Default: the database's own "
+        "model, else $SPEAKERDB_MODEL, else ge2e.",
     )(fn)
 
 

@@ -26,7 +26,7 @@ from speakerdb.cli._common import (
     "--out",
     required=True,
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Where to write the (N, 256) float32 array (.npy), row i for FILE i.",
+    help="Where to write the (N, D) float32 array (.npy), row i for FILE i.",
 )
 @model_option
 @device_option
@@ -38,9 +38,9 @@ def embed(
     """Write the voiceprints of FILE(s) to a .npy array (unit-norm rows, in order)."""
     import numpy as np
 
-    from speakerdb.model._registry import DEFAULT_MODEL, load_model
+    from speakerdb.model._registry import load_model
 
-    model = load_model(model_name or DEFAULT_MODEL, device)
+    model = load_model(model_name, device)
     with progress_bar("embedding") as bar:
         results = model.embed(list(files), progress=bar)
     failed = [r for r in results if r.error is not None]

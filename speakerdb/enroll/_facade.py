@@ -12,6 +12,7 @@ rule and the model. Enrollment bookkeeping lives in :mod:`._enrollment`, AS-norm
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -45,9 +46,9 @@ from speakerdb.enroll._policy import (
     resolve_policy,
 )
 from speakerdb.enroll._reports import EnrollmentReport, InputReport, ManifestSummary
-from speakerdb.errors import AudioError, DatabaseNotFoundError, UsageError
+from speakerdb.errors import AudioError, DatabaseNotFoundError, ModelNotFoundError, UsageError
 from speakerdb.model._audio import AudioInput, source_label
-from speakerdb.model._registry import DEFAULT_MODEL, default_threshold, model_identity
+from speakerdb.model._registry import ModelSpec, identity_threshold, model_identity, resolve_model
 from speakerdb.scoring import DEFAULT_COHORT_TOP_N, cosine
 from speakerdb.storage._records import (
     ENROLL_MODES,
@@ -85,7 +86,7 @@ class SpeakerDB:
     def __init__(
         self,
         store: EnrollmentStore | None,
-        model: str | Embedder | None = None,
+        model: str | os.PathLike[str] | Embedder | None = None,
         device: str | torch.device | None = None,
     ) -> None:
         self._store = store
@@ -93,19 +94,19 @@ class SpeakerDB:
         self._embedder: Embedder | None = None
         # Threads of a server may ask for the model at once: it is loaded only once.
         self._model_lock = threading.Lock()
-        if model is None or isinstance(model, str):
-            held = store.model() if store is not None else None
-            self._model_name = model or (held.name if held is not None else DEFAULT_MODEL)
+        self._model_arg: str | os.PathLike[str] | None = None
+        if model is None or isinstance(model, str | os.PathLike):
+            # Resolved when first needed: listing speakers must not need the model file.
+            self._model_arg = model or None
         else:
             self._embedder = model
-            self._model_name = model.identity.name
         self._cohorts = Cohorts(store, lambda: self.model, lambda: self.identity)
 
     @classmethod
     def open(
         cls,
         url: Any = None,
-        model: str | Embedder | None = None,
+        model: str | os.PathLike[str] | Embedder | None = None,
         device: str | torch.device | None = None,
         *,
         read_only: bool = False,
@@ -114,8 +115,11 @@ class SpeakerDB:
     ) -> SpeakerDB:
         """Open (or create) a database. url: SQLAlchemy URL or SQLite path (None:
         ``$SPEAKERDB_URL``, else ``$XDG_DATA_HOME/speakerdb/speakerdb.sqlite``). model: a
-        name (default: the database's model, else "ge2e") or a loaded Embedder. device: for
-        the model (None: CUDA if available).
+        built-in name, the path of a model file or folder (see :func:`speakerdb.load_model`)
+        or a loaded Embedder; default: the database's own model (loaded from the path it
+        records), else ``$SPEAKERDB_MODEL``, else "ge2e". A path to the database's model
+        moved elsewhere (same sha256) is accepted and remembered. device: for the model
+        (None: CUDA if available).
 
         read_only: never create or change the database (reading commands); a database that
         does not exist raises DatabaseNotFoundError, unless ``missing_ok``: then this
@@ -157,6 +161,27 @@ class SpeakerDB:
 
     # --- model, thresholds and calibration ------------------------------------------------------
 
+    def _held_model(self) -> ModelIdentity | None:
+        return self._store.model() if self._store is not None else None
+
+    def _model_spec(self) -> ModelSpec:
+        """Which model to load: the one asked for, else the database's own (from the path it
+        records), else ``$SPEAKERDB_MODEL`` or "ge2e". Raises ModelNotFoundError when the
+        database's model file is no longer where it was loaded from."""
+        held = self._held_model() if self._model_arg is None else None
+        if held is None:
+            return resolve_model(self._model_arg)
+        if held.source is None:
+            return resolve_model(held.name)
+        try:
+            return resolve_model(held.source)
+        except ModelNotFoundError:
+            raise ModelNotFoundError(
+                f"this database's model {held.label} ({held.family}, sha256 "
+                f"{held.weights_sha256}) was last loaded from {held.source}, which is missing: "
+                "pass --model PATH (or model=PATH) of the same file where it is now"
+            ) from None
+
     @property
     def model(self) -> Embedder:
         """The embedding model, loaded on first use."""
@@ -165,8 +190,19 @@ class SpeakerDB:
 
             with self._model_lock:
                 if self._embedder is None:
-                    self._embedder = load_model(self._model_name, self._device)
+                    embedder = load_model(self._model_spec(), self._device)
+                    if self._model_arg is None and self._store is not None:
+                        # The file at the recorded path may have been replaced since.
+                        self._store.check_model(embedder.identity)
+                    self._remember_source(embedder.identity)
+                    self._embedder = embedder
         return self._embedder
+
+    def _remember_source(self, identity: ModelIdentity) -> None:
+        """The database's model, loaded from a new place: remember that place (not in
+        read-only mode; another model is refused where vectors are compared)."""
+        if self._store is not None and identity.source is not None:
+            self._store.remember_model_source(identity)
 
     @property
     def model_loaded(self) -> bool:
@@ -175,10 +211,18 @@ class SpeakerDB:
 
     @property
     def identity(self) -> ModelIdentity:
-        """The model's identity (known without loading the model)."""
+        """The model's identity: known without loading a built-in model or the database's
+        own; a model file asked for is loaded to know it."""
         if self._embedder is not None:
             return self._embedder.identity
-        return model_identity(self._model_name)
+        if self._model_arg is None:
+            held = self._held_model()
+            if held is not None and held.source is not None:
+                return held  # a built-in model's threshold is this release's, not the row's
+        spec = self._model_spec()
+        if spec.path is None:
+            return model_identity(spec.name)
+        return self.model.identity
 
     @property
     def threshold(self) -> float:
@@ -192,7 +236,7 @@ class SpeakerDB:
         normalisation ("asnorm"): the database's own, else the model's."""
         key = normalization(norm)
         own, _ = self._store.threshold(key) if self._store is not None else (None, None)
-        return own if own is not None else default_threshold(self._model_name, key)
+        return own if own is not None else identity_threshold(self.identity, key)
 
     def decision_policy(
         self,
@@ -214,7 +258,7 @@ class SpeakerDB:
         return resolve_policy(
             self.identity,
             key,
-            default_threshold(self._model_name, key),
+            identity_threshold(self.identity, key),
             default,
             setting,
             threshold=threshold,
@@ -765,8 +809,10 @@ class SpeakerDB:
             note=f"fitted on {used} trials of {len(trials)}",
         )
         policy = resolve_policy(
-            identity, key, default_threshold(self._model_name, key), setting=setting
+            identity, key, identity_threshold(identity, key), setting=setting
         )  # checks the operating point before anything is stored
+        # A calibration belongs to a model: a database without one adopts it now.
+        self.store.adopt_model(identity)
         self.store.set_calibration(setting)
         report = scored.summary(policy, _report_far(far), identity.label, key)
         return CalibrationResult("llr", policy.rule, report, calibration)
@@ -792,6 +838,7 @@ class SpeakerDB:
             f"threshold at {how} on {report.target_trials} target / {report.nontarget_trials} "
             f"non-target trials (EER {report.eer:.2%})"
         )
+        self.store.adopt_model(self.identity)
         self.store.set_threshold(threshold, note, key)
         rule = DecisionRule(key or "cosine", threshold, "database")
         return CalibrationResult("threshold", rule, report, None)
@@ -859,7 +906,7 @@ class SpeakerDB:
         )
         key = None if setting.normalization == "none" else setting.normalization
         policy = resolve_policy(
-            self.identity, key, default_threshold(self._model_name, key), setting=changed
+            self.identity, key, identity_threshold(self.identity, key), setting=changed
         )
         self.store.set_calibration(changed)
         return policy.rule

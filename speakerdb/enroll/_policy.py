@@ -78,6 +78,10 @@ UNKNOWN_ENROLLMENT_BANDWIDTH = (
     "schema 0004; re-enroll them to calibrate)"
 )
 
+UNCALIBRATED_MODEL = (
+    "uncalibrated: the model's toolkit default; calibrate with `speakerdb calibrate TRIALS`"
+)
+
 UNKNOWN_PROBE_QUALITY = (
     "not calibrated: the probe's bandwidth or speech duration could not be measured"
 )
@@ -326,6 +330,9 @@ def resolve_policy(
     if threshold is not None and calibration is None:
         score_threshold, score_origin = _given(threshold, normalization), "given"
     score_rule = DecisionRule(score_kind, float(score_threshold), score_origin)
+    if score_origin == "model_default" and bundled_for(identity.key) is None:
+        # A bring-your-own model: its threshold is its toolkit's default, not calibrated.
+        score_rule = score_rule.with_note(UNCALIBRATED_MODEL)
     if calibration is None:
         return DecisionPolicy(normalization, score_rule)
     if threshold is not None:

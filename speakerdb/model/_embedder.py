@@ -1,11 +1,17 @@
-"""The Embedder: recordings in, L2-normalised voiceprints out.
+"""The Embedder: recordings in, L2-normalised voiceprints out, for any model family.
 
-Throughput comes from three things. The 1.6 s windows of *all* recordings are encoded
-together in fixed-size batches, whatever the files' lengths; decoding and preprocessing run in
-background threads a few files ahead, so the encoder never waits on I/O; and on CPU each core
-runs its own single-threaded encoder on its own batch (see :func:`_encoder_workers`). Each
-window is encoded independently and batches are cut in input order, so an embedding never
-depends on the other files in the batch and repeated runs give identical vectors.
+The family (a :class:`~speakerdb.model._encoder.SpeakerEncoder`) brings its resampler, front
+end and network; everything else is here and common: decoding, speech checks and quality
+measures (:mod:`speakerdb.model._utterance`), threads, devices, batching, L2 normalisation.
+
+Throughput comes from three things. The chunks of *all* recordings (GE2E's 1.6 s windows,
+other families' whole utterances) are encoded together in batches, whatever the files'
+lengths; decoding and preprocessing run in background threads a few files ahead, so the
+encoder never waits on I/O; and on CPU each core runs its own single-threaded encoder on its
+own batch (see :func:`_encoder_workers`). Chunks of similar length are batched together,
+zero-padded, with their lengths: families with masks everywhere (``exact_padding``) give
+the same output whatever the padding, the others get batches of equal lengths only. So an
+embedding never depends on the other files in the batch.
 """
 
 from __future__ import annotations
@@ -24,23 +30,27 @@ import torch
 
 from speakerdb._identity import ModelIdentity
 from speakerdb._results import Comparison, DecisionRule
-from speakerdb.errors import AudioDecodeError, AudioError, UsageError
-from speakerdb.model._audio import AudioInput, source_label
+from speakerdb.errors import AudioDecodeError, AudioError, ModelError, UsageError
+from speakerdb.model._audio import SAMPLE_RATE, AudioInput, source_label
+from speakerdb.model._audio import max_audio_seconds as _audio_limit
 from speakerdb.model._device import resolve_device
-from speakerdb.model._ge2e import GE2EEncoder
+from speakerdb.model._encoder import SpeakerEncoder
+from speakerdb.model._ge2e import GE2EEncoder, GE2ESpeakerEncoder
 from speakerdb.model._utterance import PreparedUtterance, prepare_utterance
 from speakerdb.scoring import accept, cosine, validate_threshold
 
 __all__ = ["DEFAULT_BATCH_SIZE", "EmbeddedAudio", "Embedder"]
 
 DEFAULT_BATCH_SIZE = 64
-"""Windows per encoder call. Larger batches barely help an LSTM on CPU; on a GPU raise it."""
+"""Chunks (GE2E windows) per encoder call. Larger batches barely help an LSTM on CPU; on a GPU
+raise it. Batches of long chunks hold fewer: at most about ``batch_size * 160`` padded frames."""
+_FRAMES_PER_SLOT = 160  # padded frames one batch slot stands for (one GE2E window)
 _LOOKAHEAD = 4  # files prepared ahead of the encoder
 
 
 @dataclass(frozen=True)
 class EmbeddedAudio:
-    """The outcome for one input: ``vector`` (256,) float32 unit-norm, or ``error``.
+    """The outcome for one input: ``vector`` (D,) float32 unit-norm, or ``error``.
 
     sha256 / duration (s) / speech_seconds (s after silence trimming) / bandwidth_hz (Hz, a
     calibration quality measure; None if unmeasurable) are set when decoding succeeded.
@@ -69,14 +79,68 @@ SkipPredicate = Callable[[int, str], bool]
 class Embedder:
     """Turns speech into voiceprints with one model on one device.
 
-    Made by :func:`speakerdb.load_model`. ``identity`` names the model (recorded with every
-    stored vector) and carries its calibrated ``default_threshold``.
+    Made by :func:`speakerdb.load_model`, or :meth:`from_encoder` for any family's encoder.
+    ``identity`` names the model (recorded with every stored vector) and carries its
+    calibrated ``default_threshold``. ``max_audio_seconds``: longest recording accepted (None:
+    ``$SPEAKERDB_MAX_AUDIO_SECONDS``, else 3 h); longer ones fail with TooLongError.
     """
 
-    def __init__(self, encoder: GE2EEncoder, identity: ModelIdentity, device: torch.device) -> None:
-        self._encoder = encoder.to(device).eval()
+    def __init__(
+        self,
+        encoder: SpeakerEncoder | GE2EEncoder,
+        identity: ModelIdentity,
+        device: torch.device,
+        *,
+        max_audio_seconds: float | None = None,
+    ) -> None:
+        if isinstance(encoder, GE2EEncoder):  # the network alone, as before families existed
+            encoder = GE2ESpeakerEncoder(encoder, identity.weights_sha256)
+        if encoder.sample_rate != SAMPLE_RATE:
+            raise ModelError(
+                f"{encoder.family} model expects {encoder.sample_rate} Hz audio; the engine's "
+                f"speech checks work at {SAMPLE_RATE} Hz"
+            )
+        if encoder.dimension != identity.dimension:
+            raise ModelError(
+                f"encoder gives {encoder.dimension}-d embeddings, identity says "
+                f"{identity.dimension}"
+            )
+        encoder.to(device)
+        self.encoder = encoder
         self.identity = identity
         self.device = device
+        self.max_audio_seconds = max_audio_seconds
+
+    @classmethod
+    def from_encoder(
+        cls,
+        encoder: SpeakerEncoder,
+        device: str | torch.device | None = None,
+        *,
+        name: str | None = None,
+        max_audio_seconds: float | None = None,
+    ) -> Embedder:
+        """An Embedder for a loaded family encoder, its identity made from the encoder:
+        ``name`` (default: the family), weights_sha256, dimension, default_threshold.
+        device: None picks CUDA when available, else CPU."""
+        identity = ModelIdentity(
+            name=name or encoder.family,
+            weights_sha256=encoder.weights_sha256,
+            dimension=int(encoder.dimension),
+            default_threshold=float(encoder.default_threshold),
+        )
+        return cls(encoder, identity, resolve_device(device), max_audio_seconds=max_audio_seconds)
+
+    @property
+    def max_audio_seconds(self) -> float:
+        """Longest recording accepted, in seconds."""
+        return _audio_limit(self._max_audio_seconds)
+
+    @max_audio_seconds.setter
+    def max_audio_seconds(self, value: float | None) -> None:
+        if value is not None:
+            _audio_limit(value)  # validates
+        self._max_audio_seconds = value
 
     @property
     def dimension(self) -> int:
@@ -90,7 +154,7 @@ class Embedder:
         """Move the encoder to ``device`` (None: CUDA if available, else CPU); returns self."""
         target = resolve_device(device)
         if target != self.device:
-            self._encoder = self._encoder.to(target)
+            self.encoder.to(target)
             self.device = target
         return self
 
@@ -111,7 +175,7 @@ class Embedder:
     ) -> list[EmbeddedAudio]:
         """Embed recordings, one result per input, in input order.
 
-        sources: paths or arrays (arrays need ``sample_rate``). batch_size: windows per encoder
+        sources: paths or arrays (arrays need ``sample_rate``). batch_size: chunks per encoder
         call. progress: called as ``progress(done, total)`` as inputs finish. With
         ``raise_errors`` the first unusable input raises its AudioError; otherwise it is
         reported in its result and the others go on. skip: see :meth:`iter_embed`.
@@ -152,35 +216,38 @@ class Embedder:
         ) -> None:
             future, owners = job
             out = future.result()
-            offset = 0
-            for index, count in owners:
+            rows: dict[int, list[int]] = {}
+            for row, index in enumerate(owners):
+                rows.setdefault(index, []).append(row)
+            for index, taken in rows.items():
                 acc = partial[index]
-                if acc.add(out[offset : offset + count]):
+                if acc.add(out[taken]):
                     del partial[index]
                     finished.append((index, acc.result()))
-                offset += count
 
+        limit = self._max_audio_seconds
         with _encoder_workers(self.device) as (encode_pool, workers):
-            batcher = _WindowBatcher(batch_size)
+            batcher = _ChunkBatcher(batch_size, self.encoder.exact_padding)
             inflight: collections.deque[
                 tuple[concurrent.futures.Future[npt.NDArray[np.float32]], _Owners]
             ]
             inflight = collections.deque()
 
-            def submit(batches: Iterable[tuple[torch.Tensor, _Owners]]) -> None:
-                for windows, owners in batches:
-                    inflight.append((encode_pool.submit(self._encode, windows), owners))
+            def submit(batches: Iterable[tuple[list[torch.Tensor], _Owners]]) -> None:
+                for chunks, owners in batches:
+                    inflight.append((encode_pool.submit(self._encode, chunks), owners))
                     while len(inflight) > 2 * workers:
                         collect(inflight.popleft())
 
-            for index, item in enumerate(_prepared_stream(sources, sample_rate, workers)):
+            stream = _prepared_stream(sources, sample_rate, workers, self.encoder, limit)
+            for index, item in enumerate(stream):
                 if isinstance(item, AudioError):
                     finished.append((index, EmbeddedAudio(item.source, None, error=item)))
                 elif skip is not None and skip(index, item.sha256):
                     finished.append((index, _described(item, None, skipped=True)))
                 else:
                     partial[index] = _PartialSum(item, self.dimension)
-                    submit(batcher.add(index, item.windows))
+                    submit(batcher.add(index, item.chunks))
                 while finished:
                     yield finished.popleft()
             submit(batcher.flush())
@@ -190,11 +257,20 @@ class Embedder:
                     yield finished.popleft()
         assert not partial
 
-    def _encode(self, windows: torch.Tensor) -> npt.NDArray[np.float32]:
-        """(B, 160, 40) float32 -> (B, 256) float32 unit-norm window embeddings (on CPU)."""
+    def _encode(self, chunks: list[torch.Tensor]) -> npt.NDArray[np.float32]:
+        """Chunks, each (T_i, F) float32 -> (B, D) float32 chunk embeddings (on CPU); zero-padded
+        to the longest, with their lengths, in one encoder call."""
+        lengths = torch.tensor([c.shape[0] for c in chunks], dtype=torch.int64)
+        longest = int(lengths.max())
+        if all(c.shape[0] == longest for c in chunks):
+            batch = torch.stack(chunks)
+        else:
+            batch = chunks[0].new_zeros((len(chunks), longest, chunks[0].shape[1]))
+            for row, chunk in enumerate(chunks):
+                batch[row, : chunk.shape[0]] = chunk
         with torch.inference_mode():
-            out = self._encoder(windows.to(self.device, non_blocking=True))
-        return out.float().cpu().numpy()
+            out = self.encoder.encode(batch, lengths)
+        return np.asarray(out.detach().float().cpu().numpy(), dtype=np.float32)
 
     def embed_files(
         self,
@@ -203,7 +279,7 @@ class Embedder:
         progress: bool | ProgressCallback = False,
         sample_rate: int | None = None,
     ) -> npt.NDArray[np.float32]:
-        """Embed several recordings. Returns (N, 256) float32, row i for ``paths[i]``.
+        """Embed several recordings. Returns (N, D) float32, row i for ``paths[i]``.
 
         Raises the AudioError of the first unusable input (use :meth:`embed` to collect
         errors instead). ``progress=True`` draws a progress bar on stderr.
@@ -227,7 +303,7 @@ class Embedder:
     def get_embedding(
         self, path_or_array: AudioInput, sample_rate: int | None = None
     ) -> npt.NDArray[np.float32]:
-        """Voiceprint of one recording: (256,) float32, unit L2 norm.
+        """Voiceprint of one recording: (D,) float32 (D = 256 for GE2E), unit L2 norm.
 
         ``sample_rate`` is required when passing an array (any rate; resampled to 16 kHz).
         Raises an AudioError subclass when the input is unusable.
@@ -280,7 +356,7 @@ class Embedder:
     ) -> npt.NDArray[np.bool_]:
         """Decisions for many pairs: (P,) bool, True where the pair is the same speaker.
 
-        Each distinct file is embedded once. ``batch_size`` is the number of windows encoded
+        Each distinct file is embedded once. ``batch_size`` is the number of chunks encoded
         per call; ``sample_rate`` applies to in-memory arrays (files use their own rate);
         ``device``, when given, moves the model there first.
         """
@@ -341,27 +417,35 @@ class Embedder:
         )
 
 
-_Owners = list[tuple[int, int]]
-"""(input index, number of its windows) for each run of windows in a batch, in order."""
+_Owners = list[int]
+"""The input index each row of a batch belongs to."""
 
 
 class _PartialSum:
-    """Sum of the window embeddings of one utterance, until all its windows are in."""
+    """Sum of the chunk embeddings of one utterance, until all its chunks are in."""
 
     def __init__(self, prepared: PreparedUtterance, dimension: int) -> None:
         self.prepared = prepared
-        self.remaining = prepared.windows.shape[0]
+        self.remaining = len(prepared.chunks)
         self.total = np.zeros(dimension, dtype=np.float64)
 
-    def add(self, window_embeddings: npt.NDArray[np.float32]) -> bool:
-        """Add (k, D) window embeddings; True once every window has been added."""
-        self.total += window_embeddings.sum(axis=0, dtype=np.float64)
-        self.remaining -= window_embeddings.shape[0]
+    def add(self, chunk_embeddings: npt.NDArray[np.float32]) -> bool:
+        """Add (k, D) chunk embeddings; True once every chunk has been added."""
+        self.total += chunk_embeddings.sum(axis=0, dtype=np.float64)
+        self.remaining -= chunk_embeddings.shape[0]
+        if self.remaining == 0:
+            self.prepared = _without_chunks(self.prepared)
         return self.remaining == 0
 
     def result(self) -> EmbeddedAudio:
         vector = (self.total / np.linalg.norm(self.total)).astype(np.float32)
         return _described(self.prepared, vector)
+
+
+def _without_chunks(prepared: PreparedUtterance) -> PreparedUtterance:
+    import dataclasses
+
+    return dataclasses.replace(prepared, chunks=[])
 
 
 def _described(
@@ -378,34 +462,56 @@ def _described(
     )
 
 
-class _WindowBatcher:
-    """Cuts the windows of consecutive utterances into batches of exactly ``size`` windows
-    (the last may be smaller), in input order, so batch contents are deterministic."""
+class _ChunkBatcher:
+    """Groups the chunks of consecutive utterances into encoder batches.
 
-    def __init__(self, size: int) -> None:
+    Chunks wait until about two batches' worth are pending, then go out sorted by length
+    (stable: equal lengths keep input order), cut when a batch holds ``size`` chunks, when
+    padding to its longest would exceed ``size * 160`` frames, or -- for encoders whose output
+    depends on padding -- when the length changes. GE2E's equal windows thus go out in input
+    order in batches of exactly ``size``. A trailing part-filled batch waits for more chunks
+    until :meth:`flush`.
+    """
+
+    def __init__(self, size: int, exact_padding: bool) -> None:
         self.size = size
-        self._parts: list[torch.Tensor] = []
-        self._owners: _Owners = []
-        self._count = 0
+        self.exact_padding = exact_padding
+        self.budget = size * _FRAMES_PER_SLOT
+        self._pending: list[tuple[int, int, torch.Tensor]] = []  # (length, index, chunk)
+        self._frames = 0
 
-    def add(self, index: int, windows: torch.Tensor) -> Iterator[tuple[torch.Tensor, _Owners]]:
-        while windows.shape[0]:
-            take = min(self.size - self._count, windows.shape[0])
-            self._parts.append(windows[:take])
-            self._owners.append((index, take))
-            self._count += take
-            windows = windows[take:]
-            if self._count == self.size:
-                yield self._take()
+    def add(
+        self, index: int, chunks: list[torch.Tensor]
+    ) -> Iterator[tuple[list[torch.Tensor], _Owners]]:
+        for chunk in chunks:
+            self._pending.append((int(chunk.shape[0]), index, chunk))
+            self._frames += int(chunk.shape[0])
+        if len(self._pending) >= 2 * self.size or self._frames >= 2 * self.budget:
+            yield from self._drain(final=False)
 
-    def flush(self) -> Iterator[tuple[torch.Tensor, _Owners]]:
-        if self._count:
-            yield self._take()
+    def flush(self) -> Iterator[tuple[list[torch.Tensor], _Owners]]:
+        yield from self._drain(final=True)
 
-    def _take(self) -> tuple[torch.Tensor, _Owners]:
-        parts, owners = self._parts, self._owners
-        self._parts, self._owners, self._count = [], [], 0
-        return (torch.cat(parts) if len(parts) > 1 else parts[0]), owners
+    def _drain(self, final: bool) -> Iterator[tuple[list[torch.Tensor], _Owners]]:
+        pending = sorted(self._pending, key=lambda item: item[0])
+        groups: list[list[tuple[int, int, torch.Tensor]]] = []
+        group: list[tuple[int, int, torch.Tensor]] = []
+        for item in pending:
+            if group and (
+                len(group) == self.size
+                or item[0] * (len(group) + 1) > self.budget
+                or (not self.exact_padding and item[0] != group[0][0])
+            ):
+                groups.append(group)
+                group = []
+            group.append(item)
+        if group and (final or len(group) == self.size):
+            groups.append(group)
+            group = []
+        self._pending = group
+        self._frames = sum(item[0] for item in group)
+        for done in groups:
+            yield [item[2] for item in done], [item[1] for item in done]
 
 
 _threads_lock = threading.Lock()
@@ -450,7 +556,11 @@ def _encoder_workers(
 
 
 def _prepared_stream(
-    sources: Iterable[AudioInput], sample_rate: int | None, workers: int
+    sources: Iterable[AudioInput],
+    sample_rate: int | None,
+    workers: int,
+    encoder: SpeakerEncoder,
+    max_seconds: float | None,
 ) -> Iterator[PreparedUtterance | AudioError]:
     """Prepared utterances in input order, decoded by ``workers`` background threads running
     a few files ahead of the encoder.
@@ -463,25 +573,34 @@ def _prepared_stream(
     ) as pool:
         ahead: collections.deque[concurrent.futures.Future[PreparedUtterance | AudioError]]
         ahead = collections.deque(
-            pool.submit(_prepare_or_error, item, sample_rate)
+            pool.submit(_prepare_or_error, item, sample_rate, encoder, max_seconds)
             for item in itertools.islice(items, _LOOKAHEAD + workers)
         )
         while ahead:
             future = ahead.popleft()
             for item in itertools.islice(items, 1):
-                ahead.append(pool.submit(_prepare_or_error, item, sample_rate))
+                ahead.append(
+                    pool.submit(_prepare_or_error, item, sample_rate, encoder, max_seconds)
+                )
             yield future.result()
 
 
 def _prepare_or_error(
-    source: AudioInput, sample_rate: int | None
+    source: AudioInput,
+    sample_rate: int | None,
+    encoder: SpeakerEncoder,
+    max_seconds: float | None,
 ) -> PreparedUtterance | AudioError:
     try:
-        return prepare_utterance(source, sample_rate)
+        return prepare_utterance(source, sample_rate, encoder, max_seconds=max_seconds)
     except AudioError as exc:
         return exc
-    except (MemoryError, RecursionError):
+    except RecursionError:
         raise
+    except MemoryError:
+        # Bounded decoding makes this rare; one file that still exhausts memory must not
+        # stop the others.
+        return AudioDecodeError(source_label(source), "too large to process in memory")
     except Exception as exc:
         # A decoder tripping over a malformed file must not surface as a traceback.
         return AudioDecodeError(

@@ -9,9 +9,11 @@ length, background threads, devices, L2 normalisation.
 Data flow for one recording::
 
     decoded mono float32 at its own rate
-      -> encoder.resample(samples, rate)          (n,) float32 at encoder.sample_rate
+      -> encoder.stream_resampler(rate)           block by block, (n,) float32 at 16 kHz
       -> speech checks (no speech, too short ...)  common to every family
       -> encoder.prepare(samples)                 list of chunks, each (T_i, F) float32
+         (the volume-normalised speech left after silence trimming instead of the whole
+         recording when the family sets ``uses_trimmed_speech``, as GE2E does)
       -> encoder.encode(batch, lengths)           chunks of several recordings, padded
       -> embedding = L2-normalise(sum of the recording's chunk outputs)
 
@@ -22,6 +24,7 @@ windows, whose unit-norm embeddings are averaged.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -30,7 +33,14 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["SpeakerEncoder"]
+__all__ = ["Resampling", "SpeakerEncoder"]
+
+Resampling = tuple[
+    Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]],
+    Callable[[], npt.NDArray[np.float32]],
+]
+"""``(feed, finish)``: ``feed(block)`` takes the next (k,) float32 block at the input rate
+and returns the (m,) float32 output ready so far; ``finish()`` returns the rest."""
 
 
 class SpeakerEncoder(abc.ABC):
@@ -47,6 +57,8 @@ class SpeakerEncoder(abc.ABC):
       exact_padding: True when ``encode`` gives the same output for a chunk whatever padding
         the batch adds (masks everywhere); False when padding would change it (e.g. an ONNX
         graph without masks), so the engine only batches chunks of equal length.
+      uses_trimmed_speech: True when ``prepare`` wants the volume-normalised speech left
+        after silence trimming (GE2E's training recipe), False for the whole recording.
     """
 
     family: ClassVar[str]
@@ -56,11 +68,29 @@ class SpeakerEncoder(abc.ABC):
     threshold_note: str = ""
     weights_sha256: str
     exact_padding: bool = True
+    uses_trimmed_speech: ClassVar[bool] = False
 
     @abc.abstractmethod
     def resample(self, samples: npt.NDArray[np.float32], rate: int) -> npt.NDArray[np.float32]:
         """(n,) float32 mono at ``rate`` Hz -> (m,) float32 at :attr:`sample_rate`, the way
         the original framework resamples (a different resampler alone moves embeddings)."""
+
+    def stream_resampler(self, rate: int) -> Resampling:
+        """Resample one recording block by block (see :data:`Resampling`), with the same
+        result as :meth:`resample` on the whole. This default keeps the blocks and resamples
+        them at the end; families override it to bound memory on long recordings."""
+        blocks: list[npt.NDArray[np.float32]] = []
+
+        def feed(block: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+            blocks.append(block)
+            return block[:0]
+
+        def finish() -> npt.NDArray[np.float32]:
+            whole = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+            blocks.clear()
+            return self.resample(whole, rate)
+
+        return feed, finish
 
     @abc.abstractmethod
     def prepare(self, samples: npt.NDArray[np.float32]) -> list[torch.Tensor]:

@@ -8,14 +8,25 @@ The weights are the pretrained checkpoint shipped inside the ``resemblyzer`` pac
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
 from speakerdb.errors import ModelError
-from speakerdb.model._preprocess import MEL_CHANNELS
+from speakerdb.model._audio import SAMPLE_RATE
+from speakerdb.model._encoder import Resampling, SpeakerEncoder
+from speakerdb.model._preprocess import (
+    MEL_CHANNELS,
+    mel_from_power,
+    power_spectrogram_chunks,
+)
+from speakerdb.model._resampling import GE2E_RESAMPLING, StreamResampler, resample
+from speakerdb.model._windows import WINDOW_FRAMES, window_starts
 
-__all__ = ["EMBEDDING_DIM", "GE2EEncoder"]
+__all__ = ["EMBEDDING_DIM", "GE2EEncoder", "GE2ESpeakerEncoder", "load_ge2e"]
 
 HIDDEN = 256
 LAYERS = 3
@@ -61,3 +72,67 @@ class GE2EEncoder(nn.Module):
             reason = " ".join(str(exc).split())
             raise ModelError(f"{path} does not match the GE2E architecture: {reason}") from None
         return encoder.eval()
+
+
+class GE2ESpeakerEncoder(SpeakerEncoder):
+    """GE2E behind the SpeakerEncoder interface: its own Kaiser resampler, the trimmed
+    speech's 1.6 s windows of 40 mel bands as chunks, and the window network.
+
+    ``network`` may be None for the front end alone (preprocessing needs no weights).
+    """
+
+    family: ClassVar[str] = "ge2e"
+    uses_trimmed_speech: ClassVar[bool] = True
+
+    def __init__(self, network: GE2EEncoder | None, weights_sha256: str = "") -> None:
+        from speakerdb.model._registry import GE2E_DEFAULT_THRESHOLD
+
+        self.network = network.eval() if network is not None else None
+        self.dimension = EMBEDDING_DIM
+        self.sample_rate = SAMPLE_RATE
+        self.default_threshold = GE2E_DEFAULT_THRESHOLD
+        self.threshold_note = "calibrated on speakerdb's development sets (README)"
+        self.weights_sha256 = weights_sha256
+        self.exact_padding = True
+        self.device = torch.device("cpu")
+
+    def resample(self, samples: npt.NDArray[np.float32], rate: int) -> npt.NDArray[np.float32]:
+        """Kaiser-windowed sinc (width 24, rolloff 0.945), torchaudio's for common rates;
+        bounded for any rate (see :mod:`speakerdb.model._resampling`)."""
+        return resample(samples, rate, self.sample_rate, GE2E_RESAMPLING)
+
+    def stream_resampler(self, rate: int) -> Resampling:
+        stream = StreamResampler(rate, self.sample_rate, GE2E_RESAMPLING)
+        return stream.feed, stream.finish
+
+    def prepare(self, samples: npt.NDArray[np.float32]) -> list[torch.Tensor]:
+        """(n,) float32 trimmed, volume-normalised speech at 16 kHz -> its windows, each a
+        (160, 40) float32 view of one mel power spectrogram (starts from
+        :func:`~speakerdb.model._windows.window_starts`; zero-padded so the last fits)."""
+        starts, padded_length = window_starts(samples.size)
+        with torch.inference_mode():
+            chunks = power_spectrogram_chunks(samples, padded_length)
+            parts = [mel_from_power(power) for power in chunks]
+            mel = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return [mel[start : start + WINDOW_FRAMES] for start in starts]
+
+    def encode(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, 160, 40) float32 windows (lengths all 160) -> (B, 256) float32 unit-norm."""
+        if self.network is None:
+            raise ModelError("this GE2E encoder has no weights (front end only)")
+        with torch.inference_mode():
+            out: torch.Tensor = self.network(features.to(self.device, non_blocking=True))
+        return out
+
+    def to(self, device: torch.device) -> None:
+        if self.network is not None:
+            self.network.to(device)
+        self.device = torch.device(device)
+
+
+def load_ge2e(path: Path | None = None) -> GE2ESpeakerEncoder:
+    """The GE2E encoder from a checkpoint (default: the bundled weights). Raises ModelError."""
+    from speakerdb.model._weights import ge2e_weights_path, weights_sha256
+
+    file = ge2e_weights_path() if path is None else Path(path)
+    return GE2ESpeakerEncoder(GE2EEncoder.from_checkpoint(file), weights_sha256(file))

@@ -10,6 +10,7 @@ every 10 ms (Slaney mel scale and area normalisation, zero-padded centring, powe
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,15 +22,20 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "EXACT_SAMPLES",
     "MEL_CHANNELS",
     "MEL_HOP",
     "MEL_WINDOW",
     "median_spectral_flatness",
+    "mel_from_power",
     "mel_spectrogram",
     "normalize_volume",
     "power_spectrogram",
+    "power_spectrogram_chunks",
     "speech_mask",
     "trim_long_silences",
+    "vad_flags",
+    "volume_gain",
 ]
 
 TARGET_DBFS = -30.0
@@ -44,6 +50,13 @@ MEL_WINDOW = SAMPLE_RATE * 25 // 1000  # samples (25 ms), also the FFT size
 MEL_HOP = SAMPLE_RATE * 10 // 1000  # samples (10 ms)
 MEL_CHANNELS = 40
 
+EXACT_SAMPLES = 1 << 22
+"""Recordings up to this many samples (4.4 min at 16 kHz) are processed in whole-array calls,
+exactly as before streaming existed; longer ones in chunks of :data:`_CHUNK_FRAMES` frames or
+:data:`_CHUNK_WINDOWS` VAD windows (the same values to float rounding, bounded memory)."""
+_CHUNK_FRAMES = 1 << 14
+_CHUNK_WINDOWS = 1 << 12
+
 
 def normalize_volume(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Scale (n,) float32 samples up to -30 dBFS RMS; louder audio is left as it is."""
@@ -54,6 +67,47 @@ def normalize_volume(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32
     if change_db < 0:
         return samples
     return (samples * np.float32(10.0 ** (change_db / 20.0))).astype(np.float32)
+
+
+def volume_gain(samples: npt.NDArray[np.float32]) -> np.float32 | None:
+    """The factor :func:`normalize_volume` multiplies (n,) float32 samples by, None when it
+    leaves them as they are. Long recordings are summed in chunks (no float64 copy)."""
+    if samples.size <= EXACT_SAMPLES:
+        mean_square = float(np.mean(np.square(samples, dtype=np.float64)))
+    else:
+        total = 0.0
+        for first in range(0, samples.size, EXACT_SAMPLES):
+            total += float(
+                np.square(samples[first : first + EXACT_SAMPLES], dtype=np.float64).sum()
+            )
+        mean_square = total / samples.size
+    rms = float(np.sqrt(mean_square)) * INT16_MAX
+    if rms == 0.0:
+        return None
+    change_db = TARGET_DBFS - 20.0 * np.log10(rms / INT16_MAX)
+    if change_db < 0:
+        return None
+    return np.float32(10.0 ** (change_db / 20.0))
+
+
+def vad_flags(
+    samples: npt.NDArray[np.float32], gain: np.float32 | None = None
+) -> npt.NDArray[np.bool_]:
+    """One WebRTC VAD decision per whole 30 ms window of (n,) float32 samples at 16 kHz, as
+    if multiplied by ``gain`` first; converted to PCM chunk by chunk (bounded memory)."""
+    vad = _Vad()
+    n_windows = len(samples) // VAD_WINDOW
+    flags = np.empty(n_windows, dtype=bool)
+    step = VAD_WINDOW * 2
+    for first in range(0, n_windows, _CHUNK_WINDOWS):
+        count = min(_CHUNK_WINDOWS, n_windows - first)
+        chunk = samples[first * VAD_WINDOW : (first + count) * VAD_WINDOW]
+        if gain is not None:
+            chunk = chunk * gain
+        pcm_bytes = np.round(np.clip(chunk, -1.0, 1.0) * INT16_MAX).astype("<i2").tobytes()
+        for i in range(count):
+            flags[first + i] = vad.process(pcm_bytes[i * step : (i + 1) * step])
+    return flags
 
 
 def _vad_flags(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
@@ -120,6 +174,42 @@ def power_spectrogram(samples: torch.Tensor) -> torch.Tensor:
     return spec.real.square() + spec.imag.square()
 
 
+def power_spectrogram_chunks(
+    samples: npt.NDArray[np.float32], length: int | None = None
+) -> Iterator[torch.Tensor]:
+    """:func:`power_spectrogram` of (n,) float32 samples zero-extended to ``length`` (default
+    n), in consecutive (201, k) float32 chunks of frames: 1 + length // 160 frames in all.
+    Short signals come in one chunk computed exactly as :func:`power_spectrogram` does."""
+    import torch
+
+    n = samples.size
+    length = n if length is None else length
+    if length <= EXACT_SAMPLES:
+        whole = samples if length == n else np.pad(samples, (0, length - n))
+        yield power_spectrogram(torch.from_numpy(np.ascontiguousarray(whole)))
+        return
+    half = MEL_WINDOW // 2
+    total = 1 + length // MEL_HOP
+    for first in range(0, total, _CHUNK_FRAMES):
+        stop = min(total, first + _CHUNK_FRAMES)
+        lo, hi = first * MEL_HOP - half, (stop - 1) * MEL_HOP + half
+        segment = samples[max(lo, 0) : min(hi, n)]
+        before = max(0, -lo)
+        after = (hi - lo) - before - segment.size
+        if before or after:
+            segment = np.pad(segment, (before, after))
+        spec = torch.stft(
+            torch.from_numpy(np.ascontiguousarray(segment)),
+            n_fft=MEL_WINDOW,
+            hop_length=MEL_HOP,
+            win_length=MEL_WINDOW,
+            window=_hann_window(),
+            center=False,
+            return_complex=True,
+        )
+        yield spec.real.square() + spec.imag.square()
+
+
 def mel_spectrogram(samples: torch.Tensor, power: torch.Tensor | None = None) -> torch.Tensor:
     """Mel power spectrogram of a (n,) float32 tensor at 16 kHz.
 
@@ -127,10 +217,16 @@ def mel_spectrogram(samples: torch.Tensor, power: torch.Tensor | None = None) ->
     Slaney mel bands (0-8 kHz, area-normalised). Not log-compressed. ``power`` may pass an
     already computed power spectrogram of ``samples``.
     """
-    import torch
 
     if power is None:
         power = power_spectrogram(samples)
+    return mel_from_power(power)
+
+
+def mel_from_power(power: torch.Tensor) -> torch.Tensor:
+    """(201, frames) power spectrogram -> (frames, 40) float32 mel power frames."""
+    import torch
+
     return torch.matmul(power.T, _mel_filterbank())
 
 

@@ -1,26 +1,47 @@
-"""From a recording to the GE2E encoder's input: decoded, normalised, trimmed, windowed."""
+"""From a recording to an encoder's input: decoded, resampled, checked for speech, prepared.
+
+Common to every model family (only the resampler and the front end are the family's):
+
+    open_source          blocks of (k, channels) float32 at the file's rate, limit enforced
+    -> resample          block by block with the family's resampler, into one (n,) array
+                         at 16 kHz (sha256 and bandwidth measured on it)
+    -> speech            WebRTC VAD on the volume-normalised samples, long silences dropped
+                         (speech_seconds); no speech, too little, noise-like or a steady tone
+                         are refused
+    -> encoder.prepare   chunks for the encoder (GE2E: windows of the trimmed speech)
+
+Memory: the recording is held once at 16 kHz (4 bytes a sample) plus the trimmed speech
+(GE2E compacts it in place) and the features; every intermediate is computed in chunks.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from speakerdb._quality import speech_bandwidth_hz
-from speakerdb.errors import NoSpeechError, TooLittleSpeechError, UsageError
-from speakerdb.model._audio import SAMPLE_RATE, AudioInput, load_audio
+from speakerdb.errors import AudioError, NoSpeechError, TooLittleSpeechError, UsageError
+from speakerdb.model._audio import SAMPLE_RATE, AudioInput, collect_resampled, open_source
+from speakerdb.model._encoder import SpeakerEncoder
 from speakerdb.model._preprocess import (
     MEL_HOP,
-    median_spectral_flatness,
-    mel_spectrogram,
-    normalize_volume,
-    power_spectrogram,
-    trim_long_silences,
+    MEL_WINDOW,
+    VAD_WINDOW,
+    power_spectrogram_chunks,
+    speech_mask,
+    vad_flags,
+    volume_gain,
 )
-from speakerdb.model._windows import WINDOW_FRAMES, window_starts
 
-__all__ = ["MIN_SPEECH_SECONDS", "PreparedUtterance", "prepare_utterance"]
+__all__ = [
+    "MIN_SPEECH_SECONDS",
+    "PreparedUtterance",
+    "flatness_band_hz",
+    "prepare_utterance",
+]
 
 MIN_SPEECH_SECONDS = 0.3
 """Least audio (s) that must remain after silence trimming for a recording to be embedded.
@@ -35,6 +56,7 @@ MAX_SPECTRAL_FLATNESS = 0.5
 
 WebRTC VAD calls loud broadband noise voiced; speech, even noisy, is far from flat (the
 noisiest development recordings reach 0.12; speech in white noise at 5 dB SNR about 0.5).
+Measured on the band the recording really has (:func:`flatness_band_hz`).
 """
 
 MIN_LOUDNESS_RANGE_DB = 1.0
@@ -42,78 +64,149 @@ MIN_LOUDNESS_RANGE_DB = 1.0
 within this range (10th to 90th percentile, in dB) is a steady tone, buzz or sweep. The
 flattest development recording (noisy read speech) spans 2.7 dB, synthetic tones under 0.1."""
 
-_FRAME_OFFSETS = torch.arange(WINDOW_FRAMES)
+_BAND_EDGE = 0.9  # share of the Nyquist frequency a resampler leaves untouched, at least
+_COMPACT_WINDOWS = 1 << 12  # VAD windows copied at a time when trimming
 
 
 @dataclass(frozen=True)
 class PreparedUtterance:
     """A recording ready for the encoder.
 
-    windows: (n_windows, 160, 40) float32 mel power frames; source: path or ``<array>``;
-    sha256: digest of the decoded 16 kHz samples; duration: seconds of decoded audio;
-    speech_seconds: seconds left after silence trimming; bandwidth_hz: the decoded audio's
-    bandwidth in Hz (:func:`speakerdb._quality.speech_bandwidth_hz`, a quality measure for
-    calibration), None when it cannot be measured.
+    chunks: the encoder's inputs, each (T_i, F) float32 (GE2E: (160, 40) mel windows);
+    source: path or ``<array>``; sha256: digest of the decoded samples at 16 kHz (resampled
+    by the model's resampler); duration: seconds of decoded audio; speech_seconds: seconds
+    left after silence trimming; bandwidth_hz: the decoded audio's bandwidth in Hz
+    (:func:`speakerdb._quality.speech_bandwidth_hz`, a quality measure for calibration),
+    None when it cannot be measured.
     """
 
-    windows: torch.Tensor
+    chunks: list[torch.Tensor] = field(repr=False)
     source: str
     sha256: str
     duration: float
     speech_seconds: float
     bandwidth_hz: float | None = None
 
+    @property
+    def windows(self) -> torch.Tensor:
+        """The chunks stacked, (n_chunks, T, F) -- for equal-length chunks (GE2E windows)."""
+        return torch.stack(self.chunks)
 
-def prepare_utterance(source: AudioInput, sample_rate: int | None = None) -> PreparedUtterance:
-    """Decode and preprocess one recording (see :func:`speakerdb.model._audio.load_audio`).
 
-    Raises the AudioError subclasses of load_audio, plus NoSpeechError when VAD finds no speech
-    or the signal is noise (:data:`MAX_SPECTRAL_FLATNESS`) or a steady tone
-    (:data:`MIN_LOUDNESS_RANGE_DB`), and TooLittleSpeechError below
-    :data:`MIN_SPEECH_SECONDS`.
+def prepare_utterance(
+    source: AudioInput,
+    sample_rate: int | None = None,
+    encoder: SpeakerEncoder | None = None,
+    *,
+    max_seconds: float | None = None,
+) -> PreparedUtterance:
+    """Decode, check and prepare one recording for ``encoder`` (default: GE2E's front end).
+
+    source / sample_rate: see :func:`speakerdb.model._audio.load_audio`. max_seconds: the
+    duration limit (see :func:`speakerdb.model._audio.max_audio_seconds`).
+
+    Raises the AudioError subclasses of load_audio (TooLongError past the limit), plus
+    NoSpeechError when VAD finds no speech or the signal is noise
+    (:data:`MAX_SPECTRAL_FLATNESS`) or a steady tone (:data:`MIN_LOUDNESS_RANGE_DB`), and
+    TooLittleSpeechError below :data:`MIN_SPEECH_SECONDS` or below what the model needs.
     """
-    decoded = load_audio(source, sample_rate)
-    speech = trim_long_silences(normalize_volume(decoded.samples))
+    if encoder is None:
+        encoder = _ge2e_front_end()
+    stream = open_source(source, sample_rate, max_seconds)
+    label = stream.source
+    feed, finish = encoder.stream_resampler(stream.rate)
+    samples, digest = collect_resampled(stream, feed, finish)
+    if samples.size and not samples.flags.writeable:
+        samples = samples.copy()
+    duration = samples.size / SAMPLE_RATE
+    bandwidth = _bandwidth(samples)
+
+    gain = volume_gain(samples)
+    flags = vad_flags(samples, gain)
+    keep = speech_mask(flags) if flags.size else flags
+    # GE2E wants the trimmed speech and not the recording: trim in place, no second copy.
+    speech = _trim(samples, keep, gain, in_place=encoder.uses_trimmed_speech)
     if speech.size == 0:
-        raise NoSpeechError(decoded.source, "no speech detected")
+        raise NoSpeechError(label, "no speech detected")
     speech_seconds = speech.size / SAMPLE_RATE
     if speech_seconds < MIN_SPEECH_SECONDS:
         raise TooLittleSpeechError(
-            decoded.source,
+            label,
             f"too little speech: {speech_seconds:.2f} s after silence trimming, "
             f"at least {MIN_SPEECH_SECONDS} s needed",
         )
+    _check_speech_like(speech, stream.rate, label)
+    try:
+        chunks = encoder.prepare(speech if encoder.uses_trimmed_speech else samples)
+    except AudioError as exc:  # the family does not know the file's name
+        raise type(exc)(label, exc.reason) from None
+    return PreparedUtterance(
+        chunks=chunks,
+        source=label,
+        sha256=digest,
+        duration=duration,
+        speech_seconds=speech_seconds,
+        bandwidth_hz=bandwidth,
+    )
+
+
+def _trim(
+    samples: npt.NDArray[np.float32],
+    keep: npt.NDArray[np.bool_],
+    gain: np.float32 | None,
+    *,
+    in_place: bool,
+) -> npt.NDArray[np.float32]:
+    """The 30 ms windows of ``samples`` that ``keep`` marks, times ``gain``, concatenated:
+    (480 * keep.sum(),) float32. ``in_place`` overwrites ``samples`` (each kept window moves
+    to a position at or before its own, after it has been read)."""
+    kept = int(keep.sum()) * VAD_WINDOW
+    out = samples if in_place else np.empty(kept, np.float32)
+    written = 0
+    for first in range(0, keep.size, _COMPACT_WINDOWS):
+        mask = keep[first : first + _COMPACT_WINDOWS]
+        region = samples[first * VAD_WINDOW : (first + mask.size) * VAD_WINDOW]
+        block = region.reshape(-1, VAD_WINDOW)[mask].ravel()  # a copy
+        if gain is not None:
+            block = block * gain
+        out[written : written + block.size] = block
+        written += block.size
+    return out[:kept]
+
+
+def flatness_band_hz(rate: int) -> float:
+    """Highest frequency (Hz) the spectral-flatness check looks at for audio recorded at
+    ``rate`` Hz: 90 % of the lower of its Nyquist frequency and 8 kHz.
+
+    Resampling leaves nothing above the input's band (8 kHz input upsampled to 16 kHz) or
+    near 8 kHz (44.1 kHz input, filtered below 7.56 kHz): those empty bins would make white
+    noise look as uneven as speech."""
+    return _BAND_EDGE * min(rate / 2, SAMPLE_RATE / 2)
+
+
+def _check_speech_like(speech: npt.NDArray[np.float32], rate: int, label: str) -> None:
+    """Refuse noise (median spectral flatness within the recorded band) and steady tones
+    (small loudness range) that VAD let through, computed frame by frame in chunks."""
     real_frames = 1 + speech.size // MEL_HOP
-    starts, padded_length = window_starts(speech.size)
-    if padded_length > speech.size:
-        speech = np.pad(speech, (0, padded_length - speech.size))
+    top_bin = int(flatness_band_hz(rate) * MEL_WINDOW / SAMPLE_RATE)
+    flatness_parts, energy_parts = [], []
     with torch.inference_mode():
-        samples = torch.from_numpy(speech)
-        power = power_spectrogram(samples)
-        flatness = median_spectral_flatness(power[:, :real_frames])
+        for power in power_spectrogram_chunks(speech):
+            bins = power[1 : top_bin + 1].double() + 1e-12
+            flatness_parts.append(torch.exp(torch.log(bins).mean(0)) / bins.mean(0))
+            energy_parts.append(10.0 * torch.log10(power.sum(0).double() + 1e-12))
+        flatness = float(torch.cat(flatness_parts)[:real_frames].median())
+        energy_db = torch.cat(energy_parts)[:real_frames]
         if flatness > MAX_SPECTRAL_FLATNESS:
             raise NoSpeechError(
-                decoded.source,
+                label,
                 f"no speech detected: the signal is noise-like (spectral flatness {flatness:.2f})",
             )
-        energy_db = 10.0 * torch.log10(power[:, :real_frames].sum(0).double() + 1e-12)
         spread = float(torch.quantile(energy_db, 0.9) - torch.quantile(energy_db, 0.1))
-        if spread < MIN_LOUDNESS_RANGE_DB:
-            raise NoSpeechError(
-                decoded.source,
-                f"no speech detected: a steady tone or buzz (loudness varies {spread:.1f} dB)",
-            )
-        mel = mel_spectrogram(samples, power)
-        index = torch.tensor(starts)[:, None] + _FRAME_OFFSETS
-        windows = mel[index].contiguous()
-    return PreparedUtterance(
-        windows=windows,
-        source=decoded.source,
-        sha256=decoded.sha256,
-        duration=decoded.duration,
-        speech_seconds=speech_seconds,
-        bandwidth_hz=_bandwidth(decoded.samples),
-    )
+    if spread < MIN_LOUDNESS_RANGE_DB:
+        raise NoSpeechError(
+            label, f"no speech detected: a steady tone or buzz (loudness varies {spread:.1f} dB)"
+        )
 
 
 def _bandwidth(samples: np.ndarray) -> float | None:
@@ -123,3 +216,15 @@ def _bandwidth(samples: np.ndarray) -> float | None:
         return speech_bandwidth_hz(samples, SAMPLE_RATE)
     except UsageError:
         return None
+
+
+_FRONT_END: SpeakerEncoder | None = None
+
+
+def _ge2e_front_end() -> SpeakerEncoder:
+    global _FRONT_END
+    if _FRONT_END is None:
+        from speakerdb.model._ge2e import GE2ESpeakerEncoder
+
+        _FRONT_END = GE2ESpeakerEncoder(None)
+    return _FRONT_END

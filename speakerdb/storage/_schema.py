@@ -1,7 +1,9 @@
 """SQL schema (SQLAlchemy 2.0 typed ORM). SQL is the only source of truth of a database.
 
 Tables:
-  models        the embedding model whose vectors the database holds (name, weights hash, dim)
+  models        the embedding model whose vectors the database holds (name, weights hash, dim,
+                default threshold, family, and the path a bring-your-own model was last
+                loaded from)
   speakers      one row per enrolled identity, with its centroid (normalised mean voiceprint)
   utterances    every enrolled recording's embedding, as float32 bytes
   changes       the change log the vector-index caches catch up from: one row per speaker id
@@ -81,6 +83,12 @@ class ModelRow(Base):
     dimension: Mapped[int] = mapped_column(Integer)
     default_threshold: Mapped[float] = mapped_column(Float)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # "ge2e", "nemo", "speechbrain" or "onnx"; rows from before revision 0006 are all GE2E.
+    family: Mapped[str] = mapped_column(String(32), default="ge2e", server_default="ge2e")
+    # Where a bring-your-own model was last loaded from with these weights (NULL: built in).
+    source: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Where default_threshold comes from (NULL before revision 0006: GE2E's own).
+    threshold_note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class StoreState(Base):

@@ -224,6 +224,48 @@ class EnrollmentStore:
         if held is not None and not held.same_model(identity):
             raise _mismatch(self.location.display, held, identity)
 
+    def adopt_model(self, identity: ModelIdentity) -> None:
+        """Record ``identity`` as this database's model if it has none yet (a calibration or
+        the first enrollment fixes it); ModelMismatchError if it holds another."""
+        if self.model() is not None:
+            self.check_model(identity)
+            return
+
+        def work(conn: Connection) -> None:
+            _ensure_model(conn, _lock_state(conn), identity, self.location.display)
+
+        self._write(work, "record the model")
+        self._model = None
+
+    def remember_model_source(self, identity: ModelIdentity) -> bool:
+        """Record ``identity.source`` as where this database's model now loads from, when the
+        database holds that model's vectors and remembered another path (the file moved).
+        Nothing happens for a built-in model, another model, or a read-only store. Returns
+        whether the path changed."""
+        held = self.model()
+        if (
+            self.read_only
+            or held is None
+            or identity.source is None
+            or not held.same_model(identity)
+            or held.source == identity.source
+        ):
+            return False
+
+        def work(conn: Connection) -> None:
+            conn.execute(
+                update(ModelRow)
+                .where(
+                    ModelRow.name == identity.name,
+                    ModelRow.weights_sha256 == identity.weights_sha256,
+                )
+                .values(source=identity.source)
+            )
+
+        self._write(work, "remember where the model is")
+        self._model = None
+        return True
+
     # --- settings -----------------------------------------------------------------------------
 
     def threshold(self, normalization: str | None = None) -> tuple[float | None, str | None]:
@@ -885,14 +927,28 @@ def _rows_by_name(
 def _model_of(conn: Connection) -> ModelIdentity | None:
     row = conn.execute(
         select(
-            ModelRow.name, ModelRow.weights_sha256, ModelRow.dimension, ModelRow.default_threshold
+            ModelRow.name,
+            ModelRow.weights_sha256,
+            ModelRow.dimension,
+            ModelRow.default_threshold,
+            ModelRow.family,
+            ModelRow.source,
+            ModelRow.threshold_note,
         )
         .join(StoreState, StoreState.model_id == ModelRow.id)
         .where(StoreState.id == 1)
     ).first()
     if row is None:
         return None
-    return ModelIdentity(row.name, row.weights_sha256, row.dimension, row.default_threshold)
+    return ModelIdentity(
+        row.name,
+        row.weights_sha256,
+        row.dimension,
+        row.default_threshold,
+        family=row.family or row.name,
+        source=row.source,
+        threshold_note=row.threshold_note or "",
+    )
 
 
 def _dimension(conn: Connection) -> int:
@@ -902,12 +958,17 @@ def _dimension(conn: Connection) -> int:
     return model.dimension
 
 
+def _described(model: ModelIdentity) -> str:
+    where = f" from {model.source}" if model.source else ""
+    return f"{model.label} ({model.dimension}-d{where})"
+
+
 def _mismatch(where: str, held: ModelIdentity, offered: ModelIdentity) -> ModelMismatchError:
+    use = held.source or held.name
     return ModelMismatchError(
-        f"{where} holds voiceprints of model {held.label} ({held.dimension}-d) but these come "
-        f"from {offered.label} ({offered.dimension}-d); vectors of two models are never mixed: "
-        f"use model {held.name!r} with this database, or enroll with {offered.name!r} into "
-        "another database (--db URL)"
+        f"{where} holds voiceprints of model {_described(held)} but these come from "
+        f"{_described(offered)}; vectors of two models are never mixed: use --model {use} "
+        "with this database (or none: it loads its own), or another database (--db URL)"
     )
 
 
@@ -948,6 +1009,9 @@ def _ensure_model(
                 weights_sha256=model.weights_sha256,
                 dimension=model.dimension,
                 default_threshold=model.default_threshold,
+                family=model.family or model.name,
+                source=model.source,
+                threshold_note=model.threshold_note or None,
                 created_at=utcnow(),
             )
             .returning(ModelRow.id)
