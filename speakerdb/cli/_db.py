@@ -149,6 +149,14 @@ def db_compact(db_url: str | None, as_json: bool) -> None:
     help="Delete the vectors of other models (after the switch: the previous model's). "
     "Alone: drop them now.",
 )
+@click.option(
+    "--commit-every",
+    type=click.IntRange(1, 100_000),
+    default=16,
+    show_default=True,
+    metavar="N",
+    help="Recordings re-embedded per committed batch (an interrupted run redoes at most N).",
+)
 @db_option
 @device_option
 @json_option
@@ -157,6 +165,7 @@ def db_reembed(
     model_name: str | None,
     allow_missing: bool,
     drop_old: bool,
+    commit_every: int,
     db_url: str | None,
     device: str | None,
     as_json: bool,
@@ -177,6 +186,7 @@ def db_reembed(
             allow_missing=allow_missing,
             drop_old=drop_old,
             progress=_committed_progress(),
+            commit_every=commit_every,
         )
     document = report.to_dict()
     error = None

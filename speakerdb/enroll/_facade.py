@@ -956,6 +956,7 @@ class SpeakerDB:
         allow_missing: bool = False,
         drop_old: bool = False,
         progress: Progress | None = None,
+        commit_every: int | None = None,
     ) -> ReembedReport:
         """Switch this database to another embedding model (a name, a path or an Embedder).
 
@@ -969,7 +970,8 @@ class SpeakerDB:
         model are listed in a report with status "blocked" and nothing switches, unless
         ``allow_missing``: then they are dropped, and speakers left without any recording
         are deleted (listed). ``model`` None with ``drop_old``: delete the vectors of other
-        models. ``progress(done, total)``: after each committed batch.
+        models. ``progress(done, total)``: after each committed batch of ``commit_every``
+        recordings (default :data:`speakerdb.enroll._reembed.COMMIT_EVERY`).
 
         Raises UsageError (read-only, empty database), ModelError / ModelNotFoundError,
         StoreError.
@@ -990,6 +992,7 @@ class SpeakerDB:
             allow_missing=allow_missing,
             drop_old=drop_old,
             progress=progress,
+            **({"commit_every": commit_every} if commit_every else {}),
         )
         if new is not None and report.status in ("switched", "current"):
             with self._model_lock:

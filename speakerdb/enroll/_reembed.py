@@ -116,6 +116,8 @@ def reembed_store(
     ModelNotFoundError (the current model cannot be loaded to check recordings),
     StoreError.
     """
+    if commit_every < 1:
+        raise UsageError(f"commit_every must be at least 1, not {commit_every}")
     if store.read_only:
         raise UsageError(f"cannot re-embed {store.location.display}: opened read-only")
     held = store.model()

@@ -253,7 +253,7 @@ def switch_model(
         unexpected = [i for i in lacking if i not in expected]
         if unexpected:
             return SwitchResult(False, previous, lacking=unexpected)
-        names = dict(conn.execute(select(Speaker.id, Speaker.name)).tuples().all())
+        names = {r.id: r.name for r in conn.execute(select(Speaker.id, Speaker.name))}
         if lacking and not allow_missing:
             raise RecordingsMissingError(
                 f"{len(lacking)} recordings have no vector of {model.label}: nothing switched"
