@@ -307,3 +307,35 @@ def test_drop_old_removes_the_previous_vectors(sqlite_url, speech):
     code, doc, result = run_json("db", "reembed", "--model", "ge2e", "--db", sqlite_url)
     assert code == 0 and (doc["reused"], doc["reembedded"]) == (0, 4), result.output
     check(sqlite_url)
+
+
+def test_recordings_enrolled_while_reembedding_are_switched_too(sqlite_url, speech, nemo):
+    enroll(sqlite_url, {"p225": speech["p225"][:4], "p226": speech["p226"][:4]})
+    late = speech["p225"][6]
+    seen: list[tuple[int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        seen.append((done, total))
+        if len(seen) == 1:  # another writer enrolls while the first batch is committed
+            with SpeakerDB.open(sqlite_url, device="cpu") as other:
+                assert other.enroll("p225", [late]).inputs[0].status == "accepted"
+
+    with SpeakerDB.open(sqlite_url, device="cpu") as db:
+        report = db.reembed(NEMO, progress=progress, commit_every=2)
+    assert report.switched and report.reembedded == 9, report
+    assert seen[0] == (2, 8) and seen[-1][0] == 9
+    check(sqlite_url)
+    held = vectors(sqlite_url)["p225"]
+    assert held.shape == (5, nemo.dimension)
+    assert float(held[-1] @ nemo.get_embedding(late)) > 0.9999
+
+
+def test_deleting_a_speaker_deletes_its_kept_vectors(db_url, speech):
+    enroll(db_url, {"p225": speech["p225"][:2], "p226": speech["p226"][:3]})
+    code, doc, result = run_json("db", "reembed", "--model", str(NEMO), "--db", db_url)
+    assert code == 0 and doc["status"] == "switched", result.output
+    assert other_vectors(db_url) == {"ge2e": 5}
+    code, _doc, result = run_json("speakers", "delete", "p226", "--yes", "--db", db_url)
+    assert code == 0, result.output
+    assert other_vectors(db_url) == {"ge2e": 2}  # its GE2E vectors went with it
+    check(db_url)

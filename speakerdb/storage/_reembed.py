@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import bindparam, delete, func, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 
 from speakerdb._identity import ModelIdentity
 from speakerdb.errors import RecordingsMissingError, StoreError, UsageError
@@ -345,7 +345,7 @@ def _recompute_speakers(conn: Connection, dimension: int, seq: int) -> tuple[lis
             Utterance.bandwidth_hz,
         ).order_by(Utterance.speaker_id, Utterance.id)
     ).all()
-    by_speaker: dict[int, list[object]] = {}
+    by_speaker: dict[int, list[Row[int, bytes, float, float | None]]] = {}
     for r in rows:
         by_speaker.setdefault(r.speaker_id, []).append(r)
     deleted: list[str] = []
@@ -358,8 +358,8 @@ def _recompute_speakers(conn: Connection, dimension: int, seq: int) -> tuple[lis
             _record_change(conn, speaker.id, seq, "delete")
             deleted.append(speaker.name)
             continue
-        embeddings = vectors_from_bytes([r.embedding for r in own], dimension)  # type: ignore[attr-defined]
-        seconds = [float(r.speech_seconds) for r in own]  # type: ignore[attr-defined]
+        embeddings = vectors_from_bytes([r.embedding for r in own], dimension)
+        seconds = [float(r.speech_seconds) for r in own]
         conn.execute(
             update(Speaker)
             .where(Speaker.id == speaker.id)
@@ -367,7 +367,7 @@ def _recompute_speakers(conn: Connection, dimension: int, seq: int) -> tuple[lis
                 centroid=_centroid(embeddings).tobytes(),
                 utterance_count=len(own),
                 speech_seconds=float(sum(seconds)),
-                bandwidth_hz=_bandwidth_of(seconds, [r.bandwidth_hz for r in own]),  # type: ignore[attr-defined]
+                bandwidth_hz=_bandwidth_of(seconds, [r.bandwidth_hz for r in own]),
                 updated_at=now,
             )
         )

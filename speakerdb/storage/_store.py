@@ -537,7 +537,7 @@ class EnrollmentStore:
         return CompactResult(self.location.display, before, size())
 
     def _compact_postgresql(self) -> CompactResult:
-        tables = ("utterances", "speakers")
+        tables = ("utterances", "reembeddings", "speakers")
 
         def size(conn: Connection) -> int:
             return int(
