@@ -339,3 +339,15 @@ def test_deleting_a_speaker_deletes_its_kept_vectors(db_url, speech):
     assert code == 0, result.output
     assert other_vectors(db_url) == {"ge2e": 2}  # its GE2E vectors went with it
     check(db_url)
+
+
+def test_check_notices_vectors_of_the_own_model_kept_aside(sqlite_url, speech):
+    enroll(sqlite_url, {"p225": speech["p225"][:2]})
+    code, doc, result = run_json("db", "reembed", "--model", str(NEMO), "--db", sqlite_url)
+    assert code == 0 and doc["status"] == "switched", result.output
+    engine = create_engine(make_url(sqlite_url))
+    with engine.begin() as conn:  # a switch that went wrong would leave this
+        conn.execute(text("UPDATE reembeddings SET model_id = (SELECT model_id FROM store_state)"))
+    engine.dispose()
+    code, doc, result = run_json("db", "check", "--db", sqlite_url)
+    assert code == 1 and any("kept aside" in p for p in doc["problems"]), result.output
