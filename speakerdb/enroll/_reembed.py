@@ -171,6 +171,8 @@ def reembed_store(
         )
         if result.lacking:
             continue  # recordings enrolled meanwhile: embed them too
+        if not result.switched:  # another run switched it first
+            return _finish(store, report, drop_old)
         report.status = "switched"
         report.dropped_recordings = len(result.dropped_recordings)
         report.deleted_speakers = result.deleted_speakers
