@@ -145,6 +145,7 @@ def main() -> None:
                     )
                 path.unlink()
                 rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)  # progress
                 whole = row.get("whole", {})
                 lines.append(
                     f"{minutes:g} min at {rate} Hz: engine {row['engine'].get('peak_mb')} MB "
