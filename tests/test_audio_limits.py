@@ -241,7 +241,9 @@ def test_a_40_minute_recording_embeds_in_bounded_memory(tmp_path):
         str(path),
     )
     assert result["ok"] and result["duration"] == pytest.approx(2400, abs=1)
-    assert result["peak_mb"] < 1000, result
+    # ~500 MB is torch and the model; measured 770 MB in all here (main: 1520 MB). The margin
+    # covers allocator variance with the encoder threads.
+    assert result["peak_mb"] < 1200, result
 
 
 def test_streamed_embedding_equals_the_whole_array_one(model, monkeypatch, tmp_path):
