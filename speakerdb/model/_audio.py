@@ -384,6 +384,13 @@ def _open_with_soundfile(path: Path, label: str, limit: float) -> DecodedStream 
     if declared is not None and rate > 0 and declared > limit * rate:
         handle.close()
         raise _too_long(label, limit, declared / rate)
+    if declared is None and frames != 0:
+        # No length in the header (a FLAC with total 0, a streamed Ogg): libsndfile may seek
+        # for one and fail mid-read; FFmpeg decodes such streams and is counted as it goes.
+        opened_av = _open_with_av(path, label, limit)
+        if opened_av is not None:
+            handle.close()
+            return opened_av
 
     def blocks() -> Iterator[npt.NDArray[np.float32]]:
         total = 0

@@ -54,7 +54,7 @@ EXACT_SAMPLES = 1 << 22
 """Recordings up to this many samples (4.4 min at 16 kHz) are processed in whole-array calls,
 exactly as before streaming existed; longer ones in chunks of :data:`_CHUNK_FRAMES` frames or
 :data:`_CHUNK_WINDOWS` VAD windows (the same values to float rounding, bounded memory)."""
-_CHUNK_FRAMES = 1 << 14
+_CHUNK_FRAMES = 1 << 12
 _CHUNK_WINDOWS = 1 << 12
 
 
