@@ -48,8 +48,9 @@ class GE2EEncoder(nn.Module):
 
     def forward(self, mels: torch.Tensor) -> torch.Tensor:
         _, (hidden, _) = self.lstm(mels)
-        raw = self.relu(self.linear(hidden[-1]))
-        return raw / torch.linalg.vector_norm(raw, dim=1, keepdim=True).clamp_min(1e-12)
+        raw: torch.Tensor = self.relu(self.linear(hidden[-1]))
+        norm: torch.Tensor = torch.linalg.vector_norm(raw, dim=1, keepdim=True)
+        return raw / norm.clamp_min(1e-12)
 
     @classmethod
     def from_checkpoint(cls, path: Path) -> GE2EEncoder:

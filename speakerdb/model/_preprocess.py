@@ -253,7 +253,7 @@ def _mel_filterbank() -> torch.Tensor:
     """(201, 40) float32 Slaney-scale, Slaney-normalised triangular filters."""
     import torchaudio
 
-    return torchaudio.functional.melscale_fbanks(
+    fbanks: torch.Tensor = torchaudio.functional.melscale_fbanks(
         n_freqs=MEL_WINDOW // 2 + 1,
         f_min=0.0,
         f_max=SAMPLE_RATE / 2,
@@ -262,6 +262,7 @@ def _mel_filterbank() -> torch.Tensor:
         norm="slaney",
         mel_scale="slaney",
     )
+    return fbanks
 
 
 class _Vad:
