@@ -148,7 +148,8 @@ class TooLittleSpeechError(AudioError):
 
 
 class TooLongError(AudioError):
-    """The recording is longer than the limit of the caller (a service's upload limit)."""
+    """The recording is longer than a limit: the engine's (``SPEAKERDB_MAX_AUDIO_SECONDS``,
+    3 h by default; also when a header declares more) or a service's upload limit."""
 
     code = "too_long"
 

@@ -76,7 +76,7 @@ def cluster_windows(
     answer); clusters are never more than the windows. Labels are numbered in order of
     first appearance.
     """
-    from scipy.cluster.hierarchy import fcluster, linkage  # type: ignore[import-untyped]
+    from scipy.cluster.hierarchy import fcluster, linkage
 
     count = count or SpeakerCount()
     n = vectors.shape[0]

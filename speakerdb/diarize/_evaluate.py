@@ -181,7 +181,7 @@ def score_diarization(
     if collar < 0:
         raise UsageError(f"the collar must be >= 0 seconds, not {collar}")
     metric = _der_metric(collar)
-    from pyannote.core import Annotation, Segment, Timeline  # type: ignore[import-untyped]
+    from pyannote.core import Annotation, Segment, Timeline
 
     ref, hyp = Annotation(), Annotation()
     for i, t in enumerate(reference):
@@ -224,7 +224,7 @@ def total_score(scores: Sequence[DiarizationScore]) -> DiarizationScore:
 
 def _der_metric(collar: float) -> Any:
     try:
-        from pyannote.metrics.diarization import (  # type: ignore[import-untyped]
+        from pyannote.metrics.diarization import (
             DiarizationErrorRate,
         )
     except ImportError:

@@ -23,7 +23,7 @@ def assign_one_to_one(
     the rule's decision. Rows may be all-False (a voice nobody matches, or one with too
     little speech to name). Deterministic: ties go to the lower indices.
     """
-    from scipy.optimize import linear_sum_assignment  # type: ignore[import-untyped]
+    from scipy.optimize import linear_sum_assignment
 
     k, m = accepted.shape
     if scores.shape != accepted.shape:

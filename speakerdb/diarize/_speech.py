@@ -77,7 +77,7 @@ class SpeechDetector:
             dtype=bool,
             count=n,
         )
-        return voiced & (energy_db > self._loud_db - ENERGY_FLOOR_DB)
+        return np.asarray(voiced & (energy_db > self._loud_db - ENERGY_FLOOR_DB), dtype=bool)
 
 
 def smooth_speech(

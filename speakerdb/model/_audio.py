@@ -200,7 +200,7 @@ def _checked(
 def downmix(block: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """(k, channels) float32 -> (k,) float32, the channels' mean."""
     if block.shape[1] > 1:
-        return block.mean(axis=1, dtype=np.float32)
+        return np.asarray(block.mean(axis=1, dtype=np.float32), dtype=np.float32)
     return np.ascontiguousarray(block[:, 0])
 
 
@@ -283,7 +283,7 @@ def _array_to_float(array: npt.NDArray[np.generic], label: str) -> npt.NDArray[n
         # (channels, n) is the torch convention; accept it rather than mis-read it.
         array = array.T
     if np.issubdtype(array.dtype, np.floating):
-        return array.astype(np.float32, copy=False)
+        return np.asarray(array, dtype=np.float32)
     if np.issubdtype(array.dtype, np.unsignedinteger):
         bits = array.dtype.itemsize * 8
         midpoint = 2.0 ** (bits - 1)
@@ -384,6 +384,13 @@ def _open_with_soundfile(path: Path, label: str, limit: float) -> DecodedStream 
     if declared is not None and rate > 0 and declared > limit * rate:
         handle.close()
         raise _too_long(label, limit, declared / rate)
+    if declared is None and frames != 0:
+        # No length in the header (a FLAC with total 0, a streamed Ogg): libsndfile may seek
+        # for one and fail mid-read; FFmpeg decodes such streams and is counted as it goes.
+        opened_av = _open_with_av(path, label, limit)
+        if opened_av is not None:
+            handle.close()
+            return opened_av
 
     def blocks() -> Iterator[npt.NDArray[np.float32]]:
         total = 0
@@ -474,7 +481,7 @@ def _frame_to_float(frame: object) -> npt.NDArray[np.float32]:
     # Planar formats come as (channels, n); packed ones as (1, n * channels).
     array = array.reshape(channels, -1).T if fmt.is_planar else array.reshape(-1, channels)
     if np.issubdtype(array.dtype, np.floating):
-        return array.astype(np.float32, copy=False)
+        return np.asarray(array, dtype=np.float32)
     return _array_to_float(array, "<frame>")
 
 

@@ -410,11 +410,18 @@ class Embedder:
         for result in results:
             if result.error is not None:
                 raise result.error
-        vectors = [results[p].vector for p in position]
+        # Every result is usable here (errors raised above), so each has its vector.
+        vectors = [_vector(results[p]) for p in position]
         return np.array(
             [cosine(vectors[2 * i], vectors[2 * i + 1]) for i in range(len(pairs))],
             dtype=np.float64,
         )
+
+
+def _vector(result: EmbeddedAudio) -> npt.NDArray[np.float32]:
+    if result.vector is None:  # pragma: no cover - results with errors were raised
+        raise AssertionError(f"{result.source}: no embedding")
+    return result.vector
 
 
 _Owners = list[int]

@@ -20,6 +20,7 @@ from speakerdb.model._audio import SAMPLE_RATE
 from speakerdb.model._encoder import Resampling, SpeakerEncoder
 from speakerdb.model._preprocess import (
     MEL_CHANNELS,
+    MEL_HOP,
     mel_from_power,
     power_spectrogram_chunks,
 )
@@ -47,8 +48,9 @@ class GE2EEncoder(nn.Module):
 
     def forward(self, mels: torch.Tensor) -> torch.Tensor:
         _, (hidden, _) = self.lstm(mels)
-        raw = self.relu(self.linear(hidden[-1]))
-        return raw / torch.linalg.vector_norm(raw, dim=1, keepdim=True).clamp_min(1e-12)
+        raw: torch.Tensor = self.relu(self.linear(hidden[-1]))
+        norm: torch.Tensor = torch.linalg.vector_norm(raw, dim=1, keepdim=True)
+        return raw / norm.clamp_min(1e-12)
 
     @classmethod
     def from_checkpoint(cls, path: Path) -> GE2EEncoder:
@@ -112,8 +114,17 @@ class GE2ESpeakerEncoder(SpeakerEncoder):
         starts, padded_length = window_starts(samples.size)
         with torch.inference_mode():
             chunks = power_spectrogram_chunks(samples, padded_length)
-            parts = [mel_from_power(power) for power in chunks]
-            mel = torch.cat(parts) if len(parts) > 1 else parts[0]
+            first = mel_from_power(next(chunks))
+            if first.shape[0] == 1 + padded_length // MEL_HOP:
+                mel = first  # one chunk: a short recording
+            else:  # filled in place: no second copy of a long recording's spectrogram
+                mel = first.new_empty((1 + padded_length // MEL_HOP, first.shape[1]))
+                mel[: first.shape[0]] = first
+                done = first.shape[0]
+                for power in chunks:
+                    part = mel_from_power(power)
+                    mel[done : done + part.shape[0]] = part
+                    done += part.shape[0]
         return [mel[start : start + WINDOW_FRAMES] for start in starts]
 
     def encode(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

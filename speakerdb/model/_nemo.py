@@ -760,7 +760,7 @@ class NemoEncoder(SpeakerEncoder):
         ``ceil(n * sample_rate / rate)``. Unchanged when the rate already matches."""
         if rate == self.sample_rate:
             return np.ascontiguousarray(samples, dtype=np.float32)
-        import soxr  # type: ignore[import-untyped]
+        import soxr
 
         data = np.asarray(samples, dtype=np.float64)
         target = int(np.ceil(data.shape[-1] * (float(self.sample_rate) / rate)))

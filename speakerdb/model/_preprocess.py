@@ -54,7 +54,7 @@ EXACT_SAMPLES = 1 << 22
 """Recordings up to this many samples (4.4 min at 16 kHz) are processed in whole-array calls,
 exactly as before streaming existed; longer ones in chunks of :data:`_CHUNK_FRAMES` frames or
 :data:`_CHUNK_WINDOWS` VAD windows (the same values to float rounding, bounded memory)."""
-_CHUNK_FRAMES = 1 << 14
+_CHUNK_FRAMES = 1 << 12
 _CHUNK_WINDOWS = 1 << 12
 
 
@@ -253,7 +253,7 @@ def _mel_filterbank() -> torch.Tensor:
     """(201, 40) float32 Slaney-scale, Slaney-normalised triangular filters."""
     import torchaudio
 
-    return torchaudio.functional.melscale_fbanks(
+    fbanks: torch.Tensor = torchaudio.functional.melscale_fbanks(
         n_freqs=MEL_WINDOW // 2 + 1,
         f_min=0.0,
         f_max=SAMPLE_RATE / 2,
@@ -262,6 +262,7 @@ def _mel_filterbank() -> torch.Tensor:
         norm="slaney",
         mel_scale="slaney",
     )
+    return fbanks
 
 
 class _Vad:

@@ -113,7 +113,7 @@ class StreamResampler:
             self._span = self._kernel.shape[-1]  # input samples one position reads
             self._buffer = np.zeros(self._width, np.float32)  # the leading zero padding
         else:
-            import soxr  # type: ignore[import-untyped]
+            import soxr
 
             self._soxr = soxr.ResampleStream(
                 self.rate, self.new_rate, 1, dtype="float32", quality="HQ"
@@ -147,7 +147,7 @@ class StreamResampler:
         if missing > 0:  # soxr may end a few samples short of torchaudio's length
             out = np.concatenate([out, np.zeros(missing, np.float32)])
             self._n_out += missing
-        return out
+        return np.asarray(out, dtype=np.float32)
 
     def _limit(
         self, out: npt.NDArray[np.float32], target: int | None = None

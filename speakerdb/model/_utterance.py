@@ -202,14 +202,21 @@ def _check_speech_like(speech: npt.NDArray[np.float32], rate: int, label: str) -
     (small loudness range) that VAD let through, computed frame by frame in chunks."""
     real_frames = 1 + speech.size // MEL_HOP
     top_bin = int(flatness_band_hz(rate) * MEL_WINDOW / SAMPLE_RATE)
-    flatness_parts, energy_parts = [], []
+    # Per-frame values go into arrays allocated once: small tensors kept per chunk would pin
+    # the allocator's freed chunk buffers and grow the heap with the recording's length.
+    flatness_all = np.empty(real_frames, np.float64)
+    energy_all = np.empty(real_frames, np.float64)
+    done = 0
     with torch.inference_mode():
         for power in power_spectrogram_chunks(speech):
             bins = power[1 : top_bin + 1].double() + 1e-12
-            flatness_parts.append(torch.exp(torch.log(bins).mean(0)) / bins.mean(0))
-            energy_parts.append(10.0 * torch.log10(power.sum(0).double() + 1e-12))
-        flatness = float(torch.cat(flatness_parts)[:real_frames].median())
-        energy_db = torch.cat(energy_parts)[:real_frames]
+            flat = torch.exp(torch.log(bins).mean(0)) / bins.mean(0)
+            energy = 10.0 * torch.log10(power.sum(0).double() + 1e-12)
+            flatness_all[done : done + flat.shape[0]] = flat.numpy()
+            energy_all[done : done + flat.shape[0]] = energy.numpy()
+            done += flat.shape[0]
+        flatness = float(torch.from_numpy(flatness_all).median())
+        energy_db = torch.from_numpy(energy_all)
         if flatness > MAX_SPECTRAL_FLATNESS:
             raise NoSpeechError(
                 label,
