@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from speakerdb.enroll._evaluation import EvaluationReport
     from speakerdb.enroll._facade import SpeakerDB
     from speakerdb.enroll._lists import ManifestEntry, Trial, read_manifest, read_trials
+    from speakerdb.enroll._reembed import MissingRecording, ReembedReport
     from speakerdb.enroll._reports import (
         RECOMMENDED_SPEECH_SECONDS,
         EnrollmentReport,
@@ -61,8 +62,10 @@ __all__ = [
     "ManifestEntry",
     "ManifestSummary",
     "Match",
+    "MissingRecording",
     "ModelIdentity",
     "NewApiKey",
+    "ReembedReport",
     "SpeakerDB",
     "SpeakerDBError",
     "SpeakerRecord",
@@ -91,6 +94,8 @@ _LAZY = {
     "Trial": "speakerdb.enroll._lists",
     "read_manifest": "speakerdb.enroll._lists",
     "read_trials": "speakerdb.enroll._lists",
+    "MissingRecording": "speakerdb.enroll._reembed",
+    "ReembedReport": "speakerdb.enroll._reembed",
     "RECOMMENDED_SPEECH_SECONDS": "speakerdb.enroll._reports",
     "EnrollmentReport": "speakerdb.enroll._reports",
     "EnrollmentWarning": "speakerdb.enroll._reports",

@@ -31,6 +31,7 @@ __all__ = [
     "NoSpeechError",
     "NotASpeakerDBError",
     "NotFoundError",
+    "RecordingsMissingError",
     "SchemaOutOfDateError",
     "SpeakerDBError",
     "SpeakerNotFoundError",
@@ -176,6 +177,14 @@ class ModelMismatchError(SpeakerDBError):
 
 
 # --- store -------------------------------------------------------------------------------------
+
+
+class RecordingsMissingError(SpeakerDBError):
+    """Switching a database to another model needs every enrolled recording again, and some
+    are gone, changed since they were enrolled, or unusable by the new model: nothing was
+    switched (``--allow-missing`` switches without them)."""
+
+    code = "recordings_missing"
 
 
 class StoreError(SpeakerDBError):

@@ -95,6 +95,7 @@ def test_every_command_has_help():
         ["db", "rebuild-index"],
         ["db", "reindex"],
         ["db", "compact"],
+        ["db", "reembed"],
         ["eval"],
         ["calibrate"],
         ["diarize"],

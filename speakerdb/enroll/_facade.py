@@ -45,6 +45,7 @@ from speakerdb.enroll._policy import (
     rank_candidates,
     resolve_policy,
 )
+from speakerdb.enroll._reembed import ReembedReport
 from speakerdb.enroll._reports import EnrollmentReport, InputReport, ManifestSummary
 from speakerdb.errors import AudioError, DatabaseNotFoundError, ModelNotFoundError, UsageError
 from speakerdb.model._audio import AudioInput, source_label
@@ -945,6 +946,59 @@ class SpeakerDB:
             "fit": fit,
             "model": self.identity.label,
         }
+
+    # --- switching model ----------------------------------------------------------------------
+
+    def reembed(
+        self,
+        model: str | os.PathLike[str] | Embedder | None,
+        *,
+        allow_missing: bool = False,
+        drop_old: bool = False,
+        progress: Progress | None = None,
+        commit_every: int | None = None,
+    ) -> ReembedReport:
+        """Switch this database to another embedding model (a name, a path or an Embedder).
+
+        Every enrolled recording is embedded again from the path it was enrolled from, after
+        checking it is still the same audio; then ONE transaction switches the database:
+        vectors, centroids and the model it records (its default threshold applies; the
+        calibrations, fitted on the old model's scores, are reset). The old model's vectors
+        stay until ``drop_old``, so switching back needs no re-embedding. Interrupted (even
+        killed), it keeps the vectors it made and a rerun resumes; until the switch the
+        database answers with its old model. Recordings gone, changed or unusable by the new
+        model are listed in a report with status "blocked" and nothing switches, unless
+        ``allow_missing``: then they are dropped, and speakers left without any recording
+        are deleted (listed). ``model`` None with ``drop_old``: delete the vectors of other
+        models. ``progress(done, total)``: after each committed batch of ``commit_every``
+        recordings (default :data:`speakerdb.enroll._reembed.COMMIT_EVERY`).
+
+        Raises UsageError (read-only, empty database), ModelError / ModelNotFoundError,
+        StoreError.
+        """
+        from speakerdb.enroll._reembed import reembed_store
+
+        new: Embedder | None = None
+        if isinstance(model, str | os.PathLike):
+            from speakerdb.model._registry import load_model
+
+            new = load_model(resolve_model(model), self._device)
+        elif model is not None:
+            new = model
+        report = reembed_store(
+            self.store,
+            lambda: self.model,
+            new,
+            allow_missing=allow_missing,
+            drop_old=drop_old,
+            progress=progress,
+            **({"commit_every": commit_every} if commit_every else {}),
+        )
+        if new is not None and report.status in ("switched", "current"):
+            with self._model_lock:
+                self._embedder, self._model_arg = new, None
+            report.decision_rule = self.decision_policy(None).rule.to_dict()
+        return report
 
     # --- management ---------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from speakerdb.model._preprocess import (
 __all__ = [
     "MIN_SPEECH_SECONDS",
     "PreparedUtterance",
+    "decoded_digest",
     "flatness_band_hz",
     "prepare_utterance",
 ]
@@ -148,6 +149,18 @@ def prepare_utterance(
         speech_seconds=speech_seconds,
         bandwidth_hz=bandwidth,
     )
+
+
+def decoded_digest(
+    source: AudioInput, encoder: SpeakerEncoder, *, max_seconds: float | None = None
+) -> str:
+    """The sha256 of ``source`` decoded and resampled to 16 kHz as ``encoder``'s family does
+    it: the digest :func:`prepare_utterance` gives the same recording with that encoder
+    (each family resamples its own way, so the digest is per family). Only decodes: no
+    speech detection, no features. Raises the AudioError subclasses of decoding."""
+    stream = open_source(source, None, max_seconds)
+    feed, finish = encoder.stream_resampler(stream.rate)
+    return collect_resampled(stream, feed, finish)[1]
 
 
 def _trim(

@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from speakerdb.storage._engine import read_transaction
 from speakerdb.storage._index_cache import IndexCache
 from speakerdb.storage._migrate import schema_status
 from speakerdb.storage._records import vectors_from_bytes
-from speakerdb.storage._schema import Change, Speaker, StoreState, Utterance
+from speakerdb.storage._schema import Change, Reembedding, Speaker, StoreState, Utterance
 from speakerdb.storage._store import EnrollmentStore, _model_of
 
 __all__ = ["CheckReport", "check_store"]
@@ -179,6 +179,11 @@ def _check_sql(store: EnrollmentStore) -> CheckReport:
             ).order_by(Utterance.speaker_id, Utterance.id)
         ).all()
         changes = {r.speaker_id: r for r in conn.execute(select(Change)).all()}
+        own_aside = conn.execute(
+            select(func.count())
+            .select_from(Reembedding)
+            .where(Reembedding.model_id == state.model_id)
+        ).scalar_one()
 
     change_seq = int(state.change_seq)
     if model is None and (speakers or utterances):
@@ -236,6 +241,11 @@ def _check_sql(store: EnrollmentStore) -> CheckReport:
         if change.seq > change_seq:
             problems.append(f"change log entry {change.seq} is newer than the counter {change_seq}")
             break
+    if own_aside:
+        problems.append(
+            f"{own_aside} vectors of the database's own model are kept aside as another "
+            "model's (reembeddings)"
+        )
     stale_deletes = [i for i, c in changes.items() if c.op == "delete" and i in speaker_ids]
     if stale_deletes:
         problems.append(

@@ -14,6 +14,9 @@ Tables:
   calibrations  how this database decides, per score normalisation: a threshold on the score
                 scale chosen on its own trials, or a calibration to log-likelihood ratios
                 (the bundled one or one fitted on its own trials) with an operating point
+  reembeddings  vectors of the same recordings by models other than the database's own:
+                those a ``db reembed`` has made so far for the model it switches to, and
+                the previous model's after a switch (kept until ``--drop-old``)
   api_keys      keys of the HTTP service (``speakerdb serve``): only their sha256, never the
                 key itself, with their scopes
 
@@ -48,6 +51,7 @@ __all__ = [
     "Calibration",
     "Change",
     "ModelRow",
+    "Reembedding",
     "Speaker",
     "StoreState",
     "Utterance",
@@ -196,6 +200,28 @@ class Utterance(Base):
     bandwidth_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Reembedding(Base):
+    """An utterance's embedding by a model that is not (or no longer) the database's.
+
+    ``db reembed --model NEW`` fills these for NEW in committed batches (so that a killed
+    run resumes where it stopped) and, when it switches, swaps them with the vectors in
+    ``utterances``: the previous model's vectors land here, so switching back needs no
+    re-embedding. ``audio_sha256`` is the recording's digest as that model's audio pipeline
+    decodes it (each family resamples its own way), which becomes ``utterances.audio_sha256``
+    when the database switches to the model. Rows go with their utterance (cascade).
+    """
+
+    __tablename__ = "reembeddings"
+
+    utterance_id: Mapped[int] = mapped_column(
+        ForeignKey("utterances.id", ondelete="CASCADE"), primary_key=True
+    )
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True, index=True)
+    audio_sha256: Mapped[str] = mapped_column(String(64))
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -211,11 +211,36 @@ class EnrollmentStore:
     def model(self) -> ModelIdentity | None:
         """The model whose vectors this database holds (None until the first enrollment).
 
-        Once a database has a model it keeps it for ever, so the answer is cached then."""
+        Cached once known: a database changes model only through ``db reembed``, which
+        every read of voiceprints notices (see :meth:`_ensure_current_model`)."""
         if self._model is None:
             with self._read("read the model") as conn:
                 self._model = _model_of(conn)
         return self._model
+
+    def _forget_model(self) -> None:
+        """The database switched model (``db reembed``): the cached model and index go."""
+        with self._cache_lock:
+            cache, self._cache = self._cache, None
+        if cache is not None:
+            cache.wait_for_maintenance()
+        self._model = None
+
+    def _ensure_current_model(self, conn: Connection) -> None:
+        """Inside a read: raise ModelMismatchError when the database switched model since
+        this store read it (another process ran ``db reembed``): vectors of the model this
+        process holds must not be compared with the new model's voiceprints."""
+        held = self._model
+        if held is None:
+            return
+        current = _model_of(conn)
+        if current is None or not current.same_model(held):
+            self._forget_model()
+            now = current.label if current is not None else "no model"
+            raise ModelMismatchError(
+                f"{self.location.display} switched from model {held.label} to {now} since it "
+                "was opened (speakerdb db reembed): open it again"
+            )
 
     def check_model(self, identity: ModelIdentity) -> None:
         """Raise ModelMismatchError unless the database is empty or holds ``identity``'s
@@ -512,7 +537,7 @@ class EnrollmentStore:
         return CompactResult(self.location.display, before, size())
 
     def _compact_postgresql(self) -> CompactResult:
-        tables = ("utterances", "speakers")
+        tables = ("utterances", "reembeddings", "speakers")
 
         def size(conn: Connection) -> int:
             return int(
@@ -683,6 +708,7 @@ class EnrollmentStore:
     def centroid(self, name: str) -> tuple[SpeakerRecord, npt.NDArray[np.float32]]:
         """A speaker and its voiceprint: the (D,) unit-norm centroid, read from SQL."""
         with self._read(f"read {name!r}") as conn:
+            self._ensure_current_model(conn)
             row = _speaker_row(conn, name, columns=_SPEAKER_COLUMNS.add_columns(Speaker.centroid))
             vector = np.frombuffer(row.centroid, dtype=np.float32).copy()
         return _speaker_record(row), vector
@@ -727,6 +753,7 @@ class EnrollmentStore:
         cache = self._index_cache()
         # One transaction: catch up with the change log, search, fetch the candidates.
         with self._read("search") as conn:
+            self._ensure_current_model(conn)
             with cache.synced(conn) as index:
                 _, ids = index.search(q, k + _RESCORE_EXTRA)
             wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
