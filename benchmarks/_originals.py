@@ -3,7 +3,7 @@
 Run by ``embed_throughput.py --model PATH --reference-python PY`` as ``PY _originals.py SPEC``
 (SPEC: JSON with family, model, model_dir, files); never imported by speakerdb, and it imports
 nothing of speakerdb. It loads the model once, embeds one file as a warm-up, prints
-``{"ready": [names]}``, then for each line ``{"threads": N}`` on stdin sets
+``@speakerdb-bench {"ready": [names]}``, then for each line ``{"threads": N}`` on stdin sets
 ``torch.set_num_threads(N)`` (and onnxruntime's intra-op threads), embeds one file untimed
 (oneDNN/ORT caches per thread count), times one pass over every file per original and prints
 ``{name: seconds}`` -- one JSON line per request. EOF ends it.
@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PREFIX = "@speakerdb-bench "  # marks our replies among what the frameworks print
 
 
 def nemo(spec: dict) -> dict[str, Callable[[str], object]]:
@@ -104,7 +105,7 @@ def main() -> None:
     with torch.inference_mode():
         for run in runners.values():
             run(files[0])
-    print(json.dumps({"ready": list(runners)}), flush=True)
+    print(PREFIX + json.dumps({"ready": list(runners)}), flush=True)
     for line in sys.stdin:
         threads = int(json.loads(line)["threads"])
         torch.set_num_threads(threads)
@@ -116,7 +117,7 @@ def main() -> None:
                 for path in files:
                     run(path)
                 out[name] = time.perf_counter() - start
-        print(json.dumps(out), flush=True)
+        print(PREFIX + json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

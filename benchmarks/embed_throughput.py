@@ -178,9 +178,9 @@ class Originals:
 
     def _reply(self) -> dict:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:  # frameworks may print their own lines first
-            if line.startswith("{"):
-                return json.loads(line)
+        for line in self.proc.stdout:  # frameworks print lines of their own too
+            if line.startswith("@speakerdb-bench "):
+                return json.loads(line.split(" ", 1)[1])
         raise SystemExit(f"the reference process ended (exit {self.proc.wait()})")
 
     def time(self, threads: int) -> dict[str, float]:
