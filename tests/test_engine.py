@@ -69,6 +69,30 @@ def test_embedding_alone_equals_embedding_in_a_mixed_batch(family, mixed_files):
         assert float(alone @ small[i]) >= 0.9999, (family, path.name)
 
 
+@pytest.mark.parametrize("family", ["nemo", "speechbrain"])
+def test_cpu_batches_of_whole_recordings_stay_within_the_family_frame_budget(family, mixed_files):
+    """Whole-recording families declare ``cpu_batch_frames``: on a CPU no encoder call pads
+    more frames than that, except a single chunk longer than the budget (big batches of
+    long recordings ran 1.5x slower per frame; benchmarks/embed_throughput.py --model)."""
+    encoder = _load(family)
+    budget = encoder.cpu_batch_frames
+    assert budget is not None
+    calls: list[tuple[int, int]] = []
+    original = encoder.encode
+
+    def recording(features, lengths):
+        calls.append((int(features.shape[0]), int(features.shape[1])))
+        return original(features, lengths)
+
+    encoder.encode = recording
+    embedder = Embedder.from_encoder(encoder, device="cpu")
+    vectors = embedder.embed_files(mixed_files)  # default batch_size: 64 chunks
+    assert vectors.shape == (len(mixed_files), embedder.dimension)
+    assert sum(rows for rows, _ in calls) == len(mixed_files)  # one chunk per recording
+    for rows, frames in calls:
+        assert rows == 1 or rows * frames <= budget, (rows, frames, budget)
+
+
 @pytest.mark.parametrize("family", ["nemo", "speechbrain", "onnx"])
 def test_engine_matches_the_family_driver(family, mixed_files):
     """The engine gives what the family's own pipeline gives (decode, resample, front end,

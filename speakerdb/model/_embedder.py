@@ -227,7 +227,10 @@ class Embedder:
 
         limit = self._max_audio_seconds
         with _encoder_workers(self.device) as (encode_pool, workers):
-            batcher = _ChunkBatcher(batch_size, self.encoder.exact_padding)
+            budget = batch_size * _FRAMES_PER_SLOT
+            if self.device.type == "cpu" and self.encoder.cpu_batch_frames is not None:
+                budget = min(budget, self.encoder.cpu_batch_frames)
+            batcher = _ChunkBatcher(batch_size, self.encoder.exact_padding, budget)
             inflight: collections.deque[
                 tuple[concurrent.futures.Future[npt.NDArray[np.float32]], _Owners]
             ]
@@ -474,16 +477,17 @@ class _ChunkBatcher:
 
     Chunks wait until about two batches' worth are pending, then go out sorted by length
     (stable: equal lengths keep input order), cut when a batch holds ``size`` chunks, when
-    padding to its longest would exceed ``size * 160`` frames, or -- for encoders whose output
+    padding to its longest would exceed ``budget`` frames (default ``size * 160``; the
+    encoder's ``cpu_batch_frames`` on a CPU), or -- for encoders whose output
     depends on padding -- when the length changes. GE2E's equal windows thus go out in input
     order in batches of exactly ``size``. A trailing part-filled batch waits for more chunks
     until :meth:`flush`.
     """
 
-    def __init__(self, size: int, exact_padding: bool) -> None:
+    def __init__(self, size: int, exact_padding: bool, budget: int | None = None) -> None:
         self.size = size
         self.exact_padding = exact_padding
-        self.budget = size * _FRAMES_PER_SLOT
+        self.budget = size * _FRAMES_PER_SLOT if budget is None else budget
         self._pending: list[tuple[int, int, torch.Tensor]] = []  # (length, index, chunk)
         self._frames = 0
 

@@ -59,6 +59,10 @@ class SpeakerEncoder(abc.ABC):
         graph without masks), so the engine only batches chunks of equal length.
       uses_trimmed_speech: True when ``prepare`` wants the volume-normalised speech left
         after silence trimming (GE2E's training recipe), False for the whole recording.
+      cpu_batch_frames: at most this many padded frames per ``encode`` call on the CPU (a
+        chunk longer than that still goes alone), or None for the engine's default
+        (``batch_size`` x 160). Convolutional networks over whole recordings run slower per
+        frame in big batches on a CPU: their activations no longer fit the caches.
     """
 
     family: ClassVar[str]
@@ -69,6 +73,7 @@ class SpeakerEncoder(abc.ABC):
     weights_sha256: str
     exact_padding: bool = True
     uses_trimmed_speech: ClassVar[bool] = False
+    cpu_batch_frames: ClassVar[int | None] = None
 
     @abc.abstractmethod
     def resample(self, samples: npt.NDArray[np.float32], rate: int) -> npt.NDArray[np.float32]:

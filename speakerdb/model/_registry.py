@@ -242,7 +242,10 @@ def load_encoder(spec: ModelSpec) -> SpeakerEncoder:
         if spec.name == "onnx":
             from speakerdb.model._onnx import load_onnx
 
-            return load_onnx(spec.path)
+            # One intra-op thread: on a CPU the engine runs one encoder worker per core, each
+            # calling the session; ORT's own thread pool on top of them oversubscribed the
+            # cores (1.3x slower than WeSpeaker's recipe; benchmarks/embed_throughput.py).
+            return load_onnx(spec.path, threads=1)
     raise ModelError(f"unknown model family {spec.name!r}")
 
 
