@@ -20,11 +20,15 @@ from speakerdb.model._utterance import prepare_utterance
 
 def _peak_rss_mb(script: str, *args: str, env: dict[str, str] | None = None) -> dict:
     """Run ``script`` in a fresh interpreter; it prints one JSON object. Adds the child's
-    peak resident memory (ru_maxrss, MB) as ``peak_mb``."""
+    peak resident memory (VmHWM, MB) as ``peak_mb``."""
     code = textwrap.dedent(script) + textwrap.dedent(
         """
-        import json as _json, resource as _resource
-        RESULT["peak_mb"] = _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / 1024
+        import json as _json
+        # VmHWM: this process image's own peak. (ru_maxrss would include the peak of the
+        # pytest process it was forked from: Linux carries it across exec.)
+        with open("/proc/self/status") as _status:
+            _hwm = next(line for line in _status if line.startswith("VmHWM:"))
+        RESULT["peak_mb"] = int(_hwm.split()[1]) / 1024
         print(_json.dumps(RESULT))
         """
     )

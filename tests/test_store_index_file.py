@@ -55,7 +55,7 @@ def _compose(magic: bytes, header: dict, payload: bytes, key: bytes | None) -> b
 # --- defect 5: a huge file is rejected from its header and size, never read whole -----------------
 
 _PEAK_PROBE = """
-import json, resource, sys
+import json, sys
 import numpy as np
 sys.path.insert(0, {tests!r})
 from helpers import fake_model
@@ -63,7 +63,9 @@ from speakerdb.storage._store import EnrollmentStore
 with EnrollmentStore.open({url!r}) as store:
     found = store.search(np.ones(16, np.float32), 50, fake_model())[0]
     state = store.index_status().file_state
-peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM: this process image's own peak (ru_maxrss carries the forking pytest's across exec).
+with open("/proc/self/status") as status:
+    peak_kb = int(next(line for line in status if line.startswith("VmHWM:")).split()[1])
 print(json.dumps({{"peak_kb": peak_kb, "state": state, "found": len(found)}}))
 """
 
