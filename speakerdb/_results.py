@@ -82,6 +82,17 @@ def _rule_of(threshold: float, normalization: str | None) -> DecisionRule:
     return DecisionRule(normalization or "cosine", threshold, "given")
 
 
+def _complete_scored(result: Comparison | Verification) -> None:
+    """Fill what a scored result made without a rule derives: its rule (the score scale
+    against its threshold) and, on the cosine scale, its cosine (the score itself)."""
+    rule = result.decision_rule
+    if rule is None:
+        rule = _rule_of(result.threshold, result.normalization)
+        object.__setattr__(result, "decision_rule", rule)
+    if result.cosine is None and rule.score == "cosine":
+        object.__setattr__(result, "cosine", result.score)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """File against file: ``same_speaker`` iff ``score >= threshold`` (see the module)."""
@@ -99,10 +110,7 @@ class Comparison:
     calibration: str | None = None
 
     def __post_init__(self) -> None:
-        if self.decision_rule is None:
-            object.__setattr__(self, "decision_rule", _rule_of(self.threshold, self.normalization))
-        if self.cosine is None and self.decision_rule.score == "cosine":  # type: ignore[union-attr]
-            object.__setattr__(self, "cosine", self.score)
+        _complete_scored(self)
 
     def to_dict(self) -> dict[str, Any]:
         return _with_rule(asdict(self), self.decision_rule)
@@ -125,10 +133,7 @@ class Verification:
     calibration: str | None = None
 
     def __post_init__(self) -> None:
-        if self.decision_rule is None:
-            object.__setattr__(self, "decision_rule", _rule_of(self.threshold, self.normalization))
-        if self.cosine is None and self.decision_rule.score == "cosine":  # type: ignore[union-attr]
-            object.__setattr__(self, "cosine", self.score)
+        _complete_scored(self)
 
     def to_dict(self) -> dict[str, Any]:
         return _with_rule(asdict(self), self.decision_rule)

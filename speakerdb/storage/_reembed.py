@@ -45,6 +45,7 @@ from speakerdb.storage._store import (
     _record_change,
     _set_seq,
     _table,
+    insert_model_row,
 )
 
 __all__ = [
@@ -120,23 +121,7 @@ def _model_row(conn: Connection, model: ModelIdentity) -> int:
                 update(ModelRow).where(ModelRow.id == found.id).values(source=model.source)
             )
         return int(found.id)
-    return int(
-        conn.execute(
-            _table(ModelRow)
-            .insert()
-            .values(
-                name=model.name,
-                weights_sha256=model.weights_sha256,
-                dimension=model.dimension,
-                default_threshold=model.default_threshold,
-                family=model.family or model.name,
-                source=model.source,
-                threshold_note=model.threshold_note or None,
-                created_at=utcnow(),
-            )
-            .returning(ModelRow.id)
-        ).scalar_one()
-    )
+    return insert_model_row(conn, model)
 
 
 def pending_recordings(store: EnrollmentStore, model_id: int) -> tuple[list[PendingRecording], int]:

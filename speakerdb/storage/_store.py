@@ -1012,6 +1012,27 @@ def _set_seq(conn: Connection, seq: int) -> None:
     conn.execute(update(StoreState).where(StoreState.id == 1).values(change_seq=seq))
 
 
+def insert_model_row(conn: Connection, model: ModelIdentity) -> int:
+    """Record ``model`` in the ``models`` table; returns its new id."""
+    return int(
+        conn.execute(
+            _table(ModelRow)
+            .insert()
+            .values(
+                name=model.name,
+                weights_sha256=model.weights_sha256,
+                dimension=model.dimension,
+                default_threshold=model.default_threshold,
+                family=model.family or model.name,
+                source=model.source,
+                threshold_note=model.threshold_note or None,
+                created_at=utcnow(),
+            )
+            .returning(ModelRow.id)
+        ).scalar_one()
+    )
+
+
 def _ensure_model(
     conn: Connection, state: Row[int, int | None], model: ModelIdentity, where: str
 ) -> int:
@@ -1028,21 +1049,7 @@ def _ensure_model(
         )
     ).scalar()
     if model_id is None:
-        model_id = conn.execute(
-            _table(ModelRow)
-            .insert()
-            .values(
-                name=model.name,
-                weights_sha256=model.weights_sha256,
-                dimension=model.dimension,
-                default_threshold=model.default_threshold,
-                family=model.family or model.name,
-                source=model.source,
-                threshold_note=model.threshold_note or None,
-                created_at=utcnow(),
-            )
-            .returning(ModelRow.id)
-        ).scalar_one()
+        model_id = insert_model_row(conn, model)
     conn.execute(update(StoreState).where(StoreState.id == 1).values(model_id=model_id))
     return int(model_id)
 
