@@ -153,9 +153,10 @@ class Guard:
         if declared is not None and declared > settings.max_request_bytes:
             error = _too_large(settings.max_request_bytes)
             return 413, error_body(error.code, error.message), {}
-        scopes = self._scopes(scope)
-        if scopes is None:
+        route, scopes = self._route(scope)
+        if route is None or scopes is None:
             return None
+        scope.setdefault("route", route)  # a refused request is still counted by its route
         try:
             key: ApiKeyRecord | None = await anyio.to_thread.run_sync(
                 self.state.authorize, _bearer(headers), scopes
@@ -167,16 +168,16 @@ class Guard:
         scope[AUTHORIZED] = (scopes, key)
         return None
 
-    def _scopes(self, scope: Scope) -> tuple[str, ...] | None:
-        """The scopes the route of this request needs (None: it needs no key, or no route
-        matches and the router answers)."""
+    def _route(self, scope: Scope) -> tuple[BaseRoute | None, tuple[str, ...] | None]:
+        """The route of this request and the scopes it needs (None: it needs no key; no
+        route: none matches, and the router answers)."""
         for route in self.routes:
             match, _ = route.matches(scope)
             if match is Match.FULL:
                 if id(route) not in self._scopes_of:
                     self._scopes_of[id(route)] = _required_scopes(route)
-                return self._scopes_of[id(route)]
-        return None
+                return route, self._scopes_of[id(route)]
+        return None, None
 
 
 def _required_scopes(route: BaseRoute) -> tuple[str, ...] | None:
