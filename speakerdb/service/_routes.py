@@ -177,16 +177,15 @@ def _redacted(value: Any, state: ServiceState) -> Any:
     through the server's redactor (see :class:`speakerdb.service._errors.Redactor`);
     speakers' metadata is left as it was stored."""
     if isinstance(value, dict):
-        return {
-            k: (
-                state.redact(v)
-                if k == "message" and isinstance(v, str)
-                else v
-                if k == "metadata"
-                else _redacted(v, state)
-            )
-            for k, v in value.items()
-        }
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key == "message" and isinstance(item, str):
+                out[key] = state.redact(item)
+            elif key == "metadata":
+                out[key] = item
+            else:
+                out[key] = _redacted(item, state)
+        return out
     if isinstance(value, list):
         return [_redacted(v, state) for v in value]
     return value
