@@ -17,15 +17,21 @@ file, reproduced here:
   :meth:`encode` runs each distinct length separately.
 
 Safety: the file is read once (size-limited), checked as an ONNX protobuf by a small reader
-of our own (inputs, outputs, operator domains, no external data), and handed to onnxruntime
-as bytes, so it cannot make the runtime open other files; no custom-operator library is ever
-registered, and graphs that need one are refused.
+of our own, and handed to onnxruntime as bytes. The reader walks the whole model -- the main
+graph, control-flow subgraphs at any depth, training graphs, local functions -- and refuses
+any tensor that points to external data (initializers, sparse initializers, Constant and
+other node attributes), fields it does not know in messages that can hold tensors, operator
+domains that would need a custom-operator library (none is ever registered) and operators
+that load blobs for other runtimes (EPContext). As a second fence the session resolves
+external data against an empty private directory, so even a tensor the reader missed could
+not reach a file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -58,6 +64,10 @@ THRESHOLD_NOTE = (
 
 # Operator domains whose kernels are built into onnxruntime itself.
 _BUILTIN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+# Built-in operators that read files or hand the graph to another runtime: EPContext names
+# a precompiled blob (possibly a file path) for an execution provider. A WeSpeaker export
+# (torch.onnx.export of a ResNet/ECAPA) never contains one.
+_REFUSED_OPS = frozenset({"EPContext"})
 
 
 # --- a minimal protobuf reader ---------------------------------------------------------------
@@ -65,6 +75,13 @@ _BUILTIN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 
 class _Malformed(Exception):
     pass
+
+
+class _Refused(Exception):
+    pass
+
+
+_MAX_FIELD_NUMBER = (1 << 29) - 1
 
 
 def _varint(data: memoryview, pos: int) -> tuple[int, int]:
@@ -82,14 +99,15 @@ def _varint(data: memoryview, pos: int) -> tuple[int, int]:
 
 def _fields(data: memoryview) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, value) of one protobuf message; length-delimited values are
-    memoryviews (no copy), varints ints. Raises _Malformed on anything inconsistent."""
+    memoryviews (no copy), varints ints. Raises _Malformed on anything inconsistent, and on
+    what protobuf parsers might read differently from us (tags past 32 bits, groups)."""
     pos = 0
     while pos < len(data):
         key, pos = _varint(data, pos)
         number, wire = key >> 3, key & 7
         value: Any
-        if number == 0:
-            raise _Malformed("field number 0")
+        if number == 0 or number > _MAX_FIELD_NUMBER:
+            raise _Malformed(f"field number {number}")
         if wire == 0:
             value, pos = _varint(data, pos)
         elif wire == 1:
@@ -127,15 +145,21 @@ class TensorInfo:
 
 @dataclass
 class OnnxSummary:
-    """What :func:`summarize_onnx` reads from an ONNX file without running it."""
+    """What :func:`summarize_onnx` reads from an ONNX file without running it.
+
+    ``node_domains`` and ``op_types`` cover every node: the main graph, subgraphs of
+    control-flow nodes at any depth, training graphs and model-local functions.
+    ``external_data`` names the first tensor anywhere in the model that points to data
+    outside the file ("" when none does)."""
 
     ir_version: int = 0
     opsets: dict[str, int] = field(default_factory=dict)
     node_domains: set[str] = field(default_factory=set)
+    op_types: set[str] = field(default_factory=set)
     inputs: list[TensorInfo] = field(default_factory=list)
     outputs: list[TensorInfo] = field(default_factory=list)
     initializers: set[str] = field(default_factory=set)
-    external_data: bool = False
+    external_data: str = ""
     producer: str = ""
 
 
@@ -167,42 +191,75 @@ def _dimension(data: memoryview) -> int | str | None:
     return dim
 
 
-def _graph(data: memoryview, summary: OnnxSummary) -> None:
-    for number, wire, value in _fields(data):
-        if wire != 2:
-            continue
-        if number == 1:  # NodeProto
-            domain = ""
-            for n2, w2, v2 in _fields(value):
-                if n2 == 7 and w2 == 2:
-                    domain = _text(v2)
-            summary.node_domains.add(domain)
-        elif number == 5:  # TensorProto initializer
-            for n2, w2, v2 in _fields(value):
-                if n2 == 8 and w2 == 2:
-                    summary.initializers.add(_text(v2))
-                elif (n2 == 14 and w2 == 0 and v2 == 1) or (n2 == 13 and w2 == 2):
-                    summary.external_data = True
-        elif number == 11:
-            summary.inputs.append(_value_info(value))
-        elif number == 12:
-            summary.outputs.append(_value_info(value))
+# The whole model is walked, not just the main graph's initializers: onnxruntime loads a
+# tensor's bytes from a file named in the tensor wherever the tensor sits (a Constant node's
+# attribute, a sparse initializer, the body of an If/Loop/Scan, a local function), resolving
+# the name against the working directory for a model given as bytes. Every message that can
+# hold a tensor is read with its full field list (onnx.proto, ONNX 1.23): a field we do not
+# know there could be a place where a newer runtime finds tensors, so it is refused.
+_MESSAGE_FIELDS = {
+    "ModelProto": frozenset({1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 25, 26}),
+    "GraphProto": frozenset({1, 2, 5, 10, 11, 12, 13, 14, 15, 16}),
+    "NodeProto": frozenset(range(1, 11)),
+    "AttributeProto": frozenset({*range(1, 12), 13, 14, 15, 20, 21, 22, 23}),
+    "TensorProto": frozenset({*range(1, 15), 16}),
+    "SparseTensorProto": frozenset({1, 2, 3}),
+    "TrainingInfoProto": frozenset({1, 2, 3, 4}),
+    "FunctionProto": frozenset({1, *range(4, 15)}),
+}
+# Fields holding messages: (message, field) -> the field's message type.
+_SUBMESSAGES = {
+    ("ModelProto", 7): "GraphProto",
+    ("ModelProto", 20): "TrainingInfoProto",
+    ("ModelProto", 25): "FunctionProto",
+    ("GraphProto", 1): "NodeProto",
+    ("GraphProto", 5): "TensorProto",
+    ("GraphProto", 15): "SparseTensorProto",
+    ("NodeProto", 5): "AttributeProto",
+    ("AttributeProto", 5): "TensorProto",
+    ("AttributeProto", 6): "GraphProto",
+    ("AttributeProto", 10): "TensorProto",
+    ("AttributeProto", 11): "GraphProto",
+    ("AttributeProto", 22): "SparseTensorProto",
+    ("AttributeProto", 23): "SparseTensorProto",
+    ("SparseTensorProto", 1): "TensorProto",
+    ("SparseTensorProto", 2): "TensorProto",
+    ("TrainingInfoProto", 1): "GraphProto",
+    ("TrainingInfoProto", 2): "GraphProto",
+    ("FunctionProto", 7): "NodeProto",
+    ("FunctionProto", 11): "AttributeProto",
+}
+MAX_GRAPH_DEPTH = 16
+"""Deepest nesting of graphs (control-flow bodies, functions) read; WeSpeaker exports have none."""
 
 
-def summarize_onnx(data: bytes) -> OnnxSummary:
-    """Read an ONNX ModelProto's inputs, outputs, opsets and operator domains.
-    Raises ModelError (without a path; callers add it) when ``data`` is not one."""
-    view = memoryview(data)
-    summary = OnnxSummary()
-    seen_graph = False
-    try:
-        for number, wire, value in _fields(view):
+class _Walker:
+    """Reads every node and tensor of a ModelProto into an :class:`OnnxSummary`."""
+
+    def __init__(self, summary: OnnxSummary) -> None:
+        self.summary = summary
+
+    def fields(self, data: memoryview, kind: str) -> Iterator[tuple[int, int, Any]]:
+        """The fields of one ``kind`` message, refusing unknown ones and message fields
+        that are not length-delimited (a parser would keep those as unknown bytes)."""
+        known = _MESSAGE_FIELDS[kind]
+        for number, wire, value in _fields(data):
+            if number not in known:
+                raise _Malformed(f"{kind} field {number} is not in ONNX 1.23's format")
+            if (kind, number) in _SUBMESSAGES and wire != 2:
+                raise _Malformed(f"{kind} field {number} is not a message")
+            yield number, wire, value
+
+    def model(self, data: memoryview) -> bool:
+        """Walk a ModelProto; True when it has a main graph."""
+        summary, seen_graph = self.summary, False
+        for number, wire, value in self.fields(data, "ModelProto"):
             if number == 1 and wire == 0:
                 summary.ir_version = value
             elif number == 2 and wire == 2:
                 summary.producer = _text(value)
-            elif number == 7 and wire == 2:
-                _graph(value, summary)
+            elif number == 7:
+                self.graph(value, 0, "the graph", main=True)
                 seen_graph = True
             elif number == 8 and wire == 2:
                 domain, version = "", 0
@@ -212,8 +269,114 @@ def summarize_onnx(data: bytes) -> OnnxSummary:
                     elif n2 == 2 and w2 == 0:
                         version = v2
                 summary.opsets[domain] = version
+            elif number == 20:
+                for n2, _, v2 in self.fields(value, "TrainingInfoProto"):
+                    if n2 in (1, 2):
+                        self.graph(v2, 1, "a training graph")
+            elif number == 25:
+                self.function(value)
+        return seen_graph
+
+    def graph(self, data: memoryview, depth: int, where: str, *, main: bool = False) -> None:
+        if depth > MAX_GRAPH_DEPTH:
+            raise _Refused(f"graphs nested deeper than {MAX_GRAPH_DEPTH} levels")
+        summary = self.summary
+        for number, _, value in self.fields(data, "GraphProto"):
+            if number == 1:
+                self.node(value, depth, where)
+            elif number == 5:
+                name = self.tensor(value, "initializer", where)
+                if main:
+                    summary.initializers.add(name)
+            elif number == 15:
+                self.sparse(value, "sparse initializer", where)
+            elif main and number == 11:
+                summary.inputs.append(_value_info(value))
+            elif main and number == 12:
+                summary.outputs.append(_value_info(value))
+
+    def node(self, data: memoryview, depth: int, where: str) -> None:
+        domain = op = ""
+        attributes = []
+        for number, wire, value in self.fields(data, "NodeProto"):
+            if number == 7 and wire == 2:
+                domain = _text(value)
+            elif number == 4 and wire == 2:
+                op = _text(value)
+            elif number == 5:
+                attributes.append(value)
+        self.summary.node_domains.add(domain)
+        self.summary.op_types.add(op)
+        for attribute in attributes:
+            self.attribute(attribute, depth, op, where)
+
+    def attribute(self, data: memoryview, depth: int, op: str, where: str) -> None:
+        """An attribute of an ``op`` node (or a function's default) in ``where``."""
+        name = ""
+        subgraphs, tensors, sparse = [], [], []
+        for number, wire, value in self.fields(data, "AttributeProto"):
+            if number == 1 and wire == 2:
+                name = _text(value)
+            elif number in (5, 10):
+                tensors.append(value)
+            elif number in (6, 11):
+                subgraphs.append(value)
+            elif number in (22, 23):
+                sparse.append(value)
+        here = f"attribute {name!r} of {op!r} in {where}"
+        for tensor in tensors:
+            self.tensor(tensor, "tensor", here)
+        for tensor in sparse:
+            self.sparse(tensor, "sparse tensor", here)
+        for graph in subgraphs:
+            self.graph(graph, depth + 1, f"a subgraph ({op}.{name}, depth {depth + 1})")
+
+    def function(self, data: memoryview) -> None:
+        name, nodes = "", []
+        for number, wire, value in self.fields(data, "FunctionProto"):
+            if number == 1 and wire == 2:
+                name = _text(value)
+            elif number == 7:
+                nodes.append(value)
+            elif number == 11:
+                self.attribute(value, 1, "(default)", f"function {name!r}")
+            elif number == 9 and wire == 2:
+                for n2, w2, v2 in _fields(value):
+                    if n2 == 1 and w2 == 2:
+                        self.summary.node_domains.add(_text(v2))
+        for node in nodes:
+            self.node(node, 1, f"function {name!r}")
+
+    def sparse(self, data: memoryview, what: str, where: str) -> None:
+        for number, _, value in self.fields(data, "SparseTensorProto"):
+            if number in (1, 2):
+                self.tensor(value, what, where)
+
+    def tensor(self, data: memoryview, what: str, where: str) -> str:
+        """Record a tensor pointing outside the file (external data locations, or any
+        data_location but DEFAULT, however encoded); return the tensor's name."""
+        name, external = "", False
+        for number, wire, value in self.fields(data, "TensorProto"):
+            if number == 8 and wire == 2:
+                name = _text(value)
+            elif number == 13 or (number == 14 and value != 0):
+                external = True
+        if external and not self.summary.external_data:
+            self.summary.external_data = f"{what} {name!r} in {where}"[:300]
+        return name
+
+
+def summarize_onnx(data: bytes) -> OnnxSummary:
+    """Read an ONNX ModelProto's inputs, outputs, opsets, operators and external data
+    references, walking every graph, subgraph and function. Raises ModelError (without a
+    path; callers add it) when ``data`` is not one, or nests graphs past MAX_GRAPH_DEPTH."""
+    summary = OnnxSummary()
+    try:
+        seen_graph = _Walker(summary).model(memoryview(data))
     except _Malformed as exc:
         raise ModelError(f"not an ONNX model ({exc})") from None
+    except _Refused as exc:
+        raise ModelError(str(exc)) from None
     if not seen_graph or summary.ir_version <= 0 or not summary.opsets:
         raise ModelError("not an ONNX model (no graph, IR version or opset)")
     return summary
@@ -297,7 +460,13 @@ class OnnxEncoder(SpeakerEncoder):
         # Only the ONNX protobuf format (already checked), never ORT's own format.
         options.add_session_config_entry("session.load_model_format", "ONNX")
         try:
-            return ort.InferenceSession(self._model, options, providers=self._providers)
+            # A model given as bytes resolves external data against the working directory
+            # (summarize_onnx refuses any); here against an empty directory of our own.
+            with tempfile.TemporaryDirectory(prefix="speakerdb-onnx-") as empty:
+                options.add_session_config_entry(
+                    "session.model_external_initializers_file_folder_path", empty
+                )
+                return ort.InferenceSession(self._model, options, providers=self._providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/...
             raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
 
@@ -381,14 +550,21 @@ def _read(path: Path) -> bytes:
 
 
 def check_wespeaker_graph(summary: OnnxSummary, source: str) -> None:
-    """Raise ModelError unless the graph looks like a WeSpeaker export we can run exactly."""
+    """Raise ModelError unless the graph looks like a WeSpeaker export we can run exactly
+    and safely (see the module's docstring)."""
+    if summary.external_data:
+        raise ModelError(
+            f"{source}: points to external files for its {summary.external_data}; "
+            "tensors are read only from the model file itself"
+        )
     custom = sorted((set(summary.opsets) | summary.node_domains) - _BUILTIN_DOMAINS)
     if custom:
         raise ModelError(
             f"{source}: needs custom operators (domain {custom[0]!r}), which are never loaded"
         )
-    if summary.external_data:
-        raise ModelError(f"{source}: keeps weights in external files, which are not read")
+    refused_ops = sorted(summary.op_types & _REFUSED_OPS)
+    if refused_ops:
+        raise ModelError(f"{source}: uses operator {refused_ops[0]!r}, which is never run")
     inputs = [i for i in summary.inputs if i.name not in summary.initializers]
     names = [i.name for i in inputs]
     if names != [INPUT_NAME]:
@@ -416,13 +592,15 @@ def check_wespeaker_graph(summary: OnnxSummary, source: str) -> None:
 
 def is_onnx_model(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a file holding an ONNX graph with a ``feats`` input and an
-    ``embs`` output (by content, not extension). Never raises."""
+    ``embs`` output (by content, not extension). Never raises. Whether it is one that can be
+    run (and safely) is for :func:`load_onnx` to say, with its reason."""
     try:
         summary = summarize_onnx(_read(Path(path)))
-        check_wespeaker_graph(summary, str(path))
     except ModelError:
         return False
-    return True
+    return INPUT_NAME in [i.name for i in summary.inputs] and OUTPUT_NAME in [
+        o.name for o in summary.outputs
+    ]
 
 
 def load_onnx(path: str | os.PathLike[str], *, threads: int = 0) -> OnnxEncoder:
