@@ -45,7 +45,7 @@ import torch
 from speakerdb.errors import ModelError, TooLittleSpeechError
 from speakerdb.model._ecapa import EcapaConfig, EcapaTdnn, check_state_dict
 from speakerdb.model._encoder import SpeakerEncoder
-from speakerdb.model._hyperyaml import Tagged, load_hyperyaml, resolve
+from speakerdb.model._hyperyaml import Resolver, Tagged, load_hyperyaml
 from speakerdb.model._resampling import torchaudio_resample
 
 __all__ = [
@@ -111,7 +111,7 @@ class SpeechBrainConfig:
 class _Fields:
     """Reads one ``!new:`` node's keyword arguments, refusing anything not understood."""
 
-    def __init__(self, field: str, node: Any, target: str, root: Mapping[str, Any]) -> None:
+    def __init__(self, field: str, node: Any, target: str, refs: Resolver) -> None:
         if not isinstance(node, Tagged) or node.kind != "new":
             shown = node.describe() if isinstance(node, Tagged) else repr(node)
             raise ModelError(f"hyperparams.yaml: {field} is {shown}, expected !new:{target}")
@@ -120,7 +120,7 @@ class _Fields:
                 f"hyperparams.yaml: {field} is !new:{node.target}, which speakerdb does not "
                 f"implement (supported: {target})"
             )
-        value = resolve(node.value, root, field)
+        value = refs.resolve(node.value, field)
         if value is None:
             value = {}
         if not isinstance(value, dict):
@@ -300,23 +300,24 @@ def parse_hyperparams(data: bytes, source: str = HYPERPARAMS) -> SpeechBrainConf
     Raises ModelError naming the field and value of anything not implemented exactly.
     """
     root = load_hyperyaml(data, source)
+    refs = Resolver(root)  # one per file: each entry is resolved once, however often named
     for name in ("compute_features", "mean_var_norm", "embedding_model"):
         if name not in root:
             raise ModelError(f"{source}: no {name} entry (not a SpeechBrain speaker model)")
-    fbank = _fbank_config(_Fields("compute_features", root["compute_features"], _FBANK, root))
+    fbank = _fbank_config(_Fields("compute_features", root["compute_features"], _FBANK, refs))
     features_norm = _norm_config(
-        _Fields("mean_var_norm", root["mean_var_norm"], _NORM, root), ("sentence",)
+        _Fields("mean_var_norm", root["mean_var_norm"], _NORM, refs), ("sentence",)
     )
     ecapa = _ecapa_config(
-        _Fields("embedding_model", root["embedding_model"], _ECAPA, root), fbank.n_mels
+        _Fields("embedding_model", root["embedding_model"], _ECAPA, refs), fbank.n_mels
     )
     embedding_norm = None
     if "mean_var_norm_emb" in root:
         embedding_norm = _norm_config(
-            _Fields("mean_var_norm_emb", root["mean_var_norm_emb"], _NORM, root), ("global",)
+            _Fields("mean_var_norm_emb", root["mean_var_norm_emb"], _NORM, refs), ("global",)
         )
     if "audio_normalizer" in root:
-        fields = _Fields("audio_normalizer", root["audio_normalizer"], _NORMALIZER, root)
+        fields = _Fields("audio_normalizer", root["audio_normalizer"], _NORMALIZER, refs)
         fields.require("sample_rate", (16_000,), 16_000)
         fields.require("mix", ("avg-to-mono",), "avg-to-mono")
         fields.done()
