@@ -47,6 +47,7 @@ from speakerdb.model._ecapa import EcapaConfig, EcapaTdnn, check_state_dict
 from speakerdb.model._encoder import SpeakerEncoder
 from speakerdb.model._hyperyaml import Resolver, Tagged, load_hyperyaml
 from speakerdb.model._resampling import torchaudio_resample
+from speakerdb.model._weights import read_checkpoint
 
 __all__ = [
     "SpeechBrainEncoder",
@@ -505,27 +506,9 @@ def _read_limited(path: Path, limit: int) -> bytes:
 
 def load_checkpoint(path: Path, limit: int) -> dict[str, Any]:
     """A checkpoint read with ``torch.load(weights_only=True)`` (no pickle runs code).
-    Raises ModelError for missing, oversized, malformed or object-carrying files."""
-    import io
-    import zipfile
-
-    data = _read_limited(path, limit)
-    try:
-        # A checkpoint is a zip archive; its members could be compressed far beyond the file
-        # size, so their declared sizes are checked before anything is inflated.
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            inflated = sum(member.file_size for member in archive.infolist())
-    except (zipfile.BadZipFile, ValueError):
-        inflated = len(data)  # legacy (non-zip) format: torch reports what it is
-    if inflated > 2 * limit:
-        raise ModelError(f"{path}: unpacks to {inflated} bytes, over the {2 * limit}-byte limit")
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            reason = "it holds Python objects, not only tensors (refused, never unpickled)"
-        raise ModelError(f"{path}: not a readable checkpoint: {reason[:200]}") from None
+    Raises ModelError for missing, oversized, malformed or object-carrying files (one line,
+    never with torch's warnings or its advice to load unsafely)."""
+    state = read_checkpoint(_read_limited(path, limit), str(path), 2 * limit)
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise ModelError(f"{path}: not a checkpoint of named tensors")
     return state
