@@ -206,6 +206,12 @@ def test_hand_made_graph_runs(tmp_path):
             {"initializer": _field(8, b"w") + _field(13, _field(1, b"location")) + _field(14, 1)},
             "external files",
         ),
+        # data_location EXTERNAL written as 2**32 + 1: parsers keep the low 32 bits of an enum.
+        ({"initializer": _field(8, b"w") + _field(14, (1 << 32) + 1)}, "external files"),
+        # A field of TensorProto this reader does not know (could hold data for a newer runtime).
+        ({"initializer": _field(8, b"w") + _field(17, b"x")}, "TensorProto field 17"),
+        # An execution provider's precompiled blob, possibly a file path.
+        ({"op": "EPContext", "domain": "com.microsoft"}, "'EPContext', which is never run"),
     ],
 )
 def test_unsupported_graphs_are_refused(tmp_path, kwargs, message):

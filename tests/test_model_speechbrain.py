@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from child import run_child
 from encoder_driver import embed_files, embed_prepared, prepare_file
 from family_parity import Reference, assert_discriminative, assert_parity, input_paths
 
 from helpers import ROOT, require_data
 from speakerdb.errors import ModelError
-from speakerdb.model._hyperyaml import Tagged, load_hyperyaml, resolve
+from speakerdb.model._hyperyaml import MAX_EXPANDED, Resolver, Tagged, load_hyperyaml, resolve
 from speakerdb.model._speechbrain import (
     MAX_CKPT_BYTES,
     is_speechbrain_folder,
@@ -165,7 +166,10 @@ def test_checkpoint_with_code_is_refused(folder, tmp_path, monkeypatch):
     state = torch.load(folder / "embedding_model.ckpt", weights_only=True)
     state["blocks.0.conv.conv.weight"] = _RunsCode()
     torch.save(state, folder / "embedding_model.ckpt", pickle_protocol=pickle.HIGHEST_PROTOCOL)
-    with pytest.raises(ModelError, match="Python objects"):
+    with pytest.raises(ModelError, match="not a plain tensor checkpoint"):
+        load_speechbrain(folder)
+    torch.save(state, folder / "embedding_model.ckpt")  # torch's own protocol: the code is met
+    with pytest.raises(ModelError, match=r"Python objects \(posix.system\)"):
         load_speechbrain(folder)
     assert not marker.exists()
 
@@ -291,10 +295,107 @@ def test_references_resolve_without_evaluating_code():
     assert resolve(root["path"], root, "path") == "/m/x.ckpt"
     assert resolve(root["pick"], root, "pick") == 3
     assert resolve(root["thing"], root, "thing") == Tagged("new", "some.Class", {"k": 80})
-    with pytest.raises(ModelError, match="nested too deeply"):
+    with pytest.raises(ModelError, match=r"cycle: <loop> -> <loop>"):
         resolve(root["loop"], root, "loop")
     with pytest.raises(ModelError):
         resolve(root["bad"], root, "bad")
+
+
+# --- references fanning out (issue 16, defect 8) -----------------------------------------------
+
+
+def _fan_out(kind: str, levels: int = 12, fan: int = 10) -> tuple[str, str]:
+    """YAML lines defining x0 .. x{levels}, each naming the one before ``fan`` times, and
+    the field of the fixture's hyperparams.yaml that is pointed at the last."""
+    if kind == "list":
+        lines = ["x0: [1]"] + [
+            f"x{i}: [{', '.join([f'!ref <x{i - 1}>'] * fan)}]" for i in range(1, levels + 1)
+        ]
+        return "\n".join(lines), f"    channels: !ref <x{levels}>"
+    if kind == "string":
+        lines = ["x0: abcdefgh"] + [
+            f"x{i}: !ref {f'<x{i - 1}>' * fan}" for i in range(1, levels + 1)
+        ]
+        return "\n".join(lines), f"    norm_type: !ref <x{levels}>"
+    lines = ["x0: 10"] + [
+        f"x{i}: !ref {' * '.join([f'<x{i - 1}>'] * fan)}" for i in range(1, levels + 1)
+    ]
+    return "\n".join(lines), f"    lin_neurons: !ref <x{levels}>"
+
+
+_FIELD_REPLACED = {
+    "list": "    channels: [128, 128, 128, 128, 384]",
+    "string": "    norm_type: sentence",
+    "arithmetic": "    lin_neurons: 192",
+}
+
+
+def _bomb_folder(folder: Path, kind: str) -> Path:
+    lines, field = _fan_out(kind)
+    _edit_yaml(folder, _FIELD_REPLACED[kind], field)
+    path = folder / "hyperparams.yaml"
+    path.write_text(path.read_text() + "\n" + lines + "\n")
+    return path
+
+
+def test_fanning_references_are_refused_quickly(tmp_path):
+    """A 2.7 KB hyperparams.yaml with ten references per level hung `models show`: each
+    entry is now resolved once and expansion is bounded. The child is killed after 120 s
+    (a hang guard; memoised, each file takes milliseconds)."""
+    folders = {}
+    for kind in _FIELD_REPLACED:
+        folders[kind] = tmp_path / kind
+        shutil.copytree(MODEL, folders[kind])
+        size = _bomb_folder(folders[kind], kind).stat().st_size
+        assert size < 4096, size
+    result = run_child(
+        """
+        import json, sys
+        from click.testing import CliRunner
+        from speakerdb.cli import cli
+        from speakerdb.errors import ModelError
+        from speakerdb.model._speechbrain import parse_hyperparams
+        RESULT = {}
+        for folder in sys.argv[1:]:
+            with open(folder + "/hyperparams.yaml", "rb") as fh:
+                data = fh.read()
+            try:
+                parse_hyperparams(data)
+                RESULT[folder] = "loaded"
+            except ModelError as exc:
+                RESULT[folder] = exc.message
+        shown = CliRunner().invoke(cli, ["models", "show", sys.argv[1]])
+        RESULT["cli"] = [shown.exit_code, shown.stderr]
+        """,
+        *map(str, folders.values()),
+        timeout=120,
+        address_space_gb=10,
+    )
+    for kind, folder in folders.items():
+        message = result[str(folder)]
+        expected = "over 64 bits" if kind == "arithmetic" else f"over {MAX_EXPANDED} values"
+        assert expected in message, (kind, message)
+    code, stderr = result["cli"]
+    assert code == 2 and stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert f"over {MAX_EXPANDED} values" in stderr
+
+
+def test_fanning_references_within_bounds_resolve_exactly():
+    """Memoised entries give what resolving each reference afresh gives."""
+    lines, _ = _fan_out("list", levels=3, fan=4)
+    text, _ = _fan_out("string", levels=3, fan=3)
+    numbers, _ = _fan_out("arithmetic", levels=2, fan=3)
+    root = load_hyperyaml(
+        (lines + "\n" + text.replace("x", "s") + "\n" + numbers.replace("x", "n")).encode(),
+        "h.yaml",
+    )
+    refs = Resolver(root)
+    expected: list = [1]
+    for _ in range(3):
+        expected = [expected] * 4
+    assert refs.resolve(root["x3"], "x3") == expected
+    assert refs.resolve(root["s3"], "s3") == "abcdefgh" * 27
+    assert refs.resolve(root["n2"], "n2") == 10**9
 
 
 def test_card_hyperparams_parse():

@@ -77,6 +77,16 @@ def _evaluation_text(report: EvaluationReport) -> list[str]:
             f"actual DCF {c.act_dcf:.4f}, minimum DCF {c.min_dcf:.4f} (p_target "
             f"{c.p_target:g}); EER {c.eer:.2%}"
         )
+    counts = report.trial_counts
+    if counts is not None:
+        ignored = counts.ignored()
+        lines.insert(
+            2,
+            f"distinct:         {counts.trials} trials of {counts.lines} lines "
+            f"({counts.target_trials} same speaker, {counts.nontarget_trials} different), "
+            f"{counts.recordings} recordings, {counts.speakers} speakers"
+            + (f"; {ignored}" if ignored else ""),
+        )
     for failure in report.failed_files:
         lines.append(f"unusable: {show(failure['path'])}: {failure['reason']}")
     return lines

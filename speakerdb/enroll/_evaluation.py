@@ -17,7 +17,7 @@ import numpy.typing as npt
 from speakerdb import scoring
 from speakerdb._calibration import Calibration, fit_calibration
 from speakerdb._results import DecisionRule
-from speakerdb.enroll._lists import ManifestEntry, Trial
+from speakerdb.enroll._lists import ManifestEntry, Trial, TrialCounts, count_trials
 from speakerdb.enroll._policy import (
     MIN_NONTARGET_TRIALS,
     MIN_TARGET_TRIALS,
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from speakerdb._identity import ModelIdentity
 
 __all__ = [
+    "MIN_TARGET_SPEAKERS",
     "CalibrationFigures",
     "CalibrationResult",
     "EvaluationReport",
@@ -41,6 +42,12 @@ __all__ = [
     "trials_digest",
     "trials_from_manifest",
 ]
+
+
+MIN_TARGET_SPEAKERS = 2
+"""Fewest speakers the same-speaker trials of ``calibrate`` come from (recordings joined by
+same-speaker trials count as one speaker): a calibration seen on one voice only says
+nothing of the others. A floor, like the trial minimums, not a figure tuned on data."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,8 @@ class EvaluationReport:
     figures of the LLRs (Cllr, minCllr, actual and minimum DCF at the rule's operating point,
     FAR and FRR of its decisions; :class:`CalibrationFigures`). Trials with an unusable file
     are not scored; the files are listed in ``failed_files`` with the reason.
+    ``trial_counts``: what the list held, each thing once (:class:`TrialCounts`: a trial
+    and its mirror are one trial; repeated lines are counted, not scored twice).
     """
 
     trials: int
@@ -95,6 +104,7 @@ class EvaluationReport:
     decision_rule: dict[str, Any] | None = None
     calibration: str | None = None
     calibrated: CalibrationFigures | None = None
+    trial_counts: TrialCounts | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -129,6 +139,7 @@ def summarise(
     *,
     accepted: Sequence[bool] | None = None,
     rule: DecisionRule | None = None,
+    trial_counts: TrialCounts | None = None,
 ) -> EvaluationReport:
     """Compute every figure of an :class:`EvaluationReport` from scored trials.
 
@@ -182,6 +193,7 @@ def summarise(
         decision_rule=rule.to_dict() if rule is not None else None,
         calibration=rule.calibration if rule is not None else None,
         calibrated=calibrated,
+        trial_counts=trial_counts,
     )
 
 
@@ -307,7 +319,8 @@ class ScoredTrials:
     """Usable labelled trials, scored: per trial its raw cosine, its score on the policy's
     scale (the cosine, or the AS-norm z-score), and the quality of its two files (``enrolls``
     is file a, ``probes`` file b: the calibration's features are symmetric). ``skipped``:
-    trials with an unusable file, listed in ``failed`` (path -> (code, reason))."""
+    trials with an unusable file, listed in ``failed`` (path -> (code, reason)). ``counts``:
+    the distinct trials, recordings and speakers of the list they came from."""
 
     trials: list[Trial]
     cosines: list[float]
@@ -316,6 +329,7 @@ class ScoredTrials:
     enrolls: list[Side]
     skipped: int
     failed: dict[str, tuple[str, str]]
+    counts: TrialCounts | None = None
 
     def summary(
         self, policy: DecisionPolicy, far: float, model: str, normalization: str | None
@@ -336,14 +350,16 @@ class ScoredTrials:
             normalization=normalization,
             accepted=[d.accepted for d in decisions],
             rule=policy.rule,
+            trial_counts=self.counts,
         )
 
     def fit(
         self, identity: ModelIdentity, *, p_fit: float, score: str, trials_sha256: str
     ) -> tuple[Calibration, int]:
-        """Fit a calibration on these trials (those whose files' quality is known). Returns
-        it and how many trials it was fitted on. Raises UsageError for fewer than
-        :data:`MIN_TARGET_TRIALS` same-speaker or :data:`MIN_NONTARGET_TRIALS`
+        """Fit a calibration on these trials (those whose files' quality is known; distinct,
+        as the facade gives them). Returns it and how many trials it was fitted on. Raises
+        UsageError for fewer than :data:`MIN_TARGET_TRIALS` same-speaker trials (from
+        :data:`MIN_TARGET_SPEAKERS` speakers) or :data:`MIN_NONTARGET_TRIALS`
         different-speaker trials."""
         usable = [
             i
@@ -351,12 +367,24 @@ class ScoredTrials:
             if p.known and e.known
         ]
         labels = np.array([int(self.trials[i].label or 0) for i in usable])
-        targets, impostors = int(labels.sum()), int(labels.size - labels.sum())
-        if targets < MIN_TARGET_TRIALS or impostors < MIN_NONTARGET_TRIALS:
+        counts = count_trials(self.trials[i] for i in usable)
+        targets, impostors = counts.target_trials, counts.nontarget_trials
+        described = (
+            f"{targets} same-speaker trials of {counts.speakers} speaker(s) and {impostors} "
+            f"different-speaker trials, {counts.recordings} recordings"
+        )
+        if (
+            targets < MIN_TARGET_TRIALS
+            or impostors < MIN_NONTARGET_TRIALS
+            or counts.speakers < MIN_TARGET_SPEAKERS
+        ):
+            ignored = self.counts.ignored() if self.counts is not None else ""
             raise UsageError(
-                f"too few trials to calibrate: {targets} same-speaker and {impostors} "
-                f"different-speaker trials could be scored; at least {MIN_TARGET_TRIALS} and "
-                f"{MIN_NONTARGET_TRIALS} are needed"
+                f"too few trials to calibrate (each counted once): {described} could be scored"
+                + (f" ({ignored})" if ignored else "")
+                + f"; at least {MIN_TARGET_TRIALS} same-speaker trials of "
+                f"{MIN_TARGET_SPEAKERS} speakers and {MIN_NONTARGET_TRIALS} different-speaker "
+                "trials are needed"
             )
         inputs = trial_quality(
             [self.scores[i] for i in usable],
@@ -373,7 +401,7 @@ class ScoredTrials:
             },
             p_fit=p_fit,
             trials_sha256=trials_sha256,
-            note=f"speakerdb calibrate: {targets} same-speaker / {impostors} different trials",
+            note=f"speakerdb calibrate: {described} (distinct)",
             score=score,
         )
         return calibration, len(usable)

@@ -36,7 +36,7 @@ from speakerdb.enroll._evaluation import (
     ScoredTrials,
     trials_digest,
 )
-from speakerdb.enroll._lists import ManifestEntry, Trial
+from speakerdb.enroll._lists import ManifestEntry, Trial, distinct_trials
 from speakerdb.enroll._policy import (
     RERANKED_CANDIDATES,
     DecisionPolicy,
@@ -714,9 +714,11 @@ class SpeakerDB:
         cohort_size: int,
         progress: Progress | None,
     ) -> ScoredTrials:
-        """Embed the trials' files (each once) and score the usable trials."""
+        """Embed the trials' files (each once) and score the usable distinct trials (a trial
+        and its mirror, or a repeated line, are scored once: see distinct_trials)."""
         if any(t.label is None for t in trials):
             raise UsageError("every trial needs a label (1 same speaker, 0 different)")
+        trials, counts = distinct_trials(trials)
         position, embedded = self._embed_distinct(
             [x for t in trials for x in (t.a, t.b)], 0, None, progress
         )
@@ -741,6 +743,7 @@ class SpeakerDB:
             enrolls=[_side(embedded[sides[k][0]]) for k in kept],
             skipped=len(trials) - len(kept),
             failed=failed,
+            counts=counts,
         )
 
     def calibrate(
@@ -807,7 +810,7 @@ class SpeakerDB:
             trials_sha256=calibration.fit.trials_sha256,
             target_trials=calibration.fit.target_trials,
             nontarget_trials=calibration.fit.nontarget_trials,
-            note=f"fitted on {used} trials of {len(trials)}",
+            note=f"fitted on {used} distinct trials of {len(scored.trials) + scored.skipped}",
         )
         policy = resolve_policy(
             identity, key, identity_threshold(identity, key), setting=setting

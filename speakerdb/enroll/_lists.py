@@ -7,22 +7,33 @@ be moved together. Every malformed line is a UsageError naming the file and line
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from speakerdb.errors import UsageError
 
-__all__ = ["ManifestEntry", "Trial", "read_manifest", "read_pairs", "read_trials"]
+__all__ = [
+    "ManifestEntry",
+    "Trial",
+    "TrialCounts",
+    "count_trials",
+    "distinct_trials",
+    "read_manifest",
+    "read_pairs",
+    "read_trials",
+]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestEntry:
     path: Path
     speaker: str
     line: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Trial:
     """A pair of recordings; ``label`` is 1 (same speaker), 0 (different) or None (unknown)."""
 
@@ -32,9 +43,12 @@ class Trial:
     line: int
 
 
-def _read_lines(path: Path, what: str) -> list[str]:
+def _read_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file, read as it goes (a list of a million lines is
+    never held whole)."""
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        with open(path, encoding="utf-8") as handle:
+            yield from enumerate(handle, start=1)
     except FileNotFoundError:
         raise UsageError(f"{what} not found: {path}") from None
     except IsADirectoryError:
@@ -48,13 +62,28 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
+class _Paths:
+    """Resolves the paths of one list, one Path object per distinct spelling: a file named
+    on many lines costs one object."""
+
+    def __init__(self, base: Path) -> None:
+        self._base = base
+        self._known: dict[str, Path] = {}
+
+    def __call__(self, value: str) -> Path:
+        path = self._known.get(value)
+        if path is None:
+            path = self._known[value] = _resolve(self._base, value)
+        return path
+
+
 def read_manifest(path: str | Path) -> list[ManifestEntry]:
     """NeMo manifest: one JSON object per line with ``audio_filepath`` and ``label`` (or
     ``speaker``). Blank lines are ignored."""
     path = Path(path)
-    base = path.resolve().parent
+    resolve = _Paths(path.resolve().parent)
     entries: list[ManifestEntry] = []
-    for number, line in enumerate(_read_lines(path, "manifest"), start=1):
+    for number, line in _read_lines(path, "manifest"):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -72,7 +101,7 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
             raise UsageError(f'{where}: missing "label" (or "speaker")')
         if not isinstance(speaker, str | int):
             raise UsageError(f'{where}: "label" must be text')
-        entries.append(ManifestEntry(_resolve(base, audio), str(speaker), number))
+        entries.append(ManifestEntry(resolve(audio), str(speaker), number))
     if not entries:
         raise UsageError(f"manifest {path} has no entries")
     return entries
@@ -85,9 +114,9 @@ def read_trials(path: str | Path, require_labels: bool = False) -> list[Trial]:
     absolute. ``require_labels``: every line must carry its 1/0 label.
     """
     path = Path(path)
-    base = path.resolve().parent
+    resolve = _Paths(path.resolve().parent)
     trials: list[Trial] = []
-    for number, line in enumerate(_read_lines(path, "trial list"), start=1):
+    for number, line in _read_lines(path, "trial list"):
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue
@@ -108,7 +137,7 @@ def read_trials(path: str | Path, require_labels: bool = False) -> list[Trial]:
             raise UsageError(
                 f"{where}: expected '[<1|0>] <path_a> <path_b>', got {len(fields)} fields"
             )
-        trials.append(Trial(_resolve(base, a), _resolve(base, b), label, number))
+        trials.append(Trial(resolve(a), resolve(b), label, number))
     if not trials:
         raise UsageError(f"trial list {path} has no trials")
     return trials
@@ -117,3 +146,91 @@ def read_trials(path: str | Path, require_labels: bool = False) -> list[Trial]:
 def read_pairs(path: str | Path) -> list[Trial]:
     """Pairs to compare: ``path_a path_b`` lines, or labelled VoxCeleb lines."""
     return read_trials(path, require_labels=False)
+
+
+# --- counting trials once ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """What a list of labelled trials holds, each thing counted once.
+
+    lines: trials given; trials: distinct ones (a pair and its mirror are one trial);
+    target_trials / nontarget_trials: distinct same- / different-speaker trials; recordings:
+    distinct files; speakers: groups of recordings joined by same-speaker trials (the
+    speakers of the same-speaker trials; exactly the speakers for a manifest's pairs);
+    duplicates: lines that repeat a trial (or its mirror); self_pairs: lines pairing a file
+    with itself (not a trial: ignored)."""
+
+    lines: int
+    trials: int
+    target_trials: int
+    nontarget_trials: int
+    recordings: int
+    speakers: int
+    duplicates: int = 0
+    self_pairs: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def ignored(self) -> str:
+        """What was left out, for a user ("" when nothing was)."""
+        parts = []
+        if self.duplicates:
+            parts.append(f"{self.duplicates} repeated trial line(s) counted once")
+        if self.self_pairs:
+            parts.append(f"{self.self_pairs} line(s) pairing a file with itself ignored")
+        return "; ".join(parts)
+
+
+def distinct_trials(trials: Iterable[Trial]) -> tuple[list[Trial], TrialCounts]:
+    """The distinct labelled trials, in first-seen order, and their counts.
+
+    A pair and its mirror (``a b`` / ``b a``) are one trial; a line repeating one is counted
+    in ``duplicates``; a file paired with itself is dropped. Raises UsageError when two lines
+    give one pair different labels."""
+    seen: dict[tuple[str, str], Trial] = {}
+    lines = self_pairs = 0
+    for trial in trials:
+        lines += 1
+        a, b = str(trial.a), str(trial.b)
+        if a == b:
+            self_pairs += 1
+            continue
+        key = (a, b) if a < b else (b, a)
+        first = seen.setdefault(key, trial)
+        if first.label != trial.label:
+            lines_named = f"lines {first.line} and {trial.line}" if trial.line else "two trials"
+            raise UsageError(f"{lines_named} give {a} / {b} different labels")
+    kept = list(seen.values())
+    counts = count_trials(kept)
+    extra = {"lines": lines, "duplicates": lines - self_pairs - len(kept), "self_pairs": self_pairs}
+    return kept, TrialCounts(**(counts.to_dict() | extra))
+
+
+def count_trials(trials: Iterable[Trial]) -> TrialCounts:
+    """Counts of trials already distinct (see :func:`distinct_trials`)."""
+    parent: dict[str, str] = {}  # union-find over recordings joined by same-speaker trials
+
+    def root(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    recordings: set[str] = set()
+    count = targets = nontargets = 0
+    for trial in trials:
+        count += 1
+        a, b = str(trial.a), str(trial.b)
+        recordings.update((a, b))
+        if trial.label == 1:
+            targets += 1
+            parent.setdefault(a, a)
+            parent.setdefault(b, b)
+            parent[root(a)] = root(b)
+        elif trial.label == 0:
+            nontargets += 1
+    speakers = len({root(x) for x in parent})
+    return TrialCounts(count, count, targets, nontargets, len(recordings), speakers)

@@ -605,6 +605,9 @@ def _prepare_or_error(
     try:
         return prepare_utterance(source, sample_rate, encoder, max_seconds=max_seconds)
     except AudioError as exc:
+        # Kept as a result: without its traceback, which would keep this worker's frames
+        # (and the pool's future) alive for as long as the result (KBs per failed file).
+        exc.__traceback__ = exc.__context__ = exc.__cause__ = None
         return exc
     except RecursionError:
         raise

@@ -25,7 +25,7 @@ from typing import Any
 
 from speakerdb.errors import ModelError
 
-__all__ = ["MAX_YAML_BYTES", "Tagged", "load_hyperyaml", "resolve"]
+__all__ = ["MAX_EXPANDED", "MAX_YAML_BYTES", "Resolver", "Tagged", "load_hyperyaml", "resolve"]
 
 MAX_YAML_BYTES = 1 << 20
 """Largest hyperparams file read (1 MiB; SpeechBrain's own are a few kB)."""
@@ -160,66 +160,140 @@ _BINARY: dict[type, Callable[[Any, Any], Any]] = {
     ast.Mod: operator.mod,
 }
 
+MAX_EXPANDED = 100_000
+"""Most values one resolved entry may expand to, counting each scalar, list, mapping and tag
+as one and each character of a string as one. SpeechBrain's own files resolve to a few
+hundred; a file whose references fan out (ten references to a value holding ten references
+to ...) would expand exponentially and is refused instead."""
 
-def resolve(value: Any, root: Mapping[str, Any], field: str, _depth: int = 0) -> Any:
-    """``value`` with every ``!ref`` / ``!copy`` inside it replaced by what it points at.
+MAX_INTEGER_BITS = 64
+"""Largest integer an arithmetic reference may produce (``<a> * <a> * ...`` chains would
+otherwise grow numbers past any memory)."""
 
-    root: the top-level mapping references are looked up in; field: the dotted name of the
-    value, used in errors. Other tags are returned as :class:`Tagged` with resolved contents.
-    Raises ModelError for unknown keys, reference cycles or unsupported expressions.
+
+class Resolver:
+    """Resolves ``!ref`` / ``!copy`` references of one file, each top-level entry once.
+
+    Entries are memoised with their expanded size, so a file whose references fan out costs
+    time linear in its length; an entry expanding past :data:`MAX_EXPANDED` is refused.
+    Resolved values may share sub-objects (a value referenced twice is the same object):
+    they are read, never modified.
     """
-    if _depth > _MAX_DEPTH:
-        raise ModelError(f"hyperparams.yaml: {field}: references nested too deeply (a cycle?)")
-    if isinstance(value, Tagged):
-        if value.kind in ("ref", "copy"):
-            return _resolve_reference(str(value.value), root, field, _depth + 1)
-        if value.kind == "tuple":
-            return tuple(resolve(v, root, field, _depth + 1) for v in value.value)
-        return Tagged(value.kind, value.target, resolve(value.value, root, field, _depth + 1))
-    if isinstance(value, dict):
-        return {k: resolve(v, root, f"{field}.{k}", _depth + 1) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve(v, root, f"{field}[{i}]", _depth + 1) for i, v in enumerate(value)]
-    return value
 
+    def __init__(self, root: Mapping[str, Any]) -> None:
+        self.root = root
+        self._done: dict[str, tuple[Any, int]] = {}
+        self._active: list[str] = []
 
-def _lookup(key: str, root: Mapping[str, Any], field: str, depth: int) -> Any:
-    # <a[b][c]> indexes into nested mappings, as HyperPyYAML allows.
-    parts = re.findall(r"[^\[\]]+", key)
-    if not parts:
-        raise ModelError(f"hyperparams.yaml: {field}: empty reference <{key}>")
-    node: Any = root
-    for i, part in enumerate(parts):
-        if not isinstance(node, Mapping) or part not in node:
-            raise ModelError(f"hyperparams.yaml: {field}: reference <{key}> names no value")
-        node = node[part]
-        if i == 0:
-            node = resolve(node, root, parts[0], depth + 1)
-    return resolve(node, root, key, depth + 1)
+    def resolve(self, value: Any, field: str) -> Any:
+        """``value`` with every reference inside it replaced by what it points at.
 
+        field: the dotted name of the value, used in errors. Other tags are returned as
+        :class:`Tagged` with resolved contents. Raises ModelError for unknown keys, cycles,
+        expansions past :data:`MAX_EXPANDED` and unsupported expressions."""
+        return self._resolve(value, field, 0)[0]
 
-def _resolve_reference(text: str, root: Mapping[str, Any], field: str, depth: int) -> Any:
-    whole = _REF.fullmatch(text.strip())
-    if whole:
-        return _lookup(whole.group(1), root, field, depth)
-    values: dict[str, Any] = {}
+    def _resolve(self, value: Any, field: str, depth: int) -> tuple[Any, int]:
+        """(resolved value, its expanded size)."""
+        if depth > _MAX_DEPTH:
+            raise ModelError(f"hyperparams.yaml: {field}: values and references nested too deeply")
+        out: Any
+        if isinstance(value, Tagged):
+            if value.kind in ("ref", "copy"):
+                return self._reference(str(value.value), field, depth + 1)
+            inner, size = self._resolve(value.value, field, depth + 1)
+            out = tuple(inner) if value.kind == "tuple" and isinstance(inner, list) else inner
+            if value.kind != "tuple":
+                out = Tagged(value.kind, value.target, inner)
+        elif isinstance(value, dict):
+            out, size = {}, 0
+            for k, v in value.items():
+                out[k], part = self._resolve(v, f"{field}.{k}", depth + 1)
+                size = self._grow(size, part + len(str(k)), field)
+        elif isinstance(value, list):
+            out, size = [], 0
+            for i, v in enumerate(value):
+                item, part = self._resolve(v, f"{field}[{i}]", depth + 1)
+                out.append(item)
+                size = self._grow(size, part, field)
+        else:
+            out, size = value, len(value) if isinstance(value, str) else 0
+        return out, self._grow(size, 1, field)
 
-    def substitute(match: re.Match[str]) -> str:
-        name = f"_ref{len(values)}"
-        values[name] = _lookup(match.group(1), root, field, depth)
-        return name
+    @staticmethod
+    def _grow(size: int, more: int, field: str) -> int:
+        size += more
+        if size > MAX_EXPANDED:
+            raise ModelError(
+                f"hyperparams.yaml: {field}: references expand to over {MAX_EXPANDED} values "
+                "(references fanning out?)"
+            )
+        return size
 
-    expression = _REF.sub(substitute, text)
-    if not values:
-        raise ModelError(f"hyperparams.yaml: {field}: reference {text!r} names no <key>")
-    if values and all(_is_number(v) for v in values.values()):
+    def _entry(self, key: str, depth: int) -> tuple[Any, int]:
+        """A top-level entry, resolved once (``depth``: the nesting of values and references
+        that led here, bounded as a whole so that Python's recursion limit is never met)."""
+        if key in self._done:
+            return self._done[key]
+        if key in self._active:
+            chain = " -> ".join(f"<{k}>" for k in [*self._active[self._active.index(key) :], key])
+            raise ModelError(f"hyperparams.yaml: references form a cycle: {chain}"[:300])
+        self._active.append(key)
         try:
-            return _arithmetic(ast.parse(expression.strip(), mode="eval").body, values)
-        except (SyntaxError, _NotArithmetic, ZeroDivisionError):
-            pass
-    if all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in values.values()):
-        return _REF.sub(lambda m: str(_lookup(m.group(1), root, field, depth)), text)
-    raise ModelError(f"hyperparams.yaml: {field}: unsupported reference expression {text!r}")
+            self._done[key] = self._resolve(self.root[key], key, depth + 1)
+        finally:
+            self._active.pop()
+        return self._done[key]
+
+    def _lookup(self, key: str, field: str, depth: int) -> tuple[Any, int]:
+        # <a[b][c]> indexes into nested mappings, as HyperPyYAML allows.
+        parts = re.findall(r"[^\[\]]+", key)
+        if not parts:
+            raise ModelError(f"hyperparams.yaml: {field}: empty reference <{key}>")
+        if parts[0] not in self.root:
+            raise ModelError(f"hyperparams.yaml: {field}: reference <{key}> names no value")
+        node, size = self._entry(parts[0], depth)
+        for part in parts[1:]:
+            if not isinstance(node, Mapping) or part not in node:
+                raise ModelError(f"hyperparams.yaml: {field}: reference <{key}> names no value")
+            node = node[part]
+        return node, size  # an indexed part is no bigger than its entry
+
+    def _reference(self, text: str, field: str, depth: int) -> tuple[Any, int]:
+        whole = _REF.fullmatch(text.strip())
+        if whole:
+            return self._lookup(whole.group(1), field, depth)
+        values: dict[str, Any] = {}
+        size = len(text)
+
+        def substitute(match: re.Match[str]) -> str:
+            nonlocal size
+            name = f"_ref{len(values)}"
+            values[name], part = self._lookup(match.group(1), field, depth)
+            size = self._grow(size, part, field)
+            return name
+
+        expression = _REF.sub(substitute, text)
+        if not values:
+            raise ModelError(f"hyperparams.yaml: {field}: reference {text!r} names no <key>")
+        if all(_is_number(v) for v in values.values()):
+            try:
+                number = _arithmetic(ast.parse(expression.strip(), mode="eval").body, values)
+                return number, 1
+            except (SyntaxError, _NotArithmetic, ZeroDivisionError):
+                pass
+        if all(
+            isinstance(v, str | int | float) and not isinstance(v, bool) for v in values.values()
+        ):
+            parts = iter(values.values())
+            return _REF.sub(lambda m: str(next(parts)), text), size
+        raise ModelError(f"hyperparams.yaml: {field}: unsupported reference expression {text!r}")
+
+
+def resolve(value: Any, root: Mapping[str, Any], field: str) -> Any:
+    """``value`` with every ``!ref`` / ``!copy`` inside it replaced by what it points at,
+    looked up in ``root`` (one :class:`Resolver`; use one for several values of a file)."""
+    return Resolver(root).resolve(value, field)
 
 
 def _is_number(value: Any) -> bool:
@@ -232,12 +306,22 @@ class _NotArithmetic(Exception):
 
 def _arithmetic(node: ast.AST, names: Mapping[str, Any]) -> Any:
     if isinstance(node, ast.Constant) and _is_number(node.value):
-        return node.value
+        return _bounded(node.value)
     if isinstance(node, ast.Name) and node.id in names:
-        return names[node.id]
+        return _bounded(names[node.id])
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
         operand = _arithmetic(node.operand, names)
         return -operand if isinstance(node.op, ast.USub) else operand
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        return _BINARY[type(node.op)](_arithmetic(node.left, names), _arithmetic(node.right, names))
+        left, right = _arithmetic(node.left, names), _arithmetic(node.right, names)
+        return _bounded(_BINARY[type(node.op)](left, right))
     raise _NotArithmetic
+
+
+def _bounded(number: Any) -> Any:
+    if isinstance(number, int) and number.bit_length() > MAX_INTEGER_BITS:
+        raise ModelError(
+            "hyperparams.yaml: an arithmetic reference gives an integer over "
+            f"{MAX_INTEGER_BITS} bits"
+        )
+    return number

@@ -26,8 +26,8 @@ give the same embeddings, but padded frames still cost time: batch similar lengt
 
 from __future__ import annotations
 
-import io
 import math
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from torch import Tensor
 from speakerdb.errors import ModelError, TooLittleSpeechError
 from speakerdb.model._encoder import SpeakerEncoder
 from speakerdb.model._nemo_archive import (
+    MAX_WEIGHTS_BYTES,
     file_sha256,
     is_nemo_archive,
     parse_config,
@@ -59,6 +60,7 @@ from speakerdb.model._nemo_nets import (
     TdnnLayer,
     TdnnSeBlock,
 )
+from speakerdb.model._weights import read_checkpoint
 
 __all__ = ["NEMO_THRESHOLD_NOTE", "NemoEncoder", "is_nemo_archive", "load_nemo"]
 
@@ -549,14 +551,8 @@ class _Weights:
                 )
 
 
-def _load_state(weights: bytes, source: str) -> dict[str, Tensor]:
-    try:
-        state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... on bad data
-        reason = " ".join(str(exc).split())[:300]
-        raise ModelError(
-            f"{source}: model_weights.ckpt is not a plain tensor checkpoint: {reason}"
-        ) from None
+def _load_state(weights: bytearray | mmap.mmap, source: str) -> dict[str, Tensor]:
+    state = read_checkpoint(weights, f"{source}: model_weights.ckpt", MAX_WEIGHTS_BYTES)
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
     ):
@@ -808,6 +804,7 @@ def load_nemo(path: Path) -> NemoEncoder:
     archive = read_nemo_archive(path)
     spec = _model_spec(parse_config(archive.config_text, source), source)
     weights = _Weights(_load_state(archive.weights, source), source)
+    del archive  # the checkpoint's bytes: the tensors now hold their own copies
     front_end = _front_end(spec.front_end, weights)
     encoder: JasperEncoder | EcapaEncoder
     if isinstance(spec.encoder, _JasperSpec):

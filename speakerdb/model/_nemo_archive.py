@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import mmap
 import re
 import tarfile
 from dataclasses import dataclass
@@ -37,12 +38,17 @@ CONFIG_MEMBER = "model_config.yaml"
 WEIGHTS_MEMBER = "model_weights.ckpt"
 
 # Limits, checked against member headers before any member data is read. A real speaker model
-# holds 2-5 members; TitaNet-L's weights are about 100 MB.
+# holds 2-5 members; TitaNet-L's weights are about 100 MB (the largest NeMo speaker model).
 MAX_MEMBERS = 512
 MAX_CONFIG_BYTES = 1 << 20
-MAX_WEIGHTS_BYTES = 2 << 30
-MAX_MEMBER_BYTES = 4 << 30
-MAX_ARCHIVE_BYTES = 8 << 30
+MAX_WEIGHTS_BYTES = 1 << 30
+MAX_MEMBER_BYTES = 1 << 30
+MAX_ARCHIVE_BYTES = 2 << 30
+MAX_COMPRESSION_RATIO = 20
+"""Most a gzip-compressed archive may inflate (bytes out per byte in), judged once it has
+inflated past :data:`RATIO_FLOOR`. Weights (float tensors) barely compress (1.1x), YAML about
+4x; a file inflating 1000x is zeros: a decompression bomb, refused before it is read."""
+RATIO_FLOOR = 16 << 20
 # tarfile reads extended (pax / GNU long name) headers whole: bound each single read.
 _MAX_SINGLE_READ = 1 << 20
 _CHUNK = 1 << 20
@@ -63,7 +69,7 @@ class NemoArchive:
     """The two members a speaker model needs, read into memory."""
 
     config_text: str
-    weights: bytes
+    weights: bytearray | mmap.mmap
 
 
 class _Refused(Exception):
@@ -73,10 +79,17 @@ class _Refused(Exception):
 class _BoundedReader:
     """A read-only stream over the (decompressed) archive that refuses, before doing it, any
     single read or seek that a sane archive never needs, so that a hostile header cannot make
-    tarfile read gigabytes into memory or decompress without end."""
+    tarfile read gigabytes into memory or decompress without end.
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    For a gzip archive ``raw`` is the compressed file: every read and every skip forward
+    inflates in bounded blocks through :meth:`read`, which refuses an archive inflating more
+    than :data:`MAX_COMPRESSION_RATIO`-fold (and seeks backwards, which would inflate again
+    from the start)."""
+
+    def __init__(self, stream: IO[bytes], raw: IO[bytes]) -> None:
         self._stream = stream
+        self._raw = raw
+        self._compressed = stream is not raw
         self.name = ""
         self.mode = "rb"
 
@@ -85,14 +98,32 @@ class _BoundedReader:
             raise _Refused("it asks for an oversized header read (corrupt or hostile archive)")
         if self._stream.tell() + size > MAX_ARCHIVE_BYTES + _MAX_SINGLE_READ:
             raise _Refused(f"it is larger than {MAX_ARCHIVE_BYTES >> 30} GiB")
-        return self._stream.read(size)
+        data = self._stream.read(size)
+        if self._compressed:
+            inflated = self._stream.tell()
+            if inflated > RATIO_FLOOR and inflated > MAX_COMPRESSION_RATIO * self._raw.tell():
+                raise _Refused(
+                    f"it inflates more than {MAX_COMPRESSION_RATIO}-fold ({self._raw.tell()} "
+                    f"compressed bytes gave {inflated}): a decompression bomb?"
+                )
+        return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
         if whence != 0:
             raise _Refused("it needs a relative seek")
         if offset > MAX_ARCHIVE_BYTES + _MAX_SINGLE_READ:
             raise _Refused(f"it is larger than {MAX_ARCHIVE_BYTES >> 30} GiB")
-        return self._stream.seek(offset)
+        if not self._compressed:
+            return self._stream.seek(offset)
+        position = self._stream.tell()
+        if offset < position:
+            raise _Refused("it needs a backward seek in a compressed archive")
+        while position < offset:  # skip by inflating in bounded, checked blocks
+            block = self.read(min(_CHUNK, offset - position))
+            if not block:
+                break
+            position += len(block)
+        return position
 
     def tell(self) -> int:
         return self._stream.tell()
@@ -149,19 +180,28 @@ def _iter_checked(tar: tarfile.TarFile) -> Any:
         yield name, member
 
 
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes:
+def _read_member(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int
+) -> bytearray | mmap.mmap:
+    """The member's data, read in bounded blocks into one buffer of its declared size: no
+    copies (the weights are the largest thing a model file holds), and anonymous memory that
+    takes room only as it is filled (a member refused half-way has cost only that half)."""
     if member.size > limit:
         raise _Refused(f"member {member.name!r} declares {member.size} bytes (limit {limit})")
     handle = tar.extractfile(member)
     if handle is None:
         raise _Refused(f"member {member.name!r} cannot be read")
-    data = bytearray()
-    while len(data) < member.size:
-        block = handle.read(min(_CHUNK, member.size - len(data)))
+    data = mmap.mmap(-1, member.size) if member.size else bytearray()
+    view = memoryview(data)
+    done = 0
+    while done < member.size:
+        block = handle.read(min(_CHUNK, member.size - done))
         if not block:
             raise _Refused(f"member {member.name!r} is truncated")
-        data += block
-    return bytes(data)
+        view[done : done + len(block)] = block
+        done += len(block)
+    view.release()
+    return data
 
 
 def read_nemo_archive(path: Path) -> NemoArchive:
@@ -171,12 +211,12 @@ def read_nemo_archive(path: Path) -> NemoArchive:
     not a tar archive, hostile (links, devices, absolute or '..' paths, duplicates, absurd
     sizes or member counts) or lacks model_config.yaml / model_weights.ckpt.
     """
-    config: bytes | None = None
-    weights: bytes | None = None
+    config: bytearray | mmap.mmap | None = None
+    weights: bytearray | mmap.mmap | None = None
     try:
         with open(path, "rb") as raw:
             stream = _open_stream(raw)
-            with tarfile.open(fileobj=_BoundedReader(stream), mode="r:") as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=_BoundedReader(stream, raw), mode="r:") as tar:  # type: ignore[call-overload]
                 for name, member in _iter_checked(tar):
                     if name == CONFIG_MEMBER:
                         config = _read_member(tar, member, MAX_CONFIG_BYTES)
@@ -199,7 +239,7 @@ def read_nemo_archive(path: Path) -> NemoArchive:
             "checkpoints are not supported)"
         )
     try:
-        text = config.decode("utf-8")
+        text = bytes(config).decode("utf-8")
     except UnicodeDecodeError:
         raise ModelError(f"{path}: {CONFIG_MEMBER} is not UTF-8 text") from None
     return NemoArchive(text, weights)
@@ -215,7 +255,7 @@ def is_nemo_archive(path: Path) -> bool:
     try:
         with open(path, "rb") as raw:
             stream = _open_stream(raw)
-            with tarfile.open(fileobj=_BoundedReader(stream), mode="r:") as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=_BoundedReader(stream, raw), mode="r:") as tar:  # type: ignore[call-overload]
                 for _ in range(MAX_MEMBERS):
                     member = tar.next()
                     if member is None:

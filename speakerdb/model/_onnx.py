@@ -16,19 +16,20 @@ file, reproduced here:
   averages every frame it is given, padding included, so :attr:`exact_padding` is False and
   :meth:`encode` runs each distinct length separately.
 
-Safety: the file is read once (size-limited), checked as an ONNX protobuf by a small reader
-of our own (inputs, outputs, operator domains, no external data), and handed to onnxruntime
-as bytes, so it cannot make the runtime open other files; no custom-operator library is ever
-registered, and graphs that need one are refused.
+Safety: the file is read once (size-limited), checked by :mod:`._onnx_graph` (a protobuf
+reader of our own that walks the whole model and refuses external data anywhere, custom
+operator domains, EPContext and unknown fields where tensors can sit), and handed to
+onnxruntime as bytes; no custom-operator library is ever registered. As a second fence the
+session resolves external data against an empty private directory, so even a tensor the
+reader missed could not reach a file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +39,28 @@ import torch
 
 from speakerdb.errors import MissingDependencyError, ModelError, TooLittleSpeechError
 from speakerdb.model._encoder import SpeakerEncoder
+from speakerdb.model._onnx_graph import (
+    INPUT_NAME,
+    MAX_GRAPH_DEPTH,
+    OUTPUT_NAME,
+    OnnxSummary,
+    check_wespeaker_graph,
+    summarize_onnx,
+)
 from speakerdb.model._resampling import torchaudio_resample
 
-__all__ = ["OnnxEncoder", "OnnxSummary", "is_onnx_model", "load_onnx", "summarize_onnx"]
+__all__ = [
+    "MAX_GRAPH_DEPTH",
+    "OnnxEncoder",
+    "OnnxSummary",
+    "is_onnx_model",
+    "load_onnx",
+    "summarize_onnx",
+]
 
 MAX_ONNX_BYTES = (2 << 30) - 1
 """Largest model read: protobuf's own 2 GiB limit (a WeSpeaker ResNet34 is about 26 MB)."""
 
-INPUT_NAME = "feats"
-OUTPUT_NAME = "embs"
 MIN_FRAMES = 10
 """Fewest feature frames encoded (0.115 s): a ResNet's three stride-2 stages need at least
 9 frames for its standard deviation pooling to be defined."""
@@ -55,169 +69,6 @@ THRESHOLD_NOTE = (
     "WeSpeaker's runtime default (asv_main --threshold 0.5 on its (cosine + 1) / 2 score), "
     "i.e. cosine >= 0.0; uncalibrated: calibrate on your data"
 )
-
-# Operator domains whose kernels are built into onnxruntime itself.
-_BUILTIN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
-
-
-# --- a minimal protobuf reader ---------------------------------------------------------------
-
-
-class _Malformed(Exception):
-    pass
-
-
-def _varint(data: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise _Malformed("truncated or oversized varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(data: memoryview) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value) of one protobuf message; length-delimited values are
-    memoryviews (no copy), varints ints. Raises _Malformed on anything inconsistent."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        value: Any
-        if number == 0:
-            raise _Malformed("field number 0")
-        if wire == 0:
-            value, pos = _varint(data, pos)
-        elif wire == 1:
-            value, pos = None, pos + 8
-        elif wire == 2:
-            size, pos = _varint(data, pos)
-            if pos + size > len(data):
-                raise _Malformed("length-delimited field runs past the end")
-            value, pos = data[pos : pos + size], pos + size
-        elif wire == 5:
-            value, pos = None, pos + 4
-        else:
-            raise _Malformed(f"wire type {wire}")
-        if pos > len(data):
-            raise _Malformed("field runs past the end")
-        yield number, wire, value
-
-
-def _text(value: Any) -> str:
-    try:
-        return bytes(value).decode("utf-8")
-    except (TypeError, UnicodeDecodeError):
-        raise _Malformed("invalid string") from None
-
-
-@dataclass
-class TensorInfo:
-    """A graph input/output: name, element type (ONNX enum, 1 = float) and dimensions
-    (an int for a fixed size, a str for a named dynamic axis, None when unspecified)."""
-
-    name: str
-    elem_type: int = 0
-    dims: list[int | str | None] = field(default_factory=list)
-
-
-@dataclass
-class OnnxSummary:
-    """What :func:`summarize_onnx` reads from an ONNX file without running it."""
-
-    ir_version: int = 0
-    opsets: dict[str, int] = field(default_factory=dict)
-    node_domains: set[str] = field(default_factory=set)
-    inputs: list[TensorInfo] = field(default_factory=list)
-    outputs: list[TensorInfo] = field(default_factory=list)
-    initializers: set[str] = field(default_factory=set)
-    external_data: bool = False
-    producer: str = ""
-
-
-def _value_info(data: memoryview) -> TensorInfo:
-    info = TensorInfo("")
-    for number, wire, value in _fields(data):
-        if number == 1 and wire == 2:
-            info.name = _text(value)
-        elif number == 2 and wire == 2:  # TypeProto
-            for n2, w2, v2 in _fields(value):
-                if n2 == 1 and w2 == 2:  # TypeProto.Tensor
-                    for n3, w3, v3 in _fields(v2):
-                        if n3 == 1 and w3 == 0:
-                            info.elem_type = v3
-                        elif n3 == 2 and w3 == 2:  # TensorShapeProto
-                            for n4, w4, v4 in _fields(v3):
-                                if n4 == 1 and w4 == 2:
-                                    info.dims.append(_dimension(v4))
-    return info
-
-
-def _dimension(data: memoryview) -> int | str | None:
-    dim: int | str | None = None
-    for number, wire, value in _fields(data):
-        if number == 1 and wire == 0:
-            dim = int(value)
-        elif number == 2 and wire == 2:
-            dim = _text(value)
-    return dim
-
-
-def _graph(data: memoryview, summary: OnnxSummary) -> None:
-    for number, wire, value in _fields(data):
-        if wire != 2:
-            continue
-        if number == 1:  # NodeProto
-            domain = ""
-            for n2, w2, v2 in _fields(value):
-                if n2 == 7 and w2 == 2:
-                    domain = _text(v2)
-            summary.node_domains.add(domain)
-        elif number == 5:  # TensorProto initializer
-            for n2, w2, v2 in _fields(value):
-                if n2 == 8 and w2 == 2:
-                    summary.initializers.add(_text(v2))
-                elif (n2 == 14 and w2 == 0 and v2 == 1) or (n2 == 13 and w2 == 2):
-                    summary.external_data = True
-        elif number == 11:
-            summary.inputs.append(_value_info(value))
-        elif number == 12:
-            summary.outputs.append(_value_info(value))
-
-
-def summarize_onnx(data: bytes) -> OnnxSummary:
-    """Read an ONNX ModelProto's inputs, outputs, opsets and operator domains.
-    Raises ModelError (without a path; callers add it) when ``data`` is not one."""
-    view = memoryview(data)
-    summary = OnnxSummary()
-    seen_graph = False
-    try:
-        for number, wire, value in _fields(view):
-            if number == 1 and wire == 0:
-                summary.ir_version = value
-            elif number == 2 and wire == 2:
-                summary.producer = _text(value)
-            elif number == 7 and wire == 2:
-                _graph(value, summary)
-                seen_graph = True
-            elif number == 8 and wire == 2:
-                domain, version = "", 0
-                for n2, w2, v2 in _fields(value):
-                    if n2 == 1 and w2 == 2:
-                        domain = _text(v2)
-                    elif n2 == 2 and w2 == 0:
-                        version = v2
-                summary.opsets[domain] = version
-    except _Malformed as exc:
-        raise ModelError(f"not an ONNX model ({exc})") from None
-    if not seen_graph or summary.ir_version <= 0 or not summary.opsets:
-        raise ModelError("not an ONNX model (no graph, IR version or opset)")
-    return summary
-
 
 # --- front end ---------------------------------------------------------------------------------
 
@@ -297,7 +148,13 @@ class OnnxEncoder(SpeakerEncoder):
         # Only the ONNX protobuf format (already checked), never ORT's own format.
         options.add_session_config_entry("session.load_model_format", "ONNX")
         try:
-            return ort.InferenceSession(self._model, options, providers=self._providers)
+            # A model given as bytes resolves external data against the working directory
+            # (summarize_onnx refuses any); here against an empty directory of our own.
+            with tempfile.TemporaryDirectory(prefix="speakerdb-onnx-") as empty:
+                options.add_session_config_entry(
+                    "session.model_external_initializers_file_folder_path", empty
+                )
+                return ort.InferenceSession(self._model, options, providers=self._providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/...
             raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
 
@@ -380,49 +237,17 @@ def _read(path: Path) -> bytes:
         raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-def check_wespeaker_graph(summary: OnnxSummary, source: str) -> None:
-    """Raise ModelError unless the graph looks like a WeSpeaker export we can run exactly."""
-    custom = sorted((set(summary.opsets) | summary.node_domains) - _BUILTIN_DOMAINS)
-    if custom:
-        raise ModelError(
-            f"{source}: needs custom operators (domain {custom[0]!r}), which are never loaded"
-        )
-    if summary.external_data:
-        raise ModelError(f"{source}: keeps weights in external files, which are not read")
-    inputs = [i for i in summary.inputs if i.name not in summary.initializers]
-    names = [i.name for i in inputs]
-    if names != [INPUT_NAME]:
-        raise ModelError(
-            f"{source}: inputs are {names}, expected one input {INPUT_NAME!r} (a WeSpeaker export)"
-        )
-    if OUTPUT_NAME not in [o.name for o in summary.outputs]:
-        found = [o.name for o in summary.outputs]
-        raise ModelError(f"{source}: outputs are {found}, expected {OUTPUT_NAME!r}")
-    feats = inputs[0]
-    if feats.elem_type != 1 or len(feats.dims) != 3:
-        raise ModelError(
-            f"{source}: input {INPUT_NAME} is not a float tensor (B, T, F) "
-            f"(type {feats.elem_type}, dims {feats.dims})"
-        )
-    batch, frames, bins = feats.dims
-    if isinstance(batch, int) or isinstance(frames, int):
-        raise ModelError(
-            f"{source}: input {INPUT_NAME} has fixed dimensions {feats.dims} (exported with "
-            "--num_frames?); re-export with dynamic batch and time axes"
-        )
-    if not isinstance(bins, int) or not 1 <= bins <= 512:
-        raise ModelError(f"{source}: input {INPUT_NAME} feature size {bins!r} is not supported")
-
-
 def is_onnx_model(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a file holding an ONNX graph with a ``feats`` input and an
-    ``embs`` output (by content, not extension). Never raises."""
+    ``embs`` output (by content, not extension). Never raises. Whether it is one that can be
+    run (and safely) is for :func:`load_onnx` to say, with its reason."""
     try:
         summary = summarize_onnx(_read(Path(path)))
-        check_wespeaker_graph(summary, str(path))
     except ModelError:
         return False
-    return True
+    return INPUT_NAME in [i.name for i in summary.inputs] and OUTPUT_NAME in [
+        o.name for o in summary.outputs
+    ]
 
 
 def load_onnx(path: str | os.PathLike[str], *, threads: int = 0) -> OnnxEncoder:

@@ -45,8 +45,9 @@ import torch
 from speakerdb.errors import ModelError, TooLittleSpeechError
 from speakerdb.model._ecapa import EcapaConfig, EcapaTdnn, check_state_dict
 from speakerdb.model._encoder import SpeakerEncoder
-from speakerdb.model._hyperyaml import Tagged, load_hyperyaml, resolve
+from speakerdb.model._hyperyaml import Resolver, Tagged, load_hyperyaml
 from speakerdb.model._resampling import torchaudio_resample
+from speakerdb.model._weights import read_checkpoint
 
 __all__ = [
     "SpeechBrainEncoder",
@@ -111,7 +112,7 @@ class SpeechBrainConfig:
 class _Fields:
     """Reads one ``!new:`` node's keyword arguments, refusing anything not understood."""
 
-    def __init__(self, field: str, node: Any, target: str, root: Mapping[str, Any]) -> None:
+    def __init__(self, field: str, node: Any, target: str, refs: Resolver) -> None:
         if not isinstance(node, Tagged) or node.kind != "new":
             shown = node.describe() if isinstance(node, Tagged) else repr(node)
             raise ModelError(f"hyperparams.yaml: {field} is {shown}, expected !new:{target}")
@@ -120,7 +121,7 @@ class _Fields:
                 f"hyperparams.yaml: {field} is !new:{node.target}, which speakerdb does not "
                 f"implement (supported: {target})"
             )
-        value = resolve(node.value, root, field)
+        value = refs.resolve(node.value, field)
         if value is None:
             value = {}
         if not isinstance(value, dict):
@@ -300,23 +301,24 @@ def parse_hyperparams(data: bytes, source: str = HYPERPARAMS) -> SpeechBrainConf
     Raises ModelError naming the field and value of anything not implemented exactly.
     """
     root = load_hyperyaml(data, source)
+    refs = Resolver(root)  # one per file: each entry is resolved once, however often named
     for name in ("compute_features", "mean_var_norm", "embedding_model"):
         if name not in root:
             raise ModelError(f"{source}: no {name} entry (not a SpeechBrain speaker model)")
-    fbank = _fbank_config(_Fields("compute_features", root["compute_features"], _FBANK, root))
+    fbank = _fbank_config(_Fields("compute_features", root["compute_features"], _FBANK, refs))
     features_norm = _norm_config(
-        _Fields("mean_var_norm", root["mean_var_norm"], _NORM, root), ("sentence",)
+        _Fields("mean_var_norm", root["mean_var_norm"], _NORM, refs), ("sentence",)
     )
     ecapa = _ecapa_config(
-        _Fields("embedding_model", root["embedding_model"], _ECAPA, root), fbank.n_mels
+        _Fields("embedding_model", root["embedding_model"], _ECAPA, refs), fbank.n_mels
     )
     embedding_norm = None
     if "mean_var_norm_emb" in root:
         embedding_norm = _norm_config(
-            _Fields("mean_var_norm_emb", root["mean_var_norm_emb"], _NORM, root), ("global",)
+            _Fields("mean_var_norm_emb", root["mean_var_norm_emb"], _NORM, refs), ("global",)
         )
     if "audio_normalizer" in root:
-        fields = _Fields("audio_normalizer", root["audio_normalizer"], _NORMALIZER, root)
+        fields = _Fields("audio_normalizer", root["audio_normalizer"], _NORMALIZER, refs)
         fields.require("sample_rate", (16_000,), 16_000)
         fields.require("mix", ("avg-to-mono",), "avg-to-mono")
         fields.done()
@@ -504,27 +506,9 @@ def _read_limited(path: Path, limit: int) -> bytes:
 
 def load_checkpoint(path: Path, limit: int) -> dict[str, Any]:
     """A checkpoint read with ``torch.load(weights_only=True)`` (no pickle runs code).
-    Raises ModelError for missing, oversized, malformed or object-carrying files."""
-    import io
-    import zipfile
-
-    data = _read_limited(path, limit)
-    try:
-        # A checkpoint is a zip archive; its members could be compressed far beyond the file
-        # size, so their declared sizes are checked before anything is inflated.
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            inflated = sum(member.file_size for member in archive.infolist())
-    except (zipfile.BadZipFile, ValueError):
-        inflated = len(data)  # legacy (non-zip) format: torch reports what it is
-    if inflated > 2 * limit:
-        raise ModelError(f"{path}: unpacks to {inflated} bytes, over the {2 * limit}-byte limit")
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            reason = "it holds Python objects, not only tensors (refused, never unpickled)"
-        raise ModelError(f"{path}: not a readable checkpoint: {reason[:200]}") from None
+    Raises ModelError for missing, oversized, malformed or object-carrying files (one line,
+    never with torch's warnings or its advice to load unsafely)."""
+    state = read_checkpoint(_read_limited(path, limit), str(path), 2 * limit)
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise ModelError(f"{path}: not a checkpoint of named tensors")
     return state
