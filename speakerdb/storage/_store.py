@@ -36,6 +36,12 @@ from speakerdb.errors import (
     StoreError,
     UsageError,
 )
+from speakerdb.storage._cache_files import (
+    database_identity,
+    erase_other_caches,
+    placed,
+    remember_folder,
+)
 from speakerdb.storage._engine import (
     create_database_engine,
     read_transaction,
@@ -97,6 +103,7 @@ class EnrollmentStore:
         device: str | None = None,
         read_only: bool = False,
         background_index: bool = False,
+        database_identity: str = "",
     ) -> None:
         self.location = location
         self.device = device
@@ -104,6 +111,9 @@ class EnrollmentStore:
         self.background_index = background_index
         self._engine = engine
         self.instance_id = instance_id
+        # Names and marks this database's index caches (see _cache_files): the same
+        # whatever URL or path reached it, another for a copy of it.
+        self.database_identity = database_identity
         self.index_key = index_key
         self._cache: IndexCache | None = None
         self._cache_lock = threading.Lock()
@@ -156,20 +166,25 @@ class EnrollmentStore:
                 state = conn.execute(
                     select(StoreState.instance_id, StoreState.index_key).where(StoreState.id == 1)
                 ).one()
+            identity = database_identity(engine, location, state.instance_id)
         except SQLAlchemyError as exc:
             engine.dispose()
             raise store_error(exc, f"cannot open {location.display}") from None
+        except OSError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot open {location.display}: {exc.strerror or exc}") from None
         except BaseException:
             engine.dispose()
             raise
         return cls(
-            location,
+            placed(location, identity),
             engine,
             state.instance_id,
             bytes.fromhex(state.index_key),
             device,
             read_only=read_only,
             background_index=background_index,
+            database_identity=identity,
         )
 
     def close(self) -> None:
@@ -511,12 +526,16 @@ class EnrollmentStore:
             raise UsageError(f"cannot compact {self.location.display}: opened read-only")
         try:
             if self.location.sqlite_path is not None:
-                return self._compact_sqlite(self.location.sqlite_path)
-            if self._engine.dialect.name == "postgresql":
-                return self._compact_postgresql()
+                result = self._compact_sqlite(self.location.sqlite_path)
+            elif self._engine.dialect.name == "postgresql":
+                result = self._compact_postgresql()
+            else:
+                return CompactResult(self.location.display, 0, 0)  # in-memory: nothing on disk
         except SQLAlchemyError as exc:
             raise store_error(exc, f"cannot compact {self.location.display}") from None
-        return CompactResult(self.location.display, 0, 0)  # in-memory: nothing on disk
+        # The caches are files too: this one rewritten from SQL, the others erased.
+        self._erase_traces()
+        return result
 
     def _compact_sqlite(self, path: Path) -> CompactResult:
         def size() -> int:
@@ -559,8 +578,10 @@ class EnrollmentStore:
 
     def _erase_traces(self) -> None:
         """After a delete: no copy of the voiceprint may linger on disk. The index file is
-        rewritten without it and SQLite's write-ahead log is checkpointed and truncated (pages
-        freed by the delete are zeroed by ``secure_delete``)."""
+        rewritten without it, every other cache file of this database on this machine is
+        erased (see :mod:`speakerdb.storage._cache_files`), and SQLite's write-ahead log is
+        checkpointed and truncated (pages freed by the delete are zeroed by
+        ``secure_delete``)."""
         path = self.location.index_path
         if path is not None:
             try:
@@ -571,12 +592,25 @@ class EnrollmentStore:
             except (OSError, StoreError):
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)  # a cache: better gone than holding deleted data
+        self.erase_other_caches()
         if self.location.sqlite_path is not None:
             try:
                 with self._engine.connect() as conn:
                     conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
             except SQLAlchemyError:
                 pass  # readers may block the checkpoint; the next one completes it
+
+    def erase_other_caches(self) -> list[Path]:
+        """Delete the index cache files of this database other than its own (see
+        :mod:`speakerdb.storage._cache_files`); returns them."""
+        return erase_other_caches(self.location, self.database_identity, self.instance_id)
+
+    def other_cache_files(self) -> list[Path]:
+        """The index cache files of this database on this machine other than
+        ``location.index_path`` (see :mod:`speakerdb.storage._cache_files`)."""
+        from speakerdb.storage._cache_files import other_cache_files
+
+        return other_cache_files(self.location, self.database_identity, self.instance_id)
 
     def rename_speaker(self, old: str, new: str) -> SpeakerRecord:
         """Rename; the voiceprint is untouched. Raises SpeakerNotFoundError,
@@ -723,6 +757,7 @@ class EnrollmentStore:
                 model = self.model()
                 if model is None:
                     raise StoreError("the database has no voiceprints yet")
+                remember_folder(self.location)
                 self._cache = IndexCache(
                     self._engine,
                     self.location.index_path,
@@ -732,6 +767,7 @@ class EnrollmentStore:
                     self.index_kind(),
                     self.device,
                     background=self.background_index,
+                    database=self.database_identity,
                 )
             return self._cache
 
@@ -810,6 +846,7 @@ class EnrollmentStore:
         if kind is not None:
             self._set_index_kind(kind)
         cache.rebuild(kind)
+        self.erase_other_caches()
         return cache.status()
 
     def _set_index_kind(self, kind: str) -> None:
@@ -833,7 +870,9 @@ class EnrollmentStore:
         path = self.location.index_path
         if model is None or path is None:
             return "missing"
-        return read_file_as_stored(self._engine, path, self.instance_id, model, self.index_key)
+        return read_file_as_stored(
+            self._engine, path, self.instance_id, model, self.index_key, self.database_identity
+        )
 
     def save_index(self) -> bool:
         """Write the index file now if it is behind."""
