@@ -92,8 +92,16 @@ def test_postgresql_delete_and_compact_leave_no_cache_of_another_url_spelling(pg
     with EnrollmentStore.open(by_address, read_only=True) as store:
         _, alice = store.centroid("alice")
     identified = subprocess.run(
-        [sys.executable, "-m", "speakerdb", "identify", str(voices["p225"][5]), "--db", by_name,
-         "--json"],
+        [
+            sys.executable,
+            "-m",
+            "speakerdb",
+            "identify",
+            str(voices["p225"][5]),
+            "--db",
+            by_name,
+            "--json",
+        ],
         capture_output=True,
         text=True,
         env=os.environ.copy(),
@@ -247,9 +255,7 @@ def test_check_lists_the_cache_a_moved_sqlite_file_left(tmp_path, rng):
         assert report.consistent and report.index["other_files"] == [str(old) + ".faiss"]
 
 
-def test_check_reports_the_cache_a_moved_sqlite_file_left_holding_a_deleted_speaker(
-    tmp_path, rng
-):
+def test_check_reports_the_cache_a_moved_sqlite_file_left_holding_a_deleted_speaker(tmp_path, rng):
     """The moved file's old cache, written back after the delete (a deleter that died
     before erasing it): check reports it, rebuild-index erases it."""
     path = tmp_path / "speakers.sqlite"

@@ -154,7 +154,8 @@ def remember_folder(location: DatabaseLocation) -> None:
             known = _remembered(default)
             if entry in known:
                 return
-            kept = [f for f in known if Path(f).is_dir()][-(MAX_FOLDERS - 1) :] + [entry]
+            alive = [f for f in known if Path(f).is_dir()]
+            kept = [*alive[-(MAX_FOLDERS - 1) :], entry]
             registry = default / _FOLDERS_FILE
             temp = registry.with_name(f".{_FOLDERS_FILE}.{os.getpid()}.tmp")
             temp.write_text("".join(f + "\n" for f in kept), encoding="utf-8")

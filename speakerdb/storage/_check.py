@@ -9,9 +9,9 @@ Checked for the index: the cache file as it is on disk must not hold the voicepr
 speaker that no longer exists (a deleted speaker's biometric data must not survive in a
 cache, even one that catching up would correct), nor may any other cache file of the same
 database found on this machine (another URL spelling's, another cache folder's, a moved
-SQLite file's: see :mod:`speakerdb.storage._cache_files`); then it is loaded as a fresh process would
-load it (not this process's copy), caught up from the change log, and compared with SQL: the
-same speaker ids and the same vectors to 1e-6.
+SQLite file's: see :mod:`speakerdb.storage._cache_files`); then it is loaded as a fresh
+process would load it (not this process's copy), caught up from the change log, and
+compared with SQL: the same speaker ids and the same vectors to 1e-6.
 """
 
 from __future__ import annotations
@@ -149,9 +149,7 @@ def _other_files(store: EnrollmentStore, model: Any) -> dict[Path, list[int]]:
     then there is nothing to compare)."""
     out: dict[Path, list[int]] = {}
     for path in store.other_cache_files():
-        stored = read_file_as_stored(
-            store.engine, path, store.instance_id, model, store.index_key
-        )
+        stored = read_file_as_stored(store.engine, path, store.instance_id, model, store.index_key)
         if isinstance(stored, str):
             out[path] = []
             continue
