@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,7 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Select, Table, delete, func, select, text, update
+from sqlalchemy import Select, Table, Text, delete, func, select, text, update
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
@@ -50,11 +50,13 @@ from speakerdb.storage._engine import (
     write_transaction,
 )
 from speakerdb.storage._location import DatabaseLocation, resolve_location
+from speakerdb.storage._metadata import read_stored_metadata, validated_metadata
 from speakerdb.storage._migrate import ensure_schema, inspect_read_only
 from speakerdb.storage._names import lookup_forms, validated_name
 from speakerdb.storage._records import (
     CALIBRATION_SOURCES,
     ENROLL_MODES,
+    AppendCheck,
     CalibrationSetting,
     Candidate,
     CompactResult,
@@ -443,19 +445,30 @@ class EnrollmentStore:
         except IntegrityError as exc:
             raise store_error(exc, f"cannot {what}") from None
 
-    def enroll(self, request: EnrollRequest, model: ModelIdentity) -> EnrollResult:
+    def enroll(
+        self,
+        request: EnrollRequest,
+        model: ModelIdentity,
+        check_append: AppendCheck | None = None,
+    ) -> EnrollResult:
         """Enroll one speaker (see :meth:`enroll_many`)."""
-        return self.enroll_many([request], model)[0]
+        return self.enroll_many([request], model, check_append)[0]
 
     def enroll_many(
-        self, requests: Sequence[EnrollRequest], model: ModelIdentity
+        self,
+        requests: Sequence[EnrollRequest],
+        model: ModelIdentity,
+        check_append: AppendCheck | None = None,
     ) -> list[EnrollResult]:
         """Enroll several speakers in ONE transaction: all of it commits, or none of it.
 
         Each request's utterances are (D,) embeddings of ``model``. Modes: "append" adds to an
         existing speaker (creating it if new); "overwrite" replaces its utterances; "skip"
         leaves an existing speaker untouched. Utterances whose sha256 the speaker already has
-        are reported as duplicates and not stored twice.
+        are reported as duplicates and not stored twice. ``check_append``: decides, with the
+        speaker's row locked, each append of new recordings to an existing speaker (see
+        :data:`~speakerdb.storage._records.AppendCheck`); a refused request stores nothing
+        and comes back with ``refused`` set, the others go ahead.
 
         Raises UsageError for bad names, modes, metadata or vectors (before touching the
         database), ModelMismatchError when the database holds another model's vectors.
@@ -486,7 +499,9 @@ class EnrollmentStore:
             for i in sorted(
                 set(range(len(prepared))) - set(results), key=lambda i: prepared[i].name
             ):
-                result, changed = _enroll_one(conn, prepared[i], model_id, model.dimension)
+                result, changed = _enroll_one(
+                    conn, prepared[i], model_id, model.dimension, check_append
+                )
                 if changed and result.speaker is not None:
                     seq += 1
                     _record_change(conn, result.speaker.id, seq, "upsert")
@@ -884,10 +899,12 @@ class EnrollmentStore:
 
 _METADATA = Speaker.__table__.c.metadata
 
-_SPEAKER_COLUMNS = select(
+_SPEAKER_COLUMNS: AnySelect = select(
     Speaker.id,
     Speaker.name,
-    Speaker.metadata_.label("speaker_metadata"),
+    # As text, decoded by read_stored_metadata: one row an earlier release stored unchecked
+    # must not break a listing (the JSON type would decode it, or fail, for every row).
+    sql_cast(Speaker.metadata_, Text).label("speaker_metadata"),
     Speaker.status,
     Speaker.utterance_count,
     Speaker.speech_seconds,
@@ -908,10 +925,12 @@ def _aware(value: dt.datetime) -> dt.datetime:
 
 
 def _speaker_record(row: Row[Any]) -> SpeakerRecord:
+    metadata, metadata_error = read_stored_metadata(row.speaker_metadata)
     return SpeakerRecord(
         id=row.id,
         name=row.name,
-        metadata=row.speaker_metadata,
+        metadata=metadata,
+        metadata_error=metadata_error,
         status=row.status,
         utterances=row.utterance_count,
         speech_seconds=row.speech_seconds,
@@ -1107,14 +1126,7 @@ def _record_change(conn: Connection, speaker_id: int, seq: int, op: str) -> None
 
 
 def _check_metadata(metadata: dict[str, Any] | None) -> None:
-    if metadata is None:
-        return
-    if not isinstance(metadata, dict):
-        raise UsageError("speaker metadata must be a JSON object (a dict)")
-    try:
-        json.dumps(metadata, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"speaker metadata is not JSON-serialisable: {exc}") from None
+    validated_metadata(metadata)
 
 
 def _validated(request: EnrollRequest, dimension: int) -> EnrollRequest:
@@ -1284,13 +1296,19 @@ def _create_speakers(
 
 
 def _enroll_one(
-    conn: Connection, request: EnrollRequest, model_id: int, dimension: int
+    conn: Connection,
+    request: EnrollRequest,
+    model_id: int,
+    dimension: int,
+    check_append: AppendCheck | None = None,
 ) -> tuple[EnrollResult, bool]:
     """Apply one enrollment to an EXISTING speaker inside the caller's transaction (new
     speakers go through :func:`_create_speakers`); returns (result, centroid changed)."""
     now = utcnow()
     existing = conn.execute(
-        _SPEAKER_COLUMNS.where(Speaker.name == request.name).with_for_update()
+        _SPEAKER_COLUMNS.add_columns(Speaker.centroid)
+        .where(Speaker.name == request.name)
+        .with_for_update()
     ).first()
     if existing is None:
         # Only "skip" with nothing to enroll gets here for an unknown name.
@@ -1310,6 +1328,13 @@ def _enroll_one(
             ).scalars()
         )
     added, duplicates = _split_duplicates(request.utterances, known)
+    if added and request.mode == "append" and check_append is not None:
+        # Judged against the voiceprint as it stands, before anything of this request.
+        before = np.frombuffer(existing.centroid, dtype=np.float32).copy()
+        if not check_append(_speaker_record(existing), before, added):
+            return EnrollResult(
+                request.name, _speaker_record(existing), duplicates=duplicates, refused=True
+            ), False
 
     if not added and removed == 0:
         if request.metadata is not None:
