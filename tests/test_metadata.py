@@ -111,9 +111,7 @@ def test_listing_survives_bad_metadata_stored_by_an_earlier_release(db_url, rng)
     names = ["alice", "bob", "carol", "dave"]
     with EnrollmentStore.open(db_url) as store:
         for name in names:
-            store.enroll(
-                EnrollRequest(name, [fake_utterance(rng)], metadata={"team": name}), MODEL
-            )
+            store.enroll(EnrollRequest(name, [fake_utterance(rng)], metadata={"team": name}), MODEL)
     _store_raw(db_url, "bob", '{"a": "\\ud800"}')
     _store_raw(db_url, "carol", nested_text(900))
     if not db_url.startswith("postgresql"):  # PostgreSQL's json type refuses it
