@@ -536,6 +536,8 @@ class EnrollmentStore:
         rewritten, whatever VACUUM and CHECKPOINT do, so this runs VACUUM FULL on the tables
         holding vectors (it locks them exclusively while it runs: writers and readers wait);
         SQLite already zeroes freed pages (``secure_delete``), VACUUM also shrinks the file.
+        The index caches are files too: this process's is rewritten from SQL, every other
+        one of this database on this machine erased (see :meth:`_erase_traces`).
         Raises UsageError when opened read-only, StoreError."""
         if self.read_only:
             raise UsageError(f"cannot compact {self.location.display}: opened read-only")
