@@ -109,6 +109,7 @@ def test_every_command_has_help():
         ["keys", "create"],
         ["keys", "list"],
         ["keys", "revoke"],
+        ["keys", "allow-keyless"],
         ["models"],
         ["models", "list"],
         ["models", "show"],

@@ -73,3 +73,19 @@ def keys_revoke(name: str, db_url: str | None, as_json: bool) -> None:
         emit_json({"revoked": record.to_dict()})
     else:
         click.echo(f"revoked API key {show(record.name)}")
+
+
+@keys.command("allow-keyless")
+@db_option
+@handles_errors
+def keys_allow_keyless(db_url: str | None) -> None:
+    """Let `speakerdb serve` on a loopback address answer without keys again. Once a key
+    was created, servers require keys even after every key is revoked; this undoes that,
+    and is refused while any key exists. Not available over HTTP."""
+    with open_db(db_url) as db:
+        db.allow_keyless()
+    click.echo(
+        "no API key is required any more: a server on a loopback address answers without "
+        "authentication until a key is created",
+        err=True,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sys
@@ -68,8 +69,8 @@ from speakerdb.errors import ConfigurationError, MissingDependencyError, UsageEr
     type=click.FloatRange(0.1, 3600),
     default=60.0,
     show_default=True,
-    help="Seconds to receive a request body (408 beyond) and to embed its recordings "
-    "(503, code busy, beyond).",
+    help="Seconds to receive a request's headers (the connection is closed beyond) and "
+    "its body (408 beyond), and to embed its recordings (503, code busy, beyond).",
 )
 @click.option(
     "--batch-wait-ms",
@@ -93,6 +94,14 @@ from speakerdb.errors import ConfigurationError, MissingDependencyError, UsageEr
     help="Where uploads are written while their request runs (private folder, deleted "
     "after). Default: /dev/shm where there is one, else the temporary folder.",
 )
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    help="A host name clients may use in the Host header besides loopback names (e.g. the "
+    "name a reverse proxy forwards); repeatable. Other names are refused (400, bad_host) "
+    "on a loopback address, and on any address once one is given.",
+)
 @click.option("--access-log/--no-access-log", default=True, help="Log every request.")
 @click.option(
     "--log-level",
@@ -115,6 +124,7 @@ def serve(
     batch_wait_ms: float,
     batches: int,
     upload_dir: str | None,
+    allowed_hosts: tuple[str, ...],
     access_log: bool,
     log_level: str,
 ) -> None:
@@ -122,32 +132,41 @@ def serve(
     compare, manage speakers; /docs, /openapi.json, /healthz, /readyz, /metrics.
 
     Requests need `Authorization: Bearer KEY` with a key from `speakerdb keys create`.
-    While no key exists the server only listens on a loopback address, and answers
-    without authentication there. It prints `speakerdb serve: ready on URL` once the
-    model is loaded and the index warm.
+    Until the first key is created the server only listens on a loopback address, and
+    answers without authentication there; from then on keys are required, even if every
+    key is revoked (`speakerdb keys allow-keyless` undoes that). It prints `speakerdb
+    serve: ready on URL` once the model is loaded and the index warm. See docs/service.md.
     """
     try:
         import uvicorn
 
         from speakerdb.service import ServiceSettings, create_app, is_loopback
+        from speakerdb.service._protocol import DeadlineH11Protocol
         from speakerdb.service._settings import SETTINGS_ENV
     except ImportError as exc:
         raise MissingDependencyError(
             f"speakerdb serve needs the serve extra: pip install 'speakerdb[serve]' ({exc})"
         ) from None
     with open_db(db_url, model_name, device) as db:
+        required = db.api_keys_required()
         has_keys = db.has_api_keys()
     loopback = is_loopback(host)
-    if not loopback and not has_keys:
+    if not loopback and not required:
         raise UsageError(
             f"refusing to listen on {host}: no API key exists, so anyone who can reach it "
             "could use the database; create one first (speakerdb keys create NAME --scope "
             "...) or listen on 127.0.0.1"
         )
-    if not has_keys:
+    if not required:
         warn(
             "no API key exists: requests are answered without authentication (loopback "
             "only) until one is created with `speakerdb keys create`"
+        )
+    elif not has_keys:
+        warn(
+            "every API key was revoked: every request is refused until a key is created "
+            "(speakerdb keys create), or keyless access allowed again (speakerdb keys "
+            "allow-keyless)"
         )
     sock = _bind(host, port)
     actual_port = sock.getsockname()[1]
@@ -165,6 +184,9 @@ def serve(
         batch_parallel=batches,
         upload_dir=upload_dir,
         public_url=f"http://{shown_host}:{actual_port}",
+        host=host,
+        port=actual_port,
+        allowed_hosts=allowed_hosts,
     )
     common = {
         "log_level": log_level,
@@ -173,7 +195,12 @@ def serve(
         "lifespan": "on",
     }
     if workers == 1:
-        config = uvicorn.Config(create_app(settings), **common)  # type: ignore[arg-type]
+        config = uvicorn.Config(
+            create_app(settings),
+            # h11 with a deadline on request headers (slow or silent connections are closed)
+            http=functools.partial(DeadlineH11Protocol, receive_timeout_s=timeout_s),  # type: ignore[arg-type]
+            **common,  # type: ignore[arg-type]
+        )
         server = uvicorn.Server(config)
         server.run(sockets=[sock])
         if not server.started:
@@ -188,6 +215,8 @@ def serve(
         "speakerdb.service:app_from_environment",
         factory=True,
         workers=workers,
+        # by name: the workers import it after they answer their health checks
+        http="speakerdb.service._protocol:DeadlineH11Protocol",
         **common,  # type: ignore[arg-type]
     )
     # The workers' metrics meet in files here (a fresh directory: stale files of an

@@ -1094,6 +1094,21 @@ class SpeakerDB:
 
         return any_keys(self.store.engine)
 
+    def api_keys_required(self) -> bool:
+        """Whether a server on this database must require API keys: from the creation of
+        the first key on, even after every key is revoked (until :meth:`allow_keyless`)."""
+        from speakerdb.storage._keys import keys_required
+
+        return keys_required(self.store.engine)
+
+    def allow_keyless(self) -> None:
+        """Let a server on a loopback address answer without keys again. Raises UsageError
+        while any key exists."""
+        from speakerdb.storage._keys import allow_keyless
+
+        self._writable("allow keyless access")
+        allow_keyless(self.store.engine, self.store.location.display)
+
     def _writable(self, what: str) -> None:
         if self.store.read_only:
             raise UsageError(f"cannot {what}: {self.store.location.display} was opened read-only")

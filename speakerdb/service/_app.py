@@ -1,16 +1,15 @@
 """The FastAPI application: its lifetime (database, warm model and index, micro-batcher),
-the guard every request passes (size and time limits, metrics, the catch-all), error
-answers and authentication. The routes are in :mod:`speakerdb.service._routes`."""
+error answers and authentication. The guard every request passes first is in
+:mod:`speakerdb.service._guard`, the routes in :mod:`speakerdb.service._routes`."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.resources
 import logging
 import os
+import tempfile
 import threading
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -19,16 +18,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from speakerdb import ApiKeyRecord, SpeakerDB, __version__
 from speakerdb.errors import SpeakerDBError
 from speakerdb.service._batcher import BatchingEmbedder
 from speakerdb.service._errors import (
+    Redactor,
     ServiceError,
     error_body,
     error_response,
     library_error_body,
+    server_state_message,
     status_for,
 )
 from speakerdb.service._metrics import Metrics
@@ -51,21 +51,20 @@ _STATUS_CODES = {
     415: "unsupported_media_type",
     422: "validation",
 }
-_EMBEDDING_SUFFIXES = ("/verify", "/enroll")
-_EMBEDDING_PATHS = ("/v1/identify", "/v1/compare")
 
 
 class ServiceState:
     """What the routes of one app share: settings, the database (whose model is the
-    micro-batcher), metrics, and whether keys are required."""
+    micro-batcher), metrics, whether keys are required, and what answers must not show."""
 
     def __init__(self, settings: ServiceSettings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
         self._db: SpeakerDB | None = None
         self.batcher: BatchingEmbedder | None = None
-        self._keys_seen = settings.auth == "required"
+        self._keys_required = settings.auth == "required"
         self._keys_lock = threading.Lock()
+        self.redact = Redactor([settings.db_url, _path_like(settings.model), settings.upload_dir])
 
     @property
     def db(self) -> SpeakerDB:
@@ -95,13 +94,27 @@ class ServiceState:
             db = SpeakerDB(opened.store, self.batcher)
             if db.store.model() is not None:
                 db.store.index_status()  # loads (or builds) the index and catches up
-            if s.auth == "auto" and db.has_api_keys():
-                self._keys_seen = True
+            if s.auth == "auto" and db.api_keys_required():
+                self._keys_required = True
         except BaseException:
             opened.close()
             if self.batcher is not None:
                 self.batcher.close()
             raise
+        location = db.store.location
+        self.redact = Redactor(
+            [
+                s.db_url,
+                location.display,
+                location.url.render_as_string(hide_password=False),
+                str(location.sqlite_path) if location.sqlite_path is not None else None,
+                str(location.index_path) if location.index_path is not None else None,
+                _path_like(s.model),
+                db.identity.source,
+                s.upload_dir,
+                tempfile.gettempdir(),
+            ]
+        )
         self._db = db
 
     def stop(self) -> None:
@@ -110,21 +123,32 @@ class ServiceState:
         if self._db is not None:
             self._db.close()
 
+    def error_body(self, exc: SpeakerDBError, redact: bool = True) -> dict[str, Any]:
+        """What a client is told of a library error (see :mod:`speakerdb.service._errors`);
+        an error about the server's own state is logged here in full. ``redact``: False
+        for a body whose answer is redacted as a whole later (after the uploads' temporary
+        paths are replaced by their names)."""
+        if server_state_message(exc) is not None:
+            log.warning("answered %s (%s): %s", status_for(exc), exc.code, exc.message)
+        return library_error_body(exc, self.redact if redact else None)
+
     # --- authentication -----------------------------------------------------------------------
 
     def auth_required(self) -> bool:
         """Keys are required when the settings say so, and in "auto" mode from the moment
-        any key exists (never again open after that, even if every key is revoked)."""
-        if self._keys_seen:
+        the first key is created (recorded in the database: never open again after that,
+        even if every key is revoked, until ``speakerdb keys allow-keyless``)."""
+        if self._keys_required:
             return True
         with self._keys_lock:
-            if not self._keys_seen and self.db.has_api_keys():
-                self._keys_seen = True
-        return self._keys_seen
+            if not self._keys_required and self.db.api_keys_required():
+                self._keys_required = True
+        return self._keys_required
 
     def authorize(self, secret: str | None, scopes: Sequence[str]) -> ApiKeyRecord | None:
         """The key presented, if it allows any of ``scopes``; None when no key is needed.
-        Raises ServiceError 401 (no key, or not a valid one) or 403 (outside its scopes)."""
+        Raises ServiceError 401 (no key, or not a valid one) or 403 (outside its scopes).
+        Blocking (SQL): call it from a worker thread."""
         if not self.auth_required():
             return None
         challenge = {"WWW-Authenticate": 'Bearer realm="speakerdb"'}
@@ -143,6 +167,11 @@ class ServiceState:
                 f"the scope {' or '.join(scopes)}",
             )
         return key
+
+
+def _path_like(model: str | None) -> str | None:
+    """``--model`` when it names a file or folder (a model's name is no secret)."""
+    return model if model is not None and ("/" in model or os.sep in model) else None
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -182,10 +211,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     app.state.service = state
     _install_docs(app)
-    _install_error_handlers(app, metrics)
-    app.add_middleware(_Guard, state=state)
+    _install_error_handlers(app, state)
+    from speakerdb.service._guard import Guard
     from speakerdb.service._routes import router
 
+    # The guard matches requests against the routes as written (not as FastAPI resolves
+    # an included router), which is why they are included without a prefix.
+    app.add_middleware(Guard, state=state, routes=router.routes)
     app.include_router(router)
     return app
 
@@ -236,21 +268,24 @@ def app_from_environment() -> FastAPI:
 # --- errors -------------------------------------------------------------------------------------
 
 
-def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
+    metrics = state.metrics
+
     def answer(status: int, body: dict[str, Any], headers: Any = None) -> JSONResponse:
         metrics.errors.labels(body["code"]).inc()
         return error_response(status, body, headers)
 
     async def library(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, SpeakerDBError)
-        return answer(status_for(exc), library_error_body(exc))
+        return answer(status_for(exc), state.error_body(exc))
 
     async def http(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         if isinstance(exc, ServiceError):
             return answer(exc.status, error_body(exc.code, exc.message), exc.headers)
         code = _STATUS_CODES.get(exc.status_code, "http_error")
-        return answer(exc.status_code, error_body(code, str(exc.detail)), exc.headers)
+        detail = state.redact(str(exc.detail))
+        return answer(exc.status_code, error_body(code, detail), exc.headers)
 
     async def validation(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -264,114 +299,3 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     app.add_exception_handler(SpeakerDBError, library)
     app.add_exception_handler(StarletteHTTPException, http)
     app.add_exception_handler(RequestValidationError, validation)
-
-
-# --- the guard ----------------------------------------------------------------------------------
-
-
-class _Guard:
-    """Pure ASGI middleware around every request: the body size limit (413, from the
-    declared length before reading and from the bytes as they come), the time limit on
-    receiving the body (408), the micro-batcher's announcement of requests that will embed
-    recordings, metrics, and the catch-all for bugs (logged with their traceback, answered
-    with a generic 500)."""
-
-    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        settings, metrics = self.state.settings, self.state.metrics
-        started_at = time.perf_counter()
-        deadline = time.monotonic() + settings.request_timeout_s
-        status = 500
-        response_started = False
-        received = 0
-        body_done = False
-
-        async def guarded_receive() -> Message:
-            nonlocal received, body_done
-            if body_done:
-                return await receive()
-            remaining = deadline - time.monotonic()
-            try:
-                message = await asyncio.wait_for(receive(), max(remaining, 0.001))
-            except TimeoutError:
-                raise ServiceError(
-                    408,
-                    "timeout",
-                    f"the request body did not arrive within {settings.request_timeout_s:g} s",
-                ) from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > settings.max_request_bytes:
-                    raise _too_large(settings.max_request_bytes)
-                body_done = not message.get("more_body", False)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal status, response_started
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                response_started = True
-            await send(message)
-
-        metrics.in_flight.inc()
-        try:
-            declared = _content_length(scope)
-            if declared is not None and declared > settings.max_request_bytes:
-                error = _too_large(settings.max_request_bytes)
-                metrics.errors.labels(error.code).inc()
-                response = error_response(413, error_body(error.code, error.message))
-                await response(scope, receive, tracking_send)
-                return
-            batcher = self.state.batcher
-            announce = (
-                batcher.announce()
-                if batcher is not None and _embeds(scope)
-                else contextlib.nullcontext()
-            )
-            with announce:
-                await self.app(scope, guarded_receive, tracking_send)
-        except Exception:
-            log.exception("internal error answering %s %s", scope["method"], scope["path"])
-            if not response_started:
-                metrics.errors.labels("internal").inc()
-                response = error_response(
-                    500, error_body("internal", "internal error (logged by the server)")
-                )
-                await response(scope, receive, tracking_send)
-        finally:
-            metrics.in_flight.dec()
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "<unmatched>"
-            metrics.requests.labels(scope["method"], template, str(status)).inc()
-            metrics.latency.labels(scope["method"], template).observe(
-                time.perf_counter() - started_at
-            )
-
-
-def _too_large(limit: int) -> ServiceError:
-    return ServiceError(
-        413, "too_large", f"the request is larger than this server accepts ({limit} bytes)"
-    )
-
-
-def _content_length(scope: Scope) -> int | None:
-    for key, value in scope.get("headers", ()):
-        if key == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-def _embeds(scope: Scope) -> bool:
-    path = str(scope.get("path", ""))
-    return scope.get("method") == "POST" and (
-        path in _EMBEDDING_PATHS or path.endswith(_EMBEDDING_SUFFIXES)
-    )

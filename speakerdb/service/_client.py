@@ -7,10 +7,16 @@
 Answers are the server's JSON documents; an error answer raises the library error of its
 code (SpeakerNotFoundError, AudioDecodeError, ...) or, for the HTTP layer's own refusals
 (authentication, limits), a ServiceRefused with the code and message.
+
+Whatever answers at the URL is not trusted: an answer is read as it streams in and
+refused past :data:`MAX_ANSWER_BYTES` (a real one is a few kB per recording), and a 200
+answer must have the shape the route documents (one object per recording sent, with the
+fields the CLI prints); anything else raises ServiceAnswerError, never a KeyError.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,9 +25,12 @@ from typing import Any
 from speakerdb import errors
 from speakerdb.errors import SpeakerDBError
 
-__all__ = ["KEY_ENV", "ServiceClient", "ServiceRefused"]
+__all__ = ["KEY_ENV", "MAX_ANSWER_BYTES", "ServiceAnswerError", "ServiceClient", "ServiceRefused"]
 
 KEY_ENV = "SPEAKERDB_API_KEY"
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+"""The largest answer read (an identification of 20 recordings with 1000 candidates each
+is about 2 MB)."""
 
 
 class ServiceRefused(SpeakerDBError):
@@ -34,6 +43,17 @@ class ServiceRefused(SpeakerDBError):
         self.status = status
         self.remote_code = remote_code
         super().__init__(f"{message} (HTTP {status}, {remote_code})")
+
+
+class ServiceAnswerError(SpeakerDBError):
+    """What answered at the URL is not what ``speakerdb serve`` sends (too large, not
+    JSON of the documented shape): ``status`` is the HTTP status."""
+
+    code = "bad_answer"
+
+    def __init__(self, url: str, status: int, why: str) -> None:
+        self.status = status
+        super().__init__(f"{url} did not answer like speakerdb serve (HTTP {status}): {why}")
 
 
 def _library_errors() -> dict[str, type[SpeakerDBError]]:
@@ -78,7 +98,10 @@ class ServiceClient:
 
         data = {"norm": norm} | _decision_fields(threshold, prior, far)
         return self._per_file(
-            f"/v1/speakers/{quote(name, safe='')}/verify", files, data | {"_name": name}
+            f"/v1/speakers/{quote(name, safe='')}/verify",
+            files,
+            data | {"_name": name},
+            _VERIFICATION,
         )
 
     def identify(
@@ -91,10 +114,14 @@ class ServiceClient:
         far: float | None = None,
     ) -> list[dict[str, Any]]:
         data = {"top_k": str(top_k), "norm": norm} | _decision_fields(threshold, prior, far)
-        return self._per_file("/v1/identify", files, data)
+        return self._per_file("/v1/identify", files, data, _IDENTIFICATION)
 
     def _per_file(
-        self, path: str, files: Sequence[str | os.PathLike[str]], data: dict[str, str]
+        self,
+        path: str,
+        files: Sequence[str | os.PathLike[str]],
+        data: dict[str, str],
+        shape: dict[str, tuple[type, ...]],
     ) -> list[dict[str, Any]]:
         import httpx
 
@@ -109,17 +136,47 @@ class ServiceClient:
                 raise errors.AudioDecodeError(str(f), f"cannot read ({exc.strerror})") from None
         fields = {k: v for k, v in data.items() if not k.startswith("_")}
         try:
-            response = self._http.post(path, files=uploads, data=fields)
+            with self._http.stream("POST", path, files=uploads, data=fields) as response:
+                status = response.status_code
+                content = self._bounded(response)
         except httpx.HTTPError as exc:
             raise errors.ConfigurationError(f"cannot reach {self.url}: {exc}") from None
         try:
-            document = response.json()
+            document = json.loads(content)
         except ValueError:
-            raise ServiceRefused(response.status_code, "not_json", response.text[:200]) from None
-        if response.status_code >= 400:
-            body = document.get("error", {}) if isinstance(document, dict) else {}
-            raise self._error(response.status_code, body, data.get("_name"))
-        return document if isinstance(document, list) else [document]
+            if status >= 400:
+                shown = content[:200].decode("utf-8", "replace")
+                raise ServiceRefused(status, "not_json", shown or "(no answer)") from None
+            raise ServiceAnswerError(self.url, status, "the answer is not JSON") from None
+        if status >= 400:
+            body = document.get("error") if isinstance(document, dict) else None
+            raise self._error(status, body if isinstance(body, dict) else {}, data.get("_name"))
+        if status != 200:
+            raise ServiceAnswerError(self.url, status, "a lookup is answered with status 200")
+        return _checked(document, len(uploads), shape, self.url)
+
+    def _bounded(self, response: Any) -> bytes:
+        """The answer's body, read as it comes; ServiceAnswerError past MAX_ANSWER_BYTES
+        (declared or received), without reading the rest."""
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+            raise ServiceAnswerError(
+                self.url,
+                response.status_code,
+                f"its answer of {int(declared)} bytes is larger than any of its answers "
+                f"({MAX_ANSWER_BYTES} bytes at most)",
+            )
+        received = bytearray()
+        for chunk in response.iter_bytes():
+            received += chunk
+            if len(received) > MAX_ANSWER_BYTES:
+                raise ServiceAnswerError(
+                    self.url,
+                    response.status_code,
+                    f"its answer is larger than any of its answers ({MAX_ANSWER_BYTES} "
+                    "bytes at most)",
+                )
+        return bytes(received)
 
     @staticmethod
     def _error(status: int, body: dict[str, Any], name: str | None) -> SpeakerDBError:
@@ -134,6 +191,58 @@ class ServiceClient:
         if known is not None and known not in (SpeakerDBError, errors.SpeakerNotFoundError):
             return known(message)
         return ServiceRefused(status, code, message)
+
+
+_NUMBER = (int, float)
+_VERIFICATION: dict[str, tuple[type, ...]] = {
+    "accepted": (bool,),
+    "speaker": (str,),
+    "source": (str,),
+    "score": _NUMBER,
+    "threshold": _NUMBER,
+}
+_IDENTIFICATION: dict[str, tuple[type, ...]] = {
+    "best": (str, type(None)),
+    "matches": (list,),
+    "source": (str,),
+    "threshold": _NUMBER,
+}
+_MATCH: dict[str, tuple[type, ...]] = {"name": (str,), "score": _NUMBER}
+_ERROR: dict[str, tuple[type, ...]] = {"code": (str,), "message": (str,)}
+
+
+def _checked(
+    document: Any, count: int, shape: dict[str, tuple[type, ...]], url: str
+) -> list[dict[str, Any]]:
+    """The answer's documents, one per recording sent, each an error or of ``shape``;
+    ServiceAnswerError otherwise."""
+    documents = document if isinstance(document, list) else [document]
+    if len(documents) != count:
+        why = f"{len(documents)} result(s) for {count} recording(s)"
+        raise ServiceAnswerError(url, 200, why)
+    for number, item in enumerate(documents, start=1):
+        where = f"result {number}"
+        if not isinstance(item, dict):
+            raise ServiceAnswerError(url, 200, f"{where} is not a JSON object")
+        if "error" in item:
+            _require(item["error"], _ERROR, f"{where}'s error", url)
+            continue
+        _require(item, shape, where, url)
+        for match in item.get("matches", ()):
+            _require(match, _MATCH, f"a candidate of {where}", url)
+    return documents
+
+
+def _require(item: Any, shape: dict[str, tuple[type, ...]], where: str, url: str) -> None:
+    if not isinstance(item, dict):
+        raise ServiceAnswerError(url, 200, f"{where} is not a JSON object")
+    for field, kinds in shape.items():
+        if field not in item:
+            raise ServiceAnswerError(url, 200, f"{where} has no {field!r}")
+        value = item[field]
+        # bool is an int to Python, not a number to JSON
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ServiceAnswerError(url, 200, f"{where}'s {field!r} is not what it should be")
 
 
 def _decision_fields(

@@ -29,6 +29,7 @@ from speakerdb import (
     Comparison,
     EnrollmentReport,
     Identification,
+    SpeakerRecord,
     Verification,
     errors,
 )
@@ -39,16 +40,17 @@ from speakerdb.service._errors import (
     ServiceError,
     error_response,
     json_ready,
-    library_error_body,
     status_for,
 )
+from speakerdb.service._forms import InMemoryFormRoute
+from speakerdb.service._guard import AUTHORIZED
 from speakerdb.service._metrics import CONTENT_TYPE
 from speakerdb.service._uploads import received_uploads
 from speakerdb.storage._keys import SCOPES
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = APIRouter(route_class=InMemoryFormRoute)
 _bearer = HTTPBearer(
     auto_error=False,
     description="An API key made by `speakerdb keys create NAME --scope ...`.",
@@ -76,14 +78,23 @@ State = Annotated[ServiceState, Depends(_state)]
 
 def require(*scopes: str) -> Callable[..., ApiKeyRecord | None]:
     """A dependency admitting requests whose key has any of ``scopes`` (see
-    :meth:`ServiceState.authorize`)."""
+    :meth:`ServiceState.authorize`); its value is the key (None: no key is needed).
+
+    The guard reads ``scopes`` off it and authenticates before the body is read (see
+    :mod:`speakerdb.service._guard`); this then only hands on the key it admitted (and
+    checks for itself should a request ever reach it another way)."""
 
     def check(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> ApiKeyRecord | None:
+        admitted = request.scope.get(AUTHORIZED)
+        if admitted is not None and admitted[0] == scopes:
+            key: ApiKeyRecord | None = admitted[1]
+            return key
         return _service(request).authorize(credentials.credentials if credentials else None, scopes)
 
+    check.scopes = scopes  # type: ignore[attr-defined]
     return check
 
 
@@ -162,20 +173,44 @@ def _scrubbed(value: Any, uploads: Sequence[Upload]) -> Any:
     return value
 
 
-def _answer(document: Any, uploads: Sequence[Upload] = (), status: int = 200) -> JSONResponse:
-    return JSONResponse(_scrubbed(json_ready(document), uploads), status_code=status)
+def _redacted(value: Any, state: ServiceState) -> Any:
+    """``value`` with every message (of errors, rejected recordings, warnings) passed
+    through the server's redactor (see :class:`speakerdb.service._errors.Redactor`);
+    speakers' metadata is left as it was stored."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key == "message" and isinstance(item, str):
+                out[key] = state.redact(item)
+            elif key == "metadata":
+                out[key] = item
+            else:
+                out[key] = _redacted(item, state)
+        return out
+    if isinstance(value, list):
+        return [_redacted(v, state) for v in value]
+    return value
 
 
-def _failed(error: AudioError) -> dict[str, Any]:
-    body: dict[str, Any] = {"source": error.source, "error": library_error_body(error)}
+def _answer(
+    state: ServiceState, document: Any, uploads: Sequence[Upload] = (), status: int = 200
+) -> JSONResponse:
+    cleaned = _redacted(_scrubbed(json_ready(document), uploads), state)
+    return JSONResponse(cleaned, status_code=status)
+
+
+def _failed(state: ServiceState, error: AudioError) -> dict[str, Any]:
+    body: dict[str, Any] = {"source": error.source, "error": state.error_body(error, False)}
     if error.code in NOT_ENOUGH_SPEECH_CODES:
         body["decision"] = "NOT_ENOUGH_SPEECH"
     return body
 
 
-def _decided(result: Verification | Comparison | Identification | AudioError) -> dict[str, Any]:
+def _decided(
+    state: ServiceState, result: Verification | Comparison | Identification | AudioError
+) -> dict[str, Any]:
     if isinstance(result, AudioError):
-        return _failed(result)
+        return _failed(state, result)
     document = result.to_dict()
     if isinstance(result, Verification):
         document["decision"] = "ACCEPT" if result.accepted else "REJECT"
@@ -187,6 +222,7 @@ def _decided(result: Verification | Comparison | Identification | AudioError) ->
 
 
 def _per_file(
+    state: ServiceState,
     results: Sequence[Verification | Comparison | Identification | AudioError],
     uploads: Sequence[Upload],
 ) -> JSONResponse:
@@ -195,9 +231,10 @@ def _per_file(
     if len(results) == 1:
         only = results[0]
         if isinstance(only, AudioError) and only.code not in NOT_ENOUGH_SPEECH_CODES:
-            return _answer({"error": library_error_body(only)}, uploads, status_for(only))
-        return _answer(_decided(only), uploads)
-    return _answer([_decided(r) for r in results], uploads)
+            body = state.error_body(only, redact=False)
+            return _answer(state, {"error": body}, uploads, status_for(only))
+        return _answer(state, _decided(state, only), uploads)
+    return _answer(state, [_decided(state, r) for r in results], uploads)
 
 
 # --- health, metrics ----------------------------------------------------------------------------
@@ -212,42 +249,47 @@ async def healthz() -> dict[str, str | int]:
 @router.get(
     "/readyz",
     tags=["operations"],
-    summary="Ready: database reachable, model loaded, index caught up.",
+    summary="Ready: database reachable, model loaded and the database's, index caught up.",
     responses={503: {"description": "Not ready (see checks)."}},
 )
 def readyz(state: State) -> JSONResponse:
+    """Ready when a lookup would be answered: the database answers, the model is loaded
+    and is the one whose voiceprints the database holds (after ``db reembed`` by another
+    process it is not: every lookup would be refused until the server restarts), and the
+    index has caught up with the change log. Nothing here needs a key, so nothing here
+    says what the database holds (no counts)."""
     checks: dict[str, Any] = {}
-    ready = state.ready
-    if not ready:
+    if not state.ready:
         checks["startup"] = "the database and model are still loading"
         return JSONResponse({"status": "starting", "checks": checks}, status_code=503)
     db = state.db
+    ready = db.model_loaded
+    checks["model"] = {"status": "ok" if ready else "not loaded", "name": db.identity.label}
     try:
-        speakers, _ = db.store.counts()
-        checks["database"] = {"status": "ok", "speakers": speakers}
+        current = db.store.current_model()
+        checks["database"] = {"status": "ok"}
     except errors.SpeakerDBError as exc:
-        checks["database"] = {"status": "error", "message": exc.message}
+        checks["database"] = {"status": "error", "message": state.error_body(exc)["message"]}
+        current, ready = None, False
+    if current is not None and not current.same_model(db.identity):
+        checks["model"] = {
+            "status": "mismatch",
+            "name": db.identity.label,
+            "database": current.label,
+            "message": "the database now holds voiceprints of another model (speakerdb db "
+            "reembed): every lookup is refused until the server is restarted",
+        }
         ready = False
-    checks["model"] = {
-        "status": "ok" if db.model_loaded else "not loaded",
-        "name": db.identity.label,
-    }
-    ready = ready and db.model_loaded
-    if ready:
+    elif ready and current is not None:
         try:
-            if db.store.model() is None:
-                checks["index"] = {"status": "ok", "vectors": 0}
-            else:
-                index = db.store.index_status()  # catches up with the change log first
-                checks["index"] = {
-                    "status": "ok",
-                    "vectors": index.vectors,
-                    "applied_change": index.applied_seq,
-                    "kind": index.params,
-                    "rebuilding": db.store.index_maintenance_running(),
-                }
+            db.store.index_status()  # catches up with the change log first
+            # Not its kind or size: an IVF index's lists tell how many speakers there are.
+            checks["index"] = {
+                "status": "ok",
+                "rebuilding": db.store.index_maintenance_running(),
+            }
         except errors.SpeakerDBError as exc:
-            checks["index"] = {"status": "error", "message": exc.message}
+            checks["index"] = {"status": "error", "message": state.error_body(exc)["message"]}
             ready = False
     state.metrics.index_rebuilds.set(1 if db.store.index_maintenance_running() else 0)
     return JSONResponse(
@@ -297,9 +339,9 @@ def verify(
         except SpeakerNotFoundError as exc:
             state.metrics.errors.labels(exc.code).inc()
             return error_response(
-                404, library_error_body(exc), decision="SPEAKER_NOT_ENROLLED", speaker=name
+                404, state.error_body(exc), decision="SPEAKER_NOT_ENROLLED", speaker=name
             )
-        return _per_file(results, uploads)
+        return _per_file(state, results, uploads)
 
 
 @router.post(
@@ -322,7 +364,7 @@ def identify(
     else null (UNKNOWN_SPEAKER); ``matches`` are the top-k candidates, best first."""
     with _uploads(state, audio) as uploads:
         results = state.db.identify_many(uploads, top_k, threshold, norm=norm, prior=prior, far=far)
-        return _per_file(results, uploads)
+        return _per_file(state, results, uploads)
 
 
 @router.post(
@@ -346,7 +388,7 @@ def compare(
         result = state.db.compare_batch(
             [(uploads[0], uploads[1])], threshold, norm=norm, prior=prior, far=far
         )[0]
-        return _per_file([result], uploads)
+        return _per_file(state, [result], uploads)
 
 
 # --- enrollment and management ------------------------------------------------------------------
@@ -411,7 +453,8 @@ def enroll(
         except errors.EnrollmentRefusedError as exc:
             state.metrics.errors.labels(exc.code).inc()
             refused = exc.report.to_dict() if isinstance(exc.report, EnrollmentReport) else {}
-            return _answer({**refused, "error": library_error_body(exc)}, uploads, 409)
+            body = state.error_body(exc, redact=False)  # the answer is redacted as a whole
+            return _answer(state, {**refused, "error": body}, uploads, 409)
         document = report.to_dict()
         status = 201 if report.created else 200
         rejected = [i for i in report.inputs if i.status == "rejected"]
@@ -424,7 +467,7 @@ def enroll(
                 "message": f"{first.source}: {first.message}",
                 "source": first.source,
             }
-        return _answer(document, uploads, status)
+        return _answer(state, document, uploads, status)
 
 
 def _metadata(text: str | None) -> dict[str, Any] | None:
@@ -442,27 +485,47 @@ def _metadata(text: str | None) -> dict[str, Any] | None:
     return value
 
 
+Reader = Annotated[ApiKeyRecord | None, Depends(require("verify", "identify"))]
+
+# What a key without the admin scope reads of a speaker: enough to know it is enrolled and
+# how well. Its metadata, and its recordings' sources (server paths) and audio sha256 (with
+# which the holder of a recording could test whether it is enrolled) are the admin's.
+_READER_FIELDS = ("name", "status", "utterances")
+
+
+def _sees_everything(key: ApiKeyRecord | None) -> bool:
+    """Admin keys, and the owner of a keyless loopback server, read every field."""
+    return key is None or key.allows("admin")
+
+
+def _speaker_view(record: SpeakerRecord, key: ApiKeyRecord | None) -> dict[str, Any]:
+    document = record.to_dict()
+    if _sees_everything(key):
+        return document
+    return {field: document[field] for field in _READER_FIELDS}
+
+
 @router.get(
     "/v1/speakers",
     tags=["speakers"],
-    summary="Every enrolled speaker.",
-    dependencies=[Depends(require("verify", "identify"))],
+    summary="Every enrolled speaker (admin keys: with metadata and dates).",
 )
-def list_speakers(state: State) -> JSONResponse:
-    return _answer([r.to_dict() | {"utterances": r.utterances} for r in state.db.speakers()])
+def list_speakers(state: State, key: Reader) -> JSONResponse:
+    return _answer(state, [_speaker_view(r, key) for r in state.db.speakers()])
 
 
 @router.get(
     "/v1/speakers/{name}",
     tags=["speakers"],
-    summary="One speaker with its enrolled recordings.",
-    dependencies=[Depends(require("verify", "identify"))],
+    summary="One speaker (admin keys: with metadata and its enrolled recordings).",
     responses={404: {"description": "No such speaker."}},
 )
-def show_speaker(name: SpeakerName, state: State) -> JSONResponse:
+def show_speaker(name: SpeakerName, state: State, key: Reader) -> JSONResponse:
     record = state.db.speaker(name)
-    recordings = state.db.utterances(record.name)
-    return _answer(record.to_dict() | {"recordings": [u.to_dict() for u in recordings]})
+    document = _speaker_view(record, key)
+    if _sees_everything(key):
+        document["recordings"] = [u.to_dict() for u in state.db.utterances(record.name)]
+    return _answer(state, document)
 
 
 class Rename(BaseModel):
@@ -479,7 +542,7 @@ class Rename(BaseModel):
 def rename_speaker(
     name: SpeakerName, body: Annotated[Rename, Body()], state: State
 ) -> JSONResponse:
-    return _answer(state.db.rename(name, body.new_name).to_dict())
+    return _answer(state, state.db.rename(name, body.new_name).to_dict())
 
 
 @router.delete(
@@ -493,7 +556,7 @@ def delete_speaker(name: SpeakerName, state: State) -> JSONResponse:
     """Removes the rows and embedding bytes from SQL and rewrites the index file without
     them, as ``speakerdb speakers delete`` does (see the README on what PostgreSQL keeps
     until ``speakerdb db compact``)."""
-    return _answer({"deleted": state.db.delete(name).to_dict()})
+    return _answer(state, {"deleted": state.db.delete(name).to_dict()})
 
 
 # --- keys ---------------------------------------------------------------------------------------
@@ -513,7 +576,7 @@ class NewKey(BaseModel):
     dependencies=[Depends(require("admin"))],
 )
 def list_keys(state: State) -> JSONResponse:
-    return _answer([k.to_dict() for k in state.db.api_keys()])
+    return _answer(state, [k.to_dict() for k in state.db.api_keys()])
 
 
 @router.post(
@@ -526,7 +589,7 @@ def list_keys(state: State) -> JSONResponse:
 )
 def create_key(body: Annotated[NewKey, Body()], state: State) -> JSONResponse:
     made = state.db.create_key(body.name, body.scopes)
-    return _answer(made.record.to_dict() | {"key": made.secret}, status=201)
+    return _answer(state, made.record.to_dict() | {"key": made.secret}, status=201)
 
 
 @router.delete(
@@ -539,4 +602,4 @@ def create_key(body: Annotated[NewKey, Body()], state: State) -> JSONResponse:
 def revoke_key(
     key_name: Annotated[str, Path(max_length=64, description="The key's name.")], state: State
 ) -> JSONResponse:
-    return _answer({"revoked": state.db.revoke_key(key_name).to_dict()})
+    return _answer(state, {"revoked": state.db.revoke_key(key_name).to_dict()})

@@ -35,6 +35,13 @@ class ServiceSettings:
     other encodes). upload_dir: where uploads are written while a request runs (None:
     /dev/shm where there is one, else the system's temporary folder). public_url: how the
     server is reached, printed when it is ready.
+
+    host / port: the address the server listens on (None: not known, e.g. an app mounted
+    by other code). On a loopback address, requests must name the server by a loopback
+    name or address with this port in their Host header (a web page whose name was
+    rebound to 127.0.0.1 names its own host there); allowed_hosts: further names accepted
+    in Host (any port), e.g. the name a reverse proxy forwards; on another address they
+    are, when given, the only names accepted besides loopback ones.
     """
 
     db_url: str | None = None
@@ -50,6 +57,14 @@ class ServiceSettings:
     batch_parallel: int = 2
     upload_dir: str | None = None
     public_url: str | None = None
+    host: str | None = None
+    port: int | None = None
+    allowed_hosts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # JSON (the workers' copy) has lists; names compare without case.
+        names = tuple(str(n).strip().lower().strip("[]") for n in self.allowed_hosts)
+        object.__setattr__(self, "allowed_hosts", names)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

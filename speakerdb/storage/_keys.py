@@ -9,6 +9,10 @@ once, by :func:`create_key`, and cannot be recovered later.
 Scopes: ``verify`` (verify, compare), ``identify`` (identify, list and show speakers),
 ``enroll``, and ``admin`` (everything, including delete, rename and keys). ``read`` is
 shorthand for verify + identify.
+
+Creating the first key sets ``store_state.keys_required`` in the same transaction; revoking
+keys never clears it, so a server never answers without a key again once one existed (see
+:func:`keys_required`). :func:`allow_keyless` clears it, only while no key exists.
 """
 
 from __future__ import annotations
@@ -21,23 +25,25 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from speakerdb.errors import AlreadyExistsError, NotFoundError, UsageError
 from speakerdb.storage._engine import read_transaction, retrying, store_error, write_transaction
 from speakerdb.storage._names import canonical_name, validated_name
-from speakerdb.storage._schema import ApiKey, utcnow
+from speakerdb.storage._schema import ApiKey, StoreState, utcnow
 
 __all__ = [
     "KEY_PREFIX",
     "SCOPES",
     "ApiKeyRecord",
     "NewApiKey",
+    "allow_keyless",
     "any_keys",
     "authenticate",
     "create_key",
+    "keys_required",
     "list_keys",
     "parse_scopes",
     "revoke_key",
@@ -147,6 +153,8 @@ def create_key(engine: Engine, where: str, name: str, scopes: Iterable[str]) -> 
                 created_at=now,
             )
         )
+        # In the key's own transaction: no server can see the key without the flag.
+        conn.execute(update(StoreState).where(StoreState.id == 1).values(keys_required=True))
 
     try:
         retrying(lambda: _in_write(engine, work), f"cannot create an API key in {where}")
@@ -212,3 +220,35 @@ def any_keys(engine: Engine) -> bool:
     except SQLAlchemyError as exc:
         raise store_error(exc, "cannot read API keys") from None
     return int(count) > 0
+
+
+def keys_required(engine: Engine) -> bool:
+    """Whether a server on this database must require API keys: a key exists, or one was
+    ever created (revoking every key does not open the server again). Raises StoreError."""
+    try:
+        with read_transaction(engine) as conn:
+            flagged = conn.execute(
+                select(StoreState.keys_required).where(StoreState.id == 1)
+            ).scalar()
+            if flagged:
+                return True
+            count = conn.execute(select(func.count()).select_from(ApiKey)).scalar_one()
+    except SQLAlchemyError as exc:
+        raise store_error(exc, "cannot read API keys") from None
+    return int(count) > 0
+
+
+def allow_keyless(engine: Engine, where: str) -> None:
+    """Clear the "keys required" mark, so that a server on a loopback address answers
+    without a key again (the owner's explicit decision, after every key was revoked).
+    Raises UsageError while any key exists, StoreError."""
+
+    def work(conn: Connection) -> None:
+        count = conn.execute(select(func.count()).select_from(ApiKey)).scalar_one()
+        if int(count) > 0:
+            raise UsageError(
+                f"{int(count)} API key(s) exist: revoke them first (speakerdb keys list)"
+            )
+        conn.execute(update(StoreState).where(StoreState.id == 1).values(keys_required=False))
+
+    retrying(lambda: _in_write(engine, work), f"cannot change the key setting of {where}")

@@ -9,8 +9,9 @@ Tables:
   changes       the change log the vector-index caches catch up from: one row per speaker id
                 holding the sequence number of its latest centroid upsert or delete
   store_state   a single row: database identity, the change counter, the model in use, the
-                index kind, the key that authenticates index cache files, and which
-                calibration applies where none is set (``calibration_default``)
+                index kind, the key that authenticates index cache files, which
+                calibration applies where none is set (``calibration_default``), and
+                whether the HTTP service requires API keys (``keys_required``)
   calibrations  how this database decides, per score normalisation: a threshold on the score
                 scale chosen on its own trials, or a calibration to log-likelihood ratios
                 (the bundled one or one fitted on its own trials) with an operating point
@@ -32,6 +33,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -42,6 +44,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -119,6 +122,10 @@ class StoreState(Base):
     calibration_default: Mapped[str] = mapped_column(
         String(16), default="none", server_default="none"
     )
+    # Set in the transaction that creates the first API key and never cleared by revoking
+    # keys: a server on this database then requires a key even when none is left (only
+    # ``speakerdb keys allow-keyless`` clears it, and only while no key exists).
+    keys_required: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Calibration(Base):

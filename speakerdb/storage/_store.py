@@ -235,6 +235,17 @@ class EnrollmentStore:
                 self._model = _model_of(conn)
         return self._model
 
+    def current_model(self) -> ModelIdentity | None:
+        """The model whose vectors the database holds now, read from SQL rather than the
+        cache (another process may have switched it with ``db reembed``: then the cached
+        model and index are forgotten, as a read of voiceprints would)."""
+        with self._read("read the model") as conn:
+            current = _model_of(conn)
+        held = self._model
+        if held is not None and (current is None or not current.same_model(held)):
+            self._forget_model()
+        return current
+
     def _forget_model(self) -> None:
         """The database switched model (``db reembed``): the cached model and index go."""
         with self._cache_lock:
