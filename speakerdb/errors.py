@@ -23,6 +23,7 @@ __all__ = [
     "BusyError",
     "ConfigurationError",
     "DatabaseNotFoundError",
+    "EnrollmentRefusedError",
     "InvalidAudioError",
     "MissingDependencyError",
     "ModelError",
@@ -227,6 +228,21 @@ class SpeakerNotFoundError(NotFoundError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"no enrolled speaker named {name!r}")
+
+
+class EnrollmentRefusedError(SpeakerDBError):
+    """Recordings appended to an enrolled speaker do not match the speaker's voiceprint as
+    it was before the request (the database's decision rule rejects them): nothing of the
+    request was stored. An administrator may add them anyway (``force=True``, CLI
+    ``--force``, HTTP ``force`` with an admin key). ``report``: the
+    :class:`~speakerdb.EnrollmentReport`, every new recording marked "refused" with its
+    score."""
+
+    code = "enrollment_refused"
+
+    def __init__(self, message: str, report: object = None) -> None:
+        self.report = report
+        super().__init__(message)
 
 
 class AlreadyExistsError(SpeakerDBError):

@@ -56,6 +56,10 @@ def fingerprint(url: str) -> str:
     engine.dispose()
     if location.index_path is not None and location.index_path.exists():
         digest.update(location.index_path.read_bytes())
+    elif location.index_folder is not None and location.index_folder.is_dir():
+        # A server database's cache is named after the database (known once it is open).
+        for path in sorted(location.index_folder.glob("*.faiss")):
+            digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

@@ -21,8 +21,8 @@ def test_enrollment_report_comes_from_the_enrolling_transaction(db_url, model):
     with SpeakerDB.open(db_url, model=model) as db:
         real_enroll = db.store.enroll
 
-        def enroll_then_race(request, identity):
-            result = real_enroll(request, identity)
+        def enroll_then_race(request, identity, check=None):
+            result = real_enroll(request, identity, check)
             with EnrollmentStore.open(db_url) as other:
                 other.delete_speaker(request.name)
             return result
@@ -40,8 +40,8 @@ def test_enrollment_report_comes_from_the_enrolling_transaction(db_url, model):
         db.store.enroll = real_enroll  # type: ignore[method-assign]
         db.enroll("p226", files[:0] or by_speaker("vctk")["p226"][:2])
 
-        def append_then_race(request, identity):
-            result = real_enroll(request, identity)
+        def append_then_race(request, identity, check=None):
+            result = real_enroll(request, identity, check)
             with SpeakerDB.open(db_url, model=model) as other:
                 other.enroll(request.name, by_speaker("vctk")["p226"][5:6])
             return result

@@ -250,9 +250,12 @@ def upgraded_0003_keeps_deciding(url: str) -> None:
         doc["decision_rule"]["score"] == "cosine" and "candidates" in doc["decision_rule"]["note"]
     )
     assert doc["best"] == probe["best"]
-    # Re-enrolled, a speaker is calibrated.
+    # Re-enrolled (replacing its recordings: the administrator's --force), a speaker is
+    # calibrated.
     p225 = sorted((data / "vctk" / "p225").glob("*.wav"))
-    result = run("enroll", "p225", *map(str, p225[:3]), "--mode", "overwrite", "--db", url)
+    result = run(
+        "enroll", "p225", *map(str, p225[:3]), "--mode", "overwrite", "--force", "--db", url
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(run("verify", "p225", str(data / first["file"]), "--db", url).stdout)
     assert doc["calibration"] == "bundled" and doc["llr"] is not None and doc["accepted"]

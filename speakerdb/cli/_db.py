@@ -236,10 +236,14 @@ def _print_reembed(report: Any) -> None:
     if report.status == "current":
         click.echo(f"{show(report.database)} already uses {report.model}")
     else:
+        # Counted by the switching transaction: others may have enrolled or deleted meanwhile.
+        gone = report.reembedded + report.reused - report.switched_recordings
         click.echo(
             f"switched {show(report.database)} from {report.previous_model} to {report.model}: "
-            f"{report.recordings - report.dropped_recordings} recordings "
-            f"({report.reembedded} re-embedded now, {report.reused} made before)"
+            f"{report.switched_recordings} recordings "
+            f"({report.reembedded} re-embedded now, {report.reused} made before"
+            + (f"; {gone} of them of recordings deleted meanwhile" if gone > 0 else "")
+            + ")"
         )
         if report.dropped_recordings:
             click.echo(f"dropped {report.dropped_recordings} recordings (--allow-missing)")

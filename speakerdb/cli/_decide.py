@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from speakerdb._private_files import write_private
 from speakerdb.cli._common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -280,7 +281,7 @@ def compare(
                 lines.append(f"{r.score:.6f} {verdict} {show(t.a)} {show(t.b)}")
         text = "\n".join(lines) + "\n"
         if out is not None:
-            out.write_text(text)
+            write_private(out, text)  # scores say who sounds like whom: 0600
         else:
             click.echo(text, nl=False)
     sys.exit(EXIT_ERROR if failures else EXIT_OK)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from speakerdb.cli._common import (
     progress_bar,
     show,
     threshold_option,
+    warn,
 )
 from speakerdb.errors import SpeakerDBError, UsageError
 
@@ -83,14 +85,15 @@ def _open(db_url: str | None, model_name: str | None, device: str | None) -> Spe
     "--out-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="With --manifest: write one RTTM per recording here (<name>.rttm).",
+    help="With --manifest: write one RTTM per recording here (<name>.rttm, mode 0600; "
+    "recordings sharing a base name get <name>-<digest of the path>.rttm).",
 )
 @click.option(
     "--rttm",
     "rttm_path",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Also write the turns of FILE as RTTM to this file.",
+    help="Also write the turns of FILE as RTTM to this file (mode 0600).",
 )
 @_count_options
 @_db_option
@@ -161,15 +164,19 @@ def diarize(
                 emit_json(result.to_dict())
             else:
                 _print(result)
+            for note in result.notes:
+                warn(note)
             sys.exit(EXIT_OK)
-        from speakerdb.diarize._evaluate import read_diarization_manifest
+        from speakerdb.diarize._evaluate import output_ids, read_diarization_manifest
 
         assert manifest is not None and out_dir is not None
         entries = read_diarization_manifest(manifest)
+        ids = output_ids(entries)  # refuses a manifest listing a recording twice, up front
+        _note_renamed(entries, ids)
         out_dir.mkdir(parents=True, exist_ok=True)
         documents: list[dict[str, Any]] = []
         status = EXIT_OK
-        for entry in entries:
+        for entry, file_id in zip(entries, ids, strict=True):
             try:
                 result = _run(db, entry.audio, options)
             except SpeakerDBError as exc:
@@ -180,11 +187,14 @@ def diarize(
                 continue
             from speakerdb.diarize import write_rttm
 
-            target = out_dir / f"{entry.file_id}.rttm"
-            write_rttm(target, result.rttm_turns(entry.file_id))
+            target = out_dir / f"{file_id}.rttm"
+            write_rttm(target, result.rttm_turns(file_id))
             document = result.to_dict()
             document["rttm"] = str(target)
+            document["file_id"] = file_id
             documents.append(document)
+            for note in result.notes:
+                warn(f"{show(entry.audio)}: {note}")
             if not as_json:
                 names = ", ".join(s.label for s in result.speakers)
                 click.echo(
@@ -193,6 +203,18 @@ def diarize(
         if as_json:
             emit_json(documents)
         sys.exit(status)
+
+
+def _note_renamed(entries: Sequence[DiarizationEntry], ids: Sequence[str]) -> None:
+    """Say which recordings share a base name and what their RTTMs are called instead."""
+    renamed = [(e, i) for e, i in zip(entries, ids, strict=True) if i != e.file_id]
+    if renamed:
+        warn(
+            f"{len(renamed)} recordings share a base name with another: their RTTMs are "
+            "named after the base name and a digest of the path: "
+            + ", ".join(f"{show(e.audio)} -> {show(i)}.rttm" for e, i in renamed[:10])
+            + (" ..." if len(renamed) > 10 else "")
+        )
 
 
 def _run(db: SpeakerDB, audio: Path, options: dict[str, Any]) -> Diarization:
@@ -284,29 +306,31 @@ def eval_diarization(
     """
     from speakerdb.diarize import read_rttm
     from speakerdb.diarize._evaluate import (
+        output_ids,
         read_diarization_manifest,
         score_diarization,
         total_score,
     )
 
     entries = read_diarization_manifest(manifest)
+    ids = output_ids(entries) if hyp_dir is not None else [e.file_id for e in entries]
     for entry in entries:
         if entry.rttm is None:
             raise UsageError(f"{show(entry.audio)} has no rttm_filepath in the manifest")
     scores: list[tuple[DiarizationEntry, DiarizationScore]] = []
     db = None if hyp_dir is not None else _open(db_url, model_name, device)
     try:
-        for entry in entries:
+        for entry, file_id in zip(entries, ids, strict=True):
             assert entry.rttm is not None
             reference = read_rttm(entry.rttm)
             if hyp_dir is not None:
-                hypothesis = read_rttm(hyp_dir / f"{entry.file_id}.rttm")
+                hypothesis = read_rttm(hyp_dir / f"{file_id}.rttm")
                 duration = None
             else:
                 assert db is not None
                 count = {"num_speakers": entry.num_speakers} if oracle_speakers else {}
                 result = _run(db, entry.audio, count)
-                hypothesis = result.rttm_turns(entry.file_id)
+                hypothesis = result.rttm_turns(file_id)
                 duration = result.duration
             scores.append(
                 (
@@ -324,7 +348,10 @@ def eval_diarization(
         groups["no_overlap"] = [s for e, s in scores if not e.overlap]
         groups["overlap"] = [s for e, s in scores if e.overlap]
     summary = {name: total_score(group).to_dict() for name, group in groups.items() if group}
-    files = [{"file": e.file_id, "overlap": e.overlap, **s.to_dict()} for e, s in scores]
+    files = [
+        {"file": file_id, "overlap": e.overlap, **s.to_dict()}
+        for file_id, (e, s) in zip(ids, scores, strict=True)
+    ]
     if as_json:
         emit_json({"collar": collar, "summary": summary, "files": files})
         sys.exit(EXIT_OK)

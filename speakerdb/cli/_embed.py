@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
 import click
 
+from speakerdb._private_files import write_private
 from speakerdb.cli._common import (
     EXIT_ERROR,
     device_option,
@@ -26,7 +28,7 @@ from speakerdb.cli._common import (
     "--out",
     required=True,
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Where to write the (N, D) float32 array (.npy), row i for FILE i.",
+    help="Where to write the (N, D) float32 array (.npy), row i for FILE i (mode 0600).",
 )
 @model_option
 @device_option
@@ -50,7 +52,10 @@ def embed(
             click.echo(f"error: {r.error.message}", err=True)
     vectors = [r.vector for r in results if r.vector is not None]
     if not failed:
-        np.save(out, np.stack(vectors).astype(np.float32))
+        # Voiceprints are biometric data: the file is 0600, replaced atomically.
+        buffer = io.BytesIO()
+        np.save(buffer, np.stack(vectors).astype(np.float32))
+        write_private(out, buffer.getvalue())
     if as_json:
         emit_json(
             {

@@ -14,6 +14,7 @@ from speakerdb.cli._common import (
     db_option,
     device_option,
     emit_json,
+    error_object,
     handles_errors,
     json_option,
     model_option,
@@ -22,11 +23,11 @@ from speakerdb.cli._common import (
     show,
     warn,
 )
-from speakerdb.enroll._reports import RECOMMENDED_SPEECH_SECONDS
-from speakerdb.errors import UsageError
+from speakerdb.enroll._reports import RECOMMENDED_SPEECH_SECONDS, EnrollmentReport
+from speakerdb.errors import EnrollmentRefusedError, UsageError
 
 if TYPE_CHECKING:
-    from speakerdb.enroll._reports import EnrollmentReport, ManifestSummary
+    from speakerdb.enroll._reports import ManifestSummary
 
 
 def _parse_meta(items: Sequence[str]) -> dict[str, Any] | None:
@@ -45,8 +46,9 @@ def _print_report(report: EnrollmentReport) -> None:
     verb = "created" if report.created else "updated" if report.changed else "unchanged"
     click.echo(
         f"{show(report.speaker)}: {verb}, {report.accepted} accepted, "
-        f"{report.duplicates} duplicate, {report.rejected} rejected; {report.utterances} "
-        f"recordings, {report.total_speech_seconds:.1f} s of speech"
+        f"{report.duplicates} duplicate, {report.rejected} rejected"
+        + (f", {report.refused} refused" if report.refused else "")
+        + f"; {report.utterances} recordings, {report.total_speech_seconds:.1f} s of speech"
     )
     for item in report.inputs:
         if item.status == "duplicate":
@@ -62,6 +64,19 @@ def _report_rejections(reports: Sequence[EnrollmentReport]) -> None:
         for item in report.inputs:
             if item.status == "rejected":
                 click.echo(f"error: {show(item.source)}: {item.message}", err=True)
+            elif item.status == "refused" and item.reason == "voiceprint_mismatch":
+                click.echo(
+                    f"error: {show(item.source)} not added to {show(report.speaker)}: "
+                    f"{item.message}",
+                    err=True,
+                )
+        if report.refused:
+            click.echo(
+                f"error: refused to add {report.refused} recordings to {show(report.speaker)} "
+                "(nothing stored): they do not all match its voiceprint; --force adds them "
+                "anyway",
+                err=True,
+            )
 
 
 @click.command()
@@ -87,6 +102,13 @@ def _report_rejections(reports: Sequence[EnrollmentReport]) -> None:
     metavar="KEY=VALUE",
     help="Metadata to store with the speaker (repeatable).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Administrator's override: allow --mode overwrite, and add recordings to an "
+    "enrolled speaker even when they do not match its voiceprint (otherwise such an "
+    "append is refused and nothing is stored).",
+)
 @db_option
 @model_option
 @device_option
@@ -98,6 +120,7 @@ def enroll(
     manifest: Path | None,
     mode: str,
     meta: tuple[str, ...],
+    force: bool,
     db_url: str | None,
     model_name: str | None,
     device: str | None,
@@ -107,32 +130,50 @@ def enroll(
 
     Unusable recordings are reported and skipped; if none is usable nothing changes.
     Recordings already enrolled for the speaker are recognised by their audio and not stored
-    twice, so an interrupted --manifest run can simply be run again.
+    twice, so an interrupted --manifest run can simply be run again. Recordings added to an
+    enrolled speaker must match its voiceprint (the database's verification rule), else
+    nothing of the request is stored (exit 2) unless --force.
     """
     if manifest is not None:
         if name or files:
             raise UsageError("give either NAME FILE... or --manifest, not both")
         if meta:
             raise UsageError("--meta applies to NAME FILE... enrollment only")
-        _enroll_manifest(manifest, mode, db_url, model_name, device, as_json)
+        _enroll_manifest(manifest, mode, force, db_url, model_name, device, as_json)
         return
     if not name or not files:
         raise UsageError("usage: speakerdb enroll NAME FILE... (or --manifest M.jsonl)")
     metadata = _parse_meta(meta)
+    refused: EnrollmentRefusedError | None = None
     with open_db(db_url, model_name, device) as db, progress_bar("embedding") as bar:
-        report = db.enroll(name, list(files), mode=mode, metadata=metadata, progress=bar)
+        try:
+            report = db.enroll(
+                name, list(files), mode=mode, metadata=metadata, progress=bar, force=force
+            )
+        except EnrollmentRefusedError as exc:
+            if not isinstance(exc.report, EnrollmentReport):
+                raise
+            refused, report = exc, exc.report
     _report_rejections([report])
     if as_json:
-        emit_json(report.to_dict())
+        document = report.to_dict()
+        if refused is not None:
+            document["error"] = error_object(refused)
+        emit_json(document)
     else:
         _print_report(report)
-    if report.rejected or (report.accepted == 0 and not report.duplicates and mode != "skip"):
+    if (
+        refused is not None
+        or report.rejected
+        or (report.accepted == 0 and not report.duplicates and mode != "skip")
+    ):
         sys.exit(EXIT_ERROR)
 
 
 def _enroll_manifest(
     manifest: Path,
     mode: str,
+    force: bool,
     db_url: str | None,
     model_name: str | None,
     device: str | None,
@@ -142,13 +183,13 @@ def _enroll_manifest(
 
     entries = read_manifest(manifest)
     with open_db(db_url, model_name, device) as db, progress_bar("enrolling") as bar:
-        summary = db.enroll_manifest(entries, mode=mode, progress=bar)
+        summary = db.enroll_manifest(entries, mode=mode, progress=bar, force=force)
     _report_rejections(summary.reports)
     if as_json:
         emit_json(summary.to_dict())
     else:
         _print_summary(summary)
-    if summary.rejected:
+    if summary.rejected or summary.refused:
         sys.exit(EXIT_ERROR)
 
 
@@ -166,4 +207,5 @@ def _print_summary(summary: ManifestSummary) -> None:
         f"{summary.files} files, {summary.speakers} speakers ({summary.created} new): "
         f"{summary.accepted} accepted, {summary.duplicates} already enrolled, "
         f"{summary.rejected} rejected"
+        + (f", {summary.refused} refused (not matching)" if summary.refused else "")
     )

@@ -61,6 +61,8 @@ def speakers_show(name: str, db_url: str | None, as_json: bool) -> None:
     )
     if record.metadata:
         click.echo(f"  metadata: {json.dumps(record.metadata, ensure_ascii=False)}")
+    elif record.metadata_error:
+        click.echo(f"  metadata: not shown ({record.metadata_error})")
     for u in recordings:
         source = show(u.source) if u.source else "<array>"
         khz = f"{u.bandwidth_hz / 1000:.1f} kHz" if u.bandwidth_hz is not None else "? kHz"

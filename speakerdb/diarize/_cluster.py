@@ -62,6 +62,27 @@ class SpeakerCount:
     def fixed(self) -> bool:
         return self.num is not None
 
+    def bounded(self, windows: int, speech_seconds: float) -> tuple[SpeakerCount, str | None]:
+        """This count, bounded by what ``windows`` embedded windows (``speech_seconds`` of
+        speech) can hold: at most one voice per :data:`MIN_CLUSTER_WINDOWS` windows (the
+        least a voice needs to stand on its own). Returns the count to use and, when it
+        had to be lowered, a note saying so."""
+        limit = max(1, windows // MIN_CLUSTER_WINDOWS)
+        asked = self.num if self.num is not None else self.min
+        if asked is None or asked <= limit:
+            return self, None
+        if self.num is not None:
+            bounded, looked = SpeakerCount(num=limit), f"{limit} voices"
+        else:
+            top = limit if self.max is not None else None
+            bounded, looked = SpeakerCount(min=limit, max=top), f"at least {limit} voices"
+        which = "exactly" if self.num is not None else "at least"
+        return bounded, (
+            f"asked for {which} {asked} voices, but {speech_seconds:.1f} s of speech "
+            f"({windows} windows) can hold at most {limit} (a voice needs "
+            f"{MIN_CLUSTER_WINDOWS} windows of its own): looked for {looked}"
+        )
+
 
 def cluster_windows(
     vectors: npt.NDArray[np.float32],

@@ -18,7 +18,9 @@ naming measures skip the same collar as DER and count 10 ms frames.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ __all__ = [
     "DiarizationEntry",
     "DiarizationScore",
     "is_name",
+    "output_ids",
     "read_diarization_manifest",
     "score_diarization",
     "total_score",
@@ -61,10 +64,49 @@ class DiarizationEntry:
     known: tuple[str, ...] | None = None
     unknown: tuple[str, ...] | None = None
     overlap: bool | None = None
+    line: int | None = None
 
     @property
     def file_id(self) -> str:
         return self.audio.stem
+
+
+def output_ids(entries: Sequence[DiarizationEntry]) -> list[str]:
+    """A distinct file id per entry, naming its RTTM (``<id>.rttm``; also the file field of
+    its lines): the recording's base name, unless another entry's is the same (compared
+    without case: some file systems ignore it); then the base name and the first 8 hex
+    digits of the sha256 of the recording's resolved path, e.g. ``conv-1a2b3c4d`` -- the
+    same on every run over the same files, whatever the order of the manifest. Raises
+    UsageError, before anything is written, when one recording is listed twice."""
+    seen: dict[Path, DiarizationEntry] = {}
+    for entry in entries:
+        resolved = entry.audio.resolve()
+        if resolved in seen:
+            raise UsageError(
+                f"{_where(entry)} lists {printable(entry.audio)} again (as "
+                f"{_where(seen[resolved])}): each recording may be diarized once per run"
+            )
+        seen[resolved] = entry
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry.file_id.casefold()] = counts.get(entry.file_id.casefold(), 0) + 1
+    ids = []
+    for entry in entries:
+        if counts[entry.file_id.casefold()] == 1:
+            ids.append(entry.file_id)
+        else:
+            digest = hashlib.sha256(os.fsencode(entry.audio.resolve())).hexdigest()[:8]
+            ids.append(f"{entry.file_id}-{digest}")
+    if len({i.casefold() for i in ids}) != len(ids):
+        raise UsageError(
+            "the manifest's recordings cannot be given distinct output names (base names "
+            "clash even with a digest of their paths): rename some of them"
+        )
+    return ids
+
+
+def _where(entry: DiarizationEntry) -> str:
+    return f"line {entry.line}" if entry.line is not None else "an entry"
 
 
 def read_diarization_manifest(path: str | Path) -> list[DiarizationEntry]:
@@ -101,6 +143,7 @@ def read_diarization_manifest(path: str | Path) -> list[DiarizationEntry]:
                 known=tuple(item["known"]) if isinstance(item.get("known"), list) else None,
                 unknown=(tuple(item["unknown"]) if isinstance(item.get("unknown"), list) else None),
                 overlap=item.get("overlap") if isinstance(item.get("overlap"), bool) else None,
+                line=number,
             )
         )
     if not out:

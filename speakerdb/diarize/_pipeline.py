@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from speakerdb.diarize._cluster import MIN_CLUSTER_WINDOWS, SpeakerCount, centroids, cluster_windows
 from speakerdb.diarize._result import Diarization, DiarizedSpeaker, Turn
-from speakerdb.diarize._speech import smooth_speech
+from speakerdb.diarize._speech import FRAME_SECONDS, smooth_speech
 from speakerdb.diarize._stream import AudioStream, open_stream
 from speakerdb.diarize._turns import MAX_PAUSE, MIN_TURN, frame_labels, segments_of
 from speakerdb.diarize._windows import DEFAULT_HOP, DEFAULT_WINDOW, embed_windows
@@ -107,7 +107,8 @@ class VoiceAnalysis:
     turn_counts: (k,) turns per voice; voiceprint_seconds: (k,) speech behind each
     voiceprint (after the engine's silence trimming); bandwidth_hz: of the voiceprints'
     audio (for calibration; None if unmeasured); windows: how many
-    windows were embedded; parameters: the settings actually used.
+    windows were embedded; parameters: the settings actually used; notes: what the caller
+    asked for that could not be done as asked (a number of voices the speech cannot hold).
     """
 
     source: str
@@ -120,6 +121,7 @@ class VoiceAnalysis:
     voiceprint_seconds: npt.NDArray[np.float64]
     windows: int
     parameters: dict[str, Any]
+    notes: tuple[str, ...] = ()
 
     @property
     def num_voices(self) -> int:
@@ -162,10 +164,16 @@ def analyse_voices(
     }
     if embedded.vectors.shape[0] == 0:
         raise NoSpeechError(stream.source, "no speech detected")
-    labels = cluster_windows(
-        embedded.vectors, threshold, settings.count(), min_windows=MIN_CLUSTER_WINDOWS
-    )
     speech = smooth_speech(embedded.speech)
+    # A number of voices the speech cannot hold (--num-speakers 1000 on two minutes) is
+    # lowered to what it can, and the answer says so.
+    count, note = settings.count().bounded(
+        int(embedded.vectors.shape[0]), float(np.count_nonzero(speech)) * FRAME_SECONDS
+    )
+    notes = (note,) if note is not None else ()
+    if note is not None:
+        parameters["voice_limit"] = count.num if count.num is not None else count.min
+    labels = cluster_windows(embedded.vectors, threshold, count, min_windows=MIN_CLUSTER_WINDOWS)
     frames = frame_labels(speech, embedded.starts, embedded.ends, labels)
     raw_segments = segments_of(frames, settings.min_turn, settings.max_pause)
     # Renumber the voices that kept turns in order of first appearance.
@@ -195,6 +203,7 @@ def analyse_voices(
         voiceprint_seconds=probe_seconds,
         windows=int(embedded.vectors.shape[0]),
         parameters=parameters,
+        notes=notes,
     )
 
 
@@ -263,6 +272,7 @@ def anonymous(analysis: VoiceAnalysis, model_label: str, prefix: str = "speaker"
         ],
         model=model_label,
         parameters=analysis.parameters,
+        notes=list(analysis.notes),
     )
 
 

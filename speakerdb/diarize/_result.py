@@ -103,7 +103,9 @@ class Diarization:
     source: the path or ``<array>``; duration: seconds; turns: sorted by start, never
     overlapping; speakers: one per label, in order of first appearance; model: the model's
     label; threshold / decision_rule: the rule that named the voices (None without a
-    database); parameters: the settings used (window, hop, clustering threshold, ...).
+    database); parameters: the settings used (window, hop, clustering threshold, ...);
+    notes: what was asked and could not be done as asked (a number of voices more than
+    the speech can hold: the number was lowered, see ``parameters["voice_limit"]``).
     """
 
     source: str
@@ -114,6 +116,7 @@ class Diarization:
     threshold: float | None = None
     decision_rule: DecisionRule | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_speakers(self) -> int:
@@ -138,6 +141,7 @@ class Diarization:
             "speakers": [s.to_dict() for s in self.speakers],
             "turns": [t.to_dict() for t in self.turns],
             "parameters": dict(self.parameters),
+            "notes": list(self.notes),
         }
 
 

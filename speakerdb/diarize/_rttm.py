@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from speakerdb._private_files import write_private
 from speakerdb.errors import UsageError, printable
 
 __all__ = ["RttmTurn", "format_rttm", "parse_rttm", "read_rttm", "rttm_label", "write_rttm"]
@@ -58,16 +59,10 @@ def format_rttm(turns: Iterable[RttmTurn]) -> str:
 
 
 def write_rttm(path: str | os.PathLike[str], turns: Iterable[RttmTurn]) -> None:
-    """Write ``turns`` to ``path`` (replaced atomically: a temp file renamed into place)."""
-    target = Path(path)
-    text = format_rttm(turns)
-    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, target)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise UsageError(f"cannot write {printable(target)}: {exc.strerror or exc}") from None
+    """Write ``turns`` to ``path``: who spoke when is biometric data, so the file is mode
+    0600, replaced atomically (see :func:`speakerdb._private_files.write_private`).
+    Raises UsageError when it cannot be written."""
+    write_private(path, format_rttm(turns))
 
 
 def parse_rttm(text: str, source: str = "<rttm>") -> list[RttmTurn]:

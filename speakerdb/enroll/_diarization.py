@@ -129,4 +129,5 @@ def name_voices(
         threshold=policy.rule.threshold,
         decision_rule=policy.rule,
         parameters=analysis.parameters,
+        notes=list(analysis.notes),
     )

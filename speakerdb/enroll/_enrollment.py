@@ -26,6 +26,7 @@ from speakerdb.storage._records import EnrollMode, EnrollRequest, EnrollResult, 
 
 if TYPE_CHECKING:
     from speakerdb._identity import ModelIdentity
+    from speakerdb.enroll._guard import AppendGuard
     from speakerdb.enroll._lists import ManifestEntry
     from speakerdb.model._embedder import EmbeddedAudio
     from speakerdb.storage._records import SpeakerRecord
@@ -168,12 +169,14 @@ class ManifestEnrollment:
         entries: Sequence[ManifestEntry],
         mode: EnrollMode,
         threshold: float,
+        guard: AppendGuard | None = None,
     ) -> None:
         from speakerdb.storage._store import validated_name
 
         self._store = store
         self._identity = identity
         self._mode = mode
+        self._guard = guard
         self._threshold = threshold
         self.by_speaker: dict[str, list[int]] = {}
         for index, entry in enumerate(entries):
@@ -224,12 +227,17 @@ class ManifestEnrollment:
                 requests.append(EnrollRequest(name, accepted, self._mode, None))
         results: dict[str, EnrollResult] = {}
         if requests:
-            for result in self._store.enroll_many(requests, self._identity):
+            for result in self._store.enroll_many(requests, self._identity, self._guard):
+                if result.refused and self._guard is not None:
+                    self._guard.mark_refused(self.reports[result.name])
+                    set_totals(self.reports[result.name], result.speaker)
+                    continue
                 results[result.name] = result
                 apply_result(self.reports[result.name], result)
         for name in names:
             stored = results.get(name)
-            if stored is None:  # nothing stored: the speaker as it stood when the run began
+            if stored is None and self.reports[name].refused == 0:
+                # nothing stored: the speaker as it stood when the run began
                 set_totals(self.reports[name], self._existing.get(name))
             finish_report(self.reports[name], stored, self._threshold)
 

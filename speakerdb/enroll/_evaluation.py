@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from speakerdb import scoring
 from speakerdb._calibration import Calibration, fit_calibration
+from speakerdb._private_files import write_private
 from speakerdb._results import DecisionRule
 from speakerdb.enroll._lists import ManifestEntry, Trial, TrialCounts, count_trials
 from speakerdb.enroll._policy import (
@@ -216,9 +217,10 @@ def _llr_figures(scored: list[ScoredTrial], rule: DecisionRule) -> CalibrationFi
 
 
 def write_scores(report: EvaluationReport, path: Path) -> None:
-    """One line per scored trial: ``label score path_a path_b``."""
+    """One line per scored trial: ``label score path_a path_b`` (how alike two people's
+    recordings are: mode 0600, replaced atomically)."""
     lines = [f"{t.label} {t.score:.6f} {t.a} {t.b}\n" for t in report.scores]
-    path.write_text("".join(lines))
+    write_private(path, "".join(lines))
 
 
 @dataclass(frozen=True)

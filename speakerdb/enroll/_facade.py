@@ -36,6 +36,7 @@ from speakerdb.enroll._evaluation import (
     ScoredTrials,
     trials_digest,
 )
+from speakerdb.enroll._guard import AppendGuard, check_overwrite, refusal
 from speakerdb.enroll._lists import ManifestEntry, Trial, distinct_trials
 from speakerdb.enroll._policy import (
     RERANKED_CANDIDATES,
@@ -51,6 +52,7 @@ from speakerdb.errors import AudioError, DatabaseNotFoundError, ModelNotFoundErr
 from speakerdb.model._audio import AudioInput, source_label
 from speakerdb.model._registry import ModelSpec, identity_threshold, model_identity, resolve_model
 from speakerdb.scoring import DEFAULT_COHORT_TOP_N, cosine
+from speakerdb.storage._metadata import validated_metadata
 from speakerdb.storage._records import (
     ENROLL_MODES,
     CalibrationSetting,
@@ -283,19 +285,29 @@ class SpeakerDB:
         metadata: dict[str, Any] | None = None,
         sample_rate: int | None = None,
         progress: Progress | None = None,
+        force: bool = False,
     ) -> EnrollmentReport:
         """Enroll recordings of one speaker.
 
         audio: a path or array, or a list of them (arrays need ``sample_rate``). mode:
-        "append" (add; create if new), "overwrite" (replace the speaker's recordings), "skip"
-        (leave an existing speaker untouched). Unusable recordings are rejected in the report
-        without stopping the others; already-enrolled audio is reported as a duplicate. If
-        nothing is accepted the database is not changed at all.
+        "append" (add; create if new), "overwrite" (replace the speaker's recordings; needs
+        ``force``), "skip" (leave an existing speaker untouched). Unusable recordings are
+        rejected in the report without stopping the others; already-enrolled audio is
+        reported as a duplicate. If nothing is accepted the database is not changed at all.
 
-        Raises UsageError (bad name/mode/metadata), ModelMismatchError, StoreError.
+        Appending to an enrolled speaker: every new recording is first verified against the
+        speaker's voiceprint as it was before this call, with the database's decision rule;
+        if any is rejected, nothing is stored and EnrollmentRefusedError is raised (its
+        ``report`` says which; see :mod:`speakerdb.enroll._guard`). ``force``: the
+        administrator's override -- overwrite, and append without that check.
+
+        Raises UsageError (bad name/mode/metadata, overwrite without force),
+        EnrollmentRefusedError, ModelMismatchError, StoreError.
         """
         name = validated_name(name)
         checked_mode = _check_mode(mode)
+        validated_metadata(metadata)
+        check_overwrite(checked_mode, force, repr(name))
         inputs = _as_list(audio)
         if not inputs:
             raise UsageError(f"no recordings given to enroll {name!r}")
@@ -318,7 +330,14 @@ class SpeakerDB:
         if not accepted:
             set_totals(report, self.store.speaker_records([name]).get(name))
             return finish_report(report, None, self.threshold)
-        result = self.store.enroll(EnrollRequest(name, accepted, checked_mode, metadata), identity)
+        guard = None if force else AppendGuard(self.decision_policy(None))
+        result = self.store.enroll(
+            EnrollRequest(name, accepted, checked_mode, metadata), identity, guard
+        )
+        if result.refused and guard is not None:
+            guard.mark_refused(report)
+            set_totals(report, result.speaker)
+            raise refusal(report)
         apply_result(report, result)
         return finish_report(report, result, self.threshold)
 
@@ -329,16 +348,23 @@ class SpeakerDB:
         mode: str = "append",
         progress: Progress | None = None,
         batch_size: int | None = None,
+        force: bool = False,
     ) -> ManifestSummary:
         """Enroll many speakers from manifest entries in one pass (batched embedding).
 
         Speakers are committed as soon as all their recordings are embedded, several per
         transaction, so an interrupted run keeps what it finished and a rerun skips the
         already-enrolled audio (decoded to recognise it, not re-embedded). Reports come in the
-        order each speaker first appears.
+        order each speaker first appears. Appends to enrolled speakers are checked as in
+        :meth:`enroll`: a speaker whose new recordings do not match gets nothing of this run
+        (its report marks them "refused"), the others go ahead. ``force``: as in
+        :meth:`enroll` (needed for mode overwrite).
         """
+        checked_mode = _check_mode(mode)
+        check_overwrite(checked_mode, force, "the manifest's speakers")
+        guard = None if force else AppendGuard(self.decision_policy(None))
         run = ManifestEnrollment(
-            self.store, self._check_model(), entries, _check_mode(mode), self.threshold
+            self.store, self._check_model(), entries, checked_mode, self.threshold, guard
         )
         paths = [entry.path for entry in entries]
         stream = self.model.iter_embed(

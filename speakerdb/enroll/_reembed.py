@@ -62,8 +62,11 @@ class ReembedReport:
     missing: nothing switched), "current" (the database already uses ``model``), or
     "dropped" (``--drop-old`` alone). recordings: enrolled recordings at the start;
     reembedded: vectors made by this run; reused: vectors an earlier (interrupted) run had
-    made, or kept from when the database last used ``model``. dropped_recordings /
-    deleted_speakers: what ``allow_missing`` removed. calibrations_reset: normalisations
+    made, or kept from when the database last used ``model``. switched_recordings: the
+    recordings the switching transaction moved to ``model`` -- what the database holds
+    from then on, counted in that transaction, so recordings enrolled or deleted by others
+    while re-embedding are accounted for. dropped_recordings / deleted_speakers: what
+    ``allow_missing`` removed. calibrations_reset: normalisations
     whose calibration (fitted on the previous model's scores) was removed: decisions use
     ``decision_rule``, the new model's default. old_vectors_dropped: vectors of other models
     deleted (``drop_old``); old_vectors_kept: those still kept, per model.
@@ -76,6 +79,7 @@ class ReembedReport:
     recordings: int = 0
     reembedded: int = 0
     reused: int = 0
+    switched_recordings: int = 0
     missing: list[MissingRecording] = field(default_factory=list)
     dropped_recordings: int = 0
     deleted_speakers: list[str] = field(default_factory=list)
@@ -174,6 +178,7 @@ def reembed_store(
         if not result.switched:  # another run switched it first
             return _finish(store, report, drop_old)
         report.status = "switched"
+        report.switched_recordings = result.recordings
         report.dropped_recordings = len(result.dropped_recordings)
         report.deleted_speakers = result.deleted_speakers
         report.calibrations_reset = result.calibrations_reset

@@ -19,7 +19,7 @@ RECOMMENDED_SPEECH_SECONDS = 8.0
 """Net speech (s) below which an enrollment gets a warning: voiceprints made from less are
 noticeably less reliable (more false rejections of the genuine speaker)."""
 
-InputStatus = Literal["accepted", "duplicate", "rejected", "skipped"]
+InputStatus = Literal["accepted", "duplicate", "rejected", "skipped", "refused"]
 
 WarningCode = Literal["inconsistent_recording", "little_speech"]
 
@@ -46,9 +46,12 @@ class InputReport:
     """One input recording. ``status``: accepted (stored), duplicate (the same decoded audio
     is already enrolled for this speaker: not stored twice), rejected (``reason`` is the error
     code: unreadable, too_short, no_speech, ...; ``message`` says why), skipped (mode "skip"
-    and the speaker exists). ``consistency``: cosine of this recording with the speaker's
-    other recordings (their centroid), when there are others. ``bandwidth_hz``: its audio
-    bandwidth, a quality measure for calibration (None if it could not be measured)."""
+    and the speaker exists), refused (an append to an enrolled speaker refused as a whole
+    because recordings do not match its voiceprint -- ``reason`` "voiceprint_mismatch"
+    for those, "refused_with_request" for the others; nothing was stored).
+    ``consistency``: cosine of this recording with the speaker's other recordings (their
+    centroid), when there are others. ``bandwidth_hz``: its audio bandwidth, a quality
+    measure for calibration (None if it could not be measured)."""
 
     source: str
     status: InputStatus
@@ -99,13 +102,22 @@ class EnrollmentReport:
         return self.count("duplicate")
 
     @property
+    def refused(self) -> int:
+        return self.count("refused")
+
+    @property
     def little_speech(self) -> bool:
         """The speaker exists with less speech than recommended."""
         return 0 < self.total_speech_seconds < RECOMMENDED_SPEECH_SECONDS
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(accepted=self.accepted, duplicates=self.duplicates, rejected=self.rejected)
+        out.update(
+            accepted=self.accepted,
+            duplicates=self.duplicates,
+            rejected=self.rejected,
+            refused=self.refused,
+        )
         return out
 
 
@@ -139,6 +151,11 @@ class ManifestSummary:
         return sum(r.rejected for r in self.reports)
 
     @property
+    def refused(self) -> int:
+        """Recordings of refused appends (see :class:`InputReport`)."""
+        return sum(r.refused for r in self.reports)
+
+    @property
     def little_speech(self) -> list[str]:
         return [r.speaker for r in self.reports if r.changed and r.little_speech]
 
@@ -155,6 +172,7 @@ class ManifestSummary:
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "rejected": self.rejected,
+            "refused": self.refused,
             "created": self.created,
         }
 

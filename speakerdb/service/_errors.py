@@ -62,7 +62,9 @@ def status_for(exc: errors.SpeakerDBError) -> int:
         return 503
     if isinstance(exc, errors.NotFoundError):
         return 404
-    if isinstance(exc, errors.AlreadyExistsError | errors.ModelMismatchError):
+    if isinstance(
+        exc, errors.AlreadyExistsError | errors.ModelMismatchError | errors.EnrollmentRefusedError
+    ):
         return 409
     if isinstance(exc, errors.BusyError):
         return 503

@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from speakerdb import (
     ApiKeyRecord,
     Comparison,
+    EnrollmentReport,
     Identification,
     SpeakerRecord,
     Verification,
@@ -397,32 +398,63 @@ def compare(
     "/v1/speakers/{name}/enroll",
     tags=["speakers"],
     summary="Enroll recordings of speaker NAME.",
-    dependencies=[Depends(require("enroll"))],
     status_code=200,
-    responses={**_AUDIO_RESPONSES, 201: {"description": "The speaker was created."}},
+    responses={
+        **_AUDIO_RESPONSES,
+        201: {"description": "The speaker was created."},
+        403: {"description": "The key's scopes do not allow this (overwrite, force: admin)."},
+        409: {"description": "Refused: recordings do not match the enrolled voiceprint."},
+    },
 )
 def enroll(
     name: SpeakerName,
     audio: Recordings,
     state: State,
+    key: Annotated[ApiKeyRecord | None, Depends(require("enroll"))],
     mode: Annotated[
         Literal["append", "overwrite", "skip"],
         Form(
             description="append: add (create if new); overwrite: replace the speaker's "
-            "recordings; skip: leave an existing speaker untouched."
+            "recordings (admin scope); skip: leave an existing speaker untouched."
         ),
     ] = "append",
     metadata: Annotated[
         str | None, Form(description="A JSON object stored with the speaker.")
     ] = None,
+    force: Annotated[
+        bool,
+        Form(
+            description="Admin scope: add recordings to an enrolled speaker even when they "
+            "do not match its voiceprint."
+        ),
+    ] = False,
 ) -> JSONResponse:
     """The report of the CLI's ``enroll --json``: every recording accepted, duplicate,
     rejected (with its reason) or skipped, and the speaker's totals. 201 when the speaker
     was created; when no recording was usable, nothing is stored and the status is that of
-    the first rejection (with its error)."""
+    the first rejection (with its error). Recordings added to an enrolled speaker must
+    match its voiceprint as it was before the request: otherwise nothing is stored and the
+    answer is 409 (code ``enrollment_refused``) with the report, each new recording
+    "refused". Overwriting and ``force`` need the admin scope."""
+    if (mode == "overwrite" or force) and key is not None and not key.allows("admin"):
+        what = "mode overwrite (it replaces every recording)" if mode == "overwrite" else "force"
+        raise ServiceError(
+            403,
+            "forbidden",
+            f"key {key.name!r} (scopes: {', '.join(key.scopes)}) may not use {what}: it needs "
+            "the scope admin",
+        )
     meta = _metadata(metadata)
     with _uploads(state, audio) as uploads:
-        report = state.db.enroll(name, uploads, mode=mode, metadata=meta)
+        try:
+            report = state.db.enroll(
+                name, uploads, mode=mode, metadata=meta, force=force or mode == "overwrite"
+            )
+        except errors.EnrollmentRefusedError as exc:
+            state.metrics.errors.labels(exc.code).inc()
+            refused = exc.report.to_dict() if isinstance(exc.report, EnrollmentReport) else {}
+            body = state.error_body(exc, redact=False)  # the answer is redacted as a whole
+            return _answer(state, {**refused, "error": body}, uploads, 409)
         document = report.to_dict()
         status = 201 if report.created else 200
         rejected = [i for i in report.inputs if i.status == "rejected"]
@@ -439,10 +471,13 @@ def enroll(
 
 
 def _metadata(text: str | None) -> dict[str, Any] | None:
+    """The form field parsed; the library checks what may be stored (depth, size, text)."""
     if text is None or not text.strip():
         return None
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise UsageError("metadata is nested too deeply") from None
     except ValueError as exc:
         raise UsageError(f"metadata is not JSON: {exc}") from None
     if not isinstance(value, dict):

@@ -7,21 +7,24 @@ speaker, has no entry newer than the counter, and marks deleted speakers deleted
 
 Checked for the index: the cache file as it is on disk must not hold the voiceprint of any
 speaker that no longer exists (a deleted speaker's biometric data must not survive in a
-cache, even one that catching up would correct); then it is loaded as a fresh process would
-load it (not this process's copy), caught up from the change log, and compared with SQL: the
-same speaker ids and the same vectors to 1e-6.
+cache, even one that catching up would correct), nor may any other cache file of the same
+database found on this machine (another URL spelling's, another cache folder's, a moved
+SQLite file's: see :mod:`speakerdb.storage._cache_files`); then it is loaded as a fresh
+process would load it (not this process's copy), caught up from the change log, and
+compared with SQL: the same speaker ids and the same vectors to 1e-6.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
 
 from speakerdb.storage._engine import read_transaction
-from speakerdb.storage._index_cache import IndexCache
+from speakerdb.storage._index_cache import IndexCache, read_file_as_stored
 from speakerdb.storage._migrate import schema_status
 from speakerdb.storage._records import vectors_from_bytes
 from speakerdb.storage._schema import Change, Reembedding, Speaker, StoreState, Utterance
@@ -66,6 +69,14 @@ def check_store(store: EnrollmentStore, attempts: int = 3) -> CheckReport:
             f"the index file holds voiceprints of {len(leftover)} deleted speakers (ids "
             f"{leftover[:_MAX_LISTED]}): run `speakerdb db rebuild-index`"
         )
+    others = _other_files(store, model)
+    for path, deleted in others.items():
+        if deleted:
+            report.problems.append(
+                f"another index cache of this database, {path}, holds voiceprints of "
+                f"{len(deleted)} deleted speakers (ids {deleted[:_MAX_LISTED]}): run "
+                "`speakerdb db rebuild-index` (it erases the other caches)"
+            )
     for _ in range(attempts):
         cache = IndexCache(
             store.engine,
@@ -74,6 +85,7 @@ def check_store(store: EnrollmentStore, attempts: int = 3) -> CheckReport:
             model,
             store.index_key,
             store.index_kind(),
+            database=store.database_identity,
         )
         ids, vectors = cache.index().contents()
         with read_transaction(store.engine) as conn:
@@ -89,6 +101,7 @@ def check_store(store: EnrollmentStore, attempts: int = 3) -> CheckReport:
         "applied_seq": status.applied_seq,
         "vectors": status.vectors,
         "kind": status.params,
+        "other_files": sorted(str(p) for p in others),
     }
     sql_ids = np.array([r.id for r in rows], dtype=np.int64)
     sql_vectors = vectors_from_bytes([r.centroid for r in rows], model.dimension)
@@ -127,6 +140,24 @@ def _deleted_in_file(store: EnrollmentStore, attempts: int) -> list[int]:
         if not leftover:
             return []
     return leftover
+
+
+def _other_files(store: EnrollmentStore, model: Any) -> dict[Path, list[int]]:
+    """Every other index cache of this database found on this machine (see
+    :mod:`speakerdb.storage._cache_files`), with the ids it holds of speakers SQL no longer
+    has (empty when none, or when the file cannot be read as an index of this database:
+    then there is nothing to compare)."""
+    out: dict[Path, list[int]] = {}
+    for path in store.other_cache_files():
+        stored = read_file_as_stored(store.engine, path, store.instance_id, model, store.index_key)
+        if isinstance(stored, str):
+            out[path] = []
+            continue
+        file_ids = set(stored.index.contents()[0].tolist())
+        with read_transaction(store.engine) as conn:
+            existing = set(conn.execute(select(Speaker.id)).scalars())
+        out[path] = sorted(file_ids - existing)
+    return out
 
 
 def _model_from(fields: dict[str, Any]) -> Any:

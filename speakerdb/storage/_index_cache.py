@@ -71,13 +71,18 @@ def read_all_centroids(
 
 
 def read_file_as_stored(
-    engine: Engine, path: Path, instance_id: str, model: ModelIdentity, key: bytes
+    engine: Engine,
+    path: Path,
+    instance_id: str,
+    model: ModelIdentity,
+    key: bytes,
+    database: str = "",
 ) -> IndexFile | str:
     """The index file at ``path`` as it is on disk (not caught up), checked against the
-    database's current change counter; see :func:`read_index_file`."""
+    database's current change counter and identity; see :func:`read_index_file`."""
     with read_transaction(engine) as conn:
         seq = _state_seq(conn)
-    return read_index_file(path, Expected(instance_id, model.key, key, seq))
+    return read_index_file(path, Expected(instance_id, model.key, key, seq, database))
 
 
 def _state_seq(conn: Connection) -> int:
@@ -109,10 +114,12 @@ class IndexCache:
         index_kind: str = "auto",
         device: str | None = None,
         background: bool = False,
+        database: str = "",
     ) -> None:
         self._engine = engine
         self.path = path
         self._instance_id = instance_id
+        self._database = database
         self._key = key
         self._model = model
         self._index_kind = index_kind
@@ -215,6 +222,7 @@ class IndexCache:
                         nprobe=index.params.nprobe,
                         count=len(index),
                         trained_on=index.params.trained_on,
+                        database=self._database,
                     )
                     write_index_file(self.path, header, index, self._key)
             except OSError as exc:
@@ -246,7 +254,7 @@ class IndexCache:
             self._rebuild("in-memory database")
             return
         loaded = read_file_as_stored(
-            self._engine, self.path, self._instance_id, self._model, self._key
+            self._engine, self.path, self._instance_id, self._model, self._key, self._database
         )
         if isinstance(loaded, str) or not loaded.authentic:
             reason = (

@@ -40,6 +40,7 @@ __all__ = [
     "IndexFileHeader",
     "folder_lock",
     "payload_limit",
+    "read_header",
     "read_index_file",
     "write_index_file",
 ]
@@ -73,6 +74,9 @@ class IndexFileHeader:
     count: int
     sha256: str = ""
     trained_on: int = 0
+    # The database's identity (see speakerdb.storage._cache_files.database_identity): which
+    # copy of the database wrote the file. Empty in files written before it was recorded.
+    database: str = ""
 
     @property
     def params(self) -> IndexParams:
@@ -164,12 +168,15 @@ class Expected:
     """What a usable file must match: the database ``instance_id``, the model
     (``model_key``: name, weights sha256, dimension), the MAC ``key``, and the database's
     change counter ``seq`` (a file never applied more changes than the database made, and
-    holds at most one vector per speaker ever enrolled, each of which took a change)."""
+    holds at most one vector per speaker ever enrolled, each of which took a change).
+    ``database``: the database's identity, checked when both the file and the caller
+    know one (a copy of the database keeps the instance id, not the identity)."""
 
     instance_id: str
     model_key: tuple[str, str, int]
     key: bytes
     seq: int
+    database: str = ""
 
     @property
     def dimension(self) -> int:
@@ -197,6 +204,25 @@ def read_index_file(path: Path, expected: Expected) -> IndexFile | str:
             return f"unreadable ({exc.strerror or exc})"
 
 
+def read_header(path: Path) -> IndexFileHeader | None:
+    """The header of the index file at ``path`` (at most 64 KiB read), or None when it is
+    not a readable speakerdb index file. Nothing is authenticated: for finding the files
+    of a database, never for using one."""
+    try:
+        with path.open("rb") as fh:
+            prefix = fh.read(_PREFIX)
+            if len(prefix) < _PREFIX or prefix[: len(MAGIC)] not in (MAGIC, MAGIC_V1):
+                return None
+            (length,) = struct.unpack("<I", prefix[len(MAGIC) :])
+            if length > MAX_HEADER_BYTES:
+                return None
+            fields = json.loads(fh.read(length))
+            header = IndexFileHeader(**fields)
+    except (OSError, ValueError, TypeError):
+        return None
+    return header if isinstance(header.instance_id, str) else None
+
+
 def _read(fh: io.BufferedReader, expected: Expected) -> IndexFile | str:
     size = os.fstat(fh.fileno()).st_size
     prefix = fh.read(_PREFIX)
@@ -214,6 +240,8 @@ def _read(fh: io.BufferedReader, expected: Expected) -> IndexFile | str:
         return "corrupt header"
     if header.instance_id != expected.instance_id:
         return "built from another database"
+    if expected.database and header.database and header.database != expected.database:
+        return "built from another copy of this database"
     if tuple(header.model_key) != expected.model_key or header.dimension != expected.dimension:
         return "built with another model"
     count, nlist, applied = checks

@@ -1,8 +1,14 @@
-"""Where a database lives: its URL, and where the vector-index cache of that database goes."""
+"""Where a database lives: its URL, and where the vector-index cache of that database goes.
+
+A SQLite database's cache is the file beside it (``<file>.faiss``, the path resolved, so
+every spelling of it -- relative, through a symlink -- finds the same cache). A server
+database's cache goes into a cache folder under a name derived from the database's own
+identity, read from the database when it is opened (see
+:mod:`speakerdb.storage._cache_files`), never from how its URL is spelled.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -13,7 +19,14 @@ from sqlalchemy.exc import ArgumentError
 
 from speakerdb.errors import ConfigurationError
 
-__all__ = ["DatabaseLocation", "default_sqlite_path", "mask_password", "resolve_location"]
+__all__ = [
+    "DatabaseLocation",
+    "default_index_folder",
+    "default_sqlite_path",
+    "index_folder",
+    "mask_password",
+    "resolve_location",
+]
 
 ENV_URL = "SPEAKERDB_URL"
 ENV_INDEX_DIR = "SPEAKERDB_INDEX_DIR"
@@ -48,12 +61,15 @@ def default_sqlite_path() -> Path:
 class DatabaseLocation:
     """A resolved database: SQLAlchemy URL, the SQLite file (if any) and the index cache path.
 
-    ``index_path`` is None for in-memory SQLite, whose index lives in memory only.
+    ``index_path`` is None for in-memory SQLite, whose index lives in memory only, and for
+    a server database until it is opened: its cache is named after the database's identity
+    (:func:`speakerdb.storage._cache_files.placed`) in ``index_folder``.
     """
 
     url: URL
     sqlite_path: Path | None
     index_path: Path | None
+    index_folder: Path | None = None
 
     @property
     def dialect(self) -> str:
@@ -95,7 +111,7 @@ def resolve_location(url: str | URL | os.PathLike[str] | None = None) -> Databas
     if backend == "postgresql":
         if parsed.get_driver_name() in ("psycopg2", "postgresql") or "+" not in parsed.drivername:
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return DatabaseLocation(parsed, None, _server_index_path(parsed))
+        return DatabaseLocation(parsed, None, None, index_folder())
     raise ConfigurationError(
         f"unsupported database {backend!r}: use SQLite (a file path or sqlite:///...) or "
         "PostgreSQL (postgresql+psycopg://user@host/db)"
@@ -132,10 +148,13 @@ def _sqlite_file(path: Path, url: URL | None = None) -> DatabaseLocation:
     return DatabaseLocation(url, path, path.with_name(path.name + ".faiss"))
 
 
-def _server_index_path(url: URL) -> Path:
+def default_index_folder() -> Path:
+    """``$XDG_CACHE_HOME/speakerdb`` (``~/.cache/speakerdb`` by default)."""
+    return _xdg("XDG_CACHE_HOME", ".cache") / "speakerdb"
+
+
+def index_folder() -> Path:
+    """Where this process keeps the index caches of server databases:
+    ``$SPEAKERDB_INDEX_DIR``, else :func:`default_index_folder`."""
     override = os.environ.get(ENV_INDEX_DIR)
-    folder = Path(override) if override else _xdg("XDG_CACHE_HOME", ".cache") / "speakerdb"
-    # Keyed by where the data is, not by who connects: the password never enters the name.
-    key = url.set(password=None, drivername=url.get_backend_name())
-    digest = hashlib.sha256(key.render_as_string(hide_password=False).encode()).hexdigest()
-    return folder / f"index-{digest[:20]}.faiss"
+    return Path(override) if override else default_index_folder()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -11,6 +12,7 @@ import numpy.typing as npt
 
 __all__ = [
     "CALIBRATION_SOURCES",
+    "AppendCheck",
     "CalibrationSetting",
     "Candidate",
     "CompactResult",
@@ -25,6 +27,11 @@ __all__ = [
 
 EnrollMode = Literal["append", "overwrite", "skip"]
 ENROLL_MODES: tuple[str, ...] = ("append", "overwrite", "skip")
+
+AppendCheck = Callable[["SpeakerRecord", npt.NDArray[np.float32], Sequence["NewUtterance"]], bool]
+"""Called inside the enrolling transaction, the speaker's row locked, for an append that
+adds recordings to an existing speaker: ``check(speaker as it stands, its (D,) unit-norm
+centroid, the new utterances)``; False refuses the request (nothing of it is stored)."""
 
 
 def vectors_from_bytes(blobs: list[bytes], dimension: int) -> npt.NDArray[np.float32]:
@@ -60,7 +67,11 @@ class EnrollRequest:
 class SpeakerRecord:
     """An enrolled speaker. ``utterances``, ``speech_seconds`` (total, s) and
     ``bandwidth_hz`` (speech-weighted mean of its recordings', None when any is unknown) are
-    the enrollment side's quality measures for calibration."""
+    the enrollment side's quality measures for calibration. ``metadata_error``: why the
+    stored metadata is not returned (``metadata`` is then None): stored by an earlier
+    release that did not check it, it is not JSON any client can read (see
+    :mod:`speakerdb.storage._metadata`); None when all is well (and left out of
+    :meth:`to_dict`)."""
 
     id: int
     name: str
@@ -71,11 +82,14 @@ class SpeakerRecord:
     created_at: dt.datetime
     updated_at: dt.datetime
     bandwidth_hz: float | None = None
+    metadata_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["created_at"] = self.created_at.isoformat()
         out["updated_at"] = self.updated_at.isoformat()
+        if self.metadata_error is None:
+            del out["metadata_error"]
         return out
 
 
@@ -99,6 +113,8 @@ class UtteranceRecord:
 class EnrollResult:
     """What one enrollment did. ``speaker`` is None only when nothing existed and nothing was
     stored. ``added`` / ``duplicates`` list the sha256 of the utterances in each case.
+    ``refused``: the append guard turned the request down (nothing of it was stored;
+    ``speaker`` is the speaker as it stands).
 
     When the speaker's voiceprint changed, ``utterance_hashes`` and ``utterance_embeddings``
     ((n, D) float32) hold all of its recordings as the enrolling transaction left them, in
@@ -114,6 +130,7 @@ class EnrollResult:
     removed: int = 0
     utterance_hashes: list[str] = field(default_factory=list)
     utterance_embeddings: npt.NDArray[np.float32] | None = None
+    refused: bool = False
 
 
 @dataclass(frozen=True)

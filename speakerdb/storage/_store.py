@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,7 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Select, Table, delete, func, select, text, update
+from sqlalchemy import Select, Table, Text, delete, func, select, text, update
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
@@ -36,6 +36,12 @@ from speakerdb.errors import (
     StoreError,
     UsageError,
 )
+from speakerdb.storage._cache_files import (
+    database_identity,
+    erase_other_caches,
+    placed,
+    remember_folder,
+)
 from speakerdb.storage._engine import (
     create_database_engine,
     read_transaction,
@@ -44,11 +50,13 @@ from speakerdb.storage._engine import (
     write_transaction,
 )
 from speakerdb.storage._location import DatabaseLocation, resolve_location
+from speakerdb.storage._metadata import read_stored_metadata, validated_metadata
 from speakerdb.storage._migrate import ensure_schema, inspect_read_only
 from speakerdb.storage._names import lookup_forms, validated_name
 from speakerdb.storage._records import (
     CALIBRATION_SOURCES,
     ENROLL_MODES,
+    AppendCheck,
     CalibrationSetting,
     Candidate,
     CompactResult,
@@ -97,6 +105,7 @@ class EnrollmentStore:
         device: str | None = None,
         read_only: bool = False,
         background_index: bool = False,
+        database_identity: str = "",
     ) -> None:
         self.location = location
         self.device = device
@@ -104,6 +113,9 @@ class EnrollmentStore:
         self.background_index = background_index
         self._engine = engine
         self.instance_id = instance_id
+        # Names and marks this database's index caches (see _cache_files): the same
+        # whatever URL or path reached it, another for a copy of it.
+        self.database_identity = database_identity
         self.index_key = index_key
         self._cache: IndexCache | None = None
         self._cache_lock = threading.Lock()
@@ -156,20 +168,25 @@ class EnrollmentStore:
                 state = conn.execute(
                     select(StoreState.instance_id, StoreState.index_key).where(StoreState.id == 1)
                 ).one()
+            identity = database_identity(engine, location, state.instance_id)
         except SQLAlchemyError as exc:
             engine.dispose()
             raise store_error(exc, f"cannot open {location.display}") from None
+        except OSError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot open {location.display}: {exc.strerror or exc}") from None
         except BaseException:
             engine.dispose()
             raise
         return cls(
-            location,
+            placed(location, identity),
             engine,
             state.instance_id,
             bytes.fromhex(state.index_key),
             device,
             read_only=read_only,
             background_index=background_index,
+            database_identity=identity,
         )
 
     def close(self) -> None:
@@ -439,19 +456,30 @@ class EnrollmentStore:
         except IntegrityError as exc:
             raise store_error(exc, f"cannot {what}") from None
 
-    def enroll(self, request: EnrollRequest, model: ModelIdentity) -> EnrollResult:
+    def enroll(
+        self,
+        request: EnrollRequest,
+        model: ModelIdentity,
+        check_append: AppendCheck | None = None,
+    ) -> EnrollResult:
         """Enroll one speaker (see :meth:`enroll_many`)."""
-        return self.enroll_many([request], model)[0]
+        return self.enroll_many([request], model, check_append)[0]
 
     def enroll_many(
-        self, requests: Sequence[EnrollRequest], model: ModelIdentity
+        self,
+        requests: Sequence[EnrollRequest],
+        model: ModelIdentity,
+        check_append: AppendCheck | None = None,
     ) -> list[EnrollResult]:
         """Enroll several speakers in ONE transaction: all of it commits, or none of it.
 
         Each request's utterances are (D,) embeddings of ``model``. Modes: "append" adds to an
         existing speaker (creating it if new); "overwrite" replaces its utterances; "skip"
         leaves an existing speaker untouched. Utterances whose sha256 the speaker already has
-        are reported as duplicates and not stored twice.
+        are reported as duplicates and not stored twice. ``check_append``: decides, with the
+        speaker's row locked, each append of new recordings to an existing speaker (see
+        :data:`~speakerdb.storage._records.AppendCheck`); a refused request stores nothing
+        and comes back with ``refused`` set, the others go ahead.
 
         Raises UsageError for bad names, modes, metadata or vectors (before touching the
         database), ModelMismatchError when the database holds another model's vectors.
@@ -482,7 +510,9 @@ class EnrollmentStore:
             for i in sorted(
                 set(range(len(prepared))) - set(results), key=lambda i: prepared[i].name
             ):
-                result, changed = _enroll_one(conn, prepared[i], model_id, model.dimension)
+                result, changed = _enroll_one(
+                    conn, prepared[i], model_id, model.dimension, check_append
+                )
                 if changed and result.speaker is not None:
                     seq += 1
                     _record_change(conn, result.speaker.id, seq, "upsert")
@@ -517,17 +547,23 @@ class EnrollmentStore:
         rewritten, whatever VACUUM and CHECKPOINT do, so this runs VACUUM FULL on the tables
         holding vectors (it locks them exclusively while it runs: writers and readers wait);
         SQLite already zeroes freed pages (``secure_delete``), VACUUM also shrinks the file.
+        The index caches are files too: this process's is rewritten from SQL, every other
+        one of this database on this machine erased (see :meth:`_erase_traces`).
         Raises UsageError when opened read-only, StoreError."""
         if self.read_only:
             raise UsageError(f"cannot compact {self.location.display}: opened read-only")
         try:
             if self.location.sqlite_path is not None:
-                return self._compact_sqlite(self.location.sqlite_path)
-            if self._engine.dialect.name == "postgresql":
-                return self._compact_postgresql()
+                result = self._compact_sqlite(self.location.sqlite_path)
+            elif self._engine.dialect.name == "postgresql":
+                result = self._compact_postgresql()
+            else:
+                return CompactResult(self.location.display, 0, 0)  # in-memory: nothing on disk
         except SQLAlchemyError as exc:
             raise store_error(exc, f"cannot compact {self.location.display}") from None
-        return CompactResult(self.location.display, 0, 0)  # in-memory: nothing on disk
+        # The caches are files too: this one rewritten from SQL, the others erased.
+        self._erase_traces()
+        return result
 
     def _compact_sqlite(self, path: Path) -> CompactResult:
         def size() -> int:
@@ -570,8 +606,10 @@ class EnrollmentStore:
 
     def _erase_traces(self) -> None:
         """After a delete: no copy of the voiceprint may linger on disk. The index file is
-        rewritten without it and SQLite's write-ahead log is checkpointed and truncated (pages
-        freed by the delete are zeroed by ``secure_delete``)."""
+        rewritten without it, every other cache file of this database on this machine is
+        erased (see :mod:`speakerdb.storage._cache_files`), and SQLite's write-ahead log is
+        checkpointed and truncated (pages freed by the delete are zeroed by
+        ``secure_delete``)."""
         path = self.location.index_path
         if path is not None:
             try:
@@ -582,12 +620,25 @@ class EnrollmentStore:
             except (OSError, StoreError):
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)  # a cache: better gone than holding deleted data
+        self.erase_other_caches()
         if self.location.sqlite_path is not None:
             try:
                 with self._engine.connect() as conn:
                     conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
             except SQLAlchemyError:
                 pass  # readers may block the checkpoint; the next one completes it
+
+    def erase_other_caches(self) -> list[Path]:
+        """Delete the index cache files of this database other than its own (see
+        :mod:`speakerdb.storage._cache_files`); returns them."""
+        return erase_other_caches(self.location, self.database_identity, self.instance_id)
+
+    def other_cache_files(self) -> list[Path]:
+        """The index cache files of this database on this machine other than
+        ``location.index_path`` (see :mod:`speakerdb.storage._cache_files`)."""
+        from speakerdb.storage._cache_files import other_cache_files
+
+        return other_cache_files(self.location, self.database_identity, self.instance_id)
 
     def rename_speaker(self, old: str, new: str) -> SpeakerRecord:
         """Rename; the voiceprint is untouched. Raises SpeakerNotFoundError,
@@ -734,6 +785,7 @@ class EnrollmentStore:
                 model = self.model()
                 if model is None:
                     raise StoreError("the database has no voiceprints yet")
+                remember_folder(self.location)
                 self._cache = IndexCache(
                     self._engine,
                     self.location.index_path,
@@ -743,6 +795,7 @@ class EnrollmentStore:
                     self.index_kind(),
                     self.device,
                     background=self.background_index,
+                    database=self.database_identity,
                 )
             return self._cache
 
@@ -821,6 +874,7 @@ class EnrollmentStore:
         if kind is not None:
             self._set_index_kind(kind)
         cache.rebuild(kind)
+        self.erase_other_caches()
         return cache.status()
 
     def _set_index_kind(self, kind: str) -> None:
@@ -844,7 +898,9 @@ class EnrollmentStore:
         path = self.location.index_path
         if model is None or path is None:
             return "missing"
-        return read_file_as_stored(self._engine, path, self.instance_id, model, self.index_key)
+        return read_file_as_stored(
+            self._engine, path, self.instance_id, model, self.index_key, self.database_identity
+        )
 
     def save_index(self) -> bool:
         """Write the index file now if it is behind."""
@@ -856,10 +912,12 @@ class EnrollmentStore:
 
 _METADATA = Speaker.__table__.c.metadata
 
-_SPEAKER_COLUMNS = select(
+_SPEAKER_COLUMNS: AnySelect = select(
     Speaker.id,
     Speaker.name,
-    Speaker.metadata_.label("speaker_metadata"),
+    # As text, decoded by read_stored_metadata: one row an earlier release stored unchecked
+    # must not break a listing (the JSON type would decode it, or fail, for every row).
+    sql_cast(Speaker.metadata_, Text).label("speaker_metadata"),
     Speaker.status,
     Speaker.utterance_count,
     Speaker.speech_seconds,
@@ -880,10 +938,12 @@ def _aware(value: dt.datetime) -> dt.datetime:
 
 
 def _speaker_record(row: Row[Any]) -> SpeakerRecord:
+    metadata, metadata_error = read_stored_metadata(row.speaker_metadata)
     return SpeakerRecord(
         id=row.id,
         name=row.name,
-        metadata=row.speaker_metadata,
+        metadata=metadata,
+        metadata_error=metadata_error,
         status=row.status,
         utterances=row.utterance_count,
         speech_seconds=row.speech_seconds,
@@ -1079,14 +1139,7 @@ def _record_change(conn: Connection, speaker_id: int, seq: int, op: str) -> None
 
 
 def _check_metadata(metadata: dict[str, Any] | None) -> None:
-    if metadata is None:
-        return
-    if not isinstance(metadata, dict):
-        raise UsageError("speaker metadata must be a JSON object (a dict)")
-    try:
-        json.dumps(metadata, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"speaker metadata is not JSON-serialisable: {exc}") from None
+    validated_metadata(metadata)
 
 
 def _validated(request: EnrollRequest, dimension: int) -> EnrollRequest:
@@ -1256,13 +1309,19 @@ def _create_speakers(
 
 
 def _enroll_one(
-    conn: Connection, request: EnrollRequest, model_id: int, dimension: int
+    conn: Connection,
+    request: EnrollRequest,
+    model_id: int,
+    dimension: int,
+    check_append: AppendCheck | None = None,
 ) -> tuple[EnrollResult, bool]:
     """Apply one enrollment to an EXISTING speaker inside the caller's transaction (new
     speakers go through :func:`_create_speakers`); returns (result, centroid changed)."""
     now = utcnow()
     existing = conn.execute(
-        _SPEAKER_COLUMNS.where(Speaker.name == request.name).with_for_update()
+        _SPEAKER_COLUMNS.add_columns(Speaker.centroid)
+        .where(Speaker.name == request.name)
+        .with_for_update()
     ).first()
     if existing is None:
         # Only "skip" with nothing to enroll gets here for an unknown name.
@@ -1282,6 +1341,13 @@ def _enroll_one(
             ).scalars()
         )
     added, duplicates = _split_duplicates(request.utterances, known)
+    if added and request.mode == "append" and check_append is not None:
+        # Judged against the voiceprint as it stands, before anything of this request.
+        before = np.frombuffer(existing.centroid, dtype=np.float32).copy()
+        if not check_append(_speaker_record(existing), before, added):
+            return EnrollResult(
+                request.name, _speaker_record(existing), duplicates=duplicates, refused=True
+            ), False
 
     if not added and removed == 0:
         if request.metadata is not None:
