@@ -47,15 +47,16 @@ MIN_COSINE = 0.999
 MIN_MEAN_COSINE = 0.9999
 # Inputs band-limited to 4 kHz (the 8 kHz versions, the 8 kHz telephone recordings) are
 # ill-conditioned in NeMo's own pipeline: upsampled to 16 kHz they leave the mel bands above
-# 4 kHz empty but for rounding noise, which per-feature normalisation scales to unit variance,
+# 4 kHz empty but for rounding noise, which per-feature normalisation scales to unit variance
 # and the random BatchNorm of the fixtures amplifies. Rounding-level changes of the resampled
-# samples or of the FFT (another CPU's oneMKL kernels, libsoxr's other engine) move a few of
-# these files by up to 5.5e-3 and the mean by 2.5e-4, while the median stays below 1e-6.
-# So: every file within 2e-2 and the mean within 1e-3 (about 4x the worst measured), and
-# the median within 1e-5 (a loader defect moves most files, not a few).
-NARROW_MIN_COSINE = 0.98
-NARROW_MIN_MEAN_COSINE = 0.999
-NARROW_MIN_MEDIAN_COSINE = 0.99999
+# samples or of the FFT (another CPU's oneMKL kernels, libsoxr's other engine) leave most of
+# these files where they were (median 1 - cosine <= 1e-6) but move a heavy tail: over all 450
+# 8 kHz files, 3.8% by more than 1e-3, 0.7% by more than 1e-2, the worst by 5.6e-2. So the
+# median must stay within 1e-5 (a loader defect moves most files), 90% of the files within
+# 1e-2, and every one within 0.2 (unrelated recordings of these fixtures: cosine 0.06-0.21).
+NARROW_MIN_COSINE = 0.8
+NARROW_P10_COSINE = 0.99
+NARROW_MEDIAN_COSINE = 0.99999
 # Fast runs embed every original recording and every SUBSET-th derived one; the slow test
 # takes them all.
 SUBSET = 10
@@ -149,13 +150,14 @@ def check_parity(
                 f"{variant}/{kind}: n={len(cos)} min={cos.min():.6f} "
                 f"median={np.median(cos):.7f} mean={cos.mean():.6f}"
             )
-            least = MIN_COSINE if kind == "wide" else NARROW_MIN_COSINE
-            mean = MIN_MEAN_COSINE if kind == "wide" else NARROW_MIN_MEAN_COSINE
-            assert cos.min() >= least, f"{name} {variant}: {where} cosine {cos.min():.6f} < {least}"
-            assert cos.mean() >= mean, f"{name} {variant}/{kind}: mean {cos.mean():.6f} < {mean}"
-            if kind == "narrow":
-                median = float(np.median(cos))
-                assert median >= NARROW_MIN_MEDIAN_COSINE, f"{name} {variant}: median {median:.7f}"
+            if kind == "wide":
+                assert cos.min() >= MIN_COSINE, f"{name} {variant}: {where} cosine {cos.min():.6f}"
+                assert cos.mean() >= MIN_MEAN_COSINE, f"{name} {variant}: mean {cos.mean():.6f}"
+            else:
+                low, median = float(np.percentile(cos, 10)), float(np.median(cos))
+                assert cos.min() >= NARROW_MIN_COSINE, f"{name} {variant}: {where} {cos.min():.6f}"
+                assert low >= NARROW_P10_COSINE, f"{name} {variant}/{kind}: 10th pct {low:.6f}"
+                assert median >= NARROW_MEDIAN_COSINE, f"{name} {variant}: median {median:.7f}"
     print(f"\n{name} vs NeMo {ref.nemo_version}: " + "; ".join(report))
 
 
@@ -163,7 +165,7 @@ def test_parity_with_nemo_titanet(derived_dir: Path) -> None:
     """TitaNet: every original recording of every set (540, telephone at 8 kHz mu-law
     included), and every SUBSET-th one at 8 kHz, 48 kHz and in MP3, against NeMo's
     get_embedding: cosine >= 0.999 each and >= 0.9999 on average for wideband inputs; the
-    bounds of band-limited ones are above (NARROW_*)."""
+    bounds of band-limited ones are above (NARROW_*, docs/parity.md)."""
     check_parity("titanet-small", ("orig", "8k", "48k", "mp3"), SUBSET, derived_dir, 1)
 
 
