@@ -73,9 +73,13 @@ def _exact_fft() -> None:
 
     stft, rfft = torch.stft, torch.fft.rfft
 
-    def stft64(x: Any, *args: Any, window: Any = None, **kwargs: Any) -> Any:
-        window = None if window is None else window.double()
-        return stft(x.double(), *args, window=window, **kwargs).to(torch.complex64)
+    def double(a: Any) -> Any:
+        return a.double() if isinstance(a, torch.Tensor) else a
+
+    def stft64(x: Any, *args: Any, **kwargs: Any) -> Any:
+        args = tuple(double(a) for a in args)
+        kwargs = {k: double(v) for k, v in kwargs.items()}
+        return stft(x.double(), *args, **kwargs).to(torch.complex64)
 
     def rfft64(x: Any, *args: Any, **kwargs: Any) -> Any:
         return rfft(x.double(), *args, **kwargs).to(torch.complex64)
