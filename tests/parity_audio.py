@@ -116,9 +116,14 @@ def path_of(item: Item, data: Path, cache: Path | None = None) -> Path:
 
 
 def _derive(source: Path, target: Path, variant: str) -> None:
+    import sys
+
     import numpy as np
     import soundfile as sf
     import soxr
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "parity"))
+    from derived_audio import default_soxr_engine
 
     samples, rate = sf.read(source, dtype="float32")
     if rate != 16_000 or samples.ndim != 1:
@@ -127,7 +132,10 @@ def _derive(source: Path, target: Path, variant: str) -> None:
     partial = target.with_name(target.name + ".partial")
     if variant in ("8k", "48k"):
         new_rate = 8_000 if variant == "8k" else 48_000
-        out = soxr.resample(samples, rate, new_rate).astype(np.float32)
+        # libsoxr's default engine whatever SOXR_USE_SIMD says: the fixtures hold its digests
+        # (see tools/parity/derived_audio.default_soxr_engine).
+        with default_soxr_engine():
+            out = soxr.resample(samples, rate, new_rate).astype(np.float32)
         sf.write(partial, out, new_rate, subtype="PCM_16", format="WAV")
     elif variant == "mp3":
         sf.write(partial, samples, rate, format="MP3", subtype="MPEG_LAYER_III")

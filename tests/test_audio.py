@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,15 +54,56 @@ def test_every_broken_input_is_a_typed_error(broken_files):
         assert "\n" not in message and str(path) in message, kind
 
 
+def _unprivileged(call) -> str:
+    """``call()`` in a forked child that gave up root for the user nobody: "ok", or the type
+    and message of what it raised."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        outcome = "child failed"
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            call()
+            outcome = "ok"
+        except BaseException as exc:
+            outcome = f"{type(exc).__name__}: {exc}"
+        finally:
+            os.write(write, outcome.encode()[:4000])
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        outcome = pipe.read()
+    os.waitpid(pid, 0)
+    return outcome
+
+
 def test_unreadable_permissions(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("running as root: file permissions do not stop reads")
     samples, rate = speech_sample()
     path = tmp_path / "locked.wav"
     sf.write(path, samples, rate)
     path.chmod(0)
-    with pytest.raises(AudioDecodeError, match="permission denied"):
-        load_audio(path)
+    if os.geteuid() != 0:
+        with pytest.raises(AudioDecodeError, match="permission denied"):
+            load_audio(path)
+        return
+    # Root reads anything (and CI runs as root): the same read as an unprivileged user, from
+    # a folder it may enter (pytest's are root's alone), so that the file's mode refuses it.
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="speakerdb-locked-") as folder:
+        os.chmod(folder, 0o755)
+        path = Path(folder) / "locked.wav"
+        sf.write(path, samples, rate)
+        path.chmod(0)
+        outcome = _unprivileged(lambda: load_audio(path))
+    assert outcome.startswith("AudioDecodeError: ") and "permission denied" in outcome, outcome
+    assert str(path) in outcome
 
 
 def test_mp4_without_audio_stream(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import unicodedata
@@ -63,7 +64,10 @@ def rows(url: str) -> dict[str, list[tuple]]:
 def restore(pg_url: str, dump: Path) -> None:
     """Load a plain pg_dump into the (empty) database at ``pg_url`` with psql."""
     if shutil.which("psql") is None:
-        pytest.skip("psql (the PostgreSQL client) is not installed: cannot restore the dump")
+        reason = "psql (the PostgreSQL client) is not installed: cannot restore the dump"
+        if os.environ.get("SPEAKERDB_REQUIRE_PG") == "1":  # CI: a skip would hide the test
+            pytest.fail(reason + " and SPEAKERDB_REQUIRE_PG=1")
+        pytest.skip(reason)
     target = make_url(pg_url).set(drivername="postgresql")
     restored = subprocess.run(
         [
@@ -178,6 +182,13 @@ def rows_0003(url: str) -> dict[str, list[tuple]]:
     return out
 
 
+# The stored scores were computed on one machine; recomputed elsewhere GE2E's embeddings
+# move by rounding only: at most 7.4e-8 over threads, oneDNN / ATen / oneMKL code paths and
+# soxr engines (docs/parity.md). Decisions must be identical (every stored score is at least
+# 0.012 from the threshold); scores agree within SCORE_SPREAD, about 100x the measured spread.
+SCORE_SPREAD = 1e-5
+
+
 def same_answers(url: str, data: Path, answers: dict) -> None:
     """verify / identify / compare answer as the revision-0003 code did, on the cosine rule
     with the database's calibrated threshold."""
@@ -186,9 +197,9 @@ def same_answers(url: str, data: Path, answers: dict) -> None:
         doc = json.loads(result.stdout)
         assert result.exit_code == (0 if old["accepted"] else 1), result.output
         assert doc["accepted"] == old["accepted"] and doc["speaker"] == old["speaker"]
-        assert doc["score"] == pytest.approx(old["score"], abs=1e-6)
+        assert doc["score"] == pytest.approx(old["score"], abs=SCORE_SPREAD)
         assert doc["threshold"] == pytest.approx(old["threshold"], abs=1e-12)
-        assert doc["cosine"] == pytest.approx(old["score"], abs=1e-6) and doc["llr"] is None
+        assert doc["cosine"] == pytest.approx(doc["score"], abs=1e-12) and doc["llr"] is None
         rule = doc["decision_rule"]
         assert (rule["score"], rule["origin"], rule["calibration"]) == ("cosine", "database", None)
         assert rule["text"] == f"cosine >= {old['threshold']:.4g} (database threshold)"
@@ -197,13 +208,13 @@ def same_answers(url: str, data: Path, answers: dict) -> None:
         assert doc["best"] == old["best"] and doc["llr"] is None
         assert [m["name"] for m in doc["matches"]] == [m["name"] for m in old["matches"]]
         for new, was in zip(doc["matches"], old["matches"], strict=True):
-            assert new["score"] == pytest.approx(was["score"], abs=1e-6)
+            assert new["score"] == pytest.approx(was["score"], abs=SCORE_SPREAD)
         assert doc["threshold"] == pytest.approx(old["threshold"], abs=1e-12)
     for old in answers["compare"]:
         a, b = str(data / old["a"]), str(data / old["b"])
         doc = json.loads(run("compare", a, b, "--db", url).stdout)
         assert doc["same_speaker"] == old["same_speaker"] and doc["llr"] is None
-        assert doc["score"] == pytest.approx(old["score"], abs=1e-6)
+        assert doc["score"] == pytest.approx(old["score"], abs=SCORE_SPREAD)
         assert doc["threshold"] == pytest.approx(old["threshold"], abs=1e-12)
 
 

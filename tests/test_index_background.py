@@ -1,17 +1,17 @@
-"""Index maintenance in the background (``background_index``, the service's store): no query
-waits for the flat -> IVF switch or a retraining; queries meanwhile are answered, exactly,
-from the current index kept caught up, and the new index is swapped in when ready."""
+"""Index maintenance in the background (``background_index``, the service's store): queries
+asked while the flat -> IVF switch runs are answered, exactly, from the current index kept
+caught up, and the new index is swapped in when ready. How long queries take meanwhile is
+measured by benchmarks/index_background.py (timings do not belong in tests)."""
 
 from __future__ import annotations
 
-import time
+import threading
 
 import numpy as np
 import pytest
 
 from helpers import fake_model
 from speakerdb.storage._check import check_store
-from speakerdb.storage._index_policy import FLAT_MAX
 from speakerdb.storage._records import EnrollRequest, NewUtterance
 from speakerdb.storage._store import EnrollmentStore
 
@@ -35,59 +35,71 @@ def _enroll(store: EnrollmentStore, vectors: np.ndarray, start: int) -> None:
         store.enroll_many(requests[begin : begin + 5000], MODEL)
 
 
-def _timed_queries(store, probes, names) -> list[float]:
-    latencies = []
-    for probe, name in zip(probes, names, strict=True):
-        started = time.perf_counter()
-        found = store.search(probe, 5, MODEL)[0]
-        latencies.append(time.perf_counter() - started)
-        assert found[0].name == name  # exact answers all along
-    return latencies
+def _answers_exactly(store, vectors: np.ndarray, picked: np.ndarray) -> None:
+    for i in picked:
+        found = store.search(vectors[i], 5, MODEL)[0]
+        assert found[0].name == f"s{i:06d}"
 
 
-@pytest.mark.slow  # 50 000+ speakers through SQLite and a real IVF training: about a minute
-def test_queries_do_not_wait_for_the_switch_to_ivf(tmp_path):
-    url = f"sqlite:///{tmp_path / 'big.sqlite'}"
-    first = FLAT_MAX - 1000
-    vectors = _vectors(FLAT_MAX + 1000, seed=3)
-    with EnrollmentStore.open(url) as writer:
-        _enroll(writer, vectors[:first], 0)
+@pytest.fixture
+def held_rebuild(monkeypatch):
+    """The background rebuild's index build waits until the test lets it go: queries are then
+    certainly asked while the rebuild runs (no timing involved). Yields (started, release)
+    events; the build itself is the real one. Latencies are measured by
+    benchmarks/index_background.py, not here."""
+    from speakerdb.storage._vector_index import VectorIndex
+
+    started, release = threading.Event(), threading.Event()
+    real_build = VectorIndex.build
+
+    def build(cls, *args, **kwargs):
+        if threading.current_thread().name == "speakerdb-index-maintenance":
+            started.set()
+            if not release.wait(120):
+                raise TimeoutError("the test never released the background rebuild")
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(VectorIndex, "build", classmethod(build))
+    yield started, release
+    release.set()
+
+
+def test_queries_are_answered_exactly_while_the_switch_to_ivf_runs(
+    tmp_path, monkeypatch, held_rebuild
+):
+    """Crossing FLAT_MAX starts the flat -> IVF rebuild in the background; while it runs
+    (held until the test lets it go) every query is answered, exactly, by the current index,
+    which keeps taking new enrollments and deletes; then the IVF index is swapped in."""
+    from speakerdb.storage import _index_policy
+
+    started, release = held_rebuild
+    monkeypatch.setattr(_index_policy, "FLAT_MAX", 400)
+    url = f"sqlite:///{tmp_path / 'grow.sqlite'}"
+    vectors = _vectors(1000, seed=3)
     rng = np.random.default_rng(4)
+    with EnrollmentStore.open(url) as writer:
+        _enroll(writer, vectors[:390], 0)
     with EnrollmentStore.open(url, background_index=True) as store:
         assert store.index_status().params == "flat"
-
-        def probes(count: int, upto: int):
-            picked = rng.integers(0, upto, count)
-            return vectors[picked], [f"s{i:06d}" for i in picked]
-
-        before = _timed_queries(store, *probes(300, first))
-        # Crossing FLAT_MAX: the next query sees the new size and starts the rebuild.
-        with EnrollmentStore.open(url) as writer:
-            _enroll(writer, vectors[first:], first)
-        started = time.perf_counter()
-        during: list[float] = []
-        trigger = _timed_queries(store, *probes(1, len(vectors)))
-        assert store.index_maintenance_running(), "the rebuild should run in the background"
-        while store.index_maintenance_running():
-            during += _timed_queries(store, *probes(20, len(vectors)))
-        rebuild_s = time.perf_counter() - started
+        _answers_exactly(store, vectors, rng.integers(0, 390, 50))
+        with EnrollmentStore.open(url) as writer:  # another process's enrollments
+            _enroll(writer, vectors[390:900], 390)
+        _answers_exactly(store, vectors, [0])  # sees 900 > 400: starts the rebuild
+        assert started.wait(60), "crossing FLAT_MAX did not start a background rebuild"
+        assert store.index_maintenance_running()
+        # The rebuild is held: these are answered meanwhile, from the flat index caught up.
+        _answers_exactly(store, vectors, rng.integers(0, 900, 200))
+        _enroll(store, vectors[900:], 900)
+        store.delete_speaker("s000002")
+        assert store.index_status().params == "flat" and store.index_maintenance_running()
+        _answers_exactly(store, vectors, [950, 999, *rng.integers(3, 1000, 50)])
+        assert all(c.name != "s000002" for c in store.search(vectors[2], 5, MODEL)[0])
+        release.set()
+        assert store.wait_for_index_maintenance(timeout=120)
         status = store.index_status()
-        assert status.params.startswith("ivf") and status.vectors == len(vectors)
-        after = _timed_queries(store, *probes(200, len(vectors)))
-    p99_before = float(np.percentile(before, 99))
-    p99_during = float(np.percentile(during, 99))
-    print(
-        f"\nrebuild {rebuild_s:.2f} s; trigger query {trigger[0] * 1000:.1f} ms; flat p50 / p99 "
-        f"before {np.median(before) * 1000:.2f} / {p99_before * 1000:.2f} ms, during "
-        f"{np.median(during) * 1000:.2f} / {p99_during * 1000:.2f} ms over "
-        f"{len(during)} queries (max {max(during) * 1000:.1f} ms); ivf p99 after "
-        f"{np.percentile(after, 99) * 1000:.2f} ms"
-    )
-    assert len(during) >= 20
-    # No query waited for the rebuild: the slowest is a small part of it, and the tail of
-    # the latencies stays where it was (the other core trains the lists).
-    assert trigger[0] < rebuild_s / 4 and max(during) < rebuild_s / 4
-    assert p99_during <= 2 * p99_before + 0.010
+        assert status.params.startswith("ivf") and status.vectors == 999
+        _answers_exactly(store, vectors, [950, 999, *rng.integers(3, 1000, 100)])
+        assert all(c.name != "s000002" for c in store.search(vectors[2], 5, MODEL)[0])
     with EnrollmentStore.open(url, read_only=True) as reader:
         assert check_store(reader).consistent
 

@@ -39,9 +39,24 @@ REGENERATE = (
     "regenerate the references with tools/parity/setup_reference_env.sh and "
     "tools/parity/make_nemo_reference.py (see tools/parity/README.md)"
 )
-# Parity thresholds of issue 11, per model and input variant.
+# Parity thresholds (1 - cosine with NeMo's embedding), per model and input variant, from the
+# spread measured across CPUs and settings (docs/parity.md; tools/parity/spread.py). Wideband
+# inputs (16 kHz recordings, their 48 kHz and MP3 versions) move by at most 2e-7 whatever the
+# CPU, threads or kernels: each file within 1e-3, 1e-4 on average (issue 11's bounds).
 MIN_COSINE = 0.999
 MIN_MEAN_COSINE = 0.9999
+# Inputs band-limited to 4 kHz (the 8 kHz versions, the 8 kHz telephone recordings) are
+# ill-conditioned in NeMo's own pipeline: upsampled to 16 kHz they leave the mel bands above
+# 4 kHz empty but for rounding noise, which per-feature normalisation scales to unit variance
+# and the random BatchNorm of the fixtures amplifies. Rounding-level changes of the resampled
+# samples or of the FFT (another CPU's oneMKL kernels, libsoxr's other engine) leave most of
+# these files where they were (median 1 - cosine <= 1e-6) but move a heavy tail: over all 450
+# 8 kHz files, 3.8% by more than 1e-3, 0.7% by more than 1e-2, the worst by 5.6e-2. So the
+# median must stay within 1e-5 (a loader defect moves most files), 90% of the files within
+# 1e-2, and every one within 0.2 (unrelated recordings of these fixtures: cosine 0.06-0.21).
+NARROW_MIN_COSINE = 0.8
+NARROW_P10_COSINE = 0.99
+NARROW_MEDIAN_COSINE = 0.99999
 # Fast runs embed every original recording and every SUBSET-th derived one; the slow test
 # takes them all.
 SUBSET = 10
@@ -103,6 +118,11 @@ def input_path(ref: Reference, row: int, data: Path, derived: Path) -> Path:
     return path
 
 
+def band(ref: Reference, row: int) -> str:
+    """The band of an input: narrow when recorded or derived at 8 kHz, else wide."""
+    return "narrow" if ref.variants[row] == "8k" or ref.sets[row] == "telephone" else "wide"
+
+
 def check_parity(
     name: str, variants: tuple[str, ...], every: int, derived: Path, every_orig: int
 ) -> None:
@@ -119,19 +139,33 @@ def check_parity(
         theirs = ref.embeddings[rows]
         theirs = theirs / np.linalg.norm(theirs, axis=1, keepdims=True)
         cosines = np.array([float(ours[p] @ t) for p, t in zip(paths, theirs, strict=True)])
-        worst = int(np.argmin(cosines))
-        report.append(f"{variant}: n={len(rows)} min={cosines.min():.6f} mean={cosines.mean():.6f}")
-        assert cosines.min() >= MIN_COSINE, (
-            f"{name} {variant}: {paths[worst]} cosine {cosines[worst]:.6f} < {MIN_COSINE}"
-        )
-        assert cosines.mean() >= MIN_MEAN_COSINE, f"{name} {variant}: mean {cosines.mean():.6f}"
+        for kind in ("wide", "narrow"):
+            chosen = np.array([band(ref, r) == kind for r in rows])
+            if not chosen.any():
+                continue
+            cos = cosines[chosen]
+            worst = int(np.argmin(cos))
+            where = [p for p, c in zip(paths, chosen, strict=True) if c][worst]
+            report.append(
+                f"{variant}/{kind}: n={len(cos)} min={cos.min():.6f} "
+                f"median={np.median(cos):.7f} mean={cos.mean():.6f}"
+            )
+            if kind == "wide":
+                assert cos.min() >= MIN_COSINE, f"{name} {variant}: {where} cosine {cos.min():.6f}"
+                assert cos.mean() >= MIN_MEAN_COSINE, f"{name} {variant}: mean {cos.mean():.6f}"
+            else:
+                low, median = float(np.percentile(cos, 10)), float(np.median(cos))
+                assert cos.min() >= NARROW_MIN_COSINE, f"{name} {variant}: {where} {cos.min():.6f}"
+                assert low >= NARROW_P10_COSINE, f"{name} {variant}/{kind}: 10th pct {low:.6f}"
+                assert median >= NARROW_MEDIAN_COSINE, f"{name} {variant}: median {median:.7f}"
     print(f"\n{name} vs NeMo {ref.nemo_version}: " + "; ".join(report))
 
 
 def test_parity_with_nemo_titanet(derived_dir: Path) -> None:
     """TitaNet: every original recording of every set (540, telephone at 8 kHz mu-law
-    included), and every SUBSET-th one at 8 kHz, 48 kHz and in MP3: cosine >= 0.999 each and
-    >= 0.9999 on average with NeMo's get_embedding."""
+    included), and every SUBSET-th one at 8 kHz, 48 kHz and in MP3, against NeMo's
+    get_embedding: cosine >= 0.999 each and >= 0.9999 on average for wideband inputs; the
+    bounds of band-limited ones are above (NARROW_*, docs/parity.md)."""
     check_parity("titanet-small", ("orig", "8k", "48k", "mp3"), SUBSET, derived_dir, 1)
 
 

@@ -31,7 +31,11 @@ from speakerdb.errors import ConfigurationError, MissingDependencyError, UsageEr
     help="Address to listen on. Anything but a loopback address needs an API key first.",
 )
 @click.option(
-    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any."
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="TCP port to listen on; 0 lets the system choose a free one (logged at start).",
 )
 @click.option(
     "--workers",
@@ -108,6 +112,7 @@ from speakerdb.errors import ConfigurationError, MissingDependencyError, UsageEr
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
     show_default=True,
+    help="The least severe messages the server logs (uvicorn's log level).",
 )
 @handles_errors
 def serve(

@@ -12,9 +12,11 @@ not ours to redistribute.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ __all__ = [
     "MANIFESTS",
     "SOURCE_RATE",
     "VARIANTS",
+    "default_soxr_engine",
     "derive",
     "derived_path",
     "reference_items",
@@ -44,6 +47,25 @@ MANIFESTS: tuple[tuple[str, str], ...] = (
 VARIANTS: tuple[str, ...] = ("orig", "8k", "48k", "mp3")
 SOURCE_RATE = 16_000
 _RATES = {"8k": 8_000, "48k": 48_000}
+
+
+_SOXR_ENGINE_VARIABLES = ("SOXR_USE_SIMD", "SOXR_USE_SIMD32", "SOXR_USE_SIMD64")
+
+
+@contextlib.contextmanager
+def default_soxr_engine() -> Iterator[None]:
+    """libsoxr's own choice of engine while inside: SOXR_USE_SIMD* unset.
+
+    On x86-64, libsoxr runs "HQ" with its SSE single-precision engine (cr32s) on every CPU
+    (no run-time dispatch for it); only these variables (read when a resampler is created)
+    select the plain C one, whose rounding differs and flips 16-bit samples of the derived
+    files. The references record the digests of the default engine's files.
+    """
+    saved = {name: os.environ.pop(name) for name in _SOXR_ENGINE_VARIABLES if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def reference_items(data: Path) -> list[tuple[str, str]]:
@@ -76,7 +98,8 @@ def derive(source: Path, variant: str, target: Path) -> Path:
     # Written beside the target and renamed into place: a concurrent reader never sees half.
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     if variant in _RATES:
-        out = soxr.resample(samples, SOURCE_RATE, _RATES[variant], quality="soxr_hq")
+        with default_soxr_engine():
+            out = soxr.resample(samples, SOURCE_RATE, _RATES[variant], quality="soxr_hq")
         pcm = np.clip(np.round(out * 32768.0), -32768, 32767).astype(np.int16)
         sf.write(partial, pcm, _RATES[variant], format="WAV", subtype="PCM_16")
     elif variant == "mp3":
