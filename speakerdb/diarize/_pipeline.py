@@ -86,7 +86,8 @@ class DiarizationSettings:
     spectral clustering (the default), else agglomerative clustering at this cosine (see
     :data:`CLUSTER_THRESHOLDS`); min_turn / max_pause: see :mod:`speakerdb.diarize._turns`;
     vad_onset / vad_offset / vad_min_pause / vad_min_speech: the speech mask's hysteresis
-    (:class:`speakerdb.diarize._speech.SpeechSettings`)."""
+    (:class:`speakerdb.diarize._speech.SpeechSettings`); resegment: frames re-assigned by
+    soft votes of the windows covering them (:func:`speakerdb.diarize._turns.frame_labels`)."""
 
     num_speakers: int | None = None
     min_speakers: int | None = None
@@ -100,6 +101,7 @@ class DiarizationSettings:
     vad_offset: float = SpeechSettings.offset
     vad_min_pause: float = SpeechSettings.min_pause
     vad_min_speech: float = SpeechSettings.min_speech
+    resegment: bool = True
 
     def count(self) -> SpeakerCount:
         return SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)
@@ -237,6 +239,7 @@ def find_turns(
         "vad_offset": settings.vad_offset,
         "vad_min_pause": settings.vad_min_pause,
         "vad_min_speech": settings.vad_min_speech,
+        "resegment": settings.resegment,
     }
     speech = speech_mask(embedded.speech, settings.speech())
     windows = embedded.select(speech_windows(embedded, speech))
@@ -253,7 +256,15 @@ def find_turns(
     labels = cluster_windows(
         windows.vectors, settings.cluster_threshold, count, min_windows=MIN_CLUSTER_WINDOWS
     )
-    frames = frame_labels(speech, windows.starts, windows.ends, labels)
+    weights = None
+    if settings.resegment:
+        # Each window votes for every voice by how much closer it is to that voice's
+        # centroid than to the others on average: windows astride a change of speaker,
+        # close to neither, weigh little against those inside a turn.
+        k = int(labels.max()) + 1
+        similarity = windows.vectors @ centroids(windows.vectors, labels, k).T
+        weights = similarity - similarity.mean(axis=1, keepdims=True)
+    frames = frame_labels(speech, windows.starts, windows.ends, labels, weights)
     raw_segments = segments_of(frames, settings.min_turn, settings.max_pause)
     # Renumber the voices that kept turns in order of first appearance.
     order: dict[int, int] = {}
