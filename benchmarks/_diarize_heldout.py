@@ -27,14 +27,14 @@ from _common import DATA, ROOT
 CACHE = Path("/tmp/speakerdb-diarize-cache")
 SETS = {"16k": DATA / "conversations", "8k": DATA / "conversations-8k"}
 PYANNOTE = ROOT / "tests" / "fixtures" / "pyannote_sample"
-CACHE_VERSION = "silero-onnx-op15-v1"
+CACHE_VERSION = "silero-onnx-op15-candidates-0.05"
 
 # Candidate values of every data-chosen constant (offset given as onset minus a gap).
 GRID: dict[str, list[Any]] = {
-    "vad_onset": [0.2, 0.3, 0.5],
+    "vad_onset": [0.1, 0.2, 0.3, 0.5],
     "offset_gap": [0.05, 0.15, 0.3],
     "vad_min_pause": [0.3, 0.6, 1.0],
-    "vad_min_speech": [0.1, 0.25],
+    "vad_min_speech": [0.05, 0.1, 0.25],
     "max_pause": [1.0, 2.0, 3.0],
     "resegment": [False, True],
 }
@@ -322,7 +322,14 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
                 f"{s['missed']:6.2%}  {s['false_alarm']:6.2%}  {s['confusion']:6.2%}"
             )
         lines.append(f"  setting chosen on {fold['chosen_on']}: {json.dumps(fold['setting'])}")
-    lines.append(f"pooled choice (shipped if equal to the defaults): {record['pooled_choice']}")
+    choice = record["pooled_choice"]
+    lines.append(f"chosen on both sets (in-sample): {json.dumps(choice['setting'])}")
+    for name, groups_ in choice["in_sample"].items():
+        for group, s in groups_.items():
+            lines.append(
+                f"  {name:<4} {group:<11} DER {s['der']:6.2%} (miss {s['missed']:.2%}, "
+                f"FA {s['false_alarm']:.2%}, confusion {s['confusion']:.2%})"
+            )
     defaults = record["library_defaults"]
     lines.append(f"library defaults {json.dumps(defaults['setting'])}:")
     for name, groups_ in defaults["scores"].items():

@@ -101,7 +101,7 @@ class DiarizationSettings:
     vad_offset: float = SpeechSettings.offset
     vad_min_pause: float = SpeechSettings.min_pause
     vad_min_speech: float = SpeechSettings.min_speech
-    resegment: bool = True
+    resegment: bool = False
 
     def count(self) -> SpeakerCount:
         return SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)
