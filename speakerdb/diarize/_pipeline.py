@@ -55,6 +55,10 @@ VOICEPRINT_SECONDS = 30.0
 VOICEPRINT_MARGIN = 0.25
 """Seconds cut from both ends of each turn used for a voiceprint (where voices change)."""
 
+CONFIDENT_SPEECH = 0.5
+"""Speech probability above which a frame counts towards a window's share of speech when
+choosing the windows that are clustered (silero-vad's default threshold)."""
+
 MIN_NAMING_SECONDS = 3.0
 """A voice with less speech than this (s) is not named: two or three short windows make
 an unreliable voiceprint (enrollment recommends far more)."""
@@ -242,7 +246,11 @@ def find_turns(
         "resegment": settings.resegment,
     }
     speech = speech_mask(embedded.speech, settings.speech())
-    windows = embedded.select(speech_windows(embedded, speech))
+    # Voices are learnt from confident speech only (silero's own default threshold, not
+    # fitted here): a permissive mask finds the quiet ends of words, but windows made of
+    # them embed breath and room noise, which spectral clustering takes for another voice.
+    confident = speech & (embedded.speech >= CONFIDENT_SPEECH)
+    windows = embedded.select(speech_windows(embedded, confident))
     if windows.vectors.shape[0] == 0:
         raise NoSpeechError(source, "no speech detected")
     # A number of voices the speech cannot hold (--num-speakers 1000 on two minutes) is
