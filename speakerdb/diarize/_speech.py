@@ -45,8 +45,9 @@ class SpeechSettings:
     min_pause / min_speech in seconds (see the module docstring). Defaults: chosen on both
     development sets pooled; the same values are chosen on each set alone, so the
     leave-one-set-out figures in docs/diarization.md are these values' on the other set.
-    They are permissive (silero's probabilities rarely exceed 0.05 outside speech; what
-    they add is the quiet starts and ends of words)."""
+    They are permissive (they keep the quiet starts and ends of words); the windows that
+    are clustered are chosen from confident speech only (see
+    :data:`speakerdb.diarize._pipeline.CONFIDENT_SPEECH`)."""
 
     onset: float = 0.1
     offset: float = 0.05
