@@ -178,3 +178,16 @@ def test_der_is_missed_plus_false_alarm_plus_confusion():
     d = score.to_dict()
     assert d["der"] == pytest.approx(d["missed"] + d["false_alarm"] + d["confusion"])
     assert d["der"] == pytest.approx(0.5)
+
+
+def test_real_conversation_without_the_number_of_speakers(model):
+    """pyannote's sample (real, spontaneous, turns of 1-4 s): nobody says there are two
+    voices; the two are found and the turns follow the reference (the number given or not,
+    the bound is the one tests/test_diarize.py holds with two voices asked for)."""
+    from speakerdb.diarize import diarize
+
+    result = diarize(PYANNOTE_SAMPLE / "sample.wav", model)
+    reference = read_rttm(PYANNOTE_SAMPLE / "sample.rttm")
+    assert result.num_speakers == len({t.speaker for t in reference}) == 2
+    score = score_diarization(reference, result.rttm_turns("sample"), duration=30.0)
+    assert score.der <= 0.15

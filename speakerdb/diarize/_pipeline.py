@@ -23,6 +23,7 @@ from speakerdb.diarize._speech import FRAME_SECONDS, SpeechSettings, speech_mask
 from speakerdb.diarize._stream import AudioStream, open_stream
 from speakerdb.diarize._turns import MAX_PAUSE, MIN_TURN, frame_labels, segments_of
 from speakerdb.diarize._windows import (
+    CONFIDENT_SPEECH,
     DEFAULT_HOP,
     DEFAULT_WINDOW,
     WindowEmbeddings,
@@ -54,10 +55,6 @@ VOICEPRINT_SECONDS = 30.0
 2 MB per voice, whatever the recording's length)."""
 VOICEPRINT_MARGIN = 0.25
 """Seconds cut from both ends of each turn used for a voiceprint (where voices change)."""
-
-CONFIDENT_SPEECH = 0.5
-"""Speech probability above which a frame counts towards a window's share of speech when
-choosing the windows that are clustered (silero-vad's default threshold)."""
 
 MIN_NAMING_SECONDS = 3.0
 """A voice with less speech than this (s) is not named: two or three short windows make

@@ -47,7 +47,7 @@ class SpeechSettings:
     leave-one-set-out figures in docs/diarization.md are these values' on the other set.
     They are permissive (they keep the quiet starts and ends of words); the windows that
     are clustered are chosen from confident speech only (see
-    :data:`speakerdb.diarize._pipeline.CONFIDENT_SPEECH`)."""
+    :data:`speakerdb.diarize._windows.CONFIDENT_SPEECH`)."""
 
     onset: float = 0.1
     offset: float = 0.05

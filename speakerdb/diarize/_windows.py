@@ -1,14 +1,13 @@
 """Short overlapping windows of a recording, embedded while the recording streams.
 
 Windows of ``window`` seconds start every ``hop`` seconds over the whole recording; those
-where the speech detector heard anything (a frame's probability at least
-:data:`CANDIDATE_PROBABILITY`) are embedded through the public :meth:`Embedder.embed` on
-in-memory arrays (so every model family works; the engine batches all windows of a block
-together). Only the window embeddings, their times and the per-frame speech decisions are
-kept: memory grows by about 1 KB per window (256 float32) and 4 bytes per 32 ms frame,
-whatever the recording's length. Which of them count as speech windows is decided later,
-from the speech mask (:func:`speech_windows`), so that the mask's settings can change
-without embedding again.
+with some confident speech (:func:`is_candidate`) are embedded through the public
+:meth:`Embedder.embed` on in-memory arrays (so every model family works; the engine batches
+all windows of a block together). Only the window embeddings, their times and the
+per-frame speech probabilities are kept: memory grows by about 1 KB per window (256
+float32) and 4 bytes per 32 ms frame, whatever the recording's length. Which of them are
+clustered is decided later, from the speech mask (:func:`speech_windows`), so that the
+mask's settings can change without embedding again.
 """
 
 from __future__ import annotations
@@ -29,11 +28,12 @@ if TYPE_CHECKING:
     from speakerdb.model._embedder import Embedder
 
 __all__ = [
-    "CANDIDATE_PROBABILITY",
+    "CONFIDENT_SPEECH",
     "DEFAULT_HOP",
     "DEFAULT_WINDOW",
     "WindowEmbeddings",
     "embed_windows",
+    "is_candidate",
     "speech_windows",
 ]
 
@@ -46,10 +46,21 @@ DEFAULT_HOP = 0.5
 """Seconds between window starts: each moment of speech is seen by three windows."""
 MIN_SPEECH_SHARE = 0.3
 """A window is a speech window when at least this share of its frames is speech."""
-CANDIDATE_PROBABILITY = 0.05
-"""A window is embedded when one of its frames has at least this speech probability: the
-lowest offset the held-out search tries, so that whatever mask it picks, no window that
-mask calls speech is missing (an offset below it works, but may lose a few windows)."""
+CONFIDENT_SPEECH = 0.5
+"""Speech probability from which a frame is confident speech (silero-vad's default
+threshold). Only windows with :data:`MIN_SPEECH_SHARE` of frames both in the speech mask
+and confident are clustered (:func:`speech_windows`)."""
+
+
+def is_candidate(probabilities: npt.NDArray[np.float32]) -> bool:
+    """Whether a window whose frames have these (m,) probabilities is embedded: at least
+    half of :data:`MIN_SPEECH_SHARE` of them confident. Half, so that rounding at the
+    window's edges never skips a window :func:`speech_windows` could choose, whatever the
+    mask's settings (a window it chooses has at least the full share confident)."""
+    if probabilities.size == 0:
+        return False
+    share = float(np.count_nonzero(probabilities >= CONFIDENT_SPEECH)) / probabilities.size
+    return share >= MIN_SPEECH_SHARE / 2
 
 
 @dataclass(frozen=True)
@@ -117,8 +128,7 @@ def embed_windows(
 
     def heard(start: int, end: int) -> bool:
         first, last = start // FRAME_SAMPLES, max(start // FRAME_SAMPLES + 1, end // FRAME_SAMPLES)
-        frames = decided[0][first:last] if decided else np.zeros(0, np.float32)
-        return bool(frames.size) and float(frames.max()) >= CANDIDATE_PROBABILITY
+        return is_candidate(decided[0][first:last] if decided else np.zeros(0, np.float32))
 
     def windows() -> Iterator[npt.NDArray[np.float32]]:
         """The speech windows, produced while the stream is decoded; the engine pulls them
