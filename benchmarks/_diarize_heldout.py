@@ -27,7 +27,7 @@ from _common import DATA, ROOT
 CACHE = Path("/tmp/speakerdb-diarize-cache")
 SETS = {"16k": DATA / "conversations", "8k": DATA / "conversations-8k"}
 PYANNOTE = ROOT / "tests" / "fixtures" / "pyannote_sample"
-CACHE_VERSION = "silero-onnx-op15-candidates-0.05"
+CACHE_VERSION = "silero-onnx-op15-confident-candidates"
 
 # Candidate values of every data-chosen constant (offset given as onset minus a gap).
 GRID: dict[str, list[Any]] = {
