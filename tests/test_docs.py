@@ -40,7 +40,9 @@ def _pages() -> list[Path]:
 def test_cli_reference_is_generated_from_the_current_help():
     generator = _docs_cli()
     current = (DOCS / "cli.md").read_text(encoding="utf-8")
-    assert current == generator.render(), (
+    # Compared word by word: another click release may wrap a line differently, which is not
+    # a change of the documentation (`python tools/docs_cli.py --check` compares exactly).
+    assert current.split() == generator.render().split(), (
         f"docs/cli.md is out of date: run `{generator.COMMAND}` and commit docs/cli.md"
     )
 
