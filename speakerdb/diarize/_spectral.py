@@ -131,10 +131,10 @@ def kmeans(points: npt.NDArray[np.float64], k: int, seed: int = 0) -> npt.NDArra
             pick = int(rng.choice(n, p=distance / total)) if total > 0 else int(rng.integers(n))
             centres = np.vstack([centres, points[pick]])
         labels = np.zeros(n, dtype=np.int64)
-        for _ in range(_KMEANS_ROUNDS):
+        for round_ in range(_KMEANS_ROUNDS):
             distance = ((points[:, None, :] - centres[None]) ** 2).sum(-1)
             new = distance.argmin(axis=1)
-            if _ > 0 and np.array_equal(new, labels):
+            if round_ > 0 and np.array_equal(new, labels):
                 break
             labels = new
             for c in range(k):
