@@ -36,6 +36,12 @@ if TYPE_CHECKING:
         InputReport,
         ManifestSummary,
     )
+    from speakerdb.model._countermeasure import (
+        Countermeasure,
+        CountermeasureIdentity,
+        SpoofScore,
+        load_countermeasure,
+    )
     from speakerdb.model._embedder import EmbeddedAudio, Embedder
     from speakerdb.storage._check import CheckReport
     from speakerdb.storage._index_cache import IndexStatus
@@ -51,6 +57,8 @@ __all__ = [
     "ApiKeyRecord",
     "CheckReport",
     "Comparison",
+    "Countermeasure",
+    "CountermeasureIdentity",
     "EmbeddedAudio",
     "Embedder",
     "EnrollmentReport",
@@ -69,6 +77,7 @@ __all__ = [
     "SpeakerDB",
     "SpeakerDBError",
     "SpeakerRecord",
+    "SpoofScore",
     "Trial",
     "UpgradeResult",
     "UtteranceRecord",
@@ -76,6 +85,7 @@ __all__ = [
     "__version__",
     "available_models",
     "errors",
+    "load_countermeasure",
     "load_model",
     "model_identity",
     "read_manifest",
@@ -101,6 +111,10 @@ _LAZY = {
     "EnrollmentWarning": "speakerdb.enroll._reports",
     "InputReport": "speakerdb.enroll._reports",
     "ManifestSummary": "speakerdb.enroll._reports",
+    "Countermeasure": "speakerdb.model._countermeasure",
+    "CountermeasureIdentity": "speakerdb.model._countermeasure",
+    "SpoofScore": "speakerdb.model._countermeasure",
+    "load_countermeasure": "speakerdb.model._countermeasure",
     "EmbeddedAudio": "speakerdb.model._embedder",
     "Embedder": "speakerdb.model._embedder",
     "CheckReport": "speakerdb.storage._check",
