@@ -7,10 +7,10 @@ is
 
     llr = w . features + b        (natural log, ln p(x | bona fide) / p(x | spoof))
 
-with the features of :data:`SPOOF_FEATURES` (the raw log-odds, the bandwidth in kHz, and the
-raw log-odds of narrowband recordings once more, so that the slope can differ on a phone
-line), fitted by prior-weighted logistic regression with every condition weighted alike
-(:func:`speakerdb._calibration.group_weights`). A probe is detected as spoofed iff
+with the features of :data:`SPOOF_FEATURES` (the raw log-odds, and whether the recording is
+narrowband), fitted in two steps (:func:`fit_spoof_calibration`): the narrowband shift from
+bona fide speech alone, then prior-weighted logistic regression with every condition weighted
+alike (:func:`speakerdb._calibration.group_weights`). A probe is detected as spoofed iff
 ``llr < threshold``; the threshold is chosen on the fitting data as the highest value at
 which no bona fide condition has more than ``max_flag_rate`` of its recordings flagged.
 
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 SPOOF_FORMAT = "speakerdb-spoof-calibration/1"
-SPOOF_FEATURES = ("raw", "bandwidth_khz", "narrowband_raw")
+SPOOF_FEATURES = ("raw", "narrowband")
 NARROWBAND_HZ = 4500.0
 """Recordings whose bandwidth is below this are narrowband (phone lines: 2.5-3.4 kHz;
 wideband development speech: 5.2-8 kHz)."""
@@ -58,8 +58,9 @@ Array = npt.NDArray[np.float64]
 
 
 def spoof_features(raw: npt.ArrayLike, bandwidth_hz: npt.ArrayLike) -> Array:
-    """(n,) raw log-odds and (n,) bandwidths (Hz) -> (n, 3) float64 feature matrix
-    (:data:`SPOOF_FEATURES`). Raises UsageError on mismatched lengths or non-finite input."""
+    """(n,) raw log-odds and (n,) bandwidths (Hz) -> (n, 2) float64 feature matrix
+    (:data:`SPOOF_FEATURES`: the raw log-odds, 1.0 where the bandwidth is below
+    :data:`NARROWBAND_HZ`). Raises UsageError on mismatched lengths or non-finite input."""
     r = np.asarray(raw, dtype=np.float64).ravel()
     b = np.asarray(bandwidth_hz, dtype=np.float64).ravel()
     if r.shape != b.shape:
@@ -67,7 +68,7 @@ def spoof_features(raw: npt.ArrayLike, bandwidth_hz: npt.ArrayLike) -> Array:
     if not (np.isfinite(r).all() and np.isfinite(b).all()):
         raise UsageError("spoof calibration inputs must be finite")
     narrow = (b < NARROWBAND_HZ).astype(np.float64)
-    return np.stack([r, b / 1000.0, narrow * r], axis=1)
+    return np.stack([r, narrow], axis=1)
 
 
 @dataclass(frozen=True)
@@ -154,10 +155,19 @@ def fit_spoof_calibration(
 
     raw, bandwidth_hz: (n,) countermeasure log-odds and bandwidths; bonafide: (n,) 1 bona fide,
     0 attack; groups: (n,) condition names (bona fide corpus or attack kind), each weighted
-    alike within its class. The loss is BOSARIS' prior-weighted cross-entropy at ``p_fit``
-    (see :func:`speakerdb._calibration.fit_calibration`). Threshold: the largest LLR t such
-    that, in every bona fide group, the share with llr < t is at most ``max_flag_rate``.
-    Raises UsageError without both classes, with mismatched lengths or a bad rate.
+    alike within its class.
+
+    Two steps, so that what moves with the channel is learned from bona fide speech only:
+    (1) the channel shift: how much lower narrowband bona fide recordings score than wideband
+    ones (difference of group-balanced means; 0 without bona fide recordings of both kinds);
+    (2) ``llr = a (raw - shift * narrowband) + b`` by BOSARIS' prior-weighted logistic
+    regression at ``p_fit`` (see :func:`speakerdb._calibration.fit_calibration`). Were the
+    band a free feature, attacks that happen to be narrowband (phone-line copies) would teach
+    it that narrowband means spoof, and real phone calls would be flagged.
+
+    Threshold: the largest LLR t such that, in every bona fide group, the share with
+    llr < t is at most ``max_flag_rate``. Raises UsageError without both classes, with
+    mismatched lengths or a bad rate.
     """
     x = spoof_features(raw, bandwidth_hz)
     y = np.asarray(bonafide, dtype=np.float64).ravel()
@@ -171,27 +181,46 @@ def fit_spoof_calibration(
     if not 0.0 < max_flag_rate < 1.0 or not 0.0 < p_fit < 1.0:
         raise UsageError("max_flag_rate and p_fit must be in (0, 1)")
     v = group_weights(y, g)
+    bona, narrow = y == 1, x[:, 1] == 1.0
+    shift = 0.0
+    if (bona & narrow).any() and (bona & ~narrow).any():
+        shift = _balanced_mean(x[bona & narrow, 0], g[bona & narrow]) - _balanced_mean(
+            x[bona & ~narrow, 0], g[bona & ~narrow]
+        )
+    compensated = (x[:, 0] - shift * x[:, 1])[:, None]
     entropy = -(p_fit * math.log(p_fit) + (1.0 - p_fit) * math.log(1.0 - p_fit))
-    c = np.where(y == 1, p_fit, 1.0 - p_fit) * v / entropy
-    mean, scale = _standardisation(x, v)
+    c = np.where(bona, p_fit, 1.0 - p_fit) * v / entropy
+    mean, scale = _standardisation(compensated, v)
     w_std, b_std = _newton_logistic(
-        (x - mean) / scale, y, c, math.log(p_fit / (1.0 - p_fit)), _REGULARISATION
+        (compensated - mean) / scale, y, c, math.log(p_fit / (1.0 - p_fit)), _REGULARISATION
     )
-    weights = w_std / scale
-    bias = float(b_std - np.sum(w_std * mean / scale))
-    llr = x @ weights + bias
+    slope = float(w_std[0] / scale[0])
+    bias = float(b_std - w_std[0] * mean[0] / scale[0])
+    weights = (slope, -slope * shift)
+    llr = x @ np.asarray(weights) + bias
     threshold = min(
-        _highest_threshold(llr[(y == 1) & (g == name)], max_flag_rate)
-        for name in sorted(set(g[y == 1].tolist()))
+        _highest_threshold(llr[bona & (g == name)], max_flag_rate)
+        for name in sorted(set(g[bona].tolist()))
     )
     counts = {name: int((g == name).sum()) for name in sorted(set(g.tolist()))}
     return SpoofCalibration(
         countermeasure=dict(countermeasure),
-        weights=tuple(float(w) for w in weights),
+        weights=weights,
         bias=bias,
         threshold=float(threshold),
-        fit={"p_fit": p_fit, "max_flag_rate": max_flag_rate, "groups": counts, "note": note},
+        fit={
+            "p_fit": p_fit,
+            "max_flag_rate": max_flag_rate,
+            "narrowband_shift": shift,
+            "groups": counts,
+            "note": note,
+        },
     )
+
+
+def _balanced_mean(values: Array, groups: npt.NDArray[np.str_]) -> float:
+    """Mean of the groups' means (every group counts alike)."""
+    return float(np.mean([values[groups == name].mean() for name in sorted(set(groups.tolist()))]))
 
 
 def _highest_threshold(llr: Array, rate: float) -> float:

@@ -49,8 +49,8 @@ def score(files: tuple[Path, ...], model_path: str, as_json: bool) -> None:
     score: the model's bona fide logit (the original AASIST score; higher = more bona fide);
     raw: bona fide minus spoof logit; llr: the calibrated bona fide-vs-spoof log-likelihood
     ratio (where a calibration ships for these weights) and detected: llr below the
-    calibration's threshold. Exit status: 0 none detected, 1 an attack detected, 2 a file
-    could not be scored.
+    calibration's threshold (null for recordings under 2 s, too short to judge). Exit
+    status: 0 none detected, 1 an attack detected, 2 a file could not be scored.
     """
     from speakerdb import load_countermeasure
 
@@ -72,10 +72,13 @@ def score(files: tuple[Path, ...], model_path: str, as_json: bool) -> None:
             status = EXIT_NO
         if not as_json:
             llr = "-" if r.llr is None else f"{r.llr:.3f}"
-            verdict = {True: "SPOOF_DETECTED", False: "bona fide", None: "uncalibrated"}
+            if r.detected is None:
+                verdict = "uncalibrated" if r.llr is None else "too short to judge"
+            else:
+                verdict = "SPOOF_DETECTED" if r.detected else "bona fide"
             click.echo(
                 f"{show(r.source)}\tscore={r.score:.4f}\traw={r.llr_input:.4f}\tllr={llr}\t"
-                f"bandwidth={r.bandwidth_hz:.0f}Hz\t{verdict[r.detected]}"
+                f"bandwidth={r.bandwidth_hz:.0f}Hz\t{verdict}"
             )
     if as_json:
         emit_json(documents[0] if len(documents) == 1 else documents)

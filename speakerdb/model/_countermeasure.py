@@ -53,6 +53,7 @@ __all__ = [
     "COUNTERMEASURE_ENV",
     "COUNTERMEASURE_FAMILIES",
     "MAX_COUNTERMEASURE_BYTES",
+    "MIN_COUNTERMEASURE_SECONDS",
     "Countermeasure",
     "CountermeasureIdentity",
     "SpoofScore",
@@ -68,6 +69,11 @@ COUNTERMEASURE_FAMILIES = ("aasist",)
 MAX_COUNTERMEASURE_BYTES = 64 << 20
 """Largest countermeasure checkpoint read (AASIST is 1.3 MB; the bound keeps a hostile file
 from filling memory)."""
+
+MIN_COUNTERMEASURE_SECONDS = 2.0
+"""Shortest recording judged: AASIST sees 4.04 s; a shorter recording is repeated to fill it,
+and below half of that the repetition, not the voice, dominates (1 s keywords of real people
+score like TTS). Shorter recordings get a score and an LLR but ``detected`` None."""
 
 _BATCH = 4  # recordings per forward pass: each holds ~60 MB of activations at 4 s
 
@@ -104,7 +110,8 @@ class SpoofScore:
     llr_input: bona fide minus spoof logit (uncalibrated natural-log odds); bandwidth_hz: the
     decoded recording's audio bandwidth (:func:`speakerdb._quality.speech_bandwidth_hz`);
     seconds: its duration at 16 kHz; llr: the calibrated bona fide-vs-spoof LLR and
-    detected: ``llr`` below the calibration's threshold (both None without a calibration).
+    detected: ``llr`` below the calibration's threshold (both None without a calibration;
+    ``detected`` None for recordings under :data:`MIN_COUNTERMEASURE_SECONDS`).
     On failure only ``source`` and ``error`` are set.
     """
 
@@ -217,7 +224,8 @@ class Countermeasure:
         llr = detected = None
         if self.calibration is not None and partial.bandwidth_hz is not None:
             llr = self.calibration.llr(raw, partial.bandwidth_hz)
-            detected = self.calibration.detected(llr)
+            if (partial.seconds or 0.0) >= MIN_COUNTERMEASURE_SECONDS:
+                detected = self.calibration.detected(llr)
         return SpoofScore(
             partial.source,
             float(logits[1]),
