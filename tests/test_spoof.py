@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import pickle
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from speakerdb.errors import ModelError, ModelNotFoundError, UsageError
 from speakerdb.model._aasist import AASIST_CONFIGS, AasistNet
 from speakerdb.model._countermeasure import fit_length
 
-WEIGHTS = DATA.parent / "models" / "aasist"
+WEIGHTS = Path(os.environ.get("SPEAKERDB_TEST_MODELS", DATA.parent / "models")) / "aasist"
 FIXTURE = ROOT / "tests" / "fixtures" / "aasist-reference.json"
 PARITY_TOLERANCE = 1e-3
 """Largest logit difference allowed from the original code's (docs/spoofing.md, "Parity":
