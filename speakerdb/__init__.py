@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     )
     from speakerdb.model._embedder import EmbeddedAudio, Embedder
     from speakerdb.storage._check import CheckReport
+    from speakerdb.storage._countermeasure_record import CountermeasureRecord
     from speakerdb.storage._index_cache import IndexStatus
     from speakerdb.storage._keys import ApiKeyRecord, NewApiKey
     from speakerdb.storage._migrate import UpgradeResult, upgrade_database
@@ -59,6 +60,7 @@ __all__ = [
     "Comparison",
     "Countermeasure",
     "CountermeasureIdentity",
+    "CountermeasureRecord",
     "EmbeddedAudio",
     "Embedder",
     "EnrollmentReport",
@@ -118,6 +120,7 @@ _LAZY = {
     "EmbeddedAudio": "speakerdb.model._embedder",
     "Embedder": "speakerdb.model._embedder",
     "CheckReport": "speakerdb.storage._check",
+    "CountermeasureRecord": "speakerdb.storage._countermeasure_record",
     "IndexStatus": "speakerdb.storage._index_cache",
     "ApiKeyRecord": "speakerdb.storage._keys",
     "NewApiKey": "speakerdb.storage._keys",

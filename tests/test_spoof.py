@@ -349,3 +349,48 @@ def test_channel_shift_is_learned_from_bona_fide_speech_only():
     )
     assert without.fit["narrowband_shift"] == 0.0
     assert without.weights[1] == 0.0
+
+
+# --- the database's countermeasure (SQLite and PostgreSQL) ---------------------------------------
+
+
+def test_a_database_records_its_countermeasure(db_url, tmp_path):
+    from speakerdb import SpeakerDB
+
+    weights = save(tmp_path, random_state("AASIST-L"), "cm-l.pth")
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    with SpeakerDB.open(db_url) as db:
+        assert db.countermeasure() is None
+        record = db.use_countermeasure(weights)
+        assert (record.family, record.variant, record.weights_sha256) == ("aasist", "AASIST-L", sha)
+    with SpeakerDB.open(db_url) as db:  # persisted, seen by a new connection
+        assert db.countermeasure() == record
+        evil = tmp_path / "evil.pth"
+        evil.write_bytes(pickle.dumps({"conv": _Boom()}))
+        with pytest.raises(ModelError):
+            db.use_countermeasure(evil)
+        assert db.countermeasure() == record  # a refused file changes nothing
+        assert db.clear_countermeasure() == record
+        assert db.countermeasure() is None
+
+
+def test_spoof_use_show_off_cli(db_url, tmp_path):
+    weights = save(tmp_path, random_state("AASIST"), "cm.pth")
+    result = run("spoof", "show", "--db", db_url, "--json")
+    assert result.exit_code == 2  # read-only show of a database that does not exist yet
+    result = run("spoof", "use", str(weights), "--db", db_url, "--json")
+    assert result.exit_code == 0, result.output
+    recorded = json.loads(result.stdout)["countermeasure"]
+    assert recorded["variant"] == "AASIST" and recorded["source"] == str(weights)
+    result = run("spoof", "show", "--db", db_url, "--json")
+    assert json.loads(result.stdout) == {"countermeasure": recorded}
+    bad = tmp_path / "bad.pth"
+    torch.save({"pos_S": torch.zeros(3)}, bad)
+    result = run("spoof", "use", str(bad), "--db", db_url)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert json.loads(run("spoof", "show", "--db", db_url, "--json").stdout) == {
+        "countermeasure": recorded
+    }
+    result = run("spoof", "off", "--db", db_url)
+    assert result.exit_code == 0 and "was aasist/AASIST" in result.stdout
+    assert run("spoof", "show", "--db", db_url).stdout.strip() == "no countermeasure"

@@ -12,10 +12,12 @@ from speakerdb.cli._common import (
     EXIT_ERROR,
     EXIT_NO,
     EXIT_OK,
+    db_option,
     emit_json,
     error_object,
     handles_errors,
     json_option,
+    open_db,
     show,
 )
 
@@ -84,3 +86,58 @@ def score(files: tuple[Path, ...], model_path: str, as_json: bool) -> None:
         emit_json(documents[0] if len(documents) == 1 else documents)
     if status != EXIT_OK:
         sys.exit(status)
+
+
+def _describe(record: Any, as_json: bool, verb: str) -> None:
+    if as_json:
+        emit_json({"countermeasure": None if record is None else record.to_dict()})
+    elif record is None:
+        click.echo("no countermeasure")
+    else:
+        click.echo(
+            f"{verb}{record.family}/{record.variant} sha256 {record.weights_sha256} "
+            f"from {show(record.source)}"
+        )
+
+
+@spoof.command("use")
+@click.argument("path", type=click.Path(path_type=Path))
+@db_option
+@json_option
+@handles_errors
+def use(path: Path, db_url: str | None, as_json: bool) -> None:
+    """Record the countermeasure at PATH (AASIST / AASIST-L .pth) as the database's.
+
+    The file is loaded and checked first; a file it refuses changes nothing.
+    """
+    with open_db(db_url) as db:
+        _describe(db.use_countermeasure(path), as_json, "countermeasure: ")
+
+
+@spoof.command("show")
+@db_option
+@json_option
+@handles_errors
+def show_countermeasure(db_url: str | None, as_json: bool) -> None:
+    """Show the countermeasure the database records (family, variant, sha256, file)."""
+    with open_db(db_url, read_only=True) as db:
+        _describe(db.countermeasure(), as_json, "countermeasure: ")
+
+
+@spoof.command("off")
+@db_option
+@json_option
+@handles_errors
+def off(db_url: str | None, as_json: bool) -> None:
+    """Stop recording a countermeasure in the database (prints the one there was)."""
+    with open_db(db_url) as db:
+        previous = db.clear_countermeasure()
+    if as_json:
+        emit_json(
+            {"countermeasure": None, "previous": None if previous is None else previous.to_dict()}
+        )
+    else:
+        click.echo(
+            "countermeasure off"
+            + ("" if previous is None else f" (was {previous.family}/{previous.variant})")
+        )

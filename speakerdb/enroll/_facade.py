@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from speakerdb.diarize import Diarization
     from speakerdb.model._embedder import EmbeddedAudio, Embedder
     from speakerdb.storage._check import CheckReport
+    from speakerdb.storage._countermeasure_record import CountermeasureRecord
     from speakerdb.storage._index_cache import IndexStatus
     from speakerdb.storage._keys import ApiKeyRecord, NewApiKey
 
@@ -949,6 +950,38 @@ class SpeakerDB:
         key = normalization(norm)
         self.store.clear_calibration(key)
         return self.decision_policy(key).rule
+
+    # --- spoofing countermeasure (issue 19; docs/spoofing.md) ----------------------------------
+
+    def countermeasure(self) -> CountermeasureRecord | None:
+        """The spoofing countermeasure this database records, or None. Raises StoreError."""
+        from speakerdb.storage._countermeasure_record import read_countermeasure
+
+        return read_countermeasure(self.store)
+
+    def use_countermeasure(self, path: str | os.PathLike[str]) -> CountermeasureRecord:
+        """Record the countermeasure at ``path`` (an AASIST / AASIST-L checkpoint) as this
+        database's. It is loaded first, with every check of
+        :func:`speakerdb.load_countermeasure`: a file it refuses (ModelError,
+        ModelNotFoundError) changes nothing."""
+        from speakerdb.model._countermeasure import load_countermeasure
+        from speakerdb.storage._countermeasure_record import (
+            CountermeasureRecord,
+            write_countermeasure,
+        )
+
+        found = load_countermeasure(path).identity
+        record = CountermeasureRecord(found.family, found.variant, found.weights_sha256, found.path)
+        write_countermeasure(self.store, record)
+        return record
+
+    def clear_countermeasure(self) -> CountermeasureRecord | None:
+        """Stop recording a countermeasure; returns the one there was (None: none)."""
+        from speakerdb.storage._countermeasure_record import write_countermeasure
+
+        previous = self.countermeasure()
+        write_countermeasure(self.store, None)
+        return previous
 
     def calibration_info(self, norm: str | None = None) -> dict[str, Any]:
         """What decides here for a normalisation, JSON-compatible: the rule in use, whose
