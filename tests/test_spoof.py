@@ -394,3 +394,32 @@ def test_spoof_use_show_off_cli(db_url, tmp_path):
     result = run("spoof", "off", "--db", db_url)
     assert result.exit_code == 0 and "was aasist/AASIST" in result.stdout
     assert run("spoof", "show", "--db", db_url).stdout.strip() == "no countermeasure"
+
+
+def test_verify_runs_the_database_countermeasure_on_every_probe(db_url):
+    weights = require_weights("AASIST")
+    spoof = DATA / "spoof"
+    enroll = [
+        str((spoof / json.loads(line)["audio_filepath"]).resolve())
+        for line in (spoof / "enroll.jsonl").read_text().splitlines()
+        if json.loads(line)["label"] == "1998"
+    ]
+    bona = str(DATA / "librispeech" / "test-other" / "1998" / "1998-15444-0006.flac")
+    copy = str(spoof / "mel_inversion" / "1998" / "1998-15444-0005.wav")
+    assert run("enroll", "1998", *enroll, "--db", db_url).exit_code == 0
+    before = run("verify", "1998", bona, copy, "--db", db_url, "--json")
+    plain = json.loads(before.stdout)
+    assert all("spoof" not in v and "decision" not in v for v in plain)
+    assert run("spoof", "use", str(weights), "--db", db_url).exit_code == 0
+    after = run("verify", "1998", bona, copy, "--db", db_url, "--json")
+    answers = json.loads(after.stdout)
+    assert after.exit_code == 1
+    real, attack = answers
+    assert real["spoof"]["detected"] is False and real["accepted"] == plain[0]["accepted"]
+    assert real["spoof"]["model"].startswith("aasist/AASIST@") and "decision" not in real
+    assert attack["decision"] == "SPOOF_DETECTED" and attack["accepted"] is False
+    assert attack["spoof"]["detected"] is True and attack["spoof"]["llr"] < real["spoof"]["llr"]
+    # The speaker scores themselves do not change with the countermeasure.
+    assert [a["score"] for a in answers] == [p["score"] for p in plain]
+    text = run("verify", "1998", copy, "--db", db_url)
+    assert text.exit_code == 1 and text.stdout.startswith("SPOOF_DETECTED")

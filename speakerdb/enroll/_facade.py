@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     import torch
 
     from speakerdb.diarize import Diarization
+    from speakerdb.model._countermeasure import Countermeasure
     from speakerdb.model._embedder import EmbeddedAudio, Embedder
     from speakerdb.storage._check import CheckReport
     from speakerdb.storage._countermeasure_record import CountermeasureRecord
@@ -96,6 +97,7 @@ class SpeakerDB:
         self._store = store
         self._device = device
         self._embedder: Embedder | None = None
+        self._spoof_cache: dict[str, Countermeasure] = {}  # by weights sha256
         # Threads of a server may ask for the model at once: it is loaded only once.
         self._model_lock = threading.Lock()
         self._model_arg: str | os.PathLike[str] | None = None
@@ -462,6 +464,11 @@ class SpeakerDB:
                     calibration=d.calibration,
                 )
             )
+        recorded = self.countermeasure()
+        if recorded is not None:
+            from speakerdb.enroll._spoof import screen
+
+            out = screen(self._spoof_cache, recorded, audio, out, sample_rate)
         return out
 
     def compare(

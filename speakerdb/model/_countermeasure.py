@@ -194,16 +194,20 @@ class Countermeasure:
         return float(logits[1]), float(logits[1] - logits[0])
 
     def score(
-        self, sources: Iterable[AudioInput], max_seconds: float | None = None
+        self,
+        sources: Iterable[AudioInput],
+        max_seconds: float | None = None,
+        sample_rate: int | None = None,
     ) -> list[SpoofScore]:
-        """Score each source (a path, or a (n,) array at 16 kHz); a source that cannot be
-        decoded gets a SpoofScore with ``error`` set, the others are still scored."""
+        """Score each source (a path, or an array at ``sample_rate``, default 16 kHz); a
+        source that cannot be decoded gets a SpoofScore with ``error`` set, the others are
+        still scored."""
         pending: list[tuple[int, npt.NDArray[np.float32]]] = []
         results: list[SpoofScore] = []
         for source in sources:
             label = source_label(source)
             try:
-                samples = _decode(source, max_seconds)
+                samples = _decode(source, max_seconds, sample_rate)
                 bandwidth = speech_bandwidth_hz(samples, SAMPLE_RATE)
             except SpeakerDBError as exc:
                 results.append(SpoofScore(label, error=exc))
@@ -247,11 +251,13 @@ class Countermeasure:
         return np.array([r.score for r in results], dtype=np.float32)
 
 
-def _decode(source: AudioInput, max_seconds: float | None) -> npt.NDArray[np.float32]:
-    """A path or an array (taken as 16 kHz) -> (n,) float32 mono 16 kHz."""
+def _decode(
+    source: AudioInput, max_seconds: float | None, sample_rate: int | None = None
+) -> npt.NDArray[np.float32]:
+    """A path or an array (at ``sample_rate``, default 16 kHz) -> (n,) float32 mono 16 kHz."""
     from speakerdb.model._resampling import TORCHAUDIO_DEFAULT, StreamResampler
 
-    stream = open_source(source, SAMPLE_RATE, max_seconds)
+    stream = open_source(source, sample_rate or SAMPLE_RATE, max_seconds)
     resampler = StreamResampler(stream.rate, SAMPLE_RATE, TORCHAUDIO_DEFAULT)
     samples, _ = collect_resampled(stream, resampler.feed, resampler.finish)
     return samples
