@@ -423,3 +423,31 @@ def test_verify_runs_the_database_countermeasure_on_every_probe(db_url):
     assert [a["score"] for a in answers] == [p["score"] for p in plain]
     text = run("verify", "1998", copy, "--db", db_url)
     assert text.exit_code == 1 and text.stdout.startswith("SPOOF_DETECTED")
+
+
+def test_the_service_answers_spoof_detected(tmp_path):
+    from service_helpers import Server, upload
+    from speakerdb import SpeakerDB
+
+    weights = require_weights("AASIST")
+    spoof = DATA / "spoof"
+    enroll = [
+        (spoof / json.loads(line)["audio_filepath"]).resolve()
+        for line in (spoof / "enroll.jsonl").read_text().splitlines()
+        if json.loads(line)["label"] == "1998"
+    ]
+    url = f"sqlite:///{tmp_path / 'served.sqlite'}"
+    with SpeakerDB.open(url) as db:
+        db.enroll("1998", enroll)
+        db.use_countermeasure(weights)
+        key = db.create_key("verify", ["verify"]).secret
+    bona = DATA / "librispeech" / "test-other" / "1998" / "1998-15444-0006.flac"
+    copy = spoof / "mel_inversion" / "1998" / "1998-15444-0005.wav"
+    env = {**os.environ, "SPEAKERDB_INDEX_DIR": str(tmp_path / "ix")}
+    with Server(url, env=env) as server, server.client(key) as client:
+        answer = client.post("/v1/speakers/1998/verify", files=upload([bona, copy]))
+    assert answer.status_code == 200, answer.text
+    real, attack = answer.json()
+    assert real["spoof"]["detected"] is False and real["decision"] in ("ACCEPT", "REJECT")
+    assert attack["decision"] == "SPOOF_DETECTED" and attack["accepted"] is False
+    assert attack["spoof"]["model"].startswith("aasist/AASIST@")
