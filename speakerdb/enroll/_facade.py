@@ -258,6 +258,10 @@ class SpeakerDB:
             default, setting = "bundled", None
         else:
             default, setting = self._store.calibration_setting(key)
+            if key is None and default == "auto":
+                from speakerdb.enroll._self_calibration import refit_if_due
+
+                setting = refit_if_due(self, default, setting)
         return resolve_policy(
             self.identity,
             key,
@@ -932,7 +936,7 @@ class SpeakerDB:
             c_miss=None if p_target is None else 1.0,
             c_fa=None if p_target is None else 1.0,
             target_far=far,
-            note=setting.note if setting.source == "database" else "bundled calibration",
+            note=setting.note if setting.source != "bundled" else "bundled calibration",
         )
         key = None if setting.normalization == "none" else setting.normalization
         policy = resolve_policy(
@@ -948,7 +952,38 @@ class SpeakerDB:
         threshold for AS-norm scores. Returns the rule now in use."""
         key = normalization(norm)
         self.store.clear_calibration(key)
+        if key is None and self.store.calibration_setting(None)[0] == "auto":
+            self.set_auto_calibration(False)  # else the next decision would fit again
         return self.decision_policy(key).rule
+
+    def calibrate_from_enrollments(
+        self, *, prior: float | None = None, far: float | None = None
+    ) -> CalibrationResult:
+        """Self-calibrate: fit a calibration of raw cosine scores on this database's own
+        enrollments and store it (source "self"; see
+        :mod:`speakerdb.enroll._self_calibration`). Same-speaker trials: each recording of a
+        speaker with two or more against the voiceprint of the others; different-speaker
+        trials: recordings against other speakers' voiceprints; near-duplicates dropped, every
+        speaker weighing the same, the fit shrunk toward the bundled calibration when the
+        speakers are few. prior / far: the operating point (default p_target 0.01).
+
+        Returns the rule now in use and the report on the enrollment trials (in-sample).
+        Raises UsageError for a database with too few enrollments (the message says how many
+        are needed), read-only, or bad options."""
+        from speakerdb.enroll._self_calibration import calibrate_from_enrollments
+
+        return calibrate_from_enrollments(self, prior=prior, far=far)
+
+    def set_auto_calibration(self, on: bool = True) -> dict[str, Any]:
+        """Auto mode on: the bundled calibration decides until the database has enough
+        enrollments, then its self-calibration, re-fitted at the start of a decision when the
+        enrollments changed enough (a fifth more or fewer speakers, or any deletion). Off:
+        whatever is stored stays. Returns :meth:`calibration_info`. Raises UsageError
+        (read-only)."""
+        from speakerdb.enroll._self_calibration import set_auto
+
+        set_auto(self, on)
+        return self.calibration_info(None)
 
     def calibration_info(self, norm: str | None = None) -> dict[str, Any]:
         """What decides here for a normalisation, JSON-compatible: the rule in use, whose
@@ -966,6 +1001,11 @@ class SpeakerDB:
         fit = None
         if policy.calibration is not None:
             fit = policy.calibration.to_dict()["fit"]
+        own: dict[str, Any] | None = None
+        if self._store is not None and key is None:
+            from speakerdb.enroll._self_calibration import self_calibration_status
+
+            own = self_calibration_status(self, *self.store.calibration_setting(None))
         return {
             "normalization": key,
             "decision_rule": policy.rule.to_dict(),
@@ -973,6 +1013,7 @@ class SpeakerDB:
             "default": default,
             "stored": stored,
             "fit": fit,
+            "self_calibration": own,
             "model": self.identity.label,
         }
 
