@@ -181,6 +181,7 @@ def main() -> None:
     # name -> (row label -> list of per-split figure dicts)
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     eers: dict[str, list[float]] = {}
+    sizes: dict[str, dict[str, list[dict[str, float]]]] = {}
     for name in SETS:
         recs = embed_set(name, model, cache, False)
         speakers = sorted({r.speaker for r in recs})
@@ -226,6 +227,22 @@ def main() -> None:
                     row[f"{kind}_far"], row[f"{kind}_frr"] = far, frr
                 table.setdefault(label, []).append(row)
         results[name] = table
+        # How many enrolled speakers the default needs: the held-out cost by database size.
+        for n_cal in range(2, len(speakers) - 1):
+            for _ in range(args.splits):
+                order = rng.permutation(len(speakers))
+                cal_spk = {speakers[i] for i in order[:n_cal]}
+                db = []
+                for s in sorted(cal_spk):
+                    own = [r for r in recs if r.speaker == s]
+                    db += [own[i] for i in rng.choice(len(own), args.enrolled, replace=False)]
+                trials = held_out_trials([r for r in recs if r.speaker not in cal_spk], rng)
+                fitted = simulate_fit(db, et.SHRINK_SPEAKERS, bundled, identity)
+                for label, c in (("bundled", bundled), ("self", fitted)):
+                    row = {}
+                    for kind, (q, y) in trials.items():
+                        row[f"{kind}_far"], row[f"{kind}_frr"] = rates(c.llrs(q), y, LN99)
+                    sizes.setdefault(name, {}).setdefault(f"{n_cal} {label}", []).append(row)
 
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for name, table in results.items():
@@ -266,6 +283,23 @@ def main() -> None:
         "LOSO: for each set the row with the lowest mean (FRR + 99 FAR) on the other three "
         "sets; its figures on the set itself are held out"
     )
+    by_size: dict[str, dict[str, dict[str, float]]] = {}
+    lines.append(
+        f"by database size (k={et.SHRINK_SPEAKERS:g}, ln 99): enrolled speakers, "
+        "pairs FAR/FRR, vp FAR/genuine, cost (FRR + 99 FAR) self vs bundled"
+    )
+    for name, table in sizes.items():
+        by_size[name] = {
+            label: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+            for label, rows in table.items()
+        }
+        for n_cal in sorted({int(label.split()[0]) for label in table}):
+            own, ref = by_size[name][f"{n_cal} self"], by_size[name][f"{n_cal} bundled"]
+            lines.append(
+                f"{name:16} {n_cal:2d} spk  self {100 * own['pairs_far']:5.2f}/"
+                f"{100 * own['pairs_frr']:5.1f}  {100 * own['vp_far']:5.2f}/"
+                f"{100 * (1 - own['vp_frr']):5.1f}%  cost {cost(own):.3f} vs {cost(ref):.3f}"
+            )
     emit(
         lines,
         {
@@ -275,6 +309,7 @@ def main() -> None:
             "summary": summary,
             "eer_pairs": {k: float(np.mean(v)) for k, v in eers.items()},
             "loso_choice": chosen,
+            "by_size": by_size,
         },
     )
 

@@ -52,9 +52,7 @@ def test_near_duplicates_dropped_and_counted():
     assert trials.duplicates == 1 and trials.recordings == 7
     # speaker 0 and 1 give 3 same-speaker trials each; the copy gave none
     assert trials.target_trials == 6
-    assert et.keep_distinct(np.vstack([v, copy]), np.append(s, 0)).tolist() == [True] * 7 + [
-        False
-    ]
+    assert et.keep_distinct(np.vstack([v, copy]), np.append(s, 0)).tolist() == [True] * 7 + [False]
 
 
 def test_every_speaker_weighs_the_same():
@@ -248,3 +246,51 @@ def test_auto_mode_fits_when_enough_and_refits_after_a_deletion(db_url, model, p
     with SpeakerDB.open(db_url, model=model) as db:
         assert db.calibration_info()["self_calibration"]["auto"] is False
         assert db.decision_policy().rule.calibration == "bundled"
+
+
+# --- naming in diarization --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def phone_conversation_db(model, tmp_path_factory):
+    """An SQLite database of the 8 kHz conversations' known speakers (their enrollment
+    recordings, 3 each) and 3 other voices, and one of the conversations."""
+    base = require_data() / "conversations-8k"
+    rows = [json.loads(line) for line in (base / "enroll.jsonl").read_text().splitlines()]
+    files = [(r["label"], (base / r["audio_filepath"]).resolve()) for r in rows]
+    files += [
+        (f"single{i}", p) for i, (p, _) in enumerate(manifest("librispeech", "singles.jsonl")[:3])
+    ]
+    embedded = model.embed([str(p) for _, p in files])
+    url = f"sqlite:///{tmp_path_factory.mktemp('naming') / 'naming.sqlite'}"
+    by_name: dict[str, list[NewUtterance]] = {}
+    for (name, path), e in zip(files, embedded, strict=True):
+        assert e.vector is not None, e.error
+        by_name.setdefault(name, []).append(
+            NewUtterance(
+                e.vector, e.sha256, str(path), e.duration, e.speech_seconds, e.bandwidth_hz
+            )
+        )
+    with SpeakerDB.open(url, model=model) as db:
+        for name, utterances in by_name.items():
+            db.store.enroll(EnrollRequest(name, utterances), model.identity)
+    return url, base / "conv00.wav"
+
+
+def test_naming_in_diarization_uses_the_self_calibration(model, phone_conversation_db):
+    url, conversation = phone_conversation_db
+    with SpeakerDB.open(url, model=model) as db:
+        before = db.diarize(conversation)
+        db.calibrate_from_enrollments()
+        after = db.diarize(conversation)
+        policy = db.decision_policy()
+    assert before.decision_rule is not None and before.decision_rule.calibration == "bundled"
+    assert after.decision_rule is not None and after.decision_rule.calibration == "self"
+    assert after.decision_rule.fitted == policy.calibration.fit.created
+    for old, new in zip(before.speakers, after.speakers, strict=True):
+        # the same voices and candidates; each candidate's LLR is now the self-calibration's
+        assert [m.name for m in old.matches] == [m.name for m in new.matches]
+        for a, b in zip(old.matches, new.matches, strict=True):
+            assert a.cosine == pytest.approx(b.cosine)
+            assert b.llr != pytest.approx(a.llr, abs=1e-3)
+            assert b.accepted == (b.llr >= after.decision_rule.threshold)
