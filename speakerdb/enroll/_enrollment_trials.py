@@ -59,13 +59,15 @@ DUPLICATE_COSINE = 0.995
 two different takes of one read sentence, > 0.999 for one recording re-encoded."""
 
 MIN_SELF_SPEAKERS = 5
-"""Fewest speakers with two or more (distinct) recordings a self-calibration fits on. With
-the shrinkage toward the bundled calibration a fit on 5 speakers moved held-out decisions less
-than the speaker-to-speaker spread (benchmarks/self_calibration.py); below that the
-same-speaker trials describe too few voices to say anything of a channel."""
+"""Fewest speakers with two or more (distinct) recordings a self-calibration fits on. A floor,
+not a figure tuned on data: the development sets hold 4-10 speakers, too few to find the
+size where a fit starts to beat the bundled calibration (benchmarks/self_calibration.py
+reports the held-out figures by database size; they are noisy); with the shrinkage a fit on
+5 speakers moves the LLRs by about a seventh of the way toward its own."""
 
 MIN_SELF_VOICEPRINTS = 10
-"""Fewest speakers in all (voiceprints the different-speaker trials are made against)."""
+"""Fewest speakers in all (voiceprints the different-speaker trials are made against): a
+floor, like :data:`MIN_SELF_SPEAKERS`."""
 
 SHRINK_SPEAKERS = 30.0
 """k of the shrinkage weight n / (n + k): with 30 speakers of two or more recordings the fit
