@@ -110,6 +110,30 @@ def test_shrinkage_mixes_the_two_calibrations():
     assert fitted.fit.target_trials == trials.target_trials
 
 
+def test_affine_form_is_a_scale_and_offset_of_the_prior():
+    rng = np.random.default_rng(5)
+    trials = et.build_trials(*_synthetic(rng, [3] * 6 + [1] * 6))
+    model = {"name": "m", "weights_sha256": "0" * 64, "dimension": 32}
+    prior = cal.fit_calibration(
+        cal.TrialQuality.of(trials.inputs.score * 2.0, 3.0, 3.0, 1, 7000.0, 7000.0),
+        trials.labels,
+        model=model,
+    )
+    base = prior.llrs(trials.inputs)
+    for k in (0.0, et.SHRINK_SPEAKERS):
+        fitted = et.fit_self_calibration(
+            trials, model=model, prior=prior, p_fit=0.01, shrink_speakers=k, form="affine"
+        )
+        llr = fitted.llrs(trials.inputs)
+        a, c = np.polyfit(base, llr, 1)
+        assert np.allclose(a * base + c, llr)
+        if k == 0.0:
+            unshrunk = a
+    # the prior is under-confident here (fitted on doubled scores): the fit scales it up, and
+    # shrinkage pulls the scale back toward 1
+    assert unshrunk > a > 1.0
+
+
 # --- real speech, through the database -------------------------------------------------------
 
 
