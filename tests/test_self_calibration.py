@@ -265,6 +265,13 @@ def test_auto_mode_fits_when_enough_and_refits_after_a_deletion(db_url, model, p
     assert answer["decision_rule"]["calibration"] == "self"
     assert answer["decision_rule"]["fitted"] == refit["fit"]["created"]
 
+    with SpeakerDB.open(db_url, model=model) as db:  # another operating point, still auto
+        moved = db.set_operating_point(prior=0.05)
+        assert moved.calibration == "self" and moved.p_target == 0.05
+        assert moved.fitted == refit["fit"]["created"]  # the same fit: nothing re-fitted
+        assert db.calibration_info()["self_calibration"]["auto"] is True
+        assert db.decision_policy().rule == moved
+
     code, off = run_json("calibrate", "--reset", db=db_url)
     assert code == 0 and off["decision_rule"]["calibration"] == "bundled"
     with SpeakerDB.open(db_url, model=model) as db:

@@ -430,7 +430,10 @@ def _print_info(info: dict[str, Any]) -> None:
         default = info["default"]
         click.echo(
             "nothing stored: the default applies ("
-            + ("the bundled calibration" if default == "bundled" else "the model's threshold")
+            + {
+                "bundled": "the bundled calibration",
+                "auto": "the bundled calibration until there is enough to self-calibrate",
+            }.get(default, "the model's threshold")
             + ")"
         )
     else:

@@ -914,7 +914,7 @@ class SpeakerDB:
         if (prior is None) == (far is None):
             raise UsageError("give a prior or a target false-accept rate (one of them)")
         default, setting = self.store.calibration_setting(key)
-        if setting is None and default == "bundled" and key is None:
+        if setting is None and default in ("bundled", "auto") and key is None:
             setting = CalibrationSetting("none", "llr", source="bundled")
         if setting is None or setting.kind != "llr":
             scale = key or "cosine"
@@ -942,7 +942,10 @@ class SpeakerDB:
         policy = resolve_policy(
             self.identity, key, identity_threshold(self.identity, key), setting=changed
         )
+        auto = self.store.calibration_setting(key)[0] == "auto"
         self.store.set_calibration(changed)
+        if auto and changed.source == "self":  # moving its operating point keeps auto mode
+            self.set_auto_calibration(True)
         return policy.rule
 
     def reset_calibration(self, norm: str | None = None) -> DecisionRule:
