@@ -89,10 +89,15 @@ def score(turns, rttm: Path, duration: float, known: set[str], enrolled: set[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--others", type=int, default=20, help="extra single-recording voices")
+    parser.add_argument(
+        "--forms", default="affine,full", help="self-calibration forms to measure (SELF_FORM)"
+    )
     args = parser.parse_args()
+    forms = [f for f in args.forms.split(",") if f]
 
     import speakerdb
     from speakerdb import SpeakerDB
+    from speakerdb.enroll import _enrollment_trials as et
 
     model = speakerdb.load_model(device="cpu")
     record: dict = {"benchmark": "self_calibration_naming", "sets": {}}
@@ -129,9 +134,15 @@ def main() -> None:
                 json.loads(line) for line in (base / "manifest.jsonl").read_text().splitlines()
             ]
             totals: dict[str, dict[str, int]] = {}
-            for phase in ("bundled", "self"):
-                if phase == "self":
-                    fitted = db.calibrate_from_enrollments()
+            note = ""
+            for phase in ("bundled", *(f"self {form}" for form in forms)):
+                if phase != "bundled":
+                    default_form = et.SELF_FORM
+                    et.SELF_FORM = phase.split()[1]  # the library's default, for this fit
+                    try:
+                        fitted = db.calibrate_from_enrollments()
+                    finally:
+                        et.SELF_FORM = default_form
                     note = fitted.calibration.fit.note if fitted.calibration else ""
                 sums = dict.fromkeys(
                     ("known", "named_known", "wrong", "speech", "unknown", "unknown_named"), 0
@@ -160,7 +171,7 @@ def main() -> None:
         record["sets"][name] = {"figures": figures, "frames": totals, "fit": note}
         for phase, f in figures.items():
             lines.append(
-                f"{name:18} {phase:8} {100 * f['named_known']:6.1f} % "
+                f"{name:18} {phase:12} {100 * f['named_known']:6.1f} % "
                 f"{100 * f['wrong_name']:6.2f} % {100 * f['unknown_named']:6.2f} %"
             )
         lines.append(f"{'':18} self fit: {note}")

@@ -9,6 +9,7 @@ fills its database in milliseconds."""
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import numpy as np
@@ -201,12 +202,14 @@ def test_self_calibration_decides_and_is_named(db_url, model, phone_recordings):
     code, before = run_json("verify", probe_speaker, probe, db=db_url)
     assert before["calibration"] == "bundled"
 
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
     code, fitted = run_json("calibrate", "--from-enrollments", db=db_url)
     assert code == 0 and fitted["calibrated"] is True
     rule = fitted["decision_rule"]
     assert rule["calibration"] == "self" and rule["fitted"]
     assert fitted["evaluation"]["target_trials"] == 9 * 3  # 9 speakers x 3 recordings
     created = fitted["calibration"]["fit"]["created"]
+    assert created >= started  # this fit's date, not the bundled calibration's
     assert rule["fitted"] == created and f"self calibration fitted {created}" in rule["text"]
 
     code, after = run_json("verify", probe_speaker, probe, db=db_url)
@@ -255,6 +258,7 @@ def test_auto_mode_fits_when_enough_and_refits_after_a_deletion(db_url, model, p
         db.delete(names[0])
         db.decision_policy()
         refit = db.calibration_info()
+    assert refit["decision_rule"]["fitted"] > first.fitted  # a new fit, a new date
     assert refit["calibration"] == "self"
     assert refit["self_calibration"]["fitted_on"]["speakers"] == len(names) - 1
     assert refit["fit"]["target_trials"] < info["fit"]["target_trials"]

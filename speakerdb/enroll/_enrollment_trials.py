@@ -25,6 +25,7 @@ Pure numpy: no SQL, no torch.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -362,7 +363,10 @@ def fit_self_calibration(
         target_trials=trials.target_trials,
         nontarget_trials=trials.nontarget_trials,
         trials_sha256=hashlib.sha256(state.encode()).hexdigest() if state else None,
-        created=fitted.fit.created,
+        # Now, to the millisecond: answers name the fit by this date, and an auto re-fit may
+        # follow the previous fit within a second. (The affine form starts from a copy of the
+        # prior, whose own date must not carry over.)
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
         groups={"enrollments": (trials.target_trials, trials.nontarget_trials)},
         note=(
             f"self-calibration ({form}) on this database's enrollments: {trials.describe()}; "
