@@ -86,6 +86,19 @@ def test_different_speaker_voiceprints_built_like_same_speaker_ones():
     assert trials.nontarget_trials == 13 * 3
 
 
+def test_many_different_speaker_trials_are_drawn_not_listed():
+    rng = np.random.default_rng(6)
+    v, s, sec, bw = _synthetic(rng, [3] * 12)
+    drawn = et.build_trials(v, s, sec, bw, max_nontarget=50)
+    assert drawn.nontarget_trials == 50 and drawn.target_trials == 36
+    assert et.build_trials(v, s, sec, bw).nontarget_trials == 36 * 11  # all, when few
+    # distinct pairs, never against the probe's own speaker (whose scores are far higher
+    # with these vectors: same speaker ~0.7, different ~0 +- 0.2)
+    non = drawn.inputs.score[drawn.labels == 0]
+    assert np.unique(np.round(non, 12)).size == 50
+    assert non.max() < drawn.inputs.score[drawn.labels == 1].min()
+
+
 def test_too_few_speakers_refused_with_what_is_needed():
     rng = np.random.default_rng(3)
     trials = et.build_trials(*_synthetic(rng, [2, 2, 2, 1, 1]))

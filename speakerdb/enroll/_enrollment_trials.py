@@ -228,18 +228,19 @@ def build_trials(
     # one recording longer than the same-speaker side, a difference the quality terms learn
     # as if it told speakers apart (measured: 95 % FAR on held-out file pairs).
     rng = np.random.default_rng(seed)
-    rec, other = np.nonzero(index[:, None] != np.arange(ids.size)[None, :])
-    if rec.size > max_nontarget:
-        pick = np.sort(rng.choice(rec.size, max_nontarget, replace=False))
-        rec, other = rec[pick], other[pick]
+    rec, other = _nontarget_pairs(index, ids.size, max_nontarget, rng)
     first = np.searchsorted(index, np.arange(ids.size))  # rows are sorted by speaker
     left = first[other] + (rng.random(other.size) * count[other]).astype(np.int64)
     drop = (count[other] >= 2) & matched
-    print_sum = total[other] - np.where(drop[:, None], v[left], 0.0)
     print_sec = seconds[other] - np.where(drop, sec[left], 0.0)
     print_bw = bw_seconds[other] - np.where(drop, sec[left] * bw[left], 0.0)
+    scores = np.empty(rec.size)
+    for start in range(0, rec.size, _CHUNK):  # bounded memory: (chunk, D) at a time
+        part = slice(start, start + _CHUNK)
+        prints = total[other[part]] - np.where(drop[part, None], v[left[part]], 0.0)
+        scores[part] = np.einsum("ij,ij->i", v[rec[part]], _unit(prints))
     non = (
-        np.einsum("ij,ij->i", v[rec], _unit(print_sum)),
+        scores,
         sec[rec],
         print_sec,
         count[other] - drop,
@@ -260,6 +261,32 @@ def build_trials(
         duplicates=duplicates,
         unknown_quality=unknown,
     )
+
+
+_CHUNK = 8192
+
+
+def _nontarget_pairs(
+    index: npt.NDArray[np.int64], speakers: int, limit: int, rng: np.random.Generator
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(recording, other speaker) of the different-speaker trials: every pair when there are
+    at most ``limit``, else ``limit`` drawn at random (without building the full list)."""
+    n = index.size
+    if n * max(speakers - 1, 0) <= limit:
+        rec, other = np.nonzero(index[:, None] != np.arange(speakers)[None, :])
+        return rec.astype(np.int64), other.astype(np.int64)
+    pairs: set[tuple[int, int]] = set()
+    while len(pairs) < limit:
+        rec = rng.integers(0, n, size=2 * limit)
+        other = rng.integers(0, speakers, size=2 * limit)
+        for r, o in zip(
+            rec[index[rec] != other].tolist(), other[index[rec] != other].tolist(), strict=True
+        ):
+            pairs.add((r, o))
+            if len(pairs) == limit:
+                break
+    drawn = np.array(sorted(pairs), dtype=np.int64)
+    return drawn[:, 0], drawn[:, 1]
 
 
 def check_enough(trials: EnrollmentTrials) -> None:
