@@ -225,6 +225,13 @@ def main() -> None:
                 fitted = simulate_fit(skew, 0.0, bundled, identity, weighted=weighted)
                 label = f"k0 1 heavy spk {'weighted' if weighted else 'unweighted'} ln99"
                 candidates[label] = (fitted, LN99)
+            # What any threshold could do: the cosine threshold at 1 % FAR of these very
+            # held-out trials (an oracle, per trial kind; the model's DET at 1 % FAR).
+            oracle: dict[str, float] = {}
+            for kind, (q, y) in trials.items():
+                t = scoring.threshold_at_far(q.score[y == 0], 0.01)
+                oracle[f"{kind}_far"], oracle[f"{kind}_frr"] = rates(q.score, y, t)
+            table.setdefault("oracle cosine @1% FAR", []).append(oracle)
             for label, (c, threshold) in candidates.items():
                 row: dict[str, float] = {}
                 for kind, (q, y) in trials.items():
