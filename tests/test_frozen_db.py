@@ -292,3 +292,59 @@ def test_a_frozen_0003_postgresql_database_keeps_deciding_until_opted_in(pg_url)
     require_data()
     restore(pg_url, FIXTURES / "frozen-0003.postgresql.sql")
     upgraded_0003_keeps_deciding(pg_url)
+
+
+# --- one database per schema revision (tools/make_frozen_revisions.py writes them) -------------
+
+FROZEN = FIXTURES / "frozen"
+RECORDED = json.loads((FROZEN / "answers.json").read_text())
+REVISIONS = [f"{n:04d}" for n in range(1, int(head_revision()) + 1)]
+
+
+def vectors(path: Path) -> dict[str, list[bytes]]:
+    """Each speaker's centroid and utterance embeddings, as stored."""
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            out: dict[str, list[bytes]] = {}
+            for name, centroid, embedding in conn.execute(
+                text(
+                    "SELECT s.name, s.centroid, u.embedding FROM speakers s "
+                    "JOIN utterances u ON u.speaker_id = s.id ORDER BY s.name, u.id"
+                )
+            ):
+                out.setdefault(name, [bytes(centroid)]).append(bytes(embedding))
+            return out
+    finally:
+        engine.dispose()
+
+
+def test_there_is_a_frozen_database_at_every_revision():
+    # A new migration needs its frozen database: rerun tools/make_frozen_revisions.py.
+    assert sorted(p.stem for p in FROZEN.glob("*.db")) == REVISIONS
+    assert sorted(RECORDED) == REVISIONS
+
+
+@pytest.mark.parametrize("revision", REVISIONS)
+def test_a_database_frozen_at_each_revision_upgrades_and_answers_as_recorded(tmp_path, revision):
+    from frozen_answers import answers
+
+    path = tmp_path / f"{revision}.db"
+    shutil.copyfile(FROZEN / f"{revision}.db", path)
+    before = vectors(path)
+    got = answers(f"sqlite:///{path}")
+    assert got["from"] == revision and got["to"] == head_revision()
+    assert vectors(path) == before  # every voiceprint byte kept
+    assert got == RECORDED[revision]
+    # Real voices: each speaker's own recording is accepted, every other speaker refused.
+    names = [name for name, _ in got["speakers"]]
+    assert got["decisions"] == {p: {c: p == c for c in names} for p in names}
+
+
+def test_every_frozen_revision_gives_the_same_answers():
+    """The same rows in every schema: the upgraded databases agree on speakers and on every
+    decision (the rule differs: calibrated decisions began at revision 0004)."""
+    first = RECORDED[REVISIONS[0]]
+    for revision in REVISIONS[1:]:
+        assert RECORDED[revision]["speakers"] == first["speakers"], revision
+        assert RECORDED[revision]["decisions"] == first["decisions"], revision

@@ -207,7 +207,7 @@ def _refresh_index(store: EnrollmentStore) -> None:
     try:
         store.rebuild_index()
     except (StoreError, OSError):
-        store._erase_traces()
+        store.erase_traces()
 
 
 def _embed_batch(

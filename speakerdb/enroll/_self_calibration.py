@@ -39,7 +39,7 @@ from speakerdb.storage._enrollment_rows import (
 from speakerdb.storage._records import CalibrationSetting
 
 if TYPE_CHECKING:
-    from speakerdb.enroll._facade import SpeakerDB
+    from speakerdb.enroll._base import FacadeBase
 
 __all__ = [
     "REFIT_CHANGE",
@@ -66,7 +66,7 @@ SOURCE = "self"
 
 
 def calibrate_from_enrollments(
-    db: SpeakerDB, *, prior: float | None = None, far: float | None = None
+    db: FacadeBase, *, prior: float | None = None, far: float | None = None
 ) -> CalibrationResult:
     """Fit and store the self-calibration (see the module). prior / far: the operating point
     (default: :data:`SELF_TARGET_FAR`, else p_target 0.01). Returns the rule now in use and
@@ -88,7 +88,7 @@ def calibrate_from_enrollments(
 
 
 def _fit(
-    db: SpeakerDB, prior: float | None, far: float | None
+    db: FacadeBase, prior: float | None, far: float | None
 ) -> tuple[CalibrationSetting, Calibration, EnrollmentTrials]:
     identity = db.identity
     db.store.check_model(identity)
@@ -171,7 +171,7 @@ def _ready(state: EnrollmentState) -> bool:
 
 
 def refit_if_due(
-    db: SpeakerDB, default: str, setting: CalibrationSetting | None
+    db: FacadeBase, default: str, setting: CalibrationSetting | None
 ) -> CalibrationSetting | None:
     """In auto mode, before a decision: fit when the database first has enough enrollments,
     re-fit when they changed enough, drop the self-calibration when too few remain (the
@@ -207,14 +207,14 @@ def refit_if_due(
     return fresh
 
 
-def set_auto(db: SpeakerDB, on: bool) -> None:
+def set_auto(db: FacadeBase, on: bool) -> None:
     """Turn auto mode on (fit when enough, re-fit when enrollments change) or off (the
     stored calibration, if any, stays as it is)."""
     set_calibration_default(db.store, AUTO_DEFAULT if on else "bundled")
 
 
 def self_calibration_status(
-    db: SpeakerDB, default: str, setting: CalibrationSetting | None
+    db: FacadeBase, default: str, setting: CalibrationSetting | None
 ) -> dict[str, Any]:
     """JSON-compatible: auto mode, the enrollments now, whether they are enough (and the
     minimums), and for a stored self-calibration the enrollments it was fitted on."""

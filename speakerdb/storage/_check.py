@@ -27,8 +27,9 @@ from speakerdb.storage._engine import read_transaction
 from speakerdb.storage._index_cache import IndexCache, read_file_as_stored
 from speakerdb.storage._migrate import schema_status
 from speakerdb.storage._records import vectors_from_bytes
+from speakerdb.storage._rows import model_of
 from speakerdb.storage._schema import Change, Reembedding, Speaker, StoreState, Utterance
-from speakerdb.storage._store import EnrollmentStore, _model_of
+from speakerdb.storage._store import EnrollmentStore
 
 __all__ = ["CheckReport", "check_store"]
 
@@ -188,7 +189,7 @@ def _check_sql(store: EnrollmentStore) -> CheckReport:
         state = conn.execute(
             select(StoreState.change_seq, StoreState.model_id).where(StoreState.id == 1)
         ).one()
-        model = _model_of(conn)
+        model = model_of(conn)
         speakers = conn.execute(
             select(
                 Speaker.id,

@@ -26,7 +26,18 @@ from sqlalchemy.engine import Connection, Row
 
 from speakerdb._identity import ModelIdentity
 from speakerdb.errors import RecordingsMissingError, StoreError, UsageError
+from speakerdb.storage._connection import StoreConnection
 from speakerdb.storage._records import vectors_from_bytes
+from speakerdb.storage._rows import (
+    bandwidth_of,
+    centroid_of,
+    insert_model_row,
+    lock_state,
+    model_of,
+    record_change,
+    set_seq,
+    table_of,
+)
 from speakerdb.storage._schema import (
     Calibration,
     ModelRow,
@@ -35,17 +46,6 @@ from speakerdb.storage._schema import (
     StoreState,
     Utterance,
     utcnow,
-)
-from speakerdb.storage._store import (
-    EnrollmentStore,
-    _bandwidth_of,
-    _centroid,
-    _lock_state,
-    _model_of,
-    _record_change,
-    _set_seq,
-    _table,
-    insert_model_row,
 )
 
 __all__ = [
@@ -96,15 +96,15 @@ class SwitchResult:
     lacking: list[int] = field(default_factory=list)
 
 
-def register_model(store: EnrollmentStore, model: ModelIdentity) -> int:
+def register_model(store: StoreConnection, model: ModelIdentity) -> int:
     """The id of ``model``'s row, inserted if the database has never seen it (the database
     keeps using its own model). A bring-your-own model's path is remembered."""
 
     def work(conn: Connection) -> int:
-        _lock_state(conn)
+        lock_state(conn)
         return _model_row(conn, model)
 
-    return store._write(work, "record the new model")
+    return store.write(work, "record the new model")
 
 
 def _model_row(conn: Connection, model: ModelIdentity) -> int:
@@ -124,10 +124,10 @@ def _model_row(conn: Connection, model: ModelIdentity) -> int:
     return insert_model_row(conn, model)
 
 
-def pending_recordings(store: EnrollmentStore, model_id: int) -> tuple[list[PendingRecording], int]:
+def pending_recordings(store: StoreConnection, model_id: int) -> tuple[list[PendingRecording], int]:
     """(recordings without a vector of model ``model_id``, in enrollment order; how many
     already have one)."""
-    with store._read("list the recordings to re-embed") as conn:
+    with store.reading("list the recordings to re-embed") as conn:
         done = conn.execute(
             select(func.count())
             .select_from(Reembedding)
@@ -145,7 +145,7 @@ def pending_recordings(store: EnrollmentStore, model_id: int) -> tuple[list[Pend
 
 
 def save_vectors(
-    store: EnrollmentStore, model_id: int, dimension: int, vectors: Sequence[NewVector]
+    store: StoreConnection, model_id: int, dimension: int, vectors: Sequence[NewVector]
 ) -> None:
     """Store vectors of model ``model_id`` in one transaction (the database's own model is
     unaffected). Vectors of recordings deleted meanwhile are left out; one already stored
@@ -181,13 +181,13 @@ def save_vectors(
             if uid in alive
         ]
         if values:
-            conn.execute(_table(Reembedding).insert(), values)
+            conn.execute(table_of(Reembedding).insert(), values)
 
-    store._write(work, "store re-embedded vectors")
+    store.write(work, "store re-embedded vectors")
 
 
 def switch_model(
-    store: EnrollmentStore,
+    store: StoreConnection,
     model: ModelIdentity,
     model_id: int,
     *,
@@ -210,8 +210,8 @@ def switch_model(
     expected = set(expected_missing)
 
     def work(conn: Connection) -> SwitchResult:
-        state = _lock_state(conn)
-        previous = _model_of(conn)
+        state = lock_state(conn)
+        previous = model_of(conn)
         if previous is None or state.model_id is None:
             raise UsageError("the database has no voiceprints yet: there is nothing to re-embed")
         old_id = int(state.model_id)
@@ -258,7 +258,7 @@ def switch_model(
         now = utcnow()
         if keep:
             conn.execute(
-                _table(Reembedding).insert(),
+                table_of(Reembedding).insert(),
                 [
                     {
                         "utterance_id": u.id,
@@ -270,7 +270,7 @@ def switch_model(
                     for u in keep
                 ],
             )
-            table = _table(Utterance)
+            table = table_of(Utterance)
             conn.execute(
                 update(table)
                 .where(table.c.id == bindparam("uid"))
@@ -299,7 +299,7 @@ def switch_model(
         deleted = _recompute_speakers(conn, model.dimension, seq)
         seq = deleted[1]
         conn.execute(update(StoreState).where(StoreState.id == 1).values(model_id=model_id))
-        _set_seq(conn, seq)
+        set_seq(conn, seq)
         reset = sorted(conn.execute(select(Calibration.normalization)).scalars())
         conn.execute(delete(Calibration))
         return SwitchResult(
@@ -311,9 +311,9 @@ def switch_model(
             calibrations_reset=reset,
         )
 
-    result = store._write(work, f"switch to model {model.label}")
+    result = store.write(work, f"switch to model {model.label}")
     if result.switched:
-        store._forget_model()
+        store.forget_model()
     return result
 
 
@@ -340,7 +340,7 @@ def _recompute_speakers(conn: Connection, dimension: int, seq: int) -> tuple[lis
         seq += 1
         if not own:
             conn.execute(delete(Speaker).where(Speaker.id == speaker.id))
-            _record_change(conn, speaker.id, seq, "delete")
+            record_change(conn, speaker.id, seq, "delete")
             deleted.append(speaker.name)
             continue
         embeddings = vectors_from_bytes([r.embedding for r in own], dimension)
@@ -349,21 +349,21 @@ def _recompute_speakers(conn: Connection, dimension: int, seq: int) -> tuple[lis
             update(Speaker)
             .where(Speaker.id == speaker.id)
             .values(
-                centroid=_centroid(embeddings).tobytes(),
+                centroid=centroid_of(embeddings).tobytes(),
                 utterance_count=len(own),
                 speech_seconds=float(sum(seconds)),
-                bandwidth_hz=_bandwidth_of(seconds, [r.bandwidth_hz for r in own]),
+                bandwidth_hz=bandwidth_of(seconds, [r.bandwidth_hz for r in own]),
                 updated_at=now,
             )
         )
-        _record_change(conn, speaker.id, seq, "upsert")
+        record_change(conn, speaker.id, seq, "upsert")
     return deleted, seq
 
 
-def other_vector_counts(store: EnrollmentStore) -> dict[str, int]:
+def other_vector_counts(store: StoreConnection) -> dict[str, int]:
     """How many vectors ``reembeddings`` holds per model label (models other than the
     database's own: the previous model's after a switch, a target's before it)."""
-    with store._read("count the other models' vectors") as conn:
+    with store.reading("count the other models' vectors") as conn:
         rows = conn.execute(
             select(ModelRow.name, ModelRow.weights_sha256, func.count())
             .join(Reembedding, Reembedding.model_id == ModelRow.id)
@@ -372,19 +372,19 @@ def other_vector_counts(store: EnrollmentStore) -> dict[str, int]:
     return {f"{name}:{sha[:12]}": int(n) for name, sha, n in rows}
 
 
-def drop_other_vectors(store: EnrollmentStore) -> int:
+def drop_other_vectors(store: StoreConnection) -> int:
     """Delete every vector of a model other than the database's own (after a switch: the
     previous model's; before one: those a re-embedding made so far). Returns how many.
     SQLite zeroes the freed pages (``secure_delete``) and its log is truncated here;
     PostgreSQL keeps old row versions in its files until ``speakerdb db compact``."""
 
     def work(conn: Connection) -> int:
-        state = _lock_state(conn)
+        state = lock_state(conn)
         query = delete(Reembedding)
         if state.model_id is not None:
             query = query.where(Reembedding.model_id != state.model_id)
         return int(conn.execute(query).rowcount or 0)
 
-    count = store._write(work, "drop the other models' vectors")
-    store._erase_traces()
+    count = store.write(work, "drop the other models' vectors")
+    store.erase_traces()
     return count

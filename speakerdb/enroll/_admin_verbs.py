@@ -1,0 +1,166 @@
+"""SpeakerDB's administration: switching model (re-embedding), speakers listed, renamed,
+deleted, checks and the index, API keys of the HTTP service (through the store), compaction."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from speakerdb.enroll._base import (
+    FacadeBase,
+    Progress,
+)
+from speakerdb.enroll._reembed import ReembedReport
+from speakerdb.model._registry import resolve_model
+from speakerdb.storage._records import (
+    CompactResult,
+    SpeakerRecord,
+    UtteranceRecord,
+)
+
+if TYPE_CHECKING:
+    from speakerdb.model._embedder import Embedder
+    from speakerdb.storage._check import CheckReport
+    from speakerdb.storage._index_cache import IndexStatus
+    from speakerdb.storage._keys import ApiKeyRecord, NewApiKey
+
+
+__all__ = ["AdminVerbs"]
+
+
+class AdminVerbs(FacadeBase):
+    """The administration verbs of :class:`~speakerdb.enroll._facade.SpeakerDB`."""
+
+    # --- switching model ----------------------------------------------------------------------
+
+    def reembed(
+        self,
+        model: str | os.PathLike[str] | Embedder | None,
+        *,
+        allow_missing: bool = False,
+        drop_old: bool = False,
+        progress: Progress | None = None,
+        commit_every: int | None = None,
+    ) -> ReembedReport:
+        """Switch this database to another embedding model (a name, a path or an Embedder).
+
+        Every enrolled recording is embedded again from the path it was enrolled from, after
+        checking it is still the same audio; then ONE transaction switches the database:
+        vectors, centroids and the model it records (its default threshold applies; the
+        calibrations, fitted on the old model's scores, are reset). The old model's vectors
+        stay until ``drop_old``, so switching back needs no re-embedding. Interrupted (even
+        killed), it keeps the vectors it made and a rerun resumes; until the switch the
+        database answers with its old model. Recordings gone, changed or unusable by the new
+        model are listed in a report with status "blocked" and nothing switches, unless
+        ``allow_missing``: then they are dropped, and speakers left without any recording
+        are deleted (listed). ``model`` None with ``drop_old``: delete the vectors of other
+        models. ``progress(done, total)``: after each committed batch of ``commit_every``
+        recordings (default :data:`speakerdb.enroll._reembed.COMMIT_EVERY`).
+
+        Raises UsageError (read-only, empty database), ModelError / ModelNotFoundError,
+        StoreError.
+        """
+        from speakerdb.enroll._reembed import reembed_store
+
+        new: Embedder | None = None
+        if isinstance(model, str | os.PathLike):
+            from speakerdb.model._registry import load_model
+
+            new = load_model(resolve_model(model), self._device)
+        elif model is not None:
+            new = model
+        report = reembed_store(
+            self.store,
+            lambda: self.model,
+            new,
+            allow_missing=allow_missing,
+            drop_old=drop_old,
+            progress=progress,
+            **({"commit_every": commit_every} if commit_every else {}),
+        )
+        if new is not None and report.status in ("switched", "current"):
+            with self._model_lock:
+                self._embedder, self._model_arg = new, None
+            report.decision_rule = self.decision_policy(None).rule.to_dict()
+        return report
+
+    # --- management ---------------------------------------------------------------------------
+
+    def speakers(self) -> list[SpeakerRecord]:
+        return self.store.speakers()
+
+    def speaker(self, name: str) -> SpeakerRecord:
+        return self.store.speaker(name)
+
+    def utterances(self, name: str) -> list[UtteranceRecord]:
+        return self.store.utterances(name)
+
+    def rename(self, old: str, new: str) -> SpeakerRecord:
+        return self.store.rename_speaker(old, new)
+
+    def delete(self, name: str) -> SpeakerRecord:
+        """Delete a speaker with every recording's voiceprint (from SQL and the index file)."""
+        return self.store.delete_speaker(name)
+
+    def set_metadata(self, name: str, metadata: dict[str, Any] | None) -> SpeakerRecord:
+        return self.store.set_metadata(name, metadata)
+
+    def check(self) -> CheckReport:
+        """Verify the database's invariants and its index against SQL."""
+        from speakerdb.storage._check import check_store
+
+        return check_store(self.store)
+
+    def rebuild_index(self, kind: str | None = None) -> IndexStatus:
+        """Rebuild the vector index from SQL (``kind``: "auto", "flat" or "ivf")."""
+        return self.store.rebuild_index(kind)
+
+    # --- API keys of the HTTP service ---------------------------------------------------------
+
+    def create_key(self, name: str, scopes: Sequence[str]) -> NewApiKey:
+        """Create an API key for ``speakerdb serve``; its secret is in the result, and only
+        there (the database keeps its sha256). scopes: verify, identify, enroll, admin (or
+        read = verify + identify). Raises UsageError, AlreadyExistsError, StoreError."""
+
+        return self.store.create_key(name, scopes)
+
+    def api_keys(self) -> list[ApiKeyRecord]:
+        """Every API key, without secrets."""
+
+        return self.store.api_keys()
+
+    def revoke_key(self, name: str) -> ApiKeyRecord:
+        """Delete an API key: every server refuses it from its next request on. Raises
+        NotFoundError."""
+
+        return self.store.revoke_key(name)
+
+    def authenticate(self, secret: str) -> ApiKeyRecord | None:
+        """The API key whose secret this is, or None (compared in constant time)."""
+
+        return self.store.authenticate(secret)
+
+    def has_api_keys(self) -> bool:
+        """Whether any API key exists (a server without one stays on loopback)."""
+
+        return self.store.has_api_keys()
+
+    def api_keys_required(self) -> bool:
+        """Whether a server on this database must require API keys: from the creation of
+        the first key on, even after every key is revoked (until :meth:`allow_keyless`)."""
+
+        return self.store.api_keys_required()
+
+    def allow_keyless(self) -> None:
+        """Let a server on a loopback address answer without keys again. Raises UsageError
+        while any key exists."""
+
+        self.store.allow_keyless()
+
+    def compact(self) -> CompactResult:
+        """Erase deleted voiceprints' bytes from the database files for good and shrink them
+        (PostgreSQL: VACUUM FULL of the vector tables, which locks them while it runs;
+        SQLite: VACUUM). Deleting a speaker removes its rows at once, but PostgreSQL keeps
+        the old row versions in its table files until they are rewritten."""
+        return self.store.compact()

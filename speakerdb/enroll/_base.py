@@ -1,0 +1,263 @@
+"""What every verb of :class:`~speakerdb.enroll._facade.SpeakerDB` stands on: the database
+(optional), the embedding model resolved and loaded on first use, and how this database
+decides (:meth:`FacadeBase.decision_policy`). The verbs live in mixins over this base, one
+module per job (enroll, decide, diarize, evaluate, calibrate, administer).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Self, cast
+
+import numpy as np
+
+from speakerdb._calibration import DEFAULT_OPERATING_POINT
+from speakerdb._identity import ModelIdentity
+from speakerdb.enroll._cohort import Cohorts, normalization
+from speakerdb.enroll._policy import DecisionPolicy, Side, resolve_policy
+from speakerdb.errors import AudioError, DatabaseNotFoundError, ModelNotFoundError, UsageError
+from speakerdb.model._audio import AudioInput
+from speakerdb.model._registry import ModelSpec, identity_threshold, model_identity, resolve_model
+from speakerdb.storage._records import ENROLL_MODES, EnrollMode
+from speakerdb.storage._store import EnrollmentStore
+
+if TYPE_CHECKING:
+    import torch
+
+    from speakerdb.model._embedder import EmbeddedAudio, Embedder
+
+__all__ = [
+    "FacadeBase",
+    "Progress",
+    "as_list",
+    "enroll_mode",
+    "error_of",
+    "prior_or_default",
+    "reported_far",
+    "side_of",
+    "vector_of",
+]
+
+Progress = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` while recordings are embedded."""
+
+
+class FacadeBase:
+    """The state a SpeakerDB holds: its store (or none), its model (loaded once, on first
+    use) and the AS-norm cohorts; see :class:`~speakerdb.enroll._facade.SpeakerDB`."""
+
+    def __init__(
+        self,
+        store: EnrollmentStore | None,
+        model: str | os.PathLike[str] | Embedder | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self._store = store
+        self._device = device
+        self._embedder: Embedder | None = None
+        # Threads of a server may ask for the model at once: it is loaded only once.
+        self._model_lock = threading.Lock()
+        self._model_arg: str | os.PathLike[str] | None = None
+        if model is None or isinstance(model, str | os.PathLike):
+            # Resolved when first needed: listing speakers must not need the model file.
+            self._model_arg = model or None
+        else:
+            self._embedder = model
+        self._cohorts = Cohorts(store, lambda: self.model, lambda: self.identity)
+
+    @property
+    def store(self) -> EnrollmentStore:
+        """The database. Raises DatabaseNotFoundError when opened without one."""
+        if self._store is None:
+            raise DatabaseNotFoundError("no database: this needs an existing database (--db)")
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- model, thresholds and calibration ------------------------------------------------------
+
+    def _held_model(self) -> ModelIdentity | None:
+        return self._store.model() if self._store is not None else None
+
+    def _model_spec(self) -> ModelSpec:
+        """Which model to load: the one asked for, else the database's own (from the path it
+        records), else ``$SPEAKERDB_MODEL`` or "ge2e". Raises ModelNotFoundError when the
+        database's model file is no longer where it was loaded from."""
+        held = self._held_model() if self._model_arg is None else None
+        if held is None:
+            return resolve_model(self._model_arg)
+        if held.source is None:
+            return resolve_model(held.name)
+        try:
+            return resolve_model(held.source)
+        except ModelNotFoundError:
+            raise ModelNotFoundError(
+                f"this database's model {held.label} ({held.family}, sha256 "
+                f"{held.weights_sha256}) was last loaded from {held.source}, which is missing: "
+                "pass --model PATH (or model=PATH) of the same file where it is now"
+            ) from None
+
+    @property
+    def model(self) -> Embedder:
+        """The embedding model, loaded on first use."""
+        if self._embedder is None:
+            from speakerdb.model._registry import load_model
+
+            with self._model_lock:
+                if self._embedder is None:
+                    embedder = load_model(self._model_spec(), self._device)
+                    if self._model_arg is None and self._store is not None:
+                        # The file at the recorded path may have been replaced since.
+                        self._store.check_model(embedder.identity)
+                    self._remember_source(embedder.identity)
+                    self._embedder = embedder
+        return self._embedder
+
+    def _remember_source(self, identity: ModelIdentity) -> None:
+        """The database's model, loaded from a new place: remember that place (not in
+        read-only mode; another model is refused where vectors are compared)."""
+        if self._store is not None and identity.source is not None:
+            self._store.remember_model_source(identity)
+
+    @property
+    def model_loaded(self) -> bool:
+        """Whether the embedding model is in memory (it loads on first use)."""
+        return self._embedder is not None
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """The model's identity: known without loading a built-in model or the database's
+        own; a model file asked for is loaded to know it."""
+        if self._embedder is not None:
+            return self._embedder.identity
+        if self._model_arg is None:
+            held = self._held_model()
+            if held is not None and held.source is not None:
+                return held  # a built-in model's threshold is this release's, not the row's
+        spec = self._model_spec()
+        if spec.path is None:
+            return model_identity(spec.name)
+        return self.model.identity
+
+    @property
+    def threshold(self) -> float:
+        """The threshold on cosine scores here: the database's own (``calibrate --rule
+        score``), else the model's. The cosine rule uses it where no calibration applies;
+        enrollment warnings always do."""
+        return self.default_threshold(None)
+
+    def default_threshold(self, norm: str | None = None) -> float:
+        """The threshold on the score scale of raw cosine scores (None) or of a score
+        normalisation ("asnorm"): the database's own, else the model's."""
+        key = normalization(norm)
+        own, _ = self._store.threshold(key) if self._store is not None else (None, None)
+        return own if own is not None else identity_threshold(self.identity, key)
+
+    def decision_policy(
+        self,
+        norm: str | None = None,
+        *,
+        threshold: float | None = None,
+        prior: float | None = None,
+        far: float | None = None,
+    ) -> DecisionPolicy:
+        """How this database decides for a normalisation, with a call's overrides: the
+        calibration in use (if any) and the rules on LLRs and on the score scale (see
+        :func:`speakerdb.enroll._policy.resolve_policy`). Without a database: as a new one
+        (the bundled calibration)."""
+        key = normalization(norm)
+        if self._store is None:
+            default, setting = "bundled", None
+        else:
+            default, setting = self._store.calibration_setting(key)
+            if key is None and default == "auto":
+                from speakerdb.enroll._self_calibration import refit_if_due
+
+                setting = refit_if_due(self, default, setting)
+        return resolve_policy(
+            self.identity,
+            key,
+            identity_threshold(self.identity, key),
+            default,
+            setting,
+            threshold=threshold,
+            prior=prior,
+            far=far,
+        )
+
+    def _check_model(self) -> ModelIdentity:
+        identity = self.identity
+        self.store.check_model(identity)
+        return identity
+
+    def _embed_distinct(
+        self,
+        items: Sequence[AudioInput],
+        batch_size: int,
+        sample_rate: int | None,
+        progress: Progress | None,
+    ) -> tuple[list[int], list[EmbeddedAudio]]:
+        """:meth:`Embedder.embed_distinct` with at least the model's default batch size."""
+        from speakerdb.model._embedder import DEFAULT_BATCH_SIZE
+
+        return self.model.embed_distinct(
+            items,
+            batch_size=max(batch_size, DEFAULT_BATCH_SIZE),
+            sample_rate=sample_rate,
+            progress=progress,
+        )
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def enroll_mode(mode: str) -> EnrollMode:
+    if mode not in ENROLL_MODES:
+        raise UsageError(f"mode must be one of {', '.join(ENROLL_MODES)}, not {mode!r}")
+    return cast(EnrollMode, mode)
+
+
+def as_list(audio: AudioInput | Sequence[AudioInput]) -> list[AudioInput]:
+    if isinstance(audio, str | np.ndarray) or hasattr(audio, "__fspath__"):
+        return [cast(AudioInput, audio)]
+    return list(audio)
+
+
+def side_of(item: EmbeddedAudio) -> Side:
+    """A recording's quality as one side of a trial."""
+    return Side(item.speech_seconds, 1, item.bandwidth_hz)
+
+
+def vector_of(item: EmbeddedAudio) -> np.ndarray:
+    if item.vector is None:  # callers pass embedded inputs only
+        raise ValueError(f"{item.source} has no voiceprint")
+    return item.vector
+
+
+def prior_or_default(prior: float | None) -> float:
+    """The target prior of an operating point: the one given, else the default (0.01)."""
+    return DEFAULT_OPERATING_POINT.p_target if prior is None else float(prior)
+
+
+def reported_far(far: float | None) -> float:
+    """The false-accept rate whose score threshold an evaluation reports (default 1 %)."""
+    value = 0.01 if far is None else float(far)
+    if not 0.0 <= value < 1.0:
+        raise UsageError(f"--far must be in [0, 1), not {far}")
+    return value
+
+
+def error_of(item: EmbeddedAudio) -> AudioError:
+    if item.error is None:  # an input without a vector always carries its error
+        raise ValueError(f"{item.source} has neither a voiceprint nor an error")
+    return item.error

@@ -1,0 +1,287 @@
+"""SpeakerDB's decision verbs: verify (a recording against an enrolled speaker), compare (file
+against file), identify (a recording against everyone), each for one input or many, each
+deciding with the database's one rule (:mod:`._policy`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from speakerdb._results import Comparison, Identification, Match, Verification
+from speakerdb.enroll._base import (
+    FacadeBase,
+    Progress,
+    error_of,
+    side_of,
+    vector_of,
+)
+from speakerdb.enroll._cohort import normalization
+from speakerdb.enroll._policy import (
+    RERANKED_CANDIDATES,
+    Side,
+    rank_candidates,
+)
+from speakerdb.errors import AudioError, UsageError
+from speakerdb.model._audio import AudioInput
+from speakerdb.scoring import DEFAULT_COHORT_TOP_N, cosine
+
+if TYPE_CHECKING:
+    pass
+
+
+__all__ = ["DecisionVerbs"]
+
+
+class DecisionVerbs(FacadeBase):
+    """The decision verbs of :class:`~speakerdb.enroll._facade.SpeakerDB`."""
+
+    # --- decisions ----------------------------------------------------------------------------
+    # Every decision: accept iff score >= threshold, the score being the calibrated LLR where a
+    # calibration applies, else the cosine (or AS-norm z-score); see _policy.
+
+    def verify(
+        self,
+        name: str,
+        audio: AudioInput,
+        threshold: float | None = None,
+        *,
+        sample_rate: int | None = None,
+        norm: str | None = None,
+        prior: float | None = None,
+        far: float | None = None,
+    ) -> Verification:
+        """Is this recording the enrolled speaker ``name``? Scores the recording against the
+        speaker's voiceprint (centroid). threshold / prior / far: see :meth:`verify_many`.
+        Raises SpeakerNotFoundError, AudioError, ..."""
+        result = self.verify_many(
+            name, [audio], threshold, sample_rate=sample_rate, norm=norm, prior=prior, far=far
+        )[0]
+        if isinstance(result, AudioError):
+            raise result
+        return result
+
+    def verify_many(
+        self,
+        name: str,
+        audio: Sequence[AudioInput],
+        threshold: float | None = None,
+        *,
+        sample_rate: int | None = None,
+        norm: str | None = None,
+        cohort: Sequence[AudioInput] | None = None,
+        cohort_size: int = DEFAULT_COHORT_TOP_N,
+        prior: float | None = None,
+        far: float | None = None,
+    ) -> list[Verification | AudioError]:
+        """:meth:`verify` for several recordings; unusable ones come back as their error.
+
+        threshold: overrides the threshold of the rule in use, on its scale (an LLR when
+        calibrated, else a cosine or z-score). prior / far: decide at the Bayes threshold of
+        target prior ``prior`` (unit costs), or at the LLR threshold reaching false-accept
+        rate ``far`` on the calibration's trials, for this call. norm="asnorm" normalises
+        scores against an impostor cohort: the other enrolled speakers' voiceprints, or the
+        recordings ``cohort`` (see :meth:`evaluate`).
+        """
+        key = normalization(norm)
+        policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
+        identity = self._check_model()
+        record, centroid = self.store.centroid(name)
+        embedded = self.model.embed(audio, sample_rate=sample_rate)
+        good = [e for e in embedded if e.vector is not None]
+        cosines = [cosine(vector_of(e), centroid) for e in good]
+        scores = cosines
+        if key is not None and good:
+            scores = self._cohorts.verification_scores(
+                np.stack([vector_of(e) for e in good]), centroid, record.id, cohort, cohort_size
+            ).tolist()
+        enrolled = Side(record.speech_seconds, record.utterances, record.bandwidth_hz)
+        decided = iter(
+            policy.decide(cosines, scores, [side_of(e) for e in good], [enrolled] * len(good))
+        )
+        out: list[Verification | AudioError] = []
+        for item in embedded:
+            if item.vector is None:
+                out.append(error_of(item))
+                continue
+            d = next(decided)
+            out.append(
+                Verification(
+                    score=d.score,
+                    threshold=d.threshold,
+                    accepted=d.accepted,
+                    speaker=record.name,
+                    model=identity.label,
+                    source=item.source,
+                    normalization=key,
+                    cosine=d.cosine,
+                    llr=d.llr,
+                    decision_rule=d.rule,
+                    calibration=d.calibration,
+                )
+            )
+        return out
+
+    def compare(
+        self,
+        a: AudioInput,
+        b: AudioInput,
+        threshold: float | None = None,
+        *,
+        sample_rate: int | None = None,
+        norm: str | None = None,
+        prior: float | None = None,
+        far: float | None = None,
+    ) -> Comparison:
+        """Same speaker? File against file, with the one rule (see :meth:`verify_many`)."""
+        result = self.compare_batch(
+            [(a, b)], threshold, sample_rate=sample_rate, norm=norm, prior=prior, far=far
+        )[0]
+        if isinstance(result, AudioError):
+            raise result
+        return result
+
+    def compare_batch(
+        self,
+        pairs: Sequence[tuple[AudioInput, AudioInput]],
+        threshold: float | None = None,
+        *,
+        batch_size: int = 32,
+        sample_rate: int | None = None,
+        progress: Progress | None = None,
+        norm: str | None = None,
+        cohort: Sequence[AudioInput] | None = None,
+        cohort_size: int = DEFAULT_COHORT_TOP_N,
+        prior: float | None = None,
+        far: float | None = None,
+    ) -> list[Comparison | AudioError]:
+        """Compare many pairs, embedding each distinct file once. A pair with an unusable file
+        comes back as that file's AudioError. batch_size: windows per encoder call (at least
+        the default of the model). threshold / prior / far: see :meth:`verify_many`; norm /
+        cohort / cohort_size: see :meth:`evaluate`. Each pair's calibration sees both
+        files' own quality (the features are symmetric)."""
+        key = normalization(norm)
+        policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
+        identity = self.identity
+        position, embedded = self._embed_distinct(
+            [x for pair in pairs for x in pair], batch_size, sample_rate, progress
+        )
+        rows: list[tuple[int, int] | AudioError] = []
+        for k in range(len(pairs)):
+            ia, ib = position[2 * k], position[2 * k + 1]
+            failed = next((embedded[i] for i in (ia, ib) if embedded[i].vector is None), None)
+            rows.append(error_of(failed) if failed is not None else (ia, ib))
+        good = [r for r in rows if isinstance(r, tuple)]
+        scores = self._cohorts.pair_scores(embedded, good, key, cohort, cohort_size)
+        decided = iter(
+            policy.decide(
+                [raw for raw, _ in scores],
+                [used for _, used in scores],
+                [side_of(embedded[b]) for _, b in good],
+                [side_of(embedded[a]) for a, _ in good],
+            )
+        )
+        out: list[Comparison | AudioError] = []
+        for row in rows:
+            if isinstance(row, AudioError):
+                out.append(row)
+                continue
+            d = next(decided)
+            out.append(
+                Comparison(
+                    score=d.score,
+                    threshold=d.threshold,
+                    same_speaker=d.accepted,
+                    model=identity.label,
+                    a=embedded[row[0]].source,
+                    b=embedded[row[1]].source,
+                    normalization=key,
+                    cosine=d.cosine,
+                    llr=d.llr,
+                    decision_rule=d.rule,
+                    calibration=d.calibration,
+                )
+            )
+        return out
+
+    def identify(
+        self,
+        audio: AudioInput,
+        top_k: int = 5,
+        threshold: float | None = None,
+        *,
+        sample_rate: int | None = None,
+        norm: str | None = None,
+        prior: float | None = None,
+        far: float | None = None,
+    ) -> Identification:
+        """Who is speaking? Open set: ``best`` is None when no enrolled speaker reaches the
+        threshold (an unknown voice); ``matches`` are the top-k candidates, best first."""
+        result = self.identify_many(
+            [audio], top_k, threshold, sample_rate=sample_rate, norm=norm, prior=prior, far=far
+        )[0]
+        if isinstance(result, AudioError):
+            raise result
+        return result
+
+    def identify_many(
+        self,
+        audio: Sequence[AudioInput],
+        top_k: int = 5,
+        threshold: float | None = None,
+        *,
+        sample_rate: int | None = None,
+        norm: str | None = None,
+        cohort: Sequence[AudioInput] | None = None,
+        cohort_size: int = DEFAULT_COHORT_TOP_N,
+        prior: float | None = None,
+        far: float | None = None,
+    ) -> list[Identification | AudioError]:
+        """:meth:`identify` for several recordings, searched in one batch.
+
+        With a calibration the nearest :data:`RERANKED_CANDIDATES` voiceprints by cosine are
+        given LLRs (each from its own enrollment quality) and ranked and decided on them; if
+        any of them cannot be calibrated (enrolled before schema 0004), that identification
+        ranks and decides on the score rule and says so. With norm="asnorm" the candidates
+        are re-scored with AS-norm first. threshold / prior / far: see :meth:`verify_many`.
+        """
+        if top_k < 1:
+            raise UsageError(f"top-k must be at least 1, not {top_k}")
+        key = normalization(norm)
+        policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
+        identity = self._check_model()
+        embedded = self.model.embed(audio, sample_rate=sample_rate)
+        good = [vector_of(e) for e in embedded if e.vector is not None]
+        probes = np.stack(good) if good else None
+        # Normalised or calibrated scores may order candidates differently from the cosine:
+        # fetch more than k and rank them all.
+        plain = key is None and policy.calibration is None
+        fetch = top_k if plain else max(top_k, RERANKED_CANDIDATES)
+        found = self.store.search(probes, fetch, identity) if probes is not None else []
+        cosines = [{c.id: c.score for c in candidates} for candidates in found]
+        if key is not None and probes is not None:
+            found = self._cohorts.rescore_candidates(probes, found, cohort, cohort_size)
+        results = iter(zip(found, cosines, strict=True))
+        out: list[Identification | AudioError] = []
+        for item in embedded:
+            if item.vector is None:
+                out.append(error_of(item))
+                continue
+            candidates, raw = next(results)
+            decisions, rule = rank_candidates(policy, candidates, raw, side_of(item))
+            matches = [Match(c.name, d.score, d.cosine, d.llr) for c, d in decisions[:top_k]]
+            best = decisions[0][0].name if decisions and decisions[0][1].accepted else None
+            out.append(
+                Identification(
+                    best,
+                    matches,
+                    rule.threshold,
+                    identity.label,
+                    item.source,
+                    key,
+                    rule,
+                    rule.calibration if rule.score == "llr" else None,
+                )
+            )
+        return out
