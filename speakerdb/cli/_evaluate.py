@@ -402,11 +402,8 @@ def _self_calibrate(
     for line in _evaluation_text(result.report):
         click.echo(line)
     assert result.calibration is not None
-    click.echo(
-        f"stored a self-calibration ({result.calibration.fit.note})"
-        + ("; auto re-fit on" if auto else "")
-        + f"; decisions: {result.rule.text}"
-    )
+    click.echo(f"stored: {result.calibration.fit.note}" + ("; auto re-fit on" if auto else ""))
+    click.echo(f"decisions: {result.rule.text}")
 
 
 def _rule(info: dict[str, Any]) -> DecisionRule:
