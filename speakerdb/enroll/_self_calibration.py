@@ -29,6 +29,7 @@ from speakerdb.enroll._evaluation import CalibrationResult, ScoredTrials
 from speakerdb.enroll._lists import Trial
 from speakerdb.enroll._policy import Side, bundled_for, resolve_policy
 from speakerdb.errors import UsageError
+from speakerdb.model._registry import identity_threshold
 from speakerdb.storage._enrollment_rows import (
     AUTO_DEFAULT,
     EnrollmentState,
@@ -60,7 +61,8 @@ SELF_TARGET_FAR: float | None = None
 p_target 0.01 (ln 99), as the bundled calibration. The alternative, the LLR at which 1 % of
 the enrollment trials' different-speaker side is accepted, was measured and rejected: with
 the few speakers a database starts with, that estimate is far too loose (held-out file-pair
-FAR 7-50 % against <= 1.4 % at ln 99; docs/calibration.md)."""
+FAR 7-50 % on the read and phone sets, against <= 1 % at ln 99 with the default form;
+docs/calibration.md)."""
 
 SOURCE = "self"
 
@@ -78,7 +80,8 @@ def calibrate_from_enrollments(
         raise UsageError(f"cannot self-calibrate: {db.store.location.display} was opened read-only")
     setting, calibration, trials = _fit(db, prior, far)
     identity = db.identity
-    policy = resolve_policy(identity, None, db.default_threshold(None), setting=setting)
+    # Checks the operating point (a FAR needs enough impostor trials) before anything is stored.
+    policy = resolve_policy(identity, None, identity_threshold(identity, None), setting=setting)
     mode = db.store.calibration_setting(None)[0]
     db.store.set_calibration(setting)
     if mode == AUTO_DEFAULT:  # storing a calibration resets the default; keep auto mode on
