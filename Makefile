@@ -19,7 +19,7 @@ demo: $(STAMP)
 	bash demo/run_demo.sh
 
 test: $(STAMP)
-	$(PY) -m ruff check speakerdb tests benchmarks
+	$(PY) -m ruff check speakerdb tests benchmarks tools
 	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -27,8 +27,8 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check speakerdb tests benchmarks
-	$(PY) -m ruff format --check speakerdb tests benchmarks
+	$(PY) -m ruff check speakerdb tests benchmarks tools
+	$(PY) -m ruff format --check speakerdb tests benchmarks tools
 	$(PY) -m mypy
 
 bench: $(STAMP)

@@ -9,7 +9,7 @@ of their impostor probes (``speakerdb.scoring.threshold_at_far``, as ``speakerdb
 ``calibrate`` use it), rounded to two decimals: no development set lets more than about 1 % of
 impostors through. The same for AS-norm scores, with the LibriSpeech singles as cohort.
 The 1-second Arabic keyword set is reported but not used: at 1 s per recording no threshold
-serves both (see README).
+serves both (see docs/decisions.md).
 
     python benchmarks/calibrate_default.py [--draws 50]
 """

@@ -27,6 +27,7 @@ from speakerdb.cli import cli
 from speakerdb.diarize import RttmTurn, assign_one_to_one, format_rttm, parse_rttm, read_rttm
 from speakerdb.diarize._cluster import SpeakerCount, cluster_windows
 from speakerdb.diarize._evaluate import is_name, score_diarization
+from speakerdb.diarize._speech import FRAME_SECONDS
 from speakerdb.diarize._turns import frame_labels, segments_of
 from speakerdb.errors import UsageError
 
@@ -69,7 +70,7 @@ def test_malformed_rttm_is_a_usage_error_naming_the_line(line):
 def test_turns_are_sorted_disjoint_long_enough_and_inside_the_recording(frames, min_turn, pause):
     labels_ = np.array(frames, dtype=np.int64)
     turns = segments_of(labels_, min_turn=min_turn, max_pause=pause)
-    end = labels_.size * 0.03
+    end = labels_.size * FRAME_SECONDS
     for start, stop, voice in turns:
         assert 0 <= start < stop <= end + 1e-9
         assert stop - start >= min_turn - 1e-9
@@ -90,8 +91,10 @@ def test_frame_labels_follow_the_windows_and_silence():
 
 
 def test_a_short_flip_between_voices_joins_its_neighbours():
-    frames = np.array([0] * 100 + [1] * 5 + [0] * 100)  # 0.15 s of "voice 1" inside voice 0
-    assert segments_of(frames, min_turn=0.4, max_pause=0.5) == [(0.0, pytest.approx(6.15), 0)]
+    frames = np.array([0] * 100 + [1] * 5 + [0] * 100)  # 0.16 s of "voice 1" inside voice 0
+    assert segments_of(frames, min_turn=0.4, max_pause=0.5) == [
+        (0.0, pytest.approx(205 * FRAME_SECONDS), 0)
+    ]
 
 
 # --- clustering -------------------------------------------------------------------------------

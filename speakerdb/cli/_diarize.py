@@ -105,8 +105,9 @@ def _open(db_url: str | None, model_name: str | None, device: str | None) -> Spe
     type=click.FloatRange(-1, 1),
     default=None,
     metavar="C",
-    help="Least average cosine between two groups of windows to call them one voice "
-    "(default: the model's, 0.60 for ge2e). Higher finds more voices.",
+    help="Cluster by a fixed cosine instead of finding the number of voices per recording "
+    "(spectral clustering, the default): the least average cosine between two groups of "
+    "windows to call them one voice (0.60 suits ge2e on 16 kHz speech). Higher finds more.",
 )
 @json_option
 @handles_errors

@@ -7,9 +7,11 @@
     for turn in result.turns:                   # (start, end, label, name or None, score)
         ...
 
-Private modules: speech activity (``_speech``), streamed decoding (``_stream``), window
-embeddings (``_windows``), clustering (``_cluster``), turns (``_turns``), naming
-(``_naming``), RTTM (``_rttm``) and evaluation (``_evaluate``, needs pyannote.metrics).
+Private modules: speech activity (``_speech``, silero-vad's network in ``_silero``),
+streamed decoding (``_stream``), window embeddings (``_windows``), clustering (``_cluster``,
+spectral clustering in ``_spectral``), turns (``_turns``), naming (``_naming``), RTTM
+(``_rttm``) and evaluation (``_evaluate``, needs pyannote.metrics). docs/diarization.md
+has the held-out figures.
 """
 
 from __future__ import annotations

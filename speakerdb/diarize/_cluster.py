@@ -1,14 +1,17 @@
 """Clustering window embeddings into speakers.
 
-Average-linkage agglomerative clustering on cosine distance (scipy), cut where the average
-similarity between two groups falls below ``threshold`` or at the number of speakers asked
-for; then a few rounds of re-assigning every window to the nearest cluster centroid, in
-which clusters with fewer than ``min_windows`` windows give their windows away (a speaker
-who says one word is not worth a label; on their own such clusters are mostly noise,
-laughter or the transition between two voices).
+By default, spectral clustering whose number of clusters and affinity pruning adapt to each
+recording (:mod:`._spectral`, normalised maximum eigengap); with an explicit cosine
+``threshold``, average-linkage agglomerative clustering cut where the average similarity
+between two groups falls below it (or at the number of speakers asked for). Then a few
+rounds of re-assigning every window to the nearest cluster centroid, in which clusters with
+fewer than ``min_windows`` windows give their windows away (a speaker who says one word is
+not worth a label; on their own such clusters are mostly noise, laughter or the transition
+between two voices).
 
-Linkage is quadratic in memory, so at most :data:`MAX_LINKAGE_WINDOWS` windows (evenly
-spaced over the recording) are clustered; the re-assignment rounds then place every window.
+Both are quadratic (or worse) in the windows, so at most :data:`MAX_LINKAGE_WINDOWS`
+(linkage) or :data:`MAX_SPECTRAL_WINDOWS` (spectral) windows, evenly spaced over the
+recording, are clustered; the re-assignment rounds then place every window.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from speakerdb.errors import UsageError
 
 __all__ = [
     "MAX_LINKAGE_WINDOWS",
+    "MAX_SPECTRAL_WINDOWS",
     "MIN_CLUSTER_WINDOWS",
     "SpeakerCount",
     "centroids",
@@ -28,6 +32,8 @@ __all__ = [
 
 MAX_LINKAGE_WINDOWS = 2000
 """Windows clustered by linkage at most (16 MB of pairwise distances)."""
+MAX_SPECTRAL_WINDOWS = 800
+"""Windows clustered spectrally at most (one 800 x 800 eigendecomposition per pruning tried)."""
 MIN_CLUSTER_WINDOWS = 4
 """Clusters with fewer windows (about 2 s of speech at the default hop) are dissolved."""
 _REFINE_ROUNDS = 3
@@ -86,25 +92,26 @@ class SpeakerCount:
 
 def cluster_windows(
     vectors: npt.NDArray[np.float32],
-    threshold: float,
+    threshold: float | None = None,
     count: SpeakerCount | None = None,
     min_windows: int = MIN_CLUSTER_WINDOWS,
 ) -> npt.NDArray[np.int64]:
     """Speaker labels (n,) int64 in 0..k-1 for (n, D) unit-norm window embeddings.
 
-    threshold: the least average cosine similarity at which two groups are merged. count:
-    bounds on the number of clusters (a fixed number, or min/max around the threshold's
-    answer); clusters are never more than the windows. Labels are numbered in order of
-    first appearance.
+    threshold: None for spectral clustering (the number of voices found per recording),
+    else the least average cosine similarity at which agglomerative clustering merges two
+    groups. count: bounds on the number of clusters (a fixed number, or min/max around
+    what the method finds); clusters are never more than the windows. Labels are numbered
+    in order of first appearance.
     """
-    from scipy.cluster.hierarchy import fcluster, linkage
-
     count = count or SpeakerCount()
     n = vectors.shape[0]
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    if n == 1:
-        return np.zeros(1, dtype=np.int64)
+    if n <= 1:
+        return np.zeros(n, dtype=np.int64)
+    if threshold is None:
+        return _spectral_labels(vectors, count, min_windows)
+    from scipy.cluster.hierarchy import fcluster, linkage
+
     step = max(1, -(-n // MAX_LINKAGE_WINDOWS))
     sample = vectors[::step].astype(np.float64)
     tree = linkage(sample, method="average", metric="cosine")
@@ -118,6 +125,23 @@ def cluster_windows(
         labels = fcluster(tree, target, criterion="maxclust") - 1
     full = _spread(labels, n, step, vectors, int(labels.max()) + 1)
     return _first_appearance(_refine(vectors, full, 1 if keep_all else min_windows))
+
+
+def _spectral_labels(
+    vectors: npt.NDArray[np.float32], count: SpeakerCount, min_windows: int
+) -> npt.NDArray[np.int64]:
+    from speakerdb.diarize._spectral import spectral_clusters
+
+    n = vectors.shape[0]
+    step = max(1, -(-n // MAX_SPECTRAL_WINDOWS))
+    sample = vectors[::step]
+    low = count.num if count.num is not None else (count.min or 1)
+    high = count.num if count.num is not None else count.max
+    labels = spectral_clusters(sample, min_clusters=low, max_clusters=high)
+    full = _spread(labels, n, step, vectors, int(labels.max()) + 1)
+    # A number the caller gave is kept whatever the cluster sizes.
+    asked = count.num is not None or count.min is not None
+    return _first_appearance(_refine(vectors, full, 1 if asked else min_windows))
 
 
 def _large(labels: npt.NDArray[np.int64], min_windows: int, step: int) -> int:

@@ -1,9 +1,11 @@
 """The diarization pipeline without a database: recording -> anonymous voices and turns.
 
-stream decode -> speech frames + window embeddings (:mod:`._windows`) -> clusters
-(:mod:`._cluster`) -> frame labels and turns (:mod:`._turns`) -> one voiceprint per voice
-(the normalised mean of its windows' embeddings). Naming the voices against enrolled
-speakers is the database's business (:meth:`speakerdb.SpeakerDB.diarize`).
+stream decode -> speech probabilities + window embeddings (:mod:`._windows`) -> speech
+mask (:mod:`._speech`) and speech windows -> clusters (:mod:`._cluster`) -> frame labels
+and turns (:mod:`._turns`) -> one voiceprint per voice. Everything after the embeddings is
+:func:`find_turns`, cheap, so that benchmarks can re-run it with other settings. Naming
+the voices against enrolled speakers is the database's business
+(:meth:`speakerdb.SpeakerDB.diarize`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,17 @@ import numpy.typing as npt
 
 from speakerdb.diarize._cluster import MIN_CLUSTER_WINDOWS, SpeakerCount, centroids, cluster_windows
 from speakerdb.diarize._result import Diarization, DiarizedSpeaker, Turn
-from speakerdb.diarize._speech import FRAME_SECONDS, smooth_speech
+from speakerdb.diarize._speech import FRAME_SECONDS, SpeechSettings, speech_mask
 from speakerdb.diarize._stream import AudioStream, open_stream
 from speakerdb.diarize._turns import MAX_PAUSE, MIN_TURN, frame_labels, segments_of
-from speakerdb.diarize._windows import DEFAULT_HOP, DEFAULT_WINDOW, embed_windows
+from speakerdb.diarize._windows import (
+    CONFIDENT_SPEECH,
+    DEFAULT_HOP,
+    DEFAULT_WINDOW,
+    WindowEmbeddings,
+    embed_windows,
+    speech_windows,
+)
 from speakerdb.errors import NoSpeechError, UsageError
 from speakerdb.model._audio import SAMPLE_RATE
 
@@ -32,10 +41,12 @@ __all__ = [
     "CLUSTER_THRESHOLDS",
     "MIN_NAMING_SECONDS",
     "DiarizationSettings",
+    "FoundTurns",
     "VoiceAnalysis",
     "analyse_voices",
     "cluster_threshold_for",
     "diarize",
+    "find_turns",
 ]
 
 VOICEPRINT_SECONDS = 30.0
@@ -50,18 +61,19 @@ MIN_NAMING_SECONDS = 3.0
 an unreliable voiceprint (enrollment recommends far more)."""
 
 CLUSTER_THRESHOLDS = {"ge2e": 0.60}
-"""Per model family: the least average cosine similarity between the windows of two groups
-for them to be one voice. Chosen from the similarity of GE2E's 1.5 s windows in the
-development conversations, between the same speaker's (median 0.77, 5th percentile 0.65)
-and different speakers' (median 0.50, 95th percentile 0.62)."""
+"""Per model family, for agglomerative clustering (only when asked for with
+``cluster_threshold``; the default is spectral clustering, which needs no threshold): the
+least average cosine similarity between the windows of two groups for them to be one
+voice. Chosen on the 16 kHz development conversations; it does not carry over to 8 kHz
+phone speech (docs/diarization.md)."""
 
 _FALLBACK_RATIO = 0.60 / 0.82
 """For a family without its own value: the same ratio to its verification threshold as
-GE2E's (0.60 against 0.82). A guess, not measured: give --cluster-threshold when known."""
+GE2E's (0.60 against 0.82). A guess, not measured."""
 
 
 def cluster_threshold_for(model: Embedder) -> float:
-    """The default clustering threshold of a model (see :data:`CLUSTER_THRESHOLDS`)."""
+    """The agglomerative clustering threshold of a model (see :data:`CLUSTER_THRESHOLDS`)."""
     own = CLUSTER_THRESHOLDS.get(model.identity.name)
     if own is not None:
         return own
@@ -71,9 +83,12 @@ def cluster_threshold_for(model: Embedder) -> float:
 @dataclass(frozen=True)
 class DiarizationSettings:
     """How to diarize. num_speakers / min_speakers / max_speakers: what is known of the
-    number of voices; window / hop: embedding windows (s); cluster_threshold: see
-    :data:`CLUSTER_THRESHOLDS` (None: the model's default); min_turn / max_pause: see
-    :mod:`speakerdb.diarize._turns`."""
+    number of voices; window / hop: embedding windows (s); cluster_threshold: None for
+    spectral clustering (the default), else agglomerative clustering at this cosine (see
+    :data:`CLUSTER_THRESHOLDS`); min_turn / max_pause: see :mod:`speakerdb.diarize._turns`;
+    vad_onset / vad_offset / vad_min_pause / vad_min_speech: the speech mask's hysteresis
+    (:class:`speakerdb.diarize._speech.SpeechSettings`); resegment: frames re-assigned by
+    soft votes of the windows covering them (:func:`speakerdb.diarize._turns.frame_labels`)."""
 
     num_speakers: int | None = None
     min_speakers: int | None = None
@@ -83,9 +98,19 @@ class DiarizationSettings:
     cluster_threshold: float | None = None
     min_turn: float = MIN_TURN
     max_pause: float = MAX_PAUSE
+    vad_onset: float = SpeechSettings.onset
+    vad_offset: float = SpeechSettings.offset
+    vad_min_pause: float = SpeechSettings.min_pause
+    vad_min_speech: float = SpeechSettings.min_speech
+    resegment: bool = False
 
     def count(self) -> SpeakerCount:
         return SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)
+
+    def speech(self) -> SpeechSettings:
+        return SpeechSettings(
+            self.vad_onset, self.vad_offset, self.vad_min_pause, self.vad_min_speech
+        )
 
     def check(self) -> None:
         """Raise UsageError for impossible settings (before any audio is read)."""
@@ -96,6 +121,7 @@ class DiarizationSettings:
             )
         if self.min_turn < 0 or self.max_pause < 0:
             raise UsageError("min_turn and max_pause must be >= 0 seconds")
+        self.speech().check()
 
 
 @dataclass(frozen=True)
@@ -147,45 +173,11 @@ def analyse_voices(
     embedded = embed_windows(
         stream, model, window=settings.window, hop=settings.hop, progress=progress
     )
-    threshold = (
-        settings.cluster_threshold
-        if settings.cluster_threshold is not None
-        else cluster_threshold_for(model)
-    )
-    parameters = {
-        "window": settings.window,
-        "hop": settings.hop,
-        "cluster_threshold": threshold,
-        "min_turn": settings.min_turn,
-        "max_pause": settings.max_pause,
-        "num_speakers": settings.num_speakers,
-        "min_speakers": settings.min_speakers,
-        "max_speakers": settings.max_speakers,
-    }
-    if embedded.vectors.shape[0] == 0:
-        raise NoSpeechError(stream.source, "no speech detected")
-    speech = smooth_speech(embedded.speech)
-    # A number of voices the speech cannot hold (--num-speakers 1000 on two minutes) is
-    # lowered to what it can, and the answer says so.
-    count, note = settings.count().bounded(
-        int(embedded.vectors.shape[0]), float(np.count_nonzero(speech)) * FRAME_SECONDS
-    )
-    notes = (note,) if note is not None else ()
-    if note is not None:
-        parameters["voice_limit"] = count.num if count.num is not None else count.min
-    labels = cluster_windows(embedded.vectors, threshold, count, min_windows=MIN_CLUSTER_WINDOWS)
-    frames = frame_labels(speech, embedded.starts, embedded.ends, labels)
-    raw_segments = segments_of(frames, settings.min_turn, settings.max_pause)
-    # Renumber the voices that kept turns in order of first appearance.
-    order: dict[int, int] = {}
-    for _, _, c in raw_segments:
-        order.setdefault(c, len(order))
-    segments = [(s, e, order[c]) for s, e, c in raw_segments]
-    k = len(order)
-    if k == 0:
-        raise NoSpeechError(stream.source, "no speech detected")
-    kept = np.array(list(order), dtype=np.int64)
-    window_prints = centroids(embedded.vectors, labels, int(labels.max()) + 1)[kept]
+    found = find_turns(embedded, settings, stream.source)
+    segments, k = found.segments, found.num_voices
+    window_prints = centroids(found.vectors, found.labels, int(found.labels.max()) + 1)[
+        found.voices
+    ]
     seconds = np.zeros(k)
     counts = np.zeros(k, dtype=np.int64)
     for s, e, c in segments:
@@ -201,7 +193,95 @@ def analyse_voices(
         turn_counts=counts,
         bandwidth_hz=bandwidth,
         voiceprint_seconds=probe_seconds,
-        windows=int(embedded.vectors.shape[0]),
+        windows=int(found.vectors.shape[0]),
+        parameters=found.parameters,
+        notes=found.notes,
+    )
+
+
+@dataclass(frozen=True)
+class FoundTurns:
+    """The cheap part of diarization, from window embeddings to turns.
+
+    segments: turns ``(start s, end s, voice)``, voices numbered 0..k-1 in order of first
+    appearance; vectors: (n, D) the speech windows' embeddings; labels: (n,) their clusters;
+    voices: (k,) the cluster of each voice; parameters / notes as in :class:`VoiceAnalysis`.
+    """
+
+    segments: list[tuple[float, float, int]]
+    vectors: npt.NDArray[np.float32]
+    labels: npt.NDArray[np.int64]
+    voices: npt.NDArray[np.int64]
+    parameters: dict[str, Any]
+    notes: tuple[str, ...]
+
+    @property
+    def num_voices(self) -> int:
+        return int(self.voices.size)
+
+
+def find_turns(
+    embedded: WindowEmbeddings, settings: DiarizationSettings, source: str = "<array>"
+) -> FoundTurns:
+    """Speech mask, speech windows, clusters and turns of embedded windows. Raises
+    NoSpeechError when no speech is found."""
+    parameters: dict[str, Any] = {
+        "window": settings.window,
+        "hop": settings.hop,
+        "clustering": "spectral" if settings.cluster_threshold is None else "agglomerative",
+        "cluster_threshold": settings.cluster_threshold,
+        "min_turn": settings.min_turn,
+        "max_pause": settings.max_pause,
+        "num_speakers": settings.num_speakers,
+        "min_speakers": settings.min_speakers,
+        "max_speakers": settings.max_speakers,
+        "vad": "silero",
+        "vad_onset": settings.vad_onset,
+        "vad_offset": settings.vad_offset,
+        "vad_min_pause": settings.vad_min_pause,
+        "vad_min_speech": settings.vad_min_speech,
+        "resegment": settings.resegment,
+    }
+    speech = speech_mask(embedded.speech, settings.speech())
+    # Voices are learnt from confident speech only (silero's own default threshold, not
+    # fitted here): a permissive mask finds the quiet ends of words, but windows made of
+    # them embed breath and room noise, which spectral clustering takes for another voice.
+    confident = speech & (embedded.speech >= CONFIDENT_SPEECH)
+    windows = embedded.select(speech_windows(embedded, confident))
+    if windows.vectors.shape[0] == 0:
+        raise NoSpeechError(source, "no speech detected")
+    # A number of voices the speech cannot hold (--num-speakers 1000 on two minutes) is
+    # lowered to what it can, and the answer says so.
+    count, note = settings.count().bounded(
+        int(windows.vectors.shape[0]), float(np.count_nonzero(speech)) * FRAME_SECONDS
+    )
+    notes = (note,) if note is not None else ()
+    if note is not None:
+        parameters["voice_limit"] = count.num if count.num is not None else count.min
+    labels = cluster_windows(
+        windows.vectors, settings.cluster_threshold, count, min_windows=MIN_CLUSTER_WINDOWS
+    )
+    weights = None
+    if settings.resegment:
+        # Each window votes for every voice by how much closer it is to that voice's
+        # centroid than to the others on average: windows astride a change of speaker,
+        # close to neither, weigh little against those inside a turn.
+        k = int(labels.max()) + 1
+        similarity = windows.vectors @ centroids(windows.vectors, labels, k).T
+        weights = similarity - similarity.mean(axis=1, keepdims=True)
+    frames = frame_labels(speech, windows.starts, windows.ends, labels, weights)
+    raw_segments = segments_of(frames, settings.min_turn, settings.max_pause)
+    # Renumber the voices that kept turns in order of first appearance.
+    order: dict[int, int] = {}
+    for _, _, c in raw_segments:
+        order.setdefault(c, len(order))
+    if not order:
+        raise NoSpeechError(source, "no speech detected")
+    return FoundTurns(
+        segments=[(s, e, order[c]) for s, e, c in raw_segments],
+        vectors=windows.vectors,
+        labels=labels,
+        voices=np.array(list(order), dtype=np.int64),
         parameters=parameters,
         notes=notes,
     )
