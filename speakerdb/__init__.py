@@ -44,8 +44,15 @@ if TYPE_CHECKING:
         InputReport,
         ManifestSummary,
     )
+    from speakerdb.model._countermeasure import (
+        Countermeasure,
+        CountermeasureIdentity,
+        SpoofScore,
+        load_countermeasure,
+    )
     from speakerdb.model._embedder import EmbeddedAudio, Embedder
     from speakerdb.storage._check import CheckReport
+    from speakerdb.storage._countermeasure_record import CountermeasureRecord
     from speakerdb.storage._index_cache import IndexStatus
     from speakerdb.storage._keys import ApiKeyRecord, NewApiKey
     from speakerdb.storage._migrate import UpgradeResult, upgrade_database
@@ -59,6 +66,9 @@ __all__ = [
     "ApiKeyRecord",
     "CheckReport",
     "Comparison",
+    "Countermeasure",
+    "CountermeasureIdentity",
+    "CountermeasureRecord",
     "DecisionRule",
     "EmbeddedAudio",
     "Embedder",
@@ -79,6 +89,7 @@ __all__ = [
     "SpeakerDB",
     "SpeakerDBError",
     "SpeakerRecord",
+    "SpoofScore",
     "Trial",
     "UpgradeResult",
     "UtteranceRecord",
@@ -86,6 +97,7 @@ __all__ = [
     "__version__",
     "available_models",
     "errors",
+    "load_countermeasure",
     "load_model",
     "model_identity",
     "read_manifest",
@@ -115,9 +127,14 @@ _LAZY = {
     "EnrollmentWarning": "speakerdb.enroll._reports",
     "InputReport": "speakerdb.enroll._reports",
     "ManifestSummary": "speakerdb.enroll._reports",
+    "Countermeasure": "speakerdb.model._countermeasure",
+    "CountermeasureIdentity": "speakerdb.model._countermeasure",
+    "SpoofScore": "speakerdb.model._countermeasure",
+    "load_countermeasure": "speakerdb.model._countermeasure",
     "EmbeddedAudio": "speakerdb.model._embedder",
     "Embedder": "speakerdb.model._embedder",
     "CheckReport": "speakerdb.storage._check",
+    "CountermeasureRecord": "speakerdb.storage._countermeasure_record",
     "IndexStatus": "speakerdb.storage._index_cache",
     "ApiKeyRecord": "speakerdb.storage._keys",
     "NewApiKey": "speakerdb.storage._keys",

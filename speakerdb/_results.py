@@ -132,11 +132,22 @@ class Verification:
     decision_rule: DecisionRule | None = None
     calibration: str | None = None
 
+    # Where the database has a countermeasure (docs/spoofing.md): its answer on this probe,
+    # {"model", "score", "llr", "detected"}, and decision "SPOOF_DETECTED" when it caught an
+    # attack (then ``accepted`` is False whatever the speaker score). Both None otherwise,
+    # and left out of :meth:`to_dict`.
+    spoof: dict[str, Any] | None = None
+    decision: str | None = None
+
     def __post_init__(self) -> None:
         _complete_scored(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return _with_rule(asdict(self), self.decision_rule)
+        out = _with_rule(asdict(self), self.decision_rule)
+        for key in ("spoof", "decision"):
+            if out[key] is None:
+                del out[key]
+        return out
 
 
 @dataclass(frozen=True)

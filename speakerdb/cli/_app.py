@@ -88,6 +88,7 @@ def _register() -> None:
         _models,
         _serve,
         _speakers,
+        _spoof,
     )
 
     for command in (
@@ -103,6 +104,7 @@ def _register() -> None:
         _speakers.speakers,
         _db.db,
         _models.models,
+        _spoof.spoof,
         _keys.keys,
         _serve.serve,
     ):

@@ -87,10 +87,13 @@ def verify(
         )
 
     def render(v: Any) -> str:
-        verdict = "ACCEPTED" if v.accepted else "REJECTED"
+        verdict = v.decision or ("ACCEPTED" if v.accepted else "REJECTED")
+        spoof = ""
+        if v.spoof is not None and v.spoof["llr"] is not None:
+            spoof = f"  spoof llr {v.spoof['llr']:.3f}"
         return (
             f"{verdict}  {show(v.speaker)}  {show(v.source)}  score {v.score:.4f}  "
-            f"threshold {v.threshold:.4f}{rule_text(v)}"
+            f"threshold {v.threshold:.4f}{rule_text(v)}{spoof}"
         )
 
     sys.exit(per_file(results, as_json, render, lambda v: v.accepted))

@@ -26,6 +26,7 @@ from speakerdb.storage._store import EnrollmentStore
 if TYPE_CHECKING:
     import torch
 
+    from speakerdb.model._countermeasure import Countermeasure
     from speakerdb.model._embedder import EmbeddedAudio, Embedder
 
 __all__ = [
@@ -57,6 +58,7 @@ class FacadeBase:
         self._store = store
         self._device = device
         self._embedder: Embedder | None = None
+        self._spoof_cache: dict[str, Countermeasure] = {}  # by weights sha256
         # Threads of a server may ask for the model at once: it is loaded only once.
         self._model_lock = threading.Lock()
         self._model_arg: str | os.PathLike[str] | None = None

@@ -121,6 +121,13 @@ class DecisionVerbs(FacadeBase):
                     calibration=d.calibration,
                 )
             )
+        from speakerdb.storage._countermeasure_record import read_countermeasure
+
+        recorded = read_countermeasure(self.store)
+        if recorded is not None:
+            from speakerdb.enroll._spoof import screen
+
+            out = screen(self._spoof_cache, recorded, audio, out, sample_rate)
         return out
 
     def compare(

@@ -213,7 +213,8 @@ def _decided(
         return _failed(state, result)
     document = result.to_dict()
     if isinstance(result, Verification):
-        document["decision"] = "ACCEPT" if result.accepted else "REJECT"
+        # SPOOF_DETECTED where the database's countermeasure caught an attack.
+        document["decision"] = result.decision or ("ACCEPT" if result.accepted else "REJECT")
     elif isinstance(result, Comparison):
         document["decision"] = "ACCEPT" if result.same_speaker else "REJECT"
     else:

@@ -126,6 +126,12 @@ class StoreState(Base):
     # keys: a server on this database then requires a key even when none is left (only
     # ``speakerdb keys allow-keyless`` clears it, and only while no key exists).
     keys_required: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The spoofing countermeasure verify runs on every probe (revision 0009): family, variant,
+    # weights sha256 and the file it was last loaded from; all NULL when there is none.
+    spoof_family: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    spoof_variant: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    spoof_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    spoof_source: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Calibration(Base):

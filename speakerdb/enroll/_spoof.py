@@ -1,0 +1,87 @@
+"""The countermeasure on verification probes: one more check, one decision.
+
+A probe is accepted iff the speaker rule accepts it AND the database's countermeasure does
+not detect an attack (its calibrated bona fide-vs-spoof LLR at or above its threshold;
+docs/spoofing.md). A detected attack is the decision ``SPOOF_DETECTED``, never accepted.
+Probes under :data:`speakerdb.model._countermeasure.MIN_COUNTERMEASURE_SECONDS`, or scored
+by a countermeasure without a calibration, carry the countermeasure's answer with
+``detected`` None and are decided by the speaker rule alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from speakerdb._results import Verification
+from speakerdb.errors import AudioError, ModelMismatchError
+
+if TYPE_CHECKING:
+    from speakerdb.model._audio import AudioInput
+    from speakerdb.model._countermeasure import Countermeasure, SpoofScore
+    from speakerdb.storage._countermeasure_record import CountermeasureRecord
+
+__all__ = ["SPOOF_DETECTED", "recorded_countermeasure", "screen", "spoof_answer"]
+
+SPOOF_DETECTED = "SPOOF_DETECTED"
+
+
+def recorded_countermeasure(
+    cache: dict[str, Countermeasure], record: CountermeasureRecord
+) -> Countermeasure:
+    """The database's countermeasure, loaded from where it was recorded (once per process
+    and weights). Raises ModelNotFoundError / ModelError as :func:`load_countermeasure`, and
+    ModelMismatchError when the file there is no longer the recorded weights."""
+    from speakerdb.model._countermeasure import load_countermeasure
+
+    if record.weights_sha256 not in cache:
+        loaded = load_countermeasure(Path(record.source))
+        if loaded.identity.weights_sha256 != record.weights_sha256:
+            raise ModelMismatchError(
+                f"the countermeasure file {record.source} is no longer the one this database "
+                f"records (sha256 {record.weights_sha256[:12]}..., found "
+                f"{loaded.identity.weights_sha256[:12]}...); run `speakerdb spoof use PATH`"
+            )
+        cache[record.weights_sha256] = loaded
+    return cache[record.weights_sha256]
+
+
+def spoof_answer(cm: Countermeasure, scored: SpoofScore) -> dict[str, Any]:
+    """The ``spoof`` part of an answer: {"model", "score", "llr", "detected"}."""
+    return {
+        "model": cm.identity.label,
+        "score": scored.score,
+        "llr": scored.llr,
+        "detected": scored.detected,
+    }
+
+
+def screen(
+    cache: dict[str, Countermeasure],
+    record: CountermeasureRecord,
+    audio: Sequence[AudioInput],
+    results: list[Verification | AudioError],
+    sample_rate: int | None,
+) -> list[Verification | AudioError]:
+    """``results`` (one per ``audio`` item) with the countermeasure's answer on every
+    verified probe; a detected attack becomes decision SPOOF_DETECTED, not accepted."""
+    cm = recorded_countermeasure(cache, record)
+    probes = [i for i, r in enumerate(results) if isinstance(r, Verification)]
+    scored = cm.score([audio[i] for i in probes], sample_rate=sample_rate)
+    out = list(results)
+    for i, s in zip(probes, scored, strict=True):
+        if s.error is not None:
+            out[i] = s.error if isinstance(s.error, AudioError) else out[i]
+            continue
+        verified = results[i]
+        assert isinstance(verified, Verification)
+        detected = s.detected is True
+        out[i] = dataclasses.replace(
+            verified,
+            spoof=spoof_answer(cm, s),
+            accepted=verified.accepted and not detected,
+            decision=SPOOF_DETECTED if detected else None,
+        )
+    return out

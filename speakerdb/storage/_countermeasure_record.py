@@ -1,0 +1,72 @@
+"""Which spoofing countermeasure a database runs (``store_state.spoof_*``, revision 0009).
+
+Kept beside the store rather than in it: a record of four strings, read and written in the
+store's own transactions. No torch here: the countermeasure is loaded (and checked) by the
+caller, who passes its identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
+
+from speakerdb.storage._schema import StoreState
+
+if TYPE_CHECKING:
+    from speakerdb.storage._store import EnrollmentStore
+
+__all__ = ["CountermeasureRecord", "read_countermeasure", "write_countermeasure"]
+
+
+@dataclass(frozen=True)
+class CountermeasureRecord:
+    """A database's countermeasure: family ("aasist"), variant ("AASIST" ...), the weights'
+    sha256 and the file it was last loaded from."""
+
+    family: str
+    variant: str
+    weights_sha256: str
+    source: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def read_countermeasure(store: EnrollmentStore) -> CountermeasureRecord | None:
+    """The countermeasure recorded in ``store``'s database, or None. Raises StoreError."""
+    with store.reading("read the countermeasure") as conn:
+        row = conn.execute(
+            select(
+                StoreState.spoof_family,
+                StoreState.spoof_variant,
+                StoreState.spoof_sha256,
+                StoreState.spoof_source,
+            ).where(StoreState.id == 1)
+        ).one()
+    if row.spoof_family is None:
+        return None
+    return CountermeasureRecord(
+        str(row.spoof_family),
+        str(row.spoof_variant or ""),
+        str(row.spoof_sha256 or ""),
+        str(row.spoof_source or ""),
+    )
+
+
+def write_countermeasure(store: EnrollmentStore, record: CountermeasureRecord | None) -> None:
+    """Record ``record`` as the database's countermeasure (None: none). Raises UsageError
+    on a read-only store, StoreError on database errors."""
+    values = {
+        "spoof_family": None if record is None else record.family,
+        "spoof_variant": None if record is None else record.variant,
+        "spoof_sha256": None if record is None else record.weights_sha256,
+        "spoof_source": None if record is None else record.source,
+    }
+
+    def work(conn: Connection) -> None:
+        conn.execute(update(StoreState).where(StoreState.id == 1).values(**values))
+
+    store.write(work, "record the countermeasure")
