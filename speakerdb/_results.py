@@ -37,8 +37,10 @@ class DecisionRule:
     prior and costs given), "target_far" (the LLR at which the share ``far`` of the
     calibration's impostor trials was accepted), "given" (``--threshold``), "database" (a
     threshold on the score scale stored by ``calibrate --rule score``) or "model_default".
-    calibration: "bundled" or "database" for LLRs, else None. note: why a calibration in use
-    did not apply to this answer (e.g. an enrollment without a measured bandwidth).
+    calibration: "bundled", "database" (fitted on the user's trials) or "self" (fitted on the
+    database's own enrollments) for LLRs, else None. fitted: the fit's date (ISO 8601) of a
+    "database" or "self" calibration. note: why a calibration in use did not apply to this
+    answer (e.g. an enrollment without a measured bandwidth).
     """
 
     score: str
@@ -50,6 +52,7 @@ class DecisionRule:
     c_fa: float | None = None
     far: float | None = None
     note: str | None = None
+    fitted: str | None = None
 
     def accepts(self, score: float) -> bool:
         return bool(score >= self.threshold)
@@ -66,6 +69,8 @@ class DecisionRule:
             why = _ORIGINS.get(self.origin, self.origin)
         if self.calibration is not None:
             why += f"; {self.calibration} calibration"
+            if self.fitted:
+                why += f" fitted {self.fitted}"
         if self.note:
             why += f"; {self.note}"
         return f"{self.score} >= {self.threshold:.4g} ({why})"

@@ -102,6 +102,7 @@ def test_a_new_database_decides_on_llrs_of_the_bundled_calibration(enrolled, gro
             "c_fa": 1.0,
             "far": None,
             "note": None,
+            "fitted": None,
             "text": None,
         }
         assert rule["text"].startswith("llr >= 4.595 (p_target=0.01, c_miss=1, c_fa=1")

@@ -233,6 +233,19 @@ def eval_command(
     "(the model's threshold in databases created before schema 0004 that never opted in).",
 )
 @click.option("--show", "show_only", is_flag=True, help="Print how this database decides.")
+@click.option(
+    "--from-enrollments",
+    is_flag=True,
+    help="Self-calibrate: fit on this database's own enrollments (each recording against "
+    "its speaker's other recordings, and against other speakers) instead of TRIALS.",
+)
+@click.option(
+    "--auto/--no-auto",
+    default=None,
+    help="With --from-enrollments: keep self-calibrating (fit once there are enough "
+    "enrollments, re-fit when they change by a fifth or a recording is deleted; every "
+    "answer's decision rule names the calibration and its fit date). --no-auto stops.",
+)
 @norm_options
 @db_option
 @model_option
@@ -249,6 +262,8 @@ def calibrate(
     bundled: bool,
     reset: bool,
     show_only: bool,
+    from_enrollments: bool,
+    auto: bool | None,
     norm: str,
     cohort: Path | None,
     cohort_size: int,
@@ -267,13 +282,25 @@ def calibrate(
     speakerdb calibrate --bundled [--prior P | --far F]                opt in to the bundled one
     speakerdb calibrate --prior P | --far F                            move the operating point
     speakerdb calibrate --reset                                        back to the default
+    speakerdb calibrate --from-enrollments [--auto] [--prior P | --far F]  self-calibrate
     speakerdb calibrate --show                                         how it decides now
     """
     has_trials = trials is not None or manifest is not None
-    chosen = {"TRIALS": has_trials, "--bundled": bundled, "--reset": reset, "--show": show_only}
+    chosen = {
+        "TRIALS": has_trials,
+        "--bundled": bundled,
+        "--reset": reset,
+        "--show": show_only,
+        "--from-enrollments": from_enrollments,
+    }
     modes = [name for name, on in chosen.items() if on]
     if len(modes) > 1:
         raise UsageError(f"give only one of {', '.join(modes)}")
+    if auto is not None and not from_enrollments:
+        raise UsageError("--auto / --no-auto go with --from-enrollments")
+    if from_enrollments:
+        _self_calibrate(db_url, model_name, device, as_json, norm, prior, far, auto)
+        return
     if show_only:
         with open_db(db_url, model_name, device, read_only=True, missing_ok=True) as db:
             info = db.calibration_info(norm)
@@ -332,6 +359,58 @@ def calibrate(
         click.echo(f"stored threshold {result.threshold:.4f} for this database")
 
 
+def _self_calibrate(
+    db_url: str | None,
+    model_name: str | None,
+    device: str | None,
+    as_json: bool,
+    norm: str,
+    prior: float | None,
+    far: float | None,
+    auto: bool | None,
+) -> None:
+    """calibrate --from-enrollments [--auto | --no-auto]."""
+    if norm != "none":
+        raise UsageError("self-calibration maps raw cosine scores (no --norm)")
+    with open_db(db_url, model_name, device) as db:
+        if auto is False:
+            info = db.set_auto_calibration(False)
+            _done(as_json, _rule(info), "auto self-calibration off", {"auto": False})
+            return
+        waiting = None
+        if auto:
+            db.set_auto_calibration(True)
+        try:
+            result = db.calibrate_from_enrollments(prior=prior, far=far)
+        except UsageError as exc:
+            if not auto:
+                raise
+            waiting = exc.message
+        if waiting is not None:
+            # Auto mode is on: not enough yet is a state, not an error.
+            rule = _rule(db.calibration_info(None))
+            what = f"auto self-calibration on; not fitted yet ({waiting})"
+            _done(as_json, rule, what, {"auto": True, "calibrated": False})
+            return
+    if as_json:
+        emit_json(
+            result.to_dict() | {"calibrated": True, "auto": bool(auto), "normalization": None}
+        )
+        return
+    for line in _evaluation_text(result.report):
+        click.echo(line)
+    assert result.calibration is not None
+    click.echo(f"stored: {result.calibration.fit.note}" + ("; auto re-fit on" if auto else ""))
+    click.echo(f"decisions: {result.rule.text}")
+
+
+def _rule(info: dict[str, Any]) -> DecisionRule:
+    from speakerdb._results import DecisionRule
+
+    fields = {k: v for k, v in info["decision_rule"].items() if k != "text"}
+    return DecisionRule(**fields)
+
+
 def _done(as_json: bool, rule: DecisionRule, what: str, extra: dict[str, Any]) -> None:
     if as_json:
         emit_json({"threshold": rule.threshold, "decision_rule": rule.to_dict(), **extra})
@@ -346,7 +425,10 @@ def _print_info(info: dict[str, Any]) -> None:
         default = info["default"]
         click.echo(
             "nothing stored: the default applies ("
-            + ("the bundled calibration" if default == "bundled" else "the model's threshold")
+            + {
+                "bundled": "the bundled calibration",
+                "auto": "the bundled calibration until there is enough to self-calibrate",
+            }.get(default, "the model's threshold")
             + ")"
         )
     else:
@@ -357,8 +439,24 @@ def _print_info(info: dict[str, Any]) -> None:
         )
     fit = info["fit"]
     if fit is not None:
+        source = info["calibration"]
         click.echo(
-            f"calibration fitted on {fit['target_trials']} same-speaker / "
-            f"{fit['nontarget_trials']} different-speaker trials, {fit['created']}, "
-            f"trial list sha256 {fit['trials_sha256']}"
+            f"{source} calibration fitted on {fit['target_trials']} same-speaker / "
+            f"{fit['nontarget_trials']} different-speaker trials, {fit['created']}"
+            + (
+                f", trial list sha256 {fit['trials_sha256']}"
+                if source == "database"
+                else (f" ({fit['note']})" if fit["note"] else "")
+            )
+        )
+    own = info.get("self_calibration")
+    if own is not None:
+        now, needs = own["enrollments"], own["needs"]
+        click.echo(
+            f"self-calibration: auto {'on' if own['auto'] else 'off'}; enrollments: "
+            f"{now['eligible']} speakers with 2+ recordings, {now['speakers']} speakers, "
+            f"{now['recordings']} recordings -> "
+            + ("enough" if own["enough"] else "not enough")
+            + f" (needs {needs['speakers_with_2_recordings']} speakers with 2+ distinct "
+            f"recordings and {needs['speakers']} speakers)"
         )

@@ -182,6 +182,10 @@ class FacadeBase:
             default, setting = "bundled", None
         else:
             default, setting = self._store.calibration_setting(key)
+            if key is None and default == "auto":
+                from speakerdb.enroll._self_calibration import refit_if_due
+
+                setting = refit_if_due(self, default, setting)
         return resolve_policy(
             self.identity,
             key,

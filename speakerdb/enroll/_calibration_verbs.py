@@ -180,7 +180,7 @@ class CalibrationVerbs(EvaluationVerbs):
         if (prior is None) == (far is None):
             raise UsageError("give a prior or a target false-accept rate (one of them)")
         default, setting = self.store.calibration_setting(key)
-        if setting is None and default == "bundled" and key is None:
+        if setting is None and default in ("bundled", "auto") and key is None:
             setting = CalibrationSetting("none", "llr", source="bundled")
         if setting is None or setting.kind != "llr":
             scale = key or "cosine"
@@ -202,13 +202,16 @@ class CalibrationVerbs(EvaluationVerbs):
             c_miss=None if p_target is None else 1.0,
             c_fa=None if p_target is None else 1.0,
             target_far=far,
-            note=setting.note if setting.source == "database" else "bundled calibration",
+            note=setting.note if setting.source != "bundled" else "bundled calibration",
         )
         key = None if setting.normalization == "none" else setting.normalization
         policy = resolve_policy(
             self.identity, key, identity_threshold(self.identity, key), setting=changed
         )
+        auto = self.store.calibration_setting(key)[0] == "auto"
         self.store.set_calibration(changed)
+        if auto and changed.source == "self":  # moving its operating point keeps auto mode
+            self.set_auto_calibration(True)
         return policy.rule
 
     def reset_calibration(self, norm: str | None = None) -> DecisionRule:
@@ -218,11 +221,42 @@ class CalibrationVerbs(EvaluationVerbs):
         threshold for AS-norm scores. Returns the rule now in use."""
         key = normalization(norm)
         self.store.clear_calibration(key)
+        if key is None and self.store.calibration_setting(None)[0] == "auto":
+            self.set_auto_calibration(False)  # else the next decision would fit again
         return self.decision_policy(key).rule
+
+    def calibrate_from_enrollments(
+        self, *, prior: float | None = None, far: float | None = None
+    ) -> CalibrationResult:
+        """Self-calibrate: fit a calibration of raw cosine scores on this database's own
+        enrollments and store it (source "self"; see
+        :mod:`speakerdb.enroll._self_calibration`). Same-speaker trials: each recording of a
+        speaker with two or more against the voiceprint of the others; different-speaker
+        trials: recordings against other speakers' voiceprints; near-duplicates dropped, every
+        speaker weighing the same, the fit shrunk toward the bundled calibration when the
+        speakers are few. prior / far: the operating point (default p_target 0.01).
+
+        Returns the rule now in use and the report on the enrollment trials (in-sample).
+        Raises UsageError for a database with too few enrollments (the message says how many
+        are needed), read-only, or bad options."""
+        from speakerdb.enroll._self_calibration import calibrate_from_enrollments
+
+        return calibrate_from_enrollments(self, prior=prior, far=far)
+
+    def set_auto_calibration(self, on: bool = True) -> dict[str, Any]:
+        """Auto mode on: the bundled calibration decides until the database has enough
+        enrollments, then its self-calibration, re-fitted at the start of a decision when the
+        enrollments changed enough (a fifth more or fewer speakers, or any deletion). Off:
+        whatever is stored stays. Returns :meth:`calibration_info`. Raises UsageError
+        (read-only)."""
+        from speakerdb.enroll._self_calibration import set_auto
+
+        set_auto(self, on)
+        return self.calibration_info(None)
 
     def calibration_info(self, norm: str | None = None) -> dict[str, Any]:
         """What decides here for a normalisation, JSON-compatible: the rule in use, whose
-        calibration (``calibration``: "bundled", "database" or None), the database's
+        calibration (``calibration``: "bundled", "database", "self" or None), the database's
         default, the stored setting (operating point, counts, trial list sha256, date) and
         the calibration's own fit summary."""
         key = normalization(norm)
@@ -236,6 +270,11 @@ class CalibrationVerbs(EvaluationVerbs):
         fit = None
         if policy.calibration is not None:
             fit = policy.calibration.to_dict()["fit"]
+        own: dict[str, Any] | None = None
+        if self._store is not None and key is None:
+            from speakerdb.enroll._self_calibration import self_calibration_status
+
+            own = self_calibration_status(self, *self.store.calibration_setting(None))
         return {
             "normalization": key,
             "decision_rule": policy.rule.to_dict(),
@@ -243,5 +282,6 @@ class CalibrationVerbs(EvaluationVerbs):
             "default": default,
             "stored": stored,
             "fit": fit,
+            "self_calibration": own,
             "model": self.identity.label,
         }

@@ -293,7 +293,7 @@ def resolve_policy(
         score_threshold, score_origin = setting.threshold, "database"
     if setting is not None and setting.kind == "llr":
         source = setting.source
-        if source == "database":
+        if source in ("database", "self"):
             calibration = Calibration.from_dict(setting.calibration or {})
         else:
             calibration = bundled_for(identity.key)
@@ -305,7 +305,7 @@ def resolve_policy(
                 _or(setting.c_miss, 1.0),
                 _or(setting.c_fa, 1.0),
             )
-    elif setting is None and default == "bundled" and normalization is None:
+    elif setting is None and default in ("bundled", "auto") and normalization is None:
         calibration, source = bundled_for(identity.key), "bundled"
     if prior is not None or far is not None:
         if calibration is None:
@@ -335,11 +335,18 @@ def resolve_policy(
         score_rule = score_rule.with_note(UNCALIBRATED_MODEL)
     if calibration is None:
         return DecisionPolicy(normalization, score_rule)
+    # A calibration fitted here is named with its fit date: refitting shows in every answer.
+    fitted = calibration.fit.created if source in ("database", "self") else None
     if threshold is not None:
-        llr_rule = DecisionRule("llr", _finite(threshold), "given", source)
+        llr_rule = DecisionRule("llr", _finite(threshold), "given", source, fitted=fitted)
     elif target_far is not None:
         llr_rule = DecisionRule(
-            "llr", _threshold_at_far(calibration, target_far), "target_far", source, far=target_far
+            "llr",
+            _threshold_at_far(calibration, target_far),
+            "target_far",
+            source,
+            far=target_far,
+            fitted=fitted,
         )
     else:
         llr_rule = DecisionRule(
@@ -350,6 +357,7 @@ def resolve_policy(
             p_target=point.p_target,
             c_miss=point.c_miss,
             c_fa=point.c_fa,
+            fitted=fitted,
         )
     return DecisionPolicy(normalization, score_rule, calibration, llr_rule)
 

@@ -112,7 +112,7 @@ def check_setting(setting: CalibrationSetting) -> None:
         return
     if setting.kind != "llr" or setting.source not in CALIBRATION_SOURCES:
         raise UsageError(f"unknown calibration setting {setting.kind!r} / {setting.source!r}")
-    if (setting.source == "database") != (setting.calibration is not None):
+    if (setting.source in ("database", "self")) != (setting.calibration is not None):
         raise UsageError("a database calibration, and only one, stores its calibration")
     if (setting.p_target is None) == (setting.target_far is None):
         raise UsageError("an operating point needs a prior or a target false-accept rate")

@@ -147,7 +147,7 @@ class Candidate:
     bandwidth_hz: float | None = None
 
 
-CALIBRATION_SOURCES = ("bundled", "database")
+CALIBRATION_SOURCES = ("bundled", "database", "self")
 
 
 @dataclass(frozen=True)

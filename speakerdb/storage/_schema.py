@@ -118,7 +118,9 @@ class StoreState(Base):
     # Which calibration applies to a normalisation without a ``calibrations`` row: "bundled"
     # (the model's own, at the default operating point) for databases created since revision
     # 0004 or opted in; "none" (cosine score against the model's threshold) for databases
-    # created before, which keep deciding as they did until their owner opts in.
+    # created before, which keep deciding as they did until their owner opts in; "auto"
+    # (``calibrate --from-enrollments --auto``): the bundled one until the database has enough
+    # enrollments to self-calibrate, then its own, re-fitted as they change.
     calibration_default: Mapped[str] = mapped_column(
         String(16), default="none", server_default="none"
     )
@@ -143,8 +145,10 @@ class Calibration(Base):
     written before revision 0004 is of this kind). kind "llr": ``threshold``, if set, is
     kept from before for the answers the calibration cannot take; the score and quality
     measures are mapped to a log-likelihood ratio by a calibration -- ``source`` "bundled"
-    (the model's shipped calibration) or "database" (``calibration`` holds one fitted on this
-    database's trials: the ``speakerdb-calibration/1`` JSON, which also records its fit) --
+    (the model's shipped calibration), "database" (``calibration`` holds one fitted on this
+    database's trials: the ``speakerdb-calibration/1`` JSON, which also records its fit) or
+    "self" (fitted on its own enrollments; the JSON also holds, under "enrollments", the counts
+    of what it saw, for auto re-fitting) --
     and accepted iff the LLR reaches the operating point's threshold: the Bayes threshold of
     ``p_target`` / ``c_miss`` / ``c_fa``, or, when ``target_far`` is set, the LLR at which
     that share of the calibration's impostor trials was accepted. ``trials_sha256`` and the
