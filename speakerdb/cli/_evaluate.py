@@ -405,7 +405,7 @@ def _self_calibrate(
 
 
 def _rule(info: dict[str, Any]) -> DecisionRule:
-    from speakerdb._results import DecisionRule
+    from speakerdb import DecisionRule
 
     fields = {k: v for k, v in info["decision_rule"].items() if k != "text"}
     return DecisionRule(**fields)
