@@ -24,7 +24,15 @@ from speakerdb.errors import SpeakerDBError
 from speakerdb.model._registry import DEFAULT_MODEL, available_models, load_model, model_identity
 
 if TYPE_CHECKING:
-    from speakerdb._results import Comparison, Identification, Match, Verification
+    from speakerdb._private_files import write_private
+    from speakerdb._progress import ProgressBar
+    from speakerdb._results import (
+        Comparison,
+        DecisionRule,
+        Identification,
+        Match,
+        Verification,
+    )
     from speakerdb.enroll._evaluation import EvaluationReport
     from speakerdb.enroll._facade import SpeakerDB
     from speakerdb.enroll._lists import ManifestEntry, Trial, read_manifest, read_trials
@@ -61,6 +69,7 @@ __all__ = [
     "Countermeasure",
     "CountermeasureIdentity",
     "CountermeasureRecord",
+    "DecisionRule",
     "EmbeddedAudio",
     "Embedder",
     "EnrollmentReport",
@@ -75,6 +84,7 @@ __all__ = [
     "MissingRecording",
     "ModelIdentity",
     "NewApiKey",
+    "ProgressBar",
     "ReembedReport",
     "SpeakerDB",
     "SpeakerDBError",
@@ -93,10 +103,14 @@ __all__ = [
     "read_manifest",
     "read_trials",
     "upgrade_database",
+    "write_private",
 ]
 
 _LAZY = {
     "Comparison": "speakerdb._results",
+    "DecisionRule": "speakerdb._results",
+    "ProgressBar": "speakerdb._progress",
+    "write_private": "speakerdb._private_files",
     "Identification": "speakerdb._results",
     "Match": "speakerdb._results",
     "Verification": "speakerdb._results",

@@ -60,6 +60,8 @@ __all__ = [
     "feature_matrix",
     "fit_calibration",
     "group_weights",
+    "newton_logistic",
+    "standardisation",
 ]
 
 FORMAT = "speakerdb-calibration/1"
@@ -591,8 +593,8 @@ def fit_calibration(
     entropy = -(p_fit * math.log(p_fit) + (1.0 - p_fit) * math.log(1.0 - p_fit))
     c = np.where(y == 1, p_fit, 1.0 - p_fit) * v / entropy
     offset = math.log(p_fit / (1.0 - p_fit))
-    mean, scale = _standardisation(x, v)
-    w_std, b_std = _newton_logistic((x - mean) / scale, y, c, offset, regularisation)
+    mean, scale = standardisation(x, v)
+    w_std, b_std = newton_logistic((x - mean) / scale, y, c, offset, regularisation)
     weights = w_std / scale
     bias = float(b_std - np.sum(w_std * mean / scale))
     provisional = Calibration(
@@ -630,7 +632,7 @@ def fit_calibration(
     )
 
 
-def _standardisation(x: Array, v: Array) -> tuple[Array, Array]:
+def standardisation(x: Array, v: Array) -> tuple[Array, Array]:
     """Weighted mean and standard deviation of each column (1 where a column is constant, so
     that its standardised values are all 0 and its weight stays 0)."""
     share = v / v.sum()
@@ -639,7 +641,7 @@ def _standardisation(x: Array, v: Array) -> tuple[Array, Array]:
     return mean, np.where(sd > 1e-12, sd, 1.0)
 
 
-def _newton_logistic(
+def newton_logistic(
     x: Array, y: Array, c: Array, offset: float, regularisation: float
 ) -> tuple[Array, float]:
     """Minimise sum_i c_i softplus(-(2 y_i - 1)(x_i . w + b + offset)) + reg / 2 |w|^2.

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from speakerdb._calibration import _newton_logistic, _standardisation, group_weights
+from speakerdb._calibration import group_weights, newton_logistic, standardisation
 from speakerdb.errors import ModelError, UsageError
 
 __all__ = [
@@ -190,8 +190,8 @@ def fit_spoof_calibration(
     compensated = (x[:, 0] - shift * x[:, 1])[:, None]
     entropy = -(p_fit * math.log(p_fit) + (1.0 - p_fit) * math.log(1.0 - p_fit))
     c = np.where(bona, p_fit, 1.0 - p_fit) * v / entropy
-    mean, scale = _standardisation(compensated, v)
-    w_std, b_std = _newton_logistic(
+    mean, scale = standardisation(compensated, v)
+    w_std, b_std = newton_logistic(
         (compensated - mean) / scale, y, c, math.log(p_fit / (1.0 - p_fit)), _REGULARISATION
     )
     slope = float(w_std[0] / scale[0])

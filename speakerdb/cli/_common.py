@@ -15,8 +15,8 @@ import click
 from speakerdb.errors import AudioError, SpeakerDBError, printable
 
 if TYPE_CHECKING:
-    from speakerdb._progress import ProgressBar
-    from speakerdb.enroll._facade import SpeakerDB
+    from speakerdb import ProgressBar
+    from speakerdb.enroll import SpeakerDB
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -214,7 +214,7 @@ def norm_options(fn: F) -> F:
 def cohort_files(cohort: Path | None) -> list[Path] | None:
     if cohort is None:
         return None
-    from speakerdb.enroll._lists import read_manifest
+    from speakerdb.enroll import read_manifest
 
     return [entry.path for entry in read_manifest(cohort)]
 
@@ -246,7 +246,7 @@ def open_db(
     """The database of a command. Commands that only read pass ``read_only`` (nothing is
     created, migrated or written; a missing database is an error), and those that can work
     without a database (compare, eval) also ``missing_ok``."""
-    from speakerdb.enroll._facade import SpeakerDB
+    from speakerdb.enroll import SpeakerDB
 
     return SpeakerDB.open(
         db_url, model=model_name, device=device, read_only=read_only, missing_ok=missing_ok
@@ -255,6 +255,6 @@ def open_db(
 
 def progress_bar(label: str) -> ProgressBar:
     """A ``(done, total)`` callback drawing a bar on stderr when it is a terminal."""
-    from speakerdb._progress import ProgressBar
+    from speakerdb import ProgressBar
 
     return ProgressBar(label)

@@ -35,7 +35,7 @@ def db() -> None:
 @handles_errors
 def db_upgrade(db_url: str | None, as_json: bool) -> None:
     """Upgrade the database schema to this version of speakerdb (creates a fresh one)."""
-    from speakerdb.storage._migrate import upgrade_database
+    from speakerdb.storage import upgrade_database
 
     result = upgrade_database(db_url)
     if as_json:
@@ -208,7 +208,7 @@ def db_reembed(
 def _committed_progress() -> Any:
     """Progress of a re-embedding on stderr: a bar on a terminal, else one line per
     committed batch (what a log, or a supervisor waiting for progress, can read)."""
-    from speakerdb._progress import ProgressBar
+    from speakerdb import ProgressBar
 
     bar = ProgressBar("re-embedding")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from speakerdb._private_files import write_private
+from speakerdb import write_private
 from speakerdb.cli._common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -246,7 +246,7 @@ def compare(
         sys.exit(per_file(results, as_json, render, lambda c: c.same_speaker))
     if a is not None or b is not None:
         raise UsageError("give either A B or --pairs, not both")
-    from speakerdb.enroll._lists import read_pairs
+    from speakerdb.enroll import read_pairs
 
     trials = read_pairs(pairs)
     with (

@@ -27,9 +27,8 @@ from speakerdb.cli._common import (
 from speakerdb.errors import SpeakerDBError, UsageError
 
 if TYPE_CHECKING:
-    from speakerdb.diarize import Diarization
-    from speakerdb.diarize._evaluate import DiarizationEntry, DiarizationScore
-    from speakerdb.enroll._facade import SpeakerDB
+    from speakerdb.diarize import Diarization, DiarizationEntry, DiarizationScore
+    from speakerdb.enroll import SpeakerDB
 
 __all__ = ["diarize", "eval_diarization"]
 
@@ -64,7 +63,7 @@ def _count_options(fn: Any) -> Any:
 
 
 def _open(db_url: str | None, model_name: str | None, device: str | None) -> SpeakerDB:
-    from speakerdb.enroll._facade import SpeakerDB
+    from speakerdb.enroll import SpeakerDB
 
     if db_url is None:
         return SpeakerDB(None, model_name, device)
@@ -168,7 +167,7 @@ def diarize(
             for note in result.notes:
                 warn(note)
             sys.exit(EXIT_OK)
-        from speakerdb.diarize._evaluate import output_ids, read_diarization_manifest
+        from speakerdb.diarize import output_ids, read_diarization_manifest
 
         assert manifest is not None and out_dir is not None
         entries = read_diarization_manifest(manifest)
@@ -305,10 +304,10 @@ def eval_diarization(
     listing `known` speakers per recording, like speakerdb's conversations, say who is
     enrolled; otherwise every named reference speaker counts as known).
     """
-    from speakerdb.diarize import read_rttm
-    from speakerdb.diarize._evaluate import (
+    from speakerdb.diarize import (
         output_ids,
         read_diarization_manifest,
+        read_rttm,
         score_diarization,
         total_score,
     )

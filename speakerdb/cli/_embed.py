@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from speakerdb._private_files import write_private
+from speakerdb import write_private
 from speakerdb.cli._common import (
     EXIT_ERROR,
     device_option,
@@ -40,7 +40,7 @@ def embed(
     """Write the voiceprints of FILE(s) to a .npy array (unit-norm rows, in order)."""
     import numpy as np
 
-    from speakerdb.model._registry import load_model
+    from speakerdb.model import load_model
 
     model = load_model(model_name, device)
     with progress_bar("embedding") as bar:

@@ -23,11 +23,11 @@ from speakerdb.cli._common import (
     show,
     warn,
 )
-from speakerdb.enroll._reports import RECOMMENDED_SPEECH_SECONDS, EnrollmentReport
+from speakerdb.enroll import RECOMMENDED_SPEECH_SECONDS, EnrollmentReport
 from speakerdb.errors import EnrollmentRefusedError, UsageError
 
 if TYPE_CHECKING:
-    from speakerdb.enroll._reports import ManifestSummary
+    from speakerdb.enroll import ManifestSummary
 
 
 def _parse_meta(items: Sequence[str]) -> dict[str, Any] | None:
@@ -179,7 +179,7 @@ def _enroll_manifest(
     device: str | None,
     as_json: bool,
 ) -> None:
-    from speakerdb.enroll._lists import read_manifest
+    from speakerdb.enroll import read_manifest
 
     entries = read_manifest(manifest)
     with open_db(db_url, model_name, device) as db, progress_bar("enrolling") as bar:

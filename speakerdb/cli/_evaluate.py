@@ -28,15 +28,13 @@ from speakerdb.cli._common import (
 from speakerdb.errors import UsageError
 
 if TYPE_CHECKING:
-    from speakerdb._results import DecisionRule
-    from speakerdb.enroll._evaluation import EvaluationReport
-    from speakerdb.enroll._lists import Trial
+    from speakerdb import DecisionRule
+    from speakerdb.enroll import EvaluationReport, Trial
 
 
 def _load_trials(trials: Path | None, manifest: Path | None) -> tuple[list[Trial], str]:
     """The labelled trials of TRIALS or --manifest, and the sha256 of that file."""
-    from speakerdb.enroll._evaluation import trials_from_manifest
-    from speakerdb.enroll._lists import read_manifest, read_trials
+    from speakerdb.enroll import read_manifest, read_trials, trials_from_manifest
 
     if (trials is None) == (manifest is None):
         raise UsageError("give either TRIALS or --manifest M.jsonl")
@@ -154,7 +152,7 @@ def eval_command(
     Unusable files are reported, not fatal."""
     rows, digest = _load_trials(trials, manifest)
     if plot_out is not None:
-        from speakerdb.enroll._plot import plot_evaluation  # fail early if matplotlib is missing
+        from speakerdb.enroll import plot_evaluation  # fail early if matplotlib is missing
     files = cohort_files(cohort)
     # Only --set-default writes: otherwise the database is read, and not needed at all.
     with (
@@ -188,7 +186,7 @@ def eval_command(
                 progress=bar,
             )
     if scores_out is not None:
-        from speakerdb.enroll._evaluation import write_scores
+        from speakerdb.enroll import write_scores
 
         write_scores(report, scores_out)
     if plot_out is not None:
@@ -407,7 +405,7 @@ def _self_calibrate(
 
 
 def _rule(info: dict[str, Any]) -> DecisionRule:
-    from speakerdb._results import DecisionRule
+    from speakerdb import DecisionRule
 
     fields = {k: v for k, v in info["decision_rule"].items() if k != "text"}
     return DecisionRule(**fields)

@@ -18,7 +18,7 @@ def models() -> None:
 @handles_errors
 def list_models(as_json: bool) -> None:
     """List the built-in model names (other models are named by their path)."""
-    from speakerdb.model._registry import DEFAULT_MODEL, FAMILIES, available_models
+    from speakerdb.model import DEFAULT_MODEL, FAMILIES, available_models
 
     names = list(available_models())
     if as_json:
@@ -37,7 +37,7 @@ def show_model(model: str | None, as_json: bool) -> None:
     """Describe a model: family, dimension, weights sha256, sample rate, default threshold
     and where it comes from, and whether a calibration ships for it. Default: $SPEAKERDB_MODEL,
     else ge2e."""
-    from speakerdb.model._registry import describe_model
+    from speakerdb.model import describe_model
 
     info = describe_model(model)
     if as_json:

@@ -15,7 +15,7 @@ from speakerdb.errors import MissingDependencyError
 
 def _client(server: str) -> Any:
     try:
-        from speakerdb.service._client import ServiceClient
+        from speakerdb.service import ServiceClient
     except ImportError as exc:
         raise MissingDependencyError(
             f"--server needs the serve extra: pip install 'speakerdb[serve]' ({exc})"

@@ -145,9 +145,13 @@ def serve(
     try:
         import uvicorn
 
-        from speakerdb.service import ServiceSettings, create_app, is_loopback
-        from speakerdb.service._protocol import DeadlineH11Protocol
-        from speakerdb.service._settings import SETTINGS_ENV
+        from speakerdb.service import (
+            SETTINGS_ENV,
+            DeadlineH11Protocol,
+            ServiceSettings,
+            create_app,
+            is_loopback,
+        )
     except ImportError as exc:
         raise MissingDependencyError(
             f"speakerdb serve needs the serve extra: pip install 'speakerdb[serve]' ({exc})"
@@ -213,7 +217,7 @@ def serve(
         return
     from uvicorn.supervisors import Multiprocess
 
-    from speakerdb.service._metrics import MULTIPROCESS_ENV
+    from speakerdb.service import MULTIPROCESS_ENV
 
     os.environ[SETTINGS_ENV] = settings.to_json()
     config = uvicorn.Config(

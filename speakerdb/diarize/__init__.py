@@ -16,6 +16,9 @@ has the held-out figures.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from speakerdb.diarize._naming import assign_one_to_one
 from speakerdb.diarize._pipeline import (
     MIN_NAMING_SECONDS,
@@ -27,9 +30,21 @@ from speakerdb.diarize._pipeline import (
 from speakerdb.diarize._result import Diarization, DiarizedSpeaker, SpeakerMatch, Turn
 from speakerdb.diarize._rttm import RttmTurn, format_rttm, parse_rttm, read_rttm, write_rttm
 
+if TYPE_CHECKING:
+    from speakerdb.diarize._evaluate import (
+        DiarizationEntry,
+        DiarizationScore,
+        output_ids,
+        read_diarization_manifest,
+        score_diarization,
+        total_score,
+    )
+
 __all__ = [
     "MIN_NAMING_SECONDS",
     "Diarization",
+    "DiarizationEntry",
+    "DiarizationScore",
     "DiarizationSettings",
     "DiarizedSpeaker",
     "RttmTurn",
@@ -40,7 +55,38 @@ __all__ = [
     "assign_one_to_one",
     "diarize",
     "format_rttm",
+    "output_ids",
     "parse_rttm",
+    "read_diarization_manifest",
     "read_rttm",
+    "score_diarization",
+    "total_score",
     "write_rttm",
 ]
+
+# Evaluation needs pyannote.metrics: loaded on first use.
+_LAZY = {
+    name: "speakerdb.diarize._evaluate"
+    for name in (
+        "DiarizationEntry",
+        "DiarizationScore",
+        "output_ids",
+        "read_diarization_manifest",
+        "score_diarization",
+        "total_score",
+    )
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: importing the package (or any module in it) stays cheap.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

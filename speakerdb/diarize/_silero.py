@@ -81,7 +81,7 @@ def read_initializers(path: Path) -> dict[str, npt.NDArray[np.float32]]:
     """silero-vad's float32 weights from the initializers of its ONNX file, by our names,
     checked against the shapes the network needs. Raises ModelError for anything else (a
     truncated file, a missing tensor, another dtype or shape, non-finite values)."""
-    from speakerdb.model._onnx_graph import _fields, _Malformed
+    from speakerdb.model._onnx_graph import MalformedProtobuf, protobuf_fields
 
     try:
         data = memoryview(path.read_bytes())
@@ -90,15 +90,15 @@ def read_initializers(path: Path) -> dict[str, npt.NDArray[np.float32]]:
     wanted = {onnx_name: (ours, shape) for ours, (onnx_name, shape) in _TENSORS.items()}
     out: dict[str, npt.NDArray[np.float32]] = {}
     try:
-        for number, wire, graph in _fields(data):
+        for number, wire, graph in protobuf_fields(data):
             if number != 7 or wire != 2:  # ModelProto.graph
                 continue
-            for field_number, kind, tensor in _fields(graph):
+            for field_number, kind, tensor in protobuf_fields(graph):
                 if field_number != 5 or kind != 2:  # GraphProto.initializer
                     continue
                 dims: list[int] = []
                 dtype, name, raw = 0, "", None
-                for f, w, value in _fields(tensor):
+                for f, w, value in protobuf_fields(tensor):
                     if f == 1 and w == 0:
                         dims.append(int(value))
                     elif f == 1 and w == 2:  # packed dims
@@ -126,15 +126,15 @@ def read_initializers(path: Path) -> dict[str, npt.NDArray[np.float32]]:
         missing = sorted(set(_TENSORS) - set(out))
         if missing:
             raise ValueError(f"missing {', '.join(_TENSORS[m][0] for m in missing)}")
-    except (ValueError, _Malformed) as exc:
+    except (ValueError, MalformedProtobuf) as exc:
         raise ModelError(f"{path} is not silero-vad's ONNX file: {exc}") from None
     return out
 
 
 def _varint_at(data: memoryview, pos: int) -> tuple[int, int]:
-    from speakerdb.model._onnx_graph import _varint
+    from speakerdb.model._onnx_graph import read_varint
 
-    return _varint(data, pos)
+    return read_varint(data, pos)
 
 
 class SileroVAD:

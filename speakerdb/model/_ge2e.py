@@ -18,6 +18,7 @@ from torch import nn
 from speakerdb.errors import ModelError
 from speakerdb.model._audio import SAMPLE_RATE
 from speakerdb.model._encoder import Resampling, SpeakerEncoder
+from speakerdb.model._ge2e_defaults import GE2E_DEFAULT_THRESHOLD
 from speakerdb.model._preprocess import (
     MEL_CHANNELS,
     MEL_HOP,
@@ -87,8 +88,6 @@ class GE2ESpeakerEncoder(SpeakerEncoder):
     uses_trimmed_speech: ClassVar[bool] = True
 
     def __init__(self, network: GE2EEncoder | None, weights_sha256: str = "") -> None:
-        from speakerdb.model._registry import GE2E_DEFAULT_THRESHOLD
-
         self.network = network.eval() if network is not None else None
         self.dimension = EMBEDDING_DIM
         self.sample_rate = SAMPLE_RATE

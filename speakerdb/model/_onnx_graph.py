@@ -16,9 +16,12 @@ __all__ = [
     "INPUT_NAME",
     "MAX_GRAPH_DEPTH",
     "OUTPUT_NAME",
+    "MalformedProtobuf",
     "OnnxSummary",
     "TensorInfo",
     "check_wespeaker_graph",
+    "protobuf_fields",
+    "read_varint",
     "summarize_onnx",
 ]
 
@@ -36,8 +39,9 @@ _REFUSED_OPS = frozenset({"EPContext"})
 # --- a minimal protobuf reader ---------------------------------------------------------------
 
 
-class _Malformed(Exception):
-    pass
+class MalformedProtobuf(Exception):
+    """The bytes are not well-formed protobuf (also raised for a diarization network's
+    ONNX file, read with :func:`protobuf_fields`)."""
 
 
 class _Refused(Exception):
@@ -47,11 +51,12 @@ class _Refused(Exception):
 _MAX_FIELD_NUMBER = (1 << 29) - 1
 
 
-def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+def read_varint(data: memoryview, pos: int) -> tuple[int, int]:
+    """The protobuf varint at ``pos`` and the position after it. Raises MalformedProtobuf."""
     result = shift = 0
     while True:
         if pos >= len(data) or shift > 63:
-            raise _Malformed("truncated or oversized varint")
+            raise MalformedProtobuf("truncated or oversized varint")
         byte = data[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
@@ -60,32 +65,32 @@ def _varint(data: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: memoryview) -> Iterator[tuple[int, int, Any]]:
+def protobuf_fields(data: memoryview) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, value) of one protobuf message; length-delimited values are
-    memoryviews (no copy), varints ints. Raises _Malformed on anything inconsistent, and on
+    memoryviews (no copy), varints ints. Raises MalformedProtobuf on anything inconsistent, and on
     what protobuf parsers might read differently from us (tags past 32 bits, groups)."""
     pos = 0
     while pos < len(data):
-        key, pos = _varint(data, pos)
+        key, pos = read_varint(data, pos)
         number, wire = key >> 3, key & 7
         value: Any
         if number == 0 or number > _MAX_FIELD_NUMBER:
-            raise _Malformed(f"field number {number}")
+            raise MalformedProtobuf(f"field number {number}")
         if wire == 0:
-            value, pos = _varint(data, pos)
+            value, pos = read_varint(data, pos)
         elif wire == 1:
             value, pos = None, pos + 8
         elif wire == 2:
-            size, pos = _varint(data, pos)
+            size, pos = read_varint(data, pos)
             if pos + size > len(data):
-                raise _Malformed("length-delimited field runs past the end")
+                raise MalformedProtobuf("length-delimited field runs past the end")
             value, pos = data[pos : pos + size], pos + size
         elif wire == 5:
             value, pos = None, pos + 4
         else:
-            raise _Malformed(f"wire type {wire}")
+            raise MalformedProtobuf(f"wire type {wire}")
         if pos > len(data):
-            raise _Malformed("field runs past the end")
+            raise MalformedProtobuf("field runs past the end")
         yield number, wire, value
 
 
@@ -93,7 +98,7 @@ def _text(value: Any) -> str:
     try:
         return bytes(value).decode("utf-8")
     except (TypeError, UnicodeDecodeError):
-        raise _Malformed("invalid string") from None
+        raise MalformedProtobuf("invalid string") from None
 
 
 @dataclass
@@ -128,17 +133,17 @@ class OnnxSummary:
 
 def _value_info(data: memoryview) -> TensorInfo:
     info = TensorInfo("")
-    for number, wire, value in _fields(data):
+    for number, wire, value in protobuf_fields(data):
         if number == 1 and wire == 2:
             info.name = _text(value)
         elif number == 2 and wire == 2:  # TypeProto
-            for n2, w2, v2 in _fields(value):
+            for n2, w2, v2 in protobuf_fields(value):
                 if n2 == 1 and w2 == 2:  # TypeProto.Tensor
-                    for n3, w3, v3 in _fields(v2):
+                    for n3, w3, v3 in protobuf_fields(v2):
                         if n3 == 1 and w3 == 0:
                             info.elem_type = v3
                         elif n3 == 2 and w3 == 2:  # TensorShapeProto
-                            for n4, w4, v4 in _fields(v3):
+                            for n4, w4, v4 in protobuf_fields(v3):
                                 if n4 == 1 and w4 == 2:
                                     info.dims.append(_dimension(v4))
     return info
@@ -146,7 +151,7 @@ def _value_info(data: memoryview) -> TensorInfo:
 
 def _dimension(data: memoryview) -> int | str | None:
     dim: int | str | None = None
-    for number, wire, value in _fields(data):
+    for number, wire, value in protobuf_fields(data):
         if number == 1 and wire == 0:
             dim = int(value)
         elif number == 2 and wire == 2:
@@ -206,11 +211,11 @@ class _Walker:
         """The fields of one ``kind`` message, refusing unknown ones and message fields
         that are not length-delimited (a parser would keep those as unknown bytes)."""
         known = _MESSAGE_FIELDS[kind]
-        for number, wire, value in _fields(data):
+        for number, wire, value in protobuf_fields(data):
             if number not in known:
-                raise _Malformed(f"{kind} field {number} is not in ONNX 1.23's format")
+                raise MalformedProtobuf(f"{kind} field {number} is not in ONNX 1.23's format")
             if (kind, number) in _SUBMESSAGES and wire != 2:
-                raise _Malformed(f"{kind} field {number} is not a message")
+                raise MalformedProtobuf(f"{kind} field {number} is not a message")
             yield number, wire, value
 
     def model(self, data: memoryview) -> bool:
@@ -226,7 +231,7 @@ class _Walker:
                 seen_graph = True
             elif number == 8 and wire == 2:
                 domain, version = "", 0
-                for n2, w2, v2 in _fields(value):
+                for n2, w2, v2 in protobuf_fields(value):
                     if n2 == 1 and w2 == 2:
                         domain = _text(v2)
                     elif n2 == 2 and w2 == 0:
@@ -304,7 +309,7 @@ class _Walker:
             elif number == 11:
                 self.attribute(value, 1, "(default)", f"function {name!r}")
             elif number == 9 and wire == 2:
-                for n2, w2, v2 in _fields(value):
+                for n2, w2, v2 in protobuf_fields(value):
                     if n2 == 1 and w2 == 2:
                         self.summary.node_domains.add(_text(v2))
         for node in nodes:
@@ -336,7 +341,7 @@ def summarize_onnx(data: bytes) -> OnnxSummary:
     summary = OnnxSummary()
     try:
         seen_graph = _Walker(summary).model(memoryview(data))
-    except _Malformed as exc:
+    except MalformedProtobuf as exc:
         raise ModelError(f"not an ONNX model ({exc})") from None
     except _Refused as exc:
         raise ModelError(str(exc)) from None

@@ -23,6 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from speakerdb._identity import ModelIdentity
 from speakerdb.errors import ModelError, ModelNotFoundError, UsageError
+from speakerdb.model._ge2e_defaults import (
+    GE2E_DEFAULT_ASNORM_THRESHOLD,
+    GE2E_DEFAULT_THRESHOLD,
+    GE2E_THRESHOLD_NOTE,
+)
 from speakerdb.model._weights import ge2e_weights_path, weights_sha256
 
 if TYPE_CHECKING:
@@ -55,18 +60,6 @@ __all__ = [
 DEFAULT_MODEL = "ge2e"
 MODEL_ENV = "SPEAKERDB_MODEL"
 """Environment variable naming the model (a name or a path) where none is given."""
-
-GE2E_DEFAULT_THRESHOLD = 0.82
-"""Calibrated decision threshold of the bundled GE2E model on raw cosine scores: on each
-read-speech development set, the threshold at 1 % false accepts of impostor recordings
-against 3-recording voiceprints; the highest of them (benchmarks/calibrate_default.py;
-README, "Accuracy and calibration")."""
-GE2E_THRESHOLD_NOTE = (
-    "speakerdb's threshold for GE2E: 1 % false accepts on its read-speech development sets"
-)
-
-GE2E_DEFAULT_ASNORM_THRESHOLD = 4.33
-"""The same rule applied to AS-norm scores (a cohort of 120 LibriSpeech speakers)."""
 
 NORMALIZATIONS = ("none", "asnorm")
 

@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from speakerdb import EmbeddedAudio, Embedder
 from speakerdb.errors import AudioError, BusyError
-from speakerdb.model._embedder import DEFAULT_BATCH_SIZE
+from speakerdb.model import DEFAULT_BATCH_SIZE
 
 if TYPE_CHECKING:
     import torch
 
-    from speakerdb.model._audio import AudioInput
+    from speakerdb.model import AudioInput
 
 __all__ = ["BatchStats", "BatchingEmbedder", "Upload"]
 

@@ -35,7 +35,7 @@ from speakerdb.service._errors import ServiceError, error_body, error_response, 
 from speakerdb.service._origin import bad_host, cross_origin
 
 if TYPE_CHECKING:
-    from speakerdb.service._app import ServiceState
+    from speakerdb.service._state import ServiceState
 
 __all__ = ["AUTHORIZED", "Guard"]
 

@@ -34,7 +34,6 @@ from speakerdb import (
     errors,
 )
 from speakerdb.errors import AudioError, SpeakerNotFoundError, UsageError
-from speakerdb.service._app import ServiceState
 from speakerdb.service._batcher import Upload
 from speakerdb.service._errors import (
     ServiceError,
@@ -45,8 +44,9 @@ from speakerdb.service._errors import (
 from speakerdb.service._forms import InMemoryFormRoute
 from speakerdb.service._guard import AUTHORIZED
 from speakerdb.service._metrics import CONTENT_TYPE
+from speakerdb.service._state import ServiceState
 from speakerdb.service._uploads import received_uploads
-from speakerdb.storage._keys import SCOPES
+from speakerdb.storage import SCOPES
 
 __all__ = ["router"]
 

@@ -84,6 +84,7 @@ class StoreConnection:
 
     @property
     def engine(self) -> Engine:
+        """The SQLAlchemy engine (for the storage layer's own modules)."""
         return self._engine
 
     @contextlib.contextmanager
@@ -192,13 +193,19 @@ class StoreConnection:
         self._model = None
         return True
 
+    # --- transactions and the index cache ------------------------------------------------------
+
     def index_kind(self) -> str:
+        """The index kind this database asks for ("auto", "flat" or "ivf")."""
         with self.reading("read the index kind") as conn:
             return str(
                 conn.execute(select(StoreState.index_kind).where(StoreState.id == 1)).scalar_one()
             )
 
     def write(self, work: Callable[[Connection], T], what: str) -> T:
+        """Run ``work(conn)`` in one write transaction (retried when the database is busy
+        or a serialisation fails) and return what it returns. Raises UsageError when opened
+        read-only, StoreError ("cannot <what> ...") for database errors."""
         if self.read_only:
             raise UsageError(f"cannot {what}: {self.location.display} was opened read-only")
 
