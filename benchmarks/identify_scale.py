@@ -233,7 +233,10 @@ def measure_store(args, vectors, ids, probes, truth) -> list[dict]:
             enroll_s = time.perf_counter() - start
             if args.kind != "auto":
                 with EnrollmentStore.open(url) as store:
-                    store.rebuild_index(args.kind)
+                    store.rebuild_index(args.kind)  # the kind is stored in the database
+                    index_path = store.location.index_path
+                if index_path is not None:  # so that the next open builds from SQL
+                    index_path.unlink(missing_ok=True)
             with EnrollmentStore.open(url) as store:  # no index file yet: built from SQL
                 start = time.perf_counter()
                 store.search(queries[0], 5, model)
