@@ -6,9 +6,16 @@ run, for speakerdb's chosen index (speakerdb.storage._index_policy), exact FAISS
 and a numpy scan: build/train time, resident memory, single-query p50/p99 latency, batch
 throughput; then recall@1 of speakerdb's index against exact search and open-set accuracy
 at the model's default threshold. speakerdb's timings include its exact re-scoring of the
-candidates.
+candidates' full-precision vectors (a shortlist of ``IndexParams.shortlist(k)``; here read
+from an in-memory array standing in for SQL, through the real SQL read with --store).
 
-    python benchmarks/identify_scale.py --n 1000000 [--json]
+The dev voiceprints (real GE2E embeddings of /work/shared/data, benchmarks/_scale_extras.py)
+are mixed in: their enrolled centroids replace random synthetic speakers, their probes join
+the known and unknown probes (recall reported for them apart as well). A new process then
+loads the index from an authenticated index file and answers its first query (timed,
+with the index's resident memory).
+
+    python benchmarks/identify_scale.py --n 1000000 [--kind ivfsq] [--json]
     python benchmarks/identify_scale.py --n 100000 --store      # also through the real store
 
 --store enrolls the voiceprints into a real SQLite file and a real PostgreSQL database from
@@ -31,6 +38,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _scale_extras import new_process_first_query, real_voiceprints
 from synthetic import DIM, VoiceprintGenerator
 
 from _common import (
@@ -46,8 +54,6 @@ from speakerdb.model._registry import GE2E_DEFAULT_THRESHOLD
 from speakerdb.storage._index_policy import choose_params
 from speakerdb.storage._vector_index import VectorIndex
 
-RESCORE_EXTRA = 8  # as the store does
-
 
 def single_query_times(search, queries: np.ndarray) -> list[float]:
     times = []
@@ -58,15 +64,17 @@ def single_query_times(search, queries: np.ndarray) -> list[float]:
     return times
 
 
-def ours_search(index: VectorIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The index's candidates, re-scored exactly (as EnrollmentStore.search does)."""
-    _, candidates = index.search(queries, k + RESCORE_EXTRA)
+def ours_search(
+    index: VectorIndex, full: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The index's shortlist, re-scored exactly against the full-precision vectors ``full``
+    (row id - 1; SQL's centroids in the store), as EnrollmentStore.search does."""
+    _, candidates = index.search(queries, index.params.shortlist(k))
     best_ids = np.full((len(queries), k), -1, np.int64)
     best_scores = np.full((len(queries), k), -np.inf)
     for row, (query, ids) in enumerate(zip(queries, candidates, strict=True)):
         ids = ids[ids >= 0]
-        vectors = np.stack([index.get(int(i)) for i in ids])
-        scores = scoring.cosine_scores(query, vectors)
+        scores = scoring.cosine_scores(query, full[ids - 1])
         order = np.argsort(-scores, kind="stable")[:k]
         best_ids[row, : len(order)] = ids[order]
         best_scores[row, : len(order)] = scores[order]
@@ -84,7 +92,7 @@ def open_set_accuracy(
     return float(ok_known.mean()), float(ok_unknown.mean())
 
 
-def measure_index(args, vectors, ids, probes, truth, singles) -> dict:
+def measure_index(args, vectors, ids, probes, truth, singles, real_mask) -> dict:
     n = len(vectors)
     raw_mb = n * DIM * 4 / 2**20
 
@@ -112,17 +120,19 @@ def measure_index(args, vectors, ids, probes, truth, singles) -> dict:
     numpy_single = single_query_times(numpy_scan, singles[: max(20, args.single // 4)])
 
     # speakerdb's chosen index.
-    params = choose_params(n)
+    params = choose_params(n, args.kind)
     gc.collect()
     before = current_rss_mb()
     start = time.perf_counter()
     index = VectorIndex.build(DIM, ids, vectors, params)
     build = time.perf_counter() - start
+    gc.collect()
     index_mb = current_rss_mb() - before
-    ours_single = single_query_times(lambda q: ours_search(index, q, 5), singles)
+    ours_single = single_query_times(lambda q: ours_search(index, vectors, q, 5), singles)
     start = time.perf_counter()
-    ours_scores, ours_ids = ours_search(index, probes, 5)
+    ours_scores, ours_ids = ours_search(index, vectors, probes, 5)
     ours_batch = time.perf_counter() - start
+    new_process = new_process_first_query(index, vectors, singles[0])
 
     known = args.known
     open_known, open_unknown = open_set_accuracy(ours_scores[:, 0], ours_ids[:, 0], truth, known)
@@ -136,6 +146,13 @@ def measure_index(args, vectors, ids, probes, truth, singles) -> dict:
     recall_all = float(np.mean(ours_ids[:, 0] == exact_ids[:, 0]))
     recall_known = float(np.mean(ours_ids[:known, 0] == exact_ids[:known, 0]))
     recall_unknown = float(np.mean(ours_ids[known:, 0] == exact_ids[known:, 0]))
+    hit = ours_ids[:, 0] == exact_ids[:, 0]
+    real_known = real_mask & (np.arange(len(probes)) < known)
+    real_unknown = real_mask & (np.arange(len(probes)) >= known)
+    real = {
+        "recall_at_1_real_known": float(hit[real_known].mean()) if real_known.any() else None,
+        "recall_at_1_real_unknown": float(hit[real_unknown].mean()) if real_unknown.any() else None,
+    }
     return {
         "n": n,
         "index": params.describe(),
@@ -143,6 +160,8 @@ def measure_index(args, vectors, ids, probes, truth, singles) -> dict:
         "recall_at_1": recall_all,
         "recall_at_1_known": recall_known,
         "recall_at_1_unknown": recall_unknown,
+        **real,
+        "shortlist_top5": params.shortlist(5),
         "exact_p50_ms": percentiles_ms(exact_single)["p50_ms"],
         "exact_p99_ms": percentiles_ms(exact_single)["p99_ms"],
         "numpy_p50_ms": percentiles_ms(numpy_single)["p50_ms"],
@@ -159,13 +178,21 @@ def measure_index(args, vectors, ids, probes, truth, singles) -> dict:
         "raw_vectors_mb": round(raw_mb, 1),
         "memory_ratio_to_raw": round(index_mb / raw_mb, 3),
         "memory_mb_per_million": round(index_mb * 1e6 / n, 1),
+        "new_process": new_process,
+        "new_process_memory_ratio_to_raw": round(new_process["index_resident_mb"] / raw_mb, 3),
         "decision_agreement_with_exact": agreement,
         "open_set_known": open_known,
         "open_set_unknown": open_unknown,
         "exact_open_set_known": exact_known,
         "exact_open_set_unknown": exact_unknown,
         "threshold": GE2E_DEFAULT_THRESHOLD,
-        "probes": {"known": known, "unknown": len(probes) - known, "single_timed": len(singles)},
+        "probes": {
+            "known": known,
+            "unknown": len(probes) - known,
+            "real_known": int(real_known.sum()),
+            "real_unknown": int(real_unknown.sum()),
+            "single_timed": len(singles),
+        },
     }
 
 
@@ -204,6 +231,12 @@ def measure_store(args, vectors, ids, probes, truth) -> list[dict]:
                     ]
                     store.enroll_many(batch, model)
             enroll_s = time.perf_counter() - start
+            if args.kind != "auto":
+                with EnrollmentStore.open(url) as store:
+                    store.rebuild_index(args.kind)  # the kind is stored in the database
+                    index_path = store.location.index_path
+                if index_path is not None:  # so that the next open builds from SQL
+                    index_path.unlink(missing_ok=True)
             with EnrollmentStore.open(url) as store:  # no index file yet: built from SQL
                 start = time.perf_counter()
                 store.search(queries[0], 5, model)
@@ -252,6 +285,10 @@ def main() -> None:
     parser.add_argument("--unknown", type=int, default=1000, help="probes of unknown speakers")
     parser.add_argument("--single", type=int, default=300, help="probes timed one by one")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--kind", default="auto", choices=["auto", "flat", "ivf", "ivfsq"], help="index kind"
+    )
+    parser.add_argument("--no-real", action="store_true", help="synthetic voiceprints only")
     parser.add_argument("--store", action="store_true", help="also measure through the real store")
     parser.add_argument("--store-n", type=int, default=100_000)
     parser.add_argument(
@@ -271,16 +308,32 @@ def main() -> None:
     known = generator.probes_of(raw[truth_rows], seed=args.seed + 2)
     del raw
     unknown = generator.unknown(args.unknown, seed=args.seed + 3)
-    probes = np.concatenate([known, unknown])
-    # Probes timed one by one: half known, half unknown speakers.
+    truth = ids[truth_rows]
+    # Probes timed one by one: half known, half unknown speakers (synthetic).
     singles = np.concatenate([known[: args.single // 2], unknown[: args.single - args.single // 2]])
-    record = measure_index(args, vectors, ids, probes, ids[truth_rows], singles)
+    synthetic_known, synthetic_unknown = len(known), len(unknown)
+    real = None if args.no_real else real_voiceprints()
+    if real is not None:
+        # Real enrolled speakers replace synthetic ones no probe was drawn from.
+        free = np.setdiff1d(np.arange(args.n), truth_rows)
+        real_rows = rng.choice(free, len(real.enrolled), replace=False)
+        vectors[real_rows] = real.enrolled
+        known = np.concatenate([known, real.known])
+        truth = np.concatenate([truth, ids[real_rows[real.known_rows]]])
+        unknown = np.concatenate([unknown, real.unknown])
+    probes = np.concatenate([known, unknown])
+    real_mask = np.zeros(len(probes), bool)
+    real_mask[synthetic_known : len(known)] = True
+    real_mask[len(known) + synthetic_unknown :] = True
+    args.known = len(known)
+    record = measure_index(args, vectors, ids, probes, truth, singles, real_mask)
     if args.store:
-        record["store"] = measure_store(args, vectors, ids, probes, truth_rows)
+        record["store"] = measure_store(args, vectors, ids, probes, truth - 1)
 
     r = record
     lines = [
-        f"{r['n']} synthetic speakers, {args.known} known + {args.unknown} unknown probes",
+        f"{r['n']} speakers ({r['probes']['real_known'] and 'real dev voiceprints mixed in'}), "
+        f"{r['probes']['known']} known + {r['probes']['unknown']} unknown probes",
         f"  speakerdb {r['index']}: p50 {r['p50_ms']:.3f} ms p99 {r['p99_ms']:.3f} ms, "
         f"{r['batch_queries_per_s']:.0f} queries/s batched, built in {r['build_s']} s, "
         f"{r['index_memory_mb']:.0f} MB ({r['memory_ratio_to_raw']:.2f}x the raw vectors)",
@@ -288,7 +341,12 @@ def main() -> None:
         f"{r['exact_batch_queries_per_s']:.0f} queries/s batched",
         f"  numpy scan:       p50 {r['numpy_p50_ms']:.3f} ms p99 {r['numpy_p99_ms']:.3f} ms",
         f"  recall@1 vs exact {r['recall_at_1']:.4f} (known {r['recall_at_1_known']:.4f}, "
-        f"unknown {r['recall_at_1_unknown']:.4f})",
+        f"unknown {r['recall_at_1_unknown']:.4f}; real dev voiceprints: known "
+        f"{r['recall_at_1_real_known']}, unknown {r['recall_at_1_real_unknown']})",
+        f"  new process: index file {r['new_process']['file_mb']} MB loaded in "
+        f"{r['new_process']['load_s']} s ({r['new_process']['index_resident_mb']:.0f} MB "
+        f"resident, {r['new_process_memory_ratio_to_raw']}x raw), first query "
+        f"{r['new_process']['first_query_ms']:.1f} ms after it",
         f"  open-set decisions at {r['threshold']} identical to exact search for "
         f"{r['decision_agreement_with_exact']:.2%} of probes; accuracy: known "
         f"{r['open_set_known']:.4f}, unknown "

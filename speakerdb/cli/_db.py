@@ -82,7 +82,7 @@ def db_check(db_url: str | None, as_json: bool) -> None:
 @db.command("rebuild-index")
 @click.option(
     "--kind",
-    type=click.Choice(["auto", "flat", "ivf"]),
+    type=click.Choice(["auto", "flat", "ivf", "ivfsq"]),
     default=None,
     help="Force an index kind (stored in the database); default: keep the current setting.",
 )

@@ -113,7 +113,7 @@ class AdminVerbs(FacadeBase):
         return check_store(self.store)
 
     def rebuild_index(self, kind: str | None = None) -> IndexStatus:
-        """Rebuild the vector index from SQL (``kind``: "auto", "flat" or "ivf")."""
+        """Rebuild the vector index from SQL (``kind``: "auto", "flat", "ivf" or "ivfsq")."""
         return self.store.rebuild_index(kind)
 
     # --- API keys of the HTTP service ---------------------------------------------------------

@@ -105,7 +105,10 @@ def check_store(store: EnrollmentStore, attempts: int = 3) -> CheckReport:
         "other_files": sorted(str(p) for p in others),
     }
     sql_ids = np.array([r.id for r in rows], dtype=np.int64)
-    sql_vectors = vectors_from_bytes([r.centroid for r in rows], model.dimension)
+    # A quantised index (ivfsq) is compared with what SQL's centroids become once quantised.
+    sql_vectors = cache.index().stored_form(
+        vectors_from_bytes([r.centroid for r in rows], model.dimension)
+    )
     if not np.array_equal(ids, sql_ids):
         extra = sorted(set(ids.tolist()) - set(sql_ids.tolist()))
         missing = sorted(set(sql_ids.tolist()) - set(ids.tolist()))

@@ -54,7 +54,8 @@ class InvertedLists(SwigObject, Protocol):
 
 
 class IvfIndex(FaissIndex, Protocol):
-    """IndexIVFFlat: the lists, their quantizer and clustering parameters."""
+    """IndexIVFFlat or IndexIVFScalarQuantizer: the lists, their quantizer, clustering
+    parameters."""
 
     nlist: int
     nprobe: int
@@ -65,6 +66,8 @@ class IvfIndex(FaissIndex, Protocol):
     cp: Any  # ClusteringParameters
 
     def train(self, x: FloatMatrix) -> None: ...
+    def encode_vectors(self, n: int, x: object, list_nos: object, codes: object) -> None: ...
+    def reconstruct_batch(self, keys: IdArray) -> FloatMatrix: ...
     def replace_invlists(self, lists: InvertedLists, own: bool) -> None: ...
     def set_direct_map_type(self, kind: int) -> None: ...
 

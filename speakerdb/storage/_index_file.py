@@ -53,10 +53,11 @@ _PREFIX = len(MAGIC) + 4
 _CHUNK = 1 << 20
 
 # Serialised FAISS sizes beyond the raw vectors (measured with faiss 1.12, 256-d): a flat
-# IndexIDMap2 adds 8 bytes of id per vector and 90 bytes in all; IVF-Flat adds per vector its
-# id and about 16 bytes of the id hash map, and per list its centre and a few counters. The
-# limits below are those figures with a wide margin: a legitimate file is always below them,
-# a file much larger than its header claims is rejected unread.
+# IndexIDMap2 adds 8 bytes of id per vector and 90 bytes in all; IVF-Flat (and IVF-SQ8, whose
+# vectors take a byte per dimension) adds per vector its id and about 16 bytes of the id hash
+# map, and per list its centre and a few counters. The limits below are those figures with a
+# wide margin: a legitimate file is always below them, a file much larger than its header
+# claims is rejected unread.
 _FIXED_OVERHEAD = 4096
 _PER_VECTOR_OVERHEAD = 48
 _PER_LIST_OVERHEAD = 64
@@ -96,9 +97,11 @@ class IndexFile:
 def payload_limit(kind: str, count: int, dimension: int, nlist: int) -> int:
     """The most FAISS bytes a legitimate index of ``count`` ``dimension``-d vectors (in
     ``nlist`` lists for ivf) serialises to."""
-    per_vector = 4 * dimension + _PER_VECTOR_OVERHEAD
-    lists = nlist * (4 * dimension + _PER_LIST_OVERHEAD) if kind == "ivf" else 0
-    return _FIXED_OVERHEAD + count * per_vector + lists
+    # ivfsq stores one byte per dimension (plus its quantiser's 2 floats per dimension).
+    per_vector = (dimension if kind == "ivfsq" else 4 * dimension) + _PER_VECTOR_OVERHEAD
+    lists = nlist * (4 * dimension + _PER_LIST_OVERHEAD) if kind in ("ivf", "ivfsq") else 0
+    quantiser = 8 * dimension if kind == "ivfsq" else 0
+    return _FIXED_OVERHEAD + count * per_vector + lists + quantiser
 
 
 @contextlib.contextmanager

@@ -110,7 +110,7 @@ class StoreState(Base):
     change_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # Vector-index kind: "auto" (chosen by size), or a forced "flat" / "ivf".
+    # Vector-index kind: "auto" (chosen by size), or a forced "flat" / "ivf" / "ivfsq".
     index_kind: Mapped[str] = mapped_column(String(16), default="auto", server_default="auto")
     # 32 random bytes (hex): the HMAC key of the index cache files. Only a holder of the
     # database can write a file the store will use; anything else is rebuilt from SQL.

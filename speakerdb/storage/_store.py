@@ -80,8 +80,6 @@ if TYPE_CHECKING:
 
 __all__ = ["EnrollmentStore", "validated_name"]
 
-_RESCORE_EXTRA = 8  # candidates beyond k re-scored exactly, so ANN ordering errors vanish
-
 
 class EnrollmentStore(StoreConnection):
     """One database: open it with :meth:`open`, close it (or use ``with``) when done.
@@ -436,11 +434,13 @@ class EnrollmentStore(StoreConnection):
                 f"query vectors have dimension {q.shape[1]}, expected {model.dimension}"
             )
         cache = self._index_cache()
-        # One transaction: catch up with the change log, search, fetch the candidates.
+        # One transaction: catch up with the change log, search, fetch the candidates' full
+        # centroids (one query) and re-score them exactly: approximate kinds shortlist more
+        # candidates than k so ordering errors (and ivfsq's quantised scores) vanish.
         with self.reading("search") as conn:
             self.ensure_current_model(conn)
             with cache.synced(conn) as index:
-                _, ids = index.search(q, k + _RESCORE_EXTRA)
+                _, ids = index.search(q, index.params.shortlist(k))
             wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
             rows = (
                 conn.execute(
@@ -483,8 +483,18 @@ class EnrollmentStore(StoreConnection):
         return self._cache is None or self._cache.wait_for_maintenance(timeout)
 
     def index_vectors(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """Every (speaker id, centroid) in the caught-up index, ids ascending."""
-        return self._index_cache().index().contents()
+        """Every (speaker id, centroid) in the caught-up index, ids ascending: (n,) int64,
+        (n, D) float32. The centroids are full precision even when the index quantises them
+        (read from SQL then)."""
+        from speakerdb.storage._index_cache import read_all_centroids
+
+        cache = self._index_cache()
+        with self.reading("read the centroids") as conn, cache.synced(conn) as index:
+            if index.params.exact_vectors:
+                return index.contents()
+            model = self.model()
+            assert model is not None  # an index exists, so vectors and their model do
+            return read_all_centroids(conn, model.dimension)
 
     def rebuild_index(self, kind: str | None = None) -> IndexStatus:
         """Rebuild the index from SQL and save its file. Raises UsageError when opened

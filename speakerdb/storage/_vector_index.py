@@ -5,9 +5,14 @@ Kinds:
   flat   exact search over every vector (FAISS IndexFlatIP keyed by speaker id, IndexIDMap2)
   ivf    inverted lists (FAISS IndexIVFFlat, full-precision vectors, ids kept in a hash map);
          only a few lists are scanned per query -- see :mod:`speakerdb.storage._index_policy`
+  ivfsq  the same inverted lists holding each vector's residual from its list centre in 8 bits
+         per dimension (FAISS IndexIVFScalarQuantizer, QT_8bit): a quarter of the memory
 
-Both keep full float32 vectors, so the scores they return are exact inner products; the store
-re-scores candidates with the one cosine rule anyway (:mod:`speakerdb.scoring`).
+flat and ivf keep full float32 vectors, so the scores they return are exact inner products;
+ivfsq's are approximate. Either way the store re-scores a shortlist of candidates
+(:meth:`IndexParams.shortlist`, longer for ivfsq) with the one cosine rule on the
+full-precision centroids read from SQL (:mod:`speakerdb.scoring`), so every score and
+decision returned is exactly the one exact search gives for that speaker.
 This module does not know about SQL; :mod:`speakerdb.storage._store` keeps it in step.
 """
 
@@ -26,23 +31,51 @@ __all__ = ["IndexParams", "VectorIndex", "gpu_number"]
 
 IdArray = npt.NDArray[np.int64]
 FloatMatrix = npt.NDArray[np.float32]
+CodeMatrix = npt.NDArray[np.uint8]
+
+RESCORE_EXTRA = 8  # full-precision kinds: candidates beyond k re-scored exactly
+SHORTLIST_FACTOR = 10  # ivfsq: candidates per answer re-scored exactly ...
+SHORTLIST_MIN = 50  # ... and at least this many
+# The FAISS class each kind deserialises to (a file whose header and payload disagree
+# about the kind is refused).
+_FAISS_CLASS = {"flat": "IndexIDMap2", "ivf": "IndexIVFFlat", "ivfsq": "IndexIVFScalarQuantizer"}
 
 
 @dataclass(frozen=True)
 class IndexParams:
-    """How an index is built: ``kind`` ("flat" or "ivf"); for ivf the number of lists
-    ``nlist``, of lists scanned per query ``nprobe``, and how many vectors the lists were
-    trained on (``trained_on``)."""
+    """How an index is built: ``kind`` ("flat", "ivf" or "ivfsq"); for the inverted-list
+    kinds the number of lists ``nlist``, of lists scanned per query ``nprobe``, and how many
+    vectors the lists were trained on (``trained_on``)."""
 
     kind: str = "flat"
     nlist: int = 0
     nprobe: int = 0
     trained_on: int = 0
 
+    @property
+    def inverted(self) -> bool:
+        """Whether the index is made of trained inverted lists (ivf, ivfsq)."""
+        return self.kind in ("ivf", "ivfsq")
+
+    @property
+    def exact_vectors(self) -> bool:
+        """Whether the index stores the vectors at full precision (not ivfsq)."""
+        return self.kind != "ivfsq"
+
+    def shortlist(self, k: int) -> int:
+        """How many candidates to take from the index for a top-``k`` answer, before they
+        are re-scored exactly: a few more than ``k`` for full-precision kinds (to undo ivf's
+        ordering among near ties), ``SHORTLIST_FACTOR`` times more for ivfsq, whose
+        quantised scores may misorder candidates by up to a few hundredths of cosine
+        (benchmarks/identify_scale.py measures the resulting recall)."""
+        if self.kind == "ivfsq":
+            return max(SHORTLIST_FACTOR * k, SHORTLIST_MIN)
+        return k + RESCORE_EXTRA
+
     def describe(self) -> str:
         if self.kind == "flat":
             return "flat"
-        return f"ivf(nlist={self.nlist}, nprobe={self.nprobe})"
+        return f"{self.kind}(nlist={self.nlist}, nprobe={self.nprobe})"
 
 
 def gpu_number(device: str | None) -> int | None:
@@ -103,12 +136,26 @@ class VectorIndex:
                     quantizer, self.dimension, params.nlist, faiss.METRIC_INNER_PRODUCT
                 ),
             )
-            index.own_fields = True
-            quantizer.this.disown()
-            index.set_direct_map_type(faiss.DirectMap.Hashtable)
-            index.nprobe = params.nprobe
-            return index
-        raise StoreError(f"unknown index kind {params.kind!r}")
+        elif params.kind == "ivfsq":
+            quantizer = faiss.IndexFlatIP(self.dimension)
+            index = cast(
+                IvfIndex,
+                faiss.IndexIVFScalarQuantizer(
+                    quantizer,
+                    self.dimension,
+                    params.nlist,
+                    faiss.ScalarQuantizer.QT_8bit,
+                    faiss.METRIC_INNER_PRODUCT,
+                    True,  # encode residuals from the list centre: finer steps
+                ),
+            )
+        else:
+            raise StoreError(f"unknown index kind {params.kind!r}")
+        index.own_fields = True
+        quantizer.this.disown()
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        index.nprobe = params.nprobe
+        return index
 
     # --- building ----------------------------------------------------------------------------
 
@@ -116,9 +163,10 @@ class VectorIndex:
     def build(
         cls, dimension: int, ids: IdArray, vectors: FloatMatrix, params: IndexParams
     ) -> VectorIndex:
-        """A new index holding ``vectors`` (n, d) under ``ids`` (n,); trains ivf on them."""
+        """A new index holding ``vectors`` (n, d) under ``ids`` (n,); trains ivf/ivfsq on
+        them."""
         index = cls(dimension, params)
-        if params.kind == "ivf":
+        if params.inverted:
             index._train(vectors)
             index._fill_lists(
                 np.ascontiguousarray(ids, dtype=np.int64),
@@ -134,13 +182,26 @@ class VectorIndex:
     _REPACK_FRACTION = 0.3
 
     def _fill_lists(self, ids: IdArray, vectors: FloatMatrix) -> None:
-        """Put (n,) ids / (n, d) vectors into freshly packed inverted lists (ivf only)."""
+        """Put (n,) ids / (n, d) vectors into freshly packed inverted lists (ivf, ivfsq)."""
         ivf = self._ivf()
         lists = cast(InvertedLists, faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size))
         if len(ids):
             _, assignment = ivf.quantizer.search(vectors, 1)
-            self._pack(lists, assignment[:, 0], ids, vectors.view(np.uint8))
+            self._pack(lists, assignment[:, 0], ids, self._encode(vectors, assignment[:, 0]))
         self._install(ivf, lists, len(ids))
+
+    def _encode(self, vectors: FloatMatrix, assignment: npt.NDArray[np.int64]) -> CodeMatrix:
+        """The inverted-list codes of (n, d) vectors assigned to lists (n,): their raw bytes
+        (ivf), or their quantised residuals (ivfsq), (n, code_size) uint8."""
+        if self.params.kind == "ivf":
+            return vectors.view(np.uint8)
+        ivf = self._ivf()
+        codes = np.empty((len(vectors), ivf.code_size), dtype=np.uint8)
+        assignment = np.ascontiguousarray(assignment, dtype=np.int64)
+        ivf.encode_vectors(
+            len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(assignment), faiss.swig_ptr(codes)
+        )
+        return codes
 
     def _repack(self) -> None:
         """Re-pack the inverted lists to exactly their size (same lists, same contents)."""
@@ -226,7 +287,7 @@ class VectorIndex:
         self.remove(ids)
         self._index.add_with_ids(vectors, ids)
         self._gpu_index = None
-        if self.params.kind == "ivf":
+        if self.params.inverted:
             self._note_growth(vectors)
 
     def remove(self, ids: IdArray) -> int:
@@ -235,21 +296,38 @@ class VectorIndex:
         if len(ids) == 0 or len(self) == 0:
             return 0
         self._gpu_index = None
-        if self.params.kind == "ivf":
+        if self.params.inverted:
             # The id hash map of an IVF index only removes through an explicit id array.
             selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))
             return int(self._index.remove_ids(selector))
         return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
 
     def get(self, id_: int) -> FloatMatrix | None:
-        """The (d,) vector stored under ``id_``, or None."""
+        """The (d,) vector stored under ``id_`` (decoded, so approximate, for ivfsq: see
+        :attr:`IndexParams.exact_vectors`), or None."""
         try:
             return np.asarray(self._index.reconstruct(int(id_)), dtype=np.float32)
         except RuntimeError:
             return None
 
+    def stored_form(self, vectors: FloatMatrix) -> FloatMatrix:
+        """What (n, d) unit vectors become once stored in this index, (n, d) float32: the
+        vectors themselves, or for ivfsq their decoded 8-bit residuals plus the centre of
+        the list each is assigned to -- what :meth:`contents` gives back for them (used by
+        ``db check`` to compare a quantised index with SQL exactly)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dimension)
+        if self.params.exact_vectors or not len(vectors):
+            return vectors
+        ivf = self._ivf()
+        _, assignment = ivf.quantizer.search(vectors, 1)
+        codes = self._encode(vectors, assignment[:, 0])
+        decoded = np.asarray(faiss.downcast_index(ivf).sq.decode(codes), dtype=np.float32)
+        centres = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+        return np.asarray(decoded + centres[assignment[:, 0]], dtype=np.float32)
+
     def contents(self) -> tuple[IdArray, FloatMatrix]:
-        """Every (id, vector) held: (n,) int64 sorted ascending, (n, d) float32."""
+        """Every (id, vector) held: (n,) int64 sorted ascending, (n, d) float32 (decoded,
+        so approximate, for ivfsq: see :attr:`IndexParams.exact_vectors`)."""
         if self.params.kind == "flat":
             flat = cast(FlatIdMap, self._index)
             ids = faiss.vector_to_array(flat.id_map).astype(np.int64)
@@ -270,9 +348,12 @@ class VectorIndex:
             size = lists.list_size(list_no)
             if not size:
                 continue
-            ids = faiss.rev_swig_ptr(lists.get_ids(list_no), size).copy()
+            ids = faiss.rev_swig_ptr(lists.get_ids(list_no), size).copy().astype(np.int64)
+            id_parts.append(ids)
+            if self.params.kind == "ivfsq":
+                vector_parts.append(np.asarray(ivf.reconstruct_batch(ids), dtype=np.float32))
+                continue
             codes = faiss.rev_swig_ptr(lists.get_codes(list_no), size * lists.code_size)
-            id_parts.append(ids.astype(np.int64))
             vector_parts.append(codes.view(np.float32).reshape(size, self.dimension).copy())
         if not id_parts:
             return np.zeros(0, np.int64), None
@@ -310,7 +391,9 @@ class VectorIndex:
         loaded = cast(FaissIndex, faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)))
         if loaded.d != dimension:
             raise StoreError(f"index file holds {loaded.d}-d vectors, expected {dimension}")
-        if params.kind == "ivf":
+        if type(loaded).__name__ != _FAISS_CLASS.get(params.kind):
+            raise StoreError(f"index file does not hold a {params.kind} index")
+        if params.inverted:
             cast(IvfIndex, faiss.extract_index_ivf(loaded)).nprobe = params.nprobe
         index._index = loaded
         index._gpu = None
