@@ -20,6 +20,7 @@ from speakerdb.enroll._calibration_verbs import CalibrationVerbs
 from speakerdb.enroll._decide_verbs import DecisionVerbs
 from speakerdb.enroll._diarize_verb import DiarizeVerb
 from speakerdb.enroll._enroll_verbs import EnrollVerbs
+from speakerdb.enroll._session_verb import SessionVerb
 from speakerdb.errors import DatabaseNotFoundError
 from speakerdb.storage._store import EnrollmentStore
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["Progress", "SpeakerDB"]
 
 
-class SpeakerDB(EnrollVerbs, DecisionVerbs, DiarizeVerb, CalibrationVerbs, AdminVerbs):
+class SpeakerDB(EnrollVerbs, DecisionVerbs, SessionVerb, DiarizeVerb, CalibrationVerbs, AdminVerbs):
     """A speaker enrollment database with its embedding model.
 
     Open with :meth:`open`; use as a context manager or call :meth:`close`. The model loads

@@ -1,0 +1,194 @@
+"""Live sessions (speakerdb.live through SpeakerDB.session): real speech fed in chunks,
+decided by the database's rule, compared with the offline answer on the same audio."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speakerdb import SpeakerDB
+from speakerdb.errors import InvalidAudioError, SessionLimitError, SpeakerNotFoundError, UsageError
+from speakerdb.live import (
+    ACCEPT,
+    IDENTIFIED,
+    REJECT,
+    UNKNOWN,
+    DecisionEvent,
+    ErrorEvent,
+    SessionLimits,
+    SpeakerChange,
+)
+from tests.helpers import by_speaker
+
+ENROLLED = ("1688", "1998", "2033")
+IMPOSTOR = "2609"
+
+
+def read(path) -> np.ndarray:
+    samples, rate = sf.read(path, dtype="float32")
+    assert rate == 16000
+    return samples
+
+
+@pytest.fixture(scope="module")
+def speech():
+    """Enrollment files of three read-speech speakers, a held-out file of each, and a file
+    of a speaker never enrolled."""
+    groups = by_speaker("librispeech")
+    return {
+        "enroll": {name: groups[name][3:6] for name in ENROLLED},
+        "probe": {name: read(groups[name][0]) for name in ENROLLED},
+        "impostor": read(groups[IMPOSTOR][2]),
+    }
+
+
+@pytest.fixture
+def db(db_url, model, speech):
+    with SpeakerDB.open(db_url, model=model) as opened:
+        for name, files in speech["enroll"].items():
+            opened.enroll(name, files)
+        yield opened
+
+
+def run(session, samples, rate=16000, chunk_seconds=0.5, dtype="float32"):
+    """Feed ``samples`` in chunks; return (events, summary)."""
+    if dtype == "int16":
+        samples = np.clip(np.round(samples * 32767), -32768, 32767).astype(np.int16)
+    step = int(chunk_seconds * rate)
+    events = []
+    for first in range(0, samples.size, step):
+        events += session.feed(samples[first : first + step], sample_rate=rate)
+    return events, session.close()
+
+
+def decisions(events):
+    return [e for e in events if isinstance(e, DecisionEvent)]
+
+
+def test_a_genuine_caller_is_accepted_early_and_agrees_with_verify(db, speech):
+    probe = speech["probe"]["1688"]
+    with db.session(speaker="1688") as session:
+        events, summary = run(session, probe)
+    offline = db.verify("1688", probe, sample_rate=16000)
+    first = decisions(events)[0]
+    assert first.decision == ACCEPT and first.speaker == "1688"
+    assert first.speech_seconds < summary.speech_seconds  # decided before the end
+    assert summary.accepted == offline.accepted
+    final = summary.decisions[-1]
+    assert final.final and final.decision_rule == offline.decision_rule
+    assert final.llr == pytest.approx(offline.llr, abs=0.05)
+    # The progress events count speech and say when no decision is possible yet.
+    progress = [e for e in events if e.type == "progress"]
+    assert progress[0].status == "NOT_ENOUGH_SPEECH"
+    assert [p.speech_seconds for p in progress] == sorted(p.speech_seconds for p in progress)
+    json.dumps([e.to_dict() for e in events] + [summary.to_dict()])
+
+
+def test_an_impostor_is_never_accepted(db, speech):
+    with db.session(speaker="1688") as session:
+        events, summary = run(session, speech["impostor"], rate=16000, dtype="int16")
+    assert [d.decision for d in decisions(events)] == [REJECT]
+    assert not summary.accepted and summary.decision == REJECT
+    assert not any(d.decision == ACCEPT for d in summary.decisions)
+
+
+def test_a_hand_over_is_reported_after_the_join(db, speech):
+    first, second = speech["probe"]["1688"], speech["probe"]["1998"]
+    joined = np.concatenate([first, second])
+    join = first.size / 16000
+    with db.session() as session:
+        events, summary = run(session, joined)
+    changes = [e for e in events if isinstance(e, SpeakerChange)]
+    assert len(changes) == 1
+    assert changes[0].previous == "1688" and changes[0].time > join
+    names = [(s.decision, s.speaker) for s in summary.segments]
+    assert names == [(IDENTIFIED, "1688"), (IDENTIFIED, "1998")]
+    assert summary.segments[0].end == changes[0].window_start
+
+
+def test_identify_names_each_enrolled_speaker_and_not_a_stranger(db, speech):
+    for name in ENROLLED:
+        with db.session() as session:
+            _, summary = run(session, speech["probe"][name], rate=16000)
+        assert (summary.decision, summary.decisions[-1].speaker) == (IDENTIFIED, name)
+        offline = db.identify(speech["probe"][name], sample_rate=16000)
+        assert offline.best == name
+    with db.session() as session:
+        _, summary = run(session, speech["impostor"])
+    assert summary.decision == UNKNOWN and not summary.accepted
+
+
+@pytest.mark.parametrize("rate", [8000, 44100])
+def test_other_rates_and_int16_reach_the_same_decision(sqlite_url, model, speech, rate):
+    from tests.helpers import resample_to
+
+    with SpeakerDB.open(sqlite_url, model=model) as db:
+        db.enroll("1688", speech["enroll"]["1688"])
+        probe = resample_to(speech["probe"]["1688"], 16000, rate)
+        with db.session(speaker="1688") as session:
+            _, summary = run(session, probe, rate=rate, dtype="int16", chunk_seconds=0.2)
+        quantised = np.clip(np.round(probe * 32767), -32768, 32767).astype(np.int16)
+        offline = db.verify("1688", quantised.astype(np.float32) / 32768.0, sample_rate=rate)
+    # A phone-band copy may be rejected (the calibration sees its bandwidth): live or not.
+    assert summary.accepted == offline.accepted
+    assert summary.decisions[-1].llr == pytest.approx(offline.llr, abs=0.3)
+
+
+def test_bad_input_is_refused_and_changes_nothing(sqlite_url, model, speech):
+    probe = speech["probe"]["1688"]
+    with SpeakerDB.open(sqlite_url, model=model) as db:
+        db.enroll("1688", speech["enroll"]["1688"])
+        with pytest.raises(SpeakerNotFoundError):
+            db.session(speaker="nobody")
+        session = db.session(speaker="1688")
+        session.feed(probe[:8000], sample_rate=16000)
+        before = (session.time, session.speech_seconds)
+        bad = [
+            (probe[:800].astype(np.float64), 16000, UsageError),  # wrong dtype
+            (np.stack([probe[:800], probe[:800]], axis=1), 16000, InvalidAudioError),  # stereo
+            (np.full(800, np.nan, np.float32), 16000, InvalidAudioError),
+            (probe[:800], 4000, InvalidAudioError),  # a rate the engine cannot take
+            (probe[:800], 8000, UsageError),  # a rate other than the session's
+            (probe[:800].tolist(), 16000, UsageError),
+        ]
+        for chunk, rate, error in bad:
+            with pytest.raises(error):
+                session.feed(chunk, sample_rate=rate)
+            assert (session.time, session.speech_seconds) == before
+        _, summary = run(session, probe[8000:])
+    assert summary.accepted
+    with pytest.raises(UsageError):
+        session.feed(probe[:800], sample_rate=16000)
+
+
+@pytest.mark.parametrize(
+    ("limits", "limit"),
+    [
+        (SessionLimits(max_seconds=3.0), "duration"),
+        (SessionLimits(max_bytes=4 * 16000 * 2), "bytes"),
+        (SessionLimits(max_silence_seconds=2.0), "silence"),
+    ],
+)
+def test_a_limit_ends_the_session_with_a_fatal_error(sqlite_url, model, speech, limits, limit):
+    probe = speech["probe"]["1688"]
+    audio = np.concatenate([probe[: 16000 * 2], np.zeros(16000 * 4, np.float32), probe])
+    with SpeakerDB.open(sqlite_url, model=model) as db:
+        db.enroll("1688", speech["enroll"]["1688"])
+        session = db.session(speaker="1688", limits=limits)
+        events = []
+        with pytest.raises(SessionLimitError) as raised:
+            for first in range(0, audio.size, 8000):
+                events += session.feed(audio[first : first + 8000], sample_rate=16000)
+        summary = session.close()
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert len(errors) == 1 and errors[0].fatal and errors[0].error == "limit"
+    assert raised.value.limit == limit and summary.reason == f"limit: {limit}"
+    assert summary.duration <= 8.0
+
+
+def test_session_limits_must_be_positive(sqlite_url, model):
+    with SpeakerDB.open(sqlite_url, model=model) as db, pytest.raises(UsageError):
+        db.session(limits=SessionLimits(max_seconds=0))
