@@ -192,3 +192,66 @@ def test_a_limit_ends_the_session_with_a_fatal_error(sqlite_url, model, speech, 
 def test_session_limits_must_be_positive(sqlite_url, model):
     with SpeakerDB.open(sqlite_url, model=model) as db, pytest.raises(UsageError):
         db.session(limits=SessionLimits(max_seconds=0))
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_db(sqlite_url, model, speech):
+    with SpeakerDB.open(sqlite_url, model=model) as db:
+        for name, files in speech["enroll"].items():
+            db.enroll(name, files)
+    return sqlite_url
+
+
+def listen(*args, stdin=None):
+    from click.testing import CliRunner
+
+    from speakerdb.cli import cli
+
+    result = CliRunner().invoke(cli, ["listen", *args], input=stdin)
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return result, lines
+
+
+def test_cli_listen_verifies_a_file_and_reads_pcm_from_stdin(cli_db, tmp_path):
+    groups = by_speaker("librispeech")
+    probe = groups["1688"][0]
+    result, lines = listen("1688", str(probe), "--db", cli_db, "--json")
+    assert result.exit_code == 0, result.output
+    assert lines[-1]["type"] == "summary" and lines[-1]["decision"] == ACCEPT
+    assert any(line["type"] == "decision" and line["decision"] == ACCEPT for line in lines)
+
+    pcm = (np.clip(read(groups[IMPOSTOR][2]), -1, 1) * 32767).astype("<i2").tobytes()
+    result, lines = listen("1688", "--rate", "16000", "--db", cli_db, "--json", stdin=pcm)
+    assert result.exit_code == 1, result.output
+    assert lines[-1]["decision"] == REJECT
+
+    result, lines = listen(
+        "--identify",
+        "-",
+        "--rate",
+        "16000",
+        "--format",
+        "s16le",
+        "--db",
+        cli_db,
+        "--json",
+        stdin=pcm[:-1],  # a last frame of the wrong size: an error event, exit 2
+    )
+    assert result.exit_code == 2
+    assert [line["type"] for line in lines][-2:] == ["error", "summary"]
+
+    result, _ = listen("1688", str(probe), "--db", cli_db)
+    assert result.exit_code == 0 and "decision  ACCEPT 1688" in result.stdout
+    assert result.stdout.splitlines()[-1].startswith("summary: ACCEPT")
+
+
+def test_cli_listen_refuses_bad_arguments(cli_db, tmp_path):
+    result, _ = listen("1688", "--db", cli_db)  # stdin without --rate
+    assert result.exit_code == 2 and "--rate" in result.stderr
+    result, _ = listen("--db", cli_db)
+    assert result.exit_code == 2 and "NAME" in result.stderr
+    result, _ = listen("nobody", str(tmp_path / "missing.wav"), "--db", cli_db)
+    assert result.exit_code == 2 and result.stderr.startswith("error: ")

@@ -22,9 +22,11 @@ from speakerdb.live._events import (
     Summary,
 )
 from speakerdb.live._session import Judge, Judgement, LiveSession, SessionLimits
+from speakerdb.live._sources import ENCODINGS, PcmDecoder, file_chunks
 
 __all__ = [
     "ACCEPT",
+    "ENCODINGS",
     "IDENTIFIED",
     "NOT_ENOUGH_SPEECH",
     "REJECT",
@@ -35,9 +37,11 @@ __all__ = [
     "Judge",
     "Judgement",
     "LiveSession",
+    "PcmDecoder",
     "ProgressEvent",
     "Segment",
     "SessionLimits",
     "SpeakerChange",
     "Summary",
+    "file_chunks",
 ]
