@@ -255,3 +255,191 @@ def test_cli_listen_refuses_bad_arguments(cli_db, tmp_path):
     assert result.exit_code == 2 and "NAME" in result.stderr
     result, _ = listen("nobody", str(tmp_path / "missing.wav"), "--db", cli_db)
     assert result.exit_code == 2 and result.stderr.startswith("error: ")
+
+
+# --- the WebSocket --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def served(request, tmp_path_factory, model):
+    """A real ``speakerdb serve`` (at most two live sessions) on a database with three
+    speakers and one key per scope."""
+    import os
+    import uuid
+
+    from tests.service_helpers import Server
+
+    groups = by_speaker("librispeech")
+    folder = tmp_path_factory.mktemp(f"live-{request.param}")
+    env, drop = os.environ.copy(), None
+    if request.param == "sqlite":
+        url = f"sqlite:///{folder / 'live.sqlite'}"
+    else:
+        from sqlalchemy import text
+        from sqlalchemy.engine import make_url
+
+        from conftest import PG_URL
+
+        admin = request.getfixturevalue("pg_admin")
+        name = f"speakerdb_test_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        env["SPEAKERDB_INDEX_DIR"] = str(folder / "index-cache")
+
+        def drop() -> None:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+        url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    with SpeakerDB.open(url, model=model) as db:
+        for speaker in ENROLLED:
+            db.enroll(speaker, groups[speaker][3:6])
+        keys = {scope: db.create_key(scope, [scope]).secret for scope in ("verify", "identify")}
+    server = Server(url, "--max-sessions", "2", env=env)
+    yield server, keys
+    server.stop()
+    if drop is not None:
+        drop()
+
+
+def connect(server, query, key):
+    from websockets.sync.client import connect as ws_connect
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = server.url.replace("http://", "ws://") + f"/v1/sessions?{query}"
+    return ws_connect(url, additional_headers=headers, max_size=None)
+
+
+def pcm(samples):
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def opening(rate=16000, encoding="pcm_s16le"):
+    return json.dumps({"sample_rate": rate, "encoding": encoding, "channels": 1})
+
+
+def stream(ws, data, frame=6400):
+    for first in range(0, len(data), frame):
+        ws.send(data[first : first + frame])
+
+
+def received(ws):
+    """Every JSON frame until the server closes; (frames, close code)."""
+    from websockets.exceptions import ConnectionClosed
+
+    frames = []
+    try:
+        while True:
+            frames.append(json.loads(ws.recv()))
+    except ConnectionClosed:
+        pass
+    return frames, ws.close_code
+
+
+def test_websocket_sessions_verify_and_identify(served, speech):
+    server, keys = served
+    with connect(server, "speaker=1688", keys["verify"]) as ws:
+        ws.send(opening())
+        stream(ws, pcm(speech["probe"]["1688"]))
+        ws.send(json.dumps({"type": "end"}))
+        frames, code = received(ws)
+    assert code == 1000
+    assert frames[-1]["type"] == "summary" and frames[-1]["decision"] == ACCEPT
+    assert any(f["type"] == "decision" and f["decision"] == ACCEPT for f in frames)
+    assert len(frames) <= 2 * frames[-1]["speech_seconds"] + 5  # bounded by speech, not frames
+
+    with connect(server, "mode=identify", keys["identify"]) as ws:
+        ws.send(opening(encoding="pcm_f32le"))
+        stream(ws, speech["probe"]["2033"].astype("<f4").tobytes())
+        ws.send(json.dumps({"type": "end"}))
+        frames, code = received(ws)
+    assert code == 1000 and frames[-1]["decision"] == IDENTIFIED
+    assert frames[-1]["segments"][-1]["speaker"] == "2033"
+
+
+@pytest.mark.parametrize(
+    ("query", "key", "status"),
+    [
+        ("speaker=1688", None, 401),
+        ("speaker=1688", "wrong", 401),
+        ("mode=identify", "verify", 403),
+        ("speaker=1688", "identify", 403),
+        ("mode=sideways", "verify", 400),
+    ],
+)
+def test_websocket_refuses_before_the_upgrade(served, query, key, status):
+    from websockets.exceptions import InvalidStatus
+
+    server, keys = served
+    with pytest.raises(InvalidStatus) as refused:
+        connect(server, query, keys.get(key, key))
+    assert refused.value.response.status_code == status
+    assert json.loads(refused.value.response.body)["error"]["code"]
+
+
+def test_websocket_bad_data_gets_an_error_event_and_close_1003(served, speech):
+    server, keys = served
+    with connect(server, "speaker=1688", keys["verify"]) as ws:
+        ws.send("not json")
+        frames, code = received(ws)
+    assert code == 1003 and frames[0]["type"] == "error" and frames[0]["fatal"]
+    with connect(server, "speaker=1688", keys["verify"]) as ws:
+        ws.send(opening(rate=4000))
+        frames, code = received(ws)
+    assert code == 1003 and "4000 Hz" in frames[0]["message"]
+    with connect(server, "speaker=1688", keys["verify"]) as ws:
+        ws.send(opening())
+        ws.send(pcm(speech["probe"]["1688"][:16000]))
+        ws.send(b"\x00\x01\x02")  # not a whole number of 2-byte samples
+        frames, code = received(ws)
+    assert code == 1003
+    assert [f["type"] for f in frames][-2:] == ["error", "summary"]
+    with connect(server, "speaker=nobody", keys["verify"]) as ws:
+        ws.send(opening())
+        frames, code = received(ws)
+    assert code == 1008 and frames[0]["error"] == "speaker_not_found"
+
+
+def test_websocket_concurrent_sessions_and_the_cap(served, speech):
+    from websockets.exceptions import InvalidStatus
+
+    server, keys = served
+    with (
+        connect(server, "speaker=1688", keys["verify"]) as first,
+        connect(server, "mode=identify", keys["identify"]) as second,
+    ):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(server, "mode=identify", keys["identify"])
+        assert refused.value.response.status_code == 429
+        one, two = _interleaved(first, second, speech)
+    assert one[-1]["decision"] == ACCEPT and two[-1]["decision"] == UNKNOWN
+
+
+def _interleaved(first, second, speech):
+    genuine, impostor = pcm(speech["probe"]["1688"]), pcm(speech["impostor"])
+    first.send(opening())
+    second.send(opening())
+    for start in range(0, max(len(genuine), len(impostor)), 6400):
+        if start < len(genuine):
+            first.send(genuine[start : start + 6400])
+        if start < len(impostor):
+            second.send(impostor[start : start + 6400])
+    first.send(json.dumps({"type": "end"}))
+    second.send(json.dumps({"type": "end"}))
+    (one, code_one), (two, code_two) = received(first), received(second)
+    assert code_one == code_two == 1000
+    return one, two
+
+
+def test_a_client_hanging_up_mid_stream_leaves_the_server_serving(served, speech):
+    server, keys = served
+    with connect(server, "speaker=1688", keys["verify"]) as ws:
+        ws.send(opening())
+        stream(ws, pcm(speech["probe"]["1688"][: 16000 * 3]))
+    # closed on leaving the block: no end frame, nothing read
+    with connect(server, "speaker=1688", keys["verify"]) as ws:
+        ws.send(opening())
+        stream(ws, pcm(speech["probe"]["1688"]))
+        ws.send(json.dumps({"type": "end"}))
+        frames, code = received(ws)
+    assert code == 1000 and frames[-1]["decision"] == ACCEPT

@@ -65,6 +65,7 @@ class ServiceState:
         self._keys_required = settings.auth == "required"
         self._keys_lock = threading.Lock()
         self.redact = Redactor([settings.db_url, _path_like(settings.model), settings.upload_dir])
+        self.live_sessions = 0  # open WebSocket sessions (counted on the event loop)
 
     @property
     def db(self) -> SpeakerDB:
@@ -214,11 +215,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     _install_error_handlers(app, state)
     from speakerdb.service._guard import Guard
     from speakerdb.service._routes import router
+    from speakerdb.service._sessions import router as sessions_router
 
     # The guard matches requests against the routes as written (not as FastAPI resolves
     # an included router), which is why they are included without a prefix.
     app.add_middleware(Guard, state=state, routes=router.routes)
     app.include_router(router)
+    app.include_router(sessions_router)
     return app
 
 
