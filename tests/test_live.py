@@ -42,6 +42,7 @@ def speech():
         "enroll": {name: groups[name][3:6] for name in ENROLLED},
         "probe": {name: read(groups[name][0]) for name in ENROLLED},
         "impostor": read(groups[IMPOSTOR][2]),
+        "stranger": read(groups["2414"][4]),  # another voice nobody enrolled
     }
 
 
@@ -107,6 +108,17 @@ def test_a_hand_over_is_reported_after_the_join(db, speech):
     names = [(s.decision, s.speaker) for s in summary.segments]
     assert names == [(IDENTIFIED, "1688"), (IDENTIFIED, "1998")]
     assert summary.segments[0].end == changes[0].window_start
+
+
+def test_a_hand_over_between_strangers_is_reported_too(db, speech):
+    # No name to compare with: the last seconds are compared with the segment's own voice.
+    first, second = speech["impostor"], speech["stranger"]
+    join = first.size / 16000
+    with db.session() as session:
+        events, summary = run(session, np.concatenate([first, second]))
+    changes = [e for e in events if isinstance(e, SpeakerChange)]
+    assert len(changes) == 1 and changes[0].previous is None and changes[0].time > join
+    assert [s.decision for s in summary.segments] == [UNKNOWN, UNKNOWN]
 
 
 def test_identify_names_each_enrolled_speaker_and_not_a_stranger(db, speech):

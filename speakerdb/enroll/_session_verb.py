@@ -43,7 +43,7 @@ class SessionVerb(FacadeBase):
         :meth:`identify` (threshold / prior / far as there; raw cosine scores, no AS-norm).
         Raises SpeakerNotFoundError for an unknown speaker, UsageError for bad limits.
         """
-        from speakerdb.live._session import Judgement, LiveSession
+        from speakerdb.live._session import Anchor, Judgement, LiveSession
 
         policy = self.decision_policy(None, threshold=threshold, prior=prior, far=far)
         identity = self._check_model()
@@ -61,22 +61,34 @@ class SessionVerb(FacadeBase):
         if speaker is not None:
             voiceprint(speaker)  # an unknown speaker fails now, not at the first decision
 
-        def judge(samples: npt.NDArray[np.float32], against: str | None) -> Judgement | None:
+        def judge(
+            samples: npt.NDArray[np.float32], against: str | Anchor | None
+        ) -> Judgement | None:
             item = model.embed([samples], sample_rate=SAMPLE_RATE)[0]
             if item.vector is None:
                 return None
             probe = side_of(item)
-            speech = float(item.speech_seconds or 0.0)
+            speech, vector, band = float(item.speech_seconds or 0.0), item.vector, item.bandwidth_hz
             if against is not None:
-                side, centroid = voiceprint(against)
-                raw = cosine(item.vector, centroid)
+                if isinstance(against, Anchor):  # the same voice as before? (compare's rule)
+                    side = Side(against.speech_seconds, 1, against.bandwidth_hz)
+                    raw, name = cosine(vector, against.vector), None
+                else:
+                    side, centroid = voiceprint(against)
+                    raw, name = cosine(vector, centroid), against
                 d = policy.decide([raw], [raw], [probe], [side])[0]
-                return Judgement(d.accepted, against, d.llr, d.score, d.threshold, d.rule, speech)
-            found = store.search(item.vector, RERANKED_CANDIDATES, identity)[0]
+                return Judgement(
+                    d.accepted, name, d.llr, d.score, d.threshold, d.rule, speech, vector, band
+                )
+            found = store.search(vector, RERANKED_CANDIDATES, identity)[0]
             ranked, rule = rank_candidates(policy, found, {c.id: c.score for c in found}, probe)
             if not ranked:
-                return Judgement(False, None, None, float("-inf"), rule.threshold, rule, speech)
+                return Judgement(
+                    False, None, None, float("-inf"), rule.threshold, rule, speech, vector, band
+                )
             best, d = ranked[0]
-            return Judgement(d.accepted, best.name, d.llr, d.score, rule.threshold, rule, speech)
+            return Judgement(
+                d.accepted, best.name, d.llr, d.score, rule.threshold, rule, speech, vector, band
+            )
 
         return LiveSession(judge, speaker, limits)

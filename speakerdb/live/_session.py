@@ -73,6 +73,7 @@ __all__ = [
     "FIRM_SPEECH_SECONDS",
     "MAX_SEGMENT_AUDIO_SECONDS",
     "MIN_DECISION_SPEECH_SECONDS",
+    "Anchor",
     "Judge",
     "Judgement",
     "LiveSession",
@@ -120,12 +121,26 @@ class Judgement:
     threshold: float
     rule: DecisionRule
     speech_seconds: float
+    vector: npt.NDArray[np.float32] | None = None
+    bandwidth_hz: float | None = None
 
 
-Judge = Callable[[npt.NDArray[np.float32], str | None], Judgement | None]
+@dataclass(frozen=True)
+class Anchor:
+    """A voice without a name (an unknown caller): the (D,) unit-norm embedding of a
+    segment and its quality (the engine's speech seconds, bandwidth in Hz), so that later
+    speech can be compared with it by the one rule, as ``compare`` compares two files."""
+
+    vector: npt.NDArray[np.float32]
+    speech_seconds: float
+    bandwidth_hz: float | None
+
+
+Judge = Callable[[npt.NDArray[np.float32], "str | Anchor | None"], Judgement | None]
 """``judge(samples, against)``: (n,) float32 audio at 16 kHz; ``against`` a speaker's name
-(verify against that voiceprint) or None (identify among everyone). None when the audio
-cannot be embedded (too little speech)."""
+(verify against that voiceprint), an :class:`Anchor` (same voice as it? the compare rule)
+or None (identify among everyone). None when the audio cannot be embedded (too little
+speech)."""
 
 
 @dataclass
@@ -333,7 +348,8 @@ class LiveSession:
             now = self._frames_out * FRAME_SECONDS
             if self._since_evaluation >= max(EVALUATE_EVERY_SECONDS, self._segment_speech / 4):
                 events += self._evaluate(now)
-            if self._voice is not None and self._since_check >= CHANGE_EVERY_SECONDS:
+            anchored = self._voice is not None or self._anchor is not None
+            if anchored and self._since_check >= CHANGE_EVERY_SECONDS:
                 events += self._check_change(now)
         return events
 
@@ -349,6 +365,7 @@ class LiveSession:
         self._since_check = 0.0
         self._current: DecisionEvent | None = None
         self._voice: str | None = None  # the named voice decided on, for change detection
+        self._anchor: Anchor | None = None  # else the segment's own voice, once decided
         self._misses = 0
 
     def _close_segment(self, end: float) -> None:
@@ -408,6 +425,8 @@ class LiveSession:
                         self._voice = speaker if judged.accepted else None
                         self._misses = 0
                 status = label
+            if self._current is not None and self._voice is None and judged.vector is not None:
+                self._anchor = Anchor(judged.vector, judged.speech_seconds, judged.bandwidth_hz)
         if not final:
             events.insert(0, ProgressEvent(now, self._speech_seconds, status))
         return events
@@ -427,11 +446,12 @@ class LiveSession:
 
     def _check_change(self, now: float) -> list[Event]:
         self._since_check = 0.0
-        if len(self._recent) < _WINDOW_FRAMES or self._voice is None:
+        against: str | Anchor | None = self._voice if self._voice is not None else self._anchor
+        if len(self._recent) < _WINDOW_FRAMES or against is None:
             return []
         window = np.concatenate([f.samples for f in self._recent])
-        judged = self._judge(window, self._voice)
-        if judged is None or judged.accepted:
+        judged = self._judge(window, against)
+        if judged is None or not _mismatch(judged, named=isinstance(against, str)):
             self._misses = 0
             return []
         self._misses += 1
@@ -450,3 +470,14 @@ class LiveSession:
     def _final_decision(self) -> None:
         if self._segment_speech > 0 and self._segment:
             self._evaluate(self.time, final=True)
+
+
+def _mismatch(judged: Judgement, named: bool) -> bool:
+    """Whether a speech window is another voice. Against an enrolled voiceprint: the rule
+    rejects it. Against the segment's own voice (an anchor): the rule rejects it by
+    :data:`EARLY_REJECT_MARGIN` -- the calibration is fitted on pairs of recordings from
+    different sessions, and on narrowband speech it rejects many same-voice pairs, which
+    within one call would be false speaker changes."""
+    if named:
+        return not judged.accepted
+    return judged.llr is not None and judged.llr <= judged.threshold - EARLY_REJECT_MARGIN
