@@ -24,9 +24,11 @@ decision follows the rule on all the segment's speech, and a decision event is e
 only when it changes. The calibration takes the probe's speech duration as an input, so
 a short probe's LLR is already shrunk towards zero: an early accept is the rule's.
 
-Speaker change: once a named voice is decided, the last :data:`CHANGE_WINDOW_SECONDS` of
-speech are scored against its voiceprint every :data:`CHANGE_EVERY_SECONDS` of speech;
-:data:`CHANGE_CONFIRMATIONS` rejections in a row start a new segment at the window's start.
+Speaker change: once a segment is decided, the last :data:`CHANGE_WINDOW_SECONDS` of
+speech are scored every :data:`CHANGE_EVERY_SECONDS` of speech -- against the voiceprint of
+a named voice by the rule, else against the segment's own voice (an :class:`Anchor`) by
+compare's rule with :data:`EARLY_REJECT_MARGIN` (see :func:`_mismatch`);
+:data:`CHANGE_CONFIRMATIONS` mismatches in a row start a new segment at the window's start.
 
 These constants are set from first principles (the rule's own threshold, window lengths a
 GE2E voiceprint needs), not tuned on data; benchmarks/live_sessions.py measures them.
