@@ -34,6 +34,7 @@ __all__ = [
     "NotFoundError",
     "RecordingsMissingError",
     "SchemaOutOfDateError",
+    "SessionLimitError",
     "SpeakerDBError",
     "SpeakerNotFoundError",
     "StoreError",
@@ -82,6 +83,18 @@ class UsageError(SpeakerDBError):
     """An argument is invalid (bad threshold, malformed manifest line, unknown mode...)."""
 
     code = "usage"
+
+
+class SessionLimitError(UsageError):
+    """A live session reached one of its limits and ended. ``limit``: "duration" (seconds
+    of audio), "bytes" (of input), "silence" (seconds of audio without speech) or "idle"
+    (wall-clock seconds without input, a server's)."""
+
+    code = "limit"
+
+    def __init__(self, limit: str, message: str) -> None:
+        self.limit = limit
+        super().__init__(message)
 
 
 class ConfigurationError(SpeakerDBError):

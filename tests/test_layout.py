@@ -20,9 +20,10 @@ MAX_LINES = 800
 # Imports only point downwards: cli and service over enroll, enroll over diarize, model and
 # storage; model knows nothing of SQL, storage nothing of torch or of the model layer.
 LAYERS = {
-    "cli": {"cli", "service", "enroll", "diarize", "model", "storage"},
-    "service": {"service", "enroll", "diarize", "model", "storage"},
-    "enroll": {"enroll", "diarize", "model", "storage"},
+    "cli": {"cli", "service", "enroll", "live", "diarize", "model", "storage"},
+    "service": {"service", "enroll", "live", "diarize", "model", "storage"},
+    "enroll": {"enroll", "live", "diarize", "model", "storage"},
+    "live": {"live", "diarize", "model"},  # sessions: model-side logic, decisions passed in
     "diarize": {"diarize", "model"},
     "model": {"model"},
     "storage": {"storage"},

@@ -106,6 +106,21 @@ from speakerdb.errors import ConfigurationError, MissingDependencyError, UsageEr
     "name a reverse proxy forwards); repeatable. Other names are refused (400, bad_host) "
     "on a loopback address, and on any address once one is given.",
 )
+@click.option(
+    "--max-sessions",
+    type=click.IntRange(1, 10_000),
+    default=32,
+    show_default=True,
+    help="Most live sessions (WebSocket /v1/sessions) at once, per worker.",
+)
+@click.option(
+    "--session-idle",
+    "session_idle_s",
+    type=click.FloatRange(0.1, 3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds a live session may wait for the client's next frame.",
+)
 @click.option("--access-log/--no-access-log", default=True, help="Log every request.")
 @click.option(
     "--log-level",
@@ -130,6 +145,8 @@ def serve(
     batches: int,
     upload_dir: str | None,
     allowed_hosts: tuple[str, ...],
+    max_sessions: int,
+    session_idle_s: float,
     access_log: bool,
     log_level: str,
 ) -> None:
@@ -196,6 +213,8 @@ def serve(
         host=host,
         port=actual_port,
         allowed_hosts=allowed_hosts,
+        max_sessions=max_sessions,
+        session_idle_s=session_idle_s,
     )
     common = {
         "log_level": log_level,

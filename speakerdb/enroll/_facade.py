@@ -20,6 +20,7 @@ from speakerdb.enroll._calibration_verbs import CalibrationVerbs
 from speakerdb.enroll._decide_verbs import DecisionVerbs
 from speakerdb.enroll._diarize_verb import DiarizeVerb
 from speakerdb.enroll._enroll_verbs import EnrollVerbs
+from speakerdb.enroll._session_verb import SessionVerb
 from speakerdb.enroll._spoof_verbs import SpoofVerbs
 from speakerdb.errors import DatabaseNotFoundError
 from speakerdb.storage._store import EnrollmentStore
@@ -32,7 +33,15 @@ if TYPE_CHECKING:
 __all__ = ["Progress", "SpeakerDB"]
 
 
-class SpeakerDB(EnrollVerbs, DecisionVerbs, DiarizeVerb, CalibrationVerbs, SpoofVerbs, AdminVerbs):
+class SpeakerDB(
+    EnrollVerbs,
+    DecisionVerbs,
+    SessionVerb,
+    DiarizeVerb,
+    CalibrationVerbs,
+    SpoofVerbs,
+    AdminVerbs,
+):
     """A speaker enrollment database with its embedding model.
 
     Open with :meth:`open`; use as a context manager or call :meth:`close`. The model loads
@@ -40,8 +49,8 @@ class SpeakerDB(EnrollVerbs, DecisionVerbs, DiarizeVerb, CalibrationVerbs, Spoof
 
     The verbs come by job from :mod:`._enroll_verbs`, :mod:`._decide_verbs`,
     :mod:`._diarize_verb`, :mod:`._evaluate_verbs`, :mod:`._calibration_verbs`,
-    :mod:`._spoof_verbs` and :mod:`._admin_verbs`, over the state and model resolution of
-    :mod:`._base`.
+    :mod:`._spoof_verbs`, :mod:`._session_verb` and :mod:`._admin_verbs`, over the state and
+    model resolution of :mod:`._base`.
     """
 
     @classmethod

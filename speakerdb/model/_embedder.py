@@ -39,7 +39,7 @@ from speakerdb.model._ge2e import GE2EEncoder, GE2ESpeakerEncoder
 from speakerdb.model._utterance import PreparedUtterance, prepare_utterance
 from speakerdb.scoring import accept, cosine, validate_threshold
 
-__all__ = ["DEFAULT_BATCH_SIZE", "EmbeddedAudio", "Embedder"]
+__all__ = ["DEFAULT_BATCH_SIZE", "EmbeddedAudio", "Embedder", "single_threaded_torch"]
 
 DEFAULT_BATCH_SIZE = 64
 """Chunks (GE2E windows) per encoder call. Larger batches barely help an LSTM on CPU; on a GPU
@@ -559,6 +559,27 @@ def _encoder_workers(
             workers, thread_name_prefix="speakerdb-encode"
         ) as pool:
             yield pool, workers
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)
+
+
+@contextlib.contextmanager
+def single_threaded_torch() -> Iterator[None]:
+    """torch at one intra-op thread while inside (counted with the encoder pools', so the
+    saved count comes back when the last user leaves). Small networks run on short blocks
+    (a live session's speech detector) spend most of a multi-threaded call on barriers:
+    15 s of audio in 0.2 s blocks takes 25x the CPU with two threads as with one."""
+    global _threads_users, _threads_saved
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_users += 1
+    try:
+        yield
     finally:
         with _threads_lock:
             _threads_users -= 1

@@ -96,10 +96,22 @@ class StreamResampler:
     ``finish()``: the rest. The concatenated output equals the whole-array result (exactly
     torchaudio's for pairs within :data:`MAX_KERNEL_TAPS`), ``ceil(n * new_rate / rate)``
     samples for n input samples.
+
+    min_call: input samples held back before a convolution (see :meth:`_convolve`); the
+    default makes the output bit-exact with a single call; a live stream passes a small
+    value (e.g. 0) for low latency, and its output then differs in the last bits only.
     """
 
-    def __init__(self, rate: int, new_rate: int, params: SincParams = TORCHAUDIO_DEFAULT) -> None:
+    def __init__(
+        self,
+        rate: int,
+        new_rate: int,
+        params: SincParams = TORCHAUDIO_DEFAULT,
+        *,
+        min_call: int = _MIN_CALL,
+    ) -> None:
         self.rate, self.new_rate = int(rate), int(new_rate)
+        self._min_call = max(0, int(min_call))
         self._n_in = 0
         self._n_out = 0
         self._soxr = None
@@ -169,8 +181,9 @@ class StreamResampler:
         if final:
             positions = max(0, available)
         else:
-            positions = min(available, (self._buffer.shape[0] - _MIN_CALL) // self._orig)
-            if positions * self._orig < _MIN_CALL:
+            held = self._min_call
+            positions = min(available, (self._buffer.shape[0] - held) // self._orig)
+            if positions <= 0 or positions * self._orig < held:
                 return np.zeros(0, np.float32)
         per_call = max(1, _MAX_CALL // self._orig)
         parts = []

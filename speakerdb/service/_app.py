@@ -28,6 +28,7 @@ from speakerdb.service._errors import (
 from speakerdb.service._guard import Guard
 from speakerdb.service._metrics import Metrics
 from speakerdb.service._routes import router
+from speakerdb.service._sessions import router as sessions_router
 from speakerdb.service._settings import ServiceSettings
 from speakerdb.service._state import ServiceState
 
@@ -92,6 +93,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     # an included router), which is why they are included without a prefix.
     app.add_middleware(Guard, state=state, routes=router.routes)
     app.include_router(router)
+    app.include_router(sessions_router)
     return app
 
 

@@ -42,6 +42,11 @@ class ServiceSettings:
     rebound to 127.0.0.1 names its own host there); allowed_hosts: further names accepted
     in Host (any port), e.g. the name a reverse proxy forwards; on another address they
     are, when given, the only names accepted besides loopback ones.
+
+    Live sessions (``/v1/sessions``, a WebSocket): max_sessions at once (per worker
+    process; more are refused with 429 / close 1013); session_idle_s: longest wait for a
+    frame from the client, or for it to take one (close 1008); session_max_seconds /
+    session_max_bytes: audio one session may send (close 1008 / 1009).
     """
 
     db_url: str | None = None
@@ -60,6 +65,10 @@ class ServiceSettings:
     host: str | None = None
     port: int | None = None
     allowed_hosts: tuple[str, ...] = ()
+    max_sessions: int = 32
+    session_idle_s: float = 30.0
+    session_max_seconds: float = 3600.0
+    session_max_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         # JSON (the workers' copy) has lists; names compare without case.

@@ -41,6 +41,7 @@ class ServiceState:
         self._keys_required = settings.auth == "required"
         self._keys_lock = threading.Lock()
         self.redact = Redactor([settings.db_url, _path_like(settings.model), settings.upload_dir])
+        self.live_sessions = 0  # open WebSocket sessions (counted on the event loop)
 
     @property
     def db(self) -> SpeakerDB:

@@ -1,0 +1,94 @@
+"""SpeakerDB.session: a live session (:mod:`speakerdb.live`) judged by this database.
+
+The judge is the file answers' own path: the model's ``embed`` on the session's 16 kHz
+audio, the speaker's voiceprint (or the index search and :func:`rank_candidates` for
+identification) and the database's decision policy, resolved once when the session opens.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from speakerdb.enroll._base import FacadeBase, side_of
+from speakerdb.enroll._policy import RERANKED_CANDIDATES, Side, rank_candidates
+from speakerdb.model._audio import SAMPLE_RATE
+from speakerdb.scoring import cosine
+
+if TYPE_CHECKING:
+    from speakerdb.live._session import Judgement, LiveSession, SessionLimits
+
+__all__ = ["SessionVerb"]
+
+
+class SessionVerb(FacadeBase):
+    """The live-session verb of :class:`~speakerdb.enroll._facade.SpeakerDB`."""
+
+    def session(
+        self,
+        speaker: str | None = None,
+        *,
+        limits: SessionLimits | None = None,
+        threshold: float | None = None,
+        prior: float | None = None,
+        far: float | None = None,
+    ) -> LiveSession:
+        """A live session: verify ``speaker`` while the caller speaks, or (None) identify
+        among everyone. Use as a context manager; ``feed(chunk, sample_rate)`` returns
+        events, ``close()`` the summary (see :class:`speakerdb.live.LiveSession`).
+
+        Decisions use the same embedder and decision policy as :meth:`verify` /
+        :meth:`identify` (threshold / prior / far as there; raw cosine scores, no AS-norm).
+        Raises SpeakerNotFoundError for an unknown speaker, UsageError for bad limits.
+        """
+        from speakerdb.live._session import Anchor, Judgement, LiveSession
+
+        policy = self.decision_policy(None, threshold=threshold, prior=prior, far=far)
+        identity = self._check_model()
+        model = self.model
+        store = self.store
+        voiceprints: dict[str, tuple[Side, npt.NDArray[np.float32]]] = {}
+
+        def voiceprint(name: str) -> tuple[Side, npt.NDArray[np.float32]]:
+            if name not in voiceprints:
+                record, centroid = store.centroid(name)
+                side = Side(record.speech_seconds, record.utterances, record.bandwidth_hz)
+                voiceprints[name] = (side, centroid)
+            return voiceprints[name]
+
+        if speaker is not None:
+            voiceprint(speaker)  # an unknown speaker fails now, not at the first decision
+
+        def judge(
+            samples: npt.NDArray[np.float32], against: str | Anchor | None
+        ) -> Judgement | None:
+            item = model.embed([samples], sample_rate=SAMPLE_RATE)[0]
+            if item.vector is None:
+                return None
+            probe = side_of(item)
+            speech, vector, band = float(item.speech_seconds or 0.0), item.vector, item.bandwidth_hz
+            if against is not None:
+                if isinstance(against, Anchor):  # the same voice as before? (compare's rule)
+                    side = Side(against.speech_seconds, 1, against.bandwidth_hz)
+                    raw, name = cosine(vector, against.vector), None
+                else:
+                    side, centroid = voiceprint(against)
+                    raw, name = cosine(vector, centroid), against
+                d = policy.decide([raw], [raw], [probe], [side])[0]
+                return Judgement(
+                    d.accepted, name, d.llr, d.score, d.threshold, d.rule, speech, vector, band
+                )
+            found = store.search(vector, RERANKED_CANDIDATES, identity)[0]
+            ranked, rule = rank_candidates(policy, found, {c.id: c.score for c in found}, probe)
+            if not ranked:
+                return Judgement(
+                    False, None, None, float("-inf"), rule.threshold, rule, speech, vector, band
+                )
+            best, d = ranked[0]
+            return Judgement(
+                d.accepted, best.name, d.llr, d.score, rule.threshold, rule, speech, vector, band
+            )
+
+        return LiveSession(judge, speaker, limits)
