@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         ManifestSummary,
     )
     from speakerdb.model._embedder import EmbeddedAudio, Embedder
+    from speakerdb.storage._audit import AuditCheck, AuditEntry, acting_as
     from speakerdb.storage._check import CheckReport
     from speakerdb.storage._index_cache import IndexStatus
     from speakerdb.storage._keys import ApiKeyRecord, NewApiKey
@@ -49,6 +50,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "RECOMMENDED_SPEECH_SECONDS",
     "ApiKeyRecord",
+    "AuditCheck",
+    "AuditEntry",
     "CheckReport",
     "Comparison",
     "EmbeddedAudio",
@@ -74,6 +77,7 @@ __all__ = [
     "UtteranceRecord",
     "Verification",
     "__version__",
+    "acting_as",
     "available_models",
     "errors",
     "load_model",
@@ -103,6 +107,9 @@ _LAZY = {
     "ManifestSummary": "speakerdb.enroll._reports",
     "EmbeddedAudio": "speakerdb.model._embedder",
     "Embedder": "speakerdb.model._embedder",
+    "AuditCheck": "speakerdb.storage._audit",
+    "AuditEntry": "speakerdb.storage._audit",
+    "acting_as": "speakerdb.storage._audit",
     "CheckReport": "speakerdb.storage._check",
     "IndexStatus": "speakerdb.storage._index_cache",
     "ApiKeyRecord": "speakerdb.storage._keys",

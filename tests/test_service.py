@@ -235,6 +235,42 @@ def test_keys_through_the_api(served, voices):
         assert admin.delete("/v1/keys/robot").status_code == 404
 
 
+def test_audit_log_through_the_api(served, voices):
+    p225 = voices["p225"]
+    name = f"audited-{uuid.uuid4().hex[:6]}"
+    with served.client("admin") as admin:
+        assert admin.post(f"/v1/speakers/{name}/enroll", files=upload(p225[:2])).status_code == 201
+    with served.client("verify") as verifier:
+        answered = verifier.post(
+            f"/v1/speakers/{name}/verify",
+            files=upload(p225[4:5]),
+            headers={"X-Request-ID": f"req-{name}"},
+        )
+        assert answered.status_code == 200, answered.text
+        assert answered.headers["x-request-id"] == f"req-{name}"
+        assert verifier.get("/v1/audit").status_code == 403  # the audit scope is needed
+    with SpeakerDB.open(served.url) as db:
+        made = db.create_key(f"auditor-{name}", ["audit"])
+    with served.server.client(made.secret) as auditor:
+        got = auditor.get("/v1/audit", params={"speaker": name, "verify": "true"})
+        assert got.status_code == 200, got.text
+        entries = got.json()["entries"]
+        assert [(e["action"], e["actor"], e["decision"]) for e in entries] == [
+            ("enroll", "admin", "created"),
+            ("verify", "verify", answered.json()["decision"].lower()),
+        ]
+        assert entries[1]["request_id"] == f"req-{name}"
+        assert entries[1]["score"] == pytest.approx(answered.json()["score"])
+        assert got.json()["check"]["ok"] is True
+        assert not any(p.name in got.text for p in p225[:5])  # no upload names or paths
+        assert auditor.get("/v1/speakers").status_code == 403  # audit reads only the log
+        bad = auditor.get("/v1/audit", params={"since": "yesterday"})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "usage"
+    with served.client("admin") as admin:
+        assert admin.get("/v1/audit", params={"limit": "1"}).status_code == 200
+        assert admin.delete(f"/v1/speakers/{name}").status_code == 200
+
+
 # --- authentication -----------------------------------------------------------------------------
 
 

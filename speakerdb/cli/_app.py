@@ -78,6 +78,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     from speakerdb.cli import (
+        _audit,
         _db,
         _decide,
         _diarize,
@@ -104,6 +105,7 @@ def _register() -> None:
         _db.db,
         _models.models,
         _keys.keys,
+        _audit.audit,
         _serve.serve,
     ):
         cli.add_command(command)

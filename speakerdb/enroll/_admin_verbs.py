@@ -20,7 +20,10 @@ from speakerdb.storage._records import (
 )
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     from speakerdb.model._embedder import Embedder
+    from speakerdb.storage._audit import AuditCheck, AuditEntry
     from speakerdb.storage._check import CheckReport
     from speakerdb.storage._index_cache import IndexStatus
     from speakerdb.storage._keys import ApiKeyRecord, NewApiKey
@@ -164,3 +167,23 @@ class AdminVerbs(FacadeBase):
         SQLite: VACUUM). Deleting a speaker removes its rows at once, but PostgreSQL keeps
         the old row versions in its table files until they are rewritten."""
         return self.store.compact()
+
+    # --- audit log (see speakerdb.storage._audit) -----------------------------------------------
+
+    def audit_entries(
+        self,
+        since: dt.datetime | None = None,
+        speaker: str | None = None,
+        action: str | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """Audit entries, oldest first: those at or after ``since`` (naive: UTC), about
+        ``speaker`` (its name at the time), of ``action`` (enroll, verify, identify,
+        compare, rename, delete, key-create, key-revoke, calibration); the last ``limit``.
+        Raises UsageError (unknown action, limit < 1), StoreError."""
+        return self.store.audit_entries(since, speaker, action, limit)
+
+    def audit_verify(self) -> AuditCheck:
+        """Check the audit log's hash chain: ``ok``, or the first entry that was modified,
+        deleted, inserted or reordered (``bad_seq``, ``problem``). Raises StoreError."""
+        return self.store.audit_verify()

@@ -20,6 +20,10 @@ Tables:
                 the previous model's after a switch (kept until ``--drop-old``)
   api_keys      keys of the HTTP service (``speakerdb serve``): only their sha256, never the
                 key itself, with their scopes
+  audit_log     the append-only, hash-chained record of who enrolled, looked up, renamed or
+                deleted whom, and of key and calibration changes (see storage._audit)
+  audit_head    a single row: the sequence number and hash of the last audit entry, locked
+                by every append so that concurrent writers never fork the chain
 
 The migrations in ``speakerdb/migrations`` must build exactly this schema; a test compares
 them with Alembic's autogenerate comparison.
@@ -50,6 +54,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "ApiKey",
+    "AuditEntryRow",
+    "AuditHead",
     "Base",
     "Calibration",
     "Change",
@@ -260,3 +266,36 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     scopes: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEntryRow(Base):
+    """One audit entry. ``seq`` numbers the entries 1, 2, ... in chain order; ``hash`` is
+    sha256(``prev_hash`` || canonical JSON of the entry's other fields) (see
+    :mod:`speakerdb.storage._audit`). Never audio, embeddings, paths or key secrets."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    speaker: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    decision: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Canonical JSON of small facts (a new name, a key's scopes, a normalisation), or NULL.
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The single row (id 1): the last audit entry's ``seq`` and ``hash`` (0 and 64 zeros
+    for an empty log). Every append locks it, and ``audit verify`` checks the log ends there
+    (a deleted last entry would otherwise leave a consistent chain)."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))

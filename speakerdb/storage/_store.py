@@ -24,6 +24,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from speakerdb._identity import ModelIdentity
 from speakerdb.errors import AlreadyExistsError, StoreError, UsageError
 from speakerdb.storage import _keys
+from speakerdb.storage._audit import PendingEntry, append
+from speakerdb.storage._audit_store import AuditedStore
 from speakerdb.storage._cache_files import database_identity, placed
 from speakerdb.storage._calibration_rows import (
     check_setting,
@@ -33,7 +35,6 @@ from speakerdb.storage._calibration_rows import (
     write_setting,
 )
 from speakerdb.storage._compaction import compact_postgresql, compact_sqlite
-from speakerdb.storage._connection import StoreConnection
 from speakerdb.storage._engine import create_database_engine, read_transaction, store_error
 from speakerdb.storage._enroll_rows import (
     create_speakers,
@@ -83,7 +84,7 @@ __all__ = ["EnrollmentStore", "validated_name"]
 _RESCORE_EXTRA = 8  # candidates beyond k re-scored exactly, so ANN ordering errors vanish
 
 
-class EnrollmentStore(StoreConnection):
+class EnrollmentStore(AuditedStore):
     """One database: open it with :meth:`open`, close it (or use ``with``) when done.
 
     Safe to share between threads. Several processes and machines may use one database at
@@ -203,12 +204,33 @@ class EnrollmentStore(StoreConnection):
         normalisation without a setting uses the bundled calibration (``calibrate --reset``
         returns there). Raises UsageError for a malformed setting."""
         check_setting(setting)
-        self.write(lambda conn: write_setting(conn, setting), "store the calibration")
+        entry = PendingEntry(
+            "calibration",
+            decision="set",
+            detail={
+                "normalization": setting.normalization,
+                "kind": setting.kind,
+                "source": setting.source,
+                "threshold": setting.threshold,
+            },
+        )
+
+        def work(conn: Connection) -> None:
+            write_setting(conn, setting)
+            append(conn, [entry])
+
+        self.write(work, "store the calibration")
 
     def clear_calibration(self, normalization: str | None = None) -> None:
         """Forget this database's setting for a normalisation: the default applies again."""
         key = normalization or "none"
-        self.write(lambda conn: clear_setting(conn, key), "reset the calibration")
+        entry = PendingEntry("calibration", decision="reset", detail={"normalization": key})
+
+        def work(conn: Connection) -> None:
+            clear_setting(conn, key)
+            append(conn, [entry])
+
+        self.write(work, "reset the calibration")
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -274,7 +296,9 @@ class EnrollmentStore(StoreConnection):
                     record_change(conn, result.speaker.id, seq, "upsert")
                 results[i] = result
             set_seq(conn, seq)
-            return [results[i] for i in range(len(prepared))]
+            ordered = [results[i] for i in range(len(prepared))]
+            append(conn, [_enroll_entry(r, q.mode) for r, q in zip(ordered, prepared, strict=True)])
+            return ordered
 
         return self.write(work, "enroll")
 
@@ -291,6 +315,7 @@ class EnrollmentStore(StoreConnection):
             seq = int(state.change_seq) + 1
             record_change(conn, row.id, seq, "delete")
             set_seq(conn, seq)
+            append(conn, [PendingEntry("delete", speaker=record.name, decision="deleted")])
             return record
 
         record = self.write(work, f"delete {name!r}")
@@ -336,6 +361,14 @@ class EnrollmentStore(StoreConnection):
                 raise AlreadyExistsError(f"a speaker named {new!r} already exists")
             conn.execute(
                 update(Speaker).where(Speaker.id == row.id).values(name=new, updated_at=utcnow())
+            )
+            append(
+                conn,
+                [
+                    PendingEntry(
+                        "rename", speaker=row.name, decision="renamed", detail={"new_name": new}
+                    )
+                ],
             )
             return speaker_record(speaker_row(conn, new))
 
@@ -565,3 +598,28 @@ class EnrollmentStore(StoreConnection):
     def _writable(self, what: str) -> None:
         if self.read_only:
             raise UsageError(f"cannot {what}: {self.location.display} was opened read-only")
+
+
+def _enroll_entry(result: EnrollResult, mode: str) -> PendingEntry:
+    """The audit entry of one enrollment: counts, never the recordings or their paths."""
+    if result.refused:
+        decision = "refused"
+    elif result.skipped:
+        decision = "skipped"
+    elif result.created:
+        decision = "created"
+    elif result.added or result.removed:
+        decision = "updated"
+    else:
+        decision = "unchanged"
+    return PendingEntry(
+        "enroll",
+        speaker=result.name,
+        decision=decision,
+        detail={
+            "mode": mode,
+            "added": len(result.added),
+            "duplicates": len(result.duplicates),
+            "removed": result.removed,
+        },
+    )
