@@ -271,6 +271,35 @@ def test_audit_log_through_the_api(served, voices):
         assert admin.delete(f"/v1/speakers/{name}").status_code == 200
 
 
+def test_consent_expiry_and_opt_out_through_the_api(served, voices):
+    p225 = voices["p225"]
+    name = f"Governed-{uuid.uuid4().hex[:6]}"
+    with served.client("enroll") as enroller, served.client("admin") as admin:
+        made = enroller.post(
+            f"/v1/speakers/{name}/enroll",
+            files=upload(p225[:2]),
+            data={"consent": "recorded on call 9", "expires_after": "90d"},
+        )
+        assert made.status_code == 201, made.text
+        shown = admin.get(f"/v1/speakers/{name}").json()
+        assert shown["consent"] == "recorded on call 9" and shown["consent_by"] == "enroll"
+        assert shown["expires_at"] is not None
+        bad = enroller.post(
+            f"/v1/speakers/{name}/enroll", files=upload(p225[2:3]), data={"expires_after": "1x"}
+        )
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "usage"
+        assert enroller.post(f"/v1/speakers/{name}/opt-out").status_code == 403
+        out = admin.post(f"/v1/speakers/{name}/opt-out")
+        assert out.status_code == 200 and out.json() == {"opted_out": name, "erased": True}
+        assert admin.get(f"/v1/speakers/{name}").status_code == 404
+        again = enroller.post(f"/v1/speakers/{name.lower()}/enroll", files=upload(p225[:2]))
+        assert again.status_code == 409 and again.json()["error"]["code"] == "opted_out"
+        assert admin.delete(f"/v1/opt-outs/{name}").status_code == 200
+        assert admin.delete(f"/v1/opt-outs/{name}").status_code == 404
+        expired = admin.post("/v1/expire")
+        assert expired.status_code == 200 and name not in expired.json()["expired"]
+
+
 # --- authentication -----------------------------------------------------------------------------
 
 

@@ -187,3 +187,37 @@ class AdminVerbs(FacadeBase):
         """Check the audit log's hash chain: ``ok``, or the first entry that was modified,
         deleted, inserted or reordered (``bad_seq``, ``problem``). Raises StoreError."""
         return self.store.audit_verify()
+
+    # --- retention, consent, opt-out (see speakerdb.storage._governance) ------------------------
+
+    def expire(self, now: dt.datetime | None = None, compact: bool = True) -> list[str]:
+        """Erase every speaker whose retention period ended (by ``now``, default the
+        present), as a delete does, each with an "expire" audit entry; then, when any was
+        erased and ``compact``, :meth:`compact` the database files so that no byte of them
+        is left. Returns the erased names. Raises UsageError (read-only), StoreError."""
+        names = self.store.expire(now)
+        if names and compact:
+            self.store.compact()
+        return names
+
+    def opt_out(self, name: str, compact: bool = True) -> bool:
+        """Erase ``name`` like a delete (and, with ``compact``, compact the files) and
+        refuse the name at enrollment from now on; only a keyed hash of the name is kept.
+        Returns whether a speaker was erased (a name not enrolled is refused all the same).
+        Raises UsageError, StoreError."""
+        erased = self.store.opt_out(name)
+        if erased and compact:
+            self.store.compact()
+        return erased
+
+    def opt_in(self, name: str) -> None:
+        """Lift an opt-out. Raises NotFoundError when ``name`` is not opted out."""
+        self.store.opt_in(name)
+
+    def require_consent(self) -> bool:
+        """Whether every enrollment of a new speaker must record consent."""
+        return self.store.require_consent()
+
+    def set_require_consent(self, required: bool) -> None:
+        """Require (or stop requiring) consent for every enrollment of a new speaker."""
+        self.store.set_require_consent(required)

@@ -212,7 +212,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.service = state
     _install_docs(app)
     _install_error_handlers(app, state)
-    from speakerdb.service import _audit_routes  # noqa: F401  (registers GET /v1/audit)
+    from speakerdb.service import _governance_routes  # noqa: F401  (audit, opt-out, expire)
     from speakerdb.service._guard import Guard
     from speakerdb.service._routes import router
 

@@ -428,6 +428,12 @@ def enroll(
             "do not match its voiceprint."
         ),
     ] = False,
+    consent: Annotated[
+        str | None, Form(max_length=2000, description="The consent given (recorded text).")
+    ] = None,
+    expires_after: Annotated[
+        str | None, Form(max_length=16, description="Retention from now: 3y, 90d, 2w, 12h.")
+    ] = None,
 ) -> JSONResponse:
     """The report of the CLI's ``enroll --json``: every recording accepted, duplicate,
     rejected (with its reason) or skipped, and the speaker's totals. 201 when the speaker
@@ -448,7 +454,13 @@ def enroll(
     with _uploads(state, audio) as uploads:
         try:
             report = state.db.enroll(
-                name, uploads, mode=mode, metadata=meta, force=force or mode == "overwrite"
+                name,
+                uploads,
+                mode=mode,
+                metadata=meta,
+                force=force or mode == "overwrite",
+                consent=consent,
+                expires_after=expires_after,
             )
         except errors.EnrollmentRefusedError as exc:
             state.metrics.errors.labels(exc.code).inc()

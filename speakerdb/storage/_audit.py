@@ -35,6 +35,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
 from speakerdb.errors import UsageError
+from speakerdb.storage._records import EnrollResult
 from speakerdb.storage._schema import AuditEntryRow, AuditHead, utcnow
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "append",
     "check_chain",
     "current_actor",
+    "enroll_entry",
     "entry_hash",
     "read_entries",
 ]
@@ -62,6 +64,10 @@ AUDIT_ACTIONS = (
     "key-create",
     "key-revoke",
     "calibration",
+    "expire",
+    "opt-out",
+    "opt-in",
+    "setting",
 )
 _MAX_ACTOR = 128
 _MAX_REQUEST_ID = 64
@@ -350,3 +356,28 @@ def check_chain(conn: Connection) -> AuditCheck:
     if prev != head_hash:
         return bad(last, f"entry {last} does not match the head hash (modified or replaced)")
     return AuditCheck(True, count, head_seq, head_hash)
+
+
+def enroll_entry(result: EnrollResult, mode: str) -> PendingEntry:
+    """The audit entry of one enrollment: counts, never the recordings or their paths."""
+    if result.refused:
+        decision = "refused"
+    elif result.skipped:
+        decision = "skipped"
+    elif result.created:
+        decision = "created"
+    elif result.added or result.removed:
+        decision = "updated"
+    else:
+        decision = "unchanged"
+    return PendingEntry(
+        "enroll",
+        speaker=result.name,
+        decision=decision,
+        detail={
+            "mode": mode,
+            "added": len(result.added),
+            "duplicates": len(result.duplicates),
+            "removed": result.removed,
+        },
+    )

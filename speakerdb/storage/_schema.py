@@ -22,6 +22,7 @@ Tables:
                 key itself, with their scopes
   audit_log     the append-only, hash-chained record of who enrolled, looked up, renamed or
                 deleted whom, and of key and calibration changes (see storage._audit)
+  opt_outs      keyed hashes of the names whose owners opted out (never the name or voice)
   audit_head    a single row: the sequence number and hash of the last audit entry, locked
                 by every append so that concurrent writers never fork the chain
 
@@ -60,6 +61,7 @@ __all__ = [
     "Calibration",
     "Change",
     "ModelRow",
+    "OptOut",
     "Reembedding",
     "Speaker",
     "StoreState",
@@ -132,6 +134,12 @@ class StoreState(Base):
     # keys: a server on this database then requires a key even when none is left (only
     # ``speakerdb keys allow-keyless`` clears it, and only while no key exists).
     keys_required: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Every enrollment of a new speaker must record consent (``db set require-consent on``).
+    require_consent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # 32 random bytes (hex): the HMAC key of opted-out names (``opt_outs``), so that the
+    # table alone does not say which names were opted out (a dictionary of names cannot be
+    # hashed without it).
+    name_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Calibration(Base):
@@ -190,6 +198,14 @@ class Speaker(Base):
     change_seq: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Retention: ``speakerdb db expire`` erases the speaker from this time on (NULL: never).
+    expires_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True
+    )
+    # Consent as recorded at enrollment: its text, when, and who enrolled (key or OS user).
+    consent: Mapped[str | None] = mapped_column(Text, nullable=True)
+    consent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    consent_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class Utterance(Base):
@@ -299,3 +315,14 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class OptOut(Base):
+    """A name whose owner opted out: only HMAC-SHA256(``store_state.name_key``, the name
+    normalised and case-folded), never the name or the voice. Enrolling the name is refused
+    while the row exists."""
+
+    __tablename__ = "opt_outs"
+
+    name_hmac: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -17,15 +17,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from speakerdb._identity import ModelIdentity
 from speakerdb.errors import AlreadyExistsError, StoreError, UsageError
 from speakerdb.storage import _keys
-from speakerdb.storage._audit import PendingEntry, append
-from speakerdb.storage._audit_store import AuditedStore
+from speakerdb.storage._audit import PendingEntry, append, enroll_entry
 from speakerdb.storage._cache_files import database_identity, placed
 from speakerdb.storage._calibration_rows import (
     check_setting,
@@ -42,6 +41,8 @@ from speakerdb.storage._enroll_rows import (
     existing_names,
     validated_request,
 )
+from speakerdb.storage._governance import check_enrollable, erase_speaker
+from speakerdb.storage._governance_store import GovernedStore
 from speakerdb.storage._location import resolve_location
 from speakerdb.storage._metadata import validated_metadata
 from speakerdb.storage._migrate import ensure_schema, inspect_read_only
@@ -84,7 +85,7 @@ __all__ = ["EnrollmentStore", "validated_name"]
 _RESCORE_EXTRA = 8  # candidates beyond k re-scored exactly, so ANN ordering errors vanish
 
 
-class EnrollmentStore(AuditedStore):
+class EnrollmentStore(GovernedStore):
     """One database: open it with :meth:`open`, close it (or use ``with``) when done.
 
     Safe to share between threads. Several processes and machines may use one database at
@@ -272,6 +273,7 @@ class EnrollmentStore(AuditedStore):
             # New speakers (the common case of a large enrollment) go in with a few bulk
             # statements; existing or repeated names take the general path afterwards.
             existing = existing_names(conn, [r.name for r in prepared])
+            check_enrollable(conn, prepared, existing)
             fresh: dict[str, int] = {}
             for i, request in enumerate(prepared):
                 if (
@@ -297,7 +299,7 @@ class EnrollmentStore(AuditedStore):
                 results[i] = result
             set_seq(conn, seq)
             ordered = [results[i] for i in range(len(prepared))]
-            append(conn, [_enroll_entry(r, q.mode) for r, q in zip(ordered, prepared, strict=True)])
+            append(conn, [enroll_entry(r, q.mode) for r, q in zip(ordered, prepared, strict=True)])
             return ordered
 
         return self.write(work, "enroll")
@@ -310,10 +312,8 @@ class EnrollmentStore(AuditedStore):
             state = lock_state(conn)
             row = speaker_row(conn, name, for_update=True)
             record = speaker_record(row)
-            conn.execute(delete(Utterance).where(Utterance.speaker_id == row.id))
-            conn.execute(delete(Speaker).where(Speaker.id == row.id))
             seq = int(state.change_seq) + 1
-            record_change(conn, row.id, seq, "delete")
+            erase_speaker(conn, row.id, seq)
             set_seq(conn, seq)
             append(conn, [PendingEntry("delete", speaker=record.name, decision="deleted")])
             return record
@@ -598,28 +598,3 @@ class EnrollmentStore(AuditedStore):
     def _writable(self, what: str) -> None:
         if self.read_only:
             raise UsageError(f"cannot {what}: {self.location.display} was opened read-only")
-
-
-def _enroll_entry(result: EnrollResult, mode: str) -> PendingEntry:
-    """The audit entry of one enrollment: counts, never the recordings or their paths."""
-    if result.refused:
-        decision = "refused"
-    elif result.skipped:
-        decision = "skipped"
-    elif result.created:
-        decision = "created"
-    elif result.added or result.removed:
-        decision = "updated"
-    else:
-        decision = "unchanged"
-    return PendingEntry(
-        "enroll",
-        speaker=result.name,
-        decision=decision,
-        detail={
-            "mode": mode,
-            "added": len(result.added),
-            "duplicates": len(result.duplicates),
-            "removed": result.removed,
-        },
-    )

@@ -1,5 +1,6 @@
-"""``GET /v1/audit``: the audit log, for keys with the audit (or admin) scope. Registered on
-the one router of :mod:`speakerdb.service._routes`, so that the guard sees its scope."""
+"""Governance routes: ``GET /v1/audit`` (the audit log, for keys with the audit or admin
+scope), opt-out and opt-in, and expiry (admin). Registered on the one router of
+:mod:`speakerdb.service._routes`, so that the guard sees their scopes."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from fastapi import Depends, Query
 from starlette.responses import JSONResponse
 
 from speakerdb.errors import UsageError
-from speakerdb.service._routes import State, _answer, require, router
+from speakerdb.service._routes import SpeakerName, State, _answer, require, router
 
-__all__ = ["audit_log"]
+__all__ = ["audit_log", "expire", "opt_in", "opt_out"]
 
 
 @router.get(
@@ -49,3 +50,38 @@ def audit_log(
     if verify:
         document["check"] = state.db.audit_verify().to_dict()
     return _answer(state, document)
+
+
+@router.post(
+    "/v1/speakers/{name}/opt-out",
+    tags=["speakers"],
+    summary="Erase NAME like delete and refuse the name until opted in again (admin).",
+    dependencies=[Depends(require("admin"))],
+)
+def opt_out(name: SpeakerName, state: State) -> JSONResponse:
+    """Only a keyed hash of the name is kept; the database files are compacted."""
+    erased = state.db.opt_out(name)
+    return _answer(state, {"opted_out": name, "erased": erased})
+
+
+@router.delete(
+    "/v1/opt-outs/{name}",
+    tags=["speakers"],
+    summary="Lift the opt-out of NAME: it may be enrolled again (admin).",
+    dependencies=[Depends(require("admin"))],
+    responses={404: {"description": "The name is not opted out."}},
+)
+def opt_in(name: SpeakerName, state: State) -> JSONResponse:
+    state.db.opt_in(name)
+    return _answer(state, {"opted_in": name})
+
+
+@router.post(
+    "/v1/expire",
+    tags=["speakers"],
+    summary="Erase every speaker whose retention period ended (admin).",
+    dependencies=[Depends(require("admin"))],
+)
+def expire(state: State) -> JSONResponse:
+    """As ``speakerdb db expire``: erased like delete, audited, files compacted."""
+    return _answer(state, {"expired": state.db.expire()})
