@@ -123,8 +123,8 @@ class AdminVerbs(FacadeBase):
 
     def create_key(self, name: str, scopes: Sequence[str]) -> NewApiKey:
         """Create an API key for ``speakerdb serve``; its secret is in the result, and only
-        there (the database keeps its sha256). scopes: verify, identify, enroll, admin (or
-        read = verify + identify). Raises UsageError, AlreadyExistsError, StoreError."""
+        there (the database keeps its sha256). scopes: verify, identify, enroll, audit,
+        admin (or read = verify + identify). Raises UsageError, AlreadyExistsError, StoreError."""
 
         return self.store.create_key(name, scopes)
 
