@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         load_countermeasure,
     )
     from speakerdb.model._embedder import EmbeddedAudio, Embedder
+    from speakerdb.storage._audit import AuditCheck, AuditEntry, acting_as
     from speakerdb.storage._check import CheckReport
     from speakerdb.storage._countermeasure_record import CountermeasureRecord
     from speakerdb.storage._index_cache import IndexStatus
@@ -64,6 +65,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "RECOMMENDED_SPEECH_SECONDS",
     "ApiKeyRecord",
+    "AuditCheck",
+    "AuditEntry",
     "CheckReport",
     "Comparison",
     "Countermeasure",
@@ -95,6 +98,7 @@ __all__ = [
     "UtteranceRecord",
     "Verification",
     "__version__",
+    "acting_as",
     "available_models",
     "errors",
     "load_countermeasure",
@@ -133,6 +137,9 @@ _LAZY = {
     "load_countermeasure": "speakerdb.model._countermeasure",
     "EmbeddedAudio": "speakerdb.model._embedder",
     "Embedder": "speakerdb.model._embedder",
+    "AuditCheck": "speakerdb.storage._audit",
+    "AuditEntry": "speakerdb.storage._audit",
+    "acting_as": "speakerdb.storage._audit",
     "CheckReport": "speakerdb.storage._check",
     "CountermeasureRecord": "speakerdb.storage._countermeasure_record",
     "IndexStatus": "speakerdb.storage._index_cache",

@@ -22,6 +22,7 @@ __all__ = [
     "AudioNotFoundError",
     "BusyError",
     "ConfigurationError",
+    "ConsentRequiredError",
     "DatabaseNotFoundError",
     "EnrollmentRefusedError",
     "InvalidAudioError",
@@ -32,6 +33,7 @@ __all__ = [
     "NoSpeechError",
     "NotASpeakerDBError",
     "NotFoundError",
+    "OptedOutError",
     "RecordingsMissingError",
     "SchemaOutOfDateError",
     "SessionLimitError",
@@ -95,6 +97,20 @@ class SessionLimitError(UsageError):
     def __init__(self, limit: str, message: str) -> None:
         self.limit = limit
         super().__init__(message)
+
+
+class ConsentRequiredError(UsageError):
+    """The database requires recorded consent for every enrollment (``speakerdb db set
+    require-consent on``) and none was given (CLI ``--consent TEXT``)."""
+
+    code = "consent_required"
+
+
+class OptedOutError(UsageError):
+    """The name was opted out (``speakerdb speakers opt-out``): it cannot be enrolled again
+    until an administrator lifts the opt-out (``speakerdb speakers opt-in``)."""
+
+    code = "opted_out"
 
 
 class ConfigurationError(SpeakerDBError):

@@ -1,6 +1,7 @@
 """Commands that only read never write: no database is created, migrated or changed by
-verify, identify, compare, eval, speakers list/show and db check, and they work on a database
-that cannot be written (a read-only file, a read-only folder).
+verify, identify, compare, eval, speakers list/show and db check -- except that a lookup
+(verify, identify) appends its audit entry to a database that can be written -- and they work
+on a database that cannot be written (a read-only file, a read-only folder).
 
 Tests run as root, whom permission bits do not stop: read-only files and folders are made
 with the immutable attribute (``chattr +i``), which binds root too. Where it is unavailable
@@ -91,12 +92,42 @@ def run_all(commands: list[tuple[list[str], int]]) -> None:
         json.loads(result.stdout)
 
 
+def tables(db: str) -> dict[str, list[tuple]]:
+    """Every row of every table, by table."""
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            return {
+                name: [tuple(r) for r in conn.execute(text(f'SELECT * FROM "{name}"'))]
+                for name in inspect(conn).get_table_names()
+            }
+    finally:
+        engine.dispose()
+
+
 def test_reading_changes_nothing_in_a_writable_folder(enrolled, voices):
     folder, db = enrolled
     run(["identify", voices["p226"][5], "--db", db])  # the index cache file exists from now on
-    before = state(folder)
+    before, rows = state(folder), tables(db)
     run_all(read_commands(db, voices))
-    assert state(folder) == before  # not a byte, and no -wal/-shm or other file left behind
+    after = state(folder)
+    # No -wal/-shm or other file left behind, the index cache untouched ...
+    assert sorted(after) == sorted(before)
+    assert {f: h for f, h in after.items() if f != "speakers.sqlite"} == {
+        f: h for f, h in before.items() if f != "speakers.sqlite"
+    }
+    # ... and in the database only the lookups' audit entries (verify, identify) are new.
+    now = tables(db)
+    audit = {"audit_log", "audit_head"}
+    assert {t: r for t, r in now.items() if t not in audit} == {
+        t: r for t, r in rows.items() if t not in audit
+    }
+    added = now["audit_log"][len(rows["audit_log"]) :]
+    assert now["audit_log"][: len(rows["audit_log"])] == rows["audit_log"]
+    assert [(r[3], r[4], r[5]) for r in added] == [
+        ("verify", "p225", "accept"),
+        ("identify", "p225", "identified"),
+    ]
 
 
 def test_reading_a_read_only_database_file(enrolled, voices):

@@ -235,6 +235,71 @@ def test_keys_through_the_api(served, voices):
         assert admin.delete("/v1/keys/robot").status_code == 404
 
 
+def test_audit_log_through_the_api(served, voices):
+    p225 = voices["p225"]
+    name = f"audited-{uuid.uuid4().hex[:6]}"
+    with served.client("admin") as admin:
+        assert admin.post(f"/v1/speakers/{name}/enroll", files=upload(p225[:2])).status_code == 201
+    with served.client("verify") as verifier:
+        answered = verifier.post(
+            f"/v1/speakers/{name}/verify",
+            files=upload(p225[4:5]),
+            headers={"X-Request-ID": f"req-{name}"},
+        )
+        assert answered.status_code == 200, answered.text
+        assert answered.headers["x-request-id"] == f"req-{name}"
+        assert verifier.get("/v1/audit").status_code == 403  # the audit scope is needed
+    with SpeakerDB.open(served.url) as db:
+        made = db.create_key(f"auditor-{name}", ["audit"])
+    with served.server.client(made.secret) as auditor:
+        got = auditor.get("/v1/audit", params={"speaker": name, "verify": "true"})
+        assert got.status_code == 200, got.text
+        entries = got.json()["entries"]
+        assert [(e["action"], e["actor"], e["decision"]) for e in entries] == [
+            ("enroll", "admin", "created"),
+            ("verify", "verify", answered.json()["decision"].lower()),
+        ]
+        assert entries[1]["request_id"] == f"req-{name}"
+        assert entries[1]["score"] == pytest.approx(answered.json()["score"])
+        assert got.json()["check"]["ok"] is True
+        assert not any(p.name in got.text for p in p225[:5])  # no upload names or paths
+        assert auditor.get("/v1/speakers").status_code == 403  # audit reads only the log
+        bad = auditor.get("/v1/audit", params={"since": "yesterday"})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "usage"
+    with served.client("admin") as admin:
+        assert admin.get("/v1/audit", params={"limit": "1"}).status_code == 200
+        assert admin.delete(f"/v1/speakers/{name}").status_code == 200
+
+
+def test_consent_expiry_and_opt_out_through_the_api(served, voices):
+    p225 = voices["p225"]
+    name = f"Governed-{uuid.uuid4().hex[:6]}"
+    with served.client("enroll") as enroller, served.client("admin") as admin:
+        made = enroller.post(
+            f"/v1/speakers/{name}/enroll",
+            files=upload(p225[:2]),
+            data={"consent": "recorded on call 9", "expires_after": "90d"},
+        )
+        assert made.status_code == 201, made.text
+        shown = admin.get(f"/v1/speakers/{name}").json()
+        assert shown["consent"] == "recorded on call 9" and shown["consent_by"] == "enroll"
+        assert shown["expires_at"] is not None
+        bad = enroller.post(
+            f"/v1/speakers/{name}/enroll", files=upload(p225[2:3]), data={"expires_after": "1x"}
+        )
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "usage"
+        assert enroller.post(f"/v1/speakers/{name}/opt-out").status_code == 403
+        out = admin.post(f"/v1/speakers/{name}/opt-out")
+        assert out.status_code == 200 and out.json() == {"opted_out": name, "erased": True}
+        assert admin.get(f"/v1/speakers/{name}").status_code == 404
+        again = enroller.post(f"/v1/speakers/{name.lower()}/enroll", files=upload(p225[:2]))
+        assert again.status_code == 409 and again.json()["error"]["code"] == "opted_out"
+        assert admin.delete(f"/v1/opt-outs/{name}").status_code == 200
+        assert admin.delete(f"/v1/opt-outs/{name}").status_code == 404
+        expired = admin.post("/v1/expire")
+        assert expired.status_code == 200 and name not in expired.json()["expired"]
+
+
 # --- authentication -----------------------------------------------------------------------------
 
 

@@ -113,7 +113,9 @@ def test_compact_shrinks_a_sqlite_file_and_keeps_every_row(tmp_path):
                 store.delete_speaker(f"s{i:03d}")
         kept = {s.name: s.utterances for s in store.speakers()}
         result = store.compact()
-        assert result.after_bytes < result.before_bytes / 2
+        # Three quarters of the voiceprints went; the audit log (one entry per enrollment and
+        # delete, kept) now holds part of what is left.
+        assert result.after_bytes < result.before_bytes * 0.6
         assert {s.name: s.utterances for s in store.speakers()} == kept
     assert path.stat().st_size == result.after_bytes
     blobs = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())

@@ -78,6 +78,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     from speakerdb.cli import (
+        _audit,
         _db,
         _decide,
         _diarize,
@@ -108,6 +109,7 @@ def _register() -> None:
         _models.models,
         _spoof.spoof,
         _keys.keys,
+        _audit.audit,
         _serve.serve,
     ):
         cli.add_command(command)

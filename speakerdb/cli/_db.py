@@ -105,6 +105,16 @@ def db_rebuild_index(kind: str | None, db_url: str | None, as_json: bool) -> Non
 db.add_command(db_rebuild_index, "reindex")
 
 
+def _register_governance() -> None:
+    from speakerdb.cli._retention import db_expire, db_set
+
+    db.add_command(db_expire)
+    db.add_command(db_set)
+
+
+_register_governance()
+
+
 @db.command("compact")
 @db_option
 @json_option

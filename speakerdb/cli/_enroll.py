@@ -109,6 +109,17 @@ def _report_rejections(reports: Sequence[EnrollmentReport]) -> None:
     "enrolled speaker even when they do not match its voiceprint (otherwise such an "
     "append is refused and nothing is stored).",
 )
+@click.option(
+    "--expires-after",
+    metavar="PERIOD",
+    help="Retention: erase the speaker this long from now (3y, 90d, 2w, 12h) with "
+    "'speakerdb db expire'.",
+)
+@click.option(
+    "--consent",
+    metavar="TEXT",
+    help="The consent given (who agreed to what): stored with the time and the OS user.",
+)
 @db_option
 @model_option
 @device_option
@@ -121,6 +132,8 @@ def enroll(
     mode: str,
     meta: tuple[str, ...],
     force: bool,
+    expires_after: str | None,
+    consent: str | None,
     db_url: str | None,
     model_name: str | None,
     device: str | None,
@@ -137,8 +150,10 @@ def enroll(
     if manifest is not None:
         if name or files:
             raise UsageError("give either NAME FILE... or --manifest, not both")
-        if meta:
-            raise UsageError("--meta applies to NAME FILE... enrollment only")
+        if meta or expires_after or consent:
+            raise UsageError(
+                "--meta, --expires-after and --consent apply to NAME FILE... enrollment only"
+            )
         _enroll_manifest(manifest, mode, force, db_url, model_name, device, as_json)
         return
     if not name or not files:
@@ -148,7 +163,14 @@ def enroll(
     with open_db(db_url, model_name, device) as db, progress_bar("embedding") as bar:
         try:
             report = db.enroll(
-                name, list(files), mode=mode, metadata=metadata, progress=bar, force=force
+                name,
+                list(files),
+                mode=mode,
+                metadata=metadata,
+                progress=bar,
+                force=force,
+                expires_after=expires_after,
+                consent=consent,
             )
         except EnrollmentRefusedError as exc:
             if not isinstance(exc.report, EnrollmentReport):

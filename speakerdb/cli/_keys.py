@@ -9,7 +9,8 @@ from speakerdb.cli._common import db_option, emit_json, handles_errors, json_opt
 _SCOPE_HELP = (
     "What the key may do (repeatable, or comma-separated): verify (verify, compare, list "
     "and show speakers), identify (identify, list and show speakers), read (= verify + "
-    "identify), enroll, admin (everything: delete, rename, keys)."
+    "identify), enroll, audit (read the audit log), admin (everything: delete, rename, keys, "
+    "the audit log)."
 )
 
 

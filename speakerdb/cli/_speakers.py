@@ -13,7 +13,7 @@ from speakerdb.errors import UsageError
 
 @click.group()
 def speakers() -> None:
-    """List, show, rename and delete enrolled speakers."""
+    """List, show, rename, delete and opt out enrolled speakers."""
 
 
 @speakers.command("list")
@@ -28,7 +28,12 @@ def speakers_list(db_url: str | None, as_json: bool) -> None:
         emit_json([r.to_dict() | {"utterances": r.utterances} for r in records])
         return
     for r in records:
-        click.echo(f"{show(r.name)}\t{r.utterances} recordings\t{r.speech_seconds:.1f} s speech")
+        expiry = f"expires {r.expires_at:%Y-%m-%d}" if r.expires_at else "no expiry"
+        consent = "consent recorded" if r.consent else "no consent recorded"
+        click.echo(
+            f"{show(r.name)}\t{r.utterances} recordings\t{r.speech_seconds:.1f} s speech\t"
+            f"{expiry}\t{consent}"
+        )
     if not records:
         click.echo("no speakers enrolled", err=True)
 
@@ -59,6 +64,13 @@ def speakers_show(name: str, db_url: str | None, as_json: bool) -> None:
     click.echo(
         f"  {record.utterances} recordings, {record.speech_seconds:.1f} s of speech, {bandwidth}"
     )
+    if record.expires_at is not None:
+        click.echo(f"  expires {record.expires_at:%Y-%m-%d %H:%M:%S} UTC (speakerdb db expire)")
+    if record.consent is not None and record.consent_at is not None:
+        click.echo(
+            f"  consent: {show(record.consent)} (recorded "
+            f"{record.consent_at:%Y-%m-%d %H:%M:%S} UTC by {show(record.consent_by or '?')})"
+        )
     if record.metadata:
         click.echo(f"  metadata: {json.dumps(record.metadata, ensure_ascii=False)}")
     elif record.metadata_error:
@@ -104,3 +116,43 @@ def speakers_delete(name: str, yes: bool, db_url: str | None, as_json: bool) -> 
         emit_json({"deleted": record.to_dict()})
     else:
         click.echo(f"deleted {show(record.name)} ({record.utterances} recordings)")
+
+
+@speakers.command("opt-out")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--no-compact", is_flag=True, help="Skip compacting the database files afterwards.")
+@db_option
+@json_option
+@handles_errors
+def speakers_opt_out(
+    name: str, yes: bool, no_compact: bool, db_url: str | None, as_json: bool
+) -> None:
+    """Erase NAME like delete and refuse the name at enrollment until 'speakers opt-in':
+    only a keyed hash of the name is kept, never the voice."""
+    with open_db(db_url) as db:
+        if not yes:
+            if not sys.stdin.isatty():
+                raise UsageError(f"refusing to opt out {name!r} without --yes (no terminal)")
+            click.confirm(f"Erase {name!r} and refuse the name from now on?", abort=True)
+        erased = db.opt_out(name, compact=not no_compact)
+    if as_json:
+        emit_json({"opted_out": name, "erased": erased})
+    else:
+        what = "erased and opted out" if erased else "opted out (nothing was enrolled)"
+        click.echo(f"{show(name)} {what}")
+
+
+@speakers.command("opt-in")
+@click.argument("name")
+@db_option
+@json_option
+@handles_errors
+def speakers_opt_in(name: str, db_url: str | None, as_json: bool) -> None:
+    """Lift the opt-out of NAME: it may be enrolled again (an administrator's decision)."""
+    with open_db(db_url) as db:
+        db.opt_in(name)
+    if as_json:
+        emit_json({"opted_in": name})
+    else:
+        click.echo(f"{show(name)} may be enrolled again")

@@ -20,7 +20,10 @@ from speakerdb.storage._records import (
 )
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     from speakerdb.model._embedder import Embedder
+    from speakerdb.storage._audit import AuditCheck, AuditEntry
     from speakerdb.storage._check import CheckReport
     from speakerdb.storage._index_cache import IndexStatus
     from speakerdb.storage._keys import ApiKeyRecord, NewApiKey
@@ -120,8 +123,8 @@ class AdminVerbs(FacadeBase):
 
     def create_key(self, name: str, scopes: Sequence[str]) -> NewApiKey:
         """Create an API key for ``speakerdb serve``; its secret is in the result, and only
-        there (the database keeps its sha256). scopes: verify, identify, enroll, admin (or
-        read = verify + identify). Raises UsageError, AlreadyExistsError, StoreError."""
+        there (the database keeps its sha256). scopes: verify, identify, enroll, audit,
+        admin (or read = verify + identify). Raises UsageError, AlreadyExistsError, StoreError."""
 
         return self.store.create_key(name, scopes)
 
@@ -164,3 +167,57 @@ class AdminVerbs(FacadeBase):
         SQLite: VACUUM). Deleting a speaker removes its rows at once, but PostgreSQL keeps
         the old row versions in its table files until they are rewritten."""
         return self.store.compact()
+
+    # --- audit log (see speakerdb.storage._audit) -----------------------------------------------
+
+    def audit_entries(
+        self,
+        since: dt.datetime | None = None,
+        speaker: str | None = None,
+        action: str | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """Audit entries, oldest first: those at or after ``since`` (naive: UTC), about
+        ``speaker`` (its name at the time), of ``action`` (enroll, verify, identify,
+        compare, rename, delete, key-create, key-revoke, calibration); the last ``limit``.
+        Raises UsageError (unknown action, limit < 1), StoreError."""
+        return self.store.audit_entries(since, speaker, action, limit)
+
+    def audit_verify(self) -> AuditCheck:
+        """Check the audit log's hash chain: ``ok``, or the first entry that was modified,
+        deleted, inserted or reordered (``bad_seq``, ``problem``). Raises StoreError."""
+        return self.store.audit_verify()
+
+    # --- retention, consent, opt-out (see speakerdb.storage._governance) ------------------------
+
+    def expire(self, now: dt.datetime | None = None, compact: bool = True) -> list[str]:
+        """Erase every speaker whose retention period ended (by ``now``, default the
+        present), as a delete does, each with an "expire" audit entry; then, when any was
+        erased and ``compact``, :meth:`compact` the database files so that no byte of them
+        is left. Returns the erased names. Raises UsageError (read-only), StoreError."""
+        names = self.store.expire(now)
+        if names and compact:
+            self.store.compact()
+        return names
+
+    def opt_out(self, name: str, compact: bool = True) -> bool:
+        """Erase ``name`` like a delete (and, with ``compact``, compact the files) and
+        refuse the name at enrollment from now on; only a keyed hash of the name is kept.
+        Returns whether a speaker was erased (a name not enrolled is refused all the same).
+        Raises UsageError, StoreError."""
+        erased = self.store.opt_out(name)
+        if erased and compact:
+            self.store.compact()
+        return erased
+
+    def opt_in(self, name: str) -> None:
+        """Lift an opt-out. Raises NotFoundError when ``name`` is not opted out."""
+        self.store.opt_in(name)
+
+    def require_consent(self) -> bool:
+        """Whether every enrollment of a new speaker must record consent."""
+        return self.store.require_consent()
+
+    def set_require_consent(self, required: bool) -> None:
+        """Require (or stop requiring) consent for every enrollment of a new speaker."""
+        self.store.set_require_consent(required)

@@ -5,7 +5,7 @@ deciding with the database's one rule (:mod:`._policy`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from speakerdb.enroll._policy import (
 from speakerdb.errors import AudioError, UsageError
 from speakerdb.model._audio import AudioInput
 from speakerdb.scoring import DEFAULT_COHORT_TOP_N, cosine
+from speakerdb.storage._audit import PendingEntry
 
 if TYPE_CHECKING:
     pass
@@ -128,6 +129,14 @@ class DecisionVerbs(FacadeBase):
             from speakerdb.enroll._spoof import screen
 
             out = screen(self._spoof_cache, recorded, audio, out, sample_rate)
+        self.store.record_lookups(
+            [
+                PendingEntry("verify", speaker=record.name, **_decided(r, r.accepted))
+                if isinstance(r, Verification)
+                else PendingEntry("verify", speaker=record.name, **_failed(r))
+                for r in out
+            ]
+        )
         return out
 
     def compare(
@@ -210,6 +219,16 @@ class DecisionVerbs(FacadeBase):
                     calibration=d.calibration,
                 )
             )
+        if key is not None and cohort is None and self._store is not None:
+            # Scored against the enrolled speakers (the AS-norm cohort): a database lookup.
+            self.store.record_lookups(
+                [
+                    PendingEntry("compare", **_decided(r, r.same_speaker))
+                    if isinstance(r, Comparison)
+                    else PendingEntry("compare", **_failed(r))
+                    for r in out
+                ]
+            )
         return out
 
     def identify(
@@ -291,4 +310,28 @@ class DecisionVerbs(FacadeBase):
                     rule.calibration if rule.score == "llr" else None,
                 )
             )
+        self.store.record_lookups([_identified(r) for r in out])
         return out
+
+
+def _decided(result: Verification | Comparison, accepted: bool) -> dict[str, Any]:
+    return {
+        "decision": "accept" if accepted else "reject",
+        "score": result.score,
+        "detail": {"normalization": result.normalization} if result.normalization else None,
+    }
+
+
+def _failed(error: AudioError) -> dict[str, Any]:
+    return {"decision": "error", "detail": {"error": error.code}}
+
+
+def _identified(result: Identification | AudioError) -> PendingEntry:
+    """An identification's entry: the speaker found (none for an unknown voice: the
+    candidates it was not are not recorded) and the best score."""
+    if isinstance(result, AudioError):
+        return PendingEntry("identify", **_failed(result))
+    top = result.matches[0].score if result.matches else None
+    if result.best is not None:
+        return PendingEntry("identify", speaker=result.best, decision="identified", score=top)
+    return PendingEntry("identify", decision="unknown", score=top)

@@ -4,6 +4,7 @@ voiceprint first (:mod:`._guard`)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +24,14 @@ from speakerdb.enroll._enrollment import (
 from speakerdb.enroll._guard import AppendGuard, check_overwrite, refusal
 from speakerdb.enroll._lists import ManifestEntry
 from speakerdb.enroll._reports import EnrollmentReport, InputReport, ManifestSummary
-from speakerdb.errors import UsageError
+from speakerdb.errors import OptedOutError, UsageError
 from speakerdb.model._audio import AudioInput, source_label
+from speakerdb.storage._governance import expires_at_after
 from speakerdb.storage._metadata import validated_metadata
 from speakerdb.storage._records import (
     EnrollRequest,
 )
+from speakerdb.storage._schema import utcnow
 from speakerdb.storage._store import validated_name
 
 if TYPE_CHECKING:
@@ -53,6 +56,8 @@ class EnrollVerbs(FacadeBase):
         sample_rate: int | None = None,
         progress: Progress | None = None,
         force: bool = False,
+        expires_after: str | dt.timedelta | None = None,
+        consent: str | None = None,
     ) -> EnrollmentReport:
         """Enroll recordings of one speaker.
 
@@ -68,10 +73,23 @@ class EnrollVerbs(FacadeBase):
         ``report`` says which; see :mod:`speakerdb.enroll._guard`). ``force``: the
         administrator's override -- overwrite, and append without that check.
 
-        Raises UsageError (bad name/mode/metadata, overwrite without force),
-        EnrollmentRefusedError, ModelMismatchError, StoreError.
+        expires_after: retention from now ("3y", "90d", "2w", "12h" or a timedelta):
+        ``speakerdb db expire`` (:meth:`expire`) erases the speaker after it. consent: the
+        consent given (text), recorded with the time and the actor (see
+        :func:`speakerdb.acting_as`). Both replace what an enrolled speaker had; None
+        leaves it.
+
+        Raises UsageError (bad name/mode/metadata/period, overwrite without force),
+        OptedOutError (the name was opted out), ConsentRequiredError (the database requires
+        consent), EnrollmentRefusedError, ModelMismatchError, StoreError.
         """
         name = validated_name(name)
+        expires_at = expires_at_after(expires_after, utcnow())
+        if self.store.opted_out([name]):  # before any embedding; the store checks again
+            raise OptedOutError(
+                f"{name!r} was opted out and cannot be enrolled (an administrator can lift "
+                "it: speakerdb speakers opt-in NAME)"
+            )
         checked_mode = enroll_mode(mode)
         validated_metadata(metadata)
         check_overwrite(checked_mode, force, repr(name))
@@ -99,7 +117,11 @@ class EnrollVerbs(FacadeBase):
             return finish_report(report, None, self.threshold)
         guard = None if force else AppendGuard(self.decision_policy(None))
         result = self.store.enroll(
-            EnrollRequest(name, accepted, checked_mode, metadata), identity, guard
+            EnrollRequest(
+                name, accepted, checked_mode, metadata, expires_at=expires_at, consent=consent
+            ),
+            identity,
+            guard,
         )
         if result.refused and guard is not None:
             guard.mark_refused(report)

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 
 from speakerdb import __version__
 from speakerdb.errors import SpeakerDBError
+from speakerdb.service import _governance_routes  # noqa: F401  (registers audit, opt-out, expire)
 from speakerdb.service._errors import (
     ServiceError,
     error_body,

@@ -63,7 +63,11 @@ def status_for(exc: errors.SpeakerDBError) -> int:
     if isinstance(exc, errors.NotFoundError):
         return 404
     if isinstance(
-        exc, errors.AlreadyExistsError | errors.ModelMismatchError | errors.EnrollmentRefusedError
+        exc,
+        errors.AlreadyExistsError
+        | errors.ModelMismatchError
+        | errors.EnrollmentRefusedError
+        | errors.OptedOutError,
     ):
         return 409
     if isinstance(exc, errors.BusyError):

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ import anyio
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from speakerdb import ApiKeyRecord
+from speakerdb import ApiKeyRecord, acting_as
 from speakerdb.errors import SpeakerDBError
 from speakerdb.service._errors import ServiceError, error_body, error_response, status_for
 from speakerdb.service._origin import bad_host, cross_origin
@@ -94,11 +95,20 @@ class Guard:
                 body_done = not message.get("more_body", False)
             return message
 
+        request_id = _request_id(scope)
+
         async def tracking_send(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 response_started = True
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", []),
+                        (b"x-request-id", request_id.encode("ascii", "replace")),
+                    ],
+                }
             await send(message)
 
         metrics.in_flight.inc()
@@ -118,7 +128,11 @@ class Guard:
                 if batcher is not None and _embeds(scope)
                 else contextlib.nullcontext()
             )
-            with announce:
+            admitted = scope.get(AUTHORIZED)
+            key = admitted[1] if admitted is not None else None
+            # The audit log's actor and request id for everything this request does (the
+            # route's worker thread inherits this context).
+            with announce, acting_as(key.name if key is not None else _NO_KEY, request_id):
                 await self.app(scope, guarded_receive, tracking_send)
         except Exception:
             log.exception("internal error answering %s %s", scope["method"], scope["path"])
@@ -190,6 +204,20 @@ def _required_scopes(route: BaseRoute) -> tuple[str, ...] | None:
             return tuple(scopes)
         pending.extend(dependency.dependencies)
     return None
+
+
+_NO_KEY = "http:no-key"  # the actor of a keyless (loopback) server's requests
+_MAX_REQUEST_ID = 64
+
+
+def _request_id(scope: Scope) -> str:
+    """The client's ``X-Request-ID`` when it is short printable ASCII, else a new one."""
+    given = _header(scope, b"x-request-id")
+    if given is not None:
+        text = given.decode("latin-1").strip()
+        if 0 < len(text) <= _MAX_REQUEST_ID and text.isascii() and text.isprintable():
+            return text
+    return uuid.uuid4().hex
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -48,7 +48,7 @@ from speakerdb.service._state import ServiceState
 from speakerdb.service._uploads import received_uploads
 from speakerdb.storage import SCOPES
 
-__all__ = ["router"]
+__all__ = ["SpeakerName", "State", "answer", "require", "router"]
 
 router = APIRouter(route_class=InMemoryFormRoute)
 _bearer = HTTPBearer(
@@ -192,7 +192,7 @@ def _redacted(value: Any, state: ServiceState) -> Any:
     return value
 
 
-def _answer(
+def answer(
     state: ServiceState, document: Any, uploads: Sequence[Upload] = (), status: int = 200
 ) -> JSONResponse:
     cleaned = _redacted(_scrubbed(json_ready(document), uploads), state)
@@ -233,9 +233,9 @@ def _per_file(
         only = results[0]
         if isinstance(only, AudioError) and only.code not in NOT_ENOUGH_SPEECH_CODES:
             body = state.error_body(only, redact=False)
-            return _answer(state, {"error": body}, uploads, status_for(only))
-        return _answer(state, _decided(state, only), uploads)
-    return _answer(state, [_decided(state, r) for r in results], uploads)
+            return answer(state, {"error": body}, uploads, status_for(only))
+        return answer(state, _decided(state, only), uploads)
+    return answer(state, [_decided(state, r) for r in results], uploads)
 
 
 # --- health, metrics ----------------------------------------------------------------------------
@@ -429,6 +429,12 @@ def enroll(
             "do not match its voiceprint."
         ),
     ] = False,
+    consent: Annotated[
+        str | None, Form(max_length=2000, description="The consent given (recorded text).")
+    ] = None,
+    expires_after: Annotated[
+        str | None, Form(max_length=16, description="Retention from now: 3y, 90d, 2w, 12h.")
+    ] = None,
 ) -> JSONResponse:
     """The report of the CLI's ``enroll --json``: every recording accepted, duplicate,
     rejected (with its reason) or skipped, and the speaker's totals. 201 when the speaker
@@ -449,13 +455,19 @@ def enroll(
     with _uploads(state, audio) as uploads:
         try:
             report = state.db.enroll(
-                name, uploads, mode=mode, metadata=meta, force=force or mode == "overwrite"
+                name,
+                uploads,
+                mode=mode,
+                metadata=meta,
+                force=force or mode == "overwrite",
+                consent=consent,
+                expires_after=expires_after,
             )
         except errors.EnrollmentRefusedError as exc:
             state.metrics.errors.labels(exc.code).inc()
             refused = exc.report.to_dict() if isinstance(exc.report, EnrollmentReport) else {}
             body = state.error_body(exc, redact=False)  # the answer is redacted as a whole
-            return _answer(state, {**refused, "error": body}, uploads, 409)
+            return answer(state, {**refused, "error": body}, uploads, 409)
         document = report.to_dict()
         status = 201 if report.created else 200
         rejected = [i for i in report.inputs if i.status == "rejected"]
@@ -468,7 +480,7 @@ def enroll(
                 "message": f"{first.source}: {first.message}",
                 "source": first.source,
             }
-        return _answer(state, document, uploads, status)
+        return answer(state, document, uploads, status)
 
 
 def _metadata(text: str | None) -> dict[str, Any] | None:
@@ -512,7 +524,7 @@ def _speaker_view(record: SpeakerRecord, key: ApiKeyRecord | None) -> dict[str, 
     summary="Every enrolled speaker (admin keys: with metadata and dates).",
 )
 def list_speakers(state: State, key: Reader) -> JSONResponse:
-    return _answer(state, [_speaker_view(r, key) for r in state.db.speakers()])
+    return answer(state, [_speaker_view(r, key) for r in state.db.speakers()])
 
 
 @router.get(
@@ -526,7 +538,7 @@ def show_speaker(name: SpeakerName, state: State, key: Reader) -> JSONResponse:
     document = _speaker_view(record, key)
     if _sees_everything(key):
         document["recordings"] = [u.to_dict() for u in state.db.utterances(record.name)]
-    return _answer(state, document)
+    return answer(state, document)
 
 
 class Rename(BaseModel):
@@ -543,7 +555,7 @@ class Rename(BaseModel):
 def rename_speaker(
     name: SpeakerName, body: Annotated[Rename, Body()], state: State
 ) -> JSONResponse:
-    return _answer(state, state.db.rename(name, body.new_name).to_dict())
+    return answer(state, state.db.rename(name, body.new_name).to_dict())
 
 
 @router.delete(
@@ -557,7 +569,7 @@ def delete_speaker(name: SpeakerName, state: State) -> JSONResponse:
     """Removes the rows and embedding bytes from SQL and rewrites the index file without
     them, as ``speakerdb speakers delete`` does (see the README on what PostgreSQL keeps
     until ``speakerdb db compact``)."""
-    return _answer(state, {"deleted": state.db.delete(name).to_dict()})
+    return answer(state, {"deleted": state.db.delete(name).to_dict()})
 
 
 # --- keys ---------------------------------------------------------------------------------------
@@ -577,7 +589,7 @@ class NewKey(BaseModel):
     dependencies=[Depends(require("admin"))],
 )
 def list_keys(state: State) -> JSONResponse:
-    return _answer(state, [k.to_dict() for k in state.db.api_keys()])
+    return answer(state, [k.to_dict() for k in state.db.api_keys()])
 
 
 @router.post(
@@ -590,7 +602,7 @@ def list_keys(state: State) -> JSONResponse:
 )
 def create_key(body: Annotated[NewKey, Body()], state: State) -> JSONResponse:
     made = state.db.create_key(body.name, body.scopes)
-    return _answer(state, made.record.to_dict() | {"key": made.secret}, status=201)
+    return answer(state, made.record.to_dict() | {"key": made.secret}, status=201)
 
 
 @router.delete(
@@ -603,4 +615,4 @@ def create_key(body: Annotated[NewKey, Body()], state: State) -> JSONResponse:
 def revoke_key(
     key_name: Annotated[str, Path(max_length=64, description="The key's name.")], state: State
 ) -> JSONResponse:
-    return _answer(state, {"revoked": state.db.revoke_key(key_name).to_dict()})
+    return answer(state, {"revoked": state.db.revoke_key(key_name).to_dict()})

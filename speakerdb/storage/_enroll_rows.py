@@ -17,6 +17,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
 from speakerdb.errors import UsageError
+from speakerdb.storage._governance import check_consent_text, consent_values
 from speakerdb.storage._metadata import validated_metadata
 from speakerdb.storage._names import validated_name
 from speakerdb.storage._records import (
@@ -77,7 +78,17 @@ def validated_request(request: EnrollRequest, dimension: int) -> EnrollRequest:
                 bandwidth_hz=checked_bandwidth(u.bandwidth_hz),
             )
         )
-    return EnrollRequest(name, clean, request.mode, request.metadata)
+    expires_at = request.expires_at
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise UsageError("an expiry time must carry its time zone")
+    return EnrollRequest(
+        name,
+        clean,
+        request.mode,
+        request.metadata,
+        expires_at=expires_at,
+        consent=check_consent_text(request.consent),
+    )
 
 
 def checked_bandwidth(value: float | None) -> float | None:
@@ -146,8 +157,13 @@ def create_speakers(
         added, duplicates = split_duplicates(request.utterances, set())
         seq += 1
         kept.append((added, duplicates))
+        governed = consent_values(request, now)
         rows.append(
             {
+                "expires_at": governed.get("expires_at"),
+                "consent": governed.get("consent"),
+                "consent_at": governed.get("consent_at"),
+                "consent_by": governed.get("consent_by"),
                 "name": request.name,
                 "metadata": request.metadata,
                 "status": "active",
@@ -198,6 +214,10 @@ def create_speakers(
                 created_at=now,
                 updated_at=now,
                 bandwidth_hz=row["bandwidth_hz"],
+                expires_at=row["expires_at"],
+                consent=row["consent"],
+                consent_at=row["consent_at"],
+                consent_by=row["consent_by"],
             ),
             created=True,
             added=[u.sha256 for u in added],
@@ -251,13 +271,14 @@ def enroll_one(
                 request.name, speaker_record(existing), duplicates=duplicates, refused=True
             ), False
 
+    governed = consent_values(request, now)
     if not added and removed == 0:
-        if request.metadata is not None:
-            conn.execute(
-                update(Speaker)
-                .where(Speaker.id == speaker_id)
-                .values({METADATA_COLUMN: request.metadata, Speaker.updated_at: now})
-            )
+        if request.metadata is not None or governed:
+            changes: dict[Any, Any] = {Speaker.updated_at: now}
+            if request.metadata is not None:
+                changes[METADATA_COLUMN] = request.metadata
+            changes.update({getattr(Speaker, k): v for k, v in governed.items()})
+            conn.execute(update(Speaker).where(Speaker.id == speaker_id).values(changes))
             existing = speaker_row(conn, request.name)
         return EnrollResult(request.name, speaker_record(existing), duplicates=duplicates), False
 
@@ -287,6 +308,7 @@ def enroll_one(
     }
     if request.metadata is not None:
         values["metadata"] = request.metadata
+    values.update(governed)
     conn.execute(update(Speaker).where(Speaker.id == speaker_id).values(**values))
     record = speaker_record(speaker_row(conn, request.name))
     return (

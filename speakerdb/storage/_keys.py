@@ -7,8 +7,8 @@ in constant time (:func:`hmac.compare_digest` on the digests). The key itself is
 once, by :func:`create_key`, and cannot be recovered later.
 
 Scopes: ``verify`` (verify, compare), ``identify`` (identify, list and show speakers),
-``enroll``, and ``admin`` (everything, including delete, rename and keys). ``read`` is
-shorthand for verify + identify.
+``enroll``, ``audit`` (read the audit log), and ``admin`` (everything, including delete,
+rename and keys). ``read`` is shorthand for verify + identify.
 
 Creating the first key sets ``store_state.keys_required`` in the same transaction; revoking
 keys never clears it, so a server never answers without a key again once one existed (see
@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from speakerdb.errors import AlreadyExistsError, NotFoundError, UsageError
+from speakerdb.storage._audit import PendingEntry, append
 from speakerdb.storage._engine import read_transaction, retrying, store_error, write_transaction
 from speakerdb.storage._names import canonical_name, validated_name
 from speakerdb.storage._schema import ApiKey, StoreState, utcnow
@@ -52,7 +53,7 @@ __all__ = [
 T = TypeVar("T")
 
 KEY_PREFIX = "sdb_"
-SCOPES = ("verify", "identify", "enroll", "admin")
+SCOPES = ("verify", "identify", "enroll", "audit", "admin")
 _ALIASES = {"read": ("verify", "identify")}
 _MAX_KEY_NAME = 64
 _SHOWN_CHARACTERS = 12  # "sdb_" and 8 random characters: enough to tell keys apart
@@ -155,6 +156,8 @@ def create_key(engine: Engine, where: str, name: str, scopes: Iterable[str]) -> 
         )
         # In the key's own transaction: no server can see the key without the flag.
         conn.execute(update(StoreState).where(StoreState.id == 1).values(keys_required=True))
+        detail = {"key": clean_name, "scopes": list(granted)}
+        append(conn, [PendingEntry("key-create", decision="created", detail=detail)])
 
     try:
         retrying(lambda: _in_write(engine, work), f"cannot create an API key in {where}")
@@ -189,6 +192,7 @@ def revoke_key(engine: Engine, where: str, name: str) -> ApiKeyRecord:
         if row is None:
             raise NotFoundError(f"no API key named {name!r}")
         conn.execute(delete(ApiKey).where(ApiKey.name == name))
+        append(conn, [PendingEntry("key-revoke", decision="revoked", detail={"key": name})])
         return _record(row.name, row.prefix, row.scopes, row.created_at)
 
     return retrying(lambda: _in_write(engine, work), f"cannot revoke an API key in {where}")

@@ -61,6 +61,10 @@ class EnrollRequest:
     utterances: list[NewUtterance]
     mode: EnrollMode = "append"
     metadata: dict[str, Any] | None = None
+    # Retention and consent (see speakerdb.storage._governance): set on the speaker when
+    # given, left as they are when None.
+    expires_at: dt.datetime | None = None
+    consent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,11 +87,16 @@ class SpeakerRecord:
     updated_at: dt.datetime
     bandwidth_hz: float | None = None
     metadata_error: str | None = None
+    expires_at: dt.datetime | None = None
+    consent: str | None = None
+    consent_at: dt.datetime | None = None
+    consent_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["created_at"] = self.created_at.isoformat()
-        out["updated_at"] = self.updated_at.isoformat()
+        for field_name in ("created_at", "updated_at", "expires_at", "consent_at"):
+            value = getattr(self, field_name)
+            out[field_name] = value.isoformat() if value is not None else None
         if self.metadata_error is None:
             del out["metadata_error"]
         return out

@@ -66,6 +66,10 @@ SPEAKER_COLUMNS: AnySelect = select(
     Speaker.created_at,
     Speaker.updated_at,
     Speaker.bandwidth_hz,
+    Speaker.expires_at,
+    Speaker.consent,
+    Speaker.consent_at,
+    Speaker.consent_by,
 )
 
 
@@ -92,6 +96,10 @@ def speaker_record(row: Row[Any]) -> SpeakerRecord:
         created_at=aware(row.created_at),
         updated_at=aware(row.updated_at),
         bandwidth_hz=row.bandwidth_hz,
+        expires_at=aware(row.expires_at) if row.expires_at is not None else None,
+        consent=row.consent,
+        consent_at=aware(row.consent_at) if row.consent_at is not None else None,
+        consent_by=row.consent_by,
     )
 
 

@@ -20,6 +20,11 @@ Tables:
                 the previous model's after a switch (kept until ``--drop-old``)
   api_keys      keys of the HTTP service (``speakerdb serve``): only their sha256, never the
                 key itself, with their scopes
+  audit_log     the append-only, hash-chained record of who enrolled, looked up, renamed or
+                deleted whom, and of key and calibration changes (see storage._audit)
+  opt_outs      keyed hashes of the names whose owners opted out (never the name or voice)
+  audit_head    a single row: the sequence number and hash of the last audit entry, locked
+                by every append so that concurrent writers never fork the chain
 
 The migrations in ``speakerdb/migrations`` must build exactly this schema; a test compares
 them with Alembic's autogenerate comparison.
@@ -50,10 +55,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "ApiKey",
+    "AuditEntryRow",
+    "AuditHead",
     "Base",
     "Calibration",
     "Change",
     "ModelRow",
+    "OptOut",
     "Reembedding",
     "Speaker",
     "StoreState",
@@ -134,6 +142,12 @@ class StoreState(Base):
     spoof_variant: Mapped[str | None] = mapped_column(String(64), nullable=True)
     spoof_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     spoof_source: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Every enrollment of a new speaker must record consent (``db set require-consent on``).
+    require_consent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # 32 random bytes (hex): the HMAC key of opted-out names (``opt_outs``), so that the
+    # table alone does not say which names were opted out (a dictionary of names cannot be
+    # hashed without it).
+    name_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Calibration(Base):
@@ -194,6 +208,14 @@ class Speaker(Base):
     change_seq: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Retention: ``speakerdb db expire`` erases the speaker from this time on (NULL: never).
+    expires_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True
+    )
+    # Consent as recorded at enrollment: its text, when, and who enrolled (key or OS user).
+    consent: Mapped[str | None] = mapped_column(Text, nullable=True)
+    consent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    consent_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class Utterance(Base):
@@ -269,4 +291,48 @@ class ApiKey(Base):
     key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     scopes: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEntryRow(Base):
+    """One audit entry. ``seq`` numbers the entries 1, 2, ... in chain order; ``hash`` is
+    sha256(``prev_hash`` || canonical JSON of the entry's other fields) (see
+    :mod:`speakerdb.storage._audit`). Never audio, embeddings, paths or key secrets."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    speaker: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    decision: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Canonical JSON of small facts (a new name, a key's scopes, a normalisation), or NULL.
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The single row (id 1): the last audit entry's ``seq`` and ``hash`` (0 and 64 zeros
+    for an empty log). Every append locks it, and ``audit verify`` checks the log ends there
+    (a deleted last entry would otherwise leave a consistent chain)."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class OptOut(Base):
+    """A name whose owner opted out: only HMAC-SHA256(``store_state.name_key``, the name
+    normalised and case-folded), never the name or the voice. Enrolling the name is refused
+    while the row exists."""
+
+    __tablename__ = "opt_outs"
+
+    name_hmac: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from speakerdb._identity import ModelIdentity
 from speakerdb.errors import AlreadyExistsError, StoreError, UsageError
 from speakerdb.storage import _keys
+from speakerdb.storage._audit import PendingEntry, append, enroll_entry
 from speakerdb.storage._cache_files import database_identity, placed
 from speakerdb.storage._calibration_rows import (
     check_setting,
@@ -33,7 +34,6 @@ from speakerdb.storage._calibration_rows import (
     write_setting,
 )
 from speakerdb.storage._compaction import compact_postgresql, compact_sqlite
-from speakerdb.storage._connection import StoreConnection
 from speakerdb.storage._engine import create_database_engine, read_transaction, store_error
 from speakerdb.storage._enroll_rows import (
     create_speakers,
@@ -41,6 +41,8 @@ from speakerdb.storage._enroll_rows import (
     existing_names,
     validated_request,
 )
+from speakerdb.storage._governance import check_enrollable, erase_speaker
+from speakerdb.storage._governance_store import GovernedStore
 from speakerdb.storage._location import resolve_location
 from speakerdb.storage._metadata import validated_metadata
 from speakerdb.storage._migrate import ensure_schema, inspect_read_only
@@ -81,7 +83,7 @@ if TYPE_CHECKING:
 __all__ = ["EnrollmentStore", "validated_name"]
 
 
-class EnrollmentStore(StoreConnection):
+class EnrollmentStore(GovernedStore):
     """One database: open it with :meth:`open`, close it (or use ``with``) when done.
 
     Safe to share between threads. Several processes and machines may use one database at
@@ -201,12 +203,33 @@ class EnrollmentStore(StoreConnection):
         normalisation without a setting uses the bundled calibration (``calibrate --reset``
         returns there). Raises UsageError for a malformed setting."""
         check_setting(setting)
-        self.write(lambda conn: write_setting(conn, setting), "store the calibration")
+        entry = PendingEntry(
+            "calibration",
+            decision="set",
+            detail={
+                "normalization": setting.normalization,
+                "kind": setting.kind,
+                "source": setting.source,
+                "threshold": setting.threshold,
+            },
+        )
+
+        def work(conn: Connection) -> None:
+            write_setting(conn, setting)
+            append(conn, [entry])
+
+        self.write(work, "store the calibration")
 
     def clear_calibration(self, normalization: str | None = None) -> None:
         """Forget this database's setting for a normalisation: the default applies again."""
         key = normalization or "none"
-        self.write(lambda conn: clear_setting(conn, key), "reset the calibration")
+        entry = PendingEntry("calibration", decision="reset", detail={"normalization": key})
+
+        def work(conn: Connection) -> None:
+            clear_setting(conn, key)
+            append(conn, [entry])
+
+        self.write(work, "reset the calibration")
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -248,6 +271,7 @@ class EnrollmentStore(StoreConnection):
             # New speakers (the common case of a large enrollment) go in with a few bulk
             # statements; existing or repeated names take the general path afterwards.
             existing = existing_names(conn, [r.name for r in prepared])
+            check_enrollable(conn, prepared, existing)
             fresh: dict[str, int] = {}
             for i, request in enumerate(prepared):
                 if (
@@ -272,7 +296,9 @@ class EnrollmentStore(StoreConnection):
                     record_change(conn, result.speaker.id, seq, "upsert")
                 results[i] = result
             set_seq(conn, seq)
-            return [results[i] for i in range(len(prepared))]
+            ordered = [results[i] for i in range(len(prepared))]
+            append(conn, [enroll_entry(r, q.mode) for r, q in zip(ordered, prepared, strict=True)])
+            return ordered
 
         return self.write(work, "enroll")
 
@@ -284,11 +310,10 @@ class EnrollmentStore(StoreConnection):
             state = lock_state(conn)
             row = speaker_row(conn, name, for_update=True)
             record = speaker_record(row)
-            conn.execute(delete(Utterance).where(Utterance.speaker_id == row.id))
-            conn.execute(delete(Speaker).where(Speaker.id == row.id))
             seq = int(state.change_seq) + 1
-            record_change(conn, row.id, seq, "delete")
+            erase_speaker(conn, row.id, seq)
             set_seq(conn, seq)
+            append(conn, [PendingEntry("delete", speaker=record.name, decision="deleted")])
             return record
 
         record = self.write(work, f"delete {name!r}")
@@ -334,6 +359,14 @@ class EnrollmentStore(StoreConnection):
                 raise AlreadyExistsError(f"a speaker named {new!r} already exists")
             conn.execute(
                 update(Speaker).where(Speaker.id == row.id).values(name=new, updated_at=utcnow())
+            )
+            append(
+                conn,
+                [
+                    PendingEntry(
+                        "rename", speaker=row.name, decision="renamed", detail={"new_name": new}
+                    )
+                ],
             )
             return speaker_record(speaker_row(conn, new))
 

@@ -1,0 +1,45 @@
+"""``speakerdb db expire`` and ``speakerdb db set``: retention and database settings."""
+
+from __future__ import annotations
+
+import click
+
+from speakerdb.cli._common import db_option, emit_json, handles_errors, json_option, open_db, show
+
+
+@click.command("expire")
+@click.option("--no-compact", is_flag=True, help="Skip compacting the database files afterwards.")
+@db_option
+@json_option
+@handles_errors
+def db_expire(no_compact: bool, db_url: str | None, as_json: bool) -> None:
+    """Erase every speaker whose retention period (enroll --expires-after) has ended, as
+    'speakers delete' does, with an audit entry each; then compact the database files so
+    that no byte of them is left (VACUUM FULL on PostgreSQL, VACUUM on SQLite)."""
+    with open_db(db_url) as handle:
+        names = handle.expire(compact=not no_compact)
+    if as_json:
+        emit_json({"expired": names})
+        return
+    for name in names:
+        click.echo(f"expired {show(name)}")
+    if not names:
+        click.echo("no speaker has expired", err=True)
+
+
+@click.command("set")
+@click.argument("setting", type=click.Choice(["require-consent"]))
+@click.argument("value", type=click.Choice(["on", "off"]))
+@db_option
+@json_option
+@handles_errors
+def db_set(setting: str, value: str, db_url: str | None, as_json: bool) -> None:
+    """Change a database setting. require-consent on: every enrollment of a new speaker
+    must record consent (enroll --consent TEXT), or it is refused."""
+    with open_db(db_url) as handle:
+        handle.set_require_consent(value == "on")
+        now = handle.require_consent()
+    if as_json:
+        emit_json({"require_consent": now})
+    else:
+        click.echo(f"require-consent is {'on' if now else 'off'}")

@@ -1,0 +1,87 @@
+"""Governance routes: ``GET /v1/audit`` (the audit log, for keys with the audit or admin
+scope), opt-out and opt-in, and expiry (admin). Registered on the one router of
+:mod:`speakerdb.service._routes`, so that the guard sees their scopes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from fastapi import Depends, Query
+from starlette.responses import JSONResponse
+
+from speakerdb.errors import UsageError
+from speakerdb.service._routes import SpeakerName, State, answer, require, router
+
+__all__ = ["audit_log", "expire", "opt_in", "opt_out"]
+
+
+@router.get(
+    "/v1/audit",
+    tags=["audit"],
+    summary="Audit entries, oldest first (audit or admin scope).",
+    dependencies=[Depends(require("audit"))],
+    responses={400: {"description": "A bad filter."}},
+)
+def audit_log(
+    state: State,
+    since: Annotated[
+        str | None, Query(description="Entries at or after this ISO 8601 time (default UTC).")
+    ] = None,
+    speaker: Annotated[
+        str | None, Query(max_length=255, description="Entries about this speaker.")
+    ] = None,
+    action: Annotated[str | None, Query(max_length=32, description="Only this action.")] = None,
+    limit: Annotated[int, Query(ge=1, le=10000, description="The last N entries.")] = 1000,
+    verify: Annotated[bool, Query(description="Also check the hash chain.")] = False,
+) -> JSONResponse:
+    """Entries: seq, at, actor, action, speaker, decision, score, request_id, detail, hash.
+    With ``verify=true`` the answer also holds the chain check (``ok``, ``bad_seq``,
+    ``problem``, ``head_hash``)."""
+    when = None
+    if since is not None:
+        try:
+            when = dt.datetime.fromisoformat(since)
+        except ValueError:
+            raise UsageError(f"since must be an ISO 8601 date or time, not {since!r}") from None
+        when = when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+    entries = state.db.audit_entries(when, speaker, action, limit)
+    document: dict[str, Any] = {"entries": [e.to_dict() for e in entries]}
+    if verify:
+        document["check"] = state.db.audit_verify().to_dict()
+    return answer(state, document)
+
+
+@router.post(
+    "/v1/speakers/{name}/opt-out",
+    tags=["speakers"],
+    summary="Erase NAME like delete and refuse the name until opted in again (admin).",
+    dependencies=[Depends(require("admin"))],
+)
+def opt_out(name: SpeakerName, state: State) -> JSONResponse:
+    """Only a keyed hash of the name is kept; the database files are compacted."""
+    erased = state.db.opt_out(name)
+    return answer(state, {"opted_out": name, "erased": erased})
+
+
+@router.delete(
+    "/v1/opt-outs/{name}",
+    tags=["speakers"],
+    summary="Lift the opt-out of NAME: it may be enrolled again (admin).",
+    dependencies=[Depends(require("admin"))],
+    responses={404: {"description": "The name is not opted out."}},
+)
+def opt_in(name: SpeakerName, state: State) -> JSONResponse:
+    state.db.opt_in(name)
+    return answer(state, {"opted_in": name})
+
+
+@router.post(
+    "/v1/expire",
+    tags=["speakers"],
+    summary="Erase every speaker whose retention period ended (admin).",
+    dependencies=[Depends(require("admin"))],
+)
+def expire(state: State) -> JSONResponse:
+    """As ``speakerdb db expire``: erased like delete, audited, files compacted."""
+    return answer(state, {"expired": state.db.expire()})

@@ -1,0 +1,131 @@
+"""The store's governance verbs: retention (expire), opt-out and opt-in, the consent
+requirement. Each is one write transaction with ``store_state`` locked that erases through
+:func:`~speakerdb.storage._governance.erase_speaker` (delete's path) and writes its audit
+entries; the traces on disk are erased after the commit, as delete does."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
+
+from speakerdb.errors import NotFoundError
+from speakerdb.storage._audit import PendingEntry, append
+from speakerdb.storage._audit_store import AuditedStore
+from speakerdb.storage._governance import (
+    add_opt_out,
+    erase_speaker,
+    expired,
+    opted_out,
+    remove_opt_out,
+)
+from speakerdb.storage._names import validated_name
+from speakerdb.storage._rows import lock_state, set_seq, speaker_row
+from speakerdb.storage._schema import Speaker, StoreState, utcnow
+
+__all__ = ["GovernedStore"]
+
+
+class GovernedStore(AuditedStore):
+    """Governance verbs of :class:`~speakerdb.storage._store.EnrollmentStore`."""
+
+    def expire(self, now: dt.datetime | None = None) -> list[str]:
+        """Erase every speaker whose retention ended by ``now`` (default: the present),
+        like a delete, with one "expire" audit entry each. Returns their names. The
+        database files still hold the erased bytes until :meth:`compact` (``db expire``
+        runs it). Raises UsageError (read-only), StoreError."""
+        moment = now or utcnow()
+
+        def work(conn: Connection) -> list[str]:
+            state = lock_state(conn)
+            seq = int(state.change_seq)
+            names: list[str] = []
+            for row in expired(conn, moment):
+                seq += 1
+                erase_speaker(conn, row.id, seq)
+                names.append(row.name)
+            if names:
+                set_seq(conn, seq)
+                append(conn, [PendingEntry("expire", speaker=n, decision="erased") for n in names])
+            return names
+
+        names = self.write(work, "expire speakers")
+        if names:
+            self.erase_traces()
+        return names
+
+    def opt_out(self, name: str) -> bool:
+        """Erase the speaker called ``name`` (if enrolled) like a delete and refuse the name
+        from now on, keeping only its keyed hash. Returns whether a speaker was erased.
+        The audit entry names the hash, not the name. Raises UsageError, StoreError."""
+        name = validated_name(name)
+
+        def work(conn: Connection) -> bool:
+            state = lock_state(conn)
+            found = conn.execute(select(Speaker.id).where(Speaker.name == name)).first()
+            erased = False
+            if found is None:
+                try:  # looked up like every other verb (Unicode forms, spaces)
+                    found = speaker_row(conn, name, for_update=True)
+                except NotFoundError:
+                    found = None
+            if found is not None:
+                seq = int(state.change_seq) + 1
+                erase_speaker(conn, found.id, seq)
+                set_seq(conn, seq)
+                erased = True
+            digest = add_opt_out(conn, name, utcnow())
+            entry = PendingEntry(
+                "opt-out",
+                decision="erased" if erased else "recorded",
+                detail={"name_hmac": digest},
+            )
+            append(conn, [entry])
+            return erased
+
+        erased = self.write(work, "opt out")
+        if erased:
+            self.erase_traces()
+        return erased
+
+    def opt_in(self, name: str) -> None:
+        """Lift the opt-out of ``name``: it may be enrolled again. Raises NotFoundError
+        when the name is not opted out, UsageError, StoreError."""
+        name = validated_name(name)
+
+        def work(conn: Connection) -> None:
+            lock_state(conn)
+            digest = remove_opt_out(conn, name)
+            if digest is None:
+                raise NotFoundError(f"{name!r} is not opted out")
+            append(conn, [PendingEntry("opt-in", decision="lifted", detail={"name_hmac": digest})])
+
+        self.write(work, "opt in")
+
+    def opted_out(self, names: Sequence[str]) -> set[str]:
+        """Those of ``names`` that are opted out (checked again when enrolling)."""
+        with self.reading("read the opt-outs") as conn:
+            return opted_out(conn, list(names))
+
+    def require_consent(self) -> bool:
+        """Whether every new speaker's enrollment must record consent."""
+        with self.reading("read the settings") as conn:
+            value = conn.execute(
+                select(StoreState.require_consent).where(StoreState.id == 1)
+            ).scalar()
+        return bool(value)
+
+    def set_require_consent(self, required: bool) -> None:
+        """Require (or stop requiring) consent for every enrollment of a new speaker."""
+
+        def work(conn: Connection) -> None:
+            lock_state(conn)
+            conn.execute(
+                update(StoreState).where(StoreState.id == 1).values(require_consent=required)
+            )
+            detail = {"require_consent": required}
+            append(conn, [PendingEntry("setting", decision="set", detail=detail)])
+
+        self.write(work, "change the consent setting")

@@ -1,0 +1,215 @@
+"""Retention, consent and opt-out on real SQLite files and a real PostgreSQL server: expiry
+and opt-out erase through delete's path and leave no byte of the voice behind (the checks
+of test_store_privacy), consent is recorded and can be required, an opted-out name is
+refused until lifted, and each of these is audited."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from test_store_privacy import _data_directory, _relation_bytes
+
+from helpers import by_speaker, fake_model, fake_utterance, require_data
+from speakerdb import acting_as
+from speakerdb.cli import cli
+from speakerdb.errors import ConsentRequiredError, NotFoundError, OptedOutError, UsageError
+from speakerdb.storage._governance import parse_duration
+from speakerdb.storage._records import EnrollRequest
+from speakerdb.storage._store import EnrollmentStore
+
+MODEL = fake_model(64)
+NOW = dt.datetime.now(dt.UTC)
+
+
+def enroll(store, name, rng, **kw):
+    utterances = [fake_utterance(rng, dimension=64) for _ in range(3)]
+    store.enroll(EnrollRequest(name, utterances, **kw), MODEL)
+    return [u.embedding.tobytes() for u in utterances]
+
+
+def test_retention_periods():
+    assert parse_duration("3y") == dt.timedelta(days=3 * 365)
+    assert parse_duration(" 90D ") == dt.timedelta(days=90)
+    assert parse_duration("2w") == dt.timedelta(days=14)
+    assert parse_duration("12h") == dt.timedelta(hours=12)
+    for bad in ("0d", "3", "y", "-1d", "3 months", "1.5y"):
+        with pytest.raises(UsageError):
+            parse_duration(bad)
+
+
+def test_consent_and_expiry_are_recorded(db_url):
+    rng = np.random.default_rng(0)
+    with EnrollmentStore.open(db_url) as store:
+        with acting_as("clerk"):
+            enroll(store, "ann", rng, consent="signed form 42", expires_at=NOW + dt.timedelta(1))
+        enroll(store, "ben", rng)
+        ann, ben = store.speaker("ann"), store.speaker("ben")
+        assert ann.consent == "signed form 42" and ann.consent_by == "clerk"
+        assert ann.consent_at is not None and abs(ann.consent_at - NOW) < dt.timedelta(hours=1)
+        assert ann.expires_at == NOW + dt.timedelta(1)
+        assert ben.expires_at is None and ben.consent is None
+        # Appending without them keeps them; giving them replaces them.
+        enroll(store, "ann", rng)
+        assert store.speaker("ann").consent == "signed form 42"
+        enroll(store, "ann", rng, consent="renewed")
+        assert store.speaker("ann").consent == "renewed"
+        document = store.speaker("ann").to_dict()
+        assert document["consent"] == "renewed" and document["expires_at"].startswith("20")
+        with pytest.raises(UsageError):
+            enroll(store, "cat", rng, consent=" ")
+
+
+def test_consent_can_be_required(db_url):
+    rng = np.random.default_rng(1)
+    with EnrollmentStore.open(db_url) as store:
+        enroll(store, "old", rng)
+        store.set_require_consent(True)
+        assert store.require_consent()
+        with pytest.raises(ConsentRequiredError):
+            enroll(store, "new", rng)
+        assert [s.name for s in store.speakers()] == ["old"]  # refused: nothing stored
+        enroll(store, "old", rng)  # an enrolled speaker may get more recordings
+        enroll(store, "new", rng, consent="recorded on the call")
+        store.set_require_consent(False)
+        enroll(store, "free", rng)
+        settings = store.audit_entries(action="setting")
+    assert [e.detail for e in settings] == [{"require_consent": True}, {"require_consent": False}]
+
+
+def _no_trace_sqlite(folder, secrets: list[bytes]) -> None:
+    blobs = b"".join(p.read_bytes() for p in folder.iterdir() if p.is_file())
+    assert not any(secret in blobs for secret in secrets)
+
+
+def test_expiry_erases_like_delete_and_leaves_no_trace_in_sqlite_files(tmp_path):
+    rng = np.random.default_rng(2)
+    path = tmp_path / "r.sqlite"
+    with EnrollmentStore.open(path) as store:
+        gone = enroll(store, "gone", rng, expires_at=NOW - dt.timedelta(seconds=1))
+        later = enroll(store, "later", rng, expires_at=NOW + dt.timedelta(days=30))
+        enroll(store, "kept", rng)
+        store.search(np.ones(64), 3, MODEL)  # the index cache file holds every centroid
+        _, centroid = store.centroid("gone")
+        gone.append(centroid.tobytes())
+    result = CliRunner().invoke(cli, ["db", "expire", "--db", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"expired": ["gone"]}
+    _no_trace_sqlite(tmp_path, gone)
+    blobs = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    assert any(vector in blobs for vector in later)  # the check can fail: others are there
+    with EnrollmentStore.open(path) as store:
+        assert [s.name for s in store.speakers()] == ["kept", "later"]
+        assert [c.name for c in store.search(np.ones(64), 5, MODEL)[0]] != []
+        assert "gone" not in [c.name for c in store.search(np.ones(64), 5, MODEL)[0]]
+        entries = store.audit_entries(action="expire")
+        assert [(e.speaker, e.decision) for e in entries] == [("gone", "erased")]
+        assert store.expire(NOW + dt.timedelta(days=31)) == ["later"]
+        assert store.audit_verify().ok
+    again = CliRunner().invoke(cli, ["db", "expire", "--db", str(path)])
+    assert again.exit_code == 0 and "no speaker has expired" in again.output
+
+
+def test_expiry_and_opt_out_leave_no_trace_in_postgresql_files(pg_url, pg_admin):
+    from speakerdb import SpeakerDB
+
+    data_dir = _data_directory(pg_admin)
+    rng = np.random.default_rng(3)
+    with EnrollmentStore.open(pg_url) as store:
+        enroll(store, "alice", rng)
+        expired = enroll(store, "eve", rng, expires_at=NOW - dt.timedelta(seconds=1))
+        opted = enroll(store, "otto", rng)
+        expired.append(store.centroid("eve")[1].tobytes())
+        opted.append(store.centroid("otto")[1].tobytes())
+    with SpeakerDB.open(pg_url) as db:
+        assert db.expire(compact=False) == ["eve"]
+        assert db.opt_out("otto", compact=False) is True
+    engine = create_engine(make_url(pg_url))
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM"))
+        # Erased as delete erases: the bytes stay in PostgreSQL's files until compacted (so
+        # the check below can fail) ...
+        _, heap = _relation_bytes(engine, data_dir, "utterances")
+        assert any(secret in heap for secret in expired + opted)
+        # ... which is what ``db expire`` and ``speakers opt-out`` run afterwards.
+        result = CliRunner().invoke(cli, ["db", "compact", "--db", pg_url, "--json"])
+        assert result.exit_code == 0, result.output
+        for table in ("utterances", "speakers"):
+            _, heap = _relation_bytes(engine, data_dir, table)
+            assert heap, f"{table} is empty on disk: the test would prove nothing"
+            assert not any(secret in heap for secret in expired + opted), table
+        with engine.connect() as conn:
+            kept = conn.execute(text("SELECT name_hmac FROM opt_outs")).scalars().all()
+            logged = conn.execute(text("SELECT speaker, detail FROM audit_log")).all()
+    finally:
+        engine.dispose()
+    assert len(kept) == 1 and "otto" not in kept[0]
+    # The opt-out's own entry names only the keyed hash.
+    assert any(row.detail and kept[0] in row.detail for row in logged)
+    assert not any(row.speaker == "otto" and "opt" in (row.detail or "") for row in logged)
+
+
+def test_opt_out_refuses_the_name_until_lifted(db_url):
+    rng = np.random.default_rng(4)
+    with EnrollmentStore.open(db_url) as store:
+        enroll(store, "Olivia", rng)
+        assert store.opt_out("Olivia") is True
+        assert store.speakers() == []
+        for form in ("Olivia", "olivia", "OLIVIA"):
+            with pytest.raises(OptedOutError):
+                enroll(store, form, rng)
+        assert store.opt_out("nobody-yet") is False  # refused before ever enrolled
+        with pytest.raises(OptedOutError):
+            enroll(store, "nobody-yet", rng)
+        with pytest.raises(NotFoundError):
+            store.opt_in("someone-else")
+        store.opt_in("olivia")
+        enroll(store, "Olivia", rng)
+        actions = [(e.action, e.decision) for e in store.audit_entries()]
+        assert store.audit_verify().ok
+    assert actions == [
+        ("enroll", "created"),
+        ("opt-out", "erased"),
+        ("opt-out", "recorded"),
+        ("opt-in", "lifted"),
+        ("enroll", "created"),
+    ]
+
+
+def test_governance_through_the_cli_with_real_speech(db_url, tmp_path):
+    require_data()
+    files = [str(p) for p in sorted(by_speaker("vctk")["p225"])[:2]]
+    runner = CliRunner()
+
+    def run(*argv: str):
+        return runner.invoke(cli, [*argv, "--db", db_url])
+
+    assert run("db", "set", "require-consent", "on").exit_code == 0
+    refused = run("enroll", "p225", *files)
+    assert refused.exit_code == 2 and "requires consent" in refused.output
+    made = run("enroll", "p225", *files, "--consent", "verbal, call 7", "--expires-after", "3y")
+    assert made.exit_code == 0, made.output
+    listed = run("speakers", "list")
+    assert "expires 20" in listed.output and "consent recorded" in listed.output
+    shown = runner.invoke(cli, ["speakers", "show", "p225", "--db", db_url, "--json"])
+    document = json.loads(shown.stdout)
+    assert document["consent"] == "verbal, call 7"
+    expires = dt.datetime.fromisoformat(document["expires_at"])
+    assert abs(expires - (NOW + dt.timedelta(days=3 * 365))) < dt.timedelta(hours=1)
+    bad = run("enroll", "p226", *files, "--consent", "x", "--expires-after", "forever")
+    assert bad.exit_code == 2 and "retention period" in bad.output
+    out = run("speakers", "opt-out", "p225", "--yes")
+    assert out.exit_code == 0 and "erased and opted out" in out.output
+    again = run("enroll", "P225", *files, "--consent", "again")
+    assert again.exit_code == 2 and "opted out" in again.output
+    assert run("speakers", "opt-in", "p225").exit_code == 0
+    assert run("enroll", "p225", *files, "--consent", "again").exit_code == 0
+    log = runner.invoke(cli, ["audit", "list", "--db", db_url, "--json"])
+    actions = [e["action"] for e in json.loads(log.stdout)]
+    assert actions == ["setting", "enroll", "opt-out", "opt-in", "enroll"]
