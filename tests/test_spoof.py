@@ -452,3 +452,29 @@ def test_the_service_answers_spoof_detected(tmp_path):
     assert real["spoof"]["detected"] is False and real["decision"] in ("ACCEPT", "REJECT")
     assert attack["decision"] == "SPOOF_DETECTED" and attack["accepted"] is False
     assert attack["spoof"]["model"].startswith("aasist/AASIST@")
+
+
+# --- one decode per file ------------------------------------------------------------------------
+
+
+def test_the_engine_decode_feeds_the_countermeasure(tmp_path):
+    """verify's countermeasure scores come from the speaker model's decode (16 kHz files),
+    and equal the countermeasure's own decode; other rates are decoded the countermeasure's
+    way (the engine's resampler is the speaker model's)."""
+    require_data()
+    from speakerdb import load_model
+    from speakerdb.enroll._spoof import spoof_scores
+
+    cm = load_countermeasure(save(tmp_path, random_state("AASIST-L")))
+    wide = DATA / "librispeech" / "test-other" / "1998" / "1998-15444-0006.flac"
+    phone = DATA / "telephone" / "vctk" / "p227" / "p227_019.wav"
+    audio = [wide, phone]
+    embedded = load_model().embed(audio, head_samples=cm.input_samples)
+    assert embedded[0].head is not None and embedded[0].head.size == cm.input_samples
+    assert embedded[1].head is None  # 8 kHz: not the countermeasure's resampling
+    shared = spoof_scores(cm, audio, embedded, [0, 1], None)
+    alone = cm.score(audio)
+    for ours, theirs in zip(shared, alone, strict=True):
+        assert ours.source == theirs.source and ours.bandwidth_hz == theirs.bandwidth_hz
+        assert ours.score == pytest.approx(theirs.score, abs=1e-5)
+        assert ours.seconds == pytest.approx(theirs.seconds)

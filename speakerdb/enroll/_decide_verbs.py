@@ -88,7 +88,10 @@ class DecisionVerbs(FacadeBase):
         policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
         identity = self._check_model()
         record, centroid = self.store.centroid(name)
-        embedded = self.model.embed(audio, sample_rate=sample_rate)
+        cm = self._database_countermeasure()
+        embedded = self.model.embed(
+            audio, sample_rate=sample_rate, head_samples=cm.input_samples if cm else 0
+        )
         good = [e for e in embedded if e.vector is not None]
         cosines = [cosine(vector_of(e), centroid) for e in good]
         scores = cosines
@@ -121,13 +124,10 @@ class DecisionVerbs(FacadeBase):
                     calibration=d.calibration,
                 )
             )
-        from speakerdb.storage._countermeasure_record import read_countermeasure
-
-        recorded = read_countermeasure(self.store)
-        if recorded is not None:
+        if cm is not None:
             from speakerdb.enroll._spoof import screen
 
-            out = screen(self._spoof_cache, recorded, audio, out, sample_rate)
+            out = screen(cm, audio, embedded, out, sample_rate)
         return out
 
     def compare(

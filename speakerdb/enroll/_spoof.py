@@ -21,9 +21,10 @@ from speakerdb.errors import AudioError, ModelMismatchError
 if TYPE_CHECKING:
     from speakerdb.model._audio import AudioInput
     from speakerdb.model._countermeasure import Countermeasure, SpoofScore
+    from speakerdb.model._embedder import EmbeddedAudio
     from speakerdb.storage._countermeasure_record import CountermeasureRecord
 
-__all__ = ["SPOOF_DETECTED", "recorded_countermeasure", "screen", "spoof_answer"]
+__all__ = ["SPOOF_DETECTED", "recorded_countermeasure", "screen", "spoof_answer", "spoof_scores"]
 
 SPOOF_DETECTED = "SPOOF_DETECTED"
 
@@ -58,18 +59,50 @@ def spoof_answer(cm: Countermeasure, scored: SpoofScore) -> dict[str, Any]:
     }
 
 
-def screen(
-    cache: dict[str, Countermeasure],
-    record: CountermeasureRecord,
+def spoof_scores(
+    cm: Countermeasure,
     audio: Sequence[AudioInput],
+    embedded: Sequence[EmbeddedAudio],
+    wanted: Sequence[int],
+    sample_rate: int | None,
+) -> list[SpoofScore]:
+    """The countermeasure's scores of ``audio[i]`` for i in ``wanted``, from the samples the
+    speaker model's decode kept (``embedded[i].head``; the engine was asked for
+    ``cm.input_samples`` of them); only recordings it could not keep them for (not at
+    16 kHz: resampled the speaker model's way) are decoded again."""
+    shared = [i for i in wanted if embedded[i].head is not None]
+    scored = dict(
+        zip(
+            shared,
+            cm.score_decoded(
+                [
+                    (e.source, e.head, e.bandwidth_hz, e.duration or 0.0)
+                    for e in (embedded[i] for i in shared)
+                    if e.head is not None
+                ]
+            ),
+            strict=True,
+        )
+    )
+    again = [i for i in wanted if i not in scored]
+    scored.update(
+        zip(again, cm.score([audio[i] for i in again], sample_rate=sample_rate), strict=True)
+    )
+    return [scored[i] for i in wanted]
+
+
+def screen(
+    cm: Countermeasure,
+    audio: Sequence[AudioInput],
+    embedded: Sequence[EmbeddedAudio],
     results: list[Verification | AudioError],
     sample_rate: int | None,
 ) -> list[Verification | AudioError]:
-    """``results`` (one per ``audio`` item) with the countermeasure's answer on every
-    verified probe; a detected attack becomes decision SPOOF_DETECTED, not accepted."""
-    cm = recorded_countermeasure(cache, record)
+    """``results`` (one per ``audio`` item, ``embedded`` its engine results) with the
+    countermeasure's answer on every verified probe; a detected attack becomes decision
+    SPOOF_DETECTED, not accepted."""
     probes = [i for i, r in enumerate(results) if isinstance(r, Verification)]
-    scored = cm.score([audio[i] for i in probes], sample_rate=sample_rate)
+    scored = spoof_scores(cm, audio, embedded, probes, sample_rate)
     out = list(results)
     for i, s in zip(probes, scored, strict=True):
         if s.error is not None:
