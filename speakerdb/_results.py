@@ -179,6 +179,10 @@ class Identification:
     normalization: str | None = None
     decision_rule: DecisionRule | None = None
     calibration: str | None = None
+    # As Verification's: the countermeasure's answer, and "SPOOF_DETECTED" (then ``best`` is
+    # None: an attack identifies nobody; ``matches`` still show whom it resembles).
+    spoof: dict[str, Any] | None = None
+    decision: str | None = None
 
     def __post_init__(self) -> None:
         if self.decision_rule is None:
@@ -197,6 +201,13 @@ class Identification:
         return self.matches[0].llr if self.matches else None
 
     def to_dict(self) -> dict[str, Any]:
+        out = self._fields()
+        for key, value in (("spoof", self.spoof), ("decision", self.decision)):
+            if value is not None:
+                out[key] = value
+        return out
+
+    def _fields(self) -> dict[str, Any]:
         return _with_rule(
             {
                 "best": self.best,

@@ -478,3 +478,43 @@ def test_the_engine_decode_feeds_the_countermeasure(tmp_path):
         assert ours.source == theirs.source and ours.bandwidth_hz == theirs.bandwidth_hz
         assert ours.score == pytest.approx(theirs.score, abs=1e-5)
         assert ours.seconds == pytest.approx(theirs.seconds)
+
+
+# --- the countermeasure on every path -----------------------------------------------------------
+
+
+def test_identify_and_enroll_run_the_countermeasure(db_url):
+    """identify answers SPOOF_DETECTED for an attack (nobody identified) with --spoof-model
+    per call, and with the database's countermeasure; enrollment rejects the attack with
+    reason spoof_detected and stores the bona fide recording beside it."""
+    from speakerdb import SpeakerDB
+
+    weights = require_weights("AASIST")
+    spoof = DATA / "spoof"
+    enroll = [
+        str((spoof / json.loads(line)["audio_filepath"]).resolve())
+        for line in (spoof / "enroll.jsonl").read_text().splitlines()
+        if json.loads(line)["label"] == "1998"
+    ]
+    bona = str(DATA / "librispeech" / "test-other" / "1998" / "1998-15444-0006.flac")
+    copy = str(spoof / "mel_inversion" / "1998" / "1998-15444-0005.wav")
+    assert run("enroll", "1998", *enroll, "--db", db_url).exit_code == 0
+    plain = json.loads(run("identify", bona, copy, "--db", db_url, "--json").stdout)
+    assert all("spoof" not in p and "decision" not in p for p in plain)
+    per_call = run("identify", bona, copy, "--db", db_url, "--json", "--spoof-model", str(weights))
+    real, attack = json.loads(per_call.stdout)
+    assert per_call.exit_code == 1
+    assert real["best"] == plain[0]["best"] and real["spoof"]["detected"] is False
+    assert "decision" not in real
+    assert attack["decision"] == "SPOOF_DETECTED" and attack["best"] is None
+    assert attack["matches"][0]["name"] == "1998"  # whom the attack resembles, still shown
+    assert run("spoof", "use", str(weights), "--db", db_url).exit_code == 0
+    with SpeakerDB.open(db_url) as db:
+        assert db.identify(copy).decision == "SPOOF_DETECTED"
+        before = db.speaker("1998").utterances
+        report = db.enroll("1998", [copy, bona])
+        by_source = {i.source: i for i in report.inputs}
+        assert by_source[copy].status == "rejected"
+        assert by_source[copy].reason == "spoof_detected"
+        assert by_source[bona].status == "accepted"
+        assert db.speaker("1998").utterances == before + 1

@@ -4,6 +4,7 @@ deciding with the database's one rule (:mod:`._policy`)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -74,6 +75,7 @@ class DecisionVerbs(FacadeBase):
         cohort_size: int = DEFAULT_COHORT_TOP_N,
         prior: float | None = None,
         far: float | None = None,
+        spoof_model: str | os.PathLike[str] | None = None,
     ) -> list[Verification | AudioError]:
         """:meth:`verify` for several recordings; unusable ones come back as their error.
 
@@ -82,13 +84,16 @@ class DecisionVerbs(FacadeBase):
         target prior ``prior`` (unit costs), or at the LLR threshold reaching false-accept
         rate ``far`` on the calibration's trials, for this call. norm="asnorm" normalises
         scores against an impostor cohort: the other enrolled speakers' voiceprints, or the
-        recordings ``cohort`` (see :meth:`evaluate`).
+        recordings ``cohort`` (see :meth:`evaluate`). spoof_model: a countermeasure
+        checkpoint to run on every probe for this call instead of the database's
+        (docs/spoofing.md); with either, each answer carries ``spoof`` and a detected attack is
+        decision SPOOF_DETECTED, not accepted.
         """
         key = normalization(norm)
         policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
         identity = self._check_model()
         record, centroid = self.store.centroid(name)
-        cm = self._database_countermeasure()
+        cm = self._database_countermeasure(spoof_model)
         embedded = self.model.embed(
             audio, sample_rate=sample_rate, head_samples=cm.input_samples if cm else 0
         )
@@ -244,6 +249,7 @@ class DecisionVerbs(FacadeBase):
         cohort_size: int = DEFAULT_COHORT_TOP_N,
         prior: float | None = None,
         far: float | None = None,
+        spoof_model: str | os.PathLike[str] | None = None,
     ) -> list[Identification | AudioError]:
         """:meth:`identify` for several recordings, searched in one batch.
 
@@ -251,14 +257,18 @@ class DecisionVerbs(FacadeBase):
         given LLRs (each from its own enrollment quality) and ranked and decided on them; if
         any of them cannot be calibrated (enrolled before schema 0004), that identification
         ranks and decides on the score rule and says so. With norm="asnorm" the candidates
-        are re-scored with AS-norm first. threshold / prior / far: see :meth:`verify_many`.
+        are re-scored with AS-norm first. threshold / prior / far / spoof_model: see
+        :meth:`verify_many`; a detected attack identifies nobody (decision SPOOF_DETECTED).
         """
         if top_k < 1:
             raise UsageError(f"top-k must be at least 1, not {top_k}")
         key = normalization(norm)
         policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
         identity = self._check_model()
-        embedded = self.model.embed(audio, sample_rate=sample_rate)
+        cm = self._database_countermeasure(spoof_model)
+        embedded = self.model.embed(
+            audio, sample_rate=sample_rate, head_samples=cm.input_samples if cm else 0
+        )
         good = [vector_of(e) for e in embedded if e.vector is not None]
         probes = np.stack(good) if good else None
         # Normalised or calibrated scores may order candidates differently from the cosine:
@@ -291,4 +301,8 @@ class DecisionVerbs(FacadeBase):
                     rule.calibration if rule.score == "llr" else None,
                 )
             )
+        if cm is not None:
+            from speakerdb.enroll._spoof import screen
+
+            out = screen(cm, audio, embedded, out, sample_rate)
         return out
