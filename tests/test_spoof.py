@@ -441,12 +441,18 @@ def test_the_service_answers_spoof_detected(tmp_path):
     with SpeakerDB.open(url) as db:
         db.enroll("1998", enroll)
         db.use_countermeasure(weights)
-        key = db.create_key("verify", ["verify"]).secret
+        key = db.create_key("verify", ["verify", "identify"]).secret
     bona = DATA / "librispeech" / "test-other" / "1998" / "1998-15444-0006.flac"
     copy = spoof / "mel_inversion" / "1998" / "1998-15444-0005.wav"
     env = {**os.environ, "SPEAKERDB_INDEX_DIR": str(tmp_path / "ix")}
     with Server(url, env=env) as server, server.client(key) as client:
         answer = client.post("/v1/speakers/1998/verify", files=upload([bona, copy]))
+        who = client.post("/v1/identify", files=upload([copy]))
+        metrics = client.get("/metrics").text
+    assert who.status_code == 200, who.text
+    assert who.json()["decision"] == "SPOOF_DETECTED" and who.json()["best"] is None
+    for route in ("verify", "identify"):
+        assert f'speakerdb_spoof_detected_total{{route="{route}"}} 1.0' in metrics, route
     assert answer.status_code == 200, answer.text
     real, attack = answer.json()
     assert real["spoof"]["detected"] is False and real["decision"] in ("ACCEPT", "REJECT")
