@@ -108,12 +108,21 @@ class Comparison:
     llr: float | None = None
     decision_rule: DecisionRule | None = None
     calibration: str | None = None
+    # Where the database has a countermeasure: its answers on both files, {"a": {...}, "b":
+    # {...}} (each as Verification's ``spoof``), and "SPOOF_DETECTED" when either is an
+    # attack (then ``same_speaker`` is False). Both None otherwise, left out of to_dict.
+    spoof: dict[str, Any] | None = None
+    decision: str | None = None
 
     def __post_init__(self) -> None:
         _complete_scored(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return _with_rule(asdict(self), self.decision_rule)
+        out = _with_rule(asdict(self), self.decision_rule)
+        for key in ("spoof", "decision"):
+            if out[key] is None:
+                del out[key]
+        return out
 
 
 @dataclass(frozen=True)

@@ -489,10 +489,10 @@ def test_the_engine_decode_feeds_the_countermeasure(tmp_path):
 # --- the countermeasure on every path -----------------------------------------------------------
 
 
-def test_identify_and_enroll_run_the_countermeasure(db_url):
-    """identify answers SPOOF_DETECTED for an attack (nobody identified) with --spoof-model
-    per call, and with the database's countermeasure; enrollment rejects the attack with
-    reason spoof_detected and stores the bona fide recording beside it."""
+def test_identify_compare_and_enroll_run_the_countermeasure(db_url):
+    """identify answers SPOOF_DETECTED for an attack (nobody identified), with --spoof-model
+    per call and with the database's countermeasure; compare screens both files; enrollment
+    rejects the attack with reason spoof_detected and stores the bona fide one beside it."""
     from speakerdb import SpeakerDB
 
     weights = require_weights("AASIST")
@@ -515,6 +515,11 @@ def test_identify_and_enroll_run_the_countermeasure(db_url):
     assert attack["decision"] == "SPOOF_DETECTED" and attack["best"] is None
     assert attack["matches"][0]["name"] == "1998"  # whom the attack resembles, still shown
     assert run("spoof", "use", str(weights), "--db", db_url).exit_code == 0
+    compared = run("compare", bona, copy, "--db", db_url, "--json")
+    pair = json.loads(compared.stdout)
+    assert compared.exit_code == 1 and pair["decision"] == "SPOOF_DETECTED"
+    assert pair["same_speaker"] is False
+    assert pair["spoof"]["a"]["detected"] is False and pair["spoof"]["b"]["detected"] is True
     with SpeakerDB.open(db_url) as db:
         assert db.identify(copy).decision == "SPOOF_DETECTED"
         before = db.speaker("1998").utterances

@@ -254,7 +254,7 @@ def compare(
             )
 
         def render(c: Any) -> str:
-            verdict = "SAME" if c.same_speaker else "DIFFERENT"
+            verdict = c.decision or ("SAME" if c.same_speaker else "DIFFERENT")
             return (
                 f"{verdict}  score {c.score:.4f}  threshold {c.threshold:.4f}  "
                 f"{show(c.a)}  {show(c.b)}{rule_text(c)}"

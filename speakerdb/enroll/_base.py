@@ -227,6 +227,7 @@ class FacadeBase:
         batch_size: int,
         sample_rate: int | None,
         progress: Progress | None,
+        head_samples: int = 0,
     ) -> tuple[list[int], list[EmbeddedAudio]]:
         """:meth:`Embedder.embed_distinct` with at least the model's default batch size."""
         from speakerdb.model._embedder import DEFAULT_BATCH_SIZE
@@ -236,6 +237,7 @@ class FacadeBase:
             batch_size=max(batch_size, DEFAULT_BATCH_SIZE),
             sample_rate=sample_rate,
             progress=progress,
+            head_samples=head_samples,
         )
 
 

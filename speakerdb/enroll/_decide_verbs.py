@@ -29,7 +29,8 @@ from speakerdb.model._audio import AudioInput
 from speakerdb.scoring import DEFAULT_COHORT_TOP_N, cosine
 
 if TYPE_CHECKING:
-    pass
+    from speakerdb.model._countermeasure import Countermeasure
+    from speakerdb.model._embedder import EmbeddedAudio
 
 
 __all__ = ["DecisionVerbs"]
@@ -176,8 +177,12 @@ class DecisionVerbs(FacadeBase):
         key = normalization(norm)
         policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
         identity = self.identity
+        # compare needs no database; where there is one with a countermeasure, both files of
+        # every pair are screened.
+        cm = self._database_countermeasure() if self._store is not None else None
+        items = [x for pair in pairs for x in pair]
         position, embedded = self._embed_distinct(
-            [x for pair in pairs for x in pair], batch_size, sample_rate, progress
+            items, batch_size, sample_rate, progress, cm.input_samples if cm else 0
         )
         rows: list[tuple[int, int] | AudioError] = []
         for k in range(len(pairs)):
@@ -214,6 +219,48 @@ class DecisionVerbs(FacadeBase):
                     decision_rule=d.rule,
                     calibration=d.calibration,
                 )
+            )
+        if cm is not None:
+            out = self._screen_pairs(cm, items, position, embedded, out, sample_rate)
+        return out
+
+    @staticmethod
+    def _screen_pairs(
+        cm: Countermeasure,
+        items: Sequence[AudioInput],
+        position: list[int],
+        embedded: list[EmbeddedAudio],
+        results: list[Comparison | AudioError],
+        sample_rate: int | None,
+    ) -> list[Comparison | AudioError]:
+        """``results`` with the countermeasure's answers on both files of each compared
+        pair (each distinct file scored once); an attack on either side is SPOOF_DETECTED."""
+        import dataclasses
+
+        from speakerdb.enroll._spoof import SPOOF_DETECTED, spoof_answer, spoof_scores
+
+        distinct: list[AudioInput] = [items[0]] * len(embedded)
+        for i, p in enumerate(position):
+            distinct[p] = items[i]
+        wanted = [i for i, e in enumerate(embedded) if e.vector is not None]
+        scored = dict(
+            zip(wanted, spoof_scores(cm, distinct, embedded, wanted, sample_rate), strict=True)
+        )
+        out = list(results)
+        for k, result in enumerate(results):
+            if isinstance(result, AudioError):
+                continue
+            sides = [scored[position[2 * k]], scored[position[2 * k + 1]]]
+            failed = next((s.error for s in sides if isinstance(s.error, AudioError)), None)
+            if failed is not None:
+                out[k] = failed
+                continue
+            detected = any(s.detected is True for s in sides)
+            out[k] = dataclasses.replace(
+                result,
+                spoof={"a": spoof_answer(cm, sides[0]), "b": spoof_answer(cm, sides[1])},
+                same_speaker=result.same_speaker and not detected,
+                decision=SPOOF_DETECTED if detected else None,
             )
         return out
 

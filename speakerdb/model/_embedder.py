@@ -391,8 +391,10 @@ class Embedder:
         sample_rate: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: ProgressCallback | None = None,
+        head_samples: int = 0,
     ) -> tuple[list[int], list[EmbeddedAudio]]:
-        """Embed each distinct input of ``items`` once (paths by name, arrays by identity).
+        """Embed each distinct input of ``items`` once (paths by name, arrays by identity);
+        head_samples: see :meth:`iter_embed`.
 
         Returns ``(position, results)``: ``results[position[i]]`` is the result for
         ``items[i]``. Unusable inputs are reported in their result, not raised.
@@ -407,7 +409,11 @@ class Embedder:
                 distinct.append(item)
             position.append(keys[key])
         results = self.embed(
-            distinct, sample_rate=sample_rate, batch_size=batch_size, progress=progress
+            distinct,
+            sample_rate=sample_rate,
+            batch_size=batch_size,
+            progress=progress,
+            head_samples=head_samples,
         )
         return position, results
 
