@@ -529,3 +529,57 @@ def test_identify_compare_and_enroll_run_the_countermeasure(db_url):
         assert by_source[copy].reason == "spoof_detected"
         assert by_source[bona].status == "accepted"
         assert db.speaker("1998").utterances == before + 1
+
+
+# --- eval --sasv --------------------------------------------------------------------------------
+
+
+def test_a_dcf_follows_the_asvspoof5_definition():
+    from speakerdb.enroll._sasv import a_dcf
+
+    # P_miss 1/2, P_fa(nontarget) 1/2, P_fa(spoof) 0: (1 * 0.9 * 0.5 + 10 * 0.05 * 0.5) / 0.9
+    assert a_dcf([1, -1], [-1, 1], [-1], 0.0) == pytest.approx(0.7 / 0.9)
+    assert a_dcf([1], [-1], [-1], 0.0) == 0.0
+    assert a_dcf([1], [-1], [-1], math.inf) == pytest.approx(1.0)  # reject all: 0.9 / 0.9
+
+
+def test_sasv_metrics_take_the_rule_in_use_and_each_kind():
+    from speakerdb.enroll._sasv import sasv_metrics
+
+    kinds = ["target", "target", "nontarget", "nontarget", "spoof", "spoof"]
+    speaker = [2.0, 1.0, -1.0, -2.0, 3.0, 2.0]
+    spoof = [1.0, math.inf, 5.0, 5.0, 0.5, -2.0]  # inf: not judged (under 2 s)
+    r = sasv_metrics(kinds, speaker, spoof)
+    assert r.trials == {"target": 2, "nontarget": 2, "spoof": 2}
+    assert r.error_rates == {"target_frr": 0.0, "nontarget_far": 0.0, "spoof_far": 0.5}
+    assert r.a_dcf == pytest.approx(10 * 0.05 * 0.5 / 0.9)
+    assert r.min_a_dcf == 0.0  # a threshold of 1 separates them
+    assert r.sasv_eer == 0.0 and r.speaker_eer == 0.0 and r.spoof_eer == 0.0
+    worse = sasv_metrics(kinds, speaker, [1.0, math.inf, 5.0, 5.0, 2.0, -2.0])
+    assert worse.sasv_eer is not None and worse.sasv_eer > 0
+    # target 1.0 vs spoof {2.0, -2.0}: closest at threshold 1 (FRR 0, FAR 1/2), mean 1/4
+    assert worse.spoof_eer == pytest.approx(0.25)
+
+
+def test_eval_sasv_cli(tmp_path):
+    weights = require_weights("AASIST")
+    spoof = DATA / "spoof"
+    enroll = [
+        str((spoof / json.loads(line)["audio_filepath"]).resolve())
+        for line in (spoof / "enroll.jsonl").read_text().splitlines()
+        if json.loads(line)["label"] == "1998"
+    ]
+    url = f"sqlite:///{tmp_path / 'sasv.sqlite'}"
+    bona = DATA / "librispeech" / "test-other" / "1998" / "1998-15444-0006.flac"
+    copy = spoof / "mel_inversion" / "1998" / "1998-15444-0005.wav"
+    trials = tmp_path / "trials.txt"
+    trials.write_text(f"target 1998 {bona}\nspoof 1998 {copy}\n")
+    assert run("enroll", "1998", *enroll, "--db", url).exit_code == 0
+    refused = run("eval", "--sasv", str(trials), "--db", url)
+    assert refused.exit_code == 2 and "countermeasure" in refused.stderr
+    done = run("eval", "--sasv", str(trials), "--db", url, "--json", "--spoof-model", str(weights))
+    assert done.exit_code == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["trials"] == {"target": 1, "nontarget": 0, "spoof": 1}
+    assert report["error_rates"]["spoof_far"] == 0.0 and report["spoof_eer"] == 0.0
+    assert report["speaker_eer"] is None  # no nontarget trials
