@@ -113,12 +113,21 @@ class Comparison:
     llr: float | None = None
     decision_rule: DecisionRule | None = None
     calibration: str | None = None
+    # Where the database has a countermeasure: its answers on both files, {"a": {...}, "b":
+    # {...}} (each as Verification's ``spoof``), and "SPOOF_DETECTED" when either is an
+    # attack (then ``same_speaker`` is False). Both None otherwise, left out of to_dict.
+    spoof: dict[str, Any] | None = None
+    decision: str | None = None
 
     def __post_init__(self) -> None:
         _complete_scored(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return _with_rule(asdict(self), self.decision_rule)
+        out = _with_rule(asdict(self), self.decision_rule)
+        for key in ("spoof", "decision"):
+            if out[key] is None:
+                del out[key]
+        return out
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,10 @@ class Identification:
     normalization: str | None = None
     decision_rule: DecisionRule | None = None
     calibration: str | None = None
+    # As Verification's: the countermeasure's answer, and "SPOOF_DETECTED" (then ``best`` is
+    # None: an attack identifies nobody; ``matches`` still show whom it resembles).
+    spoof: dict[str, Any] | None = None
+    decision: str | None = None
 
     def __post_init__(self) -> None:
         if self.decision_rule is None:
@@ -202,6 +215,13 @@ class Identification:
         return self.matches[0].llr if self.matches else None
 
     def to_dict(self) -> dict[str, Any]:
+        out = self._fields()
+        for key, value in (("spoof", self.spoof), ("decision", self.decision)):
+            if value is not None:
+                out[key] = value
+        return out
+
+    def _fields(self) -> dict[str, Any]:
         return _with_rule(
             {
                 "best": self.best,

@@ -39,6 +39,7 @@ __all__ = [
     "SessionLimitError",
     "SpeakerDBError",
     "SpeakerNotFoundError",
+    "SpoofDetectedError",
     "StoreError",
     "TooLittleSpeechError",
     "TooLongError",
@@ -182,6 +183,13 @@ class TooLongError(AudioError):
     3 h by default; also when a header declares more) or a service's upload limit."""
 
     code = "too_long"
+
+
+class SpoofDetectedError(AudioError):
+    """The database's spoofing countermeasure judged the recording an attack (synthetic,
+    converted or re-synthesised speech); enrollment refuses it (docs/spoofing.md)."""
+
+    code = "spoof_detected"
 
 
 # --- models ------------------------------------------------------------------------------------

@@ -441,14 +441,145 @@ def test_the_service_answers_spoof_detected(tmp_path):
     with SpeakerDB.open(url) as db:
         db.enroll("1998", enroll)
         db.use_countermeasure(weights)
-        key = db.create_key("verify", ["verify"]).secret
+        key = db.create_key("verify", ["verify", "identify"]).secret
     bona = DATA / "librispeech" / "test-other" / "1998" / "1998-15444-0006.flac"
     copy = spoof / "mel_inversion" / "1998" / "1998-15444-0005.wav"
     env = {**os.environ, "SPEAKERDB_INDEX_DIR": str(tmp_path / "ix")}
     with Server(url, env=env) as server, server.client(key) as client:
         answer = client.post("/v1/speakers/1998/verify", files=upload([bona, copy]))
+        who = client.post("/v1/identify", files=upload([copy]))
+        metrics = client.get("/metrics").text
+    assert who.status_code == 200, who.text
+    assert who.json()["decision"] == "SPOOF_DETECTED" and who.json()["best"] is None
+    for route in ("verify", "identify"):
+        assert f'speakerdb_spoof_detected_total{{route="{route}"}} 1.0' in metrics, route
     assert answer.status_code == 200, answer.text
     real, attack = answer.json()
     assert real["spoof"]["detected"] is False and real["decision"] in ("ACCEPT", "REJECT")
     assert attack["decision"] == "SPOOF_DETECTED" and attack["accepted"] is False
     assert attack["spoof"]["model"].startswith("aasist/AASIST@")
+
+
+# --- one decode per file ------------------------------------------------------------------------
+
+
+def test_the_engine_decode_feeds_the_countermeasure(tmp_path):
+    """verify's countermeasure scores come from the speaker model's decode (16 kHz files),
+    and equal the countermeasure's own decode; other rates are decoded the countermeasure's
+    way (the engine's resampler is the speaker model's)."""
+    require_data()
+    from speakerdb import load_model
+    from speakerdb.enroll._spoof import spoof_scores
+
+    cm = load_countermeasure(save(tmp_path, random_state("AASIST-L")))
+    wide = DATA / "librispeech" / "test-other" / "1998" / "1998-15444-0006.flac"
+    phone = DATA / "telephone" / "vctk" / "p227" / "p227_019.wav"
+    audio = [wide, phone]
+    embedded = load_model().embed(audio, head_samples=cm.input_samples)
+    assert embedded[0].head is not None and embedded[0].head.size == cm.input_samples
+    assert embedded[1].head is None  # 8 kHz: not the countermeasure's resampling
+    shared = spoof_scores(cm, audio, embedded, [0, 1], None)
+    alone = cm.score(audio)
+    for ours, theirs in zip(shared, alone, strict=True):
+        assert ours.source == theirs.source and ours.bandwidth_hz == theirs.bandwidth_hz
+        assert ours.score == pytest.approx(theirs.score, abs=1e-5)
+        assert ours.seconds == pytest.approx(theirs.seconds)
+
+
+# --- the countermeasure on every path -----------------------------------------------------------
+
+
+def test_identify_compare_and_enroll_run_the_countermeasure(db_url):
+    """identify answers SPOOF_DETECTED for an attack (nobody identified), with --spoof-model
+    per call and with the database's countermeasure; compare screens both files; enrollment
+    rejects the attack with reason spoof_detected and stores the bona fide one beside it."""
+    from speakerdb import SpeakerDB
+
+    weights = require_weights("AASIST")
+    spoof = DATA / "spoof"
+    enroll = [
+        str((spoof / json.loads(line)["audio_filepath"]).resolve())
+        for line in (spoof / "enroll.jsonl").read_text().splitlines()
+        if json.loads(line)["label"] == "1998"
+    ]
+    bona = str(DATA / "librispeech" / "test-other" / "1998" / "1998-15444-0006.flac")
+    copy = str(spoof / "mel_inversion" / "1998" / "1998-15444-0005.wav")
+    assert run("enroll", "1998", *enroll, "--db", db_url).exit_code == 0
+    plain = json.loads(run("identify", bona, copy, "--db", db_url, "--json").stdout)
+    assert all("spoof" not in p and "decision" not in p for p in plain)
+    per_call = run("identify", bona, copy, "--db", db_url, "--json", "--spoof-model", str(weights))
+    real, attack = json.loads(per_call.stdout)
+    assert per_call.exit_code == 1
+    assert real["best"] == plain[0]["best"] and real["spoof"]["detected"] is False
+    assert "decision" not in real
+    assert attack["decision"] == "SPOOF_DETECTED" and attack["best"] is None
+    assert attack["matches"][0]["name"] == "1998"  # whom the attack resembles, still shown
+    assert run("spoof", "use", str(weights), "--db", db_url).exit_code == 0
+    compared = run("compare", bona, copy, "--db", db_url, "--json")
+    pair = json.loads(compared.stdout)
+    assert compared.exit_code == 1 and pair["decision"] == "SPOOF_DETECTED"
+    assert pair["same_speaker"] is False
+    assert pair["spoof"]["a"]["detected"] is False and pair["spoof"]["b"]["detected"] is True
+    with SpeakerDB.open(db_url) as db:
+        assert db.identify(copy).decision == "SPOOF_DETECTED"
+        before = db.speaker("1998").utterances
+        report = db.enroll("1998", [copy, bona])
+        by_source = {i.source: i for i in report.inputs}
+        assert by_source[copy].status == "rejected"
+        assert by_source[copy].reason == "spoof_detected"
+        assert by_source[bona].status == "accepted"
+        assert db.speaker("1998").utterances == before + 1
+
+
+# --- eval --sasv --------------------------------------------------------------------------------
+
+
+def test_a_dcf_follows_the_asvspoof5_definition():
+    from speakerdb.enroll._sasv import a_dcf
+
+    # P_miss 1/2, P_fa(nontarget) 1/2, P_fa(spoof) 0: (1 * 0.9 * 0.5 + 10 * 0.05 * 0.5) / 0.9
+    assert a_dcf([1, -1], [-1, 1], [-1], 0.0) == pytest.approx(0.7 / 0.9)
+    assert a_dcf([1], [-1], [-1], 0.0) == 0.0
+    assert a_dcf([1], [-1], [-1], math.inf) == pytest.approx(1.0)  # reject all: 0.9 / 0.9
+
+
+def test_sasv_metrics_take_the_rule_in_use_and_each_kind():
+    from speakerdb.enroll._sasv import sasv_metrics
+
+    kinds = ["target", "target", "nontarget", "nontarget", "spoof", "spoof"]
+    speaker = [2.0, 1.0, -1.0, -2.0, 3.0, 2.0]
+    spoof = [1.0, math.inf, 5.0, 5.0, 0.5, -2.0]  # inf: not judged (under 2 s)
+    r = sasv_metrics(kinds, speaker, spoof)
+    assert r.trials == {"target": 2, "nontarget": 2, "spoof": 2}
+    assert r.error_rates == {"target_frr": 0.0, "nontarget_far": 0.0, "spoof_far": 0.5}
+    assert r.a_dcf == pytest.approx(10 * 0.05 * 0.5 / 0.9)
+    assert r.min_a_dcf == 0.0  # a threshold of 1 separates them
+    assert r.sasv_eer == 0.0 and r.speaker_eer == 0.0 and r.spoof_eer == 0.0
+    worse = sasv_metrics(kinds, speaker, [1.0, math.inf, 5.0, 5.0, 2.0, -2.0])
+    assert worse.sasv_eer is not None and worse.sasv_eer > 0
+    # target 1.0 vs spoof {2.0, -2.0}: closest at threshold 1 (FRR 0, FAR 1/2), mean 1/4
+    assert worse.spoof_eer == pytest.approx(0.25)
+
+
+def test_eval_sasv_cli(tmp_path):
+    weights = require_weights("AASIST")
+    spoof = DATA / "spoof"
+    enroll = [
+        str((spoof / json.loads(line)["audio_filepath"]).resolve())
+        for line in (spoof / "enroll.jsonl").read_text().splitlines()
+        if json.loads(line)["label"] == "1998"
+    ]
+    url = f"sqlite:///{tmp_path / 'sasv.sqlite'}"
+    bona = DATA / "librispeech" / "test-other" / "1998" / "1998-15444-0006.flac"
+    copy = spoof / "mel_inversion" / "1998" / "1998-15444-0005.wav"
+    trials = tmp_path / "trials.txt"
+    trials.write_text(f"target 1998 {bona}\nspoof 1998 {copy}\n")
+    assert run("enroll", "1998", *enroll, "--db", url).exit_code == 0
+    refused = run("eval", "--sasv", str(trials), "--db", url)
+    assert refused.exit_code == 2 and "countermeasure" in refused.stderr
+    done = run("eval", "--sasv", str(trials), "--db", url, "--json", "--spoof-model", str(weights))
+    assert done.exit_code == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["trials"] == {"target": 1, "nontarget": 0, "spoof": 1}
+    assert report["error_rates"]["spoof_far"] == 0.0 and report["spoof_eer"] == 0.0
+    assert report["speaker_eer"] is None  # no nontarget trials

@@ -31,6 +31,17 @@ from speakerdb.cli._common import (
 )
 from speakerdb.errors import SpeakerDBError, UsageError
 
+_spoof_model_option = click.option(
+    "--spoof-model",
+    "spoof_model",
+    metavar="PATH",
+    envvar="SPEAKERDB_SPOOF_MODEL",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Run this countermeasure checkpoint (AASIST / AASIST-L .pth) on every file, for this "
+    "call, instead of the database's (`speakerdb spoof use`). Default: $SPEAKERDB_SPOOF_MODEL.",
+)
+
 
 @click.command()
 @click.argument("name")
@@ -48,6 +59,7 @@ from speakerdb.errors import SpeakerDBError, UsageError
 @threshold_option
 @operating_point_options
 @norm_options
+@_spoof_model_option
 @json_option
 @handles_errors
 def verify(
@@ -62,6 +74,7 @@ def verify(
     norm: str,
     cohort: Path | None,
     cohort_size: int,
+    spoof_model: Path | None,
     as_json: bool,
     server: str | None,
 ) -> None:
@@ -84,6 +97,7 @@ def verify(
             cohort_size=cohort_size,
             prior=prior,
             far=far,
+            spoof_model=spoof_model,
         )
 
     def render(v: Any) -> str:
@@ -122,6 +136,7 @@ def verify(
 @threshold_option
 @operating_point_options
 @norm_options
+@_spoof_model_option
 @json_option
 @handles_errors
 def identify(
@@ -136,6 +151,7 @@ def identify(
     norm: str,
     cohort: Path | None,
     cohort_size: int,
+    spoof_model: Path | None,
     as_json: bool,
     server: str | None,
 ) -> None:
@@ -161,10 +177,11 @@ def identify(
             cohort_size=cohort_size,
             prior=prior,
             far=far,
+            spoof_model=spoof_model,
         )
 
     def render(r: Any) -> str:
-        head = show(r.best) if r.best else "UNKNOWN"
+        head = r.decision or (show(r.best) if r.best else "UNKNOWN")
         listing = (
             ", ".join(f"{show(m.name)} {m.score:.4f}" for m in r.matches) or "no speakers enrolled"
         )
@@ -237,7 +254,7 @@ def compare(
             )
 
         def render(c: Any) -> str:
-            verdict = "SAME" if c.same_speaker else "DIFFERENT"
+            verdict = c.decision or ("SAME" if c.same_speaker else "DIFFERENT")
             return (
                 f"{verdict}  score {c.score:.4f}  threshold {c.threshold:.4f}  "
                 f"{show(c.a)}  {show(c.b)}{rule_text(c)}"

@@ -90,6 +90,39 @@ def _evaluation_text(report: EvaluationReport) -> list[str]:
     return lines
 
 
+def _sasv(
+    trials: Path | None,
+    db_url: str | None,
+    model_name: str | None,
+    device: str | None,
+    spoof_model: Path | None,
+    as_json: bool,
+) -> None:
+    """``eval --sasv TRIALS``: the figures of ``SpeakerDB.evaluate_sasv``."""
+    if trials is None:
+        raise UsageError("usage: speakerdb eval --sasv TRIALS")
+    with open_db(db_url, model_name, device, read_only=True) as db:
+        report = db.evaluate_sasv(trials, spoof_model=spoof_model).to_dict()
+    if as_json:
+        emit_json(report)
+        return
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.2f} %"
+
+    rates = report["error_rates"]
+    counts = ", ".join(f"{k} {v}" for k, v in report["trials"].items())
+    click.echo(f"trials: {counts} (unscored {report['unscored']})")
+    click.echo(f"SASV-EER     {pct(report['sasv_eer'])}")
+    click.echo(f"spoof-EER    {pct(report['spoof_eer'])}")
+    click.echo(f"speaker EER  {pct(report['speaker_eer'])}")
+    click.echo(f"a-DCF        {report['a_dcf']:.4f} (minimum {report['min_a_dcf']:.4f})")
+    click.echo(
+        f"at the decision in use: target FRR {pct(rates['target_frr'])}, nontarget FAR "
+        f"{pct(rates['nontarget_far'])}, spoof FAR {pct(rates['spoof_far'])}"
+    )
+
+
 def _trial_options(fn: F) -> F:
     fn = click.option(
         "--manifest",
@@ -117,6 +150,22 @@ def _trial_options(fn: F) -> F:
     help="Draw the DET curve and score histograms to this PNG (needs speakerdb[plot]).",
 )
 @click.option(
+    "--sasv",
+    is_flag=True,
+    help="TRIALS is a spoofing-aware list ('target|nontarget|spoof SPEAKER PATH' lines, "
+    "speakers enrolled): SASV-EER, spoof-EER, speaker EER, a-DCF and each trial kind's error "
+    "rate, with the database's countermeasure (or --spoof-model).",
+)
+@click.option(
+    "--spoof-model",
+    metavar="PATH",
+    envvar="SPEAKERDB_SPOOF_MODEL",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="With --sasv: this countermeasure instead of the database's. "
+    "Default: $SPEAKERDB_SPOOF_MODEL.",
+)
+@click.option(
     "--set-default",
     is_flag=True,
     help="Also fit a calibration on these trials and store it as this database's, at "
@@ -136,6 +185,8 @@ def eval_command(
     threshold: float | None,
     scores_out: Path | None,
     plot_out: Path | None,
+    sasv: bool,
+    spoof_model: Path | None,
     set_default: bool,
     norm: str,
     cohort: Path | None,
@@ -149,7 +200,11 @@ def eval_command(
     EER, minDCF, the score threshold at --far (default 1 %), and the decisions of the rule in
     use (with --prior / --far / --threshold as verify takes them): their FAR and FRR and,
     when calibrated, Cllr, minCllr and actual / minimum DCF at the operating point.
-    Unusable files are reported, not fatal."""
+    Unusable files are reported, not fatal. With --sasv: spoofing-aware trials (see
+    docs/spoofing.md)."""
+    if sasv:
+        _sasv(trials, db_url, model_name, device, spoof_model, as_json)
+        return
     rows, digest = _load_trials(trials, manifest)
     if plot_out is not None:
         from speakerdb.enroll import plot_evaluation  # fail early if matplotlib is missing

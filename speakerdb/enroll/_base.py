@@ -131,6 +131,29 @@ class FacadeBase:
         if self._store is not None and identity.source is not None:
             self._store.remember_model_source(identity)
 
+    def _database_countermeasure(
+        self, override: str | os.PathLike[str] | None = None
+    ) -> Countermeasure | None:
+        """The countermeasure to run: the checkpoint ``override`` when given (this call
+        only), else the one this database records, else None; loaded once per process.
+        Raises ModelNotFoundError / ModelError, and ModelMismatchError when the recorded file
+        is no longer the recorded weights: deciding without it would be silently weaker."""
+        if override is not None:
+            from speakerdb.model._countermeasure import load_countermeasure
+
+            key = f"path:{os.path.abspath(override)}"
+            if key not in self._spoof_cache:
+                self._spoof_cache[key] = load_countermeasure(override)
+            return self._spoof_cache[key]
+        from speakerdb.storage._countermeasure_record import read_countermeasure
+
+        record = read_countermeasure(self.store)
+        if record is None:
+            return None
+        from speakerdb.enroll._spoof import recorded_countermeasure
+
+        return recorded_countermeasure(self._spoof_cache, record)
+
     @property
     def model_loaded(self) -> bool:
         """Whether the embedding model is in memory (it loads on first use)."""
@@ -208,6 +231,7 @@ class FacadeBase:
         batch_size: int,
         sample_rate: int | None,
         progress: Progress | None,
+        head_samples: int = 0,
     ) -> tuple[list[int], list[EmbeddedAudio]]:
         """:meth:`Embedder.embed_distinct` with at least the model's default batch size."""
         from speakerdb.model._embedder import DEFAULT_BATCH_SIZE
@@ -217,6 +241,7 @@ class FacadeBase:
             batch_size=max(batch_size, DEFAULT_BATCH_SIZE),
             sample_rate=sample_rate,
             progress=progress,
+            head_samples=head_samples,
         )
 
 

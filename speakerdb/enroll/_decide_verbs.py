@@ -4,6 +4,7 @@ deciding with the database's one rule (:mod:`._policy`)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,8 @@ from speakerdb.scoring import DEFAULT_COHORT_TOP_N, cosine
 from speakerdb.storage._audit import PendingEntry
 
 if TYPE_CHECKING:
-    pass
+    from speakerdb.model._countermeasure import Countermeasure
+    from speakerdb.model._embedder import EmbeddedAudio
 
 
 __all__ = ["DecisionVerbs"]
@@ -75,6 +77,7 @@ class DecisionVerbs(FacadeBase):
         cohort_size: int = DEFAULT_COHORT_TOP_N,
         prior: float | None = None,
         far: float | None = None,
+        spoof_model: str | os.PathLike[str] | None = None,
     ) -> list[Verification | AudioError]:
         """:meth:`verify` for several recordings; unusable ones come back as their error.
 
@@ -83,13 +86,19 @@ class DecisionVerbs(FacadeBase):
         target prior ``prior`` (unit costs), or at the LLR threshold reaching false-accept
         rate ``far`` on the calibration's trials, for this call. norm="asnorm" normalises
         scores against an impostor cohort: the other enrolled speakers' voiceprints, or the
-        recordings ``cohort`` (see :meth:`evaluate`).
+        recordings ``cohort`` (see :meth:`evaluate`). spoof_model: a countermeasure
+        checkpoint to run on every probe for this call instead of the database's
+        (docs/spoofing.md); with either, each answer carries ``spoof`` and a detected attack is
+        decision SPOOF_DETECTED, not accepted.
         """
         key = normalization(norm)
         policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
         identity = self._check_model()
         record, centroid = self.store.centroid(name)
-        embedded = self.model.embed(audio, sample_rate=sample_rate)
+        cm = self._database_countermeasure(spoof_model)
+        embedded = self.model.embed(
+            audio, sample_rate=sample_rate, head_samples=cm.input_samples if cm else 0
+        )
         good = [e for e in embedded if e.vector is not None]
         cosines = [cosine(vector_of(e), centroid) for e in good]
         scores = cosines
@@ -122,13 +131,10 @@ class DecisionVerbs(FacadeBase):
                     calibration=d.calibration,
                 )
             )
-        from speakerdb.storage._countermeasure_record import read_countermeasure
-
-        recorded = read_countermeasure(self.store)
-        if recorded is not None:
+        if cm is not None:
             from speakerdb.enroll._spoof import screen
 
-            out = screen(self._spoof_cache, recorded, audio, out, sample_rate)
+            out = screen(cm, audio, embedded, out, sample_rate)
         self.store.record_lookups(
             [
                 PendingEntry("verify", speaker=record.name, **_decided(r, r.accepted))
@@ -180,8 +186,12 @@ class DecisionVerbs(FacadeBase):
         key = normalization(norm)
         policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
         identity = self.identity
+        # compare needs no database; where there is one with a countermeasure, both files of
+        # every pair are screened.
+        cm = self._database_countermeasure() if self._store is not None else None
+        items = [x for pair in pairs for x in pair]
         position, embedded = self._embed_distinct(
-            [x for pair in pairs for x in pair], batch_size, sample_rate, progress
+            items, batch_size, sample_rate, progress, cm.input_samples if cm else 0
         )
         rows: list[tuple[int, int] | AudioError] = []
         for k in range(len(pairs)):
@@ -219,6 +229,8 @@ class DecisionVerbs(FacadeBase):
                     calibration=d.calibration,
                 )
             )
+        if cm is not None:
+            out = self._screen_pairs(cm, items, position, embedded, out, sample_rate)
         if key is not None and cohort is None and self._store is not None:
             # Scored against the enrolled speakers (the AS-norm cohort): a database lookup.
             self.store.record_lookups(
@@ -228,6 +240,46 @@ class DecisionVerbs(FacadeBase):
                     else PendingEntry("compare", **_failed(r))
                     for r in out
                 ]
+            )
+        return out
+
+    @staticmethod
+    def _screen_pairs(
+        cm: Countermeasure,
+        items: Sequence[AudioInput],
+        position: list[int],
+        embedded: list[EmbeddedAudio],
+        results: list[Comparison | AudioError],
+        sample_rate: int | None,
+    ) -> list[Comparison | AudioError]:
+        """``results`` with the countermeasure's answers on both files of each compared
+        pair (each distinct file scored once); an attack on either side is SPOOF_DETECTED."""
+        import dataclasses
+
+        from speakerdb.enroll._spoof import SPOOF_DETECTED, spoof_answer, spoof_scores
+
+        distinct: list[AudioInput] = [items[0]] * len(embedded)
+        for i, p in enumerate(position):
+            distinct[p] = items[i]
+        wanted = [i for i, e in enumerate(embedded) if e.vector is not None]
+        scored = dict(
+            zip(wanted, spoof_scores(cm, distinct, embedded, wanted, sample_rate), strict=True)
+        )
+        out = list(results)
+        for k, result in enumerate(results):
+            if isinstance(result, AudioError):
+                continue
+            sides = [scored[position[2 * k]], scored[position[2 * k + 1]]]
+            failed = next((s.error for s in sides if isinstance(s.error, AudioError)), None)
+            if failed is not None:
+                out[k] = failed
+                continue
+            detected = any(s.detected is True for s in sides)
+            out[k] = dataclasses.replace(
+                result,
+                spoof={"a": spoof_answer(cm, sides[0]), "b": spoof_answer(cm, sides[1])},
+                same_speaker=result.same_speaker and not detected,
+                decision=SPOOF_DETECTED if detected else None,
             )
         return out
 
@@ -263,6 +315,7 @@ class DecisionVerbs(FacadeBase):
         cohort_size: int = DEFAULT_COHORT_TOP_N,
         prior: float | None = None,
         far: float | None = None,
+        spoof_model: str | os.PathLike[str] | None = None,
     ) -> list[Identification | AudioError]:
         """:meth:`identify` for several recordings, searched in one batch.
 
@@ -270,14 +323,18 @@ class DecisionVerbs(FacadeBase):
         given LLRs (each from its own enrollment quality) and ranked and decided on them; if
         any of them cannot be calibrated (enrolled before schema 0004), that identification
         ranks and decides on the score rule and says so. With norm="asnorm" the candidates
-        are re-scored with AS-norm first. threshold / prior / far: see :meth:`verify_many`.
+        are re-scored with AS-norm first. threshold / prior / far / spoof_model: see
+        :meth:`verify_many`; a detected attack identifies nobody (decision SPOOF_DETECTED).
         """
         if top_k < 1:
             raise UsageError(f"top-k must be at least 1, not {top_k}")
         key = normalization(norm)
         policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
         identity = self._check_model()
-        embedded = self.model.embed(audio, sample_rate=sample_rate)
+        cm = self._database_countermeasure(spoof_model)
+        embedded = self.model.embed(
+            audio, sample_rate=sample_rate, head_samples=cm.input_samples if cm else 0
+        )
         good = [vector_of(e) for e in embedded if e.vector is not None]
         probes = np.stack(good) if good else None
         # Normalised or calibrated scores may order candidates differently from the cosine:
@@ -310,13 +367,19 @@ class DecisionVerbs(FacadeBase):
                     rule.calibration if rule.score == "llr" else None,
                 )
             )
+        if cm is not None:
+            from speakerdb.enroll._spoof import screen
+
+            out = screen(cm, audio, embedded, out, sample_rate)
         self.store.record_lookups([_identified(r) for r in out])
         return out
 
 
 def _decided(result: Verification | Comparison, accepted: bool) -> dict[str, Any]:
+    # A countermeasure's catch is recorded as such, not as an ordinary rejection.
+    caught = result.decision is not None and not accepted
     return {
-        "decision": "accept" if accepted else "reject",
+        "decision": "spoof_detected" if caught else "accept" if accepted else "reject",
         "score": result.score,
         "detail": {"normalization": result.normalization} if result.normalization else None,
     }
@@ -332,6 +395,8 @@ def _identified(result: Identification | AudioError) -> PendingEntry:
     if isinstance(result, AudioError):
         return PendingEntry("identify", **_failed(result))
     top = result.matches[0].score if result.matches else None
+    if result.decision is not None and result.best is None:
+        return PendingEntry("identify", decision="spoof_detected", score=top)
     if result.best is not None:
         return PendingEntry("identify", speaker=result.best, decision="identified", score=top)
     return PendingEntry("identify", decision="unknown", score=top)

@@ -71,7 +71,9 @@ class EnrollVerbs(FacadeBase):
         speaker's voiceprint as it was before this call, with the database's decision rule;
         if any is rejected, nothing is stored and EnrollmentRefusedError is raised (its
         ``report`` says which; see :mod:`speakerdb.enroll._guard`). ``force``: the
-        administrator's override -- overwrite, and append without that check.
+        administrator's override -- overwrite, and append without that check. Where the
+        database records a spoofing countermeasure, a recording it detects as an attack is
+        rejected (reason ``spoof_detected``), like any other unusable recording.
 
         expires_after: retention from now ("3y", "90d", "2w", "12h" or a timedelta):
         ``speakerdb db expire`` (:meth:`expire`) erases the speaker after it. consent: the
@@ -105,12 +107,18 @@ class EnrollVerbs(FacadeBase):
                 set_totals(report, existing)
                 return finish_report(report, None, self.threshold)
         known = self.store.existing_hashes([name])[name] if checked_mode == "append" else set()
+        cm = self._database_countermeasure()
         results = self.model.embed(
             inputs,
             sample_rate=sample_rate,
             progress=progress,
             skip=lambda _i, sha: sha in known,
+            head_samples=cm.input_samples if cm else 0,
         )
+        if cm is not None:
+            from speakerdb.enroll._spoof import refuse_spoofs
+
+            results = refuse_spoofs(cm, inputs, results, sample_rate)
         accepted = sort_inputs(report, results, known)
         if not accepted:
             set_totals(report, self.store.speaker_records([name]).get(name))
@@ -156,10 +164,18 @@ class EnrollVerbs(FacadeBase):
             self.store, self._check_model(), entries, checked_mode, self.threshold, guard
         )
         paths = [entry.path for entry in entries]
+        cm = self._database_countermeasure()
         stream = self.model.iter_embed(
-            paths, skip=run.skip, **({"batch_size": batch_size} if batch_size else {})
+            paths,
+            skip=run.skip,
+            head_samples=cm.input_samples if cm else 0,
+            **({"batch_size": batch_size} if batch_size else {}),
         )
         for done, (index, result) in enumerate(stream, start=1):
+            if cm is not None:
+                from speakerdb.enroll._spoof import refuse_spoofs
+
+                result = refuse_spoofs(cm, [paths[index]], [result])[0]
             run.add(index, result)
             if progress is not None:
                 progress(done, len(paths))

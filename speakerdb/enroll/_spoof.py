@@ -13,17 +13,25 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from speakerdb._results import Verification
+from speakerdb._results import Identification, Verification
 from speakerdb.errors import AudioError, ModelMismatchError
 
 if TYPE_CHECKING:
     from speakerdb.model._audio import AudioInput
     from speakerdb.model._countermeasure import Countermeasure, SpoofScore
+    from speakerdb.model._embedder import EmbeddedAudio
     from speakerdb.storage._countermeasure_record import CountermeasureRecord
 
-__all__ = ["SPOOF_DETECTED", "recorded_countermeasure", "screen", "spoof_answer"]
+__all__ = [
+    "SPOOF_DETECTED",
+    "recorded_countermeasure",
+    "refuse_spoofs",
+    "screen",
+    "spoof_answer",
+    "spoof_scores",
+]
 
 SPOOF_DETECTED = "SPOOF_DETECTED"
 
@@ -58,30 +66,94 @@ def spoof_answer(cm: Countermeasure, scored: SpoofScore) -> dict[str, Any]:
     }
 
 
-def screen(
-    cache: dict[str, Countermeasure],
-    record: CountermeasureRecord,
+def spoof_scores(
+    cm: Countermeasure,
     audio: Sequence[AudioInput],
-    results: list[Verification | AudioError],
+    embedded: Sequence[EmbeddedAudio],
+    wanted: Sequence[int],
     sample_rate: int | None,
-) -> list[Verification | AudioError]:
-    """``results`` (one per ``audio`` item) with the countermeasure's answer on every
-    verified probe; a detected attack becomes decision SPOOF_DETECTED, not accepted."""
-    cm = recorded_countermeasure(cache, record)
-    probes = [i for i, r in enumerate(results) if isinstance(r, Verification)]
-    scored = cm.score([audio[i] for i in probes], sample_rate=sample_rate)
+) -> list[SpoofScore]:
+    """The countermeasure's scores of ``audio[i]`` for i in ``wanted``, from the samples the
+    speaker model's decode kept (``embedded[i].head``; the engine was asked for
+    ``cm.input_samples`` of them); only recordings it could not keep them for (not at
+    16 kHz: resampled the speaker model's way) are decoded again."""
+    shared = [i for i in wanted if embedded[i].head is not None]
+    scored = dict(
+        zip(
+            shared,
+            cm.score_decoded(
+                [
+                    (e.source, e.head, e.bandwidth_hz, e.duration or 0.0)
+                    for e in (embedded[i] for i in shared)
+                    if e.head is not None
+                ]
+            ),
+            strict=True,
+        )
+    )
+    again = [i for i in wanted if i not in scored]
+    scored.update(
+        zip(again, cm.score([audio[i] for i in again], sample_rate=sample_rate), strict=True)
+    )
+    return [scored[i] for i in wanted]
+
+
+Screened = TypeVar("Screened", Verification, Identification)
+
+
+def screen(
+    cm: Countermeasure,
+    audio: Sequence[AudioInput],
+    embedded: Sequence[EmbeddedAudio],
+    results: list[Screened | AudioError],
+    sample_rate: int | None,
+) -> list[Screened | AudioError]:
+    """``results`` (one per ``audio`` item, ``embedded`` its engine results) with the
+    countermeasure's answer on every decided probe; a detected attack becomes decision
+    SPOOF_DETECTED: a verification not accepted, an identification of nobody."""
+    probes = [i for i, r in enumerate(results) if not isinstance(r, AudioError)]
+    scored = spoof_scores(cm, audio, embedded, probes, sample_rate)
     out = list(results)
     for i, s in zip(probes, scored, strict=True):
         if s.error is not None:
             out[i] = s.error if isinstance(s.error, AudioError) else out[i]
             continue
-        verified = results[i]
-        assert isinstance(verified, Verification)
+        decided = results[i]
+        assert not isinstance(decided, AudioError)
         detected = s.detected is True
-        out[i] = dataclasses.replace(
-            verified,
-            spoof=spoof_answer(cm, s),
-            accepted=verified.accepted and not detected,
-            decision=SPOOF_DETECTED if detected else None,
-        )
+        answer = spoof_answer(cm, s)
+        decision = SPOOF_DETECTED if detected else None
+        if isinstance(decided, Verification):
+            out[i] = dataclasses.replace(
+                decided,
+                spoof=answer,
+                accepted=decided.accepted and not detected,
+                decision=decision,
+            )
+        else:
+            best = None if detected else decided.best
+            out[i] = dataclasses.replace(decided, spoof=answer, best=best, decision=decision)
+    return out
+
+
+def refuse_spoofs(
+    cm: Countermeasure,
+    audio: Sequence[AudioInput],
+    embedded: Sequence[EmbeddedAudio],
+    sample_rate: int | None = None,
+) -> list[EmbeddedAudio]:
+    """``embedded`` with every recording the countermeasure detects as an attack turned into
+    a SpoofDetectedError (enrollment reports it rejected, reason ``spoof_detected``).
+    Recordings skipped or unusable already are left as they are; ones under 2 s (not
+    judged) pass."""
+    from speakerdb.errors import SpoofDetectedError
+
+    wanted = [i for i, e in enumerate(embedded) if e.vector is not None and not e.skipped]
+    out = list(embedded)
+    for i, s in zip(wanted, spoof_scores(cm, audio, embedded, wanted, sample_rate), strict=True):
+        if s.detected is True:
+            reason = f"detected as spoofed speech by {cm.identity.label} (llr {s.llr or 0:.2f})"
+            out[i] = dataclasses.replace(
+                embedded[i], vector=None, error=SpoofDetectedError(embedded[i].source, reason)
+            )
     return out

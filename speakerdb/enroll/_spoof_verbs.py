@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from speakerdb.enroll._base import FacadeBase
 
 if TYPE_CHECKING:
+    from speakerdb.enroll._sasv import SasvReport
     from speakerdb.storage._countermeasure_record import CountermeasureRecord
 
 __all__ = ["SpoofVerbs"]
@@ -46,3 +47,54 @@ class SpoofVerbs(FacadeBase):
         previous = self.countermeasure()
         write_countermeasure(self.store, None)
         return previous
+
+    def evaluate_sasv(
+        self,
+        trials: str | os.PathLike[str],
+        *,
+        spoof_model: str | os.PathLike[str] | None = None,
+    ) -> SasvReport:
+        """Spoofing-aware evaluation on an SASV trial list (see :mod:`._sasv`): each probe
+        verified against its claimed (enrolled) speaker with this database's rule and its
+        countermeasure (or ``spoof_model``). Unusable probes are counted in ``unscored``.
+        Raises UsageError (bad list; no countermeasure or no calibration for it),
+        SpeakerNotFoundError, ModelError."""
+        import math
+        from pathlib import Path
+
+        from speakerdb._results import Verification
+        from speakerdb.enroll._sasv import read_sasv_trials, sasv_metrics
+        from speakerdb.errors import UsageError
+
+        cm = self._database_countermeasure(spoof_model)
+        if cm is None or cm.calibration is None:
+            raise UsageError(
+                "SASV evaluation needs a calibrated countermeasure: `speakerdb spoof use PATH` "
+                "or --spoof-model PATH"
+            )
+        spoof_threshold = cm.calibration.threshold
+        listed = read_sasv_trials(Path(trials))
+        by_speaker: dict[str, list[int]] = {}
+        for i, t in enumerate(listed):
+            by_speaker.setdefault(t.speaker, []).append(i)
+        kinds: list[str] = []
+        speaker_margin: list[float] = []
+        spoof_margin: list[float] = []
+        unscored = 0
+        for speaker, indices in by_speaker.items():
+            answers = self.verify_many(  # type: ignore[attr-defined]
+                speaker, [listed[i].path for i in indices], spoof_model=spoof_model
+            )
+            for i, answer in zip(indices, answers, strict=True):
+                if not isinstance(answer, Verification) or answer.spoof is None:
+                    unscored += 1
+                    continue
+                kinds.append(listed[i].kind)
+                speaker_margin.append(answer.score - answer.threshold)
+                judged = answer.spoof["detected"] is not None
+                spoof_margin.append(answer.spoof["llr"] - spoof_threshold if judged else math.inf)
+        if not kinds:
+            raise UsageError(f"{trials}: no trial could be scored")
+        report = sasv_metrics(kinds, speaker_margin, spoof_margin)
+        report.unscored = unscored
+        return report

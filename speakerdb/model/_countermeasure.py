@@ -216,6 +216,25 @@ class Countermeasure:
                 SpoofScore(label, bandwidth_hz=bandwidth, seconds=samples.size / SAMPLE_RATE)
             )
             pending.append((len(results) - 1, fit_length(samples, self.input_samples)))
+        return self._score_pending(results, pending)
+
+    def score_decoded(
+        self, decoded: Sequence[tuple[str, npt.NDArray[np.float32], float | None, float]]
+    ) -> list[SpoofScore]:
+        """Score recordings decoded already (by the speaker model's engine: one decode per
+        file): ``(source label, head, bandwidth_hz, seconds)`` each, ``head`` being the
+        16 kHz recording's first (up to :attr:`input_samples`) samples, ``bandwidth_hz``
+        and ``seconds`` measured on the whole recording. Same answers as :meth:`score`."""
+        results = [SpoofScore(label, bandwidth_hz=bw, seconds=sec) for label, _, bw, sec in decoded]
+        pending = [
+            (i, fit_length(np.asarray(head, np.float32), self.input_samples))
+            for i, (_, head, _, _) in enumerate(decoded)
+        ]
+        return self._score_pending(results, pending)
+
+    def _score_pending(
+        self, results: list[SpoofScore], pending: list[tuple[int, npt.NDArray[np.float32]]]
+    ) -> list[SpoofScore]:
         for start in range(0, len(pending), _BATCH):
             chunk = pending[start : start + _BATCH]
             logits = self.logits(np.stack([wave for _, wave in chunk]))
@@ -382,7 +401,7 @@ def _build(config: AasistConfig, tensors: dict[str, torch.Tensor], file: Path) -
         {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in tensors.items()},
         strict=True,
     )
-    return net.eval()
+    return net.eval().prepare_for_inference()
 
 
 def read_conf(path: Path) -> AasistConfig:

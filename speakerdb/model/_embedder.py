@@ -22,7 +22,7 @@ import contextlib
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +55,8 @@ class EmbeddedAudio:
     sha256 / duration (s) / speech_seconds (s after silence trimming) / bandwidth_hz (Hz, a
     calibration quality measure; None if unmeasurable) are set when decoding succeeded.
     ``skipped``: decoded but deliberately not encoded (see ``Embedder.iter_embed``).
+    ``head``: the recording's first samples, as :class:`PreparedUtterance` defines it (only
+    when ``head_samples`` was asked for).
     """
 
     source: str
@@ -65,6 +67,7 @@ class EmbeddedAudio:
     speech_seconds: float | None = None
     skipped: bool = False
     bandwidth_hz: float | None = None
+    head: npt.NDArray[np.float32] | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -172,18 +175,24 @@ class Embedder:
         progress: ProgressCallback | None = None,
         raise_errors: bool = False,
         skip: SkipPredicate | None = None,
+        head_samples: int = 0,
     ) -> list[EmbeddedAudio]:
         """Embed recordings, one result per input, in input order.
 
         sources: paths or arrays (arrays need ``sample_rate``). batch_size: chunks per encoder
         call. progress: called as ``progress(done, total)`` as inputs finish. With
         ``raise_errors`` the first unusable input raises its AudioError; otherwise it is
-        reported in its result and the others go on. skip: see :meth:`iter_embed`.
+        reported in its result and the others go on. skip, head_samples: see
+        :meth:`iter_embed`.
         """
         items = list(sources)
         results: dict[int, EmbeddedAudio] = {}
         for index, result in self.iter_embed(
-            items, sample_rate=sample_rate, batch_size=batch_size, skip=skip
+            items,
+            sample_rate=sample_rate,
+            batch_size=batch_size,
+            skip=skip,
+            head_samples=head_samples,
         ):
             if raise_errors and result.error is not None:
                 raise result.error
@@ -199,12 +208,14 @@ class Embedder:
         sample_rate: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         skip: SkipPredicate | None = None,
+        head_samples: int = 0,
     ) -> Iterator[tuple[int, EmbeddedAudio]]:
         """Yield ``(input index, result)`` as each input is finished (roughly in input order).
 
         skip: called as ``skip(index, sha256)`` once an input is decoded; when it returns True
         the input is not encoded and its result has ``skipped=True`` (used to pass over audio
-        that is already enrolled).
+        that is already enrolled). head_samples: keep each 16 kHz recording's first samples
+        in its result's ``head`` (one decode serving the countermeasure too).
         """
         if batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, not {batch_size}")
@@ -242,7 +253,9 @@ class Embedder:
                     while len(inflight) > 2 * workers:
                         collect(inflight.popleft())
 
-            stream = _prepared_stream(sources, sample_rate, workers, self.encoder, limit)
+            stream = _prepared_stream(
+                sources, sample_rate, workers, self.encoder, limit, head_samples
+            )
             for index, item in enumerate(stream):
                 if isinstance(item, AudioError):
                     finished.append((index, EmbeddedAudio(item.source, None, error=item)))
@@ -378,8 +391,10 @@ class Embedder:
         sample_rate: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: ProgressCallback | None = None,
+        head_samples: int = 0,
     ) -> tuple[list[int], list[EmbeddedAudio]]:
-        """Embed each distinct input of ``items`` once (paths by name, arrays by identity).
+        """Embed each distinct input of ``items`` once (paths by name, arrays by identity);
+        head_samples: see :meth:`iter_embed`.
 
         Returns ``(position, results)``: ``results[position[i]]`` is the result for
         ``items[i]``. Unusable inputs are reported in their result, not raised.
@@ -394,7 +409,11 @@ class Embedder:
                 distinct.append(item)
             position.append(keys[key])
         results = self.embed(
-            distinct, sample_rate=sample_rate, batch_size=batch_size, progress=progress
+            distinct,
+            sample_rate=sample_rate,
+            batch_size=batch_size,
+            progress=progress,
+            head_samples=head_samples,
         )
         return position, results
 
@@ -469,6 +488,7 @@ def _described(
         speech_seconds=prepared.speech_seconds,
         skipped=skipped,
         bandwidth_hz=prepared.bandwidth_hz,
+        head=prepared.head,
     )
 
 
@@ -593,6 +613,7 @@ def _prepared_stream(
     workers: int,
     encoder: SpeakerEncoder,
     max_seconds: float | None,
+    head_samples: int = 0,
 ) -> Iterator[PreparedUtterance | AudioError]:
     """Prepared utterances in input order, decoded by ``workers`` background threads running
     a few files ahead of the encoder.
@@ -605,14 +626,16 @@ def _prepared_stream(
     ) as pool:
         ahead: collections.deque[concurrent.futures.Future[PreparedUtterance | AudioError]]
         ahead = collections.deque(
-            pool.submit(_prepare_or_error, item, sample_rate, encoder, max_seconds)
+            pool.submit(_prepare_or_error, item, sample_rate, encoder, max_seconds, head_samples)
             for item in itertools.islice(items, _LOOKAHEAD + workers)
         )
         while ahead:
             future = ahead.popleft()
             for item in itertools.islice(items, 1):
                 ahead.append(
-                    pool.submit(_prepare_or_error, item, sample_rate, encoder, max_seconds)
+                    pool.submit(
+                        _prepare_or_error, item, sample_rate, encoder, max_seconds, head_samples
+                    )
                 )
             yield future.result()
 
@@ -622,9 +645,12 @@ def _prepare_or_error(
     sample_rate: int | None,
     encoder: SpeakerEncoder,
     max_seconds: float | None,
+    head_samples: int = 0,
 ) -> PreparedUtterance | AudioError:
     try:
-        return prepare_utterance(source, sample_rate, encoder, max_seconds=max_seconds)
+        return prepare_utterance(
+            source, sample_rate, encoder, max_seconds=max_seconds, head_samples=head_samples
+        )
     except AudioError as exc:
         # Kept as a result: without its traceback, which would keep this worker's frames
         # (and the pool's future) alive for as long as the result (KBs per failed file).

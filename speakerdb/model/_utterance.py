@@ -78,7 +78,9 @@ class PreparedUtterance:
     by the model's resampler); duration: seconds of decoded audio; speech_seconds: seconds
     left after silence trimming; bandwidth_hz: the decoded audio's bandwidth in Hz
     (:func:`speakerdb._quality.speech_bandwidth_hz`, a quality measure for calibration),
-    None when it cannot be measured.
+    None when it cannot be measured; head: the first samples of the decoded 16 kHz recording
+    before any trimming, (min(n, head_samples),) float32, when asked for and the recording was
+    at 16 kHz already (what a countermeasure scores, so it need not decode the file again).
     """
 
     chunks: list[torch.Tensor] = field(repr=False)
@@ -87,6 +89,7 @@ class PreparedUtterance:
     duration: float
     speech_seconds: float
     bandwidth_hz: float | None = None
+    head: npt.NDArray[np.float32] | None = field(default=None, repr=False)
 
     @property
     def windows(self) -> torch.Tensor:
@@ -100,11 +103,14 @@ def prepare_utterance(
     encoder: SpeakerEncoder | None = None,
     *,
     max_seconds: float | None = None,
+    head_samples: int = 0,
 ) -> PreparedUtterance:
     """Decode, check and prepare one recording for ``encoder`` (default: GE2E's front end).
 
     source / sample_rate: see :func:`speakerdb.model._audio.load_audio`. max_seconds: the
-    duration limit (see :func:`speakerdb.model._audio.max_audio_seconds`).
+    duration limit (see :func:`speakerdb.model._audio.max_audio_seconds`). head_samples: keep
+    that many first samples as ``head`` (only for audio already at 16 kHz: other rates are
+    resampled the encoder's way, which is not the countermeasure's).
 
     Raises the AudioError subclasses of load_audio (TooLongError past the limit), plus
     NoSpeechError when VAD finds no speech or the signal is noise
@@ -121,6 +127,8 @@ def prepare_utterance(
         samples = samples.copy()
     duration = samples.size / SAMPLE_RATE
     bandwidth = _bandwidth(samples)
+    # A copy: GE2E trims ``samples`` in place below.
+    head = samples[:head_samples].copy() if head_samples and stream.rate == SAMPLE_RATE else None
 
     gain = volume_gain(samples)
     flags = vad_flags(samples, gain)
@@ -148,6 +156,7 @@ def prepare_utterance(
         duration=duration,
         speech_seconds=speech_seconds,
         bandwidth_hz=bandwidth,
+        head=head,
     )
 
 

@@ -73,6 +73,7 @@ class _Job:
     sample_rate: int | None
     skip: Callable[[int, str], bool] | None
     future: Future[list[EmbeddedAudio]] = field(default_factory=Future)
+    head_samples: int = 0
 
 
 class _Announcement:
@@ -187,6 +188,7 @@ class BatchingEmbedder(Embedder):
         progress: Callable[[int, int], None] | None = None,
         raise_errors: bool = False,
         skip: Callable[[int, str], bool] | None = None,
+        head_samples: int = 0,
     ) -> list[EmbeddedAudio]:
         """Embed recordings, one result per input in input order, as ``Embedder.embed``;
         the work is done in a batch shared with concurrent calls. An :class:`Upload` is
@@ -210,7 +212,7 @@ class BatchingEmbedder(Embedder):
                 def job_skip(index: int, sha256: str) -> bool:
                     return outer(positions[index], sha256)
 
-            job = _Job([items[i] for i in queued], sample_rate, job_skip)
+            job = _Job([items[i] for i in queued], sample_rate, job_skip, head_samples=head_samples)
             with self._cond:
                 if self._closed:
                     raise BusyError("the server is shutting down")
@@ -246,10 +248,15 @@ class BatchingEmbedder(Embedder):
         sample_rate: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         skip: Callable[[int, str], bool] | None = None,
+        head_samples: int = 0,
     ) -> Iterator[tuple[int, EmbeddedAudio]]:
         """Streaming embedding (manifest enrollment) runs on the model directly, unbatched."""
         yield from self._inner.iter_embed(
-            sources, sample_rate=sample_rate, batch_size=batch_size, skip=skip
+            sources,
+            sample_rate=sample_rate,
+            batch_size=batch_size,
+            skip=skip,
+            head_samples=head_samples,
         )
 
     # --- the batching thread ------------------------------------------------------------------
@@ -273,10 +280,10 @@ class BatchingEmbedder(Embedder):
 
     def _embed_jobs(self, jobs: list[_Job]) -> None:
         jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
-        by_rate: dict[int | None, list[_Job]] = {}
+        by_rate: dict[tuple[int | None, int], list[_Job]] = {}
         for job in jobs:
-            by_rate.setdefault(job.sample_rate, []).append(job)
-        for rate, group in by_rate.items():
+            by_rate.setdefault((job.sample_rate, job.head_samples), []).append(job)
+        for (rate, head_samples), group in by_rate.items():
             started = time.monotonic()
             items = [item for job in group for item in job.items]
             owner: list[tuple[_Job, int]] = [
@@ -288,7 +295,9 @@ class BatchingEmbedder(Embedder):
                 return job.skip is not None and job.skip(position, sha256)
 
             try:
-                embedded = self._inner.embed(items, sample_rate=rate, skip=skip)
+                embedded = self._inner.embed(
+                    items, sample_rate=rate, skip=skip, head_samples=head_samples
+                )
             except BaseException as exc:  # every waiting request gets the failure
                 log.exception("embedding a batch of %d recordings failed", len(items))
                 for job in group:

@@ -52,6 +52,13 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self.spoof_detected = Counter(
+            "speakerdb_spoof_detected",
+            "Recordings the database's spoofing countermeasure detected as attacks, by route "
+            "(verify, identify: answered SPOOF_DETECTED; enroll: rejected).",
+            ["route"],
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "speakerdb_http_requests_in_flight",
             "Requests being received or answered.",

@@ -218,7 +218,12 @@ def _decided(
     elif isinstance(result, Comparison):
         document["decision"] = "ACCEPT" if result.same_speaker else "REJECT"
     else:
-        document["decision"] = "IDENTIFIED" if result.best is not None else "UNKNOWN_SPEAKER"
+        document["decision"] = result.decision or (
+            "IDENTIFIED" if result.best is not None else "UNKNOWN_SPEAKER"
+        )
+    if not isinstance(result, Comparison) and result.decision is not None:
+        route = "verify" if isinstance(result, Verification) else "identify"
+        state.metrics.spoof_detected.labels(route).inc()
     return document
 
 
@@ -471,6 +476,9 @@ def enroll(
         document = report.to_dict()
         status = 201 if report.created else 200
         rejected = [i for i in report.inputs if i.status == "rejected"]
+        spoofs = sum(1 for i in rejected if i.reason == errors.SpoofDetectedError.code)
+        if spoofs:
+            state.metrics.spoof_detected.labels("enroll").inc(spoofs)
         if rejected and len(rejected) == len(report.inputs):
             first = rejected[0]
             error_class = _AUDIO_ERRORS.get(first.reason or "", AudioError)
