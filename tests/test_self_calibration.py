@@ -293,6 +293,26 @@ def test_self_calibration_decides_and_is_named(db_url, model, phone_recordings):
     assert rule_now.calibration == "bundled"
 
 
+def test_asnorm_self_calibration_stored_and_used(db_url, model, phone_recordings):
+    names = list(phone_recordings)  # 9 phone speakers + 3 singles: a cohort of 10 per trial
+    _fill(db_url, model, phone_recordings, names[:-1])
+    result = CliRunner().invoke(
+        cli, ["calibrate", "--from-enrollments", "--norm", "asnorm", "--db", db_url]
+    )
+    assert result.exit_code == 2 and "need 12" in result.stderr
+    _fill(db_url, model, phone_recordings, names[-1:])
+    code, fitted = run_json("calibrate", "--from-enrollments", "--norm", "asnorm", db=db_url)
+    assert code == 0 and fitted["normalization"] == "asnorm"
+    assert fitted["decision_rule"]["calibration"] == "self"
+    probe_speaker = _phone_names(phone_recordings)[0]
+    probe = phone_recordings[probe_speaker][3][1]
+    code, answer = run_json("verify", probe_speaker, probe, "--norm", "asnorm", db=db_url)
+    assert answer["decision_rule"]["calibration"] == "self"
+    assert answer["decision_rule"]["fitted"] == fitted["calibration"]["fit"]["created"]
+    code, plain = run_json("verify", probe_speaker, probe, db=db_url)
+    assert plain["decision_rule"]["calibration"] == "bundled"  # raw cosines: untouched
+
+
 def test_auto_mode_fits_when_enough_and_refits_after_a_deletion(db_url, model, phone_recordings):
     names = list(phone_recordings)
     _fill(db_url, model, phone_recordings, names[:6])
