@@ -6,7 +6,10 @@ SQLite database enrolls the known speakers (the set's enroll.jsonl, 3 recordings
 conversation; for the 8 kHz set passed through a phone line here: 8 kHz, 300-3400 Hz,
 mu-law), so that it has the speakers a self-calibration needs. Every conversation is
 diarized with the bundled calibration, then the database self-calibrates
-(``SpeakerDB.calibrate_from_enrollments``) and every conversation is diarized again.
+(``SpeakerDB.calibrate_from_enrollments``) and every conversation is diarized again; the
+phase "self asnorm" self-calibrates AS-norm scores (``norm="asnorm"``) and names with
+``diarize(norm="asnorm")`` (each voice's candidates normalised against the other enrolled
+speakers).
 
 Scored per 10 ms frame where exactly one reference speaker talks:
 - named known: a known speaker's frames given his name (goal >= 90 % / 80 % at 16 / 8 kHz);
@@ -90,7 +93,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--others", type=int, default=20, help="extra single-recording voices")
     parser.add_argument(
-        "--forms", default="affine,full", help="self-calibration forms to measure (SELF_FORM)"
+        "--forms",
+        default="affine,full,asnorm",
+        help="self-calibration forms to measure (SELF_FORM, or asnorm: AS-norm scores)",
     )
     args = parser.parse_args()
     forms = [f for f in args.forms.split(",") if f]
@@ -136,7 +141,11 @@ def main() -> None:
             totals: dict[str, dict[str, int]] = {}
             note = ""
             for phase in ("bundled", *(f"self {form}" for form in forms)):
-                if phase != "bundled":
+                norm = "asnorm" if phase == "self asnorm" else None
+                if phase == "self asnorm":
+                    fitted = db.calibrate_from_enrollments(norm="asnorm")
+                    note = fitted.calibration.fit.note if fitted.calibration else ""
+                elif phase != "bundled":
                     default_form = et.SELF_FORM
                     et.SELF_FORM = phase.split()[1]  # the library's default, for this fit
                     try:
@@ -148,7 +157,7 @@ def main() -> None:
                     ("known", "named_known", "wrong", "speech", "unknown", "unknown_named"), 0
                 )
                 for conv in conversations:
-                    result = db.diarize(base / conv["audio_filepath"])
+                    result = db.diarize(base / conv["audio_filepath"], norm=norm)
                     got = score(
                         result.turns,
                         base / conv["rttm_filepath"],

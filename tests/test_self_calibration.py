@@ -148,16 +148,60 @@ def test_affine_form_is_a_scale_and_offset_of_the_prior():
     assert unshrunk > a > 1.0
 
 
+def test_asnorm_trials_leave_both_speakers_out_of_the_cohort():
+    """Every trial's z-score is AS-norm against the voiceprints of the speakers other than
+    the probe's and the voiceprint's, computed here the long way with scoring.as_norm."""
+    from speakerdb.scoring import as_norm
+
+    rng = np.random.default_rng(7)
+    v, s, sec, bw = _synthetic(rng, [3, 3, 2] + [1] * 11)
+    raw = et.build_trials(v, s, sec, bw, seed=3)
+    z = et.build_trials(v, s, sec, bw, seed=3, asnorm_top_n=5)
+    assert np.array_equal(raw.labels, z.labels) and not np.allclose(
+        raw.inputs.score, z.inputs.score
+    )
+    centroids = _unit(np.stack([v[s == k].sum(axis=0) for k in range(s.max() + 1)]))
+    # the first same-speaker trial: recording 0 (speaker 0) against recordings 1 and 2
+    probe, vp = v[0], _unit(v[1] + v[2])
+    cohort = np.delete(centroids, [0], axis=0)  # a same-speaker trial: one speaker out
+    expected = as_norm([probe @ vp], [vp @ cohort.T], [probe @ cohort.T], 5)[0]
+    assert z.inputs.score[0] == pytest.approx(expected)
+    # a different-speaker trial of a single-recording probe against a one-recording
+    # voiceprint: both speakers are left out
+    singles = [k for k in range(s.max() + 1) if (s == k).sum() == 1]
+    trial = np.flatnonzero(
+        (z.labels == 0) & np.isin(z.groups, singles) & (z.inputs.enroll_count == 1)
+    )[0]
+    k = int(z.groups[trial])
+    probe = v[s == k][0]
+    # the voiceprint: one recording of another speaker (a single, or one of speaker 2's two)
+    j = next(i for i in range(len(s)) if np.isclose(probe @ v[i], raw.inputs.score[trial]))
+    t = int(s[j])
+    assert t != k
+    cohort = np.delete(centroids, [k, t], axis=0)
+    expected = as_norm([raw.inputs.score[trial]], [v[j] @ cohort.T], [probe @ cohort.T], 5)[0]
+    assert z.inputs.score[trial] == pytest.approx(expected)
+    model = {"name": "m", "weights_sha256": "0" * 64, "dimension": 32}
+    floor = (et.MIN_SELF_SPEAKERS, et.MIN_SELF_VOICEPRINTS)
+    et.MIN_SELF_SPEAKERS = 3
+    try:
+        fitted = et.fit_self_calibration(z, model=model, prior=None, p_fit=0.01, form="asnorm")
+    finally:
+        et.MIN_SELF_SPEAKERS, et.MIN_SELF_VOICEPRINTS = floor
+    assert fitted.score == "asnorm" and fitted.features == ("score",)
+    assert fitted.weights[0] > 0  # higher z, more likely the same speaker
+
+
 # --- real speech, through the database -------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def phone_recordings(model):
-    """9 phone-line speakers x 4 recordings and 2 wideband single voices, embedded once:
+    """9 phone-line speakers x 4 recordings and 3 wideband single voices, embedded once:
     name -> [(NewUtterance, path)]."""
     require_data()
     groups = by_speaker("telephone")
-    singles = [p for p, _ in manifest("librispeech", "singles.jsonl")[:2]]
+    singles = [p for p, _ in manifest("librispeech", "singles.jsonl")[:3]]
     plan = {name: paths[:4] for name, paths in sorted(groups.items())}
     plan |= {f"single{i}": [p] for i, p in enumerate(singles)}
     flat = [(name, p) for name, paths in plan.items() for p in paths]
@@ -247,6 +291,26 @@ def test_self_calibration_decides_and_is_named(db_url, model, phone_recordings):
         assert db.decision_policy().rule.calibration == "self"
         rule_now = db.reset_calibration()
     assert rule_now.calibration == "bundled"
+
+
+def test_asnorm_self_calibration_stored_and_used(db_url, model, phone_recordings):
+    names = list(phone_recordings)  # 9 phone speakers + 3 singles: a cohort of 10 per trial
+    _fill(db_url, model, phone_recordings, names[:-1])
+    result = CliRunner().invoke(
+        cli, ["calibrate", "--from-enrollments", "--norm", "asnorm", "--db", db_url]
+    )
+    assert result.exit_code == 2 and "need 12" in result.stderr
+    _fill(db_url, model, phone_recordings, names[-1:])
+    code, fitted = run_json("calibrate", "--from-enrollments", "--norm", "asnorm", db=db_url)
+    assert code == 0 and fitted["normalization"] == "asnorm"
+    assert fitted["decision_rule"]["calibration"] == "self"
+    probe_speaker = _phone_names(phone_recordings)[0]
+    probe = phone_recordings[probe_speaker][3][1]
+    code, answer = run_json("verify", probe_speaker, probe, "--norm", "asnorm", db=db_url)
+    assert answer["decision_rule"]["calibration"] == "self"
+    assert answer["decision_rule"]["fitted"] == fitted["calibration"]["fit"]["created"]
+    code, plain = run_json("verify", probe_speaker, probe, db=db_url)
+    assert plain["decision_rule"]["calibration"] == "bundled"  # raw cosines: untouched
 
 
 def test_auto_mode_fits_when_enough_and_refits_after_a_deletion(db_url, model, phone_recordings):

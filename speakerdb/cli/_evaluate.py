@@ -338,6 +338,7 @@ def calibrate(
     speakerdb calibrate --prior P | --far F                            move the operating point
     speakerdb calibrate --reset                                        back to the default
     speakerdb calibrate --from-enrollments [--auto] [--prior P | --far F]  self-calibrate
+    speakerdb calibrate --from-enrollments --norm asnorm     self-calibrate AS-norm scores
     speakerdb calibrate --show                                         how it decides now
     """
     has_trials = trials is not None or manifest is not None
@@ -425,8 +426,9 @@ def _self_calibrate(
     auto: bool | None,
 ) -> None:
     """calibrate --from-enrollments [--auto | --no-auto]."""
-    if norm != "none":
-        raise UsageError("self-calibration maps raw cosine scores (no --norm)")
+    key = None if norm == "none" else norm
+    if key is not None and auto is not None:
+        raise UsageError("auto self-calibration is for raw cosine scores (no --norm with --auto)")
     with open_db(db_url, model_name, device) as db:
         if auto is False:
             info = db.set_auto_calibration(False)
@@ -436,7 +438,7 @@ def _self_calibrate(
         if auto:
             db.set_auto_calibration(True)
         try:
-            result = db.calibrate_from_enrollments(prior=prior, far=far)
+            result = db.calibrate_from_enrollments(prior=prior, far=far, norm=key)
         except UsageError as exc:
             if not auto:
                 raise
@@ -448,9 +450,7 @@ def _self_calibrate(
             _done(as_json, rule, what, {"auto": True, "calibrated": False})
             return
     if as_json:
-        emit_json(
-            result.to_dict() | {"calibrated": True, "auto": bool(auto), "normalization": None}
-        )
+        emit_json(result.to_dict() | {"calibrated": True, "auto": bool(auto), "normalization": key})
         return
     for line in _evaluation_text(result.report):
         click.echo(line)

@@ -226,7 +226,7 @@ class CalibrationVerbs(EvaluationVerbs):
         return self.decision_policy(key).rule
 
     def calibrate_from_enrollments(
-        self, *, prior: float | None = None, far: float | None = None
+        self, *, prior: float | None = None, far: float | None = None, norm: str | None = None
     ) -> CalibrationResult:
         """Self-calibrate: fit a calibration of raw cosine scores on this database's own
         enrollments and store it (source "self"; see
@@ -234,14 +234,17 @@ class CalibrationVerbs(EvaluationVerbs):
         speaker with two or more against the voiceprint of the others; different-speaker
         trials: recordings against other speakers' voiceprints; near-duplicates dropped, every
         speaker weighing the same, the fit shrunk toward the bundled calibration when the
-        speakers are few. prior / far: the operating point (default p_target 0.01).
+        speakers are few. prior / far: the operating point (default p_target 0.01). norm
+        "asnorm": calibrate AS-norm z-scores instead (each trial normalised against the
+        voiceprints of the speakers other than its two; not shrunk, no auto mode), used by
+        ``verify``/``identify``/``diarize`` with ``norm="asnorm"``.
 
         Returns the rule now in use and the report on the enrollment trials (in-sample).
         Raises UsageError for a database with too few enrollments (the message says how many
         are needed), read-only, or bad options."""
         from speakerdb.enroll._self_calibration import calibrate_from_enrollments
 
-        return calibrate_from_enrollments(self, prior=prior, far=far)
+        return calibrate_from_enrollments(self, prior=prior, far=far, norm=normalization(norm))
 
     def set_auto_calibration(self, on: bool = True) -> dict[str, Any]:
         """Auto mode on: the bundled calibration decides until the database has enough

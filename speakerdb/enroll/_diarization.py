@@ -9,7 +9,10 @@ matches are ``unknown_1``, ``unknown_2``... in order of first appearance.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import numpy.typing as npt
 
 from speakerdb._identity import ModelIdentity
 from speakerdb._results import DecisionRule
@@ -32,7 +35,10 @@ from speakerdb.enroll._policy import (
 from speakerdb.storage._records import Candidate
 from speakerdb.storage._store import EnrollmentStore
 
-__all__ = ["SHOWN_MATCHES", "name_voices"]
+__all__ = ["SHOWN_MATCHES", "Rescore", "name_voices"]
+
+Rescore = Callable[[npt.NDArray[np.float32], list[list[Candidate]]], list[list[Candidate]]]
+"""Re-scores identification candidates (the voices' voiceprints (k, D), their candidates)."""
 
 SHOWN_MATCHES = 3
 """Candidates reported per voice."""
@@ -43,18 +49,22 @@ def name_voices(
     policy: DecisionPolicy,
     identity: ModelIdentity,
     store: EnrollmentStore,
+    rescore: Rescore | None = None,
 ) -> Diarization:
     """The Diarization of ``analysis`` with each voice named after at most one enrolled
-    speaker, and no enrolled speaker named twice."""
+    speaker, and no enrolled speaker named twice. rescore: turns the candidates' cosines
+    into the policy's scores (AS-norm), given the voiceprints (k, D) and the candidates."""
     k = analysis.num_voices
     fetch = max(RERANKED_CANDIDATES, k)
     found = store.search(analysis.voiceprints, fetch, identity) if k else []
+    cosines = [{c.id: c.score for c in candidates} for candidates in found]
+    if rescore is not None and found:
+        found = rescore(analysis.voiceprints, found)
     ranked: list[list[tuple[Candidate, Decision]]] = []
     rules: list[DecisionRule] = []
     for i, candidates in enumerate(found):
         probe = Side(float(analysis.voiceprint_seconds[i]), 1, analysis.bandwidth_hz)
-        raw = {c.id: c.score for c in candidates}
-        decisions, rule = rank_candidates(policy, candidates, raw, probe)
+        decisions, rule = rank_candidates(policy, candidates, cosines[i], probe)
         ranked.append(decisions)
         rules.append(rule)
     # The (voice, enrolled speaker) matrix of scores and decisions.

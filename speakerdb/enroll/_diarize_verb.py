@@ -6,11 +6,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
+
 from speakerdb.enroll._base import (
     FacadeBase,
 )
+from speakerdb.enroll._cohort import normalization
 from speakerdb.errors import UsageError
 from speakerdb.model._audio import AudioInput
+from speakerdb.scoring import DEFAULT_COHORT_TOP_N
+from speakerdb.storage._records import Candidate
 
 if TYPE_CHECKING:
     from speakerdb.diarize import Diarization
@@ -34,6 +40,8 @@ class DiarizeVerb(FacadeBase):
         threshold: float | None = None,
         prior: float | None = None,
         far: float | None = None,
+        norm: str | None = None,
+        cohort_size: int | None = None,
         sample_rate: int | None = None,
         progress: Callable[[float, float], None] | None = None,
         **options: Any,
@@ -43,7 +51,11 @@ class DiarizeVerb(FacadeBase):
         decision rule (calibrated when it is), one-to-one; others are ``unknown_N``.
 
         num_speakers / min_speakers / max_speakers: what is known of the number of voices.
-        threshold / prior / far: as for :meth:`verify_many`. options: further
+        threshold / prior / far: as for :meth:`verify_many`. norm "asnorm": each voice's
+        candidates are scored with AS-norm against the other enrolled speakers (as
+        :meth:`identify` does) and decided by the database's calibration of AS-norm scores
+        (``calibrate_from_enrollments(norm="asnorm")``, or a threshold); cohort_size: its
+        top-N (default :data:`speakerdb.scoring.DEFAULT_COHORT_TOP_N`). options: further
         :class:`speakerdb.diarize.DiarizationSettings` fields (window, hop,
         cluster_threshold, min_turn, max_pause). progress: ``progress(seconds_done,
         total_seconds)`` while the recording is read. Without a database (opened with
@@ -72,9 +84,19 @@ class DiarizeVerb(FacadeBase):
                 audio, self.model, settings, sample_rate=sample_rate, progress=progress
             )
             return anonymous(analysis, self.identity.label)
-        policy = self.decision_policy(None, threshold=threshold, prior=prior, far=far)
+        key = normalization(norm)
+        policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
         identity = self._check_model()
         analysis = analyse_voices(
             audio, self.model, settings, sample_rate=sample_rate, progress=progress
         )
-        return name_voices(analysis, policy, identity, self.store)
+        top_n = DEFAULT_COHORT_TOP_N if cohort_size is None else int(cohort_size)
+
+        def asnorm(
+            probes: npt.NDArray[np.float32], found: list[list[Candidate]]
+        ) -> list[list[Candidate]]:
+            return self._cohorts.rescore_candidates(probes, found, None, top_n)
+
+        return name_voices(
+            analysis, policy, identity, self.store, asnorm if key is not None else None
+        )

@@ -175,6 +175,7 @@ def build_trials(
     max_nontarget: int = MAX_NONTARGET_TRIALS,
     seed: int = 0,
     matched: bool = True,
+    asnorm_top_n: int | None = None,
 ) -> EnrollmentTrials:
     """Same- and different-speaker trials from enrolled recordings (see the module).
 
@@ -182,6 +183,10 @@ def build_trials(
     (n,) seconds (> 0); bandwidth_hz: (n,) Hz, NaN where unknown (such recordings, and those
     without speech, are skipped: a calibration needs both). matched: False makes the
     different-speaker trials against whole voiceprints (only to measure why they are not).
+    asnorm_top_n: when given, every trial's score is its AS-norm z-score (top-N statistics
+    of this N) against the voiceprints of the OTHER speakers (leave-the-speakers-out: neither
+    the probe's speaker nor the voiceprint's is in a trial's cohort; see
+    :func:`_asnorm_chunk`), the scale ``speakerdb verify --norm asnorm`` decides on.
     Raises UsageError for mismatched lengths.
     """
     v = np.asarray(vectors, dtype=np.float64)
@@ -211,6 +216,21 @@ def build_trials(
     mine = count[index] >= 2
     others = _unit(total[index[mine]] - v[mine])
     tgt_score = np.einsum("ij,ij->i", v[mine], others)
+    cohort = _unit(total) if asnorm_top_n is not None else None
+    if cohort is not None and asnorm_top_n is not None:
+        own = index[mine]
+        step = _cohort_chunk(ids.size)
+        for start in range(0, tgt_score.size, step):
+            part = slice(start, start + step)
+            tgt_score[part] = _asnorm_chunk(
+                tgt_score[part],
+                v[mine][part],
+                others[part],
+                own[part],
+                own[part],
+                cohort,
+                asnorm_top_n,
+            )
     tgt_enroll_sec = seconds[index[mine]] - sec[mine]
     tgt = (
         tgt_score,
@@ -238,7 +258,21 @@ def build_trials(
     for start in range(0, rec.size, _CHUNK):  # bounded memory: (chunk, D) at a time
         part = slice(start, start + _CHUNK)
         prints = total[other[part]] - np.where(drop[part, None], v[left[part]], 0.0)
-        scores[part] = np.einsum("ij,ij->i", v[rec[part]], _unit(prints))
+        unit_prints = _unit(prints)
+        scores[part] = np.einsum("ij,ij->i", v[rec[part]], unit_prints)
+        if cohort is not None and asnorm_top_n is not None:
+            for sub in range(0, unit_prints.shape[0], _cohort_chunk(ids.size)):
+                piece = slice(sub, sub + _cohort_chunk(ids.size))
+                rows = np.arange(start, min(start + _CHUNK, rec.size))[piece]
+                scores[rows] = _asnorm_chunk(
+                    scores[rows],
+                    v[rec[rows]],
+                    unit_prints[piece],
+                    index[rec[rows]],
+                    other[rows],
+                    cohort,
+                    asnorm_top_n,
+                )
     non = (
         scores,
         sec[rec],
@@ -264,6 +298,39 @@ def build_trials(
 
 
 _CHUNK = 8192
+
+
+def _cohort_chunk(speakers: int) -> int:
+    """Trials normalised at once: about four million cohort scores per side."""
+    return max(1, 4_000_000 // max(speakers, 1))
+
+
+def _asnorm_chunk(
+    raw: npt.NDArray[np.float64],
+    probes: npt.NDArray[np.float64],
+    prints: npt.NDArray[np.float64],
+    probe_speaker: npt.NDArray[np.int64],
+    print_speaker: npt.NDArray[np.int64],
+    cohort: npt.NDArray[np.float64],
+    top_n: int,
+) -> npt.NDArray[np.float64]:
+    """AS-norm (:func:`speakerdb.scoring.as_norm`) of m trials: raw (m,) cosines, probes and
+    prints (m, D) unit rows, the two sides' speakers (m,) as rows of ``cohort`` (S, D), the
+    speakers' voiceprints. Each trial's cohort is every voiceprint but those two speakers'
+    (as at verify time, where the claimed speaker is left out; leaving the probe's speaker
+    out too is the case of an impostor who is not enrolled, the harder one)."""
+    rows = np.arange(raw.size)
+    n = max(1, min(top_n, cohort.shape[0] - 2))
+    sides = []
+    for side in (prints, probes):
+        sims = side @ cohort.T
+        sims[rows, probe_speaker] = -np.inf
+        sims[rows, print_speaker] = -np.inf
+        top = -np.partition(-sims, n - 1, axis=1)[:, :n]
+        sides.append((top.mean(axis=1), np.maximum(top.std(axis=1), 1e-6)))
+    (mu_e, sd_e), (mu_t, sd_t) = sides
+    z: npt.NDArray[np.float64] = 0.5 * ((raw - mu_e) / sd_e + (raw - mu_t) / sd_t)
+    return z
 
 
 def _nontarget_pairs(
@@ -362,13 +429,30 @@ def fit_self_calibration(
     fitted anew, then shrunk toward ``prior`` (see the module). form "affine": only a scale
     and an offset of the prior's LLRs, ``llr = a * llr_prior + c`` (two parameters instead of
     five: the prior's quality terms kept, its confidence re-fitted in-domain), shrunk toward
-    a = 1, c = 0; without a prior, "full". None: :data:`SELF_FORM`. state: a digest of the
+    a = 1, c = 0; without a prior, "full". form "asnorm": trials built with
+    ``asnorm_top_n`` (z-scores), a logistic calibration of the z-score alone, unshrunk.
+    None: :data:`SELF_FORM`. state: a digest of the
     enrollments it was fitted on (stored as the fit's ``trials_sha256``). Raises UsageError
     below the minimums (:func:`check_enough`)."""
     check_enough(trials)
     form = SELF_FORM if form is None else form
     lam = trials.eligible / (trials.eligible + shrink_speakers) if prior is not None else 1.0
-    if form == "affine" and prior is not None:
+    if form == "asnorm":
+        # No bundled calibration of z-scores to shrink toward: the fit alone, of the
+        # z-score alone (its own normalisation stands in for the quality terms).
+        lam = 1.0
+        fitted = fit_calibration(
+            TrialQuality.of(trials.inputs.score, 1.0, 1.0),
+            trials.labels,
+            model=model,
+            features=("score",),
+            p_fit=p_fit,
+            groups=trials.groups,
+            clip_inputs=False,
+            score="asnorm",
+        )
+        shrunk = fitted
+    elif form == "affine" and prior is not None:
         shrunk = _affine(trials, prior, model, p_fit, lam)
         fitted = shrunk
     elif form in ("full", "affine"):
@@ -383,7 +467,9 @@ def fit_self_calibration(
         )
         shrunk = shrink_toward(fitted, prior, lam)
     else:
-        raise UsageError(f"self-calibration form must be 'full' or 'affine', not {form!r}")
+        raise UsageError(
+            f"self-calibration form must be 'full', 'affine' or 'asnorm', not {form!r}"
+        )
     summary = FitSummary(
         p_fit=p_fit,
         regularisation=fitted.fit.regularisation,

@@ -30,6 +30,7 @@ from speakerdb.enroll._lists import Trial
 from speakerdb.enroll._policy import Side, bundled_for, resolve_policy
 from speakerdb.errors import UsageError
 from speakerdb.model._registry import identity_threshold
+from speakerdb.scoring import DEFAULT_COHORT_TOP_N, MIN_COHORT
 from speakerdb.storage._enrollment_rows import (
     AUTO_DEFAULT,
     EnrollmentState,
@@ -68,20 +69,31 @@ SOURCE = "self"
 
 
 def calibrate_from_enrollments(
-    db: FacadeBase, *, prior: float | None = None, far: float | None = None
+    db: FacadeBase,
+    *,
+    prior: float | None = None,
+    far: float | None = None,
+    norm: str | None = None,
 ) -> CalibrationResult:
     """Fit and store the self-calibration (see the module). prior / far: the operating point
-    (default: :data:`SELF_TARGET_FAR`, else p_target 0.01). Returns the rule now in use and
-    the in-sample report on the enrollment trials. Raises UsageError when the database is too
-    small (saying how much is needed), read-only, or the options are bad."""
+    (default: :data:`SELF_TARGET_FAR`, else p_target 0.01). norm "asnorm": calibrate AS-norm
+    z-scores instead (trials normalised against the other enrolled speakers, see
+    :func:`~._enrollment_trials.build_trials`), stored as the database's calibration of
+    AS-norm scores (``verify --norm asnorm``, ``diarize --norm asnorm``); it needs
+    :data:`~speakerdb.scoring.MIN_COHORT` speakers besides the two of a trial. Returns the
+    rule now in use and the in-sample report on the enrollment trials. Raises UsageError
+    when the database is too small (saying how much is needed), read-only, or the options
+    are bad."""
     if prior is not None and far is not None:
         raise UsageError("give a prior or a target false-accept rate, not both")
     if db.store.read_only:
         raise UsageError(f"cannot self-calibrate: {db.store.location.display} was opened read-only")
-    setting, calibration, trials = _fit(db, prior, far)
+    if norm not in (None, "asnorm"):
+        raise UsageError(f"self-calibration maps raw cosine or asnorm scores, not {norm!r}")
+    setting, calibration, trials = _fit(db, prior, far, norm)
     identity = db.identity
     # Checks the operating point (a FAR needs enough impostor trials) before anything is stored.
-    policy = resolve_policy(identity, None, identity_threshold(identity, None), setting=setting)
+    policy = resolve_policy(identity, norm, identity_threshold(identity, norm), setting=setting)
     mode = db.store.calibration_setting(None)[0]
     db.store.set_calibration(setting)
     if mode == AUTO_DEFAULT:  # storing a calibration resets the default; keep auto mode on
@@ -91,13 +103,25 @@ def calibrate_from_enrollments(
 
 
 def _fit(
-    db: FacadeBase, prior: float | None, far: float | None
+    db: FacadeBase, prior: float | None, far: float | None, norm: str | None = None
 ) -> tuple[CalibrationSetting, Calibration, EnrollmentTrials]:
     identity = db.identity
     db.store.check_model(identity)
     state, _ = enrollment_state(db.store)
     rows = enrollment_rows(db.store, identity.dimension)
-    trials = build_trials(rows.vectors, rows.speaker_ids, rows.speech_seconds, rows.bandwidth_hz)
+    trials = build_trials(
+        rows.vectors,
+        rows.speaker_ids,
+        rows.speech_seconds,
+        rows.bandwidth_hz,
+        asnorm_top_n=DEFAULT_COHORT_TOP_N if norm == "asnorm" else None,
+    )
+    if norm == "asnorm" and trials.speakers - 2 < MIN_COHORT:
+        raise UsageError(
+            f"too few enrollments to self-calibrate AS-norm scores: {trials.speakers} "
+            f"speakers (need {MIN_COHORT + 2}: a cohort of {MIN_COHORT} besides the two "
+            "speakers of each trial)"
+        )
     p_fit = DEFAULT_OPERATING_POINT.p_target if prior is None else float(prior)
     calibration = fit_self_calibration(
         trials,
@@ -109,14 +133,15 @@ def _fit(
         prior=bundled_for(identity.key),
         p_fit=p_fit,
         state=json.dumps(state.to_dict(), sort_keys=True),
+        form="asnorm" if norm == "asnorm" else None,
     )
     if prior is None and far is None:
         far = SELF_TARGET_FAR
     stored = calibration.to_dict() | {"enrollments": state.to_dict()}
     setting = CalibrationSetting(
-        normalization="none",
+        normalization=norm or "none",
         kind="llr",
-        threshold=db.store.threshold(None)[0],
+        threshold=db.store.threshold(norm)[0],
         source=SOURCE,
         calibration=stored,
         p_target=None if far is not None else p_fit,
