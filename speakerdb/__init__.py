@@ -15,11 +15,11 @@ first use of the names that need them, so ``import speakerdb`` is quick.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from speakerdb import errors
 from speakerdb._identity import ModelIdentity
+from speakerdb._lazy import load_lazily
 from speakerdb.errors import SpeakerDBError
 from speakerdb.model._registry import DEFAULT_MODEL, available_models, load_model, model_identity
 
@@ -153,12 +153,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'speakerdb' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    # Loaded on first use: importing the package (or any module in it) stays cheap.
+    return load_lazily(globals(), _LAZY, name)
 
 
 def __dir__() -> list[str]:

@@ -95,7 +95,7 @@ class SessionLimitError(UsageError):
 
     code = "limit"
 
-    def __init__(self, limit: str, message: str) -> None:
+    def __init__(self, message: str, limit: str = "duration") -> None:
         self.limit = limit
         super().__init__(message)
 

@@ -16,9 +16,9 @@ has the held-out figures.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from speakerdb._lazy import load_lazily
 from speakerdb.diarize._naming import assign_one_to_one
 from speakerdb.diarize._pipeline import (
     MIN_NAMING_SECONDS,
@@ -80,12 +80,7 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     # Loaded on first use: importing the package (or any module in it) stays cheap.
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return load_lazily(globals(), _LAZY, name)
 
 
 def __dir__() -> list[str]:

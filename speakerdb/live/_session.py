@@ -210,7 +210,7 @@ class LiveSession:
         if self._summary is not None:
             raise UsageError("this live session is closed")
         if self._ended is not None:
-            raise SessionLimitError(self._ended.limit, f"the session has ended: {self._ended}")
+            raise SessionLimitError(f"the session has ended: {self._ended}", self._ended.limit)
         samples = self._checked(chunk, sample_rate)
         events: list[Event] = []
         nbytes = int(np.asarray(chunk).nbytes)
@@ -307,7 +307,7 @@ class LiveSession:
         return np.ascontiguousarray(chunk, dtype=np.float32)
 
     def _end(self, limit: str, why: str) -> list[Event]:
-        self._ended = SessionLimitError(limit, why)
+        self._ended = SessionLimitError(why, limit)
         return [ErrorEvent(self.time, "limit", f"session limit reached: {why}", fatal=True)]
 
     def _take(self, resampled: npt.NDArray[np.float32]) -> list[Event]:

@@ -7,8 +7,9 @@ of this package never loads torch by itself.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from speakerdb._lazy import load_lazily
 
 if TYPE_CHECKING:
     from speakerdb.model._audio import AudioInput
@@ -51,12 +52,7 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     # Loaded on first use: importing the package (or any module in it) stays cheap.
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return load_lazily(globals(), _LAZY, name)
 
 
 def __dir__() -> list[str]:
