@@ -86,6 +86,10 @@ def test_a_genuine_caller_is_accepted_early_and_agrees_with_verify(db, speech):
     assert progress[0].status == "NOT_ENOUGH_SPEECH"
     assert [p.speech_seconds for p in progress] == sorted(p.speech_seconds for p in progress)
     json.dumps([e.to_dict() for e in events] + [summary.to_dict()])
+    # A session is a lookup like verify: one audit entry with its final decision.
+    live = [e for e in db.audit_entries(action="verify") if (e.detail or {}).get("live")]
+    assert len(live) == 1 and live[0].speaker == "1688" and live[0].decision == "accept"
+    assert db.audit_verify().ok
 
 
 def test_an_impostor_is_never_accepted(db, speech):

@@ -373,6 +373,12 @@ def test_a_database_records_its_countermeasure(db_url, tmp_path):
         assert db.countermeasure() == record  # a refused file changes nothing
         assert db.clear_countermeasure() == record
         assert db.countermeasure() is None
+        # Switching it on and off is audited; the refused file wrote nothing.
+        changes = [(e.decision, e.detail) for e in db.audit_entries(action="setting")]
+        assert changes == [
+            ("set", {"countermeasure": "aasist/AASIST-L"}),
+            ("off", {"countermeasure": None}),
+        ]
 
 
 def test_spoof_use_show_off_cli(db_url, tmp_path):
@@ -583,3 +589,7 @@ def test_eval_sasv_cli(tmp_path):
     assert report["trials"] == {"target": 1, "nontarget": 0, "spoof": 1}
     assert report["error_rates"]["spoof_far"] == 0.0 and report["spoof_eer"] == 0.0
     assert report["speaker_eer"] is None  # no nontarget trials
+    # The run is one audit entry, not one verify entry per trial.
+    logged = json.loads(run("audit", "list", "--db", url, "--json").stdout)
+    actions = [e["action"] for e in logged]
+    assert actions.count("evaluate") == 1 and "verify" not in actions, actions

@@ -229,7 +229,7 @@ class DecisionVerbs(FacadeBase):
                     calibration=d.calibration,
                 )
             )
-        if cm is not None:
+        if cm is not None and out:
             out = self._screen_pairs(cm, items, position, embedded, out, sample_rate)
         if key is not None and cohort is None and self._store is not None:
             # Scored against the enrolled speakers (the AS-norm cohort): a database lookup.

@@ -7,6 +7,7 @@ identification) and the database's decision policy, resolved once when the sessi
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,8 +17,10 @@ from speakerdb.enroll._base import FacadeBase, side_of
 from speakerdb.enroll._policy import RERANKED_CANDIDATES, Side, rank_candidates
 from speakerdb.model._audio import SAMPLE_RATE
 from speakerdb.scoring import cosine
+from speakerdb.storage._audit import PendingEntry
 
 if TYPE_CHECKING:
+    from speakerdb.live._events import Summary
     from speakerdb.live._session import Judgement, LiveSession, SessionLimits
 
 __all__ = ["SessionVerb"]
@@ -91,4 +94,26 @@ class SessionVerb(FacadeBase):
                 d.accepted, best.name, d.llr, d.score, rule.threshold, rule, speech, vector, band
             )
 
-        return LiveSession(judge, speaker, limits)
+        def record(summary: Summary) -> None:
+            # One audit entry per session, with its final decision (a lookup like verify /
+            # identify); the decisions on the way are in the summary, not the log.
+            last = summary.decisions[-1] if summary.decisions else None
+            who = summary.speaker
+            if who is None and last is not None:
+                who = last.speaker
+            detail = {
+                "live": True,
+                "speech_seconds": round(summary.speech_seconds, 2),
+                "decisions": len(summary.decisions),
+                "speaker_changes": len(summary.changes),
+            }
+            entry = PendingEntry(
+                summary.mode,
+                speaker=who,
+                decision=summary.decision.lower(),
+                score=last.score if last is not None and math.isfinite(last.score) else None,
+                detail=detail,
+            )
+            store.record_lookups([entry])
+
+        return LiveSession(judge, speaker, limits, on_close=record)

@@ -7,6 +7,7 @@ import os
 from typing import TYPE_CHECKING
 
 from speakerdb.enroll._base import FacadeBase
+from speakerdb.storage._audit import PendingEntry, lookups_unrecorded
 
 if TYPE_CHECKING:
     from speakerdb.enroll._sasv import SasvReport
@@ -82,9 +83,11 @@ class SpoofVerbs(FacadeBase):
         spoof_margin: list[float] = []
         unscored = 0
         for speaker, indices in by_speaker.items():
-            answers = self.verify_many(  # type: ignore[attr-defined]
-                speaker, [listed[i].path for i in indices], spoof_model=spoof_model
-            )
+            # One audit entry for the run (below), not one verify entry per trial.
+            with lookups_unrecorded():
+                answers = self.verify_many(  # type: ignore[attr-defined]
+                    speaker, [listed[i].path for i in indices], spoof_model=spoof_model
+                )
             for i, answer in zip(indices, answers, strict=True):
                 if not isinstance(answer, Verification) or answer.spoof is None:
                     unscored += 1
@@ -97,4 +100,6 @@ class SpoofVerbs(FacadeBase):
             raise UsageError(f"{trials}: no trial could be scored")
         report = sasv_metrics(kinds, speaker_margin, spoof_margin)
         report.unscored = unscored
+        detail = {"kind": "sasv", "trials": len(listed), "unscored": unscored}
+        self.store.record_lookups([PendingEntry("evaluate", detail=detail)])
         return report

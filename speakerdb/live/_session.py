@@ -165,11 +165,16 @@ class LiveSession:
     """
 
     def __init__(
-        self, judge: Judge, speaker: str | None, limits: SessionLimits | None = None
+        self,
+        judge: Judge,
+        speaker: str | None,
+        limits: SessionLimits | None = None,
+        on_close: Callable[[Summary], None] | None = None,
     ) -> None:
         self.limits = limits or SessionLimits()
         self.limits.check()
         self._judge = judge
+        self._on_close = on_close  # e.g. the database's audit entry for the session
         self.speaker = speaker
         self.mode = "verify" if speaker is not None else "identify"
         self._settings = SpeechSettings()
@@ -265,6 +270,8 @@ class LiveSession:
             segments=list(self._segments),
             reason="closed" if self._ended is None else f"limit: {self._ended.limit}",
         )
+        if self._on_close is not None:
+            self._on_close(self._summary)
         return self._summary
 
     def __enter__(self) -> LiveSession:

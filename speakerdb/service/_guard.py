@@ -38,7 +38,7 @@ from speakerdb.service._origin import bad_host, cross_origin
 if TYPE_CHECKING:
     from speakerdb.service._state import ServiceState
 
-__all__ = ["AUTHORIZED", "Guard"]
+__all__ = ["AUTHORIZED", "NO_KEY_ACTOR", "Guard"]
 
 log = logging.getLogger("speakerdb.service")
 
@@ -132,7 +132,7 @@ class Guard:
             key = admitted[1] if admitted is not None else None
             # The audit log's actor and request id for everything this request does (the
             # route's worker thread inherits this context).
-            with announce, acting_as(key.name if key is not None else _NO_KEY, request_id):
+            with announce, acting_as(key.name if key is not None else NO_KEY_ACTOR, request_id):
                 await self.app(scope, guarded_receive, tracking_send)
         except Exception:
             log.exception("internal error answering %s %s", scope["method"], scope["path"])
@@ -206,7 +206,7 @@ def _required_scopes(route: BaseRoute) -> tuple[str, ...] | None:
     return None
 
 
-_NO_KEY = "http:no-key"  # the actor of a keyless (loopback) server's requests
+NO_KEY_ACTOR = "http:no-key"  # the actor of a keyless (loopback) server's requests
 _MAX_REQUEST_ID = 64
 
 

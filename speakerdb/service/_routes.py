@@ -216,7 +216,7 @@ def _decided(
         # SPOOF_DETECTED where the database's countermeasure caught an attack.
         document["decision"] = result.decision or ("ACCEPT" if result.accepted else "REJECT")
     elif isinstance(result, Comparison):
-        document["decision"] = "ACCEPT" if result.same_speaker else "REJECT"
+        document["decision"] = result.decision or ("ACCEPT" if result.same_speaker else "REJECT")
     else:
         document["decision"] = result.decision or (
             "IDENTIFIED" if result.best is not None else "UNKNOWN_SPEAKER"

@@ -25,9 +25,11 @@ import anyio
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from speakerdb import acting_as
 from speakerdb.errors import SessionLimitError, SpeakerDBError, UsageError
 from speakerdb.live import ErrorEvent, LiveSession, PcmDecoder, SessionLimits
 from speakerdb.service._errors import ServiceError, error_body, error_response, status_for
+from speakerdb.service._guard import NO_KEY_ACTOR
 from speakerdb.service._origin import bad_host, cross_origin
 from speakerdb.service._state import ServiceState
 
@@ -50,6 +52,9 @@ class _Closing(Exception):
         self.event = event
 
 
+_ACTOR = "speakerdb.audit_actor"  # the key's name, set on the scope once it is admitted
+
+
 @router.websocket("/v1/sessions")
 async def sessions(websocket: WebSocket) -> None:
     state: ServiceState = websocket.app.state.service
@@ -58,9 +63,12 @@ async def sessions(websocket: WebSocket) -> None:
         await _refuse(websocket, *refusal)
         return
     state.live_sessions += 1
+    # The audit log's actor for the session's lookups (the worker threads inherit it).
+    actor = websocket.scope.get(_ACTOR, NO_KEY_ACTOR)
     try:
-        await websocket.accept()
-        await _run(websocket, state)
+        with acting_as(actor):
+            await websocket.accept()
+            await _run(websocket, state)
     finally:
         state.live_sessions -= 1
 
@@ -81,7 +89,7 @@ async def _admit(websocket: WebSocket, state: ServiceState) -> tuple[int, int, s
     if mode not in ("verify", "identify") or (mode == "verify") != (speaker is not None):
         return 400, CLOSE_POLICY, "usage", "give speaker=NAME (verify) or mode=identify"
     try:
-        await anyio.to_thread.run_sync(state.authorize, _bearer(websocket), (mode,))
+        key = await anyio.to_thread.run_sync(state.authorize, _bearer(websocket), (mode,))
     except ServiceError as exc:
         return exc.status, CLOSE_POLICY, exc.code, exc.message
     except SpeakerDBError as exc:
@@ -89,6 +97,8 @@ async def _admit(websocket: WebSocket, state: ServiceState) -> tuple[int, int, s
     if state.live_sessions >= settings.max_sessions:
         message = f"this server runs at most {settings.max_sessions} live sessions at once"
         return 429, CLOSE_TRY_LATER, "busy", message
+    if key is not None:
+        websocket.scope[_ACTOR] = key.name
     return None
 
 

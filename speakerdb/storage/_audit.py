@@ -50,6 +50,8 @@ __all__ = [
     "current_actor",
     "enroll_entry",
     "entry_hash",
+    "lookups_are_recorded",
+    "lookups_unrecorded",
     "read_entries",
 ]
 
@@ -68,9 +70,31 @@ AUDIT_ACTIONS = (
     "opt-out",
     "opt-in",
     "setting",
+    "evaluate",
 )
 _MAX_ACTOR = 128
 _MAX_REQUEST_ID = 64
+
+_UNRECORDED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "speakerdb_audit_unrecorded", default=False
+)
+
+
+@contextlib.contextmanager
+def lookups_unrecorded() -> Iterator[None]:
+    """Inside, lookups write no entry of their own: an evaluation over a trial list records
+    one ``evaluate`` entry for the run, not one ``verify`` entry per trial."""
+    token = _UNRECORDED.set(True)
+    try:
+        yield
+    finally:
+        _UNRECORDED.reset(token)
+
+
+def lookups_are_recorded() -> bool:
+    """False inside :func:`lookups_unrecorded`."""
+    return not _UNRECORDED.get()
+
 
 _ACTING: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
     "speakerdb_audit_actor", default=(None, None)

@@ -23,6 +23,7 @@ from speakerdb.storage._audit import (
     PendingEntry,
     append,
     check_chain,
+    lookups_are_recorded,
     read_entries,
 )
 from speakerdb.storage._connection import StoreConnection
@@ -47,7 +48,7 @@ class AuditedStore(StoreConnection):
         """Append lookups' entries (verify, identify, compare) in one small transaction of
         their own, after the decisions. Raises StoreError when the entry cannot be written
         to a writable database (the caller's answer must not go out unrecorded)."""
-        if not entries:
+        if not entries or not lookups_are_recorded():
             return
         if not self.read_only:
             self.write(lambda conn: append(conn, entries), "write the audit log")

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
+from speakerdb.storage._audit import PendingEntry, append
+from speakerdb.storage._rows import lock_state
 from speakerdb.storage._schema import StoreState
 
 if TYPE_CHECKING:
@@ -66,7 +68,13 @@ def write_countermeasure(store: EnrollmentStore, record: CountermeasureRecord | 
         "spoof_source": None if record is None else record.source,
     }
 
+    # Switching the countermeasure off is exactly what an attacker would want: audited.
+    detail = {"countermeasure": None if record is None else f"{record.family}/{record.variant}"}
+    entry = PendingEntry("setting", decision="set" if record else "off", detail=detail)
+
     def work(conn: Connection) -> None:
+        lock_state(conn)
         conn.execute(update(StoreState).where(StoreState.id == 1).values(**values))
+        append(conn, [entry])
 
     store.write(work, "record the countermeasure")

@@ -16,8 +16,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from speakerdb.errors import UsageError
+from speakerdb.storage._audit import PendingEntry, append
 from speakerdb.storage._engine import read_transaction, retrying, store_error, write_transaction
 from speakerdb.storage._records import vectors_from_bytes
+from speakerdb.storage._rows import lock_state
 from speakerdb.storage._schema import Speaker, StoreState, Utterance
 
 if TYPE_CHECKING:
@@ -147,8 +149,12 @@ def set_calibration_default(store: EnrollmentStore, value: str) -> None:
 
     def attempt() -> None:
         with write_transaction(store.engine) as conn:
+            lock_state(conn)
             conn.execute(
                 update(StoreState).where(StoreState.id == 1).values(calibration_default=value)
             )
+            # Which calibration decides is a change users rely on: audited with it.
+            detail = {"calibration_default": value}
+            append(conn, [PendingEntry("calibration", decision="set", detail=detail)])
 
     retrying(attempt, f"cannot change the calibration of {store.location.display}")
