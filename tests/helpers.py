@@ -190,6 +190,28 @@ def fake_model(dimension: int = 16, name: str = "test-model", tag: str = "0"):
     return ModelIdentity(name, tag * 64, dimension, 0.5)
 
 
+def clustered_vectors(n: int, dimension: int, seed: int = 0) -> np.ndarray:
+    """(n, dimension) float32 unit vectors around 40 random centres: voiceprints with the
+    clumpy structure approximate indexes are built for."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((40, dimension))
+    x = centres[rng.integers(0, 40, n)] + 0.5 * rng.standard_normal((n, dimension))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def bulk_enroll(store, vectors: np.ndarray, model, start: int = 0) -> None:
+    """Enroll one speaker per row of ``vectors`` (names s000000..., fake audio hashes),
+    1000 per transaction."""
+    from speakerdb.storage._records import EnrollRequest, NewUtterance
+
+    requests = [
+        EnrollRequest(f"s{start + i:06d}", [NewUtterance(v, f"{start + i:064x}", None, 3.0, 3.0)])
+        for i, v in enumerate(vectors)
+    ]
+    for begin in range(0, len(requests), 1000):
+        store.enroll_many(requests[begin : begin + 1000], model)
+
+
 def fake_utterance(rng: np.random.Generator, dimension: int = 16, centre=None, spread=0.3):
     """A unit vector (near ``centre`` if given) with a unique fake audio hash."""
     import hashlib

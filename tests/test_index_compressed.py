@@ -16,34 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import fake_model
+from helpers import bulk_enroll, clustered_vectors, fake_model
 from speakerdb import scoring
 from speakerdb.storage import _index_policy as index_policy
 from speakerdb.storage._check import check_store
 from speakerdb.storage._index_policy import choose_params, needs_rebuild
-from speakerdb.storage._records import EnrollRequest, NewUtterance
 from speakerdb.storage._store import EnrollmentStore
 from speakerdb.storage._vector_index import IndexParams, VectorIndex
 
 DIM = 32
 MODEL = fake_model(DIM)
 TESTS = Path(__file__).resolve().parent
-
-
-def clustered(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((40, DIM))
-    x = centres[rng.integers(0, 40, n)] + 0.5 * rng.standard_normal((n, DIM))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def bulk_enroll(store: EnrollmentStore, vectors: np.ndarray, start: int = 0) -> None:
-    requests = [
-        EnrollRequest(f"s{start + i:06d}", [NewUtterance(v, f"{start + i:064x}", None, 3.0, 3.0)])
-        for i, v in enumerate(vectors)
-    ]
-    for begin in range(0, len(requests), 1000):
-        store.enroll_many(requests[begin : begin + 1000], MODEL)
 
 
 def probes_of(vectors: np.ndarray, known: int, unknown: int, seed: int) -> np.ndarray:
@@ -74,7 +57,7 @@ def test_policy_compresses_past_a_configurable_size(monkeypatch):
 
 
 def test_quantised_contents_survive_updates_and_serialisation():
-    vectors = clustered(3000)
+    vectors = clustered_vectors(3000, DIM)
     ids = np.arange(10, 3010, dtype=np.int64)
     index = VectorIndex.build(DIM, ids, vectors, choose_params(3000, "ivfsq"))
     assert index.params.kind == "ivfsq" and not index.params.exact_vectors
@@ -105,13 +88,13 @@ def test_quantised_contents_survive_updates_and_serialisation():
 def test_store_goes_compressed_answers_exactly_and_never_answers_deletes(db_url, monkeypatch):
     monkeypatch.setattr(index_policy, "FLAT_MAX", 500)
     monkeypatch.setattr(index_policy, "COMPRESSED_MIN", 2000)
-    vectors = clustered(3000, seed=1)
+    vectors = clustered_vectors(3000, DIM, seed=1)
     names = np.array([f"s{i:06d}" for i in range(3000)])
     probes = probes_of(vectors, 150, 50, seed=5)
     with EnrollmentStore.open(db_url) as store:
-        bulk_enroll(store, vectors[:1500])
+        bulk_enroll(store, vectors[:1500], MODEL)
         assert store.index_status().params.startswith("ivf(")
-        bulk_enroll(store, vectors[1500:], start=1500)
+        bulk_enroll(store, vectors[1500:], MODEL, start=1500)
         status = store.index_status()
         assert status.params.startswith("ivfsq(") and status.vectors == 3000
         results = store.search(probes, 5, MODEL)
@@ -191,9 +174,9 @@ def _first_query(url: str, probe: Path) -> dict:
 
 def test_a_new_process_answers_from_the_compressed_file_and_refuses_a_forged_one(tmp_path):
     url = f"sqlite:///{tmp_path / 'sq.sqlite'}"
-    vectors = clustered(800, seed=3)
+    vectors = clustered_vectors(800, DIM, seed=3)
     with EnrollmentStore.open(url) as store:
-        bulk_enroll(store, vectors)
+        bulk_enroll(store, vectors, MODEL)
         store.rebuild_index("ivfsq")  # forced: stored in the database, the file written
         path = store.location.index_path
         key = store.index_key

@@ -5,33 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import fake_model
+from helpers import bulk_enroll, clustered_vectors, fake_model
 from speakerdb import scoring
 from speakerdb.storage import _index_policy as index_policy
 from speakerdb.storage._check import check_store
 from speakerdb.storage._index_policy import FLAT_MAX, choose_params, needs_rebuild
-from speakerdb.storage._records import EnrollRequest, NewUtterance
 from speakerdb.storage._store import EnrollmentStore
 from speakerdb.storage._vector_index import IndexParams, VectorIndex
 
 DIM = 32
 MODEL = fake_model(DIM)
-
-
-def clustered(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((40, DIM))
-    x = centres[rng.integers(0, 40, n)] + 0.5 * rng.standard_normal((n, DIM))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def bulk_enroll(store: EnrollmentStore, vectors: np.ndarray, start: int = 0) -> None:
-    requests = [
-        EnrollRequest(f"s{start + i:06d}", [NewUtterance(v, f"{start + i:064x}", None, 3.0, 3.0)])
-        for i, v in enumerate(vectors)
-    ]
-    for begin in range(0, len(requests), 1000):
-        store.enroll_many(requests[begin : begin + 1000], MODEL)
 
 
 def test_policy_switches_and_retrains():
@@ -53,7 +36,7 @@ def test_policy_switches_and_retrains():
 
 
 def test_ivf_index_contents_survive_updates_and_serialisation():
-    vectors = clustered(5000)
+    vectors = clustered_vectors(5000, DIM)
     ids = np.arange(10, 5010, dtype=np.int64)
     index = VectorIndex.build(DIM, ids, vectors, choose_params(5000, "ivf"))
     assert index.params.kind == "ivf" and len(index) == 5000
@@ -75,11 +58,11 @@ def test_ivf_index_contents_survive_updates_and_serialisation():
 def test_store_goes_approximate_with_exact_scores(tmp_path, monkeypatch):
     monkeypatch.setattr(index_policy, "FLAT_MAX", 2000)
     url = f"sqlite:///{tmp_path / 'ivf.sqlite'}"
-    vectors = clustered(3000, seed=1)
+    vectors = clustered_vectors(3000, DIM, seed=1)
     with EnrollmentStore.open(url) as store:
-        bulk_enroll(store, vectors[:1500])
+        bulk_enroll(store, vectors[:1500], MODEL)
         assert store.index_status().params == "flat"
-        bulk_enroll(store, vectors[1500:], start=1500)
+        bulk_enroll(store, vectors[1500:], MODEL, start=1500)
         status = store.index_status()
         assert status.params.startswith("ivf") and status.vectors == 3000
         flat = VectorIndex.build(DIM, np.arange(3000), vectors, IndexParams("flat"))
@@ -109,7 +92,7 @@ def test_reindex_forces_a_kind(tmp_path, kind):
 
     url = f"sqlite:///{tmp_path / 'k.sqlite'}"
     with EnrollmentStore.open(url) as store:
-        bulk_enroll(store, clustered(600, seed=2))
+        bulk_enroll(store, clustered_vectors(600, DIM, seed=2), MODEL)
     result = CliRunner().invoke(cli, ["db", "reindex", "--kind", kind, "--db", url, "--json"])
     assert result.exit_code == 0, result.output
     with EnrollmentStore.open(url) as store:
