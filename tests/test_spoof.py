@@ -51,6 +51,19 @@ def require_weights(name: str = "AASIST") -> Path:
     return path
 
 
+def speaker_1998() -> tuple[list[str], str, str]:
+    """The dev speaker 1998 of the spoof set: its enrollment recordings, one bona fide probe
+    of it and a mel-inversion copy of its speech (an attack)."""
+    spoof = DATA / "spoof"
+    enroll = [
+        str((spoof / json.loads(line)["audio_filepath"]).resolve())
+        for line in (spoof / "enroll.jsonl").read_text().splitlines()
+        if json.loads(line)["label"] == "1998"
+    ]
+    bona = str(DATA / "librispeech" / "test-other" / "1998" / "1998-15444-0006.flac")
+    return enroll, bona, str(spoof / "mel_inversion" / "1998" / "1998-15444-0005.wav")
+
+
 def random_state(variant: str = "AASIST-L", seed: int = 0) -> dict[str, torch.Tensor]:
     """A state dict of the right keys and shapes with random finite values."""
     torch.manual_seed(seed)
@@ -405,14 +418,7 @@ def test_spoof_use_show_off_cli(db_url, tmp_path):
 
 def test_verify_runs_the_database_countermeasure_on_every_probe(db_url):
     weights = require_weights("AASIST")
-    spoof = DATA / "spoof"
-    enroll = [
-        str((spoof / json.loads(line)["audio_filepath"]).resolve())
-        for line in (spoof / "enroll.jsonl").read_text().splitlines()
-        if json.loads(line)["label"] == "1998"
-    ]
-    bona = str(DATA / "librispeech" / "test-other" / "1998" / "1998-15444-0006.flac")
-    copy = str(spoof / "mel_inversion" / "1998" / "1998-15444-0005.wav")
+    enroll, bona, copy = speaker_1998()
     assert run("enroll", "1998", *enroll, "--db", db_url).exit_code == 0
     before = run("verify", "1998", bona, copy, "--db", db_url, "--json")
     plain = json.loads(before.stdout)
@@ -437,23 +443,16 @@ def test_the_service_answers_spoof_detected(tmp_path):
     from speakerdb import SpeakerDB
 
     weights = require_weights("AASIST")
-    spoof = DATA / "spoof"
-    enroll = [
-        (spoof / json.loads(line)["audio_filepath"]).resolve()
-        for line in (spoof / "enroll.jsonl").read_text().splitlines()
-        if json.loads(line)["label"] == "1998"
-    ]
+    enroll, bona, copy = speaker_1998()
     url = f"sqlite:///{tmp_path / 'served.sqlite'}"
     with SpeakerDB.open(url) as db:
         db.enroll("1998", enroll)
         db.use_countermeasure(weights)
         key = db.create_key("verify", ["verify", "identify"]).secret
-    bona = DATA / "librispeech" / "test-other" / "1998" / "1998-15444-0006.flac"
-    copy = spoof / "mel_inversion" / "1998" / "1998-15444-0005.wav"
     env = {**os.environ, "SPEAKERDB_INDEX_DIR": str(tmp_path / "ix")}
     with Server(url, env=env) as server, server.client(key) as client:
-        answer = client.post("/v1/speakers/1998/verify", files=upload([bona, copy]))
-        who = client.post("/v1/identify", files=upload([copy]))
+        answer = client.post("/v1/speakers/1998/verify", files=upload([Path(bona), Path(copy)]))
+        who = client.post("/v1/identify", files=upload([Path(copy)]))
         metrics = client.get("/metrics").text
     assert who.status_code == 200, who.text
     assert who.json()["decision"] == "SPOOF_DETECTED" and who.json()["best"] is None
@@ -502,14 +501,7 @@ def test_identify_compare_and_enroll_run_the_countermeasure(db_url):
     from speakerdb import SpeakerDB
 
     weights = require_weights("AASIST")
-    spoof = DATA / "spoof"
-    enroll = [
-        str((spoof / json.loads(line)["audio_filepath"]).resolve())
-        for line in (spoof / "enroll.jsonl").read_text().splitlines()
-        if json.loads(line)["label"] == "1998"
-    ]
-    bona = str(DATA / "librispeech" / "test-other" / "1998" / "1998-15444-0006.flac")
-    copy = str(spoof / "mel_inversion" / "1998" / "1998-15444-0005.wav")
+    enroll, bona, copy = speaker_1998()
     assert run("enroll", "1998", *enroll, "--db", db_url).exit_code == 0
     plain = json.loads(run("identify", bona, copy, "--db", db_url, "--json").stdout)
     assert all("spoof" not in p and "decision" not in p for p in plain)
@@ -569,15 +561,8 @@ def test_sasv_metrics_take_the_rule_in_use_and_each_kind():
 
 def test_eval_sasv_cli(tmp_path):
     weights = require_weights("AASIST")
-    spoof = DATA / "spoof"
-    enroll = [
-        str((spoof / json.loads(line)["audio_filepath"]).resolve())
-        for line in (spoof / "enroll.jsonl").read_text().splitlines()
-        if json.loads(line)["label"] == "1998"
-    ]
+    enroll, bona, copy = speaker_1998()
     url = f"sqlite:///{tmp_path / 'sasv.sqlite'}"
-    bona = DATA / "librispeech" / "test-other" / "1998" / "1998-15444-0006.flac"
-    copy = spoof / "mel_inversion" / "1998" / "1998-15444-0005.wav"
     trials = tmp_path / "trials.txt"
     trials.write_text(f"target 1998 {bona}\nspoof 1998 {copy}\n")
     assert run("enroll", "1998", *enroll, "--db", url).exit_code == 0
