@@ -211,6 +211,11 @@ class LiveSession:
     def closed(self) -> bool:
         return self._summary is not None
 
+    @property
+    def ended_by(self) -> str | None:
+        """The limit that ended the session ("duration", "bytes", "silence"), or None."""
+        return self._ended.limit if self._ended is not None else None
+
     def feed(self, chunk: npt.NDArray[np.generic], sample_rate: int) -> list[Event]:
         if self._summary is not None:
             raise UsageError("this live session is closed")

@@ -139,7 +139,7 @@ async def _run(websocket: WebSocket, state: ServiceState) -> None:
                 await _send(websocket, event.to_dict())
             fatal = next((e for e in events if isinstance(e, ErrorEvent) and e.fatal), None)
             if fatal is not None:
-                code = CLOSE_TOO_BIG if "bytes" in fatal.message else CLOSE_POLICY
+                code = CLOSE_TOO_BIG if session.ended_by == "bytes" else CLOSE_POLICY
                 break
     except WebSocketDisconnect:
         return  # the caller hung up: nobody to tell, nothing to decide
