@@ -578,3 +578,44 @@ def test_eval_sasv_cli(tmp_path):
     logged = json.loads(run("audit", "list", "--db", url, "--json").stdout)
     actions = [e["action"] for e in logged]
     assert actions.count("evaluate") == 1 and "verify" not in actions, actions
+
+
+def test_a_live_session_runs_the_countermeasure(db_url):
+    """A live session on a database with a countermeasure checks each segment once: the
+    attack is decided SPOOF_DETECTED from its first decision on (never ACCEPT), the bona fide
+    caller keeps offline verify's answer, and both agree with verify on the attack."""
+    import soundfile as sf
+
+    from speakerdb import SpeakerDB
+    from speakerdb.live import SPOOF_DETECTED, DecisionEvent
+
+    weights = require_weights("AASIST")
+    enroll, bona, copy = speaker_1998()
+    with SpeakerDB.open(db_url) as db:
+        db.enroll("1998", enroll)
+        db.use_countermeasure(weights)
+        offline = db.verify_many("1998", [bona, copy])
+        live = {}
+        for path in (bona, copy):
+            samples, rate = sf.read(path, dtype="float32")
+            step = rate // 2
+            with db.session(speaker="1998") as session:
+                events = []
+                for first in range(0, samples.size, step):
+                    events += session.feed(samples[first : first + step], sample_rate=rate)
+            live[path] = ([e for e in events if isinstance(e, DecisionEvent)], session.close())
+        entries = [e for e in db.audit_entries(action="verify") if (e.detail or {}).get("live")]
+    attack_events, attack = live[copy]
+    assert offline[1].decision == SPOOF_DETECTED
+    assert [e.decision for e in attack_events] == [SPOOF_DETECTED]
+    assert attack.decision == SPOOF_DETECTED and not attack.accepted
+    final = attack.decisions[-1]
+    assert final.final and final.spoof is not None and final.spoof["detected"] is True
+    assert final.to_dict()["spoof"]["model"].startswith("aasist/AASIST@")
+    # The head the countermeasure reads is the recording's first 4.04 s either way; only the
+    # bandwidth it is calibrated with is measured on that head rather than the whole file.
+    assert final.spoof["llr"] == pytest.approx(offline[1].spoof["llr"], abs=0.5)
+    real_events, real = live[bona]
+    assert real.accepted == offline[0].accepted
+    assert all(e.spoof is not None and e.spoof["detected"] is False for e in real_events)
+    assert sorted(e.decision for e in entries) == sorted(["spoof_detected", real.decision.lower()])
