@@ -619,3 +619,78 @@ def test_a_live_session_runs_the_countermeasure(db_url):
     assert real.accepted == offline[0].accepted
     assert all(e.spoof is not None and e.spoof["detected"] is False for e in real_events)
     assert sorted(e.decision for e in entries) == sorted(["spoof_detected", real.decision.lower()])
+
+
+def _own_manifest(tmp_path: Path, bona: int = 22, per_attack: int = 11) -> Path:
+    """A JSON-lines manifest of the dev set's bona fide speech and two attack kinds, with
+    paths relative to the manifest (a copy elsewhere, as a user's would be)."""
+    spoof = DATA / "spoof"
+    entries = [json.loads(line) for line in (spoof / "manifest.jsonl").read_text().splitlines()]
+    chosen = [e for e in entries if not e["spoof"]][:bona]
+    for attack in ("mel_inversion", "phone_griffin_lim"):
+        chosen += [e for e in entries if e["attack"] == attack][:per_attack]
+    lines = []
+    for e in chosen:
+        absolute = (spoof / e["audio_filepath"]).resolve()
+        lines.append(json.dumps({**e, "audio_filepath": os.path.relpath(absolute, tmp_path)}))
+    path = tmp_path / "own.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_spoof_calibrate_fits_on_own_recordings_and_decides_with_it(db_url, tmp_path):
+    """`spoof calibrate` scores labelled recordings, fits, stores (audited) and from then on
+    the database's countermeasure answers with that calibration; too few recordings and a
+    missing countermeasure change nothing; --reset returns to the bundled one."""
+    from speakerdb import SpeakerDB
+    from speakerdb._spoof_calibration import SpoofCalibration, bundled_spoof_calibration
+
+    weights = require_weights("AASIST-L")
+    manifest = _own_manifest(tmp_path)
+    _, bona, copy = speaker_1998()
+    none_yet = run("spoof", "calibrate", str(manifest), "--db", db_url)
+    assert none_yet.exit_code == 2 and "no countermeasure to calibrate" in none_yet.output
+    assert run("spoof", "use", str(weights), "--db", db_url).exit_code == 0
+    (tmp_path / "small").mkdir()
+    small = _own_manifest(tmp_path / "small", bona=5, per_attack=3)
+    few = run("spoof", "calibrate", str(small), "--db", db_url)
+    assert few.exit_code == 2 and "too few recordings" in few.output
+    shown = json.loads(run("spoof", "show", "--db", db_url, "--json").stdout)
+    assert shown["calibration"] == {"source": "bundled"}
+
+    fitted = run("spoof", "calibrate", str(manifest), "--db", db_url, "--json")
+    assert fitted.exit_code == 0, fitted.output
+    report = json.loads(fitted.stdout)
+    assert report["groups"] == {
+        "bonafide-wideband": 22,
+        "spoof-mel_inversion": 11,
+        "spoof-phone_griffin_lim": 11,
+    }
+    assert report["flagged"]["bonafide-wideband"] <= 0.05 and report["skipped"] == []
+    shown = json.loads(run("spoof", "show", "--db", db_url, "--json").stdout)["calibration"]
+    assert shown["source"] == "database" and shown["note"].startswith("own.jsonl sha256 ")
+    with SpeakerDB.open(db_url) as db:
+        stored = SpoofCalibration.from_dict(db.countermeasure_calibration() or {})
+        assert stored.threshold == pytest.approx(report["threshold"])
+        raw = load_countermeasure(weights).score([bona, copy])
+        db.enroll("1998", speaker_1998()[0])
+        answers = db.verify_many("1998", [bona, copy])
+        entries = db.audit_entries(action="calibration")
+    bundled = bundled_spoof_calibration(stored.countermeasure["weights_sha256"])
+    for answer, r in zip(answers, raw, strict=True):
+        own = stored.llr(r.llr_input, r.bandwidth_hz)
+        assert answer.spoof["llr"] == pytest.approx(own, abs=1e-4)
+        assert answer.spoof["detected"] == (own < stored.threshold)
+        if bundled is not None:
+            assert abs(bundled.llr(r.llr_input, r.bandwidth_hz) - own) > 1e-3
+    assert [e.detail["normalization"] for e in entries if e.decision == "set"] == ["spoof"]
+
+    reset = run("spoof", "calibrate", "--reset", "--db", db_url, "--json")
+    assert json.loads(reset.stdout) == {"calibration": {"source": "bundled"}, "removed": True}
+    with SpeakerDB.open(db_url) as db:
+        assert db.countermeasure_calibration() is None
+        again = db.verify_many("1998", [copy])[0]
+    if bundled is not None:
+        assert again.spoof["llr"] == pytest.approx(
+            bundled.llr(raw[1].llr_input, raw[1].bandwidth_hz), abs=1e-4
+        )
