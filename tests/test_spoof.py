@@ -574,10 +574,25 @@ def test_eval_sasv_cli(tmp_path):
     assert report["trials"] == {"target": 1, "nontarget": 0, "spoof": 1}
     assert report["error_rates"]["spoof_far"] == 0.0 and report["spoof_eer"] == 0.0
     assert report["speaker_eer"] is None  # no nontarget trials
+    assert set(report) >= {"sasv_eer", "a_dcf"} and "kinds" not in report
     # The run is one audit entry, not one verify entry per trial.
     logged = json.loads(run("audit", "list", "--db", url, "--json").stdout)
     actions = [e["action"] for e in logged]
     assert actions.count("evaluate") == 1 and "verify" not in actions, actions
+    png = tmp_path / "det.png"
+    plotted = run(
+        "eval",
+        "--sasv",
+        str(trials),
+        "--db",
+        url,
+        "--plot",
+        str(png),
+        "--spoof-model",
+        str(weights),
+    )
+    assert plotted.exit_code == 0, plotted.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_live_session_runs_the_countermeasure(db_url):
@@ -694,3 +709,22 @@ def test_spoof_calibrate_fits_on_own_recordings_and_decides_with_it(db_url, tmp_
         assert again.spoof["llr"] == pytest.approx(
             bundled.llr(raw[1].llr_input, raw[1].bandwidth_hz), abs=1e-4
         )
+
+
+def test_sasv_plot_draws_each_curve_it_has_classes_for(tmp_path):
+    from speakerdb.enroll import plot_sasv
+    from speakerdb.enroll._sasv import sasv_metrics
+
+    rng = np.random.default_rng(0)
+    kinds = ["target"] * 40 + ["nontarget"] * 40 + ["spoof"] * 40
+    speaker = np.r_[rng.normal(3, 1, 40), rng.normal(-3, 1, 40), rng.normal(2, 1, 40)]
+    spoof = np.r_[rng.normal(2, 1, 40), rng.normal(2, 1, 40), rng.normal(-2, 1, 40)]
+    spoof[0] = math.inf  # a trial the countermeasure did not judge
+    report = sasv_metrics(kinds, speaker, spoof)
+    assert len(report.kinds) == 120 and "speaker_margin" not in report.to_dict()
+    out = plot_sasv(report, tmp_path / "sasv.png")
+    assert out.stat().st_size > 10_000
+    only_targets = sasv_metrics(["target"] * 3, [1.0, 2.0, 3.0], [1.0, 1.0, 1.0])
+    with pytest.raises(UsageError, match="no DET curve"):
+        plot_sasv(only_targets, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
