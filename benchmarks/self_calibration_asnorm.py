@@ -4,8 +4,10 @@ The same protocol as benchmarks/self_calibration.py (per set, ``--splits`` rando
 the speakers form a simulated database of ``--enrolled`` recordings each; the other speakers
 are held out: file pairs and voiceprints of 2-3 recordings), with rows:
 
-- ``affine k=K``: the library's default form (scale and offset of the bundled LLR, shrunk
-  with n / (n + K)) at ln 99, for each K in ``--shrink``;
+- ``affine k=K``: the library's affine form (scale and offset of the bundled LLR, shrunk
+  with n / (n + K)) at ln 99, for each K in ``--shrink``; ``affine valid k=K``: the same with
+  the weight on the fit chosen by the database's own speakers (speaker-held-out validation,
+  speakerdb.enroll._shrinkage), capped at n / (n + K);
 - ``asnorm ln99`` / ``asnorm far1%``: the enrollment trials scored with AS-norm against the
   database's own recordings of OTHER speakers as cohort (leave-the-speakers-out: neither the
   probe's nor the voiceprint's speaker is in a trial's cohort), a logistic calibration of the
@@ -258,6 +260,11 @@ def main() -> None:
                 for kind, (q, y, *_) in test.items():
                     row[f"{kind}_far"], row[f"{kind}_frr"] = rates(fitted.llrs(q), y, LN99)
                 rows[f"affine k={k:g} ln99"] = row
+                valid = simulate_fit(db, k, bundled, identity, form="affine", validate=True)
+                row = {}
+                for kind, (q, y, *_) in test.items():
+                    row[f"{kind}_far"], row[f"{kind}_frr"] = rates(valid.llrs(q), y, LN99)
+                rows[f"affine valid k={k:g} ln99"] = row
             own_trials = enrollment_trials(db, rng)
             z_own = normalised(own_trials, db, args.top_n, leave_out=True)
             zfit = fit_z(z_own, own_trials[1], own_trials[4], identity)
