@@ -173,6 +173,13 @@ def main() -> None:
     parser.add_argument("--enrolled", type=int, default=3, help="recordings per DB speaker")
     parser.add_argument("--shrink", default="0,3,10,30")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/speakerdb-bench-cache"))
+    parser.add_argument(
+        "--prior",
+        choices=("bundled", "held-out"),
+        default="bundled",
+        help="shrink toward the bundled calibration (fitted on all four sets, so in-sample on "
+        "each) or toward its form fitted without the measured set",
+    )
     args = parser.parse_args()
     shrinks = [float(s) for s in args.shrink.split(",")]
 
@@ -187,6 +194,18 @@ def main() -> None:
     bundled = cal.bundled_calibration(*model.identity.key)
     assert bundled is not None
     cache = EmbeddingCache(args.cache, model.identity.label)
+    priors = {name: bundled for name in SETS}
+    if args.prior == "held-out":
+        # The bundled calibration's form fitted on the OTHER three sets (as
+        # calibration_transfer.py does): the prior a user's audio meets, one it was not fitted
+        # on. (Choosing k on the other sets then uses priors that saw the left-out set: a
+        # mild leak, the price of not nesting a second level.)
+        from calibration_transfer import build_groups, fit_on, leave_one_set_out
+
+        groups = {n: build_groups(n, embed_set(n, model, cache, True), 10, True) for n in SETS}
+        priors = leave_one_set_out(
+            groups, lambda g: fit_on(g, cal.DEFAULT_FEATURES, 0.01, identity, "held-out prior")
+        )
 
     # name -> (row label -> list of per-split figure dicts)
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -194,6 +213,7 @@ def main() -> None:
     sizes: dict[str, dict[str, list[dict[str, float]]]] = {}
     for name in SETS:
         recs = embed_set(name, model, cache, False)
+        prior = priors[name]
         speakers = sorted({r.speaker for r in recs})
         rng = np.random.default_rng([11, SETS.index(name)])
         table: dict[str, list[dict[str, float]]] = {}
@@ -209,29 +229,29 @@ def main() -> None:
             trials = held_out_trials(held, rng)
             q, y = trials["pairs"]
             eers.setdefault(name, []).append(scoring.eer(q.score[y == 1], q.score[y == 0])[0])
-            candidates: dict[str, tuple[cal.Calibration, float]] = {"bundled ln99": (bundled, LN99)}
+            candidates: dict[str, tuple[cal.Calibration, float]] = {"bundled ln99": (prior, LN99)}
             for k in shrinks:
-                fitted = simulate_fit(db, k, bundled, identity)
+                fitted = simulate_fit(db, k, prior, identity)
                 candidates[f"self k={k:g} ln99"] = (fitted, LN99)
                 candidates[f"self k={k:g} far1%"] = (fitted, fitted.threshold_at_far(0.01))
-                affine = simulate_fit(db, k, bundled, identity, form="affine")
+                affine = simulate_fit(db, k, prior, identity, form="affine")
                 candidates[f"self affine k={k:g} ln99"] = (affine, LN99)
-                valid = simulate_fit(db, k, bundled, identity, form="affine", validate=True)
+                valid = simulate_fit(db, k, prior, identity, form="affine", validate=True)
                 candidates[f"self affine valid k={k:g} ln99"] = (valid, LN99)
             # The guards, measured at k = 0 (no shrinkage hiding what they do):
             # whole voiceprints on the different-speaker side;
-            whole = simulate_fit(db, 0.0, bundled, identity, matched=False)
+            whole = simulate_fit(db, 0.0, prior, identity, matched=False)
             candidates["k0 unmatched ln99"] = (whole, LN99)
             # every enrolled recording also stored a second time, re-encoded (cosine ~0.999);
             dups = db + [_copy(r, rng) for r in db]
             for dedupe in (False, True):
-                fitted = simulate_fit(dups, 0.0, bundled, identity, dedupe=dedupe)
+                fitted = simulate_fit(dups, 0.0, prior, identity, dedupe=dedupe)
                 candidates[f"k0 dups {'dropped' if dedupe else 'kept'} ln99"] = (fitted, LN99)
             # one speaker enrolled with every recording it has, the others with --enrolled.
             heavy = sorted(cal_spk)[0]
             skew = [r for r in db if r.speaker != heavy] + [r for r in recs if r.speaker == heavy]
             for weighted in (False, True):
-                fitted = simulate_fit(skew, 0.0, bundled, identity, weighted=weighted)
+                fitted = simulate_fit(skew, 0.0, prior, identity, weighted=weighted)
                 label = f"k0 1 heavy spk {'weighted' if weighted else 'unweighted'} ln99"
                 candidates[label] = (fitted, LN99)
             # What any threshold could do: the cosine threshold at 1 % FAR of these very
@@ -261,12 +281,12 @@ def main() -> None:
                 fitted = simulate_fit(
                     db,
                     et.SHRINK_SPEAKERS,
-                    bundled,
+                    prior,
                     identity,
                     form=et.SELF_FORM,
                     validate=et.SHRINK_VALIDATED,
                 )
-                for label, c in (("bundled", bundled), ("self", fitted)):
+                for label, c in (("bundled", prior), ("self", fitted)):
                     row = {}
                     for kind, (q, y) in trials.items():
                         row[f"{kind}_far"], row[f"{kind}_frr"] = rates(c.llrs(q), y, LN99)
@@ -299,7 +319,7 @@ def main() -> None:
 
     lines = [
         f"self-calibration, held-out speakers: {args.splits} splits per set, "
-        f"{args.enrolled} recordings per enrolled speaker; pairs = file pairs, "
+        f"{args.enrolled} recordings per enrolled speaker, prior {args.prior}; pairs = file pairs, "
         "vp = voiceprints of 2-3 recordings; FAR / FRR in %",
         f"{'set':16} {'row':34} {'pairs FAR':>9} {'FRR':>6} {'vp FAR':>7} {'FRR':>6} "
         f"{'genuine':>8}  (EER pairs)",
@@ -342,6 +362,7 @@ def main() -> None:
             "benchmark": "self_calibration",
             "splits": args.splits,
             "enrolled": args.enrolled,
+            "prior": args.prior,
             "summary": summary,
             "eer_pairs": {k: float(np.mean(v)) for k, v in eers.items()},
             "loso_choice": chosen,
