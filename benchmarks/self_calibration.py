@@ -236,6 +236,11 @@ def main() -> None:
                 candidates[f"self k={k:g} far1%"] = (fitted, fitted.threshold_at_far(0.01))
                 affine = simulate_fit(db, k, prior, identity, form="affine")
                 candidates[f"self affine k={k:g} ln99"] = (affine, LN99)
+                # A diagnostic, not a candidate: the operating point guarded by the enrollment
+                # trials, never below the LLR at which 0.1 % of their different-speaker trials
+                # pass (it does not bind: held-out impostors are harder than enrolled ones).
+                guard = max(LN99, affine.threshold_at_far(0.001))
+                candidates[f"guard affine k={k:g} far0.1%"] = (affine, guard)
                 valid = simulate_fit(db, k, prior, identity, form="affine", validate=True)
                 candidates[f"self affine valid k={k:g} ln99"] = (valid, LN99)
             # The guards, measured at k = 0 (no shrinkage hiding what they do):
