@@ -333,6 +333,9 @@ def test_self_calibration_decides_and_is_named(db_url, model, phone_recordings):
     assert fitted["evaluation"]["target_trials"] == 9 * 3  # 9 speakers x 3 recordings
     created = fitted["calibration"]["fit"]["created"]
     assert created >= started  # this fit's date, not the bundled calibration's
+    # the note says how far the fit moved from the bundled calibration, and why
+    assert "weight 0.23 on the fit" in fitted["calibration"]["fit"]["note"]
+    assert "(n / (n + 30))" in fitted["calibration"]["fit"]["note"]
     assert rule["fitted"] == created and f"self calibration fitted {created}" in rule["text"]
 
     code, after = run_json("verify", probe_speaker, probe, db=db_url)
