@@ -12,8 +12,9 @@ are held out: file pairs and voiceprints of 2-3 recordings), with rows:
   database's own recordings of OTHER speakers as cohort (leave-the-speakers-out: neither the
   probe's nor the voiceprint's speaker is in a trial's cohort), a logistic calibration of the
   z-score alone fitted on them (every speaker weighing the same), used at ln 99 or at the
-  LLR reaching 1 % FAR on its own enrollment trials. Held-out trials are normalised against
-  all the database's recordings (none of them of a held-out speaker).
+  LLR reaching 1 % FAR on its own enrollment trials; ``asnorm p=P``: fitted and decided at
+  p_target P (0.003, 0.001: a stricter operating point). Held-out trials are normalised
+  against all the database's recordings (none of them of a held-out speaker).
 
 The choice of a default is made leave-one-set-out (the row with the lowest mean FRR + 99 FAR
 on the other sets, among the rows whose FAR stays <= 1 % on every other set), so the chosen
@@ -154,14 +155,16 @@ def normalised(trials: Trials, db: list[Recording], top_n: int, leave_out: bool)
     return out
 
 
-def fit_z(z: np.ndarray, labels: np.ndarray, groups: list[str], model: dict) -> cal.Calibration:
+def fit_z(
+    z: np.ndarray, labels: np.ndarray, groups: list[str], model: dict, p_fit: float = 0.01
+) -> cal.Calibration:
     ids = {g: i for i, g in enumerate(sorted(set(groups)))}
     return cal.fit_calibration(
         cal.TrialQuality.of(z, 1.0, 1.0),
         labels,
         model=model,
         features=("score",),
-        p_fit=0.01,
+        p_fit=p_fit,
         groups=np.array([ids[g] for g in groups]),
         clip_inputs=False,
     )
@@ -278,6 +281,17 @@ def main() -> None:
                     llr = zfit.llrs(cal.TrialQuality.of(z, 1.0, 1.0))
                     row[f"{kind}_far"], row[f"{kind}_frr"] = rates(llr, trials[1], threshold)
                 rows[label] = row
+            # A stricter operating point, fitted and decided at p_target 0.003 / 0.001
+            # (`calibrate --from-enrollments --norm asnorm --prior P`).
+            for p_target in (0.003, 0.001):
+                strict = fit_z(z_own, own_trials[1], own_trials[4], identity, p_target)
+                threshold = float(np.log((1.0 - p_target) / p_target))
+                row = {}
+                for kind, trials in test.items():
+                    z = normalised(trials, db, args.top_n, leave_out=False)
+                    llr = strict.llrs(cal.TrialQuality.of(z, 1.0, 1.0))
+                    row[f"{kind}_far"], row[f"{kind}_frr"] = rates(llr, trials[1], threshold)
+                rows[f"asnorm p={p_target:g}"] = row
             oracle: dict[str, float] = {}
             for kind, (q, y, *_) in test.items():
                 t = float(np.quantile(q.score[y == 0], 0.99))
