@@ -20,7 +20,11 @@ The choice of a default is made leave-one-set-out (the row with the lowest mean 
 on the other sets, among the rows whose FAR stays <= 1 % on every other set), so the chosen
 row's figures on each set are held out. Cohort: top-N = min(``--top-n``, cohort size).
 
+``--prior held-out``: the affine rows shrink toward the bundled calibration's form fitted
+without the measured set (see benchmarks/self_calibration.py).
+
     SPEAKERDB_TEST_DATA=../shared/data python benchmarks/self_calibration_asnorm.py
+        [--splits 10] [--prior held-out]
 """
 
 from __future__ import annotations
@@ -222,6 +226,13 @@ def main() -> None:
     )
     parser.add_argument("--cohort", choices=("centroids", "recordings"), default="centroids")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/speakerdb-bench-cache"))
+    parser.add_argument(
+        "--prior",
+        choices=("bundled", "held-out"),
+        default="bundled",
+        help="the affine rows shrink toward the bundled calibration or toward its form fitted "
+        "without the measured set",
+    )
     args = parser.parse_args()
     shrinks = [float(s) for s in args.shrink.split(",")]
     global COHORT
@@ -238,6 +249,14 @@ def main() -> None:
     bundled = cal.bundled_calibration(*model.identity.key)
     assert bundled is not None
     cache = EmbeddingCache(args.cache, model.identity.label)
+    priors = {name: bundled for name in SETS}
+    if args.prior == "held-out":  # as in self_calibration.py --prior held-out
+        from calibration_transfer import build_groups, fit_on, leave_one_set_out
+
+        groups = {n: build_groups(n, embed_set(n, model, cache, True), 10, True) for n in SETS}
+        priors = leave_one_set_out(
+            groups, lambda g: fit_on(g, cal.DEFAULT_FEATURES, 0.01, identity, "held-out prior")
+        )
     singles = other_voices(model, args.others)
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for name in SETS:
@@ -258,12 +277,12 @@ def main() -> None:
             test = held_out([r for r in recs if r.speaker not in cal_spk], rng)
             rows: dict[str, dict[str, float]] = {}
             for k in shrinks:
-                fitted = simulate_fit(db, k, bundled, identity, form="affine")
+                fitted = simulate_fit(db, k, priors[name], identity, form="affine")
                 row: dict[str, float] = {}
                 for kind, (q, y, *_) in test.items():
                     row[f"{kind}_far"], row[f"{kind}_frr"] = rates(fitted.llrs(q), y, LN99)
                 rows[f"affine k={k:g} ln99"] = row
-                valid = simulate_fit(db, k, bundled, identity, form="affine", validate=True)
+                valid = simulate_fit(db, k, priors[name], identity, form="affine", validate=True)
                 row = {}
                 for kind, (q, y, *_) in test.items():
                     row[f"{kind}_far"], row[f"{kind}_frr"] = rates(valid.llrs(q), y, LN99)
@@ -340,6 +359,7 @@ def main() -> None:
         {
             "benchmark": "self_calibration_asnorm",
             "splits": args.splits,
+            "prior": args.prior,
             "summary": summary,
             "loso_choice": chosen,
         },
