@@ -84,11 +84,12 @@ benchmarks/self_calibration.py."""
 SHRINK_VALIDATED = False
 """Whether the affine form's weight on the fit is chosen by the database's own speakers
 (speaker-held-out validation, :mod:`speakerdb.enroll._shrinkage`), capped at n / (n + k),
-instead of n / (n + k) itself. Measured leave-one-set-out against the fixed weight and not
-chosen by any left-out set (benchmarks/self_calibration.py, rows "valid"): with 4-5 enrolled
-speakers the folds are too few to tell the weight (held-out phone FAR 3.6-5.2 % uncapped or
-capped at k = 3-10; capped at k = 30 the cap binds and the figures are the fixed weight's);
-kept as an option for measuring databases with more speakers."""
+instead of n / (n + k) itself. Measured leave-one-set-out against the fixed weight
+(benchmarks/self_calibration.py and self_calibration_asnorm.py, rows "valid"): with 4-5
+enrolled speakers the folds are too few to tell the weight (held-out phone FAR 3.6-5.2 %
+uncapped or capped at k = 3-10; 1.5 % capped at k = 10 with 5 single voices besides, the
+library's minimum); chosen only with 20 single voices besides. Off; kept as an option for
+measuring databases with more speakers (docs/calibration.md)."""
 
 SELF_FORM = "affine"
 """How a self-calibration departs from the bundled one: "affine" (a scale and an offset of
