@@ -28,12 +28,12 @@ __all__ = ["NAMING_PRIOR", "DiarizeVerb"]
 NAMING_PRIOR = 0.005
 """The target prior at which voices are named with the database's own calibration of
 AS-norm scores (LLR threshold ln 199 = 5.3), unless the call or the stored setting asks for
-a stricter one. Naming is an identification against everyone enrolled, once per voice, so it
-is cut stricter than one verification (ln 99). Chosen leave-one-set-out among 0.01 ... 0.0001
-(benchmarks/diarize_naming.py): each development conversation set alone chooses it (the
-most known speech named with unknown speech named <= 1 % and wrong names <= 2 %, the
-stricter prior on ties); held out, 79.0 % of known speech named at 16 kHz and 59.7 % at
-8 kHz, unknown speech named 0.17 % / 0.36 % (0.01 names 2.64 % of unknown 8 kHz speech)."""
+a stricter one. Chosen on both development conversation sets (benchmarks/diarize_naming.py,
+priors 0.2 ... 0.0001): the prior naming the most known speech with unknown speech named
+<= 1 % and wrong names <= 2 % on each. Leave-one-set-out: the 8 kHz set alone chooses it
+too (held out on 16 kHz: 79.0 % of known speech named, 0.17 % of unknown speech named); the
+16 kHz set alone chooses 0.05, which on 8 kHz names 88.8 % but also 2.7 % of unknown speech
+(a voice that holds two speakers), so that choice does not transfer (docs/diarization.md)."""
 
 
 class DiarizeVerb(FacadeBase):
