@@ -146,20 +146,144 @@ def name_all(db: Any, name: str, analyses: dict[str, Any], **options: Any) -> di
     return rates(sums)
 
 
-def choose(rows: dict[float, dict[str, float]]) -> float:
-    """The prior naming the most known speech within the error goals, the stricter on ties;
-    the strictest of the grid when none is within them."""
+def choose(rows: dict[float, dict[str, float]], strictest: Any = min) -> float:
+    """The prior (or threshold: ``strictest=max``) naming the most known speech within the
+    error goals, the stricter on ties; the strictest of the grid when none is within them."""
     feasible = [p for p, r in rows.items() if all(r[k] <= b for k, b in GOALS.items())]
     if not feasible:
-        return min(rows)
+        return float(strictest(rows))
     best = max(rows[p]["named_known"] for p in feasible)
-    return min(p for p in feasible if rows[p]["named_known"] >= best - 1e-12)
+    return float(strictest(p for p in feasible if rows[p]["named_known"] >= best - 1e-12))
+
+
+def all_speech(path: Path, analysis: Any, model: Any) -> Any:
+    """The analysis with each voice's voiceprint embedded from all its turns (less 0.25 s at
+    each end), instead of its longest turns up to 30 s."""
+    from dataclasses import replace
+
+    from speakerdb.diarize._stream import open_stream
+
+    audio = np.concatenate(list(open_stream(path).blocks()))
+    prints = analysis.voiceprints.copy()
+    seconds = analysis.voiceprint_seconds.copy()
+    for v in range(analysis.num_voices):
+        pieces = [
+            audio[round((s + 0.25) * 16000) : round((e - 0.25) * 16000)]
+            for s, e, c in analysis.segments
+            if c == v and e - s > 1.0
+        ]
+        if not pieces:
+            continue
+        result = model.embed([np.concatenate(pieces)], sample_rate=16000)[0]
+        if result.vector is not None:
+            prints[v] = result.vector
+            seconds[v] = float(result.speech_seconds or 0.0)
+    return replace(analysis, voiceprints=prints, voiceprint_seconds=seconds)
+
+
+def voice_frames(
+    name: str, conv: dict[str, Any], analysis: Any
+) -> tuple[list[dict[str, int]], dict[str, int]]:
+    """Per voice, its frames of one reference speaker by speaker; and the set's totals."""
+    from self_calibration_naming import FRAME, reference_frames
+
+    n = int(analysis.duration / FRAME) + 1
+    ref = reference_frames(DATA / name / conv["rttm_filepath"], n)
+    voice = np.full(n, -1)
+    for s, e, c in analysis.segments:
+        voice[int(s / FRAME) : min(n, int(e / FRAME))] = c
+    counts: list[dict[str, int]] = [{} for _ in range(analysis.num_voices)]
+    totals = {"known": 0, "unknown": 0, "speech": 0}
+    for who, v in zip(ref, voice, strict=True):
+        if len(who) != 1:
+            continue
+        (speaker,) = who
+        totals["speech"] += 1
+        totals["known" if speaker in conv["known"] else "unknown"] += 1
+        if v >= 0:
+            counts[v][speaker] = counts[v].get(speaker, 0) + 1
+    return counts, totals
+
+
+def score_rules(
+    db: Any, name: str, analyses: dict[str, Any]
+) -> dict[str, dict[float, dict[str, float]]]:
+    """Rules on raw cosines that need no calibration, over a grid of thresholds: ``cosine``
+    (the best enrolled speaker's cosine) and ``zN`` (its cosine as a z-score against the
+    voice's N next best enrolled speakers); one-to-one, at least 3 s of speech per voice."""
+    from speakerdb.diarize import MIN_NAMING_SECONDS, assign_one_to_one
+
+    base = DATA / name
+    speakers = [s.name for s in db.store.speakers()]
+    column = {n: j for j, n in enumerate(speakers)}
+    identity = db.model.identity
+    prepared = []
+    for line in (base / "manifest.jsonl").read_text().splitlines():
+        conv = json.loads(line)
+        analysis = analyses[conv["audio_filepath"]]
+        found = db.store.search(analysis.voiceprints, len(speakers), identity)
+        cos = np.full((analysis.num_voices, len(speakers)), -1.0)
+        for v, candidates in enumerate(found):
+            for c in candidates:
+                cos[v, column[c.name]] = c.score
+        prepared.append(
+            (
+                cos,
+                analysis.speech_seconds >= MIN_NAMING_SECONDS,
+                *voice_frames(name, conv, analysis),
+                set(conv["known"]),
+            )
+        )
+
+    def zscores(cos: Any, top: int) -> Any:
+        out = np.zeros_like(cos)
+        for j in range(cos.shape[1]):
+            others = np.sort(np.delete(cos, j, axis=1), axis=1)[:, -top:]
+            out[:, j] = (cos[:, j] - others.mean(axis=1)) / others.std(axis=1)
+        return out
+
+    rules: dict[str, tuple[Any, Any]] = {
+        "cosine": (lambda c: c, np.round(np.arange(0.80, 0.99, 0.005), 3))
+    }
+    for top in (3, 4, 5, 6, 8, 10, 15):
+        rules[f"z{top}"] = (lambda c, t=top: zscores(c, t), np.round(np.arange(1.5, 9.0, 0.1), 2))
+    out: dict[str, dict[float, dict[str, float]]] = {}
+    for rule, (transform, thresholds) in rules.items():
+        scored = [
+            (transform(cos), enough, counts, totals, known)
+            for cos, enough, counts, totals, known in prepared
+        ]
+        out[rule] = {}
+        for threshold in thresholds.tolist():
+            sums = dict.fromkeys(
+                ("known", "named_known", "wrong", "speech", "unknown", "unknown_named"), 0
+            )
+            for values, enough, counts, totals, known in scored:
+                for k, v in totals.items():
+                    sums[k] += v
+                assigned = assign_one_to_one(values, (values >= threshold) & enough[:, None])
+                for v, j in enumerate(assigned):
+                    if j is None:
+                        continue
+                    for speaker, frames in counts[v].items():
+                        sums["named_known"] += (
+                            frames if speaker == speakers[j] and speaker in known else 0
+                        )
+                        sums["wrong"] += frames if speaker != speakers[j] else 0
+                        sums["unknown_named"] += frames if speaker not in known else 0
+            out[rule][threshold] = rates(sums)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--others", type=int, default=20, help="extra single-recording voices")
-    parser.parse_args()
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="also: voiceprints from all of a voice's speech; cosine and z-score rules",
+    )
+    args = parser.parse_args()
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -176,7 +300,8 @@ def main() -> None:
         (json.loads(line)["label"], DATA / "librispeech" / json.loads(line)["audio_filepath"])
         for line in (DATA / "librispeech" / "singles.jsonl").read_text().splitlines()
     ]
-    others = [(label, path) for label, path in singles if label not in heard][:20]
+    others = [(label, path) for label, path in singles if label not in heard][: args.others]
+    variants: dict[str, dict[str, dict[float, dict[str, float]]]] = {}
     grid: dict[str, dict[str, dict[float, dict[str, float]]]] = {}
     default: dict[str, dict[str, float]] = {}
     fits: dict[str, str] = {}
@@ -203,6 +328,16 @@ def main() -> None:
                         db, name, analyses, norm="asnorm", prior=prior
                     )
                 default[name] = name_all(db, name, analyses)
+                if args.variants:
+                    variants[name] = score_rules(db, name, analyses)
+                    whole = {
+                        key: all_speech(base / key, analysis, model)
+                        for key, analysis in analyses.items()
+                    }
+                    variants[name]["self asnorm, all speech"] = {
+                        prior: name_all(db, name, whole, norm="asnorm", prior=prior)
+                        for prior in PRIORS
+                    }
             finally:
                 db.close()
     lines = ["naming: named known / wrong name / unknown named (frames of one reference speaker)"]
@@ -235,6 +370,20 @@ def main() -> None:
         pooled = choose(both)
         record.setdefault("pooled_choice", {})[path] = pooled
         lines.append(f"chosen on both sets: {path} prior {pooled:g}")
+    for rule in next(iter(variants.values()), {}):
+        for fit, test in zip(SETS, reversed(SETS), strict=True):
+            cut = choose(variants[fit][rule], min if rule.startswith("self") else max)
+            r = variants[test][rule][cut]
+            record.setdefault("variants_held_out", {}).setdefault(rule, {})[test] = {
+                "chosen_on": fit,
+                "threshold": cut,
+                **r,
+            }
+            lines.append(
+                f"variant {rule} on {test}, {cut:g} chosen on {fit}: "
+                f"{100 * r['named_known']:.1f} % named, {100 * r['wrong_name']:.2f} % wrong, "
+                f"{100 * r['unknown_named']:.2f} % unknown named"
+            )
     for name in SETS:
         r = default[name]
         lines.append(
