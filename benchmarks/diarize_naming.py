@@ -384,6 +384,20 @@ def main() -> None:
                 f"{100 * r['named_known']:.1f} % named, {100 * r['wrong_name']:.2f} % wrong, "
                 f"{100 * r['unknown_named']:.2f} % unknown named"
             )
+    if variants:
+        from speakerdb.enroll._diarize_verb import NAMING_PRIOR
+
+        for name in SETS:
+            r = variants[name]["self asnorm, all speech"][NAMING_PRIOR]
+            lines.append(
+                f"variant self asnorm, all speech at the shipped prior {NAMING_PRIOR:g} on "
+                f"{name}: {100 * r['named_known']:.1f} % named, {100 * r['wrong_name']:.2f} % "
+                f"wrong, {100 * r['unknown_named']:.2f} % unknown named"
+            )
+        record["variants"] = {
+            n: {rule: {str(k): v for k, v in g.items()} for rule, g in d.items()}
+            for n, d in variants.items()
+        }
     for name in SETS:
         r = default[name]
         lines.append(
