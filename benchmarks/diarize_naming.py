@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -68,15 +69,18 @@ def cached_analysis(path: Path, model: Any) -> Any:
             notes=tuple(meta["notes"]),
         )
     analysis = analyse_voices(path, model)
-    CACHE.mkdir(exist_ok=True)
-    np.savez(
-        stem.with_suffix(".npz"),
-        segments=np.array(analysis.segments, dtype=np.float64).reshape(-1, 3),
-        voiceprints=analysis.voiceprints,
-        speech_seconds=analysis.speech_seconds,
-        turn_counts=analysis.turn_counts,
-        voiceprint_seconds=analysis.voiceprint_seconds,
-    )
+    CACHE.mkdir(mode=0o700, exist_ok=True)
+    # Voiceprints are biometric data: the cache is readable by its owner only.
+    descriptor = os.open(stem.with_suffix(".npz"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(descriptor, "wb") as handle:
+        np.savez(
+            handle,
+            segments=np.array(analysis.segments, dtype=np.float64).reshape(-1, 3),
+            voiceprints=analysis.voiceprints,
+            speech_seconds=analysis.speech_seconds,
+            turn_counts=analysis.turn_counts,
+            voiceprint_seconds=analysis.voiceprint_seconds,
+        )
     stem.with_suffix(".json").write_text(
         json.dumps(
             {
