@@ -2,7 +2,8 @@
 PostgreSQL, real 8 kHz conversation): without one, voices are decided on raw cosines by the
 database's rule; once the database has fitted one, ``diarize`` uses it by default at the
 naming operating point (:data:`NAMING_PRIOR`, or a stricter stored one), and says so in
-every voice's decision rule; ``norm=None`` keeps raw cosines."""
+every voice's decision rule (Python and ``speakerdb diarize``); ``--norm none`` keeps raw
+cosines."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import json
 import math
 
 import pytest
+from click.testing import CliRunner
 
 from helpers import manifest, require_data
 from speakerdb import SpeakerDB
+from speakerdb.cli import cli
 from speakerdb.enroll._diarize_verb import NAMING_PRIOR
 from speakerdb.storage._records import EnrollRequest, NewUtterance
 
@@ -59,9 +62,11 @@ def test_naming_uses_the_asnorm_self_calibration_at_the_naming_prior(db_url, mod
         before = db.diarize(conversation)
         db.calibrate_from_enrollments(norm="asnorm")
         after = db.diarize(conversation)
-        raw = db.diarize(conversation, norm=None)
+    # The command line: --norm none keeps raw cosines.
+    raw = _cli_json("diarize", str(conversation), "--norm", "none", db=db_url)
+    with SpeakerDB.open(db_url, model=model) as db:
         stricter = db.set_operating_point("asnorm", prior=NAMING_PRIOR / 10)
-        strict = db.diarize(conversation)
+    strict = _cli_json("diarize", str(conversation), db=db_url)  # --norm auto
 
     # Without a calibration of AS-norm scores: raw cosines, the database's rule.
     assert before.decision_rule is not None and before.decision_rule.score == "llr"
@@ -81,11 +86,21 @@ def test_naming_uses_the_asnorm_self_calibration_at_the_naming_prior(db_url, mod
     # Names only ever go to this conversation's known speakers, one voice each.
     names = [s.name for s in after.speakers if s.name is not None]
     assert set(names) <= known and len(names) == len(set(names))
-    # norm=None keeps raw cosines and the database's rule for them.
-    assert raw.decision_rule == before.decision_rule
-    assert [s.name for s in raw.speakers] == [s.name for s in before.speakers]
+    # --norm none keeps raw cosines and the database's rule for them.
+    assert raw["decision_rule"] == before.decision_rule.to_dict()
+    assert [s["name"] for s in raw["speakers"]] == [s.name for s in before.speakers]
     # A stricter stored operating point wins over the naming prior.
     assert stricter.p_target == pytest.approx(NAMING_PRIOR / 10)
-    assert strict.decision_rule is not None
-    assert strict.decision_rule.p_target == pytest.approx(NAMING_PRIOR / 10)
-    _decided_by_its_rule(strict, strict.decision_rule.threshold)
+    rule = strict["decision_rule"]
+    assert rule["calibration"] == "self" and rule["score"] == "llr"
+    assert rule["p_target"] == pytest.approx(NAMING_PRIOR / 10)
+    for speaker in strict["speakers"]:
+        assert speaker["decision_rule"]["threshold"] == pytest.approx(rule["threshold"])
+        for match in speaker["matches"]:
+            assert match["accepted"] == (match["score"] >= rule["threshold"])
+
+
+def _cli_json(*args, db):
+    result = CliRunner().invoke(cli, [*args, "--db", db, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
