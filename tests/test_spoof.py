@@ -728,3 +728,55 @@ def test_sasv_plot_draws_each_curve_it_has_classes_for(tmp_path):
     with pytest.raises(UsageError, match="no DET curve"):
         plot_sasv(only_targets, tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_voice_audio_takes_each_voices_longest_turns_first():
+    from speakerdb.enroll._diarize_spoof import voice_audio
+
+    ramp = np.arange(16000 * 10, dtype=np.float32) / 1e6
+    turns = {"a": [(1.0, 2.0), (4.0, 7.0)], "b": [(8.0, 8.5)], "c": []}
+    heads = voice_audio(ramp, 16000, turns, 16000 * 2)
+    # a: 2 s of its 3 s turn (the longest), none of the shorter one; b: all it has.
+    np.testing.assert_array_equal(heads["a"], ramp[16000 * 4 : 16000 * 6])
+    np.testing.assert_array_equal(heads["b"], ramp[16000 * 8 : 16000 * 8 + 8000])
+    assert heads["c"].size == 0
+    heads = voice_audio(ramp, 16000, {"a": turns["a"]}, 16000 * 4)
+    expected = np.r_[ramp[16000 : 16000 * 2], ramp[16000 * 4 : 16000 * 7]]  # in time order
+    np.testing.assert_array_equal(heads["a"], expected)
+
+
+def test_diarization_does_not_name_a_voice_the_countermeasure_catches(db_url):
+    """A conversation between an enrolled caller and mel-inversion copies of another
+    enrolled voice, named at a permissive threshold (the copies' LLR is about 3): without
+    the countermeasure both voices are named; with it the copy's voice is left unknown
+    (spoof detected, noted) and the real caller keeps its name."""
+    import soundfile as sf
+
+    from helpers import by_speaker
+    from speakerdb import SpeakerDB
+
+    weights = require_weights("AASIST")
+    enroll_1998, _, _ = speaker_1998()
+    groups = by_speaker("librispeech")
+    copies = sorted((DATA / "spoof" / "mel_inversion" / "1998").glob("*.wav"))
+    parts = [copies[0], groups["1688"][0], copies[2], groups["1688"][1], copies[1]]
+    gap = np.zeros(8000, np.float32)
+    audio = np.concatenate([np.r_[sf.read(p, dtype="float32")[0], gap] for p in parts])
+    with SpeakerDB.open(db_url) as db:
+        db.enroll("1998", enroll_1998)
+        db.enroll("1688", groups["1688"][3:6])
+        plain = db.diarize(audio, sample_rate=16000, threshold=2.0)
+        db.use_countermeasure(weights)
+        screened = db.diarize(audio, sample_rate=16000, threshold=2.0)
+    assert sorted(s.name for s in plain.speakers if s.name) == ["1688", "1998"]
+    assert all(s.spoof is None for s in plain.speakers)
+    named = {s.name: s for s in screened.speakers if s.name}
+    assert list(named) == ["1688"] and named["1688"].spoof["detected"] is False
+    caught = [s for s in screened.speakers if s.spoof and s.spoof["detected"]]
+    assert len(caught) == 1 and caught[0].name is None and caught[0].label.startswith("unknown_")
+    assert "countermeasure detected an attack" in caught[0].note
+    assert caught[0].to_dict()["spoof"]["model"].startswith("aasist/AASIST@")
+    # The caught voice's turns carry its new label and no name; the others are unchanged.
+    assert [t.start for t in screened.turns] == [t.start for t in plain.turns]
+    assert all(t.name is None for t in screened.turns if t.label == caught[0].label)
+    assert any(t.name == "1688" for t in screened.turns)

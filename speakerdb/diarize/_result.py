@@ -67,7 +67,9 @@ class DiarizedSpeaker:
     llr: of the assigned speaker, else of the best candidate (None when nobody is
     enrolled). matches: the best candidates, best first. decision_rule: the rule the
     candidates were decided with. note: why it was not named although someone matched
-    (too little speech; the match went to another voice).
+    (too little speech; the match went to another voice; an attack detected). spoof: the
+    database's countermeasure's answer on the voice's speech (``{"model", "score", "llr",
+    "detected"}``), for voices the rule named, where the database has one.
     """
 
     label: str
@@ -80,6 +82,7 @@ class DiarizedSpeaker:
     matches: list[SpeakerMatch] = field(default_factory=list)
     decision_rule: DecisionRule | None = None
     note: str | None = None
+    spoof: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +96,7 @@ class DiarizedSpeaker:
             "matches": [m.to_dict() for m in self.matches],
             "decision_rule": self.decision_rule.to_dict() if self.decision_rule else None,
             "note": self.note,
+            **({"spoof": self.spoof} if self.spoof is not None else {}),
         }
 
 

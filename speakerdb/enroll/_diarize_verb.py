@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,7 @@ class DiarizeVerb(FacadeBase):
         cohort_size: int | None = None,
         sample_rate: int | None = None,
         progress: Callable[[float, float], None] | None = None,
+        spoof_model: str | os.PathLike[str] | None = None,
         **options: Any,
     ) -> Diarization:
         """Who spoke when, by name: the recording's voices (see :mod:`speakerdb.diarize`),
@@ -74,7 +76,10 @@ class DiarizeVerb(FacadeBase):
         :class:`speakerdb.diarize.DiarizationSettings` fields (window, hop,
         cluster_threshold, min_turn, max_pause). progress: ``progress(seconds_done,
         total_seconds)`` while the recording is read. Without a database (opened with
-        ``missing_ok``) the voices keep anonymous labels ``speaker_N``.
+        ``missing_ok``) the voices keep anonymous labels ``speaker_N``. Where the database has
+        a countermeasure (or ``spoof_model`` names one for this call), every voice the rule
+        named is checked on its own speech and one detected as an attack is not named
+        (:mod:`._diarize_spoof`).
 
         Raises UsageError for bad settings, AudioError subclasses for unusable audio
         (NoSpeechError when there is no speech), ModelMismatchError when the database holds
@@ -114,9 +119,15 @@ class DiarizeVerb(FacadeBase):
         ) -> list[list[Candidate]]:
             return self._cohorts.rescore_candidates(probes, found, None, top_n)
 
-        return name_voices(
+        named = name_voices(
             analysis, policy, identity, self.store, asnorm if key is not None else None
         )
+        cm = self._database_countermeasure(spoof_model)
+        if cm is None:
+            return named
+        from speakerdb.enroll._diarize_spoof import screen_named_voices
+
+        return screen_named_voices(named, cm, audio, sample_rate)
 
     def _naming_normalization(self, norm: str | None) -> str | None:
         """The normalisation naming uses: ``norm``, or for "auto" AS-norm when this
