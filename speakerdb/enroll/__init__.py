@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from speakerdb.enroll._facade import SpeakerDB
     from speakerdb.enroll._lists import ManifestEntry, Trial, read_manifest, read_pairs, read_trials
     from speakerdb.enroll._plot import plot_evaluation
+    from speakerdb.enroll._ray_batch import RayOptions
     from speakerdb.enroll._reports import (
         RECOMMENDED_SPEECH_SECONDS,
         EnrollmentReport,
@@ -25,6 +26,7 @@ __all__ = [
     "EvaluationReport",
     "ManifestEntry",
     "ManifestSummary",
+    "RayOptions",
     "SpeakerDB",
     "Trial",
     "plot_evaluation",
@@ -46,6 +48,7 @@ _LAZY = {
     "read_pairs": "speakerdb.enroll._lists",
     "read_trials": "speakerdb.enroll._lists",
     "plot_evaluation": "speakerdb.enroll._plot",
+    "RayOptions": "speakerdb.enroll._ray_batch",
     "EnrollmentReport": "speakerdb.enroll._reports",
     "ManifestSummary": "speakerdb.enroll._reports",
     "RECOMMENDED_SPEECH_SECONDS": "speakerdb.enroll._reports",
