@@ -16,8 +16,10 @@ the workers, not re-embedded).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
+import sys
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -129,10 +131,8 @@ def _session(options: RayOptions) -> Iterator[Any]:
         "runtime_env": {"env_vars": _worker_env()},
     }
     try:
-        if options.local:
-            ray.init(**common)
-        else:
-            ray.init(address=options.address, **common)
+        # "local" always starts a new instance (never joins a cluster running here).
+        ray.init(address=options.address, **common)
     except ConnectionError as exc:
         raise ConfigurationError(
             f"cannot reach the Ray cluster at {options.address}: {exc}"
@@ -140,7 +140,10 @@ def _session(options: RayOptions) -> Iterator[Any]:
     except (RuntimeError, ValueError) as exc:
         raise ConfigurationError(f"cannot start Ray ({options.address}): {exc}") from None
     try:
-        yield ray
+        # Ray prints its workers' and raylets' complaints on the driver's stdout, which is
+        # for results (--json): they go to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            yield ray
     finally:
         ray.shutdown()
 
@@ -190,6 +193,7 @@ def ray_iter_embed(
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
         rows = [
             {
                 "index": i,
@@ -212,9 +216,9 @@ def ray_iter_embed(
             },
             batch_size=options.files_per_task,
             batch_format="numpy",
-            concurrency=workers,
-            max_restarts=-1,
-            max_task_retries=-1,
+            # Ray Data restarts a pool's actor that dies and runs its batch again (its
+            # actors default to max_restarts=-1, max_task_retries=-1).
+            compute=ray.data.ActorPoolStrategy(size=workers),
             **per_worker,
         )
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
