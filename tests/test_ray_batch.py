@@ -12,6 +12,7 @@ holds a committed speaker."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -69,15 +70,11 @@ def _started(log: Path) -> bool:
 def _stop(process: subprocess.Popen) -> None:
     """Stop a ``ray start --block`` and everything it started: its own process group, made
     for it alone (``start_new_session``), so nothing else on the machine is touched."""
-    try:
+    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # whatever outlived the leader
-    except ProcessLookupError:
-        pass
     process.wait()
 
 
