@@ -292,3 +292,30 @@ def test_sqlite_is_refused_for_a_cluster(cluster, speech_manifest, tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: --ray 127.0.0.1:")
     assert "PostgreSQL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_embed_on_the_cluster_equals_one_machine(cluster, speech_manifest, tmp_path):
+    files = [json.loads(line)["audio_filepath"] for line in speech_manifest.read_text().split()]
+    files = [*files[:5], files[-2]]  # five recordings and a missing file
+    command = [sys.executable, "-m", "speakerdb", "embed", *files, "--json"]
+    one = subprocess.run(
+        [*command, "--out", str(tmp_path / "one.npy")], capture_output=True, text=True
+    )
+    got = subprocess.run(
+        [*command, "--out", str(tmp_path / "ray.npy"), *_ray(cluster)],
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+    )
+    assert one.returncode == got.returncode == 2, got.stderr  # the missing file
+    assert json.loads(got.stdout) == json.loads(one.stdout)
+    for name in ("one", "ray"):  # an unusable file: no array written, as on one machine
+        assert not (tmp_path / f"{name}.npy").exists()
+    good = [*command[:4], *files[:5], "--out"]
+    assert subprocess.run([*good, str(tmp_path / "one.npy")]).returncode == 0
+    ray_run = subprocess.run([*good, str(tmp_path / "ray.npy"), *_ray(cluster)], env=cluster.env)
+    assert ray_run.returncode == 0
+    a, b = np.load(tmp_path / "one.npy"), np.load(tmp_path / "ray.npy")
+    assert a.shape == b.shape == (5, 256)
+    assert float((a * b).sum(axis=1).min()) >= 0.9999
+    assert (tmp_path / "ray.npy").stat().st_mode & 0o777 == 0o600

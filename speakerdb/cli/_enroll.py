@@ -23,11 +23,12 @@ from speakerdb.cli._common import (
     show,
     warn,
 )
-from speakerdb.enroll import RECOMMENDED_SPEECH_SECONDS, EnrollmentReport, RayOptions
+from speakerdb.cli._ray import ray_choice, ray_options
+from speakerdb.enroll import RECOMMENDED_SPEECH_SECONDS, EnrollmentReport
 from speakerdb.errors import EnrollmentRefusedError, UsageError
 
 if TYPE_CHECKING:
-    from speakerdb.enroll import ManifestSummary
+    from speakerdb.enroll import ManifestSummary, RayOptions
 
 
 def _parse_meta(items: Sequence[str]) -> dict[str, Any] | None:
@@ -120,27 +121,9 @@ def _report_rejections(reports: Sequence[EnrollmentReport]) -> None:
     metavar="TEXT",
     help="The consent given (who agreed to what): stored with the time and the OS user.",
 )
-@click.option(
-    "--ray",
-    "ray_address",
-    metavar="ADDRESS",
-    help="With --manifest: decode and embed on a Ray cluster (local, auto, ray://HOST:PORT "
-    "or HOST:PORT; extra speakerdb[ray]); results are stored here as without it. A cluster "
-    "needs a PostgreSQL --db; SQLite only with local.",
-)
-@click.option(
-    "--ray-workers",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="With --ray: actors in the pool (default: one per GPU of the cluster, else one per CPU).",
-)
-@click.option(
-    "--ray-files-per-task",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    metavar="N",
-    help="With --ray: files per batch handed to an actor.",
+@ray_options(
+    "With --manifest: decode and embed; results are stored here as without it (a cluster "
+    "needs a PostgreSQL --db, SQLite only with local)"
 )
 @db_option
 @model_option
@@ -179,11 +162,7 @@ def enroll(
             raise UsageError(
                 "--meta, --expires-after and --consent apply to NAME FILE... enrollment only"
             )
-        ray = (
-            None
-            if ray_address is None
-            else RayOptions(ray_address, ray_workers, ray_files_per_task)
-        )
+        ray = ray_choice(ray_address, ray_workers, ray_files_per_task)
         _enroll_manifest(manifest, mode, force, db_url, model_name, device, as_json, ray)
         return
     if ray_address is not None:

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ __all__ = [
     "MARKERS_ENV",
     "RayOptions",
     "check_database",
+    "embed_on_ray",
     "ray_iter_embed",
     "ray_options",
 ]
@@ -223,6 +224,31 @@ def ray_iter_embed(
         )
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             yield from _results(batch)
+
+
+def embed_on_ray(
+    ray: RayOptions | str,
+    audio: Sequence[str | os.PathLike[str]],
+    model: str | os.PathLike[str] | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[ModelIdentity, list[EmbeddedAudio]]:
+    """Embed files on a Ray cluster (what :meth:`Embedder.embed` does on one machine): the
+    model's identity and one result per file, in order. model: as for
+    :func:`speakerdb.load_model` (a model file is loaded here once to know its identity,
+    then by every worker from the same path)."""
+    from speakerdb.model._registry import load_model, model_identity, resolve_model
+
+    options = ray_options(ray)
+    spec = resolve_model(model)
+    identity = model_identity(spec.name) if spec.path is None else load_model(spec).identity
+    paths = [str(p) for p in audio]
+    results: dict[int, EmbeddedAudio] = {}
+    for index, result in ray_iter_embed(options, identity, paths, [()] * len(paths)):
+        results[index] = result
+        if progress is not None:
+            progress(len(results), len(paths))
+    return identity, [results[i] for i in range(len(paths))]
 
 
 class _EmbedWorker:
