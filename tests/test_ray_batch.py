@@ -295,7 +295,9 @@ def test_sqlite_is_refused_for_a_cluster(cluster, speech_manifest, tmp_path):
 
 
 def test_embed_on_the_cluster_equals_one_machine(cluster, speech_manifest, tmp_path):
-    files = [json.loads(line)["audio_filepath"] for line in speech_manifest.read_text().split()]
+    files = [
+        json.loads(line)["audio_filepath"] for line in speech_manifest.read_text().splitlines()
+    ]
     files = [*files[:5], files[-2]]  # five recordings and a missing file
     command = [sys.executable, "-m", "speakerdb", "embed", *files, "--json"]
     one = subprocess.run(
@@ -319,3 +321,32 @@ def test_embed_on_the_cluster_equals_one_machine(cluster, speech_manifest, tmp_p
     assert a.shape == b.shape == (5, 256)
     assert float((a * b).sum(axis=1).min()) >= 0.9999
     assert (tmp_path / "ray.npy").stat().st_mode & 0o777 == 0o600
+
+
+def test_help_does_not_import_ray():
+    probe = (
+        "import sys\n"
+        "from speakerdb.cli import main\n"
+        "for args in (['--help'], ['enroll', '--help'], ['embed', '--help']):\n"
+        "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+        "print('ray' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert "--ray ADDRESS" in result.stdout
+    assert result.stdout.splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ray", "nowhere"], "expected local, auto, ray://HOST:PORT or HOST:PORT"),
+        (["--ray", "local", "--ray-workers", "0"], "--ray-workers"),
+    ],
+)
+def test_bad_ray_options_are_usage_errors(args, message, speech_manifest, tmp_path):
+    result = _enroll(f"sqlite:///{tmp_path / 'x.sqlite'}", speech_manifest, *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "x.sqlite").exists() or _committed(f"sqlite:///{tmp_path}/x.sqlite") == 0
