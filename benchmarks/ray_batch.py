@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--sets", default="librispeech,vctk")
     parser.add_argument("--small", type=int, default=8, help="files of the short runs")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance")
-    parser.add_argument("--files-per-task", type=int, default=16)
+    parser.add_argument("--files-per-task", type=int, default=4)
     args = parser.parse_args()
 
     import ray

@@ -350,3 +350,45 @@ def test_bad_ray_options_are_usage_errors(args, message, speech_manifest, tmp_pa
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "x.sqlite").exists() or _committed(f"sqlite:///{tmp_path}/x.sqlite") == 0
+
+
+NEMO = REPO / "tests" / "fixtures" / "models" / "nemo" / "titanet-small.nemo"
+
+
+def test_reembed_on_the_cluster_equals_one_machine(cluster, pg_url, tmp_path):
+    """GE2E -> the small NeMo fixture, one recording gone since enrollment: both block with
+    the same listing, then both switch with --allow-missing to the same vectors."""
+    rows = manifest("vctk")
+    gone = tmp_path / "gone.wav"
+    gone.write_bytes(rows[20][0].read_bytes())
+    chosen = [*rows[:3], *rows[10:13], (gone, rows[10][1])]
+    listing = tmp_path / "m.jsonl"
+    listing.write_text(
+        "".join(json.dumps({"audio_filepath": str(p), "label": s}) + "\n" for p, s in chosen)
+    )
+    one_url = f"sqlite:///{tmp_path / 'one.sqlite'}"
+    for url in (one_url, pg_url):
+        assert _enroll(url, listing).returncode == 0
+    gone.unlink()
+    reembed = [sys.executable, "-m", "speakerdb", "db", "reembed", "--model", str(NEMO), "--json"]
+    answers = {}
+    for url, extra in ((one_url, []), (pg_url, _ray(cluster))):
+        blocked = subprocess.run(
+            [*reembed, "--db", url, *extra], capture_output=True, text=True, env=cluster.env
+        )
+        assert blocked.returncode == 2, blocked.stderr
+        switched = subprocess.run(
+            [*reembed, "--db", url, "--allow-missing", *extra],
+            capture_output=True,
+            text=True,
+            env=cluster.env,
+        )
+        assert switched.returncode == 0, switched.stderr
+        answers[url] = (json.loads(blocked.stdout), json.loads(switched.stdout))
+    (one_blocked, one_switched), (ray_blocked, ray_switched) = answers[one_url], answers[pg_url]
+    assert ray_blocked["status"] == one_blocked["status"] == "blocked"
+    assert ray_blocked["missing"] == one_blocked["missing"]
+    assert [m["reason"] for m in ray_blocked["missing"]] == ["missing"]
+    for key in ("status", "recordings", "switched_recordings", "dropped_recordings", "model"):
+        assert ray_switched[key] == one_switched[key], key
+    _same_database(pg_url, one_url)

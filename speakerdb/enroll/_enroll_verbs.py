@@ -185,7 +185,7 @@ class EnrollVerbs(FacadeBase):
                 [str(p) for p in paths],
                 [run.known_for(i) for i in range(len(paths))],
                 head_samples=head_samples,
-                **sizes,
+                batch_size=batch_size,
             )
         for done, (index, result) in enumerate(stream, start=1):
             if cm is not None:

@@ -37,12 +37,14 @@ from speakerdb.errors import (
 )
 
 if TYPE_CHECKING:
-    from speakerdb.model._embedder import EmbeddedAudio
+    from speakerdb.model._embedder import EmbeddedAudio, Embedder
+    from speakerdb.model._encoder import SpeakerEncoder
 
 __all__ = [
     "DEFAULT_FILES_PER_TASK",
     "MARKERS_ENV",
     "RayOptions",
+    "RecordingProblem",
     "check_database",
     "embed_on_ray",
     "ray_iter_embed",
@@ -165,13 +167,18 @@ def ray_iter_embed(
     *,
     head_samples: int = 0,
     batch_size: int | None = None,
+    check: ModelIdentity | None = None,
+    expect: Sequence[str] = (),
 ) -> Iterator[tuple[int, EmbeddedAudio]]:
     """Yield ``(index, result)`` for every path, as :meth:`Embedder.iter_embed` would, in
     the order the cluster finishes them.
 
     known[i]: sha256 of audio that need not be embedded for path i (its result comes back
     ``skipped``); None: skip path i whatever its audio (decoded only). head_samples,
-    batch_size: as in :meth:`Embedder.iter_embed`.
+    batch_size: as in :meth:`Embedder.iter_embed`. check, expect: re-embedding -- path i is
+    embedded only if it is still the audio ``expect[i]`` as the model ``check`` decodes it;
+    otherwise its result's error has code "missing" (no such file), "changed" (other audio)
+    or the decoding error's.
     """
     if not paths:
         return
@@ -191,6 +198,8 @@ def ray_iter_embed(
             workers = max(1, int(resources.get("GPU", 0) // gpus))
         else:
             workers = max(1, int(resources.get("CPU", 1)))
+        blocks = max(1, math.ceil(len(paths) / options.files_per_task))
+        workers = min(workers, blocks)  # an actor without a batch would only load the model
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
@@ -201,16 +210,16 @@ def ray_iter_embed(
                 "path": str(path),
                 "skip_all": known[i] is None,
                 "known": ",".join(sorted(known[i] or ())),
+                "expect": expect[i] if expect else "",
             }
             for i, path in enumerate(paths)
         ]
-        dataset = ray.data.from_items(
-            rows, override_num_blocks=max(1, math.ceil(len(rows) / options.files_per_task))
-        ).map_batches(
+        dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             _EmbedWorker,
             fn_constructor_kwargs={
                 "model": identity.source or identity.name,
                 "key": identity.key,
+                "check": None if check is None else (check.source or check.name, check.key),
                 "device": "cuda" if gpus > 0 else "cpu",
                 "head_samples": head_samples,
                 "batch_size": batch_size or DEFAULT_BATCH_SIZE,
@@ -261,31 +270,34 @@ class _EmbedWorker:
         device: str,
         head_samples: int,
         batch_size: int,
+        check: tuple[str, tuple[str, str, int]] | None = None,
     ) -> None:
-        from speakerdb.model._registry import load_model
-
-        self.embedder = load_model(model, device)
-        if self.embedder.identity.key != tuple(key):
-            raise ModelMismatchError(
-                f"Ray worker loaded {self.embedder.identity.label} from {model}, not the "
-                f"job's model {key[0]}:{key[1][:12]}"
-            )
+        self.embedder = _load(model, key, device)
+        self.checker = None if check is None else _load(check[0], check[1], "cpu").encoder
         self.head_samples = head_samples
         self.batch_size = batch_size
         self.batches = 0
 
     def __call__(self, batch: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        from speakerdb.model._embedder import EmbeddedAudio
+
         paths = [str(p) for p in batch["path"]]
         skip_all = [bool(s) for s in batch["skip_all"]]
         known = [set(str(k).split(",")) if k else set() for k in batch["known"]]
-        out: dict[int, EmbeddedAudio] = dict(
-            self.embedder.iter_embed(
-                paths,
-                batch_size=self.batch_size,
-                skip=lambda i, sha: skip_all[i] or sha in known[i],
-                head_samples=self.head_samples,
-            )
-        )
+        out: dict[int, EmbeddedAudio] = {}
+        if self.checker is not None:
+            for i, (path, expect) in enumerate(zip(paths, batch["expect"], strict=True)):
+                problem = _changed(path, str(expect), self.checker)
+                if problem is not None:
+                    out[i] = EmbeddedAudio(path, None, error=problem)
+        todo = [i for i in range(len(paths)) if i not in out]
+        for j, result in self.embedder.iter_embed(
+            [paths[i] for i in todo],
+            batch_size=self.batch_size,
+            skip=lambda j, sha: skip_all[todo[j]] or sha in known[todo[j]],
+            head_samples=self.head_samples,
+        ):
+            out[todo[j]] = result
         columns = _columns(
             [int(i) for i in batch["index"]],
             [out[i] for i in range(len(paths))],
@@ -295,6 +307,44 @@ class _EmbedWorker:
         if self.batches == 1:
             _mark_first_batch()
         return columns
+
+
+def _load(model: str, key: tuple[str, str, int], device: str) -> Embedder:
+    from speakerdb.model._registry import load_model
+
+    embedder = load_model(model, device)
+    if embedder.identity.key != tuple(key):
+        raise ModelMismatchError(
+            f"Ray worker loaded {embedder.identity.label} from {model}, not the job's model "
+            f"{key[0]}:{key[1][:12]}"
+        )
+    return embedder
+
+
+class RecordingProblem(AudioError):
+    """A recording that cannot be re-embedded: ``code`` "missing" or "changed"."""
+
+    def __init__(self, source: str, code: str, reason: str) -> None:
+        super().__init__(source, reason)
+        self.code = code
+
+
+def _changed(path: str, expect: str, checker: SpeakerEncoder) -> AudioError | None:
+    """Why ``path`` is no longer the enrolled audio ``expect`` (None: it is)."""
+    from speakerdb.model._utterance import decoded_digest
+
+    if not os.path.isfile(path):
+        return RecordingProblem(path, "missing", "no such file")
+    try:
+        digest = decoded_digest(path, checker)
+    except AudioError as exc:
+        exc.__traceback__ = None
+        return exc
+    if digest != expect:
+        return RecordingProblem(
+            path, "changed", "the file's audio differs from the enrolled recording"
+        )
+    return None
 
 
 def _mark_first_batch() -> None:
@@ -369,6 +419,8 @@ def _results(batch: dict[str, npt.NDArray[Any]]) -> Iterator[tuple[int, Embedded
 
 def _audio_error(code: str, source: str, reason: str) -> AudioError:
     """The AudioError a worker reported, rebuilt from its code."""
+    if code in ("missing", "changed"):
+        return RecordingProblem(source, code, reason)
     pending: list[type[AudioError]] = [AudioError]
     while pending:
         kind = pending.pop()
