@@ -14,7 +14,9 @@ Throughput is marginal: (N - n) / (T_N - T_n) files/s, and audio seconds per wal
 Scheduling overhead per file: the Ray 1-worker marginal time per file minus the one-process
 1-thread one (same single-threaded encoder; the difference is Ray Data's batching, task
 dispatch and moving results back, plus the driver's conversion). Ray's own start-up is
-reported apart. Results are checked equal across configurations (vectors cosine >= 0.9999).
+reported apart. Each configuration runs ``--repeat`` times, rounds interleaved, and its
+fastest full run (with that round's short run) is kept. Results are checked equal across
+configurations (vectors cosine >= 0.9999).
 
     SPEAKERDB_TEST_DATA=../shared/data python benchmarks/ray_batch.py [--sets vctk] [--small 8]
 
@@ -74,6 +76,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=8, help="files of the short runs")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance")
     parser.add_argument("--files-per-task", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=2, help="interleaved rounds, best kept")
     args = parser.parse_args()
 
     import ray
@@ -102,34 +105,43 @@ def main() -> None:
         ("ray local, 1 worker", RayOptions("local", 1, args.files_per_task), saved_threads),
         ("ray local, 2 workers", RayOptions("local", 2, args.files_per_task), saved_threads),
     ]
-    results = []
+    best: dict[str, tuple[float, float]] = {}
+    worst_cosine: dict[str, float] = {}
     reference: dict[str, np.ndarray] | None = None
     try:
-        for number, (label, options, threads) in enumerate(configs):
-            torch.set_num_threads(threads)
-            short, _ = run(small, folder, f"{number}-small", options)
-            full, vectors = run(rows, folder, f"{number}-full", options)
-            if reference is None:
-                reference = vectors
-            assert sorted(vectors) == sorted(reference)
-            worst = min(float(np.dot(vectors[k], reference[k])) for k in reference)
-            assert worst >= 0.9999, (label, worst)
-            per_file = (full - short) / (len(rows) - len(small))
-            results.append(
-                {
-                    "config": label,
-                    "full_s": round(full, 2),
-                    "small_s": round(short, 2),
-                    "marginal_files_per_s": round(1.0 / per_file, 2),
-                    "marginal_x_realtime": round(audio_s / len(rows) / per_file, 1),
-                    "fixed_s": round(short - len(small) * per_file, 2),
-                    "end_to_end_files_per_s": round(len(rows) / full, 2),
-                    "min_cosine_vs_first": round(worst, 6),
-                }
-            )
+        for round_number in range(args.repeat):  # rounds interleaved; best of each kept
+            for number, (label, options, threads) in enumerate(configs):
+                torch.set_num_threads(threads)
+                tag = f"{round_number}-{number}"
+                short, _ = run(small, folder, f"{tag}-small", options)
+                full, vectors = run(rows, folder, f"{tag}-full", options)
+                if reference is None:
+                    reference = vectors
+                assert sorted(vectors) == sorted(reference)
+                worst = min(float(np.dot(vectors[k], reference[k])) for k in reference)
+                assert worst >= 0.9999, (label, worst)
+                worst_cosine[label] = min(worst, worst_cosine.get(label, 1.0))
+                if label not in best or full < best[label][0]:
+                    best[label] = (full, short)
     finally:
         torch.set_num_threads(saved_threads)
         ray.shutdown()
+    results = []
+    for label, _, _ in configs:
+        full, short = best[label]
+        per_file = (full - short) / (len(rows) - len(small))
+        results.append(
+            {
+                "config": label,
+                "full_s": round(full, 2),
+                "small_s": round(short, 2),
+                "marginal_files_per_s": round(1.0 / per_file, 2),
+                "marginal_x_realtime": round(audio_s / len(rows) / per_file, 1),
+                "fixed_s": round(short - len(small) * per_file, 2),
+                "end_to_end_files_per_s": round(len(rows) / full, 2),
+                "min_cosine_vs_first": round(worst_cosine[label], 6),
+            }
+        )
     by = {r["config"]: r for r in results}
     overhead_ms = 1000.0 * (
         1.0 / by["ray local, 1 worker"]["marginal_files_per_s"]
@@ -137,7 +149,8 @@ def main() -> None:
     )
     lines = [
         f"{len(rows)} files ({audio_s:.0f} s of audio; sets {args.sets}), short runs of "
-        f"{len(small)}; {args.files_per_task} files per Ray task; load average "
+        f"{len(small)}; {args.files_per_task} files per Ray task; best of {args.repeat} "
+        f"interleaved rounds; load average "
         f"{os.getloadavg()[0]:.2f}; Ray start {ray_start_s:.1f} s",
         f"{'configuration':<24} {'full s':>7} {'files/s':>8} {'x RT':>6} {'fixed s':>8}",
     ]
@@ -156,6 +169,7 @@ def main() -> None:
             "audio_s": round(audio_s, 1),
             "sets": args.sets,
             "files_per_task": args.files_per_task,
+            "repeat": args.repeat,
             "ray_start_s": round(ray_start_s, 2),
             "load_average": round(os.getloadavg()[0], 2),
             "configs": results,
