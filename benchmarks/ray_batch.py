@@ -70,6 +70,48 @@ def run(rows, folder: Path, tag: str, ray=None) -> tuple[float, dict[str, np.nda
     return seconds, vectors
 
 
+class NoopWorker:
+    """An actor that answers every file at once with a fixed result in the job's columns:
+    what is left of a Ray job's time is scheduling, batching and moving results."""
+
+    def __call__(self, batch):
+        from speakerdb.enroll._ray_batch import _columns
+        from speakerdb.model._embedder import EmbeddedAudio
+
+        vector = np.full(256, 1 / 16, dtype=np.float32)
+        results = [
+            EmbeddedAudio(str(p), vector, sha256="0" * 64, duration=1.0, speech_seconds=1.0)
+            for p in batch["path"]
+        ]
+        return _columns([int(i) for i in batch["index"]], results, 256)
+
+
+def scheduling_seconds(ray, files: int, files_per_task: int) -> float:
+    """Seconds for a one-actor Ray Data job over ``files`` rows with :class:`NoopWorker`,
+    results converted back on the driver as a real job's are."""
+    from speakerdb.enroll._ray_batch import _results
+
+    rows = [
+        {"index": i, "path": f"/x/{i}.wav", "skip_all": False, "known": "", "expect": ""}
+        for i in range(files)
+    ]
+    start = time.perf_counter()
+    dataset = ray.data.from_items(
+        rows, override_num_blocks=max(1, files // files_per_task)
+    ).map_batches(
+        NoopWorker,
+        batch_size=files_per_task,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=1,
+    )
+    count = 0
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        count += sum(1 for _ in _results(batch))
+    assert count == files
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", default="librispeech,vctk")
@@ -105,6 +147,13 @@ def main() -> None:
         ("ray local, 1 worker", RayOptions("local", 1, args.files_per_task), saved_threads),
         ("ray local, 2 workers", RayOptions("local", 2, args.files_per_task), saved_threads),
     ]
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    probe = {
+        n: min(scheduling_seconds(ray, n, args.files_per_task) for _ in range(2)) for n in (40, 400)
+    }
+    noop_ms = 1000.0 * (probe[400] - probe[40]) / 360
     best: dict[str, tuple[float, float]] = {}
     worst_cosine: dict[str, float] = {}
     reference: dict[str, np.ndarray] | None = None
@@ -160,6 +209,10 @@ def main() -> None:
             f"{r['marginal_x_realtime']:>6.1f} {r['fixed_s']:>8.1f}"
         )
     lines.append(f"Ray scheduling overhead per file (1 worker vs 1 thread): {overhead_ms:.1f} ms")
+    lines.append(
+        f"Ray Data job of a no-op actor: {noop_ms:.2f} ms per file ({probe[40]:.1f} s for 40 "
+        f"files, {probe[400]:.1f} s for 400; {args.files_per_task} per task)"
+    )
     emit(
         lines,
         {
@@ -174,6 +227,8 @@ def main() -> None:
             "load_average": round(os.getloadavg()[0], 2),
             "configs": results,
             "overhead_ms_per_file": round(overhead_ms, 1),
+            "noop_job_ms_per_file": round(noop_ms, 3),
+            "noop_job_s": {str(k): round(v, 2) for k, v in probe.items()},
         },
     )
 

@@ -381,3 +381,17 @@ def test_reembed_on_the_cluster_equals_one_machine(cluster, pg_url, tmp_path):
         assert got[key] == one[key], key
     assert got["missing"] == one["missing"]
     _same_database(pg_url, one_url)
+
+
+def test_a_worker_with_other_weights_fails_the_job_with_the_model_error(cluster, monkeypatch):
+    import dataclasses
+
+    from speakerdb.enroll._ray_batch import RayOptions, ray_iter_embed
+    from speakerdb.errors import ModelMismatchError
+    from speakerdb.model._registry import model_identity
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    other = dataclasses.replace(model_identity("ge2e"), weights_sha256="f" * 64)
+    path = str(manifest("vctk")[0][0])
+    with pytest.raises(ModelMismatchError, match="not the job's model ge2e:ffffffffffff"):
+        list(ray_iter_embed(RayOptions(cluster.address, 1, 1), other, [path], [()]))

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from speakerdb.errors import (
     ConfigurationError,
     MissingDependencyError,
     ModelMismatchError,
+    SpeakerDBError,
     UsageError,
 )
 
@@ -231,8 +233,11 @@ def ray_iter_embed(
             compute=ray.data.ActorPoolStrategy(size=workers),
             **per_worker,
         )
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            yield from _results(batch)
+        try:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                yield from _results(batch)
+        except ray.exceptions.RayError as exc:
+            raise _job_error(exc) from None
 
 
 def embed_on_ray(
@@ -345,6 +350,28 @@ def _changed(path: str, expect: str, checker: SpeakerEncoder) -> AudioError | No
             path, "changed", "the file's audio differs from the enrolled recording"
         )
     return None
+
+
+def _job_error(exc: Exception) -> SpeakerDBError:
+    """The error that failed a Ray job, as the one-machine command would raise it: a
+    speakerdb error raised in a worker (its class and message; Ray passes some only as
+    text), else ConfigurationError naming Ray's."""
+    from speakerdb import errors
+
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, SpeakerDBError):
+        return cause
+    found = re.findall(r"speakerdb\.errors\.(\w+): (.+)", str(exc))
+    if found:
+        name, message = found[-1]
+        kind = getattr(errors, name, None)
+        if isinstance(kind, type) and issubclass(kind, SpeakerDBError):
+            try:
+                return kind(message)
+            except TypeError:  # classes with more arguments
+                pass
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ConfigurationError(f"the Ray job failed: {first}")
 
 
 def _mark_first_batch() -> None:
