@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from speakerdb.enroll._evaluation import EvaluationReport, trials_from_manifest, write_scores
     from speakerdb.enroll._facade import SpeakerDB
     from speakerdb.enroll._lists import ManifestEntry, Trial, read_manifest, read_pairs, read_trials
-    from speakerdb.enroll._plot import plot_evaluation
+    from speakerdb.enroll._plot import plot_evaluation, plot_sasv
     from speakerdb.enroll._ray_batch import RayOptions, embed_on_ray
     from speakerdb.enroll._reports import (
         RECOMMENDED_SPEECH_SECONDS,
@@ -31,6 +31,7 @@ __all__ = [
     "Trial",
     "embed_on_ray",
     "plot_evaluation",
+    "plot_sasv",
     "read_manifest",
     "read_pairs",
     "read_trials",
@@ -49,6 +50,7 @@ _LAZY = {
     "read_pairs": "speakerdb.enroll._lists",
     "read_trials": "speakerdb.enroll._lists",
     "plot_evaluation": "speakerdb.enroll._plot",
+    "plot_sasv": "speakerdb.enroll._plot",
     "RayOptions": "speakerdb.enroll._ray_batch",
     "embed_on_ray": "speakerdb.enroll._ray_batch",
     "EnrollmentReport": "speakerdb.enroll._reports",
