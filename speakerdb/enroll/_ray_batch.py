@@ -132,7 +132,8 @@ def _session(options: RayOptions) -> Iterator[Any]:
         "include_dashboard": False,
         "log_to_driver": False,
         "configure_logging": False,
-        # The workers must import this speakerdb, wherever the driver found it.
+        # The driver's limits apply on the workers too. (Not PYTHONPATH: paths of this
+        # machine; every node must have speakerdb installed, or started with its own.)
         "runtime_env": {"env_vars": _worker_env()},
     }
     try:
@@ -155,7 +156,7 @@ def _session(options: RayOptions) -> Iterator[Any]:
 
 def _worker_env() -> dict[str, str]:
     env = {}
-    for name in ("PYTHONPATH", "SPEAKERDB_MAX_AUDIO_SECONDS", MARKERS_ENV):
+    for name in ("SPEAKERDB_MAX_AUDIO_SECONDS", MARKERS_ENV):
         if os.environ.get(name):
             env[name] = os.environ[name]
     return env
