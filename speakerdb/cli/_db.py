@@ -20,6 +20,7 @@ from speakerdb.cli._common import (
     open_db,
     show,
 )
+from speakerdb.cli._ray import ray_choice, ray_options
 from speakerdb.errors import RecordingsMissingError
 
 
@@ -167,6 +168,10 @@ def db_compact(db_url: str | None, as_json: bool) -> None:
     metavar="N",
     help="Recordings re-embedded per committed batch (an interrupted run redoes at most N).",
 )
+@ray_options(
+    "Check and embed the recordings (read at the paths they were enrolled from); the "
+    "batches are committed here as without it (a cluster needs a PostgreSQL --db)"
+)
 @db_option
 @device_option
 @json_option
@@ -176,6 +181,9 @@ def db_reembed(
     allow_missing: bool,
     drop_old: bool,
     commit_every: int,
+    ray_address: str | None,
+    ray_workers: int | None,
+    ray_files_per_task: int,
     db_url: str | None,
     device: str | None,
     as_json: bool,
@@ -197,6 +205,7 @@ def db_reembed(
             drop_old=drop_old,
             progress=_committed_progress(),
             commit_every=commit_every,
+            ray=ray_choice(ray_address, ray_workers, ray_files_per_task),
         )
     document = report.to_dict()
     error = None

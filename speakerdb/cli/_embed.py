@@ -20,6 +20,7 @@ from speakerdb.cli._common import (
     progress_bar,
     show,
 )
+from speakerdb.cli._ray import ray_choice, ray_options
 
 
 @click.command()
@@ -30,21 +31,37 @@ from speakerdb.cli._common import (
     type=click.Path(path_type=Path, dir_okay=False),
     help="Where to write the (N, D) float32 array (.npy), row i for FILE i (mode 0600).",
 )
+@ray_options("Decode and embed")
 @model_option
 @device_option
 @json_option
 @handles_errors
 def embed(
-    files: tuple[Path, ...], out: Path, model_name: str | None, device: str | None, as_json: bool
+    files: tuple[Path, ...],
+    out: Path,
+    ray_address: str | None,
+    ray_workers: int | None,
+    ray_files_per_task: int,
+    model_name: str | None,
+    device: str | None,
+    as_json: bool,
 ) -> None:
     """Write the voiceprints of FILE(s) to a .npy array (unit-norm rows, in order)."""
     import numpy as np
 
-    from speakerdb.model import load_model
-
-    model = load_model(model_name, device)
+    ray = ray_choice(ray_address, ray_workers, ray_files_per_task)
     with progress_bar("embedding") as bar:
-        results = model.embed(list(files), progress=bar)
+        if ray is None:
+            from speakerdb.model import load_model
+
+            model = load_model(model_name, device)
+            label, dimension = model.identity.label, model.dimension
+            results = model.embed(list(files), progress=bar)
+        else:
+            from speakerdb.enroll import embed_on_ray
+
+            identity, results = embed_on_ray(ray, list(files), model_name, progress=bar)
+            label, dimension = identity.label, identity.dimension
     failed = [r for r in results if r.error is not None]
     for r in failed:
         assert r.error is not None
@@ -60,7 +77,7 @@ def embed(
         emit_json(
             {
                 "out": str(out) if not failed else None,
-                "model": model.identity.label,
+                "model": label,
                 "files": [
                     {"source": r.source, "sha256": r.sha256, "speech_seconds": r.speech_seconds}
                     if r.error is None
@@ -70,6 +87,6 @@ def embed(
             }
         )
     elif not failed:
-        click.echo(f"wrote {len(results)} x {model.dimension} voiceprints to {show(out)}")
+        click.echo(f"wrote {len(results)} x {dimension} voiceprints to {show(out)}")
     if failed:
         sys.exit(EXIT_ERROR)

@@ -23,11 +23,12 @@ from speakerdb.cli._common import (
     show,
     warn,
 )
+from speakerdb.cli._ray import ray_choice, ray_options
 from speakerdb.enroll import RECOMMENDED_SPEECH_SECONDS, EnrollmentReport
 from speakerdb.errors import EnrollmentRefusedError, UsageError
 
 if TYPE_CHECKING:
-    from speakerdb.enroll import ManifestSummary
+    from speakerdb.enroll import ManifestSummary, RayOptions
 
 
 def _parse_meta(items: Sequence[str]) -> dict[str, Any] | None:
@@ -120,6 +121,10 @@ def _report_rejections(reports: Sequence[EnrollmentReport]) -> None:
     metavar="TEXT",
     help="The consent given (who agreed to what): stored with the time and the OS user.",
 )
+@ray_options(
+    "With --manifest: decode and embed; results are stored here as without it (a cluster "
+    "needs a PostgreSQL --db, SQLite only with local)"
+)
 @db_option
 @model_option
 @device_option
@@ -134,6 +139,9 @@ def enroll(
     force: bool,
     expires_after: str | None,
     consent: str | None,
+    ray_address: str | None,
+    ray_workers: int | None,
+    ray_files_per_task: int,
     db_url: str | None,
     model_name: str | None,
     device: str | None,
@@ -154,8 +162,11 @@ def enroll(
             raise UsageError(
                 "--meta, --expires-after and --consent apply to NAME FILE... enrollment only"
             )
-        _enroll_manifest(manifest, mode, force, db_url, model_name, device, as_json)
+        ray = ray_choice(ray_address, ray_workers, ray_files_per_task)
+        _enroll_manifest(manifest, mode, force, db_url, model_name, device, as_json, ray)
         return
+    if ray_address is not None:
+        raise UsageError("--ray applies to --manifest enrollment only")
     if not name or not files:
         raise UsageError("usage: speakerdb enroll NAME FILE... (or --manifest M.jsonl)")
     metadata = _parse_meta(meta)
@@ -200,12 +211,13 @@ def _enroll_manifest(
     model_name: str | None,
     device: str | None,
     as_json: bool,
+    ray: RayOptions | None = None,
 ) -> None:
     from speakerdb.enroll import read_manifest
 
     entries = read_manifest(manifest)
     with open_db(db_url, model_name, device) as db, progress_bar("enrolling") as bar:
-        summary = db.enroll_manifest(entries, mode=mode, progress=bar, force=force)
+        summary = db.enroll_manifest(entries, mode=mode, progress=bar, force=force, ray=ray)
     _report_rejections(summary.reports)
     if as_json:
         emit_json(summary.to_dict())

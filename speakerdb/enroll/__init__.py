@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from speakerdb.enroll._facade import SpeakerDB
     from speakerdb.enroll._lists import ManifestEntry, Trial, read_manifest, read_pairs, read_trials
     from speakerdb.enroll._plot import plot_evaluation, plot_sasv
+    from speakerdb.enroll._ray_batch import RayOptions, embed_on_ray
     from speakerdb.enroll._reports import (
         RECOMMENDED_SPEECH_SECONDS,
         EnrollmentReport,
@@ -25,8 +26,10 @@ __all__ = [
     "EvaluationReport",
     "ManifestEntry",
     "ManifestSummary",
+    "RayOptions",
     "SpeakerDB",
     "Trial",
+    "embed_on_ray",
     "plot_evaluation",
     "plot_sasv",
     "read_manifest",
@@ -48,6 +51,8 @@ _LAZY = {
     "read_trials": "speakerdb.enroll._lists",
     "plot_evaluation": "speakerdb.enroll._plot",
     "plot_sasv": "speakerdb.enroll._plot",
+    "RayOptions": "speakerdb.enroll._ray_batch",
+    "embed_on_ray": "speakerdb.enroll._ray_batch",
     "EnrollmentReport": "speakerdb.enroll._reports",
     "ManifestSummary": "speakerdb.enroll._reports",
     "RECOMMENDED_SPEECH_SECONDS": "speakerdb.enroll._reports",

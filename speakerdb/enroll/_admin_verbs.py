@@ -22,6 +22,7 @@ from speakerdb.storage._records import (
 if TYPE_CHECKING:
     import datetime as dt
 
+    from speakerdb.enroll._ray_batch import RayOptions
     from speakerdb.model._embedder import Embedder
     from speakerdb.storage._audit import AuditCheck, AuditEntry
     from speakerdb.storage._check import CheckReport
@@ -45,6 +46,7 @@ class AdminVerbs(FacadeBase):
         drop_old: bool = False,
         progress: Progress | None = None,
         commit_every: int | None = None,
+        ray: RayOptions | str | None = None,
     ) -> ReembedReport:
         """Switch this database to another embedding model (a name, a path or an Embedder).
 
@@ -59,13 +61,19 @@ class AdminVerbs(FacadeBase):
         ``allow_missing``: then they are dropped, and speakers left without any recording
         are deleted (listed). ``model`` None with ``drop_old``: delete the vectors of other
         models. ``progress(done, total)``: after each committed batch of ``commit_every``
-        recordings (default :data:`speakerdb.enroll._reembed.COMMIT_EVERY`).
+        recordings (default :data:`speakerdb.enroll._reembed.COMMIT_EVERY`). ray: check and
+        embed on a Ray cluster (see :meth:`enroll_manifest`; SQLite only with "local").
 
         Raises UsageError (read-only, empty database), ModelError / ModelNotFoundError,
         StoreError.
         """
+        from speakerdb.enroll._ray_batch import check_database, ray_options
         from speakerdb.enroll._reembed import reembed_store
 
+        options = None if ray is None else ray_options(ray)
+        if options is not None:
+            location = self.store.location
+            check_database(options, location.dialect, location.display)
         new: Embedder | None = None
         if isinstance(model, str | os.PathLike):
             from speakerdb.model._registry import load_model
@@ -80,6 +88,7 @@ class AdminVerbs(FacadeBase):
             allow_missing=allow_missing,
             drop_old=drop_old,
             progress=progress,
+            ray=options,
             **({"commit_every": commit_every} if commit_every else {}),
         )
         if new is not None and report.status in ("switched", "current"):

@@ -23,6 +23,7 @@ from speakerdb.enroll._enrollment import (
 )
 from speakerdb.enroll._guard import AppendGuard, check_overwrite, refusal
 from speakerdb.enroll._lists import ManifestEntry
+from speakerdb.enroll._ray_batch import RayOptions, check_database, ray_iter_embed, ray_options
 from speakerdb.enroll._reports import EnrollmentReport, InputReport, ManifestSummary
 from speakerdb.errors import OptedOutError, UsageError
 from speakerdb.model._audio import AudioInput, source_label
@@ -146,6 +147,7 @@ class EnrollVerbs(FacadeBase):
         progress: Progress | None = None,
         batch_size: int | None = None,
         force: bool = False,
+        ray: RayOptions | str | None = None,
     ) -> ManifestSummary:
         """Enroll many speakers from manifest entries in one pass (batched embedding).
 
@@ -156,21 +158,35 @@ class EnrollVerbs(FacadeBase):
         :meth:`enroll`: a speaker whose new recordings do not match gets nothing of this run
         (its report marks them "refused"), the others go ahead. ``force``: as in
         :meth:`enroll` (needed for mode overwrite).
+
+        ray: decode and embed on a Ray cluster (an address, "local" or "auto", or
+        :class:`RayOptions`; extra ``speakerdb[ray]``); results are committed here exactly as
+        without it. SQLite only with "local": a cluster's job needs PostgreSQL.
         """
         checked_mode = enroll_mode(mode)
         check_overwrite(checked_mode, force, "the manifest's speakers")
+        options = None if ray is None else ray_options(ray)
+        if options is not None:
+            location = self.store.location
+            check_database(options, location.dialect, location.display)
         guard = None if force else AppendGuard(self.decision_policy(None))
-        run = ManifestEnrollment(
-            self.store, self._check_model(), entries, checked_mode, self.threshold, guard
-        )
+        identity = self._check_model()
+        run = ManifestEnrollment(self.store, identity, entries, checked_mode, self.threshold, guard)
         paths = [entry.path for entry in entries]
         cm = self._database_countermeasure()
-        stream = self.model.iter_embed(
-            paths,
-            skip=run.skip,
-            head_samples=cm.input_samples if cm else 0,
-            **({"batch_size": batch_size} if batch_size else {}),
-        )
+        sizes = {"batch_size": batch_size} if batch_size else {}
+        head_samples = cm.input_samples if cm else 0
+        if options is None:
+            stream = self.model.iter_embed(paths, skip=run.skip, head_samples=head_samples, **sizes)
+        else:
+            stream = ray_iter_embed(
+                options,
+                identity,
+                [str(p) for p in paths],
+                [run.known_for(i) for i in range(len(paths))],
+                head_samples=head_samples,
+                batch_size=batch_size,
+            )
         for done, (index, result) in enumerate(stream, start=1):
             if cm is not None:
                 from speakerdb.enroll._spoof import refuse_spoofs

@@ -197,6 +197,14 @@ class ManifestEnrollment:
             return True
         return sha256 in self._known.get(name, set())
 
+    def known_for(self, index: int) -> set[str] | None:
+        """The audio (sha256) input ``index`` need not be embedded for; None: none of it
+        (mode skip, the speaker exists). :meth:`skip` as data, for workers elsewhere."""
+        name = self._speaker_of[index]
+        if self._mode == "skip" and name in self._existing:
+            return None
+        return self._known.get(name, set())
+
     def add(self, index: int, result: EmbeddedAudio) -> None:
         """One input is embedded (or failed); commit when the rhythm says so."""
         name = self._speaker_of[index]

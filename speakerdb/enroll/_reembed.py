@@ -14,7 +14,7 @@ they are dropped, and a speaker left without any recording is deleted (listed to
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,8 @@ from speakerdb.storage._reembed import (
 )
 
 if TYPE_CHECKING:
+    from speakerdb._identity import ModelIdentity
+    from speakerdb.enroll._ray_batch import RayOptions
     from speakerdb.model._embedder import Embedder
     from speakerdb.model._encoder import SpeakerEncoder
     from speakerdb.storage._store import EnrollmentStore
@@ -108,13 +110,15 @@ def reembed_store(
     drop_old: bool = False,
     progress: Progress | None = None,
     commit_every: int = COMMIT_EVERY,
+    ray: RayOptions | None = None,
 ) -> ReembedReport:
     """Switch ``store`` to the model ``new`` (None: only ``drop_old``).
 
     current: loads the database's current model, needed only to check that recordings are
     unchanged (its audio pipeline defines the recorded sha256). progress: called as
     ``progress(done, total)`` after each committed batch (done counts every recording with a
-    vector of the new model, including those of earlier runs).
+    vector of the new model, including those of earlier runs). ray: check and embed on a Ray
+    cluster instead (the batches committed here as without it).
 
     Raises UsageError (read-only, empty database, nothing asked), ModelError /
     ModelNotFoundError (the current model cannot be loaded to check recordings),
@@ -153,12 +157,18 @@ def reembed_store(
             report.recordings = done + len(pending) + len(missing)
             report.reused = done
             first = False
-        if pending and checker is None:
+        if pending and checker is None and ray is None:
             checker = current().encoder
         total = done + len(pending)
-        for start in range(0, len(pending), commit_every):
-            batch = pending[start : start + commit_every]
-            vectors, problems = _embed_batch(batch, checker, new)  # type: ignore[arg-type]
+        batches: Iterator[tuple[list[NewVector], dict[int, MissingRecording]]]
+        if ray is None:
+            batches = (
+                _embed_batch(pending[start : start + commit_every], checker, new)  # type: ignore[arg-type]
+                for start in range(0, len(pending), commit_every)
+            )
+        else:
+            batches = _ray_batches(ray, held, target, pending, commit_every)
+        for vectors, problems in batches:
             save_vectors(store, model_id, target.dimension, vectors)
             missing.update(problems)
             report.reembedded += len(vectors)
@@ -251,6 +261,45 @@ def _embed_batch(
             continue
         vectors.append(NewVector(item.utterance_id, result.sha256, result.vector))
     return vectors, problems
+
+
+def _ray_batches(
+    ray: RayOptions,
+    held: ModelIdentity,
+    target: ModelIdentity,
+    pending: Sequence[PendingRecording],
+    commit_every: int,
+) -> Iterator[tuple[list[NewVector], dict[int, MissingRecording]]]:
+    """:func:`_embed_batch`'s answers for ``pending``, checked and embedded on a Ray cluster
+    in one job, handed back ``commit_every`` recordings at a time."""
+    from speakerdb.enroll._ray_batch import ray_iter_embed
+
+    if not pending:
+        return
+    vectors: list[NewVector] = []
+    problems: dict[int, MissingRecording] = {}
+    stream = ray_iter_embed(
+        ray,
+        target,
+        [item.source or "" for item in pending],
+        [()] * len(pending),
+        check=held,
+        expect=[item.audio_sha256 for item in pending],
+    )
+    for index, result in stream:
+        item = pending[index]
+        if result.vector is None or result.sha256 is None:
+            code, why = (result.error.code, result.error.reason) if result.error else ("error", "")
+            if item.source is None:
+                code, why = "missing", "no path was recorded"
+            problems[item.utterance_id] = MissingRecording(item.speaker, item.source, code, why)
+        else:
+            vectors.append(NewVector(item.utterance_id, result.sha256, result.vector))
+        if len(vectors) + len(problems) >= commit_every:
+            yield vectors, problems
+            vectors, problems = [], {}
+    if vectors or problems:
+        yield vectors, problems
 
 
 def _label(identity: Any) -> str | None:
