@@ -403,13 +403,15 @@ def test_spoof_use_show_off_cli(db_url, tmp_path):
     recorded = json.loads(result.stdout)["countermeasure"]
     assert recorded["variant"] == "AASIST" and recorded["source"] == str(weights)
     result = run("spoof", "show", "--db", db_url, "--json")
-    assert json.loads(result.stdout) == {"countermeasure": recorded}
+    bundled = {"source": "bundled"}
+    assert json.loads(result.stdout) == {"countermeasure": recorded, "calibration": bundled}
     bad = tmp_path / "bad.pth"
     torch.save({"pos_S": torch.zeros(3)}, bad)
     result = run("spoof", "use", str(bad), "--db", db_url)
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert json.loads(run("spoof", "show", "--db", db_url, "--json").stdout) == {
-        "countermeasure": recorded
+        "countermeasure": recorded,
+        "calibration": bundled,
     }
     result = run("spoof", "off", "--db", db_url)
     assert result.exit_code == 0 and "was aasist/AASIST" in result.stdout

@@ -134,6 +134,8 @@ def show_countermeasure(db_url: str | None, as_json: bool) -> None:
         )
         return
     _describe(record, False, "countermeasure: ")
+    if record is None and own is None:
+        return
     if own is None:
         click.echo("spoof calibration: bundled (where one ships for the weights)")
     else:
