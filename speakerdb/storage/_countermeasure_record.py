@@ -75,6 +75,6 @@ def write_countermeasure(store: EnrollmentStore, record: CountermeasureRecord | 
     def work(conn: Connection) -> None:
         lock_state(conn)
         conn.execute(update(StoreState).where(StoreState.id == 1).values(**values))
-        append(conn, [entry])
+        append(conn, store.writing_tenant(conn), [entry])
 
     store.write(work, "record the countermeasure")
