@@ -11,7 +11,7 @@ from fastapi import Depends, Query
 from starlette.responses import JSONResponse
 
 from speakerdb.errors import UsageError
-from speakerdb.service._routes import SpeakerName, State, answer, require, router
+from speakerdb.service._routes import Db, SpeakerName, State, answer, require, router
 
 __all__ = ["audit_log", "expire", "opt_in", "opt_out"]
 
@@ -25,6 +25,7 @@ __all__ = ["audit_log", "expire", "opt_in", "opt_out"]
 )
 def audit_log(
     state: State,
+    db: Db,
     since: Annotated[
         str | None, Query(description="Entries at or after this ISO 8601 time (default UTC).")
     ] = None,
@@ -35,7 +36,8 @@ def audit_log(
     limit: Annotated[int, Query(ge=1, le=10000, description="The last N entries.")] = 1000,
     verify: Annotated[bool, Query(description="Also check the hash chain.")] = False,
 ) -> JSONResponse:
-    """Entries: seq, at, actor, action, speaker, decision, score, request_id, detail, hash.
+    """The key's tenant's entries: tenant, seq, at, actor, action, speaker, decision, score,
+    request_id, detail, hash.
     With ``verify=true`` the answer also holds the chain check (``ok``, ``bad_seq``,
     ``problem``, ``head_hash``)."""
     when = None
@@ -45,10 +47,10 @@ def audit_log(
         except ValueError:
             raise UsageError(f"since must be an ISO 8601 date or time, not {since!r}") from None
         when = when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
-    entries = state.db.audit_entries(when, speaker, action, limit)
+    entries = db.audit_entries(when, speaker, action, limit)
     document: dict[str, Any] = {"entries": [e.to_dict() for e in entries]}
     if verify:
-        document["check"] = state.db.audit_verify().to_dict()
+        document["check"] = db.audit_verify().to_dict()
     return answer(state, document)
 
 
@@ -58,9 +60,9 @@ def audit_log(
     summary="Erase NAME like delete and refuse the name until opted in again (admin).",
     dependencies=[Depends(require("admin"))],
 )
-def opt_out(name: SpeakerName, state: State) -> JSONResponse:
+def opt_out(name: SpeakerName, state: State, db: Db) -> JSONResponse:
     """Only a keyed hash of the name is kept; the database files are compacted."""
-    erased = state.db.opt_out(name)
+    erased = db.opt_out(name)
     return answer(state, {"opted_out": name, "erased": erased})
 
 
@@ -71,8 +73,8 @@ def opt_out(name: SpeakerName, state: State) -> JSONResponse:
     dependencies=[Depends(require("admin"))],
     responses={404: {"description": "The name is not opted out."}},
 )
-def opt_in(name: SpeakerName, state: State) -> JSONResponse:
-    state.db.opt_in(name)
+def opt_in(name: SpeakerName, state: State, db: Db) -> JSONResponse:
+    db.opt_in(name)
     return answer(state, {"opted_in": name})
 
 
@@ -82,6 +84,6 @@ def opt_in(name: SpeakerName, state: State) -> JSONResponse:
     summary="Erase every speaker whose retention period ended (admin).",
     dependencies=[Depends(require("admin"))],
 )
-def expire(state: State) -> JSONResponse:
+def expire(state: State, db: Db) -> JSONResponse:
     """As ``speakerdb db expire``: erased like delete, audited, files compacted."""
-    return answer(state, {"expired": state.db.expire()})
+    return answer(state, {"expired": db.expire()})

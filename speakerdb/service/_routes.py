@@ -29,6 +29,7 @@ from speakerdb import (
     Comparison,
     EnrollmentReport,
     Identification,
+    SpeakerDB,
     SpeakerRecord,
     Verification,
     errors,
@@ -74,6 +75,23 @@ async def _state(request: Request) -> ServiceState:
 
 
 State = Annotated[ServiceState, Depends(_state)]
+
+
+async def _tenant_db(request: Request) -> SpeakerDB:
+    """The database as the request's key sees it (its tenant only; see
+    :meth:`ServiceState.tenant_db`). The guard admitted the request and recorded its key;
+    a request it did not admit reaches no database unless keys are not required."""
+    state = _service(request)
+    admitted = request.scope.get(AUTHORIZED)
+    if admitted is None:
+        if state.auth_required():
+            raise ServiceError(401, "unauthorized", "an API key is needed")
+        return state.tenant_db(None)
+    key: ApiKeyRecord | None = admitted[1]
+    return state.tenant_db(key)
+
+
+Db = Annotated[SpeakerDB, Depends(_tenant_db)]
 
 
 def require(*scopes: str) -> Callable[..., ApiKeyRecord | None]:
@@ -330,6 +348,7 @@ def verify(
     name: SpeakerName,
     audio: Recordings,
     state: State,
+    db: Db,
     threshold: Threshold = None,
     prior: Prior = None,
     far: Far = None,
@@ -339,9 +358,7 @@ def verify(
     threshold. One recording: one object; several: a list."""
     with _uploads(state, audio) as uploads:
         try:
-            results = state.db.verify_many(
-                name, uploads, threshold, norm=norm, prior=prior, far=far
-            )
+            results = db.verify_many(name, uploads, threshold, norm=norm, prior=prior, far=far)
         except SpeakerNotFoundError as exc:
             state.metrics.errors.labels(exc.code).inc()
             return error_response(
@@ -360,6 +377,7 @@ def verify(
 def identify(
     audio: Recordings,
     state: State,
+    db: Db,
     top_k: Annotated[int, Form(ge=1, le=1000, description="Candidates to list.")] = 5,
     threshold: Threshold = None,
     prior: Prior = None,
@@ -369,7 +387,7 @@ def identify(
     """Open set: ``best`` is the top candidate if it reaches the threshold (IDENTIFIED),
     else null (UNKNOWN_SPEAKER); ``matches`` are the top-k candidates, best first."""
     with _uploads(state, audio) as uploads:
-        results = state.db.identify_many(uploads, top_k, threshold, norm=norm, prior=prior, far=far)
+        results = db.identify_many(uploads, top_k, threshold, norm=norm, prior=prior, far=far)
         return _per_file(state, results, uploads)
 
 
@@ -384,6 +402,7 @@ def compare(
     a: Annotated[UploadFile, File(description="The first recording.")],
     b: Annotated[UploadFile, File(description="The second recording.")],
     state: State,
+    db: Db,
     threshold: Threshold = None,
     prior: Prior = None,
     far: Far = None,
@@ -391,7 +410,7 @@ def compare(
 ) -> JSONResponse:
     """File against file with the one cosine rule: ACCEPT iff score >= threshold."""
     with _uploads(state, [a, b]) as uploads:
-        result = state.db.compare_batch(
+        result = db.compare_batch(
             [(uploads[0], uploads[1])], threshold, norm=norm, prior=prior, far=far
         )[0]
         return _per_file(state, [result], uploads)
@@ -416,6 +435,7 @@ def enroll(
     name: SpeakerName,
     audio: Recordings,
     state: State,
+    db: Db,
     key: Annotated[ApiKeyRecord | None, Depends(require("enroll"))],
     mode: Annotated[
         Literal["append", "overwrite", "skip"],
@@ -459,7 +479,7 @@ def enroll(
     meta = _metadata(metadata)
     with _uploads(state, audio) as uploads:
         try:
-            report = state.db.enroll(
+            report = db.enroll(
                 name,
                 uploads,
                 mode=mode,
@@ -531,8 +551,8 @@ def _speaker_view(record: SpeakerRecord, key: ApiKeyRecord | None) -> dict[str, 
     tags=["speakers"],
     summary="Every enrolled speaker (admin keys: with metadata and dates).",
 )
-def list_speakers(state: State, key: Reader) -> JSONResponse:
-    return answer(state, [_speaker_view(r, key) for r in state.db.speakers()])
+def list_speakers(state: State, db: Db, key: Reader) -> JSONResponse:
+    return answer(state, [_speaker_view(r, key) for r in db.speakers()])
 
 
 @router.get(
@@ -541,11 +561,11 @@ def list_speakers(state: State, key: Reader) -> JSONResponse:
     summary="One speaker (admin keys: with metadata and its enrolled recordings).",
     responses={404: {"description": "No such speaker."}},
 )
-def show_speaker(name: SpeakerName, state: State, key: Reader) -> JSONResponse:
-    record = state.db.speaker(name)
+def show_speaker(name: SpeakerName, state: State, db: Db, key: Reader) -> JSONResponse:
+    record = db.speaker(name)
     document = _speaker_view(record, key)
     if _sees_everything(key):
-        document["recordings"] = [u.to_dict() for u in state.db.utterances(record.name)]
+        document["recordings"] = [u.to_dict() for u in db.utterances(record.name)]
     return answer(state, document)
 
 
@@ -561,9 +581,9 @@ class Rename(BaseModel):
     responses={404: {"description": "No such speaker."}, 409: {"description": "Name taken."}},
 )
 def rename_speaker(
-    name: SpeakerName, body: Annotated[Rename, Body()], state: State
+    name: SpeakerName, body: Annotated[Rename, Body()], state: State, db: Db
 ) -> JSONResponse:
-    return answer(state, state.db.rename(name, body.new_name).to_dict())
+    return answer(state, db.rename(name, body.new_name).to_dict())
 
 
 @router.delete(
@@ -573,11 +593,11 @@ def rename_speaker(
     dependencies=[Depends(require("admin"))],
     responses={404: {"description": "No such speaker."}},
 )
-def delete_speaker(name: SpeakerName, state: State) -> JSONResponse:
+def delete_speaker(name: SpeakerName, state: State, db: Db) -> JSONResponse:
     """Removes the rows and embedding bytes from SQL and rewrites the index file without
     them, as ``speakerdb speakers delete`` does (see the README on what PostgreSQL keeps
     until ``speakerdb db compact``)."""
-    return answer(state, {"deleted": state.db.delete(name).to_dict()})
+    return answer(state, {"deleted": db.delete(name).to_dict()})
 
 
 # --- keys ---------------------------------------------------------------------------------------
@@ -596,8 +616,8 @@ class NewKey(BaseModel):
     summary="Every API key (without secrets).",
     dependencies=[Depends(require("admin"))],
 )
-def list_keys(state: State) -> JSONResponse:
-    return answer(state, [k.to_dict() for k in state.db.api_keys()])
+def list_keys(state: State, db: Db) -> JSONResponse:
+    return answer(state, [k.to_dict() for k in db.api_keys()])
 
 
 @router.post(
@@ -608,8 +628,8 @@ def list_keys(state: State) -> JSONResponse:
     status_code=201,
     responses={409: {"description": "A key of that name exists."}},
 )
-def create_key(body: Annotated[NewKey, Body()], state: State) -> JSONResponse:
-    made = state.db.create_key(body.name, body.scopes)
+def create_key(body: Annotated[NewKey, Body()], state: State, db: Db) -> JSONResponse:
+    made = db.create_key(body.name, body.scopes)
     return answer(state, made.record.to_dict() | {"key": made.secret}, status=201)
 
 
@@ -621,6 +641,8 @@ def create_key(body: Annotated[NewKey, Body()], state: State) -> JSONResponse:
     responses={404: {"description": "No such key."}},
 )
 def revoke_key(
-    key_name: Annotated[str, Path(max_length=64, description="The key's name.")], state: State
+    key_name: Annotated[str, Path(max_length=64, description="The key's name.")],
+    state: State,
+    db: Db,
 ) -> JSONResponse:
-    return answer(state, {"revoked": state.db.revoke_key(key_name).to_dict()})
+    return answer(state, {"revoked": db.revoke_key(key_name).to_dict()})

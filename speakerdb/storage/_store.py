@@ -582,18 +582,27 @@ class EnrollmentStore(GovernedStore):
         return self._cache is None or self._cache.wait_for_maintenance(timeout)
 
     def index_vectors(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """Every (speaker id, centroid) in the caught-up index, ids ascending: (n,) int64,
-        (n, D) float32. The centroids are full precision even when the index quantises them
-        (read from SQL then)."""
+        """Every (speaker id, centroid) of this tenant in the caught-up index, ids
+        ascending: (n,) int64, (n, D) float32. The centroids are full precision even when
+        the index quantises them (read from SQL then)."""
         from speakerdb.storage._index_cache import read_all_centroids
 
         cache = self._index_cache()
         with self.reading("read the centroids") as conn, cache.synced(conn) as index:
+            tenant_id = self.tenant_id(conn)
+            mine = (
+                self._tenant_speaker_ids(conn, tenant_id)
+                if tenant_id is not None
+                else np.zeros(0, np.int64)
+            )
             if index.params.exact_vectors:
-                return index.contents()
-            model = self.model()
-            assert model is not None  # an index exists, so vectors and their model do
-            return read_all_centroids(conn, model.dimension)
+                ids, vectors = index.contents()
+            else:
+                model = self.model()
+                assert model is not None  # an index exists, so vectors and their model do
+                ids, vectors = read_all_centroids(conn, model.dimension)
+        keep = np.isin(ids, mine)
+        return ids[keep], vectors[keep]
 
     def rebuild_index(self, kind: str | None = None) -> IndexStatus:
         """Rebuild the index from SQL and save its file. Raises UsageError when opened
