@@ -247,3 +247,157 @@ def test_cli_tenant_option(db_url):
     assert "tom" not in json.dumps(audit)
     verified = run("audit", "verify", "--tenant", "acme")
     assert verified.exit_code == 0
+
+
+# --- the HTTP service under a hostile client ----------------------------------------------------
+
+B_NAME = "bsecret-anna"  # enrolled in tenant B
+NEVER = "nsecret-anna"  # enrolled nowhere, same length
+B_SECRETS = ("bsecret-ben", "bsecret-cleo", "bmeta-xyz", "bkey-secret")
+_VOLATILE = {"at", "created_at", "updated_at", "hash", "prev_hash", "request_id", "seq", "key"}
+_VOLATILE |= {"prefix", "pid", "consent_at", "expires_at"}
+
+
+def _normal(value, name):
+    """A response body with the name asked about replaced and per-call values dropped."""
+    if isinstance(value, dict):
+        return {k: _normal(v, name) for k, v in value.items() if k not in _VOLATILE}
+    if isinstance(value, list):
+        return [_normal(v, name) for v in value]
+    if isinstance(value, str):
+        return value.replace(name, "<NAME>")
+    return value
+
+
+def _requests(app, name, audio):
+    """One request per HTTP route of the app, built from its parameters: every path
+    parameter and ``speaker`` query is ``name``; files are ``audio``; JSON bodies get names
+    derived from ``name``. A route with a parameter this cannot fill fails the test."""
+    from fastapi.routing import APIRoute
+    from starlette.routing import WebSocketRoute
+
+    def flattened(routes):
+        for route in routes:
+            included = getattr(route, "original_router", None)  # app.include_router(...)
+            yield from flattened(included.routes) if included is not None else [route]
+
+    out = []
+    for route in flattened(app.routes):
+        if isinstance(route, WebSocketRoute):
+            out.append(("WS", route.path, {"speaker": name}))
+            continue
+        if not isinstance(route, APIRoute):  # the docs page, openapi.json
+            out.extend(("GET", route.path, {}) for m in getattr(route, "methods", ()) or ())
+            continue
+        dependant = route.dependant
+        path = route.path
+        for param in dependant.path_params:
+            path = path.replace("{" + param.alias + "}", name)
+        params = {p.alias: name for p in dependant.query_params if p.alias == "speaker"}
+        files, body = [], None
+        for param in dependant.body_params:
+            annotation = str(param.field_info.annotation)
+            if "UploadFile" in annotation:
+                files.append((param.alias, (audio.name, audio.read_bytes(), "audio/wav")))
+            elif hasattr(param.field_info.annotation, "model_fields"):
+                fields = param.field_info.annotation.model_fields
+                body = {
+                    field: ["verify"] if "list" in str(info.annotation) else f"{name}-x"
+                    for field, info in fields.items()
+                }
+        for method in sorted(route.methods):
+            out.append((method, path, {"params": params, "files": files, "json": body}))
+    return out
+
+
+def _call(server, key, method, path, options, timeout=300):
+    if method == "WS":
+        from websockets.exceptions import ConnectionClosed, InvalidStatus
+        from websockets.sync.client import connect as ws_connect
+
+        url = server.url.replace("http://", "ws://") + f"{path}?speaker={options['speaker']}"
+        frames = []
+        try:
+            with ws_connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+                ws.send(json.dumps({"sample_rate": 16000, "encoding": "pcm_s16le"}))
+                ws.send(json.dumps({"type": "end"}))
+                try:
+                    while True:
+                        frames.append(json.loads(ws.recv(timeout=timeout)))
+                except ConnectionClosed:
+                    pass
+                return ws.close_code, frames
+        except InvalidStatus as exc:
+            return exc.response.status_code, exc.response.body.decode()
+    with server.client(key, timeout=timeout) as client:
+        files = options.get("files") or None
+        response = client.request(
+            method, path, params=options.get("params"), files=files, json=options.get("json")
+        )
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, response.text
+
+
+def test_a_key_of_one_tenant_learns_nothing_of_another(db_url, monkeypatch):
+    """Every route of the app (from its route table: a new route is covered as it comes),
+    called with an admin key of tenant A about a speaker of tenant B and about a name
+    enrolled nowhere, answers the same (404 bodies identical but for the name); no answer
+    holds B's names, metadata or key names; and A's listings do not change when B enrolls."""
+    from helpers import by_speaker, require_data
+    from service_helpers import Server, upload
+    from speakerdb import SpeakerDB
+    from speakerdb.service import ServiceSettings, create_app
+
+    require_data()
+    voices = {k: sorted(v) for k, v in by_speaker("vctk").items()}
+    anna, ben, alpha = (voices[k] for k in sorted(voices)[:3])
+    with SpeakerDB.open(db_url) as db:
+        b = db.in_tenant("tenant-b")
+        b.enroll(B_NAME, anna[:2], metadata={"note": "bmeta-xyz"})
+        b.enroll("bsecret-ben", ben[:2])
+        b_key = b.create_key("bkey-secret", ["admin"]).secret
+        a = db.in_tenant("tenant-a")
+        a.enroll("alpha", alpha[:2])
+        a_key = a.create_key("a-admin", ["admin"]).secret
+
+    app = create_app(ServiceSettings())
+    probe = anna[3]  # B's voice, never enrolled: identify must not find B's speaker
+    with Server(db_url) as server:
+
+        def listings():
+            return [
+                _normal(_call(server, a_key, "GET", path, {})[1], NEVER)
+                for path in ("/v1/speakers", "/v1/audit", "/v1/keys")
+            ]
+
+        found = _call(server, a_key, "POST", "/v1/identify", {"files": upload([probe])})
+        assert found[0] == 200 and found[1]["matches"][0]["name"] == "alpha"
+        for answer in (*listings(), found[1]):
+            assert "bsecret" not in json.dumps(answer) and "bmeta" not in json.dumps(answer)
+        seen = 0
+        for (method, path, mine), (_, their_path, theirs) in zip(
+            _requests(app, NEVER, probe), _requests(app, B_NAME, probe), strict=True
+        ):
+            never = _call(server, a_key, method, path, mine)
+            about_b = _call(server, a_key, method, their_path, theirs)
+            where = f"{method} {path}"
+            if path in ("/healthz", "/metrics"):  # the process's own counters and pid
+                about_b = never
+            assert about_b[0] == never[0], where
+            both = (_normal(_normal(r[1], B_NAME), NEVER) for r in (about_b, never))
+            assert next(both) == next(both), where
+            # (A enrolls B_NAME itself on the way: the name alone is no longer B's.)
+            for text in (json.dumps(never[1]), json.dumps(about_b[1])):
+                assert not any(secret in text for secret in B_SECRETS), (where, text[:300])
+            seen += 1
+        assert seen >= 15
+        # B's speakers are untouched by all of it, and B's changes do not show to A.
+        before = listings()
+        with server.client(b_key) as client:
+            names = [s["name"] for s in client.get("/v1/speakers").json()]
+            assert names == [B_NAME, "bsecret-ben"]
+            made = client.post("/v1/speakers/bsecret-cleo/enroll", files=upload(ben[2:4]))
+            assert made.status_code == 201, made.text
+        assert listings() == before

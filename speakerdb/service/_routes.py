@@ -539,8 +539,14 @@ def _sees_everything(key: ApiKeyRecord | None) -> bool:
     return key is None or key.allows("admin")
 
 
+def _without_id(document: dict[str, Any]) -> dict[str, Any]:
+    """A record without its row id: ids number the rows of every tenant, so a new one
+    would tell a key how much other tenants enrolled."""
+    return {field: value for field, value in document.items() if field != "id"}
+
+
 def _speaker_view(record: SpeakerRecord, key: ApiKeyRecord | None) -> dict[str, Any]:
-    document = record.to_dict()
+    document = _without_id(record.to_dict())
     if _sees_everything(key):
         return document
     return {field: document[field] for field in _READER_FIELDS}
@@ -565,7 +571,7 @@ def show_speaker(name: SpeakerName, state: State, db: Db, key: Reader) -> JSONRe
     record = db.speaker(name)
     document = _speaker_view(record, key)
     if _sees_everything(key):
-        document["recordings"] = [u.to_dict() for u in db.utterances(record.name)]
+        document["recordings"] = [_without_id(u.to_dict()) for u in db.utterances(record.name)]
     return answer(state, document)
 
 
@@ -583,7 +589,7 @@ class Rename(BaseModel):
 def rename_speaker(
     name: SpeakerName, body: Annotated[Rename, Body()], state: State, db: Db
 ) -> JSONResponse:
-    return answer(state, db.rename(name, body.new_name).to_dict())
+    return answer(state, _without_id(db.rename(name, body.new_name).to_dict()))
 
 
 @router.delete(
@@ -597,7 +603,7 @@ def delete_speaker(name: SpeakerName, state: State, db: Db) -> JSONResponse:
     """Removes the rows and embedding bytes from SQL and rewrites the index file without
     them, as ``speakerdb speakers delete`` does (see the README on what PostgreSQL keeps
     until ``speakerdb db compact``)."""
-    return answer(state, {"deleted": db.delete(name).to_dict()})
+    return answer(state, {"deleted": _without_id(db.delete(name).to_dict())})
 
 
 # --- keys ---------------------------------------------------------------------------------------
