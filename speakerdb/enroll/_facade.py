@@ -22,6 +22,7 @@ from speakerdb.enroll._diarize_verb import DiarizeVerb
 from speakerdb.enroll._enroll_verbs import EnrollVerbs
 from speakerdb.enroll._session_verb import SessionVerb
 from speakerdb.enroll._spoof_verbs import SpoofVerbs
+from speakerdb.enroll._watchlist import WatchlistVerbs
 from speakerdb.errors import DatabaseNotFoundError
 from speakerdb.storage._store import EnrollmentStore
 
@@ -41,6 +42,7 @@ class SpeakerDB(
     CalibrationVerbs,
     SpoofVerbs,
     AdminVerbs,
+    WatchlistVerbs,
 ):
     """A speaker enrollment database with its embedding model.
 

@@ -11,9 +11,26 @@ from fastapi import Depends, Query
 from starlette.responses import JSONResponse
 
 from speakerdb.errors import UsageError
-from speakerdb.service._routes import Db, SpeakerName, State, answer, require, router
+from speakerdb.service._routes import (
+    Db,
+    Recordings,
+    SpeakerName,
+    State,
+    answer,
+    require,
+    router,
+    uploads_of,
+)
 
-__all__ = ["audit_log", "expire", "opt_in", "opt_out"]
+__all__ = [
+    "add_to_watchlist",
+    "audit_log",
+    "expire",
+    "list_watchlist",
+    "opt_in",
+    "opt_out",
+    "remove_from_watchlist",
+]
 
 
 @router.get(
@@ -87,3 +104,43 @@ def opt_in(name: SpeakerName, state: State, db: Db) -> JSONResponse:
 def expire(state: State, db: Db) -> JSONResponse:
     """As ``speakerdb db expire``: erased like delete, audited, files compacted."""
     return answer(state, {"expired": db.expire()})
+
+
+# --- watchlists ---------------------------------------------------------------------------------
+
+
+@router.get(
+    "/v1/watchlist",
+    tags=["watchlist"],
+    summary="The tenant's watchlist of known fraudsters (admin).",
+    dependencies=[Depends(require("admin"))],
+)
+def list_watchlist(state: State, db: Db) -> JSONResponse:
+    return answer(state, [r.to_dict() for r in db.watchlist()])
+
+
+@router.post(
+    "/v1/watchlist/{name}",
+    tags=["watchlist"],
+    summary="Put NAME on the watchlist with a voiceprint of the recordings (admin).",
+    dependencies=[Depends(require("admin"))],
+    status_code=201,
+)
+def add_to_watchlist(name: SpeakerName, audio: Recordings, state: State, db: Db) -> JSONResponse:
+    """Every verify and identify of the tenant is then also scored against it; a match is
+    decision KNOWN_FRAUDSTER. Adding to a name on the list replaces its voiceprint."""
+    with uploads_of(state, audio) as uploads:
+        record = db.watchlist_add(name, uploads)
+        return answer(state, record.to_dict(), uploads, 201)
+
+
+@router.delete(
+    "/v1/watchlist/{name}",
+    tags=["watchlist"],
+    summary="Take NAME off the watchlist (admin).",
+    dependencies=[Depends(require("admin"))],
+    responses={404: {"description": "NAME is not on the watchlist."}},
+)
+def remove_from_watchlist(name: SpeakerName, state: State, db: Db) -> JSONResponse:
+    db.watchlist_remove(name)
+    return answer(state, {"removed": name})

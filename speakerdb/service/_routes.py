@@ -49,7 +49,7 @@ from speakerdb.service._state import ServiceState
 from speakerdb.service._uploads import received_uploads
 from speakerdb.storage import SCOPES
 
-__all__ = ["SpeakerName", "State", "answer", "require", "router"]
+__all__ = ["Db", "Recordings", "SpeakerName", "State", "answer", "require", "router", "uploads_of"]
 
 router = APIRouter(route_class=InMemoryFormRoute)
 _bearer = HTTPBearer(
@@ -161,7 +161,7 @@ _AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @contextmanager
-def _uploads(state: ServiceState, files: Sequence[UploadFile]) -> Iterator[list[Upload]]:
+def uploads_of(state: ServiceState, files: Sequence[UploadFile]) -> Iterator[list[Upload]]:
     settings = state.settings
     if not files:
         raise ServiceError(422, "validation", "no recording was uploaded")
@@ -239,7 +239,7 @@ def _decided(
         document["decision"] = result.decision or (
             "IDENTIFIED" if result.best is not None else "UNKNOWN_SPEAKER"
         )
-    if not isinstance(result, Comparison) and result.decision is not None:
+    if not isinstance(result, Comparison) and result.decision == "SPOOF_DETECTED":
         route = "verify" if isinstance(result, Verification) else "identify"
         state.metrics.spoof_detected.labels(route).inc()
     return document
@@ -356,7 +356,7 @@ def verify(
 ) -> JSONResponse:
     """Scores each recording against the speaker's voiceprint: ACCEPT iff score >=
     threshold. One recording: one object; several: a list."""
-    with _uploads(state, audio) as uploads:
+    with uploads_of(state, audio) as uploads:
         try:
             results = db.verify_many(name, uploads, threshold, norm=norm, prior=prior, far=far)
         except SpeakerNotFoundError as exc:
@@ -386,7 +386,7 @@ def identify(
 ) -> JSONResponse:
     """Open set: ``best`` is the top candidate if it reaches the threshold (IDENTIFIED),
     else null (UNKNOWN_SPEAKER); ``matches`` are the top-k candidates, best first."""
-    with _uploads(state, audio) as uploads:
+    with uploads_of(state, audio) as uploads:
         results = db.identify_many(uploads, top_k, threshold, norm=norm, prior=prior, far=far)
         return _per_file(state, results, uploads)
 
@@ -409,7 +409,7 @@ def compare(
     norm: Norm = "none",
 ) -> JSONResponse:
     """File against file with the one cosine rule: ACCEPT iff score >= threshold."""
-    with _uploads(state, [a, b]) as uploads:
+    with uploads_of(state, [a, b]) as uploads:
         result = db.compare_batch(
             [(uploads[0], uploads[1])], threshold, norm=norm, prior=prior, far=far
         )[0]
@@ -477,7 +477,7 @@ def enroll(
             "the scope admin",
         )
     meta = _metadata(metadata)
-    with _uploads(state, audio) as uploads:
+    with uploads_of(state, audio) as uploads:
         try:
             report = db.enroll(
                 name,

@@ -73,6 +73,8 @@ AUDIT_ACTIONS = (
     "opt-in",
     "setting",
     "evaluate",
+    "watchlist-add",
+    "watchlist-remove",
 )
 _MAX_ACTOR = 128
 _MAX_REQUEST_ID = 64

@@ -27,8 +27,11 @@ Tables:
                 of the last entry of that tenant's audit chain, locked by every append so that
                 concurrent writers never fork the chain
   tenants       the partitions of a database (domains): every speaker, API key, calibration,
-                opted-out name and audit entry belongs to one; ``default`` (id 1) holds
-                everything of a database from before revision 0012
+                opted-out name, watchlist entry and audit entry belongs to one; ``default``
+                (id 1) holds everything of a database from before revision 0012
+  watchlist     voices of known fraudsters, per tenant: every verify and identify of the
+                tenant is scored against them too (never part of the index: they are no
+                one's identification answer)
 
 The migrations in ``speakerdb/migrations`` must build exactly this schema; a test compares
 them with Alembic's autogenerate comparison.
@@ -71,6 +74,7 @@ __all__ = [
     "StoreState",
     "Tenant",
     "Utterance",
+    "WatchlistEntry",
     "utcnow",
 ]
 
@@ -372,4 +376,23 @@ class OptOut(Base):
         ForeignKey("tenants.id"), primary_key=True, autoincrement=False, server_default="1"
     )
     name_hmac: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WatchlistEntry(Base):
+    """A known fraudster's voice in a tenant's watchlist: its voiceprint (the unit-norm mean
+    of its recordings' embeddings, float32 bytes, of model ``model_id``) and the quality
+    measures calibration reads, like a speaker's. Never in the vector index."""
+
+    __tablename__ = "watchlist"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    centroid: Mapped[bytes] = mapped_column(LargeBinary)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    utterance_count: Mapped[int] = mapped_column(Integer)
+    speech_seconds: Mapped[float] = mapped_column(Float)
+    bandwidth_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
