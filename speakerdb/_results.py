@@ -152,13 +152,17 @@ class Verification:
     # and left out of :meth:`to_dict`.
     spoof: dict[str, Any] | None = None
     decision: str | None = None
+    # Where the tenant has a watchlist (docs/governance.md): the watchlisted voices this
+    # probe matches, [{"name", "score", "llr"}] best first, and decision "KNOWN_FRAUDSTER"
+    # when there is one (then ``accepted`` is False). None without a watchlist.
+    watchlist: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         _complete_scored(self)
 
     def to_dict(self) -> dict[str, Any]:
         out = _with_rule(asdict(self), self.decision_rule)
-        for key in ("spoof", "decision"):
+        for key in ("spoof", "decision", "watchlist"):
             if out[key] is None:
                 del out[key]
         return out
@@ -197,6 +201,8 @@ class Identification:
     # None: an attack identifies nobody; ``matches`` still show whom it resembles).
     spoof: dict[str, Any] | None = None
     decision: str | None = None
+    # As Verification's; a watchlist match identifies nobody (``best`` is None).
+    watchlist: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.decision_rule is None:
@@ -216,7 +222,11 @@ class Identification:
 
     def to_dict(self) -> dict[str, Any]:
         out = self._fields()
-        for key, value in (("spoof", self.spoof), ("decision", self.decision)):
+        for key, value in (
+            ("spoof", self.spoof),
+            ("decision", self.decision),
+            ("watchlist", self.watchlist),
+        ):
             if value is not None:
                 out[key] = value
         return out

@@ -91,6 +91,7 @@ def _register() -> None:
         _serve,
         _speakers,
         _spoof,
+        _watchlist,
     )
 
     for command in (
@@ -110,6 +111,7 @@ def _register() -> None:
         _spoof.spoof,
         _keys.keys,
         _audit.audit,
+        _watchlist.watchlist,
         _serve.serve,
     ):
         cli.add_command(command)

@@ -107,7 +107,39 @@ def per_file(
 # --- common options -----------------------------------------------------------------------------
 
 
+_TENANT = "speakerdb.tenant"
+
+
+def _remember_tenant(context: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        context.meta[_TENANT] = value
+
+
+def tenant_option(fn: F) -> F:
+    """``--tenant NAME`` ($SPEAKERDB_TENANT): the tenant :func:`open_db` opens the database
+    in (kept in the click context, not passed to the command)."""
+    return click.option(
+        "--tenant",
+        metavar="NAME",
+        envvar="SPEAKERDB_TENANT",
+        expose_value=False,
+        callback=_remember_tenant,
+        help="Tenant (domain) to act in: its speakers, keys, calibration, settings and audit "
+        "log only. Default: $SPEAKERDB_TENANT, else default.",
+    )(fn)
+
+
+def chosen_tenant() -> str | None:
+    """The ``--tenant`` given to the running command, if any."""
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return None
+    value = context.meta.get(_TENANT)
+    return None if value is None else str(value)
+
+
 def db_option(fn: F) -> F:
+    fn = tenant_option(fn)
     return click.option(
         "--db",
         "db_url",
@@ -249,7 +281,12 @@ def open_db(
     from speakerdb.enroll import SpeakerDB
 
     return SpeakerDB.open(
-        db_url, model=model_name, device=device, read_only=read_only, missing_ok=missing_ok
+        db_url,
+        model=model_name,
+        device=device,
+        read_only=read_only,
+        missing_ok=missing_ok,
+        tenant=chosen_tenant(),
     )
 
 

@@ -12,6 +12,7 @@ import click
 from speakerdb.cli._common import (
     EXIT_ERROR,
     EXIT_OK,
+    chosen_tenant,
     device_option,
     emit_json,
     error_object,
@@ -21,6 +22,7 @@ from speakerdb.cli._common import (
     operating_point_options,
     progress_bar,
     show,
+    tenant_option,
     threshold_option,
     warn,
 )
@@ -36,6 +38,7 @@ __all__ = ["diarize", "eval_diarization"]
 def _db_option(fn: Any) -> Any:
     # Unlike other commands, no default database: without --db (or $SPEAKERDB_URL) the
     # voices keep anonymous labels.
+    fn = tenant_option(fn)
     return click.option(
         "--db",
         "db_url",
@@ -68,7 +71,9 @@ def _open(db_url: str | None, model_name: str | None, device: str | None) -> Spe
     if db_url is None:
         return SpeakerDB(None, model_name, device)
     # Read-only: diarizing never changes a database; a missing one is an error.
-    return SpeakerDB.open(db_url, model=model_name, device=device, read_only=True)
+    return SpeakerDB.open(
+        db_url, model=model_name, device=device, read_only=True, tenant=chosen_tenant()
+    )
 
 
 @click.command()

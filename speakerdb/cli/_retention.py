@@ -9,15 +9,19 @@ from speakerdb.cli._common import db_option, emit_json, handles_errors, json_opt
 
 @click.command("expire")
 @click.option("--no-compact", is_flag=True, help="Skip compacting the database files afterwards.")
+@click.option(
+    "--all-tenants", is_flag=True, help="Expire the speakers of every tenant, not one's own."
+)
 @db_option
 @json_option
 @handles_errors
-def db_expire(no_compact: bool, db_url: str | None, as_json: bool) -> None:
-    """Erase every speaker whose retention period (enroll --expires-after) has ended, as
-    'speakers delete' does, with an audit entry each; then compact the database files so
-    that no byte of them is left (VACUUM FULL on PostgreSQL, VACUUM on SQLite)."""
+def db_expire(no_compact: bool, all_tenants: bool, db_url: str | None, as_json: bool) -> None:
+    """Erase every speaker of the tenant (--all-tenants: of every tenant) whose retention
+    period (enroll --expires-after) has ended, as 'speakers delete' does, with an audit
+    entry each in its tenant's log; then compact the database files so that no byte of
+    them is left (VACUUM FULL on PostgreSQL, VACUUM on SQLite)."""
     with open_db(db_url) as handle:
-        names = handle.expire(compact=not no_compact)
+        names = handle.expire(compact=not no_compact, all_tenants=all_tenants)
     if as_json:
         emit_json({"expired": names})
         return
@@ -34,8 +38,8 @@ def db_expire(no_compact: bool, db_url: str | None, as_json: bool) -> None:
 @json_option
 @handles_errors
 def db_set(setting: str, value: str, db_url: str | None, as_json: bool) -> None:
-    """Change a database setting. require-consent on: every enrollment of a new speaker
-    must record consent (enroll --consent TEXT), or it is refused."""
+    """Change a setting of the tenant. require-consent on: every enrollment of a new
+    speaker in the tenant must record consent (enroll --consent TEXT), or it is refused."""
     with open_db(db_url) as handle:
         handle.set_require_consent(value == "on")
         now = handle.require_consent()

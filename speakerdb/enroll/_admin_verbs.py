@@ -199,12 +199,15 @@ class AdminVerbs(FacadeBase):
 
     # --- retention, consent, opt-out (see speakerdb.storage._governance) ------------------------
 
-    def expire(self, now: dt.datetime | None = None, compact: bool = True) -> list[str]:
-        """Erase every speaker whose retention period ended (by ``now``, default the
-        present), as a delete does, each with an "expire" audit entry; then, when any was
-        erased and ``compact``, :meth:`compact` the database files so that no byte of them
-        is left. Returns the erased names. Raises UsageError (read-only), StoreError."""
-        names = self.store.expire(now)
+    def expire(
+        self, now: dt.datetime | None = None, compact: bool = True, all_tenants: bool = False
+    ) -> list[str]:
+        """Erase every speaker of this tenant (``all_tenants``: of every tenant) whose
+        retention period ended (by ``now``, default the present), as a delete does, each
+        with an "expire" audit entry; then, when any was erased and ``compact``,
+        :meth:`compact` the database files so that no byte of them is left. Returns the
+        erased names. Raises UsageError (read-only), StoreError."""
+        names = self.store.expire(now, all_tenants=all_tenants)
         if names and compact:
             self.store.compact()
         return names

@@ -6,6 +6,7 @@ module per job (enroll, decide, diarize, evaluate, calibrate, administer).
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -68,6 +69,21 @@ class FacadeBase:
         else:
             self._embedder = model
         self._cohorts = Cohorts(store, lambda: self.model, lambda: self.identity)
+
+    @property
+    def tenant(self) -> str:
+        """The tenant every verb acts in ("default" without a database)."""
+        return self._store.tenant if self._store is not None else "default"
+
+    def in_tenant(self, tenant: str) -> Self:
+        """This database as tenant ``tenant`` sees it: a SpeakerDB sharing this one's
+        connections, index and loaded model, whose every verb acts in that tenant only.
+        Closing it does nothing (close this one). Raises UsageError for an invalid name,
+        DatabaseNotFoundError without a database."""
+        view = copy.copy(self)
+        view._store = self.store.in_tenant(tenant)
+        view._cohorts = Cohorts(view._store, lambda: view.model, lambda: view.identity)
+        return view
 
     @property
     def store(self) -> EnrollmentStore:

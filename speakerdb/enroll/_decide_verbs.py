@@ -24,6 +24,7 @@ from speakerdb.enroll._policy import (
     Side,
     rank_candidates,
 )
+from speakerdb.enroll._watchlist import watch
 from speakerdb.errors import AudioError, UsageError
 from speakerdb.model._audio import AudioInput
 from speakerdb.scoring import DEFAULT_COHORT_TOP_N, cosine
@@ -135,6 +136,7 @@ class DecisionVerbs(FacadeBase):
             from speakerdb.enroll._spoof import screen
 
             out = screen(cm, audio, embedded, out, sample_rate)
+        out = watch(self, policy if key is None else None, embedded, out, prior, far)
         self.store.record_lookups(
             [
                 PendingEntry("verify", speaker=record.name, **_decided(r, r.accepted))
@@ -371,15 +373,17 @@ class DecisionVerbs(FacadeBase):
             from speakerdb.enroll._spoof import screen
 
             out = screen(cm, audio, embedded, out, sample_rate)
+        out = watch(self, policy if key is None else None, embedded, out, prior, far)
         self.store.record_lookups([_identified(r) for r in out])
         return out
 
 
 def _decided(result: Verification | Comparison, accepted: bool) -> dict[str, Any]:
-    # A countermeasure's catch is recorded as such, not as an ordinary rejection.
+    # A countermeasure's or a watchlist's catch is recorded as such, not as a rejection.
     caught = result.decision is not None and not accepted
+    verdict = "accept" if accepted else "reject"
     return {
-        "decision": "spoof_detected" if caught else "accept" if accepted else "reject",
+        "decision": result.decision.lower() if caught and result.decision else verdict,
         "score": result.score,
         "detail": {"normalization": result.normalization} if result.normalization else None,
     }
@@ -396,7 +400,7 @@ def _identified(result: Identification | AudioError) -> PendingEntry:
         return PendingEntry("identify", **_failed(result))
     top = result.matches[0].score if result.matches else None
     if result.decision is not None and result.best is None:
-        return PendingEntry("identify", decision="spoof_detected", score=top)
+        return PendingEntry("identify", decision=result.decision.lower(), score=top)
     if result.best is not None:
         return PendingEntry("identify", speaker=result.best, decision="identified", score=top)
     return PendingEntry("identify", decision="unknown", score=top)

@@ -22,6 +22,7 @@ from speakerdb.enroll._diarize_verb import DiarizeVerb
 from speakerdb.enroll._enroll_verbs import EnrollVerbs
 from speakerdb.enroll._session_verb import SessionVerb
 from speakerdb.enroll._spoof_verbs import SpoofVerbs
+from speakerdb.enroll._watchlist import WatchlistVerbs
 from speakerdb.errors import DatabaseNotFoundError
 from speakerdb.storage._store import EnrollmentStore
 
@@ -41,6 +42,7 @@ class SpeakerDB(
     CalibrationVerbs,
     SpoofVerbs,
     AdminVerbs,
+    WatchlistVerbs,
 ):
     """A speaker enrollment database with its embedding model.
 
@@ -63,6 +65,7 @@ class SpeakerDB(
         read_only: bool = False,
         missing_ok: bool = False,
         background_index: bool = False,
+        tenant: str | None = None,
     ) -> SpeakerDB:
         """Open (or create) a database. url: SQLAlchemy URL or SQLite path (None:
         ``$SPEAKERDB_URL``, else ``$XDG_DATA_HOME/speakerdb/speakerdb.sqlite``). model: a
@@ -80,12 +83,20 @@ class SpeakerDB(
         background_index: for a long-running SpeakerDB (a server): index maintenance runs in
         a background thread, so no query waits for it (see :meth:`EnrollmentStore.open`).
 
+        tenant: the tenant (domain) every verb acts in, default ``default``: speakers,
+        keys, calibrations, opt-outs and the audit log of other tenants are out of reach
+        (:meth:`in_tenant` gives another tenant's view of the same open database).
+
         A SpeakerDB may be shared by threads: the store serialises what must be, and the
         model is loaded once."""
         index_device = None if device is None else str(device)
         try:
             store = EnrollmentStore.open(
-                url, device=index_device, read_only=read_only, background_index=background_index
+                url,
+                device=index_device,
+                read_only=read_only,
+                background_index=background_index,
+                tenant=tenant,
             )
         except DatabaseNotFoundError:
             if not (read_only and missing_ok):

@@ -29,6 +29,7 @@ from speakerdb import (
     Comparison,
     EnrollmentReport,
     Identification,
+    SpeakerDB,
     SpeakerRecord,
     Verification,
     errors,
@@ -48,7 +49,7 @@ from speakerdb.service._state import ServiceState
 from speakerdb.service._uploads import received_uploads
 from speakerdb.storage import SCOPES
 
-__all__ = ["SpeakerName", "State", "answer", "require", "router"]
+__all__ = ["Db", "Recordings", "SpeakerName", "State", "answer", "require", "router", "uploads_of"]
 
 router = APIRouter(route_class=InMemoryFormRoute)
 _bearer = HTTPBearer(
@@ -74,6 +75,23 @@ async def _state(request: Request) -> ServiceState:
 
 
 State = Annotated[ServiceState, Depends(_state)]
+
+
+async def _tenant_db(request: Request) -> SpeakerDB:
+    """The database as the request's key sees it (its tenant only; see
+    :meth:`ServiceState.tenant_db`). The guard admitted the request and recorded its key;
+    a request it did not admit reaches no database unless keys are not required."""
+    state = _service(request)
+    admitted = request.scope.get(AUTHORIZED)
+    if admitted is None:
+        if state.auth_required():
+            raise ServiceError(401, "unauthorized", "an API key is needed")
+        return state.tenant_db(None)
+    key: ApiKeyRecord | None = admitted[1]
+    return state.tenant_db(key)
+
+
+Db = Annotated[SpeakerDB, Depends(_tenant_db)]
 
 
 def require(*scopes: str) -> Callable[..., ApiKeyRecord | None]:
@@ -143,7 +161,7 @@ _AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @contextmanager
-def _uploads(state: ServiceState, files: Sequence[UploadFile]) -> Iterator[list[Upload]]:
+def uploads_of(state: ServiceState, files: Sequence[UploadFile]) -> Iterator[list[Upload]]:
     settings = state.settings
     if not files:
         raise ServiceError(422, "validation", "no recording was uploaded")
@@ -221,7 +239,7 @@ def _decided(
         document["decision"] = result.decision or (
             "IDENTIFIED" if result.best is not None else "UNKNOWN_SPEAKER"
         )
-    if not isinstance(result, Comparison) and result.decision is not None:
+    if not isinstance(result, Comparison) and result.decision == "SPOOF_DETECTED":
         route = "verify" if isinstance(result, Verification) else "identify"
         state.metrics.spoof_detected.labels(route).inc()
     return document
@@ -330,6 +348,7 @@ def verify(
     name: SpeakerName,
     audio: Recordings,
     state: State,
+    db: Db,
     threshold: Threshold = None,
     prior: Prior = None,
     far: Far = None,
@@ -337,11 +356,9 @@ def verify(
 ) -> JSONResponse:
     """Scores each recording against the speaker's voiceprint: ACCEPT iff score >=
     threshold. One recording: one object; several: a list."""
-    with _uploads(state, audio) as uploads:
+    with uploads_of(state, audio) as uploads:
         try:
-            results = state.db.verify_many(
-                name, uploads, threshold, norm=norm, prior=prior, far=far
-            )
+            results = db.verify_many(name, uploads, threshold, norm=norm, prior=prior, far=far)
         except SpeakerNotFoundError as exc:
             state.metrics.errors.labels(exc.code).inc()
             return error_response(
@@ -360,6 +377,7 @@ def verify(
 def identify(
     audio: Recordings,
     state: State,
+    db: Db,
     top_k: Annotated[int, Form(ge=1, le=1000, description="Candidates to list.")] = 5,
     threshold: Threshold = None,
     prior: Prior = None,
@@ -368,8 +386,8 @@ def identify(
 ) -> JSONResponse:
     """Open set: ``best`` is the top candidate if it reaches the threshold (IDENTIFIED),
     else null (UNKNOWN_SPEAKER); ``matches`` are the top-k candidates, best first."""
-    with _uploads(state, audio) as uploads:
-        results = state.db.identify_many(uploads, top_k, threshold, norm=norm, prior=prior, far=far)
+    with uploads_of(state, audio) as uploads:
+        results = db.identify_many(uploads, top_k, threshold, norm=norm, prior=prior, far=far)
         return _per_file(state, results, uploads)
 
 
@@ -384,14 +402,15 @@ def compare(
     a: Annotated[UploadFile, File(description="The first recording.")],
     b: Annotated[UploadFile, File(description="The second recording.")],
     state: State,
+    db: Db,
     threshold: Threshold = None,
     prior: Prior = None,
     far: Far = None,
     norm: Norm = "none",
 ) -> JSONResponse:
     """File against file with the one cosine rule: ACCEPT iff score >= threshold."""
-    with _uploads(state, [a, b]) as uploads:
-        result = state.db.compare_batch(
+    with uploads_of(state, [a, b]) as uploads:
+        result = db.compare_batch(
             [(uploads[0], uploads[1])], threshold, norm=norm, prior=prior, far=far
         )[0]
         return _per_file(state, [result], uploads)
@@ -416,6 +435,7 @@ def enroll(
     name: SpeakerName,
     audio: Recordings,
     state: State,
+    db: Db,
     key: Annotated[ApiKeyRecord | None, Depends(require("enroll"))],
     mode: Annotated[
         Literal["append", "overwrite", "skip"],
@@ -457,9 +477,9 @@ def enroll(
             "the scope admin",
         )
     meta = _metadata(metadata)
-    with _uploads(state, audio) as uploads:
+    with uploads_of(state, audio) as uploads:
         try:
-            report = state.db.enroll(
+            report = db.enroll(
                 name,
                 uploads,
                 mode=mode,
@@ -519,8 +539,14 @@ def _sees_everything(key: ApiKeyRecord | None) -> bool:
     return key is None or key.allows("admin")
 
 
+def _without_id(document: dict[str, Any]) -> dict[str, Any]:
+    """A record without its row id: ids number the rows of every tenant, so a new one
+    would tell a key how much other tenants enrolled."""
+    return {field: value for field, value in document.items() if field != "id"}
+
+
 def _speaker_view(record: SpeakerRecord, key: ApiKeyRecord | None) -> dict[str, Any]:
-    document = record.to_dict()
+    document = _without_id(record.to_dict())
     if _sees_everything(key):
         return document
     return {field: document[field] for field in _READER_FIELDS}
@@ -531,8 +557,8 @@ def _speaker_view(record: SpeakerRecord, key: ApiKeyRecord | None) -> dict[str, 
     tags=["speakers"],
     summary="Every enrolled speaker (admin keys: with metadata and dates).",
 )
-def list_speakers(state: State, key: Reader) -> JSONResponse:
-    return answer(state, [_speaker_view(r, key) for r in state.db.speakers()])
+def list_speakers(state: State, db: Db, key: Reader) -> JSONResponse:
+    return answer(state, [_speaker_view(r, key) for r in db.speakers()])
 
 
 @router.get(
@@ -541,11 +567,11 @@ def list_speakers(state: State, key: Reader) -> JSONResponse:
     summary="One speaker (admin keys: with metadata and its enrolled recordings).",
     responses={404: {"description": "No such speaker."}},
 )
-def show_speaker(name: SpeakerName, state: State, key: Reader) -> JSONResponse:
-    record = state.db.speaker(name)
+def show_speaker(name: SpeakerName, state: State, db: Db, key: Reader) -> JSONResponse:
+    record = db.speaker(name)
     document = _speaker_view(record, key)
     if _sees_everything(key):
-        document["recordings"] = [u.to_dict() for u in state.db.utterances(record.name)]
+        document["recordings"] = [_without_id(u.to_dict()) for u in db.utterances(record.name)]
     return answer(state, document)
 
 
@@ -561,9 +587,9 @@ class Rename(BaseModel):
     responses={404: {"description": "No such speaker."}, 409: {"description": "Name taken."}},
 )
 def rename_speaker(
-    name: SpeakerName, body: Annotated[Rename, Body()], state: State
+    name: SpeakerName, body: Annotated[Rename, Body()], state: State, db: Db
 ) -> JSONResponse:
-    return answer(state, state.db.rename(name, body.new_name).to_dict())
+    return answer(state, _without_id(db.rename(name, body.new_name).to_dict()))
 
 
 @router.delete(
@@ -573,11 +599,11 @@ def rename_speaker(
     dependencies=[Depends(require("admin"))],
     responses={404: {"description": "No such speaker."}},
 )
-def delete_speaker(name: SpeakerName, state: State) -> JSONResponse:
+def delete_speaker(name: SpeakerName, state: State, db: Db) -> JSONResponse:
     """Removes the rows and embedding bytes from SQL and rewrites the index file without
     them, as ``speakerdb speakers delete`` does (see the README on what PostgreSQL keeps
     until ``speakerdb db compact``)."""
-    return answer(state, {"deleted": state.db.delete(name).to_dict()})
+    return answer(state, {"deleted": _without_id(db.delete(name).to_dict())})
 
 
 # --- keys ---------------------------------------------------------------------------------------
@@ -596,8 +622,8 @@ class NewKey(BaseModel):
     summary="Every API key (without secrets).",
     dependencies=[Depends(require("admin"))],
 )
-def list_keys(state: State) -> JSONResponse:
-    return answer(state, [k.to_dict() for k in state.db.api_keys()])
+def list_keys(state: State, db: Db) -> JSONResponse:
+    return answer(state, [k.to_dict() for k in db.api_keys()])
 
 
 @router.post(
@@ -608,8 +634,8 @@ def list_keys(state: State) -> JSONResponse:
     status_code=201,
     responses={409: {"description": "A key of that name exists."}},
 )
-def create_key(body: Annotated[NewKey, Body()], state: State) -> JSONResponse:
-    made = state.db.create_key(body.name, body.scopes)
+def create_key(body: Annotated[NewKey, Body()], state: State, db: Db) -> JSONResponse:
+    made = db.create_key(body.name, body.scopes)
     return answer(state, made.record.to_dict() | {"key": made.secret}, status=201)
 
 
@@ -621,6 +647,8 @@ def create_key(body: Annotated[NewKey, Body()], state: State) -> JSONResponse:
     responses={404: {"description": "No such key."}},
 )
 def revoke_key(
-    key_name: Annotated[str, Path(max_length=64, description="The key's name.")], state: State
+    key_name: Annotated[str, Path(max_length=64, description="The key's name.")],
+    state: State,
+    db: Db,
 ) -> JSONResponse:
-    return answer(state, {"revoked": state.db.revoke_key(key_name).to_dict()})
+    return answer(state, {"revoked": db.revoke_key(key_name).to_dict()})

@@ -53,6 +53,7 @@ class _Closing(Exception):
 
 
 _ACTOR = "speakerdb.audit_actor"  # the key's name, set on the scope once it is admitted
+_KEY = "speakerdb.session_key"  # the admitted key (absent: no key needed)
 
 
 @router.websocket("/v1/sessions")
@@ -99,6 +100,7 @@ async def _admit(websocket: WebSocket, state: ServiceState) -> tuple[int, int, s
         return 429, CLOSE_TRY_LATER, "busy", message
     if key is not None:
         websocket.scope[_ACTOR] = key.name
+        websocket.scope[_KEY] = key
     return None
 
 
@@ -126,9 +128,9 @@ async def _run(websocket: WebSocket, state: ServiceState) -> None:
             max_seconds=settings.session_max_seconds, max_bytes=settings.session_max_bytes
         )
         speaker = websocket.query_params.get("speaker")
-        session = await anyio.to_thread.run_sync(
-            lambda: state.db.session(speaker=speaker, limits=limits)
-        )
+        # The key's tenant only, like every route.
+        db = state.tenant_db(websocket.scope.get(_KEY))
+        session = await anyio.to_thread.run_sync(lambda: db.session(speaker=speaker, limits=limits))
         while True:
             message = await _receive(websocket, settings.session_idle_s, session)
             if message.get("bytes") is None:

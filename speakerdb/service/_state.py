@@ -42,12 +42,28 @@ class ServiceState:
         self._keys_lock = threading.Lock()
         self.redact = Redactor([settings.db_url, _path_like(settings.model), settings.upload_dir])
         self.live_sessions = 0  # open WebSocket sessions (counted on the event loop)
+        self._tenants: dict[str, SpeakerDB] = {}
+        self._tenants_lock = threading.Lock()
 
     @property
     def db(self) -> SpeakerDB:
         if self._db is None:
             raise ServiceError(503, "starting", "the server is starting; try again shortly")
         return self._db
+
+    def tenant_db(self, key: ApiKeyRecord | None) -> SpeakerDB:
+        """The database as the request's key sees it: its tenant's view (sharing the
+        connections, index and batcher), or the default tenant for a keyless server (key
+        None). A key never reaches another tenant."""
+        tenant = key.tenant if key is not None else "default"
+        db = self.db
+        if tenant == db.tenant:
+            return db
+        with self._tenants_lock:
+            view = self._tenants.get(tenant)
+            if view is None:
+                view = self._tenants[tenant] = db.in_tenant(tenant)
+        return view
 
     @property
     def ready(self) -> bool:

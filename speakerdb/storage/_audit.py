@@ -6,11 +6,13 @@ user unless the caller names one with :func:`acting_as`), the action, the target
 the decision and score, the request id and a few small facts (``detail``). Never audio,
 embeddings, file paths or key secrets.
 
-Chain: entry ``n`` stores ``hash = sha256(prev_hash || canonical JSON of its fields)`` with
-``prev_hash`` the hash of entry ``n - 1`` (64 zeros for the first). The single
-``audit_head`` row holds the last ``seq`` and hash; every append locks it (PostgreSQL: a row
-lock; SQLite: the write lock of ``BEGIN IMMEDIATE``), so concurrent writers queue instead of
-forking the chain. Changes append inside their own transaction (:func:`append`, called
+Chain: each tenant has its own chain, numbered from 1. Entry ``n`` stores ``hash =
+sha256(prev_hash || canonical JSON of its fields)`` with ``prev_hash`` the hash of entry
+``n - 1`` (64 zeros for the first); the fields include the tenant's id except for the
+default tenant (id 1), whose entries hash as they did before tenants existed. The tenant's
+``audit_head`` row holds the last ``seq`` and hash; every append locks it (PostgreSQL: a
+row lock; SQLite: the write lock of ``BEGIN IMMEDIATE``), so concurrent writers queue
+instead of forking the chain. Changes append inside their own transaction (:func:`append`, called
 last, with the change's locks already held); lookups append in a small transaction of their
 own after the decision.
 
@@ -36,7 +38,7 @@ from sqlalchemy.engine import Connection
 
 from speakerdb.errors import UsageError
 from speakerdb.storage._records import EnrollResult
-from speakerdb.storage._schema import AuditEntryRow, AuditHead, utcnow
+from speakerdb.storage._schema import AuditEntryRow, AuditHead, Tenant, utcnow
 
 __all__ = [
     "AUDIT_ACTIONS",
@@ -71,6 +73,8 @@ AUDIT_ACTIONS = (
     "opt-in",
     "setting",
     "evaluate",
+    "watchlist-add",
+    "watchlist-remove",
 )
 _MAX_ACTOR = 128
 _MAX_REQUEST_ID = 64
@@ -160,9 +164,11 @@ class AuditEntry:
     detail: dict[str, Any] | None
     prev_hash: str
     hash: str
+    tenant: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "tenant": self.tenant,
             "seq": self.seq,
             "at": self.at.isoformat(),
             "actor": self.actor,
@@ -222,10 +228,12 @@ def entry_hash(
     score: float | None,
     request_id: str | None,
     detail: str | None,
+    tenant_id: int = 1,
 ) -> str:
     """sha256(prev_hash || canonical JSON of the fields), hex. ``at`` is normalised to UTC
-    microseconds, so the hash is the same whichever database returned the row."""
-    body = {
+    microseconds, so the hash is the same whichever database returned the row. The tenant
+    is a field for every tenant but the default one (whose chains predate tenants)."""
+    body: dict[str, Any] = {
         "seq": seq,
         "at": _aware(at).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "actor": actor,
@@ -236,17 +244,20 @@ def entry_hash(
         "request_id": request_id,
         "detail": detail,
     }
+    if tenant_id != 1:
+        body["tenant"] = tenant_id
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(prev_hash.encode("ascii") + canonical.encode("utf-8")).hexdigest()
 
 
-def append(conn: Connection, entries: Sequence[PendingEntry]) -> None:
-    """Append ``entries`` to the chain inside the caller's write transaction, locking the
-    head row first (call it after the change's own locks: see the module docstring)."""
+def append(conn: Connection, tenant_id: int, entries: Sequence[PendingEntry]) -> None:
+    """Append ``entries`` to tenant ``tenant_id``'s chain inside the caller's write
+    transaction, locking its head row first (call it after the change's own locks: see the
+    module docstring)."""
     if not entries:
         return
     head = conn.execute(
-        select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
+        select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == tenant_id).with_for_update()
     ).one()
     seq, prev = int(head.seq), str(head.hash)
     actor, request_id = current_actor()
@@ -270,9 +281,11 @@ def append(conn: Connection, entries: Sequence[PendingEntry]) -> None:
             score,
             request_id,
             detail,
+            tenant_id,
         )
         rows.append(
             {
+                "tenant_id": tenant_id,
                 "seq": seq,
                 "at": now,
                 "actor": actor,
@@ -288,10 +301,10 @@ def append(conn: Connection, entries: Sequence[PendingEntry]) -> None:
         )
         prev = digest
     conn.execute(insert(AuditEntryRow), rows)
-    conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+    conn.execute(update(AuditHead).where(AuditHead.id == tenant_id).values(seq=seq, hash=prev))
 
 
-def _entry(row: Any) -> AuditEntry:
+def _entry(row: Any, tenant: str) -> AuditEntry:
     return AuditEntry(
         seq=int(row.seq),
         at=_aware(row.at),
@@ -304,48 +317,60 @@ def _entry(row: Any) -> AuditEntry:
         detail=json.loads(row.detail) if row.detail is not None else None,
         prev_hash=row.prev_hash,
         hash=row.hash,
+        tenant=tenant,
     )
 
 
 def read_entries(
     conn: Connection,
+    tenant_id: int | None,
     since: dt.datetime | None = None,
     speaker: str | None = None,
     action: str | None = None,
     limit: int | None = None,
 ) -> list[AuditEntry]:
-    """Entries in chain order, filtered: at or after ``since`` (naive: UTC), about
-    ``speaker`` (exact name), of ``action``; the last ``limit`` of them when given."""
-    query = select(AuditEntryRow)
+    """Tenant ``tenant_id``'s entries in chain order, filtered: at or after ``since``
+    (naive: UTC), about ``speaker`` (exact name), of ``action``; the last ``limit`` of them
+    when given. None (a tenant never written): none."""
+    if action is not None and action not in AUDIT_ACTIONS:
+        raise UsageError(f"action must be one of {', '.join(AUDIT_ACTIONS)}, not {action!r}")
+    if limit is not None and limit < 1:
+        raise UsageError(f"limit must be at least 1, not {limit}")
+    if tenant_id is None:
+        return []
+    tenant = str(conn.execute(select(Tenant.name).where(Tenant.id == tenant_id)).scalar_one())
+    query = select(AuditEntryRow).where(AuditEntryRow.tenant_id == tenant_id)
     if since is not None:
         query = query.where(AuditEntryRow.at >= _aware(since))
     if speaker is not None:
         query = query.where(AuditEntryRow.speaker == speaker)
     if action is not None:
-        if action not in AUDIT_ACTIONS:
-            raise UsageError(f"action must be one of {', '.join(AUDIT_ACTIONS)}, not {action!r}")
         query = query.where(AuditEntryRow.action == action)
     if limit is not None:
-        if limit < 1:
-            raise UsageError(f"limit must be at least 1, not {limit}")
         rows = conn.execute(query.order_by(AuditEntryRow.seq.desc()).limit(limit)).all()
-        return [_entry(r) for r in reversed(rows)]
-    return [_entry(r) for r in conn.execute(query.order_by(AuditEntryRow.seq)).all()]
+        return [_entry(r, tenant) for r in reversed(rows)]
+    return [_entry(r, tenant) for r in conn.execute(query.order_by(AuditEntryRow.seq)).all()]
 
 
-def check_chain(conn: Connection) -> AuditCheck:
-    """Walk the whole log in ``seq`` order and report the first entry that does not fit: a
-    gap in the numbering (deleted), an entry that does not follow its predecessor's hash
-    (deleted, inserted or reordered), one whose hash is not of its content (modified), or
-    a log that does not end at the head row (entries deleted or appended at the end)."""
-    head = conn.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).one()
+def check_chain(conn: Connection, tenant_id: int | None) -> AuditCheck:
+    """Walk tenant ``tenant_id``'s whole chain in ``seq`` order and report the first entry
+    that does not fit: a gap in the numbering (deleted), an entry that does not follow its
+    predecessor's hash (deleted, inserted or reordered), one whose hash is not of its
+    content (modified), or a log that does not end at the head row (entries deleted or
+    appended at the end). A tenant never written has an empty, whole chain."""
+    if tenant_id is None:
+        return AuditCheck(True, 0, 0, ZERO_HASH)
+    head = conn.execute(
+        select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == tenant_id)
+    ).one()
     head_seq, head_hash = int(head.seq), str(head.hash)
     expected, prev, count = 1, ZERO_HASH, 0
 
     def bad(seq: int, problem: str) -> AuditCheck:
         return AuditCheck(False, count, head_seq, head_hash, seq, problem)
 
-    for row in conn.execute(select(AuditEntryRow).order_by(AuditEntryRow.seq)):
+    rows = select(AuditEntryRow).where(AuditEntryRow.tenant_id == tenant_id)
+    for row in conn.execute(rows.order_by(AuditEntryRow.seq)):
         seq = int(row.seq)
         if seq != expected:
             if seq > expected:
@@ -368,6 +393,7 @@ def check_chain(conn: Connection) -> AuditCheck:
             row.score,
             row.request_id,
             row.detail,
+            tenant_id,
         )
         if digest != row.hash:
             return bad(seq, f"entry {seq} was modified (its hash is not of its content)")

@@ -40,9 +40,23 @@ __all__ = ["AuditedStore"]
 class AuditedStore(StoreConnection):
     """Audit verbs of :class:`~speakerdb.storage._store.EnrollmentStore`."""
 
-    _audit_engine: Engine | None = None
-    _audit_unwritable = False
     _audit_lock = threading.Lock()
+
+    @property
+    def _audit_engine(self) -> Engine | None:
+        return self._shared.audit_engine
+
+    @_audit_engine.setter
+    def _audit_engine(self, engine: Engine | None) -> None:
+        self._shared.audit_engine = engine
+
+    @property
+    def _audit_unwritable(self) -> bool:
+        return self._shared.audit_unwritable
+
+    @_audit_unwritable.setter
+    def _audit_unwritable(self, value: bool) -> None:
+        self._shared.audit_unwritable = value
 
     def record_lookups(self, entries: Sequence[PendingEntry]) -> None:
         """Append lookups' entries (verify, identify, compare) in one small transaction of
@@ -51,7 +65,10 @@ class AuditedStore(StoreConnection):
         if not entries or not lookups_are_recorded():
             return
         if not self.read_only:
-            self.write(lambda conn: append(conn, entries), "write the audit log")
+            self.write(
+                lambda conn: append(conn, self.writing_tenant(conn), entries),
+                "write the audit log",
+            )
             return
         engine = self._writable_engine()
         if engine is None:
@@ -59,7 +76,7 @@ class AuditedStore(StoreConnection):
 
         def attempt() -> None:
             with write_transaction(engine) as conn:
-                append(conn, entries)
+                append(conn, self.writing_tenant(conn), entries)
 
         retrying(attempt, f"cannot write the audit log of {self.location.display}")
 
@@ -76,6 +93,8 @@ class AuditedStore(StoreConnection):
             return self._audit_engine
 
     def close(self) -> None:
+        if self._view:
+            return
         super().close()
         with self._audit_lock:
             if self._audit_engine is not None:
@@ -89,15 +108,17 @@ class AuditedStore(StoreConnection):
         action: str | None = None,
         limit: int | None = None,
     ) -> list[AuditEntry]:
-        """Audit entries in chain order (see :func:`speakerdb.storage._audit.read_entries`).
-        Raises UsageError (an unknown action, a limit below 1), StoreError."""
+        """This tenant's audit entries in chain order (see
+        :func:`speakerdb.storage._audit.read_entries`). Raises UsageError (an unknown
+        action, a limit below 1), StoreError."""
         with self.reading("read the audit log") as conn:
-            return read_entries(conn, since, speaker, action, limit)
+            return read_entries(conn, self.tenant_id(conn), since, speaker, action, limit)
 
     def audit_verify(self) -> AuditCheck:
-        """Check the whole chain (see :func:`speakerdb.storage._audit.check_chain`)."""
+        """Check this tenant's whole chain (see
+        :func:`speakerdb.storage._audit.check_chain`)."""
         try:
             with self.reading("check the audit log") as conn:
-                return check_chain(conn)
+                return check_chain(conn, self.tenant_id(conn))
         except SQLAlchemyError as exc:  # pragma: no cover - reading() translates these
             raise store_error(exc, "cannot check the audit log") from None

@@ -25,25 +25,33 @@ __all__ = [
 ]
 
 
-def read_threshold(conn: Connection, key: str) -> tuple[float | None, str | None]:
-    """The threshold stored for normalisation ``key`` ("none", "asnorm") and its note;
-    (None, None) when none is set."""
+def read_threshold(
+    conn: Connection, tenant_id: int | None, key: str
+) -> tuple[float | None, str | None]:
+    """The threshold tenant ``tenant_id`` stored for normalisation ``key`` ("none",
+    "asnorm") and its note; (None, None) when none is set."""
     row = conn.execute(
-        select(Calibration.threshold, Calibration.note).where(Calibration.normalization == key)
+        select(Calibration.threshold, Calibration.note).where(
+            Calibration.tenant_id == tenant_id, Calibration.normalization == key
+        )
     ).first()
     if row is None or row.threshold is None:
         return None, None
     return row.threshold, row.note
 
 
-def read_setting(conn: Connection, key: str) -> tuple[str, CalibrationSetting | None]:
-    """The database's default calibration ("bundled" or "none") and the setting stored for
-    normalisation ``key``, if any."""
+def read_setting(
+    conn: Connection, tenant_id: int | None, key: str
+) -> tuple[str, CalibrationSetting | None]:
+    """The database's default calibration ("bundled" or "none") and the setting tenant
+    ``tenant_id`` stored for normalisation ``key``, if any."""
     default = conn.execute(
         select(StoreState.calibration_default).where(StoreState.id == 1)
     ).scalar_one()
     row = conn.execute(
-        select(*table_of(Calibration).c).where(Calibration.normalization == key)
+        select(*table_of(Calibration).c).where(
+            Calibration.tenant_id == tenant_id, Calibration.normalization == key
+        )
     ).first()
     if row is None:
         return str(default), None
@@ -65,15 +73,22 @@ def read_setting(conn: Connection, key: str) -> tuple[str, CalibrationSetting | 
     )
 
 
-def write_setting(conn: Connection, setting: CalibrationSetting) -> None:
-    """Replace the setting for ``setting.normalization`` (checked by :func:`check_setting`
-    first); a calibration to LLRs also sets the database's default to "bundled"."""
+def write_setting(conn: Connection, tenant_id: int, setting: CalibrationSetting) -> None:
+    """Replace the tenant's setting for ``setting.normalization`` (checked by
+    :func:`check_setting` first); a calibration to LLRs also sets the database's default to
+    "bundled"."""
     lock_state(conn)
-    conn.execute(delete(Calibration).where(Calibration.normalization == setting.normalization))
+    conn.execute(
+        delete(Calibration).where(
+            Calibration.tenant_id == tenant_id,
+            Calibration.normalization == setting.normalization,
+        )
+    )
     conn.execute(
         table_of(Calibration)
         .insert()
         .values(
+            tenant_id=tenant_id,
             normalization=setting.normalization,
             kind=setting.kind,
             threshold=setting.threshold,
@@ -96,9 +111,13 @@ def write_setting(conn: Connection, setting: CalibrationSetting) -> None:
         )
 
 
-def clear_setting(conn: Connection, key: str) -> None:
-    """Forget the setting for normalisation ``key``."""
-    conn.execute(delete(Calibration).where(Calibration.normalization == key))
+def clear_setting(conn: Connection, tenant_id: int, key: str) -> None:
+    """Forget the tenant's setting for normalisation ``key``."""
+    conn.execute(
+        delete(Calibration).where(
+            Calibration.tenant_id == tenant_id, Calibration.normalization == key
+        )
+    )
 
 
 def check_setting(setting: CalibrationSetting) -> None:

@@ -17,7 +17,7 @@ from speakerdb.storage._records import CompactResult
 
 __all__ = ["checkpoint_wal", "compact_postgresql", "compact_sqlite"]
 
-_VECTOR_TABLES = ("utterances", "reembeddings", "speakers")
+_VECTOR_TABLES = ("utterances", "reembeddings", "speakers", "watchlist")
 
 
 def compact_sqlite(engine: Engine, path: Path, display: str) -> CompactResult:

@@ -11,10 +11,12 @@ transactions (re-embedding, checks) take it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection, Engine
@@ -28,6 +30,7 @@ from speakerdb.storage._engine import read_transaction, retrying, store_error, w
 from speakerdb.storage._location import DatabaseLocation
 from speakerdb.storage._rows import ensure_model, lock_state, model_mismatch, model_of
 from speakerdb.storage._schema import ModelRow, StoreState
+from speakerdb.storage._tenants import DEFAULT_TENANT, ensure_tenant, find_tenant, validated_tenant
 
 if TYPE_CHECKING:
     # FAISS loads with the index, on the first search: enrolling or verifying never needs it.
@@ -38,9 +41,24 @@ __all__ = ["StoreConnection"]
 T = TypeVar("T")
 
 
+@dataclass
+class _Shared:
+    """What every tenant view of one open database shares (see
+    :meth:`StoreConnection.in_tenant`): the model, the index cache, the audit log's
+    writable engine, and each tenant's speaker ids as of a change sequence."""
+
+    model: ModelIdentity | None = None
+    cache: IndexCache | None = None
+    closed: bool = False
+    audit_engine: Engine | None = None
+    audit_unwritable: bool = False
+    tenant_ids: dict[int, tuple[int, Any]] = field(default_factory=dict)
+
+
 class StoreConnection:
-    """One open database: its engine, transactions, model guard and index cache. Safe to
-    share between threads."""
+    """One open database: its engine, transactions, model guard and index cache, acting in
+    one tenant (``tenant``; :meth:`in_tenant` gives a view of the same database in
+    another). Safe to share between threads."""
 
     def __init__(
         self,
@@ -63,16 +81,63 @@ class StoreConnection:
         # whatever URL or path reached it, another for a copy of it.
         self.database_identity = database_identity
         self.index_key = index_key
-        self._cache: IndexCache | None = None
+        self._shared = _Shared()
         self._cache_lock = threading.Lock()
-        self._model: ModelIdentity | None = None
-        self._closed = False
+        self._view = False
+        self.tenant = DEFAULT_TENANT
+        self._tenant_id: int | None = 1  # the default tenant's id in every database
+
+    # The state every tenant view shares lives in ``_shared``.
+    @property
+    def _cache(self) -> IndexCache | None:
+        return self._shared.cache
+
+    @_cache.setter
+    def _cache(self, cache: IndexCache | None) -> None:
+        self._shared.cache = cache
+
+    @property
+    def _model(self) -> ModelIdentity | None:
+        return self._shared.model
+
+    @_model.setter
+    def _model(self, model: ModelIdentity | None) -> None:
+        self._shared.model = model
+
+    # --- tenants ------------------------------------------------------------------------------
+
+    def in_tenant(self, tenant: str) -> Self:
+        """This database as seen by tenant ``tenant``: a view sharing the connections, the
+        model and the index with this store, whose every verb acts in that tenant only.
+        Closing a view does nothing (close the store it came from). Raises UsageError for
+        an invalid tenant name."""
+        name = validated_tenant(tenant)
+        view = copy.copy(self)
+        view.tenant = name
+        view._tenant_id = 1 if name == DEFAULT_TENANT else None
+        view._view = True
+        return view
+
+    def tenant_id(self, conn: Connection) -> int | None:
+        """This store's tenant's id, or None when the tenant was never written (it then
+        holds nothing). Known ids are kept: a tenant is never deleted."""
+        if self._tenant_id is None:
+            self._tenant_id = find_tenant(conn, self.tenant)
+        return self._tenant_id
+
+    def writing_tenant(self, conn: Connection) -> int:
+        """Inside a write transaction: this store's tenant's id, creating the tenant when it
+        does not exist (not kept until committed: a rolled-back id may be reused)."""
+        if self._tenant_id is not None:
+            return self._tenant_id
+        return ensure_tenant(conn, self.tenant)
 
     def close(self) -> None:
-        """Save the index file if it is worth it, and release connections."""
-        if self._closed:
+        """Save the index file if it is worth it, and release connections (a tenant view:
+        nothing)."""
+        if self._view or self._shared.closed:
             return
-        self._closed = True
+        self._shared.closed = True
         try:
             if self._cache is not None:
                 self._cache.wait_for_maintenance()

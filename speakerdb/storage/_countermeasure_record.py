@@ -85,7 +85,7 @@ def write_countermeasure(store: EnrollmentStore, record: CountermeasureRecord | 
     def work(conn: Connection) -> None:
         lock_state(conn)
         conn.execute(update(StoreState).where(StoreState.id == 1).values(**values))
-        append(conn, [entry])
+        append(conn, store.writing_tenant(conn), [entry])
 
     store.write(work, "record the countermeasure")
 
@@ -128,6 +128,6 @@ def write_spoof_calibration(store: EnrollmentStore, calibration: dict[str, Any] 
                     "created_at": utcnow(),
                 },
             )
-        append(conn, [entry])
+        append(conn, store.writing_tenant(conn), [entry])
 
     store.write(work, "store the spoof calibration")

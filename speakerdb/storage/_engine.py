@@ -235,6 +235,25 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 
 
 @contextlib.contextmanager
+def migration_transaction(engine: Engine) -> Iterator[Connection]:
+    """:func:`write_transaction` for migrations. On SQLite, foreign keys are off while it
+    runs (a PRAGMA that only takes effect outside a transaction): a migration that rebuilds
+    a table (``batch_alter_table``) drops the old one, and with them on, dropping
+    ``speakers`` would cascade to every utterance."""
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection if engine.dialect.name == "sqlite" else None
+        if raw is not None:
+            raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            conn = conn.execution_options(**{_WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
+        finally:
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys=ON")
+
+
+@contextlib.contextmanager
 def read_transaction(engine: Engine) -> Iterator[Connection]:
     """A read-only transaction: one consistent snapshot for everything read inside it."""
     with engine.connect() as conn, conn.begin():

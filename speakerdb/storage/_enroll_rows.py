@@ -136,17 +136,21 @@ def utterance_rows(
     ]
 
 
-def existing_names(conn: Connection, names: Sequence[str]) -> set[str]:
+def existing_names(conn: Connection, tenant_id: int, names: Sequence[str]) -> set[str]:
     found: set[str] = set()
     unique = sorted(set(names))
     for start in range(0, len(unique), 500):
         chunk = unique[start : start + 500]
-        found.update(conn.execute(select(Speaker.name).where(Speaker.name.in_(chunk))).scalars())
+        found.update(
+            conn.execute(
+                select(Speaker.name).where(Speaker.tenant_id == tenant_id, Speaker.name.in_(chunk))
+            ).scalars()
+        )
     return found
 
 
 def create_speakers(
-    conn: Connection, requests: list[EnrollRequest], model_id: int, seq: int
+    conn: Connection, tenant_id: int, requests: list[EnrollRequest], model_id: int, seq: int
 ) -> tuple[list[EnrollResult], int]:
     """Insert new speakers (distinct names, none existing) with their utterances and change
     log entries in bulk statements. Returns their results and the last sequence number used."""
@@ -164,6 +168,7 @@ def create_speakers(
                 "consent": governed.get("consent"),
                 "consent_at": governed.get("consent_at"),
                 "consent_by": governed.get("consent_by"),
+                "tenant_id": tenant_id,
                 "name": request.name,
                 "metadata": request.metadata,
                 "status": "active",
@@ -232,6 +237,7 @@ def create_speakers(
 
 def enroll_one(
     conn: Connection,
+    tenant_id: int,
     request: EnrollRequest,
     model_id: int,
     dimension: int,
@@ -242,7 +248,7 @@ def enroll_one(
     now = utcnow()
     existing = conn.execute(
         SPEAKER_COLUMNS.add_columns(Speaker.centroid)
-        .where(Speaker.name == request.name)
+        .where(Speaker.tenant_id == tenant_id, Speaker.name == request.name)
         .with_for_update()
     ).first()
     if existing is None:
@@ -279,7 +285,7 @@ def enroll_one(
                 changes[METADATA_COLUMN] = request.metadata
             changes.update({getattr(Speaker, k): v for k, v in governed.items()})
             conn.execute(update(Speaker).where(Speaker.id == speaker_id).values(changes))
-            existing = speaker_row(conn, request.name)
+            existing = speaker_row(conn, tenant_id, request.name)
         return EnrollResult(request.name, speaker_record(existing), duplicates=duplicates), False
 
     if added:
@@ -310,7 +316,7 @@ def enroll_one(
         values["metadata"] = request.metadata
     values.update(governed)
     conn.execute(update(Speaker).where(Speaker.id == speaker_id).values(**values))
-    record = speaker_record(speaker_row(conn, request.name))
+    record = speaker_record(speaker_row(conn, tenant_id, request.name))
     return (
         EnrollResult(
             request.name,

@@ -86,8 +86,8 @@ class EnrollmentState:
 
 
 def enrollment_rows(store: EnrollmentStore, dimension: int) -> EnrollmentRows:
-    """Every recording's embedding and quality, ordered by speaker then enrollment (one read
-    transaction). Raises StoreError."""
+    """Every recording of the store's tenant: its embedding and quality, ordered by speaker
+    then enrollment (one read transaction). Raises StoreError."""
     try:
         with read_transaction(store.engine) as conn:
             rows = conn.execute(
@@ -96,7 +96,10 @@ def enrollment_rows(store: EnrollmentStore, dimension: int) -> EnrollmentRows:
                     Utterance.embedding,
                     Utterance.speech_seconds,
                     Utterance.bandwidth_hz,
-                ).order_by(Utterance.speaker_id, Utterance.id)
+                )
+                .join(Speaker, Speaker.id == Utterance.speaker_id)
+                .where(Speaker.tenant_id == store.tenant_id(conn))
+                .order_by(Utterance.speaker_id, Utterance.id)
             ).all()
     except SQLAlchemyError as exc:
         raise store_error(exc, "cannot read the enrollments") from None
@@ -114,22 +117,33 @@ def enrollment_rows(store: EnrollmentStore, dimension: int) -> EnrollmentRows:
 def enrollment_state(
     store: EnrollmentStore, since: int | None = None
 ) -> tuple[EnrollmentState, int]:
-    """The enrollments' summary now, and how many recordings with an id <= ``since`` remain
-    (0 without ``since``). Three counts in one read transaction: cheap enough to run before
-    each decision of a database in auto mode."""
+    """The summary of the store's tenant's enrollments now, and how many recordings with an
+    id <= ``since`` remain (0 without ``since``). Three counts in one read transaction:
+    cheap enough to run before each decision of a database in auto mode."""
     try:
         with read_transaction(store.engine) as conn:
-            speakers = conn.execute(select(func.count()).select_from(Speaker)).scalar_one()
-            eligible = conn.execute(
-                select(func.count()).where(Speaker.utterance_count >= 2)
+            tenant_id = store.tenant_id(conn)
+            speakers = conn.execute(
+                select(func.count()).select_from(Speaker).where(Speaker.tenant_id == tenant_id)
             ).scalar_one()
+            eligible = conn.execute(
+                select(func.count()).where(
+                    Speaker.tenant_id == tenant_id, Speaker.utterance_count >= 2
+                )
+            ).scalar_one()
+            mine = (
+                select(Utterance.id)
+                .join(Speaker, Speaker.id == Utterance.speaker_id)
+                .where(Speaker.tenant_id == tenant_id)
+                .subquery()
+            )
             recordings, top = conn.execute(
-                select(func.count(), func.coalesce(func.max(Utterance.id), 0))
+                select(func.count(), func.coalesce(func.max(mine.c.id), 0))
             ).one()
             surviving = 0
             if since is not None:
                 surviving = conn.execute(
-                    select(func.count()).where(Utterance.id <= since)
+                    select(func.count()).where(mine.c.id <= since)
                 ).scalar_one()
     except SQLAlchemyError as exc:
         raise store_error(exc, "cannot read the enrollments") from None
@@ -155,6 +169,7 @@ def set_calibration_default(store: EnrollmentStore, value: str) -> None:
             )
             # Which calibration decides is a change users rely on: audited with it.
             detail = {"calibration_default": value}
-            append(conn, [PendingEntry("calibration", decision="set", detail=detail)])
+            entry = PendingEntry("calibration", decision="set", detail=detail)
+            append(conn, store.writing_tenant(conn), [entry])
 
     retrying(attempt, f"cannot change the calibration of {store.location.display}")

@@ -3,7 +3,7 @@
 * Retention: ``speakers.expires_at``; ``speakerdb db expire`` erases every speaker past it
   through :func:`erase_speaker`, the one erase path delete and opt-out also take.
 * Consent: the text given at enrollment, when, and by whom (the audit actor: an API key's
-  name or the OS user); ``store_state.require_consent`` makes it compulsory for every new
+  name or the OS user); ``tenants.require_consent`` makes it compulsory for every new
   speaker.
 * Opt-out: the speaker is erased and only HMAC-SHA256(``store_state.name_key``, the name
   normalised and case-folded) is kept in ``opt_outs``; enrolling a name with that digest is
@@ -31,7 +31,7 @@ from speakerdb.storage._audit import current_actor
 from speakerdb.storage._names import canonical_name
 from speakerdb.storage._records import EnrollRequest
 from speakerdb.storage._rows import record_change
-from speakerdb.storage._schema import OptOut, Speaker, StoreState, Utterance
+from speakerdb.storage._schema import OptOut, Speaker, StoreState, Tenant, Utterance
 
 __all__ = [
     "MAX_CONSENT",
@@ -86,28 +86,32 @@ def name_hmac(conn: Connection, name: str) -> str:
     return hmac.new(_name_key(conn), normal, hashlib.sha256).hexdigest()
 
 
-def opted_out(conn: Connection, names: Sequence[str]) -> set[str]:
-    """Those of ``names`` that are opted out."""
-    if not names:
+def opted_out(conn: Connection, tenant_id: int | None, names: Sequence[str]) -> set[str]:
+    """Those of ``names`` that are opted out in tenant ``tenant_id``."""
+    if not names or tenant_id is None:
         return set()
     digests = {name_hmac(conn, n): n for n in names}
-    found = conn.execute(select(OptOut.name_hmac).where(OptOut.name_hmac.in_(list(digests))))
+    found = conn.execute(
+        select(OptOut.name_hmac).where(
+            OptOut.tenant_id == tenant_id, OptOut.name_hmac.in_(list(digests))
+        )
+    )
     return {digests[d] for d in found.scalars()}
 
 
 def check_enrollable(
-    conn: Connection, requests: Sequence[EnrollRequest], existing: set[str]
+    conn: Connection, tenant_id: int, requests: Sequence[EnrollRequest], existing: set[str]
 ) -> None:
     """Raise OptedOutError when a request's name is opted out, ConsentRequiredError when
-    the database requires consent and a new speaker comes without it."""
-    blocked = opted_out(conn, [r.name for r in requests])
+    the tenant requires consent and a new speaker comes without it."""
+    blocked = opted_out(conn, tenant_id, [r.name for r in requests])
     if blocked:
         name = sorted(blocked)[0]
         raise OptedOutError(
             f"{name!r} was opted out and cannot be enrolled (an administrator can lift it: "
             "speakerdb speakers opt-in NAME)"
         )
-    required = conn.execute(select(StoreState.require_consent).where(StoreState.id == 1)).scalar()
+    required = conn.execute(select(Tenant.require_consent).where(Tenant.id == tenant_id)).scalar()
     if required:
         missing = sorted(r.name for r in requests if r.name not in existing and not r.consent)
         if missing:
@@ -146,31 +150,37 @@ def erase_speaker(conn: Connection, speaker_id: int, seq: int) -> None:
     record_change(conn, speaker_id, seq, "delete")
 
 
-def expired(conn: Connection, now: dt.datetime) -> list[Row[Any]]:
-    """(id, name) of the speakers whose retention ended by ``now``, locked."""
-    rows: list[Row[Any]] = []
-    rows.extend(
-        conn.execute(
-            select(Speaker.id, Speaker.name)
-            .where(Speaker.expires_at.is_not(None), Speaker.expires_at <= now)
-            .order_by(Speaker.name)
-            .with_for_update()
-        )
+def expired(conn: Connection, now: dt.datetime, tenant_id: int | None) -> list[Row[Any]]:
+    """(id, name, tenant_id) of the speakers of tenant ``tenant_id`` (None: of every
+    tenant) whose retention ended by ``now``, locked."""
+    query = select(Speaker.id, Speaker.name, Speaker.tenant_id).where(
+        Speaker.expires_at.is_not(None), Speaker.expires_at <= now
     )
+    if tenant_id is not None:
+        query = query.where(Speaker.tenant_id == tenant_id)
+    rows: list[Row[Any]] = []
+    rows.extend(conn.execute(query.order_by(Speaker.tenant_id, Speaker.name).with_for_update()))
     return rows
 
 
-def add_opt_out(conn: Connection, name: str, now: dt.datetime) -> str:
-    """Record the name's digest (once); returns it."""
+def add_opt_out(conn: Connection, tenant_id: int, name: str, now: dt.datetime) -> str:
+    """Record the name's digest in the tenant (once); returns it."""
     digest = name_hmac(conn, name)
-    exists = conn.execute(select(OptOut.name_hmac).where(OptOut.name_hmac == digest)).first()
+    exists = conn.execute(
+        select(OptOut.name_hmac).where(OptOut.tenant_id == tenant_id, OptOut.name_hmac == digest)
+    ).first()
     if exists is None:
-        conn.execute(insert(OptOut).values(name_hmac=digest, created_at=now))
+        conn.execute(insert(OptOut).values(tenant_id=tenant_id, name_hmac=digest, created_at=now))
     return digest
 
 
-def remove_opt_out(conn: Connection, name: str) -> str | None:
-    """Lift the name's opt-out; returns its digest, or None when it was not opted out."""
+def remove_opt_out(conn: Connection, tenant_id: int | None, name: str) -> str | None:
+    """Lift the name's opt-out in the tenant; returns its digest, or None when it was not
+    opted out."""
+    if tenant_id is None:
+        return None
     digest = name_hmac(conn, name)
-    gone = conn.execute(delete(OptOut).where(OptOut.name_hmac == digest)).rowcount
+    gone = conn.execute(
+        delete(OptOut).where(OptOut.tenant_id == tenant_id, OptOut.name_hmac == digest)
+    ).rowcount
     return digest if gone else None

@@ -23,7 +23,7 @@ from speakerdb.storage._governance import (
 )
 from speakerdb.storage._names import validated_name
 from speakerdb.storage._rows import lock_state, set_seq, speaker_row
-from speakerdb.storage._schema import Speaker, StoreState, utcnow
+from speakerdb.storage._schema import Speaker, Tenant, utcnow
 
 __all__ = ["GovernedStore"]
 
@@ -31,24 +31,32 @@ __all__ = ["GovernedStore"]
 class GovernedStore(AuditedStore):
     """Governance verbs of :class:`~speakerdb.storage._store.EnrollmentStore`."""
 
-    def expire(self, now: dt.datetime | None = None) -> list[str]:
-        """Erase every speaker whose retention ended by ``now`` (default: the present),
-        like a delete, with one "expire" audit entry each. Returns their names. The
-        database files still hold the erased bytes until :meth:`compact` (``db expire``
-        runs it). Raises UsageError (read-only), StoreError."""
+    def expire(self, now: dt.datetime | None = None, all_tenants: bool = False) -> list[str]:
+        """Erase every speaker of this tenant (``all_tenants``: of every tenant, for the
+        database's owner) whose retention ended by ``now`` (default: the present), like a
+        delete, with one "expire" audit entry each in its tenant's chain. Returns their
+        names. The database files still hold the erased bytes until :meth:`compact` (``db
+        expire`` runs it). Raises UsageError (read-only), StoreError."""
         moment = now or utcnow()
 
         def work(conn: Connection) -> list[str]:
             state = lock_state(conn)
             seq = int(state.change_seq)
+            tenant_id = None if all_tenants else self.tenant_id(conn)
+            if tenant_id is None and not all_tenants:
+                return []
             names: list[str] = []
-            for row in expired(conn, moment):
+            entries: dict[int, list[PendingEntry]] = {}
+            for row in expired(conn, moment, tenant_id):
                 seq += 1
                 erase_speaker(conn, row.id, seq)
                 names.append(row.name)
+                entry = PendingEntry("expire", speaker=row.name, decision="erased")
+                entries.setdefault(int(row.tenant_id), []).append(entry)
             if names:
                 set_seq(conn, seq)
-                append(conn, [PendingEntry("expire", speaker=n, decision="erased") for n in names])
+                for owner, written in sorted(entries.items()):
+                    append(conn, owner, written)
             return names
 
         names = self.write(work, "expire speakers")
@@ -64,11 +72,14 @@ class GovernedStore(AuditedStore):
 
         def work(conn: Connection) -> bool:
             state = lock_state(conn)
-            found = conn.execute(select(Speaker.id).where(Speaker.name == name)).first()
+            tenant_id = self.writing_tenant(conn)
+            found = conn.execute(
+                select(Speaker.id).where(Speaker.tenant_id == tenant_id, Speaker.name == name)
+            ).first()
             erased = False
             if found is None:
                 try:  # looked up like every other verb (Unicode forms, spaces)
-                    found = speaker_row(conn, name, for_update=True)
+                    found = speaker_row(conn, tenant_id, name, for_update=True)
                 except NotFoundError:
                     found = None
             if found is not None:
@@ -76,13 +87,13 @@ class GovernedStore(AuditedStore):
                 erase_speaker(conn, found.id, seq)
                 set_seq(conn, seq)
                 erased = True
-            digest = add_opt_out(conn, name, utcnow())
+            digest = add_opt_out(conn, tenant_id, name, utcnow())
             entry = PendingEntry(
                 "opt-out",
                 decision="erased" if erased else "recorded",
                 detail={"name_hmac": digest},
             )
-            append(conn, [entry])
+            append(conn, tenant_id, [entry])
             return erased
 
         erased = self.write(work, "opt out")
@@ -97,35 +108,39 @@ class GovernedStore(AuditedStore):
 
         def work(conn: Connection) -> None:
             lock_state(conn)
-            digest = remove_opt_out(conn, name)
-            if digest is None:
+            tenant_id = self.tenant_id(conn)
+            digest = remove_opt_out(conn, tenant_id, name)
+            if digest is None or tenant_id is None:
                 raise NotFoundError(f"{name!r} is not opted out")
-            append(conn, [PendingEntry("opt-in", decision="lifted", detail={"name_hmac": digest})])
+            entry = PendingEntry("opt-in", decision="lifted", detail={"name_hmac": digest})
+            append(conn, tenant_id, [entry])
 
         self.write(work, "opt in")
 
     def opted_out(self, names: Sequence[str]) -> set[str]:
         """Those of ``names`` that are opted out (checked again when enrolling)."""
         with self.reading("read the opt-outs") as conn:
-            return opted_out(conn, list(names))
+            return opted_out(conn, self.tenant_id(conn), list(names))
 
     def require_consent(self) -> bool:
-        """Whether every new speaker's enrollment must record consent."""
+        """Whether every new speaker's enrollment in this tenant must record consent."""
         with self.reading("read the settings") as conn:
             value = conn.execute(
-                select(StoreState.require_consent).where(StoreState.id == 1)
+                select(Tenant.require_consent).where(Tenant.id == self.tenant_id(conn))
             ).scalar()
         return bool(value)
 
     def set_require_consent(self, required: bool) -> None:
-        """Require (or stop requiring) consent for every enrollment of a new speaker."""
+        """Require (or stop requiring) consent for every enrollment of a new speaker in
+        this tenant."""
 
         def work(conn: Connection) -> None:
             lock_state(conn)
+            tenant_id = self.writing_tenant(conn)
             conn.execute(
-                update(StoreState).where(StoreState.id == 1).values(require_consent=required)
+                update(Tenant).where(Tenant.id == tenant_id).values(require_consent=required)
             )
             detail = {"require_consent": required}
-            append(conn, [PendingEntry("setting", decision="set", detail=detail)])
+            append(conn, tenant_id, [PendingEntry("setting", decision="set", detail=detail)])
 
         self.write(work, "change the consent setting")

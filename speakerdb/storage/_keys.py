@@ -33,7 +33,8 @@ from speakerdb.errors import AlreadyExistsError, NotFoundError, UsageError
 from speakerdb.storage._audit import PendingEntry, append
 from speakerdb.storage._engine import read_transaction, retrying, store_error, write_transaction
 from speakerdb.storage._names import canonical_name, validated_name
-from speakerdb.storage._schema import ApiKey, StoreState, utcnow
+from speakerdb.storage._schema import ApiKey, StoreState, Tenant, utcnow
+from speakerdb.storage._tenants import DEFAULT_TENANT, ensure_tenant
 
 __all__ = [
     "KEY_PREFIX",
@@ -68,6 +69,8 @@ class ApiKeyRecord:
     prefix: str
     scopes: tuple[str, ...]
     created_at: dt.datetime
+    tenant: str = DEFAULT_TENANT
+    """The one tenant the key acts in."""
 
     def allows(self, scope: str) -> bool:
         """Whether this key may do what ``scope`` covers (admin covers everything)."""
@@ -79,6 +82,7 @@ class ApiKeyRecord:
             "prefix": self.prefix,
             "scopes": list(self.scopes),
             "created_at": self.created_at.isoformat(),
+            "tenant": self.tenant,
         }
 
 
@@ -113,10 +117,11 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _record(name: str, prefix: str, scopes: str, created: dt.datetime) -> ApiKeyRecord:
+def _record(row: Any) -> ApiKeyRecord:
+    created = row.created_at
     if created.tzinfo is None:  # SQLite returns naive datetimes; they were written in UTC
         created = created.replace(tzinfo=dt.UTC)
-    return ApiKeyRecord(name, prefix, tuple(scopes.split()), created)
+    return ApiKeyRecord(row.name, row.prefix, tuple(row.scopes.split()), created, row.tenant)
 
 
 def _key_name(name: object) -> str:
@@ -129,24 +134,38 @@ def _key_name(name: object) -> str:
     return cleaned
 
 
-_COLUMNS = select(ApiKey.name, ApiKey.prefix, ApiKey.scopes, ApiKey.created_at)
+_COLUMNS = select(
+    ApiKey.name,
+    ApiKey.prefix,
+    ApiKey.scopes,
+    ApiKey.created_at,
+    ApiKey.tenant_id,
+    Tenant.name.label("tenant"),
+).join(Tenant, Tenant.id == ApiKey.tenant_id)
 
 
-def create_key(engine: Engine, where: str, name: str, scopes: Iterable[str]) -> NewApiKey:
-    """Create a key called ``name`` with ``scopes``. Returns it with its secret (the only
-    time the secret is available). Raises UsageError (bad name or scope), AlreadyExistsError
-    (a key of that name exists), StoreError."""
+def create_key(
+    engine: Engine, where: str, name: str, scopes: Iterable[str], tenant: str = DEFAULT_TENANT
+) -> NewApiKey:
+    """Create a key of ``tenant`` called ``name`` with ``scopes`` (key names are unique
+    within a tenant). Returns it with its secret (the only time the secret is available).
+    Raises UsageError (bad name or scope), AlreadyExistsError (the tenant has a key of that
+    name), StoreError."""
     clean_name = _key_name(name)
     granted = parse_scopes(scopes)
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     now = utcnow()
 
     def work(conn: Connection) -> None:
-        taken = conn.execute(select(ApiKey.id).where(ApiKey.name == clean_name)).first()
+        tenant_id = ensure_tenant(conn, tenant)
+        taken = conn.execute(
+            select(ApiKey.id).where(ApiKey.tenant_id == tenant_id, ApiKey.name == clean_name)
+        ).first()
         if taken is not None:
             raise AlreadyExistsError(f"an API key named {clean_name!r} already exists")
         conn.execute(
             insert(ApiKey).values(
+                tenant_id=tenant_id,
                 name=clean_name,
                 key_sha256=_digest(secret),
                 prefix=secret[:_SHOWN_CHARACTERS],
@@ -157,13 +176,13 @@ def create_key(engine: Engine, where: str, name: str, scopes: Iterable[str]) -> 
         # In the key's own transaction: no server can see the key without the flag.
         conn.execute(update(StoreState).where(StoreState.id == 1).values(keys_required=True))
         detail = {"key": clean_name, "scopes": list(granted)}
-        append(conn, [PendingEntry("key-create", decision="created", detail=detail)])
+        append(conn, tenant_id, [PendingEntry("key-create", decision="created", detail=detail)])
 
     try:
         retrying(lambda: _in_write(engine, work), f"cannot create an API key in {where}")
     except IntegrityError:  # a concurrent create of the same name won the race
         raise AlreadyExistsError(f"an API key named {clean_name!r} already exists") from None
-    record = ApiKeyRecord(clean_name, secret[:_SHOWN_CHARACTERS], granted, now)
+    record = ApiKeyRecord(clean_name, secret[:_SHOWN_CHARACTERS], granted, now, tenant)
     return NewApiKey(record, secret)
 
 
@@ -172,28 +191,29 @@ def _in_write(engine: Engine, work: Callable[[Connection], T]) -> T:
         return work(conn)
 
 
-def list_keys(engine: Engine) -> list[ApiKeyRecord]:
-    """Every key (without secrets), by name."""
+def list_keys(engine: Engine, tenant: str = DEFAULT_TENANT) -> list[ApiKeyRecord]:
+    """Every key of ``tenant`` (without secrets), by name."""
     try:
         with read_transaction(engine) as conn:
-            rows = conn.execute(_COLUMNS.order_by(ApiKey.name)).all()
+            rows = conn.execute(_COLUMNS.where(Tenant.name == tenant).order_by(ApiKey.name)).all()
     except SQLAlchemyError as exc:
         raise store_error(exc, "cannot list API keys") from None
-    return [_record(r.name, r.prefix, r.scopes, r.created_at) for r in rows]
+    return [_record(r) for r in rows]
 
 
-def revoke_key(engine: Engine, where: str, name: str) -> ApiKeyRecord:
-    """Delete the key called ``name``: it stops working at once, in every server. Raises
-    NotFoundError, StoreError."""
+def revoke_key(engine: Engine, where: str, name: str, tenant: str = DEFAULT_TENANT) -> ApiKeyRecord:
+    """Delete ``tenant``'s key called ``name``: it stops working at once, in every server.
+    Raises NotFoundError, StoreError."""
     name = canonical_name(name)
 
     def work(conn: Connection) -> ApiKeyRecord:
-        row = conn.execute(_COLUMNS.where(ApiKey.name == name)).first()
+        row = conn.execute(_COLUMNS.where(Tenant.name == tenant, ApiKey.name == name)).first()
         if row is None:
             raise NotFoundError(f"no API key named {name!r}")
-        conn.execute(delete(ApiKey).where(ApiKey.name == name))
-        append(conn, [PendingEntry("key-revoke", decision="revoked", detail={"key": name})])
-        return _record(row.name, row.prefix, row.scopes, row.created_at)
+        conn.execute(delete(ApiKey).where(ApiKey.tenant_id == row.tenant_id, ApiKey.name == name))
+        entry = PendingEntry("key-revoke", decision="revoked", detail={"key": name})
+        append(conn, row.tenant_id, [entry])
+        return _record(row)
 
     return retrying(lambda: _in_write(engine, work), f"cannot revoke an API key in {where}")
 
@@ -213,7 +233,7 @@ def authenticate(engine: Engine, secret: str) -> ApiKeyRecord | None:
         raise store_error(exc, "cannot check the API key") from None
     if row is None or not hmac.compare_digest(row.key_sha256, digest):
         return None
-    return _record(row.name, row.prefix, row.scopes, row.created_at)
+    return _record(row)
 
 
 def any_keys(engine: Engine) -> bool:

@@ -17,7 +17,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 from speakerdb.errors import DatabaseNotFoundError, NotASpeakerDBError, SchemaOutOfDateError
-from speakerdb.storage._engine import write_transaction
+from speakerdb.storage._engine import migration_transaction
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 UPGRADE_COMMAND = "speakerdb db upgrade"
-SCHEMA_HEAD = "0011"
+SCHEMA_HEAD = "0013"
 """The newest revision in ``speakerdb/migrations/versions`` (a test keeps the two equal).
 Known without importing Alembic, which is only loaded to migrate."""
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -186,7 +186,7 @@ def upgrade(engine: Engine, where: str, only_if_fresh: bool = False) -> SchemaSt
     ``only_if_fresh``: create a fresh database, but leave an existing older one alone (another
     process may have created it meanwhile: then just check it).
     """
-    with write_transaction(engine) as conn:
+    with migration_transaction(engine) as conn:
         _lock_for_migration(conn)
         status = schema_status(conn)
         _raise_if_unusable(status, where)

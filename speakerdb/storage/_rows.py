@@ -56,6 +56,7 @@ METADATA_COLUMN = Speaker.__table__.c.metadata
 
 SPEAKER_COLUMNS: AnySelect = select(
     Speaker.id,
+    Speaker.tenant_id,
     Speaker.name,
     # As text, decoded by read_stored_metadata: one row an earlier release stored unchecked
     # must not break a listing (the JSON type would decode it, or fail, for every row).
@@ -121,12 +122,21 @@ def bandwidth_of(seconds: Sequence[float], bandwidths: Sequence[float | None]) -
 
 
 def speaker_row(
-    conn: Connection, name: str, for_update: bool = False, columns: AnySelect | None = None
+    conn: Connection,
+    tenant_id: int | None,
+    name: str,
+    for_update: bool = False,
+    columns: AnySelect | None = None,
 ) -> Row[Any]:
-    """The speaker called ``name``: stored exactly so, else under its canonical form (see
-    :mod:`speakerdb.storage._names`). Raises SpeakerNotFoundError."""
+    """The speaker of tenant ``tenant_id`` called ``name``: stored exactly so, else under
+    its canonical form (see :mod:`speakerdb.storage._names`). Raises SpeakerNotFoundError
+    (also for a tenant that does not exist, None: the same answer as for an unknown name)."""
+    if tenant_id is None:
+        raise SpeakerNotFoundError(name)
     forms = lookup_forms(name)
-    query = (columns if columns is not None else SPEAKER_COLUMNS).where(Speaker.name.in_(forms))
+    query = (columns if columns is not None else SPEAKER_COLUMNS).where(
+        Speaker.tenant_id == tenant_id, Speaker.name.in_(forms)
+    )
     if for_update:
         query = query.with_for_update()
     rows = {row.name: row for row in conn.execute(query).all()}
@@ -136,15 +146,25 @@ def speaker_row(
     raise SpeakerNotFoundError(name)
 
 
-def rows_by_name(conn: Connection, names: Sequence[str], columns: AnySelect) -> dict[str, Row[Any]]:
-    """The rows (``columns`` must include Speaker.name) of those of ``names`` that exist,
-    keyed by the name as given; each looked up like :func:`speaker_row`."""
+def rows_by_name(
+    conn: Connection, tenant_id: int | None, names: Sequence[str], columns: AnySelect
+) -> dict[str, Row[Any]]:
+    """The rows (``columns`` must include Speaker.name) of those of ``names`` that exist in
+    tenant ``tenant_id``, keyed by the name as given; each looked up like
+    :func:`speaker_row`."""
+    if tenant_id is None:
+        return {}
     forms = {name: lookup_forms(name) for name in names}
     wanted = sorted({form for variants in forms.values() for form in variants})
     rows: dict[str, Row[Any]] = {}
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
-        rows.update((r.name, r) for r in conn.execute(columns.where(Speaker.name.in_(chunk))))
+        rows.update(
+            (r.name, r)
+            for r in conn.execute(
+                columns.where(Speaker.tenant_id == tenant_id, Speaker.name.in_(chunk))
+            )
+        )
     out: dict[str, Row[Any]] = {}
     for name, variants in forms.items():
         found = next((rows[form] for form in variants if form in rows), None)
@@ -304,11 +324,13 @@ def utterance_records(conn: Connection, speaker_id: int) -> list[UtteranceRecord
     ]
 
 
-def enrolled_hashes(conn: Connection, names: Sequence[str]) -> dict[str, set[str]]:
+def enrolled_hashes(
+    conn: Connection, tenant_id: int | None, names: Sequence[str]
+) -> dict[str, set[str]]:
     """sha256 of the audio enrolled per speaker name as given (each looked up like
     :func:`speaker_row`; absent names map to an empty set)."""
     out: dict[str, set[str]] = {n: set() for n in names}
-    found = rows_by_name(conn, names, select(Speaker.id, Speaker.name))
+    found = rows_by_name(conn, tenant_id, names, select(Speaker.id, Speaker.name))
     owner: dict[int, list[str]] = {}
     for name, row in found.items():
         owner.setdefault(row.id, []).append(name)

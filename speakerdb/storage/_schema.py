@@ -23,8 +23,15 @@ Tables:
   audit_log     the append-only, hash-chained record of who enrolled, looked up, renamed or
                 deleted whom, and of key and calibration changes (see storage._audit)
   opt_outs      keyed hashes of the names whose owners opted out (never the name or voice)
-  audit_head    a single row: the sequence number and hash of the last audit entry, locked
-                by every append so that concurrent writers never fork the chain
+  audit_head    one row per tenant (``id`` = the tenant's id): the sequence number and hash
+                of the last entry of that tenant's audit chain, locked by every append so that
+                concurrent writers never fork the chain
+  tenants       the partitions of a database (domains): every speaker, API key, calibration,
+                opted-out name, watchlist entry and audit entry belongs to one; ``default``
+                (id 1) holds everything of a database from before revision 0012
+  watchlist     voices of known fraudsters, per tenant: every verify and identify of the
+                tenant is scored against them too (never part of the index: they are no
+                one's identification answer)
 
 The migrations in ``speakerdb/migrations`` must build exactly this schema; a test compares
 them with Alembic's autogenerate comparison.
@@ -66,7 +73,9 @@ __all__ = [
     "Reembedding",
     "Speaker",
     "StoreState",
+    "Tenant",
     "Utterance",
+    "WatchlistEntry",
     "utcnow",
 ]
 
@@ -143,8 +152,6 @@ class StoreState(Base):
     spoof_variant: Mapped[str | None] = mapped_column(String(64), nullable=True)
     spoof_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     spoof_source: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # Every enrollment of a new speaker must record consent (``db set require-consent on``).
-    require_consent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # 32 random bytes (hex): the HMAC key of opted-out names (``opt_outs``), so that the
     # table alone does not say which names were opted out (a dictionary of names cannot be
     # hashed without it).
@@ -154,6 +161,20 @@ class StoreState(Base):
 SPOOF_CALIBRATION_KEY = "spoof"
 """The ``calibrations`` row (kind "spoof") holding the spoof calibration fitted by
 ``speakerdb spoof calibrate``: it belongs to the countermeasure, not to the speaker model."""
+
+
+class Tenant(Base):
+    """A tenant (domain): a partition of the database that an API key can never leave. Its
+    speakers' names are unique within it only. Revision 0012 created ``default`` (id 1) and
+    moved everything there; the others are created by their first write."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Every enrollment of a new speaker must record consent (``db set require-consent on``).
+    require_consent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Calibration(Base):
@@ -177,6 +198,9 @@ class Calibration(Base):
 
     __tablename__ = "calibrations"
 
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id"), primary_key=True, server_default="1"
+    )
     normalization: Mapped[str] = mapped_column(String(16), primary_key=True)
     threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -198,11 +222,15 @@ class Speaker(Base):
     (float32 bytes), kept in step with them in the same transaction."""
 
     __tablename__ = "speakers"
-    # Ids are never reused after a delete.
-    __table_args__ = ({"sqlite_autoincrement": True},)
+    # Ids are never reused after a delete; names are unique within a tenant.
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(255), unique=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True, server_default="1")
+    name: Mapped[str] = mapped_column(String(255))
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="active")
     centroid: Mapped[bytes] = mapped_column(LargeBinary)
@@ -291,9 +319,13 @@ class ApiKey(Base):
     matter) lets a person tell keys apart; ``scopes`` is a space-separated list."""
 
     __tablename__ = "api_keys"
+    # Key names are unique within a tenant (a tenant cannot learn another's key names).
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
+    # The one tenant the key acts in (it can never reach another's speakers).
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), server_default="1")
     key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     scopes: Mapped[str] = mapped_column(String(128))
@@ -307,6 +339,11 @@ class AuditEntryRow(Base):
 
     __tablename__ = "audit_log"
 
+    # Each tenant has its own chain, numbered from 1 (revision 0012: every earlier entry is
+    # the default tenant's).
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id"), primary_key=True, autoincrement=False, server_default="1"
+    )
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
     actor: Mapped[str] = mapped_column(String(128))
@@ -322,9 +359,10 @@ class AuditEntryRow(Base):
 
 
 class AuditHead(Base):
-    """The single row (id 1): the last audit entry's ``seq`` and ``hash`` (0 and 64 zeros
-    for an empty log). Every append locks it, and ``audit verify`` checks the log ends there
-    (a deleted last entry would otherwise leave a consistent chain)."""
+    """One row per tenant (``id`` is the tenant's id): the last entry of its chain, ``seq``
+    and ``hash`` (0 and 64 zeros for an empty log). Every append locks it, and ``audit
+    verify`` checks the log ends there (a deleted last entry would otherwise leave a
+    consistent chain)."""
 
     __tablename__ = "audit_head"
 
@@ -340,5 +378,27 @@ class OptOut(Base):
 
     __tablename__ = "opt_outs"
 
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id"), primary_key=True, autoincrement=False, server_default="1"
+    )
     name_hmac: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WatchlistEntry(Base):
+    """A known fraudster's voice in a tenant's watchlist: its voiceprint (the unit-norm mean
+    of its recordings' embeddings, float32 bytes, of model ``model_id``) and the quality
+    measures calibration reads, like a speaker's. Never in the vector index."""
+
+    __tablename__ = "watchlist"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    centroid: Mapped[bytes] = mapped_column(LargeBinary)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    utterance_count: Mapped[int] = mapped_column(Integer)
+    speech_seconds: Mapped[float] = mapped_column(Float)
+    bandwidth_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

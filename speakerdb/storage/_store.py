@@ -74,6 +74,7 @@ from speakerdb.storage._rows import (
     utterance_records,
 )
 from speakerdb.storage._schema import Speaker, StoreState, Utterance, utcnow
+from speakerdb.storage._tenants import DEFAULT_TENANT, validated_tenant
 
 if TYPE_CHECKING:
     from speakerdb.storage._index_cache import IndexStatus
@@ -100,6 +101,7 @@ class EnrollmentStore(GovernedStore):
         *,
         read_only: bool = False,
         background_index: bool = False,
+        tenant: str | None = None,
     ) -> EnrollmentStore:
         """Open the database at ``url`` (see
         :func:`speakerdb.storage._location.resolve_location`), creating it at the current
@@ -117,12 +119,16 @@ class EnrollmentStore(GovernedStore):
         (kept caught up), which is swapped for the new one when it is ready. Without it, the
         query that first sees the new size does the rebuild (seconds at 100 000 speakers).
 
+        ``tenant``: the tenant every verb acts in (default ``default``; see
+        :meth:`in_tenant` for others on the same connections).
+
         Raises ConfigurationError for a bad URL, DatabaseNotFoundError (read-only) when
         there is no database, NotASpeakerDBError when it holds another application's data
         (left untouched), StoreError when it cannot be reached, SchemaOutOfDateError when it
         needs ``speakerdb db upgrade``.
         """
         location = resolve_location(url)
+        tenant_name = validated_tenant(tenant) if tenant is not None else DEFAULT_TENANT
         path = location.sqlite_path
         known = None
         if path is not None and path.exists() and not read_only:
@@ -146,7 +152,7 @@ class EnrollmentStore(GovernedStore):
         except BaseException:
             engine.dispose()
             raise
-        return cls(
+        store = cls(
             placed(location, identity),
             engine,
             state.instance_id,
@@ -156,6 +162,9 @@ class EnrollmentStore(GovernedStore):
             background_index=background_index,
             database_identity=identity,
         )
+        if tenant_name != DEFAULT_TENANT:
+            store.tenant, store._tenant_id = tenant_name, None
+        return store
 
     def __enter__(self) -> EnrollmentStore:
         return self
@@ -171,7 +180,7 @@ class EnrollmentStore(GovernedStore):
         when none is set. With a calibration to LLRs it is the threshold for the answers the
         calibration cannot take."""
         with self.reading("read the threshold") as conn:
-            return read_threshold(conn, normalization or "none")
+            return read_threshold(conn, self.tenant_id(conn), normalization or "none")
 
     def set_threshold(
         self, threshold: float | None, note: str | None = None, normalization: str | None = None
@@ -195,7 +204,7 @@ class EnrollmentStore(GovernedStore):
         :attr:`speakerdb.storage._schema.StoreState.calibration_default`), and the setting
         stored for that normalisation, if any. One read transaction."""
         with self.reading("read the calibration") as conn:
-            return read_setting(conn, normalization or "none")
+            return read_setting(conn, self.tenant_id(conn), normalization or "none")
 
     def set_calibration(self, setting: CalibrationSetting) -> None:
         """Store how this database decides for ``setting.normalization``, replacing what was
@@ -215,8 +224,9 @@ class EnrollmentStore(GovernedStore):
         )
 
         def work(conn: Connection) -> None:
-            write_setting(conn, setting)
-            append(conn, [entry])
+            tenant_id = self.writing_tenant(conn)
+            write_setting(conn, tenant_id, setting)
+            append(conn, tenant_id, [entry])
 
         self.write(work, "store the calibration")
 
@@ -226,8 +236,9 @@ class EnrollmentStore(GovernedStore):
         entry = PendingEntry("calibration", decision="reset", detail={"normalization": key})
 
         def work(conn: Connection) -> None:
-            clear_setting(conn, key)
-            append(conn, [entry])
+            tenant_id = self.writing_tenant(conn)
+            clear_setting(conn, tenant_id, key)
+            append(conn, tenant_id, [entry])
 
         self.write(work, "reset the calibration")
 
@@ -266,12 +277,13 @@ class EnrollmentStore(GovernedStore):
         def work(conn: Connection) -> list[EnrollResult]:
             state = lock_state(conn)
             model_id = ensure_model(conn, state, model, self.location.display)
+            tenant_id = self.writing_tenant(conn)
             seq = int(state.change_seq)
             results: dict[int, EnrollResult] = {}
             # New speakers (the common case of a large enrollment) go in with a few bulk
             # statements; existing or repeated names take the general path afterwards.
-            existing = existing_names(conn, [r.name for r in prepared])
-            check_enrollable(conn, prepared, existing)
+            existing = existing_names(conn, tenant_id, [r.name for r in prepared])
+            check_enrollable(conn, tenant_id, prepared, existing)
             fresh: dict[str, int] = {}
             for i, request in enumerate(prepared):
                 if (
@@ -282,14 +294,14 @@ class EnrollmentStore(GovernedStore):
                     fresh[request.name] = i
             if fresh:
                 created, seq = create_speakers(
-                    conn, [prepared[i] for i in fresh.values()], model_id, seq
+                    conn, tenant_id, [prepared[i] for i in fresh.values()], model_id, seq
                 )
                 results.update(zip(fresh.values(), created, strict=True))
             for i in sorted(
                 set(range(len(prepared))) - set(results), key=lambda i: prepared[i].name
             ):
                 result, changed = enroll_one(
-                    conn, prepared[i], model_id, model.dimension, check_append
+                    conn, tenant_id, prepared[i], model_id, model.dimension, check_append
                 )
                 if changed and result.speaker is not None:
                     seq += 1
@@ -297,7 +309,11 @@ class EnrollmentStore(GovernedStore):
                 results[i] = result
             set_seq(conn, seq)
             ordered = [results[i] for i in range(len(prepared))]
-            append(conn, [enroll_entry(r, q.mode) for r, q in zip(ordered, prepared, strict=True)])
+            append(
+                conn,
+                tenant_id,
+                [enroll_entry(r, q.mode) for r, q in zip(ordered, prepared, strict=True)],
+            )
             return ordered
 
         return self.write(work, "enroll")
@@ -308,12 +324,14 @@ class EnrollmentStore(GovernedStore):
 
         def work(conn: Connection) -> SpeakerRecord:
             state = lock_state(conn)
-            row = speaker_row(conn, name, for_update=True)
+            tenant_id = self.tenant_id(conn)
+            row = speaker_row(conn, tenant_id, name, for_update=True)
             record = speaker_record(row)
             seq = int(state.change_seq) + 1
             erase_speaker(conn, row.id, seq)
             set_seq(conn, seq)
-            append(conn, [PendingEntry("delete", speaker=record.name, decision="deleted")])
+            entry = PendingEntry("delete", speaker=record.name, decision="deleted")
+            append(conn, row.tenant_id, [entry])
             return record
 
         record = self.write(work, f"delete {name!r}")
@@ -353,8 +371,11 @@ class EnrollmentStore(GovernedStore):
 
         def work(conn: Connection) -> SpeakerRecord:
             lock_state(conn)
-            row = speaker_row(conn, old, for_update=True)
-            taken = conn.execute(select(Speaker.id).where(Speaker.name == new)).scalar()
+            tenant_id = self.tenant_id(conn)
+            row = speaker_row(conn, tenant_id, old, for_update=True)
+            taken = conn.execute(
+                select(Speaker.id).where(Speaker.tenant_id == row.tenant_id, Speaker.name == new)
+            ).scalar()
             if taken is not None and taken != row.id:
                 raise AlreadyExistsError(f"a speaker named {new!r} already exists")
             conn.execute(
@@ -362,13 +383,14 @@ class EnrollmentStore(GovernedStore):
             )
             append(
                 conn,
+                row.tenant_id,
                 [
                     PendingEntry(
                         "rename", speaker=row.name, decision="renamed", detail={"new_name": new}
                     )
                 ],
             )
-            return speaker_record(speaker_row(conn, new))
+            return speaker_record(speaker_row(conn, row.tenant_id, new))
 
         return self.write(work, f"rename {old!r}")
 
@@ -378,13 +400,14 @@ class EnrollmentStore(GovernedStore):
 
         def work(conn: Connection) -> SpeakerRecord:
             lock_state(conn)
-            row = speaker_row(conn, name, for_update=True)
+            tenant_id = self.tenant_id(conn)
+            row = speaker_row(conn, tenant_id, name, for_update=True)
             conn.execute(
                 update(Speaker)
                 .where(Speaker.id == row.id)
                 .values({METADATA_COLUMN: metadata, Speaker.updated_at: utcnow()})
             )
-            return speaker_record(speaker_row(conn, row.name))
+            return speaker_record(speaker_row(conn, tenant_id, row.name))
 
         return self.write(work, f"update {name!r}")
 
@@ -392,35 +415,48 @@ class EnrollmentStore(GovernedStore):
 
     def speaker(self, name: str) -> SpeakerRecord:
         with self.reading(f"read {name!r}") as conn:
-            return speaker_record(speaker_row(conn, name))
+            return speaker_record(speaker_row(conn, self.tenant_id(conn), name))
 
     def speaker_records(self, names: Sequence[str]) -> dict[str, SpeakerRecord]:
         """The records of those of ``names`` that exist, keyed by the names as given (each
         looked up like :meth:`speaker`)."""
         with self.reading("read speakers") as conn:
-            rows = rows_by_name(conn, names, SPEAKER_COLUMNS)
+            rows = rows_by_name(conn, self.tenant_id(conn), names, SPEAKER_COLUMNS)
         return {name: speaker_record(row) for name, row in rows.items()}
 
     def speakers(self) -> list[SpeakerRecord]:
         with self.reading("list speakers") as conn:
-            rows = conn.execute(SPEAKER_COLUMNS.order_by(Speaker.name)).all()
+            tenant_id = self.tenant_id(conn)
+            if tenant_id is None:
+                return []
+            rows = conn.execute(
+                SPEAKER_COLUMNS.where(Speaker.tenant_id == tenant_id).order_by(Speaker.name)
+            ).all()
         return [speaker_record(r) for r in rows]
 
     def counts(self) -> tuple[int, int]:
-        """(speakers, utterances)."""
+        """(speakers, utterances) of this tenant."""
         with self.reading("count speakers") as conn:
-            speakers = conn.execute(select(func.count()).select_from(Speaker)).scalar_one()
-            utterances = conn.execute(select(func.count()).select_from(Utterance)).scalar_one()
+            tenant_id = self.tenant_id(conn)
+            speakers = conn.execute(
+                select(func.count()).select_from(Speaker).where(Speaker.tenant_id == tenant_id)
+            ).scalar_one()
+            utterances = conn.execute(
+                select(func.count())
+                .select_from(Utterance)
+                .join(Speaker, Speaker.id == Utterance.speaker_id)
+                .where(Speaker.tenant_id == tenant_id)
+            ).scalar_one()
         return int(speakers), int(utterances)
 
     def utterances(self, name: str) -> list[UtteranceRecord]:
         with self.reading(f"read {name!r}") as conn:
-            return utterance_records(conn, speaker_row(conn, name).id)
+            return utterance_records(conn, speaker_row(conn, self.tenant_id(conn), name).id)
 
     def utterance_embeddings(self, name: str) -> npt.NDArray[np.float32]:
         """(n, D) embeddings of a speaker's utterances, in enrollment order."""
         with self.reading(f"read {name!r}") as conn:
-            row = speaker_row(conn, name)
+            row = speaker_row(conn, self.tenant_id(conn), name)
             dimension = stored_dimension(conn)
             blobs = (
                 conn.execute(
@@ -439,13 +475,18 @@ class EnrollmentStore(GovernedStore):
         if not names:
             return {}
         with self.reading("read enrolled audio") as conn:
-            return enrolled_hashes(conn, names)
+            return enrolled_hashes(conn, self.tenant_id(conn), names)
 
     def centroid(self, name: str) -> tuple[SpeakerRecord, npt.NDArray[np.float32]]:
         """A speaker and its voiceprint: the (D,) unit-norm centroid, read from SQL."""
         with self.reading(f"read {name!r}") as conn:
             self.ensure_current_model(conn)
-            row = speaker_row(conn, name, columns=SPEAKER_COLUMNS.add_columns(Speaker.centroid))
+            row = speaker_row(
+                conn,
+                self.tenant_id(conn),
+                name,
+                columns=SPEAKER_COLUMNS.add_columns(Speaker.centroid),
+            )
             vector = np.frombuffer(row.centroid, dtype=np.float32).copy()
         return speaker_record(row), vector
 
@@ -470,10 +511,18 @@ class EnrollmentStore(GovernedStore):
         # One transaction: catch up with the change log, search, fetch the candidates' full
         # centroids (one query) and re-score them exactly: approximate kinds shortlist more
         # candidates than k so ordering errors (and ivfsq's quantised scores) vanish.
+        # The index is shared by every tenant: the search is restricted to this tenant's ids
+        # (no restriction when they are all it holds), and SQL checks each candidate's
+        # tenant again before anything of it is read.
         with self.reading("search") as conn:
             self.ensure_current_model(conn)
+            tenant_id = self.tenant_id(conn)
+            if tenant_id is None:
+                return [[] for _ in range(len(q))]
+            mine = self._tenant_speaker_ids(conn, tenant_id)
             with cache.synced(conn) as index:
-                _, ids = index.search(q, index.params.shortlist(k))
+                allowed = None if len(mine) == len(index) else mine
+                _, ids = index.search(q, index.params.shortlist(k), allowed)
             wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
             rows = (
                 conn.execute(
@@ -484,7 +533,7 @@ class EnrollmentStore(GovernedStore):
                         Speaker.utterance_count,
                         Speaker.speech_seconds,
                         Speaker.bandwidth_hz,
-                    ).where(Speaker.id.in_(wanted))
+                    ).where(Speaker.id.in_(wanted), Speaker.tenant_id == tenant_id)
                 ).all()
                 if wanted
                 else []
@@ -503,6 +552,23 @@ class EnrollmentStore(GovernedStore):
             out.append([candidate_of(cast(Row[Any], found[i][0]), float(s)) for i, s in ranked])
         return out
 
+    def _tenant_speaker_ids(self, conn: Connection, tenant_id: int) -> npt.NDArray[np.int64]:
+        """The ids of the tenant's speakers as of ``conn``'s change sequence (kept until the
+        next change of the database), ascending."""
+        seq = int(
+            conn.execute(select(StoreState.change_seq).where(StoreState.id == 1)).scalar_one()
+        )
+        known = self._shared.tenant_ids.get(tenant_id)
+        if known is not None and known[0] == seq:
+            ids: npt.NDArray[np.int64] = known[1]
+            return ids
+        found = conn.execute(
+            select(Speaker.id).where(Speaker.tenant_id == tenant_id).order_by(Speaker.id)
+        ).scalars()
+        ids = np.fromiter(found, dtype=np.int64)
+        self._shared.tenant_ids[tenant_id] = (seq, ids)
+        return ids
+
     def index_status(self) -> IndexStatus:
         return self._index_cache().status()
 
@@ -516,18 +582,27 @@ class EnrollmentStore(GovernedStore):
         return self._cache is None or self._cache.wait_for_maintenance(timeout)
 
     def index_vectors(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """Every (speaker id, centroid) in the caught-up index, ids ascending: (n,) int64,
-        (n, D) float32. The centroids are full precision even when the index quantises them
-        (read from SQL then)."""
+        """Every (speaker id, centroid) of this tenant in the caught-up index, ids
+        ascending: (n,) int64, (n, D) float32. The centroids are full precision even when
+        the index quantises them (read from SQL then)."""
         from speakerdb.storage._index_cache import read_all_centroids
 
         cache = self._index_cache()
         with self.reading("read the centroids") as conn, cache.synced(conn) as index:
+            tenant_id = self.tenant_id(conn)
+            mine = (
+                self._tenant_speaker_ids(conn, tenant_id)
+                if tenant_id is not None
+                else np.zeros(0, np.int64)
+            )
             if index.params.exact_vectors:
-                return index.contents()
-            model = self.model()
-            assert model is not None  # an index exists, so vectors and their model do
-            return read_all_centroids(conn, model.dimension)
+                ids, vectors = index.contents()
+            else:
+                model = self.model()
+                assert model is not None  # an index exists, so vectors and their model do
+                ids, vectors = read_all_centroids(conn, model.dimension)
+        keep = np.isin(ids, mine)
+        return ids[keep], vectors[keep]
 
     def rebuild_index(self, kind: str | None = None) -> IndexStatus:
         """Rebuild the index from SQL and save its file. Raises UsageError when opened
@@ -576,19 +651,19 @@ class EnrollmentStore(GovernedStore):
         """Create an API key; its secret is in the result, and only there. Raises
         UsageError (read-only, bad name or scope), AlreadyExistsError, StoreError."""
         self._writable("create an API key")
-        return _keys.create_key(self._engine, self.location.display, name, scopes)
+        return _keys.create_key(self._engine, self.location.display, name, scopes, self.tenant)
 
     def api_keys(self) -> list[ApiKeyRecord]:
-        """Every API key, without secrets, by name."""
-        return _keys.list_keys(self._engine)
+        """Every API key of this tenant, without secrets, by name."""
+        return _keys.list_keys(self._engine, self.tenant)
 
     def revoke_key(self, name: str) -> ApiKeyRecord:
         """Delete an API key. Raises UsageError (read-only), NotFoundError, StoreError."""
         self._writable("revoke an API key")
-        return _keys.revoke_key(self._engine, self.location.display, name)
+        return _keys.revoke_key(self._engine, self.location.display, name, self.tenant)
 
     def authenticate(self, secret: str) -> ApiKeyRecord | None:
-        """The API key whose secret this is, or None."""
+        """The API key whose secret this is (of any tenant: see its ``tenant``), or None."""
         return _keys.authenticate(self._engine, secret)
 
     def has_api_keys(self) -> bool:

@@ -19,7 +19,7 @@ This module does not know about SQL; :mod:`speakerdb.storage._store` keeps it in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +36,9 @@ CodeMatrix = npt.NDArray[np.uint8]
 RESCORE_EXTRA = 8  # full-precision kinds: candidates beyond k re-scored exactly
 SHORTLIST_FACTOR = 10  # ivfsq: candidates per answer re-scored exactly ...
 SHORTLIST_MIN = 50  # ... and at least this many
+# A restricted search (one tenant's speakers) in an inverted index scores every allowed
+# vector exactly up to this many (a few ms per query at 256-d), and scans lists above it.
+EXACT_AMONG_MAX = 50_000
 # The FAISS class each kind deserialises to (a file whose header and payload disagree
 # about the kind is refused).
 _FAISS_CLASS = {"flat": "IndexIDMap2", "ivf": "IndexIVFFlat", "ivfsq": "IndexIVFScalarQuantizer"}
@@ -361,19 +364,51 @@ class VectorIndex:
 
     # --- search ------------------------------------------------------------------------------
 
-    def search(self, queries: FloatMatrix, k: int) -> tuple[FloatMatrix, IdArray]:
+    def search(
+        self, queries: FloatMatrix, k: int, allowed: IdArray | None = None
+    ) -> tuple[FloatMatrix, IdArray]:
         """Top-k by inner product: queries (m, d) -> scores (m, k) float32, ids (m, k) int64,
-        best first; missing places (k > size, or ivf lists too small) have id -1."""
+        best first; missing places (k > size, or ivf lists too small) have id -1.
+        ``allowed``: (n,) int64 ids, ascending, the only ones that may be returned (a
+        tenant's speakers); None: any."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dimension)
-        if len(self) == 0 or k < 1:
+        size = len(self) if allowed is None else len(allowed)
+        if size == 0 or k < 1:
             m = len(queries)
             return np.full((m, max(k, 0)), -np.inf, np.float32), np.full((m, max(k, 0)), -1)
-        scores, ids = self._searcher().search(queries, min(k, len(self)))
+        if allowed is not None:
+            scores, ids = self._search_among(queries, min(k, size), allowed)
+        else:
+            scores, ids = self._searcher().search(queries, min(k, size))
         if k > ids.shape[1]:
             pad = k - ids.shape[1]
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
         return scores, ids.astype(np.int64)
+
+    def _search_among(
+        self, queries: FloatMatrix, k: int, allowed: IdArray
+    ) -> tuple[FloatMatrix, IdArray]:
+        """Exact top-k among ``allowed``: a flat index searches with an id selector; the
+        inverted kinds score the allowed vectors one by one when there are few of them
+        (a small tenant in a large index: its nearest lists may hold none of them), else
+        scan their lists through the selector like an unrestricted search."""
+        if self.params.inverted and len(allowed) <= EXACT_AMONG_MAX:
+            vectors = self._ivf().reconstruct_batch(np.ascontiguousarray(allowed))
+            scores_all = queries @ vectors.T
+            order = np.argsort(-scores_all, axis=1, kind="stable")[:, :k]
+            return (
+                np.take_along_axis(scores_all, order, axis=1).astype(np.float32),
+                allowed[order],
+            )
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed))
+        if self.params.inverted:
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.params.nprobe)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        # The CPU copy: a GPU index does not take selectors.
+        scores, ids = cast(Any, self._index).search(queries, k, params=params)
+        return scores, ids
 
     # --- persistence -------------------------------------------------------------------------
 
