@@ -213,3 +213,62 @@ def test_governance_through_the_cli_with_real_speech(db_url, tmp_path):
     log = runner.invoke(cli, ["audit", "list", "--db", db_url, "--json"])
     actions = [e["action"] for e in json.loads(log.stdout)]
     assert actions == ["setting", "enroll", "opt-out", "opt-in", "enroll"]
+
+
+def test_the_service_erases_what_fell_due_at_start(tmp_path):
+    """``serve`` runs a retention pass before it is ready (and then every --expire-every
+    seconds): a voiceprint whose retention ended while the server was down is erased,
+    audited, before the first request; one still in its period stays."""
+    import os
+
+    from service_helpers import Server
+    from speakerdb import SpeakerDB
+
+    require_data()
+    groups = by_speaker("vctk")
+    url = f"sqlite:///{tmp_path / 'served.sqlite'}"
+    with SpeakerDB.open(url) as db:
+        db.enroll("gone", groups["p225"][:2], expires_after="1d")
+        db.enroll("kept", groups["p226"][:2], expires_after="30d")
+    engine = create_engine(url)
+    with engine.begin() as conn:  # the day has passed while the server was down
+        conn.execute(
+            text("UPDATE speakers SET expires_at = :past WHERE name = 'gone'"),
+            {"past": NOW - dt.timedelta(hours=1)},
+        )
+    engine.dispose()
+    env = {**os.environ, "SPEAKERDB_INDEX_DIR": str(tmp_path / "ix")}
+    with Server(url, "--expire-every", "3600", env=env) as server, server.client() as client:
+        listed = client.get("/v1/speakers")
+    assert listed.status_code == 200, listed.text
+    assert [s["name"] for s in listed.json()] == ["kept"]
+    with SpeakerDB.open(url) as db:
+        assert [e.speaker for e in db.audit_entries(action="expire")] == ["gone"]
+        assert db.audit_verify().ok
+
+
+def test_expiry_runs_every_interval_until_cancelled():
+    import asyncio
+
+    from speakerdb.service import expire_periodically
+
+    async def main() -> int:
+        calls = 0
+        loop = asyncio.get_running_loop()
+        second = asyncio.Event()
+
+        def expire() -> int:  # runs in a worker thread
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                loop.call_soon_threadsafe(second.set)
+            return 0
+
+        task = loop.create_task(expire_periodically(expire, 0.01))
+        await asyncio.wait_for(second.wait(), timeout=30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return calls
+
+    assert asyncio.run(main()) >= 2

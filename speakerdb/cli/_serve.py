@@ -121,6 +121,15 @@ from speakerdb.errors import ConfigurationError, MissingDependencyError, UsageEr
     show_default=True,
     help="Seconds a live session may wait for the client's next frame.",
 )
+@click.option(
+    "--expire-every",
+    "expire_every_s",
+    type=click.FloatRange(0, 366 * 86400),
+    default=3600.0,
+    show_default=True,
+    help="Seconds between retention passes: voiceprints whose retention ended are erased "
+    "(every tenant; also once at start); 0 never.",
+)
 @click.option("--access-log/--no-access-log", default=True, help="Log every request.")
 @click.option(
     "--log-level",
@@ -147,6 +156,7 @@ def serve(
     allowed_hosts: tuple[str, ...],
     max_sessions: int,
     session_idle_s: float,
+    expire_every_s: float,
     access_log: bool,
     log_level: str,
 ) -> None:
@@ -215,6 +225,7 @@ def serve(
         allowed_hosts=allowed_hosts,
         max_sessions=max_sessions,
         session_idle_s=session_idle_s,
+        expire_every_s=expire_every_s,
     )
     common = {
         "log_level": log_level,

@@ -14,7 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from speakerdb.service._app import app_from_environment, create_app
+    from speakerdb.service._app import app_from_environment, create_app, expire_periodically
     from speakerdb.service._client import ServiceClient
     from speakerdb.service._metrics import MULTIPROCESS_ENV
     from speakerdb.service._protocol import DeadlineH11Protocol
@@ -28,12 +28,14 @@ __all__ = [
     "ServiceSettings",
     "app_from_environment",
     "create_app",
+    "expire_periodically",
     "is_loopback",
 ]
 
 _LAZY = {
     "app_from_environment": "speakerdb.service._app",
     "create_app": "speakerdb.service._app",
+    "expire_periodically": "speakerdb.service._app",
     "ServiceClient": "speakerdb.service._client",
     "MULTIPROCESS_ENV": "speakerdb.service._metrics",
     "DeadlineH11Protocol": "speakerdb.service._protocol",

@@ -4,11 +4,12 @@ error answers and authentication. The guard every request passes first is in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.resources
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -33,7 +34,7 @@ from speakerdb.service._sessions import router as sessions_router
 from speakerdb.service._settings import ServiceSettings
 from speakerdb.service._state import ServiceState
 
-__all__ = ["ServiceState", "app_from_environment", "create_app"]
+__all__ = ["ServiceState", "app_from_environment", "create_app", "expire_periodically"]
 
 log = logging.getLogger("speakerdb.service")
 
@@ -63,6 +64,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(state.start)
+        expiry = None
+        if settings.expire_every_s > 0:
+            expiry = asyncio.get_running_loop().create_task(
+                expire_periodically(state.expire_due, settings.expire_every_s)
+            )
         if settings.public_url:
             print(
                 f"speakerdb serve: ready on {settings.public_url} (pid {os.getpid()})", flush=True
@@ -70,6 +76,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if expiry is not None:
+                expiry.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await expiry
             await anyio.to_thread.run_sync(state.stop)
             metrics.worker_exited()
 
@@ -96,6 +106,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(sessions_router)
     return app
+
+
+async def expire_periodically(expire: Callable[[], int], every_s: float) -> None:
+    """Run ``expire`` (blocking: in a worker thread) every ``every_s`` seconds until
+    cancelled. The pass at start is :meth:`ServiceState.start`'s."""
+    while True:
+        await anyio.sleep(every_s)
+        await anyio.to_thread.run_sync(expire)
 
 
 DOCS_ASSETS = "/docs-assets"

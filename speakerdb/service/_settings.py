@@ -47,6 +47,10 @@ class ServiceSettings:
     process; more are refused with 429 / close 1013); session_idle_s: longest wait for a
     frame from the client, or for it to take one (close 1008); session_max_seconds /
     session_max_bytes: audio one session may send (close 1008 / 1009).
+
+    Retention: every expire_every_s seconds (and once at start, before the server is ready)
+    the voiceprints whose retention ended are erased in every tenant, as ``speakerdb db
+    expire --all-tenants`` does; 0 never.
     """
 
     db_url: str | None = None
@@ -69,6 +73,7 @@ class ServiceSettings:
     session_idle_s: float = 30.0
     session_max_seconds: float = 3600.0
     session_max_bytes: int = 256 * 1024 * 1024
+    expire_every_s: float = 3600.0
 
     def __post_init__(self) -> None:
         # JSON (the workers' copy) has lists; names compare without case.
