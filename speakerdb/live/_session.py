@@ -76,7 +76,9 @@ from speakerdb.model._resampling import GE2E_RESAMPLING, StreamResampler
 
 __all__ = [
     "CHANGE_CONFIRMATIONS",
+    "CHANGE_DROP",
     "CHANGE_EVERY_SECONDS",
+    "CHANGE_MIN_WINDOWS",
     "CHANGE_WINDOW_SECONDS",
     "EARLY_REJECT_MARGIN",
     "EVALUATE_EVERY_SECONDS",
@@ -98,7 +100,10 @@ FIRM_SPEECH_SECONDS = 6.0
 EARLY_REJECT_MARGIN = 4.0  # natural-log LLR units: 55x less likely than at the threshold
 CHANGE_WINDOW_SECONDS = 3.0
 CHANGE_EVERY_SECONDS = 0.5
-CHANGE_CONFIRMATIONS = 2
+CHANGE_CONFIRMATIONS = 1
+CHANGE_DROP = 0.09  # cosine; chosen leave-one-set-out, see benchmarks/live_sessions.py
+CHANGE_MIN_WINDOWS = 2
+CHANGE_HISTORY_WINDOWS = 120  # the segment's last minute of speech, in window steps
 MAX_SEGMENT_AUDIO_SECONDS = 60.0
 _WINDOW_FRAMES = round(CHANGE_WINDOW_SECONDS / FRAME_SECONDS)
 _STEP_SECONDS = 0.25  # a long chunk is worked through in steps, so events come where due
@@ -392,8 +397,7 @@ class LiveSession:
             now = self._frames_out * FRAME_SECONDS
             if self._since_evaluation >= max(EVALUATE_EVERY_SECONDS, self._segment_speech / 4):
                 events += self._evaluate(now)
-            anchored = self._voice is not None or self._anchor is not None
-            if anchored and self._since_check >= CHANGE_EVERY_SECONDS:
+            if self._since_check >= CHANGE_EVERY_SECONDS:
                 events += self._check_change(now)
         return events
 
@@ -411,6 +415,10 @@ class LiveSession:
         self._voice: str | None = None  # the named voice decided on, for change detection
         self._anchor: Anchor | None = None  # else the segment's own voice, once decided
         self._misses = 0
+        # the segment's earlier windows that matched its voice (unit-norm embeddings)
+        self._windows: collections.deque[npt.NDArray[np.float32]] = collections.deque(
+            maxlen=CHANGE_HISTORY_WINDOWS
+        )
         self._spoof: SpoofCheck | None = None  # the countermeasure's answer on this segment
         self._spoof_samples = 0  # audio samples it read
 
@@ -510,12 +518,21 @@ class LiveSession:
 
     def _check_change(self, now: float) -> list[Event]:
         self._since_check = 0.0
-        against: str | Anchor | None = self._voice if self._voice is not None else self._anchor
-        if len(self._recent) < _WINDOW_FRAMES or against is None:
+        if len(self._recent) < _WINDOW_FRAMES:
             return []
+        against: str | Anchor | None = self._voice if self._voice is not None else self._anchor
+        named = isinstance(against, str)
+        if against is None:  # not decided yet: the window's embedding is what is needed
+            against = self.speaker
         window = np.concatenate([f.samples for f in self._recent])
         judged = self._judge(window, against)
-        if judged is None or not _mismatch(judged, named=isinstance(against, str)):
+        if judged is None or judged.vector is None:
+            self._misses = 0
+            return []
+        drop = _drop(judged.vector, self._windows)
+        ruled = named and _mismatch(judged, named=True)
+        if not (ruled or (drop is not None and drop >= CHANGE_DROP)):
+            self._windows.append(judged.vector)
             self._misses = 0
             return []
         self._misses += 1
@@ -545,3 +562,23 @@ def _mismatch(judged: Judgement, named: bool) -> bool:
     if named:
         return not judged.accepted
     return judged.llr is not None and judged.llr <= judged.threshold - EARLY_REJECT_MARGIN
+
+
+def _drop(
+    vector: npt.NDArray[np.float32], windows: collections.deque[npt.NDArray[np.float32]]
+) -> float | None:
+    """How far (cosine) a window falls below the segment's own same-voice level: the mean
+    cosine of the segment's earlier windows with their mean direction, minus this window's
+    cosine with it. Both cosines come from the same call, channel and speaker, so the
+    difference does not depend on the channel's shift of raw scores (a phone line lowers
+    same-voice cosines as much as it raises other-voice ones). None: too few windows."""
+    if len(windows) < CHANGE_MIN_WINDOWS:
+        return None
+    earlier = np.stack(list(windows))
+    centre = earlier.mean(axis=0)
+    norm = float(np.linalg.norm(centre))
+    if norm == 0.0:
+        return None
+    centre = centre / norm
+    level = float((earlier @ centre).mean())
+    return level - float(vector @ centre)
