@@ -520,9 +520,10 @@ class LiveSession:
         self._since_check = 0.0
         if len(self._recent) < _WINDOW_FRAMES:
             return []
+        # The judge is asked for the window's embedding (against the voice decided on, else
+        # the claimed speaker or, identifying, everyone: the llr and score of the event).
         against: str | Anchor | None = self._voice if self._voice is not None else self._anchor
-        named = isinstance(against, str)
-        if against is None:  # not decided yet: the window's embedding is what is needed
+        if against is None:
             against = self.speaker
         window = np.concatenate([f.samples for f in self._recent])
         judged = self._judge(window, against)
@@ -530,8 +531,7 @@ class LiveSession:
             self._misses = 0
             return []
         drop = _drop(judged.vector, self._windows)
-        ruled = named and _mismatch(judged, named=True)
-        if not (ruled or (drop is not None and drop >= CHANGE_DROP)):
+        if drop is None or drop < CHANGE_DROP:
             self._windows.append(judged.vector)
             self._misses = 0
             return []
@@ -546,22 +546,14 @@ class LiveSession:
         kept = [f for f in self._segment if f.start >= start]
         self._close_segment(start)
         self._new_segment(start, kept)
+        # The new voice's windows start afresh: one straddling the change would mix both
+        # voices into the new segment's own level and look like a second change.
+        self._recent.clear()
         return [change]
 
     def _final_decision(self) -> None:
         if self._segment_speech > 0 and self._segment:
             self._evaluate(self.time, final=True)
-
-
-def _mismatch(judged: Judgement, named: bool) -> bool:
-    """Whether a speech window is another voice. Against an enrolled voiceprint: the rule
-    rejects it. Against the segment's own voice (an anchor): the rule rejects it by
-    :data:`EARLY_REJECT_MARGIN` -- the calibration is fitted on pairs of recordings from
-    different sessions, and on narrowband speech it rejects many same-voice pairs, which
-    within one call would be false speaker changes."""
-    if named:
-        return not judged.accepted
-    return judged.llr is not None and judged.llr <= judged.threshold - EARLY_REJECT_MARGIN
 
 
 def _drop(
