@@ -92,6 +92,7 @@ __all__ = [
     "Screen",
     "SessionLimits",
     "SpoofCheck",
+    "change_drop",
 ]
 
 EVALUATE_EVERY_SECONDS = 1.0
@@ -530,7 +531,7 @@ class LiveSession:
         if judged is None or judged.vector is None:
             self._misses = 0
             return []
-        drop = _drop(judged.vector, self._windows)
+        drop = change_drop(judged.vector, self._windows)
         if drop is None or drop < CHANGE_DROP:
             self._windows.append(judged.vector)
             self._misses = 0
@@ -556,7 +557,7 @@ class LiveSession:
             self._evaluate(self.time, final=True)
 
 
-def _drop(
+def change_drop(
     vector: npt.NDArray[np.float32], windows: collections.deque[npt.NDArray[np.float32]]
 ) -> float | None:
     """How far (cosine) a window falls below the segment's own same-voice level: the mean
