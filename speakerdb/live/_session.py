@@ -30,14 +30,19 @@ answer's head of the recording) are checked, once per segment; a segment decided
 audio than that is checked again at close. A detected attack turns the decision into
 SPOOF_DETECTED, which is never accepted (as offline: whatever the speaker rule says).
 
-Speaker change: once a segment is decided, the last :data:`CHANGE_WINDOW_SECONDS` of
-speech are scored every :data:`CHANGE_EVERY_SECONDS` of speech -- against the voiceprint of
-a named voice by the rule, else against the segment's own voice (an :class:`Anchor`) by
-compare's rule with :data:`EARLY_REJECT_MARGIN` (see :func:`_mismatch`);
-:data:`CHANGE_CONFIRMATIONS` mismatches in a row start a new segment at the window's start.
-
-These constants are set from first principles (the rule's own threshold, window lengths a
-GE2E voiceprint needs), not tuned on data; benchmarks/live_sessions.py measures them.
+Speaker change: every :data:`CHANGE_EVERY_SECONDS` of speech, from the first full window
+on (decided or not), the last :data:`CHANGE_WINDOW_SECONDS` of speech are embedded (by the
+judge, against the voice decided on) and compared with the segment's own earlier windows
+(:func:`change_drop`): when the window's cosine with their mean direction falls
+:data:`CHANGE_DROP` or more below theirs (:data:`CHANGE_CONFIRMATIONS` times in a row, once
+:data:`CHANGE_MIN_WINDOWS` windows are in), a new segment starts at the window's start and
+the window restarts. Raw scores and the calibrated LLR shift with the channel (a phone
+line lowers same-voice cosines and short narrowband windows are rarely accepted, so a test
+on the rule missed most phone hand-overs); a drop relative to the same call's own voice does
+not. The change constants were chosen leave-one-set-out (benchmarks/live_change_choice.py:
+the same values are chosen on read and on phone speech); the others are set from first
+principles (the rule's own threshold, window lengths a GE2E voiceprint needs);
+benchmarks/live_sessions.py measures them.
 """
 
 from __future__ import annotations
