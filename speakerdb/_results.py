@@ -16,6 +16,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from speakerdb.decisions._options import Scale
+from speakerdb.scoring import accept
+
 __all__ = ["Comparison", "DecisionRule", "Identification", "Match", "Verification"]
 
 _ORIGINS = {
@@ -43,7 +46,7 @@ class DecisionRule:
     answer (e.g. an enrollment without a measured bandwidth).
     """
 
-    score: str
+    score: Scale
     threshold: float
     origin: str
     calibration: str | None = None
@@ -54,8 +57,12 @@ class DecisionRule:
     note: str | None = None
     fitted: str | None = None
 
+    def __post_init__(self) -> None:
+        # A rule read back from JSON names its scale as a string: one type from here on.
+        object.__setattr__(self, "score", Scale(self.score))
+
     def accepts(self, score: float) -> bool:
-        return bool(score >= self.threshold)
+        return accept(score, self.threshold)
 
     @property
     def text(self) -> str:
@@ -84,7 +91,7 @@ class DecisionRule:
 
 def _rule_of(threshold: float, normalization: str | None) -> DecisionRule:
     """The rule of a result made without one: the score scale compared with ``threshold``."""
-    return DecisionRule(normalization or "cosine", threshold, "given")
+    return DecisionRule(Scale.of_norm(normalization), threshold, "given")
 
 
 def _complete_scored(result: Comparison | Verification) -> None:

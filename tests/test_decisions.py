@@ -374,13 +374,12 @@ def test_a_new_database_defaults_to_the_bundled_calibration(db_url):
 def test_any_operating_point_gives_a_policy_or_a_usage_error(prior, far, threshold, normalization):
     """Whatever numbers a caller (or an HTTP client) sends, the policy is made or refused with
     a UsageError: never another exception (a subnormal --far once overflowed into a 500)."""
-    from speakerdb.enroll._policy import resolve_policy
+    from speakerdb.decisions import DecisionOptions, resolve_policy
     from speakerdb.model._registry import model_identity
 
     try:
-        policy = resolve_policy(
-            model_identity(), normalization, 0.82, threshold=threshold, prior=prior, far=far
-        )
+        options = DecisionOptions.of(threshold, prior=prior, far=far, norm=normalization)
+        policy = resolve_policy(model_identity(), options, 0.82)
     except UsageError:
         return
     assert math.isfinite(policy.rule.threshold)

@@ -8,6 +8,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from speakerdb._results import DecisionRule
+from speakerdb.decisions import (
+    DecisionOptions,
+    Scale,
+    bundled_for,
+    resolve_policy,
+)
 from speakerdb.enroll._base import (
     Progress,
     prior_or_default,
@@ -19,10 +25,6 @@ from speakerdb.enroll._evaluation import (
     trials_digest,
 )
 from speakerdb.enroll._lists import Trial
-from speakerdb.enroll._policy import (
-    bundled_for,
-    resolve_policy,
-)
 from speakerdb.errors import UsageError
 from speakerdb.model._audio import AudioInput
 from speakerdb.model._registry import identity_threshold
@@ -109,7 +111,10 @@ class CalibrationVerbs(EvaluationVerbs):
             note=f"fitted on {used} distinct trials of {len(scored.trials) + scored.skipped}",
         )
         policy = resolve_policy(
-            identity, key, identity_threshold(identity, key), setting=setting
+            identity,
+            DecisionOptions.of(norm=key),
+            identity_threshold(identity, key),
+            setting=setting,
         )  # checks the operating point before anything is stored
         # A calibration belongs to a model: a database without one adopts it now.
         self.store.adopt_model(identity)
@@ -131,7 +136,9 @@ class CalibrationVerbs(EvaluationVerbs):
             raise UsageError(f"calibration target must be 'far' or 'eer', not {target!r}")
         report_far = reported_far(far)
         scored = self._score_trials(trials, key, cohort, cohort_size, progress)
-        report = scored.summary(self.decision_policy(key), report_far, self.identity.label, key)
+        report = scored.summary(
+            self.decision_policy(DecisionOptions.of(norm=key)), report_far, self.identity.label, key
+        )
         threshold = report.threshold_at_far if target == "far" else report.threshold
         how = f"{report_far:.2%} false accepts" if target == "far" else "the equal error rate"
         note = (
@@ -140,7 +147,7 @@ class CalibrationVerbs(EvaluationVerbs):
         )
         self.store.adopt_model(self.identity)
         self.store.set_threshold(threshold, note, key)
-        rule = DecisionRule(key or "cosine", threshold, "database")
+        rule = DecisionRule(Scale.of_norm(key), threshold, "database")
         return CalibrationResult("threshold", rule, report, None)
 
     def use_bundled_calibration(
@@ -204,9 +211,10 @@ class CalibrationVerbs(EvaluationVerbs):
             target_far=far,
             note=setting.note if setting.source != "bundled" else "bundled calibration",
         )
-        key = None if setting.normalization == "none" else setting.normalization
+        options = DecisionOptions.of(norm=setting.normalization)
+        key = options.normalization
         policy = resolve_policy(
-            self.identity, key, identity_threshold(self.identity, key), setting=changed
+            self.identity, options, identity_threshold(self.identity, key), setting=changed
         )
         auto = self.store.calibration_setting(key)[0] == "auto"
         self.store.set_calibration(changed)
@@ -223,7 +231,7 @@ class CalibrationVerbs(EvaluationVerbs):
         self.store.clear_calibration(key)
         if key is None and self.store.calibration_setting(None)[0] == "auto":
             self.set_auto_calibration(False)  # else the next decision would fit again
-        return self.decision_policy(key).rule
+        return self.decision_policy(DecisionOptions.of(norm=key)).rule
 
     def calibrate_from_enrollments(
         self, *, prior: float | None = None, far: float | None = None, norm: str | None = None
@@ -266,7 +274,7 @@ class CalibrationVerbs(EvaluationVerbs):
         default, setting = (
             self.store.calibration_setting(key) if self._store is not None else ("bundled", None)
         )
-        policy = self.decision_policy(key)
+        policy = self.decision_policy(DecisionOptions.of(norm=key))
         stored = None
         if setting is not None:
             stored = {k: v for k, v in dataclasses.asdict(setting).items() if k != "calibration"}

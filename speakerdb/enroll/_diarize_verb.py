@@ -11,8 +11,8 @@ import numpy.typing as npt
 
 from speakerdb.enroll._base import (
     FacadeBase,
+    options_of,
 )
-from speakerdb.enroll._cohort import normalization
 from speakerdb.errors import UsageError
 from speakerdb.model._audio import AudioInput
 from speakerdb.scoring import DEFAULT_COHORT_TOP_N
@@ -84,8 +84,9 @@ class DiarizeVerb(FacadeBase):
                 audio, self.model, settings, sample_rate=sample_rate, progress=progress
             )
             return anonymous(analysis, self.identity.label)
-        key = normalization(norm)
-        policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
+        decision = options_of(None, threshold, norm=norm, prior=prior, far=far)
+        key = decision.normalization
+        policy = self.decision_policy(decision)
         identity = self._check_model()
         analysis = analyse_voices(
             audio, self.model, settings, sample_rate=sample_rate, progress=progress

@@ -123,7 +123,7 @@ class EnrollVerbs(FacadeBase):
         if not accepted:
             set_totals(report, self.store.speaker_records([name]).get(name))
             return finish_report(report, None, self.threshold)
-        guard = None if force else AppendGuard(self.decision_policy(None))
+        guard = None if force else AppendGuard(self.decision_policy())
         result = self.store.enroll(
             EnrollRequest(
                 name, accepted, checked_mode, metadata, expires_at=expires_at, consent=consent
@@ -159,7 +159,7 @@ class EnrollVerbs(FacadeBase):
         """
         checked_mode = enroll_mode(mode)
         check_overwrite(checked_mode, force, "the manifest's speakers")
-        guard = None if force else AppendGuard(self.decision_policy(None))
+        guard = None if force else AppendGuard(self.decision_policy())
         run = ManifestEnrollment(
             self.store, self._check_model(), entries, checked_mode, self.threshold, guard
         )

@@ -18,14 +18,14 @@ from speakerdb import scoring
 from speakerdb._calibration import Calibration, fit_calibration
 from speakerdb._private_files import write_private
 from speakerdb._results import DecisionRule
-from speakerdb.enroll._lists import ManifestEntry, Trial, TrialCounts, count_trials
-from speakerdb.enroll._policy import (
+from speakerdb.decisions import (
     MIN_NONTARGET_TRIALS,
     MIN_TARGET_TRIALS,
     DecisionPolicy,
     Side,
     trial_quality,
 )
+from speakerdb.enroll._lists import ManifestEntry, Trial, TrialCounts, count_trials
 from speakerdb.errors import UsageError
 
 if TYPE_CHECKING:

@@ -30,6 +30,7 @@ import torch
 
 from speakerdb._identity import ModelIdentity
 from speakerdb._results import Comparison, DecisionRule
+from speakerdb.decisions import Scale
 from speakerdb.errors import AudioDecodeError, AudioError, ModelError, UsageError
 from speakerdb.model._audio import SAMPLE_RATE, AudioInput, source_label
 from speakerdb.model._audio import max_audio_seconds as _audio_limit
@@ -350,7 +351,7 @@ class Embedder:
             model=self.identity.label,
             a=source_label(a),
             b=source_label(b),
-            decision_rule=DecisionRule("cosine", used, origin),
+            decision_rule=DecisionRule(Scale.COSINE, used, origin),
         )
 
     def verify_speakers(
