@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import by_speaker, fake_model, fake_utterance, manifest, require_data
+from helpers import trials as labelled_trials
 from speakerdb import SpeakerDB, scoring
 from speakerdb import _calibration as cal
 from speakerdb._quality import speech_bandwidth_hz
@@ -323,13 +324,35 @@ def test_bandwidth_is_measured_on_the_decoded_audio(model):
     assert model.embed([manifest("telephone")[0][0]])[0].bandwidth_hz < 4000
 
 
-def test_a_model_alone_decides_with_the_cosine_rule(model):
-    files = [str(p) for p in by_speaker("vctk")["p225"][:2]]
-    doc = model.compare(*files).to_dict()
-    assert doc["decision_rule"]["text"] == "cosine >= 0.82 (model default)"
-    assert doc["llr"] is None and doc["cosine"] == doc["score"] and doc["calibration"] is None
-    given = model.compare(*files, threshold=0.99).decision_rule
-    assert given is not None and given.text == "cosine >= 0.99 (threshold given)"
+def test_every_door_gives_one_answer_to_same_speaker(model):
+    """load_model().compare(a, b), SpeakerDB.compare and `speakerdb compare a b` (no
+    database) decide by one rule, the bundled calibration, with byte-identical answers;
+    verify_speakers follows without a threshold (docs/decisions.md: the model door changed)."""
+    pairs = []
+    for name in ("vctk", "telephone"):
+        rows = labelled_trials(name)
+        for label in (1, 0):  # genuine and impostor pairs of each set, wideband and phone line
+            pairs += [(str(a), str(b)) for lab, a, b in rows if lab == label][:4]
+    answers = [model.compare(a, b) for a, b in pairs]
+    assert {c.same_speaker for c in answers} == {True, False}
+    with SpeakerDB.open(None, missing_ok=True, read_only=True) as db:
+        for (a, b), mine in zip(pairs, answers, strict=True):
+            assert (
+                mine.decision_rule.text
+                == f"llr >= {LN99:.4g} (p_target=0.01, c_miss=1, c_fa=1; bundled calibration)"
+            )
+            assert mine.to_dict() == db.compare(a, b).to_dict()
+            code, doc = run_json("compare", a, b)
+            assert doc == mine.to_dict() and code == (0 if mine.same_speaker else 1)
+    batch = model.verify_speakers_batch(pairs).tolist()
+    assert batch == [c.same_speaker for c in answers]
+    assert model.verify_speakers(*pairs[0]) is answers[0].same_speaker
+    # A threshold is on the rule's scale at every door: an LLR here.
+    a, b = pairs[0]
+    given = model.compare(a, b, threshold=answers[0].score + 1.0)
+    assert given.same_speaker is False and given.decision_rule.origin == "given"
+    code, doc = run_json("compare", a, b, "--threshold", repr(answers[0].score + 1.0))
+    assert doc == given.to_dict() and code == 1
 
 
 def test_speaker_bandwidth_follows_its_recordings(db_url):
