@@ -43,7 +43,7 @@ from speakerdb._calibration import (
     bundled_calibration,
 )
 from speakerdb._identity import ModelIdentity
-from speakerdb._results import DecisionRule
+from speakerdb._results import Decision, DecisionRule
 from speakerdb.decisions._options import DecisionOptions, Scale
 from speakerdb.errors import ModelMismatchError, UsageError
 from speakerdb.scoring import validate_threshold
@@ -117,29 +117,6 @@ def trial_quality(
         [float(p.bandwidth_hz or 0.0) for p in probes],
         [float(e.bandwidth_hz or 0.0) for e in enrolls],
     )
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One trial decided: its raw cosine, LLR (None when no calibration applied), the score
-    the rule compared, and the rule."""
-
-    cosine: float
-    llr: float | None
-    score: float
-    rule: DecisionRule
-
-    @property
-    def accepted(self) -> bool:
-        return self.rule.accepts(self.score)
-
-    @property
-    def threshold(self) -> float:
-        return self.rule.threshold
-
-    @property
-    def calibration(self) -> str | None:
-        return self.rule.calibration if self.llr is not None else None
 
 
 @dataclass(frozen=True)

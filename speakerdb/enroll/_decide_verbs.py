@@ -124,18 +124,12 @@ class DecisionVerbs(FacadeBase):
                 continue
             d = next(decided)
             out.append(
-                Verification(
-                    score=d.score,
-                    threshold=d.threshold,
-                    accepted=d.accepted,
+                Verification.of(
+                    d,
                     speaker=record.name,
                     model=identity.label,
                     source=item.source,
                     normalization=key,
-                    cosine=d.cosine,
-                    llr=d.llr,
-                    decision_rule=d.rule,
-                    calibration=d.calibration,
                 )
             )
         if cm is not None:
@@ -225,21 +219,8 @@ class DecisionVerbs(FacadeBase):
                 out.append(row)
                 continue
             d = next(decided)
-            out.append(
-                Comparison(
-                    score=d.score,
-                    threshold=d.threshold,
-                    same_speaker=d.accepted,
-                    model=identity.label,
-                    a=embedded[row[0]].source,
-                    b=embedded[row[1]].source,
-                    normalization=key,
-                    cosine=d.cosine,
-                    llr=d.llr,
-                    decision_rule=d.rule,
-                    calibration=d.calibration,
-                )
-            )
+            a, b = embedded[row[0]].source, embedded[row[1]].source
+            out.append(Comparison.of(d, model=identity.label, a=a, b=b, normalization=key))
         if cm is not None and out:
             out = self._screen_pairs(cm, items, position, embedded, out, sample_rate)
         if key is not None and options.cohort is None and self._store is not None:
@@ -373,15 +354,8 @@ class DecisionVerbs(FacadeBase):
             matches = [Match(c.name, d.score, d.cosine, d.llr) for c, d in decisions[:top_k]]
             best = decisions[0][0].name if decisions and decisions[0][1].accepted else None
             out.append(
-                Identification(
-                    best,
-                    matches,
-                    rule.threshold,
-                    identity.label,
-                    item.source,
-                    key,
-                    rule,
-                    rule.calibration if rule.score == "llr" else None,
+                Identification.of(
+                    rule, best, matches, model=identity.label, source=item.source, normalization=key
                 )
             )
         if cm is not None:

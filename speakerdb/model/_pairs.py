@@ -53,18 +53,7 @@ def decide_pairs(
         cosines, cosines, [_side(rb) for _, rb in sides], [_side(ra) for ra, _ in sides]
     )
     return [
-        Comparison(
-            score=d.score,
-            threshold=d.threshold,
-            same_speaker=d.accepted,
-            model=identity.label,
-            a=ra.source,
-            b=rb.source,
-            cosine=d.cosine,
-            llr=d.llr,
-            decision_rule=d.rule,
-            calibration=d.calibration,
-        )
+        Comparison.of(d, model=identity.label, a=ra.source, b=rb.source)
         for (ra, rb), d in zip(sides, decided, strict=True)
     ]
 
