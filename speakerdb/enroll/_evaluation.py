@@ -161,7 +161,7 @@ def summarise(
     at_far = scoring.threshold_at_far(non, far)
     labels = np.array([t.label for t in scored])
     taken = (
-        np.array([t.score >= threshold_in_use for t in scored])
+        np.array([scoring.accept(t.score, threshold_in_use) for t in scored])
         if accepted is None
         else np.asarray(accepted, dtype=bool)
     )
