@@ -25,6 +25,7 @@ from speakerdb.cli._common import (
     show,
     threshold_option,
 )
+from speakerdb.decisions import Scale
 from speakerdb.errors import UsageError
 
 if TYPE_CHECKING:
@@ -399,7 +400,7 @@ def calibrate(
     if as_json:
         emit_json(
             result.to_dict()
-            | {"calibrated": True, "normalization": None if norm == "none" else norm}
+            | {"calibrated": True, "normalization": Scale.of_norm(norm).normalization}
         )
         return
     for line in _evaluation_text(result.report):
@@ -426,7 +427,7 @@ def _self_calibrate(
     auto: bool | None,
 ) -> None:
     """calibrate --from-enrollments [--auto | --no-auto]."""
-    key = None if norm == "none" else norm
+    key = Scale.of_norm(norm).normalization
     if key is not None and auto is not None:
         raise UsageError("auto self-calibration is for raw cosine scores (no --norm with --auto)")
     with open_db(db_url, model_name, device) as db:

@@ -64,6 +64,11 @@ class Scale(StrEnum):
             raise UsageError("an LLR is a calibrated score, not a normalisation")
         return None if self is Scale.COSINE else self.value
 
+    @property
+    def stored(self) -> str:
+        """The normalisation as the store keys its settings: "none" or "asnorm"."""
+        return NORMALIZATIONS[0] if self.normalization is None else self.value
+
 
 @dataclass(frozen=True)
 class DecisionOptions:

@@ -92,11 +92,11 @@ class CalibrationVerbs(EvaluationVerbs):
         calibration, used = scored.fit(
             identity,
             p_fit=prior_or_default(prior),
-            score=key or "cosine",
+            score=Scale.of_norm(key).value,
             trials_sha256=trials_sha256 or trials_digest(trials),
         )
         setting = CalibrationSetting(
-            normalization=key or "none",
+            normalization=Scale.of_norm(key).stored,
             kind="llr",
             threshold=self.store.threshold(key)[0],  # still decides what cannot be calibrated
             source="database",
@@ -190,7 +190,7 @@ class CalibrationVerbs(EvaluationVerbs):
         if setting is None and default in ("bundled", "auto") and key is None:
             setting = CalibrationSetting("none", "llr", source="bundled")
         if setting is None or setting.kind != "llr":
-            scale = key or "cosine"
+            scale = Scale.of_norm(key)
             raise UsageError(
                 f"this database decides on {scale} scores without a calibration: opt in with "
                 "`speakerdb calibrate --bundled` or fit one with `speakerdb calibrate TRIALS`"
