@@ -25,7 +25,7 @@ from speakerdb.cli._common import (
     show,
     threshold_option,
 )
-from speakerdb.decisions import Scale
+from speakerdb.decisions import DecisionOptions, Scale
 from speakerdb.errors import UsageError
 
 if TYPE_CHECKING:
@@ -231,16 +231,10 @@ def eval_command(
                 trials_sha256=digest,
             ).report
         else:
-            report = db.evaluate(
-                rows,
-                far=far,
-                prior=prior,
-                threshold=threshold,
-                norm=norm,
-                cohort=files,
-                cohort_size=cohort_size,
-                progress=bar,
+            options = DecisionOptions.of(
+                threshold, prior=prior, far=far, norm=norm, cohort=files, cohort_size=cohort_size
             )
+            report = db.evaluate(rows, progress=bar, options=options)
     if scores_out is not None:
         from speakerdb.enroll import write_scores
 
