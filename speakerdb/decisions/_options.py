@@ -19,13 +19,14 @@ import numpy as np
 import numpy.typing as npt
 
 from speakerdb.errors import UsageError
+from speakerdb.scoring import DEFAULT_COHORT_TOP_N
 
 __all__ = ["DEFAULT_COHORT_SIZE", "NORMALIZATIONS", "CohortItem", "DecisionOptions", "Scale"]
 
 NORMALIZATIONS = ("none", "asnorm")
 """The score normalisations a caller may name ("none": raw cosine scores)."""
 
-DEFAULT_COHORT_SIZE = 100
+DEFAULT_COHORT_SIZE = DEFAULT_COHORT_TOP_N
 """AS-norm: the N most similar cohort voiceprints used per side (the CLI's --cohort-size)."""
 
 CohortItem = str | os.PathLike[str] | npt.NDArray[np.floating] | npt.NDArray[np.integer]
