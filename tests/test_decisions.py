@@ -406,3 +406,37 @@ def test_any_operating_point_gives_a_policy_or_a_usage_error(prior, far, thresho
     except UsageError:
         return
     assert math.isfinite(policy.rule.threshold)
+
+
+def test_decision_options_are_one_value_checked_once(tmp_path):
+    """The options are validated where they are made, whichever door: the Python value, the
+    CLI (before any database is opened) and a verb given both the value and keywords."""
+    import dataclasses
+
+    from speakerdb.decisions import DecisionOptions, Scale
+
+    with pytest.raises(UsageError, match="not both"):
+        DecisionOptions(prior=0.1, far=0.01)
+    options = DecisionOptions.of(0.5, norm="asnorm", cohort=["a.wav"])
+    assert options.norm is Scale.ASNORM and options.normalization == "asnorm"
+    assert options.cohort == ("a.wav",) and options.norm.stored == "asnorm"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.threshold = 0.6  # type: ignore[misc]
+    # One spelling of "no normalisation": None and "none" read as the cosine scale.
+    assert Scale.of_norm(None) is Scale.of_norm("none") is Scale.COSINE
+    assert Scale.COSINE.normalization is None and Scale.COSINE.stored == "none"
+    for wrong in ("cosine", "llr", "znorm"):
+        with pytest.raises(UsageError, match="normalisation must be one of none, asnorm"):
+            Scale.of_norm(wrong)
+    with pytest.raises(UsageError):
+        DecisionOptions(norm=Scale.LLR)
+    missing = str(tmp_path / "never-made.sqlite")
+    result = run("verify", "p225", "x.wav", "--prior", "0.1", "--far", "0.01", db=missing)
+    assert result.exit_code == 2
+    assert "give a prior or a target false-accept rate, not both" in result.stderr
+    assert not (tmp_path / "never-made.sqlite").exists()
+    with (
+        SpeakerDB.open(None, missing_ok=True, read_only=True) as db,
+        pytest.raises(UsageError, match="not both"),
+    ):
+        db.compare("a.wav", "b.wav", threshold=1.0, options=DecisionOptions(prior=0.1))
