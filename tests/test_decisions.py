@@ -402,7 +402,7 @@ def test_any_operating_point_gives_a_policy_or_a_usage_error(prior, far, thresho
 
     try:
         options = DecisionOptions.of(threshold, prior=prior, far=far, norm=normalization)
-        policy = resolve_policy(model_identity(), options, 0.82)
+        policy = resolve_policy(model_identity(), options)
     except UsageError:
         return
     assert math.isfinite(policy.rule.threshold)

@@ -39,8 +39,10 @@ if TYPE_CHECKING:
         resolve_policy,
         trial_quality,
     )
+    from speakerdb.decisions._thresholds import DEFAULT_ASNORM_THRESHOLD, model_threshold
 
 __all__ = [
+    "DEFAULT_ASNORM_THRESHOLD",
     "DEFAULT_COHORT_SIZE",
     "MIN_NONTARGET_TRIALS",
     "MIN_TARGET_TRIALS",
@@ -56,16 +58,25 @@ __all__ = [
     "Side",
     "StoredSetting",
     "bundled_for",
+    "model_threshold",
     "resolve_policy",
     "trial_quality",
 ]
 
-_OPTIONS_NAMES = ("DEFAULT_COHORT_SIZE", "NORMALIZATIONS", "CohortItem", "DecisionOptions", "Scale")
-_LAZY = {
-    name: "speakerdb.decisions._options"
-    if name in _OPTIONS_NAMES
-    else "speakerdb.decisions._policy"
+_HOMES = {
+    "speakerdb.decisions._options": (
+        "DEFAULT_COHORT_SIZE",
+        "NORMALIZATIONS",
+        "CohortItem",
+        "DecisionOptions",
+        "Scale",
+    ),
+    "speakerdb.decisions._thresholds": ("DEFAULT_ASNORM_THRESHOLD", "model_threshold"),
+}
+_LAZY = {name: module for module, names in _HOMES.items() for name in names} | {
+    name: "speakerdb.decisions._policy"
     for name in __all__
+    if not any(name in names for names in _HOMES.values())
 }
 
 

@@ -45,6 +45,7 @@ from speakerdb._calibration import (
 from speakerdb._identity import ModelIdentity
 from speakerdb._results import Decision, DecisionRule
 from speakerdb.decisions._options import DecisionOptions, Scale
+from speakerdb.decisions._thresholds import model_threshold
 from speakerdb.errors import ModelMismatchError, UsageError
 from speakerdb.scoring import validate_threshold
 
@@ -217,15 +218,13 @@ class StoredSetting(Protocol):
 def resolve_policy(
     identity: ModelIdentity,
     options: DecisionOptions,
-    model_threshold: float,
     default: str = "bundled",
     setting: StoredSetting | None = None,
 ) -> DecisionPolicy:
     """The decision policy for one call (see the module docstring for the order of things).
 
     identity: the model whose scores are decided. options: the caller's choices (threshold,
-    operating point, normalisation), validated when they were made. model_threshold: the
-    model's threshold on the score scale of ``options.norm``. default / setting: what the
+    operating point, normalisation), validated when they were made. default / setting: what the
     database stores ("bundled" and None without a database, as a new one).
 
     Raises UsageError for bad values or a calibrated decision nobody can make (AS-norm
@@ -233,7 +232,7 @@ def resolve_policy(
     calibration belongs to another model.
     """
     norm = options.norm
-    score_threshold, score_origin = model_threshold, "model_default"
+    score_threshold, score_origin = model_threshold(identity, norm), "model_default"
     calibration: Calibration | None = None
     source: str | None = None
     point = DEFAULT_OPERATING_POINT

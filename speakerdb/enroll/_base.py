@@ -210,9 +210,7 @@ class FacadeBase:
                 from speakerdb.enroll._self_calibration import refit_if_due
 
                 setting = refit_if_due(self, default, setting)
-        return resolve_policy(
-            self.identity, options, identity_threshold(self.identity, key), default, setting
-        )
+        return resolve_policy(self.identity, options, default, setting)
 
     def _check_model(self) -> ModelIdentity:
         identity = self.identity

@@ -27,7 +27,6 @@ from speakerdb.enroll._evaluation import (
 from speakerdb.enroll._lists import Trial
 from speakerdb.errors import UsageError
 from speakerdb.model._audio import AudioInput
-from speakerdb.model._registry import identity_threshold
 from speakerdb.scoring import DEFAULT_COHORT_TOP_N
 from speakerdb.storage._records import (
     CalibrationSetting,
@@ -111,10 +110,7 @@ class CalibrationVerbs(EvaluationVerbs):
             note=f"fitted on {used} distinct trials of {len(scored.trials) + scored.skipped}",
         )
         policy = resolve_policy(
-            identity,
-            DecisionOptions.of(norm=key),
-            identity_threshold(identity, key),
-            setting=setting,
+            identity, DecisionOptions.of(norm=key), setting=setting
         )  # checks the operating point before anything is stored
         # A calibration belongs to a model: a database without one adopts it now.
         self.store.adopt_model(identity)
@@ -213,9 +209,7 @@ class CalibrationVerbs(EvaluationVerbs):
         )
         options = DecisionOptions.of(norm=setting.normalization)
         key = options.normalization
-        policy = resolve_policy(
-            self.identity, options, identity_threshold(self.identity, key), setting=changed
-        )
+        policy = resolve_policy(self.identity, options, setting=changed)
         auto = self.store.calibration_setting(key)[0] == "auto"
         self.store.set_calibration(changed)
         if auto and changed.source == "self":  # moving its operating point keeps auto mode

@@ -29,7 +29,6 @@ from speakerdb.enroll._enrollment_trials import (
 from speakerdb.enroll._evaluation import CalibrationResult, ScoredTrials
 from speakerdb.enroll._lists import Trial
 from speakerdb.errors import UsageError
-from speakerdb.model._registry import identity_threshold
 from speakerdb.scoring import DEFAULT_COHORT_TOP_N, MIN_COHORT
 from speakerdb.storage._enrollment_rows import (
     AUTO_DEFAULT,
@@ -94,7 +93,7 @@ def calibrate_from_enrollments(
     identity = db.identity
     # Checks the operating point (a FAR needs enough impostor trials) before anything is stored.
     options = DecisionOptions.of(norm=norm)
-    policy = resolve_policy(identity, options, identity_threshold(identity, norm), setting=setting)
+    policy = resolve_policy(identity, options, setting=setting)
     mode = db.store.calibration_setting(None)[0]
     db.store.set_calibration(setting)
     if mode == AUTO_DEFAULT:  # storing a calibration resets the default; keep auto mode on

@@ -39,7 +39,7 @@ def decide_pairs(
     if options.norm is not Scale.COSINE:
         raise UsageError("a model alone has no cohort to normalise scores against")
     identity = embedder.identity
-    policy = resolve_policy(identity, options, identity.default_threshold)
+    policy = resolve_policy(identity, options)
     items = list(itertools.chain.from_iterable(pairs))
     position, results = embedder.embed_distinct(
         items, sample_rate=sample_rate, batch_size=batch_size

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from speakerdb._identity import ModelIdentity
-from speakerdb.decisions import NORMALIZATIONS, Scale
+from speakerdb.decisions import NORMALIZATIONS, Scale, model_threshold
 from speakerdb.errors import ModelError, ModelNotFoundError, UsageError
 from speakerdb.model._ge2e_defaults import (
     GE2E_DEFAULT_ASNORM_THRESHOLD,
@@ -177,11 +177,9 @@ def _ge2e_identity() -> ModelIdentity:
 def identity_threshold(identity: ModelIdentity, normalization: str | None = None) -> float:
     """A model's default threshold for raw cosine scores or for a score normalisation.
 
-    AS-norm z-scores are on a scale of their own whatever the model; the GE2E figure is the
-    only one measured, and serves every model until the database is calibrated."""
-    if Scale.of_norm(normalization) is Scale.ASNORM:
-        return GE2E_DEFAULT_ASNORM_THRESHOLD
-    return identity.default_threshold
+    AS-norm z-scores are on a scale of their own whatever the model (see
+    :func:`speakerdb.decisions.model_threshold`)."""
+    return model_threshold(identity, Scale.of_norm(normalization))
 
 
 def default_threshold(name: str = DEFAULT_MODEL, normalization: str | None = None) -> float:
