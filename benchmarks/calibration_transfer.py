@@ -14,12 +14,16 @@ measured on it, against today's fixed cosine threshold 0.82. Trials of every set
 Every figure of a calibrated row is computed on its LLRs (a calibration with quality terms can
 reorder trials); the default decision is llr >= ln 99 (p_target 0.01, unit costs). The bundled
 calibration is then fitted on all four sets and its figures are reported per set (in-sample).
+Last, the self-calibration rows: on each left-out set, a database of half its speakers
+calibrates itself (the library's default form and shrinkage) toward that set's LOO calibration,
+and both are measured on the other half (benchmarks/self_calibration.py's protocol).
 
 Embeddings are computed once and cached (keyed by the file's sha256, the crop and the model)
 under $XDG_CACHE_HOME/speakerdb/benchmarks (or --cache), never in the repository.
 
     python benchmarks/calibration_transfer.py [--draws 10] [--features a,b,...] [--p-fit P]
         [--no-crops] [--strict] [--write-bundled speakerdb/calibrations/ge2e.json]
+        [--self-splits 20]
 """
 
 from __future__ import annotations
@@ -477,6 +481,12 @@ def main() -> None:
     parser.add_argument("--strict", action="store_true", help="speaker-disjoint folds too")
     parser.add_argument("--cache", type=Path, default=default_cache())
     parser.add_argument("--write-bundled", type=Path, help="write the all-sets calibration")
+    parser.add_argument(
+        "--self-splits",
+        type=int,
+        default=20,
+        help="random halves of each left-out set for the self-calibration rows (0: none)",
+    )
     args = parser.parse_args()
     features = tuple(f for f in args.features.split(",") if f)
 
@@ -587,6 +597,28 @@ def main() -> None:
             + ", ".join(f"{n} {w:+.3f}" for n, w in zip(fold.features, fold.weights, strict=True))
             + f", bias {fold.bias:+.3f}"
         )
+    if args.self_splits:
+        # The database's own calibration on each left-out set, shrunk toward that set's LOO
+        # calibration (a prior that never saw the set): half the speakers enrolled, the
+        # other half measured (benchmarks/self_calibration.py's protocol).
+        from self_calibration import held_out_self_rows
+
+        lines += [
+            "",
+            f"self-calibration on each left-out set ({args.self_splits} random halves of its "
+            "speakers, 3 recordings each, shrunk toward the LOO calibration; measured on the "
+            "other half at llr >= ln 99): pairs FAR / FRR, voiceprints of 2-3 FAR / genuine",
+        ]
+        record["self_calibration"] = {}
+        for name in SETS:
+            recs = [r for r in embed_set(name, model, cache, False) if r.key == r.parent]
+            figures = held_out_self_rows(name, recs, folds[name], identity, args.self_splits)
+            record["self_calibration"][name] = figures
+            for label, f in (("LOO cal", figures["prior"]), ("LOO cal + self", figures["self"])):
+                lines.append(
+                    f"{name:<16}{label:<16}pairs {f['pairs_far']:6.2%} / {f['pairs_frr']:6.1%}"
+                    f"   vp {f['vp_far']:6.2%} / {1 - f['vp_frr']:6.1%}"
+                )
     if args.write_bundled:
         args.write_bundled.parent.mkdir(parents=True, exist_ok=True)
         args.write_bundled.write_text(json.dumps(bundled.to_dict(), indent=1) + "\n")

@@ -4,20 +4,27 @@ The same protocol as benchmarks/self_calibration.py (per set, ``--splits`` rando
 the speakers form a simulated database of ``--enrolled`` recordings each; the other speakers
 are held out: file pairs and voiceprints of 2-3 recordings), with rows:
 
-- ``affine k=K``: the library's default form (scale and offset of the bundled LLR, shrunk
-  with n / (n + K)) at ln 99, for each K in ``--shrink``;
+- ``affine k=K``: the library's affine form (scale and offset of the bundled LLR, shrunk
+  with n / (n + K)) at ln 99, for each K in ``--shrink``; ``affine valid k=K``: the same with
+  the weight on the fit chosen by the database's own speakers (speaker-held-out validation,
+  speakerdb.enroll._shrinkage), capped at n / (n + K);
 - ``asnorm ln99`` / ``asnorm far1%``: the enrollment trials scored with AS-norm against the
   database's own recordings of OTHER speakers as cohort (leave-the-speakers-out: neither the
   probe's nor the voiceprint's speaker is in a trial's cohort), a logistic calibration of the
   z-score alone fitted on them (every speaker weighing the same), used at ln 99 or at the
-  LLR reaching 1 % FAR on its own enrollment trials. Held-out trials are normalised against
-  all the database's recordings (none of them of a held-out speaker).
+  LLR reaching 1 % FAR on its own enrollment trials; ``asnorm p=P``: fitted and decided at
+  p_target P (0.003, 0.001: a stricter operating point). Held-out trials are normalised
+  against all the database's recordings (none of them of a held-out speaker).
 
 The choice of a default is made leave-one-set-out (the row with the lowest mean FRR + 99 FAR
 on the other sets, among the rows whose FAR stays <= 1 % on every other set), so the chosen
 row's figures on each set are held out. Cohort: top-N = min(``--top-n``, cohort size).
 
+``--prior held-out``: the affine rows shrink toward the bundled calibration's form fitted
+without the measured set (see benchmarks/self_calibration.py).
+
     SPEAKERDB_TEST_DATA=../shared/data python benchmarks/self_calibration_asnorm.py
+        [--splits 10] [--prior held-out]
 """
 
 from __future__ import annotations
@@ -152,14 +159,16 @@ def normalised(trials: Trials, db: list[Recording], top_n: int, leave_out: bool)
     return out
 
 
-def fit_z(z: np.ndarray, labels: np.ndarray, groups: list[str], model: dict) -> cal.Calibration:
+def fit_z(
+    z: np.ndarray, labels: np.ndarray, groups: list[str], model: dict, p_fit: float = 0.01
+) -> cal.Calibration:
     ids = {g: i for i, g in enumerate(sorted(set(groups)))}
     return cal.fit_calibration(
         cal.TrialQuality.of(z, 1.0, 1.0),
         labels,
         model=model,
         features=("score",),
-        p_fit=0.01,
+        p_fit=p_fit,
         groups=np.array([ids[g] for g in groups]),
         clip_inputs=False,
     )
@@ -217,6 +226,13 @@ def main() -> None:
     )
     parser.add_argument("--cohort", choices=("centroids", "recordings"), default="centroids")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/speakerdb-bench-cache"))
+    parser.add_argument(
+        "--prior",
+        choices=("bundled", "held-out"),
+        default="bundled",
+        help="the affine rows shrink toward the bundled calibration or toward its form fitted "
+        "without the measured set",
+    )
     args = parser.parse_args()
     shrinks = [float(s) for s in args.shrink.split(",")]
     global COHORT
@@ -233,6 +249,14 @@ def main() -> None:
     bundled = cal.bundled_calibration(*model.identity.key)
     assert bundled is not None
     cache = EmbeddingCache(args.cache, model.identity.label)
+    priors = {name: bundled for name in SETS}
+    if args.prior == "held-out":  # as in self_calibration.py --prior held-out
+        from calibration_transfer import build_groups, fit_on, leave_one_set_out
+
+        groups = {n: build_groups(n, embed_set(n, model, cache, True), 10, True) for n in SETS}
+        priors = leave_one_set_out(
+            groups, lambda g: fit_on(g, cal.DEFAULT_FEATURES, 0.01, identity, "held-out prior")
+        )
     singles = other_voices(model, args.others)
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for name in SETS:
@@ -253,11 +277,16 @@ def main() -> None:
             test = held_out([r for r in recs if r.speaker not in cal_spk], rng)
             rows: dict[str, dict[str, float]] = {}
             for k in shrinks:
-                fitted = simulate_fit(db, k, bundled, identity, form="affine")
+                fitted = simulate_fit(db, k, priors[name], identity, form="affine")
                 row: dict[str, float] = {}
                 for kind, (q, y, *_) in test.items():
                     row[f"{kind}_far"], row[f"{kind}_frr"] = rates(fitted.llrs(q), y, LN99)
                 rows[f"affine k={k:g} ln99"] = row
+                valid = simulate_fit(db, k, priors[name], identity, form="affine", validate=True)
+                row = {}
+                for kind, (q, y, *_) in test.items():
+                    row[f"{kind}_far"], row[f"{kind}_frr"] = rates(valid.llrs(q), y, LN99)
+                rows[f"affine valid k={k:g} ln99"] = row
             own_trials = enrollment_trials(db, rng)
             z_own = normalised(own_trials, db, args.top_n, leave_out=True)
             zfit = fit_z(z_own, own_trials[1], own_trials[4], identity)
@@ -271,6 +300,17 @@ def main() -> None:
                     llr = zfit.llrs(cal.TrialQuality.of(z, 1.0, 1.0))
                     row[f"{kind}_far"], row[f"{kind}_frr"] = rates(llr, trials[1], threshold)
                 rows[label] = row
+            # A stricter operating point, fitted and decided at p_target 0.003 / 0.001
+            # (`calibrate --from-enrollments --norm asnorm --prior P`).
+            for p_target in (0.003, 0.001):
+                strict = fit_z(z_own, own_trials[1], own_trials[4], identity, p_target)
+                threshold = float(np.log((1.0 - p_target) / p_target))
+                row = {}
+                for kind, trials in test.items():
+                    z = normalised(trials, db, args.top_n, leave_out=False)
+                    llr = strict.llrs(cal.TrialQuality.of(z, 1.0, 1.0))
+                    row[f"{kind}_far"], row[f"{kind}_frr"] = rates(llr, trials[1], threshold)
+                rows[f"asnorm p={p_target:g}"] = row
             oracle: dict[str, float] = {}
             for kind, (q, y, *_) in test.items():
                 t = float(np.quantile(q.score[y == 0], 0.99))
@@ -319,6 +359,7 @@ def main() -> None:
         {
             "benchmark": "self_calibration_asnorm",
             "splits": args.splits,
+            "prior": args.prior,
             "summary": summary,
             "loso_choice": chosen,
         },

@@ -105,8 +105,16 @@ def listing(url: str) -> list[dict]:
 def test_ge2e_to_nemo_and_back(db_url, speech, nemo, ge2e):
     groups = {name: speech[name][:3] for name in ("p225", "p226", "p227")}
     enroll(db_url, groups, metadata={"p226": {"team": "b", "n": 2}})
+    from speakerdb.storage._countermeasure_record import (
+        read_spoof_calibration,
+        write_spoof_calibration,
+    )
+
+    spoof_fit = {"format": "speakerdb-spoof-calibration/1", "threshold": -1.5}
     with SpeakerDB.open(db_url) as db:
         db.store.set_threshold(0.7, "chosen on old trials")
+        # The countermeasure's calibration is not the speaker model's: it survives.
+        write_spoof_calibration(db.store, spoof_fit)
     before_listing = listing(db_url)
     original = vectors(db_url)
     probe = str(speech["p225"][6])
@@ -119,6 +127,9 @@ def test_ge2e_to_nemo_and_back(db_url, speech, nemo, ge2e):
     assert doc["calibrations_reset"] == ["none"]
     assert "uncalibrated" in doc["decision_rule"]["text"]
     assert doc["old_vectors_kept"] == {ge2e.identity.label: 9}
+    with SpeakerDB.open(db_url) as db:
+        kept = read_spoof_calibration(db.store) or {}
+        assert {k: kept.get(k) for k in spoof_fit} == spoof_fit
     check(db_url)
     assert listing(db_url) == before_listing  # names, metadata, recordings, speech intact
 

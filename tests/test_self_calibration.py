@@ -21,6 +21,7 @@ from speakerdb import SpeakerDB
 from speakerdb import _calibration as cal
 from speakerdb.cli import cli
 from speakerdb.enroll import _enrollment_trials as et
+from speakerdb.enroll._shrinkage import validated_weight
 from speakerdb.errors import UsageError
 from speakerdb.storage._records import EnrollRequest, NewUtterance
 
@@ -192,6 +193,71 @@ def test_asnorm_trials_leave_both_speakers_out_of_the_cohort():
     assert fitted.weights[0] > 0  # higher z, more likely the same speaker
 
 
+def test_trials_record_the_voiceprint_sides_speaker():
+    rng = np.random.default_rng(7)
+    v, s, sec, bw = _synthetic(rng, [3, 3, 2, 1])
+    trials = et.build_trials(v, s, sec, bw)
+    assert trials.prints is not None
+    same = trials.labels == 1
+    assert np.array_equal(trials.prints[same], trials.groups[same])
+    assert not np.any(trials.prints[~same] == trials.groups[~same])
+    # every recording meets every other speaker's voiceprint once: the pairs say so
+    pairs = sorted(zip(trials.groups[~same].tolist(), trials.prints[~same].tolist(), strict=True))
+    recordings = (3, 3, 2, 1)
+    expected = sorted(
+        (a, b) for a in range(4) for _ in range(recordings[a]) for b in range(4) if b != a
+    )
+    assert pairs == expected
+
+
+def _prior_of(trials, scale):
+    """A calibration whose LLRs are ``scale`` times those of a fit on the trials themselves."""
+    model = {"name": "m", "weights_sha256": "0" * 64, "dimension": 32}
+    own = cal.fit_calibration(trials.inputs, trials.labels, model=model, groups=trials.groups)
+    return own, cal.Calibration(
+        own.model,
+        own.features,
+        tuple(scale * w for w in own.weights),
+        scale * own.bias,
+        own.input_ranges,
+        own.far_thresholds,
+        own.fit,
+    )
+
+
+def test_validated_weight_trusts_the_fit_where_the_prior_is_wrong():
+    """Speaker-held-out validation inside the database: a prior three times too flat (as the
+    bundled calibration is on a phone line) gets a larger weight on the fit than a prior that
+    is right; the weight stays within the cap n / (n + k)."""
+    rng = np.random.default_rng(8)
+    trials = et.build_trials(*_synthetic(rng, [3] * 8 + [1] * 4, spread=0.9))
+    right, flat = _prior_of(trials, 1.0)[0], _prior_of(trials, 1.0 / 3.0)[1]
+    weights = {}
+    for name, prior in (("right", right), ("flat", flat)):
+        weights[name] = validated_weight(
+            prior.llrs(trials.inputs), trials.labels, trials.groups, trials.prints, 0.01
+        )
+    assert weights["flat"] >= 0.5 > weights["right"]
+    model = {"name": "m", "weights_sha256": "0" * 64, "dimension": 32}
+    for k, cap in ((0.0, 1.0), (30.0, 8 / 38)):
+        fitted = et.fit_self_calibration(
+            trials, model=model, prior=flat, p_fit=0.01, shrink_speakers=k, validate=True
+        )
+        lam = min(cap, weights["flat"])
+        assert f"weight {lam:.2f} on the fit" in fitted.fit.note
+        assert "speaker-held-out validation" in fitted.fit.note
+    fixed = et.fit_self_calibration(trials, model=model, prior=flat, p_fit=0.01, validate=False)
+    assert "validation" not in fixed.fit.note and "n / (n + 30)" in fixed.fit.note
+
+
+def test_validated_weight_without_a_fold_to_score_keeps_the_prior():
+    rng = np.random.default_rng(9)
+    trials = et.build_trials(*_synthetic(rng, [2, 1]))  # one speaker with targets
+    prior = _prior_of(et.build_trials(*_synthetic(rng, [3] * 6)), 1.0)[0]
+    llr = prior.llrs(trials.inputs)
+    assert validated_weight(llr, trials.labels, trials.groups, trials.prints, 0.01) == 0.0
+
+
 # --- real speech, through the database -------------------------------------------------------
 
 
@@ -267,6 +333,9 @@ def test_self_calibration_decides_and_is_named(db_url, model, phone_recordings):
     assert fitted["evaluation"]["target_trials"] == 9 * 3  # 9 speakers x 3 recordings
     created = fitted["calibration"]["fit"]["created"]
     assert created >= started  # this fit's date, not the bundled calibration's
+    # the note says how far the fit moved from the bundled calibration, and why
+    assert "weight 0.23 on the fit" in fitted["calibration"]["fit"]["note"]
+    assert "(n / (n + 30))" in fitted["calibration"]["fit"]["note"]
     assert rule["fitted"] == created and f"self calibration fitted {created}" in rule["text"]
 
     code, after = run_json("verify", probe_speaker, probe, db=db_url)

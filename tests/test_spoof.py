@@ -574,7 +574,157 @@ def test_eval_sasv_cli(tmp_path):
     assert report["trials"] == {"target": 1, "nontarget": 0, "spoof": 1}
     assert report["error_rates"]["spoof_far"] == 0.0 and report["spoof_eer"] == 0.0
     assert report["speaker_eer"] is None  # no nontarget trials
+    assert set(report) >= {"sasv_eer", "a_dcf"} and "kinds" not in report
     # The run is one audit entry, not one verify entry per trial.
     logged = json.loads(run("audit", "list", "--db", url, "--json").stdout)
     actions = [e["action"] for e in logged]
     assert actions.count("evaluate") == 1 and "verify" not in actions, actions
+    png = tmp_path / "det.png"
+    plotted = run(
+        "eval",
+        "--sasv",
+        str(trials),
+        "--db",
+        url,
+        "--plot",
+        str(png),
+        "--spoof-model",
+        str(weights),
+    )
+    assert plotted.exit_code == 0, plotted.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_live_session_runs_the_countermeasure(db_url):
+    """A live session on a database with a countermeasure checks each segment once: the
+    attack is decided SPOOF_DETECTED from its first decision on (never ACCEPT), the bona fide
+    caller keeps offline verify's answer, and both agree with verify on the attack."""
+    import soundfile as sf
+
+    from speakerdb import SpeakerDB
+    from speakerdb.live import SPOOF_DETECTED, DecisionEvent
+
+    weights = require_weights("AASIST")
+    enroll, bona, copy = speaker_1998()
+    with SpeakerDB.open(db_url) as db:
+        db.enroll("1998", enroll)
+        db.use_countermeasure(weights)
+        offline = db.verify_many("1998", [bona, copy])
+        live = {}
+        for path in (bona, copy):
+            samples, rate = sf.read(path, dtype="float32")
+            step = rate // 2
+            with db.session(speaker="1998") as session:
+                events = []
+                for first in range(0, samples.size, step):
+                    events += session.feed(samples[first : first + step], sample_rate=rate)
+            live[path] = ([e for e in events if isinstance(e, DecisionEvent)], session.close())
+        entries = [e for e in db.audit_entries(action="verify") if (e.detail or {}).get("live")]
+    attack_events, attack = live[copy]
+    assert offline[1].decision == SPOOF_DETECTED
+    assert [e.decision for e in attack_events] == [SPOOF_DETECTED]
+    assert attack.decision == SPOOF_DETECTED and not attack.accepted
+    final = attack.decisions[-1]
+    assert final.final and final.spoof is not None and final.spoof["detected"] is True
+    assert final.to_dict()["spoof"]["model"].startswith("aasist/AASIST@")
+    # The head the countermeasure reads is the recording's first 4.04 s either way; only the
+    # bandwidth it is calibrated with is measured on that head rather than the whole file.
+    assert final.spoof["llr"] == pytest.approx(offline[1].spoof["llr"], abs=0.5)
+    real_events, real = live[bona]
+    assert real.accepted == offline[0].accepted
+    assert all(e.spoof is not None and e.spoof["detected"] is False for e in real_events)
+    assert sorted(e.decision for e in entries) == sorted(["spoof_detected", real.decision.lower()])
+
+
+def _own_manifest(tmp_path: Path, bona: int = 22, per_attack: int = 11) -> Path:
+    """A JSON-lines manifest of the dev set's bona fide speech and two attack kinds, with
+    paths relative to the manifest (a copy elsewhere, as a user's would be)."""
+    spoof = DATA / "spoof"
+    entries = [json.loads(line) for line in (spoof / "manifest.jsonl").read_text().splitlines()]
+    chosen = [e for e in entries if not e["spoof"]][:bona]
+    for attack in ("mel_inversion", "phone_griffin_lim"):
+        chosen += [e for e in entries if e["attack"] == attack][:per_attack]
+    lines = []
+    for e in chosen:
+        absolute = (spoof / e["audio_filepath"]).resolve()
+        lines.append(json.dumps({**e, "audio_filepath": os.path.relpath(absolute, tmp_path)}))
+    path = tmp_path / "own.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_spoof_calibrate_fits_on_own_recordings_and_decides_with_it(db_url, tmp_path):
+    """`spoof calibrate` scores labelled recordings, fits, stores (audited) and from then on
+    the database's countermeasure answers with that calibration; too few recordings and a
+    missing countermeasure change nothing; --reset returns to the bundled one."""
+    from speakerdb import SpeakerDB
+    from speakerdb._spoof_calibration import SpoofCalibration, bundled_spoof_calibration
+
+    weights = require_weights("AASIST-L")
+    manifest = _own_manifest(tmp_path)
+    _, bona, copy = speaker_1998()
+    none_yet = run("spoof", "calibrate", str(manifest), "--db", db_url)
+    assert none_yet.exit_code == 2 and "no countermeasure to calibrate" in none_yet.output
+    assert run("spoof", "use", str(weights), "--db", db_url).exit_code == 0
+    (tmp_path / "small").mkdir()
+    small = _own_manifest(tmp_path / "small", bona=5, per_attack=3)
+    few = run("spoof", "calibrate", str(small), "--db", db_url)
+    assert few.exit_code == 2 and "too few recordings" in few.output
+    shown = json.loads(run("spoof", "show", "--db", db_url, "--json").stdout)
+    assert shown["calibration"] == {"source": "bundled"}
+
+    fitted = run("spoof", "calibrate", str(manifest), "--db", db_url, "--json")
+    assert fitted.exit_code == 0, fitted.output
+    report = json.loads(fitted.stdout)
+    assert report["groups"] == {
+        "bonafide-wideband": 22,
+        "spoof-mel_inversion": 11,
+        "spoof-phone_griffin_lim": 11,
+    }
+    assert report["flagged"]["bonafide-wideband"] <= 0.05 and report["skipped"] == []
+    shown = json.loads(run("spoof", "show", "--db", db_url, "--json").stdout)["calibration"]
+    assert shown["source"] == "database" and shown["note"].startswith("own.jsonl sha256 ")
+    with SpeakerDB.open(db_url) as db:
+        stored = SpoofCalibration.from_dict(db.countermeasure_calibration() or {})
+        assert stored.threshold == pytest.approx(report["threshold"])
+        raw = load_countermeasure(weights).score([bona, copy])
+        db.enroll("1998", speaker_1998()[0])
+        answers = db.verify_many("1998", [bona, copy])
+        entries = db.audit_entries(action="calibration")
+    bundled = bundled_spoof_calibration(stored.countermeasure["weights_sha256"])
+    for answer, r in zip(answers, raw, strict=True):
+        own = stored.llr(r.llr_input, r.bandwidth_hz)
+        assert answer.spoof["llr"] == pytest.approx(own, abs=1e-4)
+        assert answer.spoof["detected"] == (own < stored.threshold)
+        if bundled is not None:
+            assert abs(bundled.llr(r.llr_input, r.bandwidth_hz) - own) > 1e-3
+    assert [e.detail["normalization"] for e in entries if e.decision == "set"] == ["spoof"]
+
+    reset = run("spoof", "calibrate", "--reset", "--db", db_url, "--json")
+    assert json.loads(reset.stdout) == {"calibration": {"source": "bundled"}, "removed": True}
+    with SpeakerDB.open(db_url) as db:
+        assert db.countermeasure_calibration() is None
+        again = db.verify_many("1998", [copy])[0]
+    if bundled is not None:
+        assert again.spoof["llr"] == pytest.approx(
+            bundled.llr(raw[1].llr_input, raw[1].bandwidth_hz), abs=1e-4
+        )
+
+
+def test_sasv_plot_draws_each_curve_it_has_classes_for(tmp_path):
+    from speakerdb.enroll import plot_sasv
+    from speakerdb.enroll._sasv import sasv_metrics
+
+    rng = np.random.default_rng(0)
+    kinds = ["target"] * 40 + ["nontarget"] * 40 + ["spoof"] * 40
+    speaker = np.r_[rng.normal(3, 1, 40), rng.normal(-3, 1, 40), rng.normal(2, 1, 40)]
+    spoof = np.r_[rng.normal(2, 1, 40), rng.normal(2, 1, 40), rng.normal(-2, 1, 40)]
+    spoof[0] = math.inf  # a trial the countermeasure did not judge
+    report = sasv_metrics(kinds, speaker, spoof)
+    assert len(report.kinds) == 120 and "speaker_margin" not in report.to_dict()
+    out = plot_sasv(report, tmp_path / "sasv.png")
+    assert out.stat().st_size > 10_000
+    only_targets = sasv_metrics(["target"] * 3, [1.0, 2.0, 3.0], [1.0, 1.0, 1.0])
+    with pytest.raises(UsageError, match="no DET curve"):
+        plot_sasv(only_targets, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()

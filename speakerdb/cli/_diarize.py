@@ -109,6 +109,17 @@ def _open(db_url: str | None, model_name: str | None, device: str | None) -> Spe
     "(spectral clustering, the default): the least average cosine between two groups of "
     "windows to call them one voice (0.60 suits ge2e on 16 kHz speech). Higher finds more.",
 )
+@click.option(
+    "--norm",
+    type=click.Choice(["auto", "none", "asnorm"]),
+    default="auto",
+    show_default=True,
+    help="How voices are scored against the enrolled speakers: asnorm = AS-norm against "
+    "the other enrolled speakers, decided by the database's calibration of AS-norm scores; "
+    "none = raw cosines and the database's rule; auto = asnorm when the database has fitted "
+    "its own calibration of AS-norm scores (calibrate --from-enrollments --norm asnorm), "
+    "else none.",
+)
 @json_option
 @handles_errors
 def diarize(
@@ -126,6 +137,7 @@ def diarize(
     prior: float | None,
     far: float | None,
     cluster_threshold: float | None,
+    norm: str,
     as_json: bool,
 ) -> None:
     """Who spoke when in FILE, by name: one line per turn.
@@ -147,6 +159,7 @@ def diarize(
         "threshold": threshold,
         "prior": prior,
         "far": far,
+        "norm": norm,
     }
     if cluster_threshold is not None:
         options["cluster_threshold"] = cluster_threshold

@@ -98,12 +98,18 @@ def _sasv(
     device: str | None,
     spoof_model: Path | None,
     as_json: bool,
+    plot_out: Path | None = None,
 ) -> None:
-    """``eval --sasv TRIALS``: the figures of ``SpeakerDB.evaluate_sasv``."""
+    """``eval --sasv TRIALS [--plot PNG]``: the figures of ``SpeakerDB.evaluate_sasv``."""
     if trials is None:
         raise UsageError("usage: speakerdb eval --sasv TRIALS")
+    if plot_out is not None:
+        from speakerdb.enroll import plot_sasv  # fail early if matplotlib is missing
     with open_db(db_url, model_name, device, read_only=True) as db:
-        report = db.evaluate_sasv(trials, spoof_model=spoof_model).to_dict()
+        evaluated = db.evaluate_sasv(trials, spoof_model=spoof_model)
+    if plot_out is not None:
+        plot_sasv(evaluated, plot_out)
+    report = evaluated.to_dict()
     if as_json:
         emit_json(report)
         return
@@ -148,7 +154,8 @@ def _trial_options(fn: F) -> F:
     "--plot",
     "plot_out",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Draw the DET curve and score histograms to this PNG (needs speakerdb[plot]).",
+    help="Draw the DET curve and score histograms to this PNG (with --sasv: the speaker, "
+    "countermeasure and joint DET curves; needs speakerdb[plot]).",
 )
 @click.option(
     "--sasv",
@@ -204,7 +211,7 @@ def eval_command(
     Unusable files are reported, not fatal. With --sasv: spoofing-aware trials (see
     docs/spoofing.md)."""
     if sasv:
-        _sasv(trials, db_url, model_name, device, spoof_model, as_json)
+        _sasv(trials, db_url, model_name, device, spoof_model, as_json, plot_out)
         return
     rows, digest = _load_trials(trials, manifest)
     if plot_out is not None:

@@ -185,9 +185,11 @@ def _text(event: Any) -> str:
     if kind == "decision":
         llr = f"llr {event.llr:.2f}, " if event.llr is not None else ""
         who = f" {event.speaker}" if event.speaker else ""
+        spoof = event.spoof or {}
+        cm = f"; spoof llr {spoof['llr']:.2f}" if spoof.get("llr") is not None else ""
         return (
             f"{at}decision  {event.decision}{who} ({llr}{event.decision_rule.text}; "
-            f"{event.speech_seconds:.1f} s of speech)"
+            f"{event.speech_seconds:.1f} s of speech{cm})"
         )
     if kind == "speaker_change":
         return (

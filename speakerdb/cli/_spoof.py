@@ -20,6 +20,7 @@ from speakerdb.cli._common import (
     open_db,
     show,
 )
+from speakerdb.errors import UsageError
 
 
 @click.group()
@@ -119,9 +120,106 @@ def use(path: Path, db_url: str | None, as_json: bool) -> None:
 @json_option
 @handles_errors
 def show_countermeasure(db_url: str | None, as_json: bool) -> None:
-    """Show the countermeasure the database records (family, variant, sha256, file)."""
+    """Show the countermeasure the database records (family, variant, sha256, file) and
+    which spoof calibration decides: the database's own (`spoof calibrate`) or the bundled."""
     with open_db(db_url, read_only=True) as db:
-        _describe(db.countermeasure(), as_json, "countermeasure: ")
+        record = db.countermeasure()
+        own = db.countermeasure_calibration()
+    if as_json:
+        emit_json(
+            {
+                "countermeasure": None if record is None else record.to_dict(),
+                "calibration": _calibration_summary(own),
+            }
+        )
+        return
+    _describe(record, False, "countermeasure: ")
+    if own is None:
+        click.echo("spoof calibration: bundled (where one ships for the weights)")
+    else:
+        summary = _calibration_summary(own)
+        click.echo(
+            f"spoof calibration: database, fitted {summary['fitted']} on "
+            f"{summary['note']}; threshold {summary['threshold']:.3f}"
+        )
+
+
+def _calibration_summary(own: dict[str, Any] | None) -> dict[str, Any]:
+    if own is None:
+        return {"source": "bundled"}
+    fit = own.get("fit") or {}
+    return {
+        "source": "database",
+        "fitted": own.get("fitted"),
+        "note": fit.get("note"),
+        "threshold": own.get("threshold"),
+        "groups": fit.get("groups"),
+        "weights_sha256": (own.get("countermeasure") or {}).get("weights_sha256"),
+    }
+
+
+@spoof.command("calibrate")
+@click.argument("recordings", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--max-flag-rate",
+    type=float,
+    default=None,
+    help="Share of any bona fide group allowed to be flagged at the threshold (default 0.05).",
+)
+@click.option(
+    "--spoof-model",
+    "spoof_model",
+    metavar="PATH",
+    envvar="SPEAKERDB_SPOOF_MODEL",
+    type=click.Path(path_type=Path),
+    help="Calibrate this checkpoint instead of the database's countermeasure.",
+)
+@click.option("--reset", is_flag=True, help="Remove the database's own spoof calibration.")
+@db_option
+@json_option
+@handles_errors
+def calibrate_spoof(
+    recordings: Path | None,
+    max_flag_rate: float | None,
+    spoof_model: Path | None,
+    reset: bool,
+    db_url: str | None,
+    as_json: bool,
+) -> None:
+    """Fit the countermeasure's calibration on your own channel's RECORDINGS and store it.
+
+    RECORDINGS: an SASV trial list (`<target|nontarget|spoof> <speaker> <path>`; target and
+    nontarget probes are bona fide speech) or a JSON-lines manifest (`{"audio_filepath",
+    "spoof": true|false, "attack": NAME}`), paths relative to the file. At least 20 usable
+    bona fide recordings and 20 attacks (2 s or longer). The stored calibration replaces the
+    bundled one wherever these weights run (verify, identify, compare, enroll, sessions);
+    --reset removes it.
+    """
+    if reset == (recordings is not None):
+        raise UsageError("spoof calibrate takes RECORDINGS or --reset (one of them)")
+    with open_db(db_url) as db:
+        if reset:
+            had = db.reset_countermeasure_calibration()
+            if as_json:
+                emit_json({"calibration": {"source": "bundled"}, "removed": had})
+            else:
+                click.echo(
+                    "spoof calibration: bundled" + (" (removed the database's)" if had else "")
+                )
+            return
+        assert recordings is not None
+        fit = db.calibrate_countermeasure(
+            recordings, spoof_model=spoof_model, max_flag_rate=max_flag_rate
+        )
+    report = fit.to_dict()
+    if as_json:
+        emit_json(report)
+        return
+    click.echo(f"spoof calibration stored: threshold {fit.calibration.threshold:.3f}")
+    for name, count in fit.groups.items():
+        click.echo(f"  {name}: {count} recordings, {fit.flagged[name]:.1%} flagged")
+    if fit.skipped:
+        click.echo(f"  left out: {len(fit.skipped)} recordings (undecodable or under 2 s)")
 
 
 @spoof.command("off")

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from speakerdb.enroll._evaluation import EvaluationReport, trials_from_manifest, write_scores
     from speakerdb.enroll._facade import SpeakerDB
     from speakerdb.enroll._lists import ManifestEntry, Trial, read_manifest, read_pairs, read_trials
-    from speakerdb.enroll._plot import plot_evaluation
+    from speakerdb.enroll._plot import plot_evaluation, plot_sasv
     from speakerdb.enroll._reports import (
         RECOMMENDED_SPEECH_SECONDS,
         EnrollmentReport,
@@ -28,6 +28,7 @@ __all__ = [
     "SpeakerDB",
     "Trial",
     "plot_evaluation",
+    "plot_sasv",
     "read_manifest",
     "read_pairs",
     "read_trials",
@@ -46,6 +47,7 @@ _LAZY = {
     "read_pairs": "speakerdb.enroll._lists",
     "read_trials": "speakerdb.enroll._lists",
     "plot_evaluation": "speakerdb.enroll._plot",
+    "plot_sasv": "speakerdb.enroll._plot",
     "EnrollmentReport": "speakerdb.enroll._reports",
     "ManifestSummary": "speakerdb.enroll._reports",
     "RECOMMENDED_SPEECH_SECONDS": "speakerdb.enroll._reports",

@@ -142,24 +142,31 @@ class FacadeBase:
         self, override: str | os.PathLike[str] | None = None
     ) -> Countermeasure | None:
         """The countermeasure to run: the checkpoint ``override`` when given (this call
-        only), else the one this database records, else None; loaded once per process.
+        only), else the one this database records, else None; loaded once per process, with
+        the database's own spoof calibration where it has one for these weights.
         Raises ModelNotFoundError / ModelError, and ModelMismatchError when the recorded file
         is no longer the recorded weights: deciding without it would be silently weaker."""
+        from speakerdb.enroll._spoof import own_calibration, recorded_countermeasure
+        from speakerdb.storage._countermeasure_record import (
+            read_countermeasure,
+            read_spoof_calibration,
+        )
+
         if override is not None:
             from speakerdb.model._countermeasure import load_countermeasure
 
             key = f"path:{os.path.abspath(override)}"
             if key not in self._spoof_cache:
                 self._spoof_cache[key] = load_countermeasure(override)
-            return self._spoof_cache[key]
-        from speakerdb.storage._countermeasure_record import read_countermeasure
-
-        record = read_countermeasure(self.store)
-        if record is None:
-            return None
-        from speakerdb.enroll._spoof import recorded_countermeasure
-
-        return recorded_countermeasure(self._spoof_cache, record)
+            cm = self._spoof_cache[key]
+        else:
+            record = read_countermeasure(self.store)
+            if record is None:
+                return None
+            cm = recorded_countermeasure(self._spoof_cache, record)
+        if self._store is None:
+            return cm
+        return own_calibration(self._spoof_cache, cm, read_spoof_calibration(self.store))
 
     @property
     def model_loaded(self) -> bool:

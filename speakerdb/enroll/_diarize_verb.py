@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from speakerdb._calibration import OperatingPoint
 from speakerdb.enroll._base import (
     FacadeBase,
     options_of,
 )
+from speakerdb.enroll._cohort import normalization
 from speakerdb.errors import UsageError
 from speakerdb.model._audio import AudioInput
 from speakerdb.scoring import DEFAULT_COHORT_TOP_N
@@ -22,7 +24,17 @@ if TYPE_CHECKING:
     from speakerdb.diarize import Diarization
 
 
-__all__ = ["DiarizeVerb"]
+__all__ = ["NAMING_PRIOR", "DiarizeVerb"]
+
+NAMING_PRIOR = 0.005
+"""The target prior at which voices are named with the database's own calibration of
+AS-norm scores (LLR threshold ln 199 = 5.3), unless the call or the stored setting asks for
+a stricter one. Chosen on both development conversation sets (benchmarks/diarize_naming.py,
+priors 0.2 ... 0.0001): the prior naming the most known speech with unknown speech named
+<= 1 % and wrong names <= 2 % on each. Leave-one-set-out: the 8 kHz set alone chooses it
+too (held out on 16 kHz: 79.0 % of known speech named, 0.17 % of unknown speech named); the
+16 kHz set alone chooses 0.05, which on 8 kHz names 88.8 % but also 2.7 % of unknown speech
+(a voice that holds two speakers), so that choice does not transfer (docs/diarization.md)."""
 
 
 class DiarizeVerb(FacadeBase):
@@ -40,7 +52,7 @@ class DiarizeVerb(FacadeBase):
         threshold: float | None = None,
         prior: float | None = None,
         far: float | None = None,
-        norm: str | None = None,
+        norm: str | None = "auto",
         cohort_size: int | None = None,
         sample_rate: int | None = None,
         progress: Callable[[float, float], None] | None = None,
@@ -54,8 +66,12 @@ class DiarizeVerb(FacadeBase):
         threshold / prior / far: as for :meth:`verify_many`. norm "asnorm": each voice's
         candidates are scored with AS-norm against the other enrolled speakers (as
         :meth:`identify` does) and decided by the database's calibration of AS-norm scores
-        (``calibrate_from_enrollments(norm="asnorm")``, or a threshold); cohort_size: its
-        top-N (default :data:`speakerdb.scoring.DEFAULT_COHORT_TOP_N`). options: further
+        (``calibrate_from_enrollments(norm="asnorm")``, or a threshold); None: raw cosines
+        and the database's rule for them; "auto" (the default): "asnorm" when the database
+        has fitted its own calibration of AS-norm scores, else None. With that calibration
+        and no threshold / prior / far, voices are named at :data:`NAMING_PRIOR` (or the
+        stored operating point when it is stricter). cohort_size: AS-norm's top-N (default
+        :data:`speakerdb.scoring.DEFAULT_COHORT_TOP_N`). options: further
         :class:`speakerdb.diarize.DiarizationSettings` fields (window, hop,
         cluster_threshold, min_turn, max_pause). progress: ``progress(seconds_done,
         total_seconds)`` while the recording is read. Without a database (opened with
@@ -84,8 +100,10 @@ class DiarizeVerb(FacadeBase):
                 audio, self.model, settings, sample_rate=sample_rate, progress=progress
             )
             return anonymous(analysis, self.identity.label)
-        decision = options_of(None, threshold, norm=norm, prior=prior, far=far)
-        key = decision.normalization
+        key = self._naming_normalization(norm)
+        if key is not None and threshold is None and prior is None and far is None:
+            prior = self._naming_prior(key)
+        decision = options_of(None, threshold, norm=key, prior=prior, far=far)
         policy = self.decision_policy(decision)
         identity = self._check_model()
         analysis = analyse_voices(
@@ -101,3 +119,25 @@ class DiarizeVerb(FacadeBase):
         return name_voices(
             analysis, policy, identity, self.store, asnorm if key is not None else None
         )
+
+    def _naming_normalization(self, norm: str | None) -> str | None:
+        """The normalisation naming uses: ``norm``, or for "auto" AS-norm when this
+        database has fitted its own calibration of AS-norm scores (else raw cosines)."""
+        if norm != "auto":
+            return normalization(norm)
+        _, setting = self.store.calibration_setting("asnorm")
+        return "asnorm" if setting is not None and setting.kind == "llr" else None
+
+    def _naming_prior(self, key: str) -> float | None:
+        """The prior naming decides at with the database's calibration of ``key`` scores:
+        :data:`NAMING_PRIOR`, or the stored operating point's when stricter; None (the
+        stored rule as it is) without a calibration or with a false-accept target."""
+        _, setting = self.store.calibration_setting(key)
+        if setting is None or setting.kind != "llr" or setting.target_far is not None:
+            return None
+        stored = OperatingPoint(
+            setting.p_target if setting.p_target is not None else 0.01,
+            setting.c_miss if setting.c_miss is not None else 1.0,
+            setting.c_fa if setting.c_fa is not None else 1.0,
+        ).effective_prior
+        return min(NAMING_PRIOR, stored)

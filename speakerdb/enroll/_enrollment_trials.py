@@ -42,6 +42,7 @@ from speakerdb._calibration import (
     fit_calibration,
     group_weights,
 )
+from speakerdb.enroll._shrinkage import validated_weight
 from speakerdb.errors import UsageError
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "MIN_SELF_VOICEPRINTS",
     "SELF_FORM",
     "SHRINK_SPEAKERS",
+    "SHRINK_VALIDATED",
     "EnrollmentTrials",
     "build_trials",
     "fit_self_calibration",
@@ -78,6 +80,16 @@ SHRINK_SPEAKERS = 30.0
 counts half, with 270 nine tenths. Chosen leave-one-set-out among 0, 3, 10, 30 with
 :data:`SELF_FORM` (the lowest FRR + 99 FAR on the other sets; every left-out set chose 30):
 benchmarks/self_calibration.py."""
+
+SHRINK_VALIDATED = False
+"""Whether the affine form's weight on the fit is chosen by the database's own speakers
+(speaker-held-out validation, :mod:`speakerdb.enroll._shrinkage`), capped at n / (n + k),
+instead of n / (n + k) itself. Measured leave-one-set-out against the fixed weight
+(benchmarks/self_calibration.py and self_calibration_asnorm.py, rows "valid"): with 4-5
+enrolled speakers the folds are too few to tell the weight (held-out phone FAR 3.6-5.2 %
+uncapped or capped at k = 3-10; 1.5 % capped at k = 10 with 5 single voices besides, the
+library's minimum); chosen only with 20 single voices besides. Off; kept as an option for
+measuring databases with more speakers (docs/calibration.md)."""
 
 SELF_FORM = "affine"
 """How a self-calibration departs from the bundled one: "affine" (a scale and an offset of
@@ -109,6 +121,8 @@ class EnrollmentTrials:
     recordings: int
     duplicates: int
     unknown_quality: int
+    prints: npt.NDArray[np.int64] | None = None
+    """(n,) the voiceprint side's speaker (int, as ``groups``); None where not recorded."""
 
     @property
     def target_trials(self) -> int:
@@ -240,6 +254,7 @@ def build_trials(
         bw[mine],
         (bw_seconds[index[mine]] - sec[mine] * bw[mine]) / tgt_enroll_sec,
         index[mine],
+        index[mine],
     )
 
     # Different speakers: every recording against another speaker's voiceprint built like a
@@ -281,6 +296,7 @@ def build_trials(
         bw[rec],
         print_bw / print_sec,
         index[rec],
+        other,
     )
     parts = [np.concatenate([a, b]) for a, b in zip(tgt, non, strict=True)]
     labels = np.concatenate([np.ones(tgt[0].size, np.int64), np.zeros(non[0].size, np.int64)])
@@ -289,6 +305,7 @@ def build_trials(
         inputs=inputs,
         labels=labels,
         groups=parts[6].astype(np.int64),
+        prints=parts[7].astype(np.int64),
         speakers=int(ids.size),
         eligible=int((count >= 2).sum()),
         recordings=int(v.shape[0]),
@@ -422,6 +439,7 @@ def fit_self_calibration(
     shrink_speakers: float = SHRINK_SPEAKERS,
     state: str = "",
     form: str | None = None,
+    validate: bool | None = None,
 ) -> Calibration:
     """The self-calibration of these trials, its FAR table measured on the trials.
 
@@ -431,12 +449,17 @@ def fit_self_calibration(
     five: the prior's quality terms kept, its confidence re-fitted in-domain), shrunk toward
     a = 1, c = 0; without a prior, "full". form "asnorm": trials built with
     ``asnorm_top_n`` (z-scores), a logistic calibration of the z-score alone, unshrunk.
-    None: :data:`SELF_FORM`. state: a digest of the
+    None: :data:`SELF_FORM`. validate (affine form; None: :data:`SHRINK_VALIDATED`): the
+    weight on the fit is the one the database's own speakers choose by held-out validation
+    (:func:`speakerdb.enroll._shrinkage.validated_weight`), at most ``n / (n + k)``; False:
+    ``n / (n + k)`` itself. state: a digest of the
     enrollments it was fitted on (stored as the fit's ``trials_sha256``). Raises UsageError
     below the minimums (:func:`check_enough`)."""
     check_enough(trials)
     form = SELF_FORM if form is None else form
+    validate = SHRINK_VALIDATED if validate is None else validate
     lam = trials.eligible / (trials.eligible + shrink_speakers) if prior is not None else 1.0
+    how = f"n / (n + {shrink_speakers:g})"
     if form == "asnorm":
         # No bundled calibration of z-scores to shrink toward: the fit alone, of the
         # z-score alone (its own normalisation stands in for the quality terms).
@@ -453,6 +476,12 @@ def fit_self_calibration(
         )
         shrunk = fitted
     elif form == "affine" and prior is not None:
+        if validate and trials.prints is not None:
+            chosen = validated_weight(
+                prior.llrs(trials.inputs), trials.labels, trials.groups, trials.prints, p_fit
+            )
+            how = f"chosen by speaker-held-out validation ({chosen:.2f}), at most {how}"
+            lam = min(lam, chosen)
         shrunk = _affine(trials, prior, model, p_fit, lam)
         fitted = shrunk
     elif form in ("full", "affine"):
@@ -483,7 +512,7 @@ def fit_self_calibration(
         groups={"enrollments": (trials.target_trials, trials.nontarget_trials)},
         note=(
             f"self-calibration ({form}) on this database's enrollments: {trials.describe()}; "
-            f"weight {lam:.2f} on the fit, {1 - lam:.2f} on the bundled calibration"
+            f"weight {lam:.2f} on the fit, {1 - lam:.2f} on the bundled calibration ({how})"
         ),
     )
     shrunk = replace(shrunk, fit=summary)

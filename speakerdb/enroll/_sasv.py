@@ -101,9 +101,17 @@ class SasvReport:
     min_a_dcf: float
     error_rates: dict[str, float | None] = field(default_factory=dict)
     unscored: int = 0
+    # Per scored trial, for the plot (not in the JSON): its kind and its margins above the
+    # speaker and the spoof thresholds (+inf: not judged by the countermeasure).
+    kinds: list[str] = field(default_factory=list, repr=False)
+    speaker_margin: list[float] = field(default_factory=list, repr=False)
+    spoof_margin: list[float] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        for key in ("kinds", "speaker_margin", "spoof_margin"):
+            del out[key]
+        return out
 
 
 def sasv_metrics(
@@ -148,4 +156,7 @@ def sasv_metrics(
             "nontarget_far": rate(non, True),
             "spoof_far": rate(spo, True),
         },
+        kinds=[str(k) for k in kind.tolist()],
+        speaker_margin=spk.tolist(),
+        spoof_margin=spf.tolist(),
     )

@@ -8,6 +8,7 @@ identification) and the database's decision policy, resolved once when the sessi
 from __future__ import annotations
 
 import math
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,7 +24,7 @@ from speakerdb.storage._audit import PendingEntry
 
 if TYPE_CHECKING:
     from speakerdb.live._events import Summary
-    from speakerdb.live._session import Judgement, LiveSession, SessionLimits
+    from speakerdb.live._session import Judgement, LiveSession, Screen, SessionLimits
 
 __all__ = ["SessionVerb"]
 
@@ -39,6 +40,7 @@ class SessionVerb(FacadeBase):
         threshold: float | None = None,
         prior: float | None = None,
         far: float | None = None,
+        spoof_model: str | os.PathLike[str] | None = None,
         options: DecisionOptions | None = None,
     ) -> LiveSession:
         """A live session: verify ``speaker`` while the caller speaks, or (None) identify
@@ -46,8 +48,12 @@ class SessionVerb(FacadeBase):
         events, ``close()`` the summary (see :class:`speakerdb.live.LiveSession`).
 
         Decisions use the same embedder and decision policy as :meth:`verify` /
-        :meth:`identify` (threshold / prior / far as there; raw cosine scores, no AS-norm).
-        Raises SpeakerNotFoundError for an unknown speaker, UsageError for bad limits.
+        :meth:`identify` (threshold / prior / far, or all as ``options``, as there; raw
+        cosine scores, no AS-norm),
+        and the database's countermeasure (or ``spoof_model``, this session only) as there:
+        each segment is checked once and a detected attack is decided SPOOF_DETECTED.
+        Raises SpeakerNotFoundError for an unknown speaker, UsageError for bad limits,
+        ModelError / ModelMismatchError for a countermeasure it cannot load.
         """
         from speakerdb.live._session import Anchor, Judgement, LiveSession
 
@@ -122,4 +128,21 @@ class SessionVerb(FacadeBase):
             )
             store.record_lookups([entry])
 
-        return LiveSession(judge, speaker, limits, on_close=record)
+        return LiveSession(
+            judge, speaker, limits, on_close=record, screen=self._session_screen(spoof_model)
+        )
+
+    def _session_screen(self, spoof_model: str | os.PathLike[str] | None) -> Screen | None:
+        """The countermeasure as a session's :class:`~speakerdb.live.Screen`, or None."""
+        from speakerdb.enroll._spoof import spoof_answer
+        from speakerdb.live._session import Screen, SpoofCheck
+
+        cm = self._database_countermeasure(spoof_model)
+        if cm is None:
+            return None
+
+        def check(samples: npt.NDArray[np.float32]) -> SpoofCheck:
+            scored = cm.score([samples], sample_rate=SAMPLE_RATE)[0]
+            return SpoofCheck(scored.detected, spoof_answer(cm, scored))
+
+        return Screen(cm.input_samples, check)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SPOOF_DETECTED",
+    "own_calibration",
     "recorded_countermeasure",
     "refuse_spoofs",
     "screen",
@@ -54,6 +55,25 @@ def recorded_countermeasure(
             )
         cache[record.weights_sha256] = loaded
     return cache[record.weights_sha256]
+
+
+def own_calibration(
+    cache: dict[str, Countermeasure], cm: Countermeasure, stored: dict[str, Any] | None
+) -> Countermeasure:
+    """``cm`` with the database's own spoof calibration (``stored``, from ``speakerdb spoof
+    calibrate``) when it was fitted for these weights, else ``cm`` unchanged (its bundled
+    calibration). The network is shared; one object per weights and fit. Raises ModelError
+    for a stored calibration it cannot read."""
+    from speakerdb._spoof_calibration import SpoofCalibration
+    from speakerdb.enroll._spoof_fit import stored_identity
+    from speakerdb.model._countermeasure import Countermeasure
+
+    if stored is None or stored_identity(stored) != cm.identity.weights_sha256:
+        return cm
+    key = f"own:{cm.identity.weights_sha256}:{stored.get('fitted')}"
+    if key not in cache:
+        cache[key] = Countermeasure(cm.net, cm.identity, SpoofCalibration.from_dict(stored))
+    return cache[key]
 
 
 def spoof_answer(cm: Countermeasure, scored: SpoofScore) -> dict[str, Any]:

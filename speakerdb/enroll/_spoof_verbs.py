@@ -1,16 +1,18 @@
-"""The database's spoofing countermeasure: which one it records, recording one, and
-stopping (issue 19; docs/spoofing.md). Verification runs it through :mod:`._spoof`."""
+"""The database's spoofing countermeasure: which one it records, recording one, stopping,
+and calibrating it on the owner's recordings (issue 19; docs/spoofing.md). Verification
+runs it through :mod:`._spoof`."""
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from speakerdb.enroll._base import FacadeBase
 from speakerdb.storage._audit import PendingEntry, lookups_unrecorded
 
 if TYPE_CHECKING:
     from speakerdb.enroll._sasv import SasvReport
+    from speakerdb.enroll._spoof_fit import SpoofFit
     from speakerdb.storage._countermeasure_record import CountermeasureRecord
 
 __all__ = ["SpoofVerbs"]
@@ -48,6 +50,63 @@ class SpoofVerbs(FacadeBase):
         previous = self.countermeasure()
         write_countermeasure(self.store, None)
         return previous
+
+    def calibrate_countermeasure(
+        self,
+        recordings: str | os.PathLike[str],
+        *,
+        spoof_model: str | os.PathLike[str] | None = None,
+        max_flag_rate: float | None = None,
+    ) -> SpoofFit:
+        """Fit the countermeasure's calibration on labelled recordings of your own channel
+        (an SASV trial list or a JSON-lines manifest: :mod:`._spoof_fit`) and store it in the
+        database: from then on it replaces the bundled one wherever these weights run.
+        ``max_flag_rate``: the share of any bona fide group allowed to be flagged at the
+        threshold (default 0.05). Raises UsageError (no countermeasure, a bad list, too few
+        recordings), ModelError, StoreError."""
+        import hashlib
+        from pathlib import Path
+
+        from speakerdb._spoof_calibration import DEFAULT_MAX_FLAG_RATE
+        from speakerdb.enroll._spoof_fit import fit_on_recordings, read_labelled_recordings
+        from speakerdb.errors import UsageError
+        from speakerdb.storage._countermeasure_record import write_spoof_calibration
+
+        if self.store.read_only:  # before minutes of scoring, not after
+            raise UsageError("cannot store a spoof calibration: the database is read-only")
+        cm = self._database_countermeasure(spoof_model)
+        if cm is None:
+            raise UsageError(
+                "no countermeasure to calibrate: `speakerdb spoof use PATH` first, or "
+                "--spoof-model PATH"
+            )
+        path = Path(recordings)
+        items = read_labelled_recordings(path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        fit = fit_on_recordings(
+            cm,
+            items,
+            max_flag_rate=DEFAULT_MAX_FLAG_RATE if max_flag_rate is None else max_flag_rate,
+            note=f"{path.name} sha256 {digest}",
+        )
+        write_spoof_calibration(self.store, fit.calibration.to_dict())
+        return fit
+
+    def countermeasure_calibration(self) -> dict[str, Any] | None:
+        """The spoof calibration this database stores (``spoof calibrate``): its JSON with
+        "fitted" (ISO time), or None (the bundled calibration applies)."""
+        from speakerdb.storage._countermeasure_record import read_spoof_calibration
+
+        return read_spoof_calibration(self.store)
+
+    def reset_countermeasure_calibration(self) -> bool:
+        """Remove the database's own spoof calibration (the bundled one applies again);
+        returns whether there was one."""
+        from speakerdb.storage._countermeasure_record import write_spoof_calibration
+
+        had = self.countermeasure_calibration() is not None
+        write_spoof_calibration(self.store, None)
+        return had
 
     def evaluate_sasv(
         self,

@@ -12,6 +12,7 @@ from speakerdb.live._events import (
     IDENTIFIED,
     NOT_ENOUGH_SPEECH,
     REJECT,
+    SPOOF_DETECTED,
     UNKNOWN,
     DecisionEvent,
     ErrorEvent,
@@ -21,7 +22,14 @@ from speakerdb.live._events import (
     SpeakerChange,
     Summary,
 )
-from speakerdb.live._session import Judge, Judgement, LiveSession, SessionLimits
+from speakerdb.live._session import (
+    Judge,
+    Judgement,
+    LiveSession,
+    Screen,
+    SessionLimits,
+    SpoofCheck,
+)
 from speakerdb.live._sources import ENCODINGS, PcmDecoder, file_chunks
 
 __all__ = [
@@ -30,6 +38,7 @@ __all__ = [
     "IDENTIFIED",
     "NOT_ENOUGH_SPEECH",
     "REJECT",
+    "SPOOF_DETECTED",
     "UNKNOWN",
     "DecisionEvent",
     "ErrorEvent",
@@ -39,9 +48,11 @@ __all__ = [
     "LiveSession",
     "PcmDecoder",
     "ProgressEvent",
+    "Screen",
     "Segment",
     "SessionLimits",
     "SpeakerChange",
+    "SpoofCheck",
     "Summary",
     "file_chunks",
 ]

@@ -17,6 +17,7 @@ __all__ = [
     "IDENTIFIED",
     "NOT_ENOUGH_SPEECH",
     "REJECT",
+    "SPOOF_DETECTED",
     "UNKNOWN",
     "DecisionEvent",
     "ErrorEvent",
@@ -30,6 +31,7 @@ __all__ = [
 NOT_ENOUGH_SPEECH = "NOT_ENOUGH_SPEECH"
 ACCEPT, REJECT = "ACCEPT", "REJECT"  # verify sessions
 IDENTIFIED, UNKNOWN = "IDENTIFIED", "UNKNOWN"  # identify sessions
+SPOOF_DETECTED = "SPOOF_DETECTED"  # the database's countermeasure caught an attack
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
@@ -65,7 +67,10 @@ class DecisionEvent:
     decision_rule: the rule, as offline answers carry it. speech_seconds: the segment's
     speech the decision rests on (the engine's measure after silence trimming, as the
     calibration sees it). early: taken before :data:`~._session.FIRM_SPEECH_SECONDS` of
-    speech. final: the decision at close, on all the segment's audio.
+    speech. final: the decision at close, on all the segment's audio. spoof: where the
+    database has a countermeasure, its answer on the segment's first seconds (``{"model",
+    "score", "llr", "detected"}`` as offline answers carry it), checked when the segment is
+    first decided; a detected attack is the decision SPOOF_DETECTED, never accepted.
     """
 
     time: float
@@ -79,6 +84,7 @@ class DecisionEvent:
     speech_seconds: float
     early: bool = False
     final: bool = False
+    spoof: dict[str, Any] | None = None
     type: str = "decision"
 
     @property
@@ -99,6 +105,7 @@ class DecisionEvent:
             "speech_seconds": _round(self.speech_seconds),
             "early": self.early,
             "final": self.final,
+            **({"spoof": self.spoof} if self.spoof is not None else {}),
         }
 
 

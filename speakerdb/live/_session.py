@@ -24,6 +24,12 @@ decision follows the rule on all the segment's speech, and a decision event is e
 only when it changes. The calibration takes the probe's speech duration as an input, so
 a short probe's LLR is already shrunk towards zero: an early accept is the rule's.
 
+Countermeasure: where the database has one (a :class:`Screen`), the first time a segment
+is decided its first :attr:`Screen.samples` of audio (4.04 s for AASIST: the offline
+answer's head of the recording) are checked, once per segment; a segment decided on less
+audio than that is checked again at close. A detected attack turns the decision into
+SPOOF_DETECTED, which is never accepted (as offline: whatever the speaker rule says).
+
 Speaker change: once a segment is decided, the last :data:`CHANGE_WINDOW_SECONDS` of
 speech are scored every :data:`CHANGE_EVERY_SECONDS` of speech -- against the voiceprint of
 a named voice by the rule, else against the segment's own voice (an :class:`Anchor`) by
@@ -41,6 +47,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +60,7 @@ from speakerdb.live._events import (
     IDENTIFIED,
     NOT_ENOUGH_SPEECH,
     REJECT,
+    SPOOF_DETECTED,
     UNKNOWN,
     DecisionEvent,
     ErrorEvent,
@@ -79,7 +87,9 @@ __all__ = [
     "Judge",
     "Judgement",
     "LiveSession",
+    "Screen",
     "SessionLimits",
+    "SpoofCheck",
 ]
 
 EVALUATE_EVERY_SECONDS = 1.0
@@ -145,6 +155,24 @@ or None (identify among everyone). None when the audio cannot be embedded (too l
 speech)."""
 
 
+@dataclass(frozen=True)
+class SpoofCheck:
+    """A countermeasure's answer on some audio: detected (None: not judged, e.g. too short
+    or no calibration) and answer, the ``spoof`` part of answers."""
+
+    detected: bool | None
+    answer: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Screen:
+    """The database's countermeasure for a session: ``check(samples)`` on (n,) float32
+    16 kHz audio, of which it reads the first ``samples``."""
+
+    samples: int
+    check: Callable[[npt.NDArray[np.float32]], SpoofCheck]
+
+
 @dataclass
 class _Frame:
     start: float  # seconds since the session began
@@ -170,10 +198,12 @@ class LiveSession:
         speaker: str | None,
         limits: SessionLimits | None = None,
         on_close: Callable[[Summary], None] | None = None,
+        screen: Screen | None = None,
     ) -> None:
         self.limits = limits or SessionLimits()
         self.limits.check()
         self._judge = judge
+        self._screen = screen
         self._on_close = on_close  # e.g. the database's audit entry for the session
         self.speaker = speaker
         self.mode = "verify" if speaker is not None else "identify"
@@ -381,6 +411,8 @@ class LiveSession:
         self._voice: str | None = None  # the named voice decided on, for change detection
         self._anchor: Anchor | None = None  # else the segment's own voice, once decided
         self._misses = 0
+        self._spoof: SpoofCheck | None = None  # the countermeasure's answer on this segment
+        self._spoof_samples = 0  # audio samples it read
 
     def _close_segment(self, end: float) -> None:
         current = self._current
@@ -411,8 +443,14 @@ class LiveSession:
         events: list[Event] = []
         if judged is not None:
             label = self._sequential(judged, final)
+            spoof = None
+            if label is not None and self._screen is not None:
+                spoof = self._screened(final)
+                if spoof.detected:
+                    label = SPOOF_DETECTED
             if label is not None:
-                speaker = judged.speaker if self.mode == "verify" or judged.accepted else None
+                accepted = judged.accepted and label != SPOOF_DETECTED
+                speaker = judged.speaker if self.mode == "verify" or accepted else None
                 changed = (
                     self._current is None
                     or self._current.decision != label
@@ -431,12 +469,13 @@ class LiveSession:
                         judged.speech_seconds,
                         early=self._segment_speech < FIRM_SPEECH_SECONDS and not final,
                         final=final,
+                        spoof=spoof.answer if spoof is not None else None,
                     )
                     self._decisions.append(event)
                     self._current = event
                     if changed:
                         events.append(event)
-                        self._voice = speaker if judged.accepted else None
+                        self._voice = speaker if accepted else None
                         self._misses = 0
                 status = label
             if self._current is not None and self._voice is None and judged.vector is not None:
@@ -444,6 +483,17 @@ class LiveSession:
         if not final:
             events.insert(0, ProgressEvent(now, self._speech_seconds, status))
         return events
+
+    def _screened(self, final: bool) -> SpoofCheck:
+        """The countermeasure's answer on the segment: checked once, and again at close
+        when it had less audio than it reads."""
+        assert self._screen is not None
+        audio = self._segment_audio()
+        wanted = min(audio.size, self._screen.samples)
+        if self._spoof is None or (final and wanted > self._spoof_samples):
+            self._spoof = self._screen.check(audio[:wanted])
+            self._spoof_samples = wanted
+        return self._spoof
 
     def _sequential(self, judged: Judgement, final: bool) -> str | None:
         """The decision to hold now, or None (not enough evidence yet)."""

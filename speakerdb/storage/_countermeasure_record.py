@@ -1,4 +1,7 @@
-"""Which spoofing countermeasure a database runs (``store_state.spoof_*``, revision 0009).
+"""Which spoofing countermeasure a database runs (``store_state.spoof_*``, revision 0009),
+and the spoof calibration fitted on the database owner's own recordings (a ``calibrations``
+row keyed :data:`SPOOF_CALIBRATION_KEY`: it belongs to the countermeasure, not to the speaker
+model, so switching the speaker model keeps it).
 
 Kept beside the store rather than in it: a record of four strings, read and written in the
 store's own transactions. No torch here: the countermeasure is loaded (and checked) by the
@@ -8,19 +11,26 @@ caller, who passes its identity.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
 from speakerdb.storage._audit import PendingEntry, append
-from speakerdb.storage._rows import lock_state
-from speakerdb.storage._schema import StoreState
+from speakerdb.storage._rows import lock_state, table_of
+from speakerdb.storage._schema import SPOOF_CALIBRATION_KEY, Calibration, StoreState, utcnow
 
 if TYPE_CHECKING:
     from speakerdb.storage._store import EnrollmentStore
 
-__all__ = ["CountermeasureRecord", "read_countermeasure", "write_countermeasure"]
+__all__ = [
+    "SPOOF_CALIBRATION_KEY",
+    "CountermeasureRecord",
+    "read_countermeasure",
+    "read_spoof_calibration",
+    "write_countermeasure",
+    "write_spoof_calibration",
+]
 
 
 @dataclass(frozen=True)
@@ -78,3 +88,46 @@ def write_countermeasure(store: EnrollmentStore, record: CountermeasureRecord | 
         append(conn, [entry])
 
     store.write(work, "record the countermeasure")
+
+
+def read_spoof_calibration(store: EnrollmentStore) -> dict[str, Any] | None:
+    """The spoof calibration stored by ``speakerdb spoof calibrate`` (its JSON, with
+    "fitted": the ISO time it was stored), or None. Raises StoreError."""
+    with store.reading("read the spoof calibration") as conn:
+        row = conn.execute(
+            select(Calibration.calibration, Calibration.created_at).where(
+                Calibration.normalization == SPOOF_CALIBRATION_KEY
+            )
+        ).first()
+    if row is None or row.calibration is None:
+        return None
+    return {**dict(row.calibration), "fitted": row.created_at.isoformat()}
+
+
+def write_spoof_calibration(store: EnrollmentStore, calibration: dict[str, Any] | None) -> None:
+    """Store ``calibration`` (a spoof calibration's JSON) as the database's own, replacing
+    any; None removes it (the bundled one applies again). Audited in the same transaction.
+    Raises UsageError on a read-only store, StoreError on database errors."""
+    detail: dict[str, Any] = {"normalization": SPOOF_CALIBRATION_KEY}
+    if calibration is not None:
+        detail["groups"] = dict((calibration.get("fit") or {}).get("groups") or {})
+    entry = PendingEntry("calibration", decision="set" if calibration else "reset", detail=detail)
+
+    def work(conn: Connection) -> None:
+        lock_state(conn)
+        key = Calibration.normalization == SPOOF_CALIBRATION_KEY
+        conn.execute(delete(Calibration).where(key))
+        if calibration is not None:
+            conn.execute(
+                table_of(Calibration).insert(),
+                {
+                    "normalization": SPOOF_CALIBRATION_KEY,
+                    "kind": "spoof",
+                    "source": "database",
+                    "calibration": calibration,
+                    "created_at": utcnow(),
+                },
+            )
+        append(conn, [entry])
+
+    store.write(work, "store the spoof calibration")

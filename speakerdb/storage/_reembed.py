@@ -39,6 +39,7 @@ from speakerdb.storage._rows import (
     table_of,
 )
 from speakerdb.storage._schema import (
+    SPOOF_CALIBRATION_KEY,
     Calibration,
     ModelRow,
     Reembedding,
@@ -300,8 +301,12 @@ def switch_model(
         seq = deleted[1]
         conn.execute(update(StoreState).where(StoreState.id == 1).values(model_id=model_id))
         set_seq(conn, seq)
-        reset = sorted(conn.execute(select(Calibration.normalization)).scalars())
-        conn.execute(delete(Calibration))
+        # The spoof calibration belongs to the countermeasure, not to the speaker model.
+        speaker_model = Calibration.normalization != SPOOF_CALIBRATION_KEY
+        reset = sorted(
+            conn.execute(select(Calibration.normalization).where(speaker_model)).scalars()
+        )
+        conn.execute(delete(Calibration).where(speaker_model))
         return SwitchResult(
             True,
             previous,

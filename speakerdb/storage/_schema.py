@@ -54,6 +54,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "SPOOF_CALIBRATION_KEY",
     "ApiKey",
     "AuditEntryRow",
     "AuditHead",
@@ -148,6 +149,11 @@ class StoreState(Base):
     # table alone does not say which names were opted out (a dictionary of names cannot be
     # hashed without it).
     name_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+SPOOF_CALIBRATION_KEY = "spoof"
+"""The ``calibrations`` row (kind "spoof") holding the spoof calibration fitted by
+``speakerdb spoof calibrate``: it belongs to the countermeasure, not to the speaker model."""
 
 
 class Calibration(Base):
