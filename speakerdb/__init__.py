@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         Match,
         Verification,
     )
+    from speakerdb.decisions._options import DecisionOptions
     from speakerdb.enroll._evaluation import EvaluationReport
     from speakerdb.enroll._facade import SpeakerDB
     from speakerdb.enroll._lists import ManifestEntry, Trial, read_manifest, read_trials
@@ -72,6 +73,7 @@ __all__ = [
     "Countermeasure",
     "CountermeasureIdentity",
     "CountermeasureRecord",
+    "DecisionOptions",
     "DecisionRule",
     "EmbeddedAudio",
     "Embedder",
@@ -112,6 +114,7 @@ __all__ = [
 
 _LAZY = {
     "Comparison": "speakerdb._results",
+    "DecisionOptions": "speakerdb.decisions._options",
     "DecisionRule": "speakerdb._results",
     "ProgressBar": "speakerdb._progress",
     "write_private": "speakerdb._private_files",

@@ -8,6 +8,10 @@ ratio when a calibration applies (``llr``, natural log), else the cosine similar
 ``cosine``. ``calibration`` says whose calibration made the LLR: "bundled" (the model's own),
 "database" (fitted on the database's trials) or None (no LLR).
 
+The decided part is made once: a :class:`Decision` (the rule applied to one trial) fills
+the decided fields of a :class:`Verification` or :class:`Comparison` (:meth:`Verification.of`,
+:meth:`Comparison.of`), and every result shares one :meth:`Decided.to_dict`.
+
 ``to_dict()`` is the one source of every answer's fields (CLI ``--json``, the HTTP service).
 """
 
@@ -16,7 +20,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Comparison", "DecisionRule", "Identification", "Match", "Verification"]
+from speakerdb.decisions._options import Scale
+from speakerdb.scoring import accept
+
+__all__ = [
+    "Comparison",
+    "Decided",
+    "Decision",
+    "DecisionRule",
+    "Identification",
+    "Match",
+    "Verification",
+]
 
 _ORIGINS = {
     "operating_point": "",
@@ -43,7 +58,7 @@ class DecisionRule:
     answer (e.g. an enrollment without a measured bandwidth).
     """
 
-    score: str
+    score: Scale
     threshold: float
     origin: str
     calibration: str | None = None
@@ -54,8 +69,12 @@ class DecisionRule:
     note: str | None = None
     fitted: str | None = None
 
+    def __post_init__(self) -> None:
+        # A rule read back from JSON names its scale as a string: one type from here on.
+        object.__setattr__(self, "score", Scale(self.score))
+
     def accepts(self, score: float) -> bool:
-        return bool(score >= self.threshold)
+        return accept(score, self.threshold)
 
     @property
     def text(self) -> str:
@@ -82,9 +101,67 @@ class DecisionRule:
         return {**asdict(self), "text": self.text}
 
 
+@dataclass(frozen=True)
+class Decision:
+    """One trial decided: its raw cosine, LLR (None when no calibration applied), the score
+    the rule compared, and the rule -- the decided part of a result."""
+
+    cosine: float
+    llr: float | None
+    score: float
+    rule: DecisionRule
+
+    @property
+    def accepted(self) -> bool:
+        return self.rule.accepts(self.score)
+
+    @property
+    def threshold(self) -> float:
+        return self.rule.threshold
+
+    @property
+    def calibration(self) -> str | None:
+        return self.rule.calibration if self.llr is not None else None
+
+    def fields(self) -> dict[str, Any]:
+        """The decided fields of a scored result (all but its own accepted/same_speaker)."""
+        return {
+            "score": self.score,
+            "threshold": self.threshold,
+            "cosine": self.cosine,
+            "llr": self.llr,
+            "decision_rule": self.rule,
+            "calibration": self.calibration,
+        }
+
+
+class Decided:
+    """What every decided result shares: its rule in ``decision_rule`` and, where the
+    database has a countermeasure, ``spoof`` and ``decision`` (left out of :meth:`to_dict`
+    when None, as is a verification's or identification's ``watchlist``). Subclasses are
+    frozen dataclasses holding those fields."""
+
+    decision_rule: DecisionRule | None
+    spoof: dict[str, Any] | None
+    decision: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self._fields()
+        for key in ("spoof", "decision", "watchlist"):
+            value = getattr(self, key, None)
+            if value is None:
+                out.pop(key, None)
+            elif key not in out:
+                out[key] = value
+        return out
+
+    def _fields(self) -> dict[str, Any]:
+        return _with_rule(asdict(self), self.decision_rule)  # type: ignore[call-overload]
+
+
 def _rule_of(threshold: float, normalization: str | None) -> DecisionRule:
     """The rule of a result made without one: the score scale compared with ``threshold``."""
-    return DecisionRule(normalization or "cosine", threshold, "given")
+    return DecisionRule(Scale.of_norm(normalization), threshold, "given")
 
 
 def _complete_scored(result: Comparison | Verification) -> None:
@@ -99,7 +176,7 @@ def _complete_scored(result: Comparison | Verification) -> None:
 
 
 @dataclass(frozen=True)
-class Comparison:
+class Comparison(Decided):
     """File against file: ``same_speaker`` iff ``score >= threshold`` (see the module)."""
 
     score: float
@@ -122,16 +199,23 @@ class Comparison:
     def __post_init__(self) -> None:
         _complete_scored(self)
 
-    def to_dict(self) -> dict[str, Any]:
-        out = _with_rule(asdict(self), self.decision_rule)
-        for key in ("spoof", "decision"):
-            if out[key] is None:
-                del out[key]
-        return out
+    @classmethod
+    def of(
+        cls, decided: Decision, *, model: str, a: str, b: str, normalization: str | None = None
+    ) -> Comparison:
+        """File against file as ``decided`` decided it (its decided fields in one piece)."""
+        return cls(
+            **decided.fields(),
+            same_speaker=decided.accepted,
+            model=model,
+            a=a,
+            b=b,
+            normalization=normalization,
+        )
 
 
 @dataclass(frozen=True)
-class Verification:
+class Verification(Decided):
     """A probe against an enrolled speaker's voiceprint: ``accepted`` iff score >= threshold."""
 
     score: float
@@ -160,12 +244,25 @@ class Verification:
     def __post_init__(self) -> None:
         _complete_scored(self)
 
-    def to_dict(self) -> dict[str, Any]:
-        out = _with_rule(asdict(self), self.decision_rule)
-        for key in ("spoof", "decision", "watchlist"):
-            if out[key] is None:
-                del out[key]
-        return out
+    @classmethod
+    def of(
+        cls,
+        decided: Decision,
+        *,
+        speaker: str,
+        model: str,
+        source: str,
+        normalization: str | None = None,
+    ) -> Verification:
+        """A probe against a voiceprint as ``decided`` decided it."""
+        return cls(
+            **decided.fields(),
+            accepted=decided.accepted,
+            speaker=speaker,
+            model=model,
+            source=source,
+            normalization=normalization,
+        )
 
 
 @dataclass(frozen=True)
@@ -183,7 +280,7 @@ class Match:
 
 
 @dataclass(frozen=True)
-class Identification:
+class Identification(Decided):
     """Open-set identification: ``best`` is the top match if it reaches the threshold, else
     None (an unknown speaker). ``matches`` are the top-k candidates, best first by the score
     the decision uses (the LLR when calibrated). ``score`` / ``cosine`` / ``llr``: the top
@@ -208,6 +305,21 @@ class Identification:
         if self.decision_rule is None:
             object.__setattr__(self, "decision_rule", _rule_of(self.threshold, self.normalization))
 
+    @classmethod
+    def of(
+        cls,
+        rule: DecisionRule,
+        best: str | None,
+        matches: list[Match],
+        *,
+        model: str,
+        source: str,
+        normalization: str | None = None,
+    ) -> Identification:
+        """An identification decided by ``rule`` (one rule for all its candidates)."""
+        calibration = rule.calibration if rule.score is Scale.LLR else None
+        return cls(best, matches, rule.threshold, model, source, normalization, rule, calibration)
+
     @property
     def score(self) -> float | None:
         return self.matches[0].score if self.matches else None
@@ -219,17 +331,6 @@ class Identification:
     @property
     def llr(self) -> float | None:
         return self.matches[0].llr if self.matches else None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = self._fields()
-        for key, value in (
-            ("spoof", self.spoof),
-            ("decision", self.decision),
-            ("watchlist", self.watchlist),
-        ):
-            if value is not None:
-                out[key] = value
-        return out
 
     def _fields(self) -> dict[str, Any]:
         return _with_rule(

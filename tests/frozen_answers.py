@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from speakerdb import SpeakerDB, upgrade_database
-from speakerdb.enroll._policy import Side
+from speakerdb.decisions import Side
 from speakerdb.scoring import cosine
 
 

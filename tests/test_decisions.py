@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import by_speaker, fake_model, fake_utterance, manifest, require_data
+from helpers import trials as labelled_trials
 from speakerdb import SpeakerDB, scoring
 from speakerdb import _calibration as cal
 from speakerdb._quality import speech_bandwidth_hz
@@ -323,13 +324,35 @@ def test_bandwidth_is_measured_on_the_decoded_audio(model):
     assert model.embed([manifest("telephone")[0][0]])[0].bandwidth_hz < 4000
 
 
-def test_a_model_alone_decides_with_the_cosine_rule(model):
-    files = [str(p) for p in by_speaker("vctk")["p225"][:2]]
-    doc = model.compare(*files).to_dict()
-    assert doc["decision_rule"]["text"] == "cosine >= 0.82 (model default)"
-    assert doc["llr"] is None and doc["cosine"] == doc["score"] and doc["calibration"] is None
-    given = model.compare(*files, threshold=0.99).decision_rule
-    assert given is not None and given.text == "cosine >= 0.99 (threshold given)"
+def test_every_door_gives_one_answer_to_same_speaker(model):
+    """load_model().compare(a, b), SpeakerDB.compare and `speakerdb compare a b` (no
+    database) decide by one rule, the bundled calibration, with byte-identical answers;
+    verify_speakers follows without a threshold (docs/decisions.md: the model door changed)."""
+    pairs = []
+    for name in ("vctk", "telephone"):
+        rows = labelled_trials(name)
+        for label in (1, 0):  # genuine and impostor pairs of each set, wideband and phone line
+            pairs += [(str(a), str(b)) for lab, a, b in rows if lab == label][:4]
+    answers = [model.compare(a, b) for a, b in pairs]
+    assert {c.same_speaker for c in answers} == {True, False}
+    with SpeakerDB.open(None, missing_ok=True, read_only=True) as db:
+        for (a, b), mine in zip(pairs, answers, strict=True):
+            assert (
+                mine.decision_rule.text
+                == f"llr >= {LN99:.4g} (p_target=0.01, c_miss=1, c_fa=1; bundled calibration)"
+            )
+            assert mine.to_dict() == db.compare(a, b).to_dict()
+            code, doc = run_json("compare", a, b)
+            assert doc == mine.to_dict() and code == (0 if mine.same_speaker else 1)
+    batch = model.verify_speakers_batch(pairs).tolist()
+    assert batch == [c.same_speaker for c in answers]
+    assert model.verify_speakers(*pairs[0]) is answers[0].same_speaker
+    # A threshold is on the rule's scale at every door: an LLR here.
+    a, b = pairs[0]
+    given = model.compare(a, b, threshold=answers[0].score + 1.0)
+    assert given.same_speaker is False and given.decision_rule.origin == "given"
+    code, doc = run_json("compare", a, b, "--threshold", repr(answers[0].score + 1.0))
+    assert doc == given.to_dict() and code == 1
 
 
 def test_speaker_bandwidth_follows_its_recordings(db_url):
@@ -374,13 +397,46 @@ def test_a_new_database_defaults_to_the_bundled_calibration(db_url):
 def test_any_operating_point_gives_a_policy_or_a_usage_error(prior, far, threshold, normalization):
     """Whatever numbers a caller (or an HTTP client) sends, the policy is made or refused with
     a UsageError: never another exception (a subnormal --far once overflowed into a 500)."""
-    from speakerdb.enroll._policy import resolve_policy
+    from speakerdb.decisions import DecisionOptions, resolve_policy
     from speakerdb.model._registry import model_identity
 
     try:
-        policy = resolve_policy(
-            model_identity(), normalization, 0.82, threshold=threshold, prior=prior, far=far
-        )
+        options = DecisionOptions.of(threshold, prior=prior, far=far, norm=normalization)
+        policy = resolve_policy(model_identity(), options)
     except UsageError:
         return
     assert math.isfinite(policy.rule.threshold)
+
+
+def test_decision_options_are_one_value_checked_once(tmp_path):
+    """The options are validated where they are made, whichever door: the Python value, the
+    CLI (before any database is opened) and a verb given both the value and keywords."""
+    import dataclasses
+
+    from speakerdb.decisions import DecisionOptions, Scale
+
+    with pytest.raises(UsageError, match="not both"):
+        DecisionOptions(prior=0.1, far=0.01)
+    options = DecisionOptions.of(0.5, norm="asnorm", cohort=["a.wav"])
+    assert options.norm is Scale.ASNORM and options.normalization == "asnorm"
+    assert options.cohort == ("a.wav",) and options.norm.stored == "asnorm"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.threshold = 0.6  # type: ignore[misc]
+    # One spelling of "no normalisation": None and "none" read as the cosine scale.
+    assert Scale.of_norm(None) is Scale.of_norm("none") is Scale.COSINE
+    assert Scale.COSINE.normalization is None and Scale.COSINE.stored == "none"
+    for wrong in ("cosine", "llr", "znorm"):
+        with pytest.raises(UsageError, match="normalisation must be one of none, asnorm"):
+            Scale.of_norm(wrong)
+    with pytest.raises(UsageError):
+        DecisionOptions(norm=Scale.LLR)
+    missing = str(tmp_path / "never-made.sqlite")
+    result = run("verify", "p225", "x.wav", "--prior", "0.1", "--far", "0.01", db=missing)
+    assert result.exit_code == 2
+    assert "give a prior or a target false-accept rate, not both" in result.stderr
+    assert not (tmp_path / "never-made.sqlite").exists()
+    with (
+        SpeakerDB.open(None, missing_ok=True, read_only=True) as db,
+        pytest.raises(UsageError, match="not both"),
+    ):
+        db.compare("a.wav", "b.wav", threshold=1.0, options=DecisionOptions(prior=0.1))

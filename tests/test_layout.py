@@ -20,12 +20,15 @@ MAX_LINES = 800
 # Imports only point downwards: cli and service over enroll, enroll over diarize, model and
 # storage; model knows nothing of SQL, storage nothing of torch or of the model layer.
 LAYERS = {
-    "cli": {"cli", "service", "enroll", "live", "diarize", "model", "storage"},
-    "service": {"service", "enroll", "live", "diarize", "model", "storage"},
-    "enroll": {"enroll", "live", "diarize", "model", "storage"},
-    "live": {"live", "diarize", "model"},  # sessions: model-side logic, decisions passed in
-    "diarize": {"diarize", "model"},
-    "model": {"model"},
+    "cli": {"cli", "service", "enroll", "live", "diarize", "model", "decisions", "storage"},
+    "service": {"service", "enroll", "live", "diarize", "model", "decisions", "storage"},
+    "enroll": {"enroll", "live", "diarize", "model", "decisions", "storage"},
+    "live": {"live", "diarize", "model", "decisions"},  # sessions: decisions passed in
+    "diarize": {"diarize", "model", "decisions"},
+    "model": {"model", "decisions"},
+    # How answers are decided (options, score scale, policy): beside the top-level scoring,
+    # calibration and result modules, under every layer that decides; no SQL, no torch.
+    "decisions": {"decisions"},
     "storage": {"storage"},
     "migrations": {"migrations", "storage"},
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -101,14 +103,16 @@ def test_seed_api_embeds_each_distinct_file_once(model, monkeypatch):
     # A threshold above any score rejects everything; below any accepts everything.
     assert model.verify_speakers(a1, a2, threshold=1.0) is False
     assert model.verify_speakers(a1, b1, threshold=-1.0) is True
-    result = model.compare(a1, b1)
-    assert result.same_speaker is False and result.threshold == model.default_threshold
-    assert result.model == model.identity.label
-    assert result.score == pytest.approx(
+    result = model.compare(a1, b1)  # the one rule: the bundled calibration's LLR
+    assert result.same_speaker is False and result.threshold == pytest.approx(math.log(99))
+    assert result.model == model.identity.label and result.llr == result.score
+    assert result.cosine == pytest.approx(
         scoring.cosine(model.get_embedding(a1), model.get_embedding(b1))
     )
     with pytest.raises(UsageError):
-        model.compare(a1, b1, threshold=2.0)
+        model.compare(a1, b1, threshold=float("nan"))
+    with pytest.raises(UsageError):
+        model.verify_speakers(a1, b1, threshold=2.0)  # NeMo's threshold is a cosine
 
 
 def test_embed_reports_errors_per_file(model, tmp_path):

@@ -8,11 +8,11 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import click
 
-from speakerdb.errors import AudioError, SpeakerDBError, printable
+from speakerdb.errors import AudioError, SpeakerDBError, UsageError, printable
 
 if TYPE_CHECKING:
     from speakerdb import ProgressBar
@@ -241,6 +241,35 @@ def norm_options(fn: F) -> F:
         help="Score normalisation: asnorm = adaptive symmetric normalisation against an "
         "impostor cohort (scores become z-scores with thresholds of their own).",
     )(fn)
+
+
+def decision_options(fn: F) -> F:
+    """--threshold, --prior, --far, --norm, --cohort-size and --cohort, read once into one
+    :class:`~speakerdb.decisions.DecisionOptions` that the command gets as ``options``
+    (validated here: a bad combination is an error before anything else is done)."""
+
+    @functools.wraps(fn)
+    def build(*args: Any, **kwargs: Any) -> Any:
+        from speakerdb.decisions import DecisionOptions
+
+        given = {key: kwargs.pop(key) for key in _DECISION_FLAGS}
+        if given["cohort"] is not None and kwargs.get("server") is not None:
+            raise UsageError("--cohort names local files: it does not go with --server")
+        options = DecisionOptions.of(
+            given["threshold"],
+            prior=given["prior"],
+            far=given["far"],
+            norm=given["norm"],
+            cohort=cohort_files(given["cohort"]),
+            cohort_size=given["cohort_size"],
+        )
+        return fn(*args, options=options, **kwargs)
+
+    wrapped = cast(F, handles_errors(build))  # functools.wraps loses F's signature
+    return threshold_option(operating_point_options(norm_options(wrapped)))
+
+
+_DECISION_FLAGS = ("threshold", "prior", "far", "norm", "cohort", "cohort_size")
 
 
 def cohort_files(cohort: Path | None) -> list[Path] | None:

@@ -12,23 +12,21 @@ from speakerdb import write_private
 from speakerdb.cli._common import (
     EXIT_ERROR,
     EXIT_OK,
-    cohort_files,
     db_option,
+    decision_options,
     device_option,
     emit_json,
     error_object,
     handles_errors,
     json_option,
     model_option,
-    norm_options,
     open_db,
-    operating_point_options,
     per_file,
     progress_bar,
     rule_text,
     show,
-    threshold_option,
 )
+from speakerdb.decisions import DecisionOptions
 from speakerdb.errors import SpeakerDBError, UsageError
 
 _spoof_model_option = click.option(
@@ -56,9 +54,7 @@ _spoof_model_option = click.option(
 @db_option
 @model_option
 @device_option
-@threshold_option
-@operating_point_options
-@norm_options
+@decision_options
 @_spoof_model_option
 @json_option
 @handles_errors
@@ -68,12 +64,7 @@ def verify(
     db_url: str | None,
     model_name: str | None,
     device: str | None,
-    threshold: float | None,
-    prior: float | None,
-    far: float | None,
-    norm: str,
-    cohort: Path | None,
-    cohort_size: int,
+    options: DecisionOptions,
     spoof_model: Path | None,
     as_json: bool,
     server: str | None,
@@ -85,20 +76,9 @@ def verify(
     if server is not None:
         from speakerdb.cli._remote import remote_verify
 
-        _local_only(cohort)
-        sys.exit(remote_verify(server, name, files, threshold, norm, as_json, prior=prior, far=far))
+        sys.exit(remote_verify(server, name, files, options, as_json))
     with open_db(db_url, model_name, device, read_only=True) as db:
-        results = db.verify_many(
-            name,
-            list(files),
-            threshold,
-            norm=norm,
-            cohort=cohort_files(cohort),
-            cohort_size=cohort_size,
-            prior=prior,
-            far=far,
-            spoof_model=spoof_model,
-        )
+        results = db.verify_many(name, list(files), options=options, spoof_model=spoof_model)
 
     def render(v: Any) -> str:
         verdict = v.decision or ("ACCEPTED" if v.accepted else "REJECTED")
@@ -133,9 +113,7 @@ def verify(
 @db_option
 @model_option
 @device_option
-@threshold_option
-@operating_point_options
-@norm_options
+@decision_options
 @_spoof_model_option
 @json_option
 @handles_errors
@@ -145,12 +123,7 @@ def identify(
     db_url: str | None,
     model_name: str | None,
     device: str | None,
-    threshold: float | None,
-    prior: float | None,
-    far: float | None,
-    norm: str,
-    cohort: Path | None,
-    cohort_size: int,
+    options: DecisionOptions,
     spoof_model: Path | None,
     as_json: bool,
     server: str | None,
@@ -163,22 +136,9 @@ def identify(
     if server is not None:
         from speakerdb.cli._remote import remote_identify
 
-        _local_only(cohort)
-        sys.exit(
-            remote_identify(server, files, top_k, threshold, norm, as_json, prior=prior, far=far)
-        )
+        sys.exit(remote_identify(server, files, top_k, options, as_json))
     with open_db(db_url, model_name, device, read_only=True) as db:
-        results = db.identify_many(
-            list(files),
-            top_k,
-            threshold,
-            norm=norm,
-            cohort=cohort_files(cohort),
-            cohort_size=cohort_size,
-            prior=prior,
-            far=far,
-            spoof_model=spoof_model,
-        )
+        results = db.identify_many(list(files), top_k, options=options, spoof_model=spoof_model)
 
     def render(r: Any) -> str:
         head = r.decision or (show(r.best) if r.best else "UNKNOWN")
@@ -209,9 +169,7 @@ def identify(
 )
 @model_option
 @device_option
-@threshold_option
-@operating_point_options
-@norm_options
+@decision_options
 @db_option
 @json_option
 @handles_errors
@@ -222,12 +180,7 @@ def compare(
     out: Path | None,
     model_name: str | None,
     device: str | None,
-    threshold: float | None,
-    prior: float | None,
-    far: float | None,
-    norm: str,
-    cohort: Path | None,
-    cohort_size: int,
+    options: DecisionOptions,
     db_url: str | None,
     as_json: bool,
 ) -> None:
@@ -243,15 +196,7 @@ def compare(
         if a is None or b is None:
             raise UsageError("usage: speakerdb compare A B (or --pairs FILE)")
         with open_db(db_url, model_name, device, read_only=True, missing_ok=True) as db:
-            results = db.compare_batch(
-                [(a, b)],
-                threshold,
-                norm=norm,
-                cohort=cohort_files(cohort),
-                cohort_size=cohort_size,
-                prior=prior,
-                far=far,
-            )
+            results = db.compare_batch([(a, b)], options=options)
 
         def render(c: Any) -> str:
             verdict = c.decision or ("SAME" if c.same_speaker else "DIFFERENT")
@@ -270,16 +215,7 @@ def compare(
         open_db(db_url, model_name, device, read_only=True, missing_ok=True) as db,
         progress_bar("embedding") as bar,
     ):
-        results = db.compare_batch(
-            [(t.a, t.b) for t in trials],
-            threshold,
-            progress=bar,
-            norm=norm,
-            cohort=cohort_files(cohort),
-            cohort_size=cohort_size,
-            prior=prior,
-            far=far,
-        )
+        results = db.compare_batch([(t.a, t.b) for t in trials], progress=bar, options=options)
     failures = [r for r in results if isinstance(r, SpeakerDBError)]
     if as_json:
         emit_json(
@@ -305,8 +241,3 @@ def compare(
         else:
             click.echo(text, nl=False)
     sys.exit(EXIT_ERROR if failures else EXIT_OK)
-
-
-def _local_only(cohort: Path | None) -> None:
-    if cohort is not None:
-        raise UsageError("--cohort names local files: it does not go with --server")

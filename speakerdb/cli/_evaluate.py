@@ -25,6 +25,7 @@ from speakerdb.cli._common import (
     show,
     threshold_option,
 )
+from speakerdb.decisions import DecisionOptions, Scale
 from speakerdb.errors import UsageError
 
 if TYPE_CHECKING:
@@ -237,16 +238,10 @@ def eval_command(
                 trials_sha256=digest,
             ).report
         else:
-            report = db.evaluate(
-                rows,
-                far=far,
-                prior=prior,
-                threshold=threshold,
-                norm=norm,
-                cohort=files,
-                cohort_size=cohort_size,
-                progress=bar,
+            options = DecisionOptions.of(
+                threshold, prior=prior, far=far, norm=norm, cohort=files, cohort_size=cohort_size
             )
+            report = db.evaluate(rows, progress=bar, options=options)
     if scores_out is not None:
         from speakerdb.enroll import write_scores
 
@@ -348,23 +343,19 @@ def calibrate(
     speakerdb calibrate --from-enrollments --norm asnorm     self-calibrate AS-norm scores
     speakerdb calibrate --show                                         how it decides now
     """
-    has_trials = trials is not None or manifest is not None
-    chosen = {
-        "TRIALS": has_trials,
-        "--bundled": bundled,
-        "--reset": reset,
-        "--show": show_only,
-        "--from-enrollments": from_enrollments,
-    }
-    modes = [name for name, on in chosen.items() if on]
-    if len(modes) > 1:
-        raise UsageError(f"give only one of {', '.join(modes)}")
-    if auto is not None and not from_enrollments:
-        raise UsageError("--auto / --no-auto go with --from-enrollments")
-    if from_enrollments:
+    mode = _calibrate_mode(
+        trials is not None or manifest is not None,
+        bundled,
+        reset,
+        show_only,
+        from_enrollments,
+        operating_point=prior is not None or far is not None,
+        auto=auto is not None,
+    )
+    if mode == "--from-enrollments":
         _self_calibrate(db_url, model_name, device, as_json, norm, prior, far, auto)
         return
-    if show_only:
+    if mode == "--show":
         with open_db(db_url, model_name, device, read_only=True, missing_ok=True) as db:
             info = db.calibration_info(norm)
         if as_json:
@@ -372,19 +363,17 @@ def calibrate(
         else:
             _print_info(info)
         return
-    if reset:
+    if mode == "--reset":
         with open_db(db_url, model_name, device) as db:
             used = db.reset_calibration(norm)
         _done(as_json, used, "calibration removed", {"calibrated": False})
         return
-    if bundled:
+    if mode == "--bundled":
         with open_db(db_url, model_name, device) as db:
             used = db.use_bundled_calibration(norm, prior=prior, far=far)
         _done(as_json, used, "deciding with the bundled calibration", {"calibrated": True})
         return
-    if not has_trials:
-        if prior is None and far is None:
-            raise UsageError("give TRIALS, --bundled, --prior/--far, --reset or --show")
+    if mode == "--prior/--far":
         with open_db(db_url, model_name, device) as db:
             used = db.set_operating_point(norm, prior=prior, far=far)
         _done(as_json, used, "operating point stored", {"calibrated": True})
@@ -406,7 +395,7 @@ def calibrate(
     if as_json:
         emit_json(
             result.to_dict()
-            | {"calibrated": True, "normalization": None if norm == "none" else norm}
+            | {"calibrated": True, "normalization": Scale.of_norm(norm).normalization}
         )
         return
     for line in _evaluation_text(result.report):
@@ -422,6 +411,40 @@ def calibrate(
         click.echo(f"stored threshold {result.threshold:.4f} for this database")
 
 
+def _calibrate_mode(
+    has_trials: bool,
+    bundled: bool,
+    reset: bool,
+    show_only: bool,
+    from_enrollments: bool,
+    *,
+    operating_point: bool,
+    auto: bool,
+) -> str:
+    """The one mode of a calibrate call, each named by its flag, checked here once: TRIALS,
+    --bundled, --reset, --show or --from-enrollments (at most one), else --prior/--far alone
+    (move the operating point). --prior / --far also go with TRIALS, --bundled and
+    --from-enrollments, as their operating point; --auto / --no-auto only with
+    --from-enrollments."""
+    chosen = {
+        "TRIALS": has_trials,
+        "--bundled": bundled,
+        "--reset": reset,
+        "--show": show_only,
+        "--from-enrollments": from_enrollments,
+    }
+    modes = [name for name, on in chosen.items() if on]
+    if len(modes) > 1:
+        raise UsageError(f"give only one of {', '.join(modes)}")
+    if auto and not from_enrollments:
+        raise UsageError("--auto / --no-auto go with --from-enrollments")
+    if modes:
+        return modes[0]
+    if not operating_point:
+        raise UsageError("give TRIALS, --bundled, --prior/--far, --reset or --show")
+    return "--prior/--far"
+
+
 def _self_calibrate(
     db_url: str | None,
     model_name: str | None,
@@ -433,7 +456,7 @@ def _self_calibrate(
     auto: bool | None,
 ) -> None:
     """calibrate --from-enrollments [--auto | --no-auto]."""
-    key = None if norm == "none" else norm
+    key = Scale.of_norm(norm).normalization
     if key is not None and auto is not None:
         raise UsageError("auto self-calibration is for raw cosine scores (no --norm with --auto)")
     with open_db(db_url, model_name, device) as db:

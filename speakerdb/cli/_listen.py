@@ -24,6 +24,7 @@ from speakerdb.cli._common import (
     operating_point_options,
     threshold_option,
 )
+from speakerdb.decisions import DecisionOptions
 from speakerdb.errors import SpeakerDBError, UsageError
 
 CHUNK_SECONDS = 0.1  # what a telephony stack hands on at a time: 100 ms frames
@@ -91,7 +92,8 @@ def listen(
     chunks = _chunks(source, rate, pcm_format)
     failed = False
     with open_db(db_url, model_name, device, read_only=True) as db:
-        session = db.session(speaker=name, threshold=threshold, prior=prior, far=far)
+        options = DecisionOptions(threshold, prior, far)
+        session = db.session(speaker=name, options=options)
         started = time.monotonic()
         try:
             for chunk, chunk_rate in chunks:

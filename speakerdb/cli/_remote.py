@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from speakerdb.cli._common import EXIT_ERROR, EXIT_NO, EXIT_OK, emit_json, show
+from speakerdb.decisions import DecisionOptions
 from speakerdb.errors import MissingDependencyError
 
 
@@ -50,14 +51,11 @@ def remote_verify(
     server: str,
     name: str,
     files: Sequence[Path],
-    threshold: float | None,
-    norm: str,
+    options: DecisionOptions,
     as_json: bool,
-    prior: float | None = None,
-    far: float | None = None,
 ) -> int:
     with _client(server) as client:
-        documents = client.verify(name, list(files), threshold, norm, prior=prior, far=far)
+        documents = client.verify(name, list(files), options=options)
 
     def render(d: dict[str, Any]) -> str:
         return (
@@ -72,14 +70,11 @@ def remote_identify(
     server: str,
     files: Sequence[Path],
     top_k: int,
-    threshold: float | None,
-    norm: str,
+    options: DecisionOptions,
     as_json: bool,
-    prior: float | None = None,
-    far: float | None = None,
 ) -> int:
     with _client(server) as client:
-        documents = client.identify(list(files), top_k, threshold, norm, prior=prior, far=far)
+        documents = client.identify(list(files), top_k, options=options)
 
     def render(d: dict[str, Any]) -> str:
         head = show(d["best"]) if d["best"] else "UNKNOWN"

@@ -94,7 +94,7 @@ class AdminVerbs(FacadeBase):
         if new is not None and report.status in ("switched", "current"):
             with self._model_lock:
                 self._embedder, self._model_arg = new, None
-            report.decision_rule = self.decision_policy(None).rule.to_dict()
+            report.decision_rule = self.decision_policy().rule.to_dict()
         return report
 
     # --- management ---------------------------------------------------------------------------

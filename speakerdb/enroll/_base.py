@@ -16,8 +16,14 @@ import numpy as np
 
 from speakerdb._calibration import DEFAULT_OPERATING_POINT
 from speakerdb._identity import ModelIdentity
+from speakerdb.decisions import (
+    DEFAULT_COHORT_SIZE,
+    DecisionOptions,
+    DecisionPolicy,
+    Side,
+    resolve_policy,
+)
 from speakerdb.enroll._cohort import Cohorts, normalization
-from speakerdb.enroll._policy import DecisionPolicy, Side, resolve_policy
 from speakerdb.errors import AudioError, DatabaseNotFoundError, ModelNotFoundError, UsageError
 from speakerdb.model._audio import AudioInput
 from speakerdb.model._registry import ModelSpec, identity_threshold, model_identity, resolve_model
@@ -36,6 +42,7 @@ __all__ = [
     "as_list",
     "enroll_mode",
     "error_of",
+    "options_of",
     "prior_or_default",
     "reported_far",
     "side_of",
@@ -211,19 +218,13 @@ class FacadeBase:
         own, _ = self._store.threshold(key) if self._store is not None else (None, None)
         return own if own is not None else identity_threshold(self.identity, key)
 
-    def decision_policy(
-        self,
-        norm: str | None = None,
-        *,
-        threshold: float | None = None,
-        prior: float | None = None,
-        far: float | None = None,
-    ) -> DecisionPolicy:
-        """How this database decides for a normalisation, with a call's overrides: the
-        calibration in use (if any) and the rules on LLRs and on the score scale (see
-        :func:`speakerdb.enroll._policy.resolve_policy`). Without a database: as a new one
-        (the bundled calibration)."""
-        key = normalization(norm)
+    def decision_policy(self, options: DecisionOptions | None = None) -> DecisionPolicy:
+        """How this database decides for a call's options (default: raw cosine scores, no
+        overrides): the calibration in use (if any) and the rules on LLRs and on the score
+        scale (see :func:`speakerdb.decisions.resolve_policy`). Without a database: as a new
+        one (the bundled calibration)."""
+        options = DecisionOptions() if options is None else options
+        key = options.normalization
         if self._store is None:
             default, setting = "bundled", None
         else:
@@ -232,16 +233,7 @@ class FacadeBase:
                 from speakerdb.enroll._self_calibration import refit_if_due
 
                 setting = refit_if_due(self, default, setting)
-        return resolve_policy(
-            self.identity,
-            key,
-            identity_threshold(self.identity, key),
-            default,
-            setting,
-            threshold=threshold,
-            prior=prior,
-            far=far,
-        )
+        return resolve_policy(self.identity, options, default, setting)
 
     def _check_model(self) -> ModelIdentity:
         identity = self.identity
@@ -292,6 +284,28 @@ def vector_of(item: EmbeddedAudio) -> np.ndarray:
     if item.vector is None:  # callers pass embedded inputs only
         raise ValueError(f"{item.source} has no voiceprint")
     return item.vector
+
+
+def options_of(
+    options: DecisionOptions | None,
+    threshold: float | None = None,
+    *,
+    norm: str | None = None,
+    prior: float | None = None,
+    far: float | None = None,
+    cohort: Sequence[AudioInput] | None = None,
+    size: int = DEFAULT_COHORT_SIZE,
+) -> DecisionOptions:
+    """A verb's decision options: ``options`` as given, else built once from the verb's
+    keywords (the Python API's spelling). Raises UsageError when both are given."""
+    if options is None:
+        return DecisionOptions.of(
+            threshold, prior=prior, far=far, norm=norm, cohort=cohort, cohort_size=size
+        )
+    loose = any(x is not None for x in (threshold, prior, far, cohort))
+    if loose or norm not in (None, "none") or size != DEFAULT_COHORT_SIZE:
+        raise UsageError("give the decision options as DecisionOptions or as keywords, not both")
+    return options
 
 
 def prior_or_default(prior: float | None) -> float:

@@ -8,6 +8,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from speakerdb._results import DecisionRule
+from speakerdb.decisions import (
+    DecisionOptions,
+    Scale,
+    bundled_for,
+    resolve_policy,
+)
 from speakerdb.enroll._base import (
     Progress,
     prior_or_default,
@@ -19,13 +25,8 @@ from speakerdb.enroll._evaluation import (
     trials_digest,
 )
 from speakerdb.enroll._lists import Trial
-from speakerdb.enroll._policy import (
-    bundled_for,
-    resolve_policy,
-)
 from speakerdb.errors import UsageError
 from speakerdb.model._audio import AudioInput
-from speakerdb.model._registry import identity_threshold
 from speakerdb.scoring import DEFAULT_COHORT_TOP_N
 from speakerdb.storage._records import (
     CalibrationSetting,
@@ -90,11 +91,11 @@ class CalibrationVerbs(EvaluationVerbs):
         calibration, used = scored.fit(
             identity,
             p_fit=prior_or_default(prior),
-            score=key or "cosine",
+            score=Scale.of_norm(key).value,
             trials_sha256=trials_sha256 or trials_digest(trials),
         )
         setting = CalibrationSetting(
-            normalization=key or "none",
+            normalization=Scale.of_norm(key).stored,
             kind="llr",
             threshold=self.store.threshold(key)[0],  # still decides what cannot be calibrated
             source="database",
@@ -109,7 +110,7 @@ class CalibrationVerbs(EvaluationVerbs):
             note=f"fitted on {used} distinct trials of {len(scored.trials) + scored.skipped}",
         )
         policy = resolve_policy(
-            identity, key, identity_threshold(identity, key), setting=setting
+            identity, DecisionOptions.of(norm=key), setting=setting
         )  # checks the operating point before anything is stored
         # A calibration belongs to a model: a database without one adopts it now.
         self.store.adopt_model(identity)
@@ -131,7 +132,9 @@ class CalibrationVerbs(EvaluationVerbs):
             raise UsageError(f"calibration target must be 'far' or 'eer', not {target!r}")
         report_far = reported_far(far)
         scored = self._score_trials(trials, key, cohort, cohort_size, progress)
-        report = scored.summary(self.decision_policy(key), report_far, self.identity.label, key)
+        report = scored.summary(
+            self.decision_policy(DecisionOptions.of(norm=key)), report_far, self.identity.label, key
+        )
         threshold = report.threshold_at_far if target == "far" else report.threshold
         how = f"{report_far:.2%} false accepts" if target == "far" else "the equal error rate"
         note = (
@@ -140,7 +143,7 @@ class CalibrationVerbs(EvaluationVerbs):
         )
         self.store.adopt_model(self.identity)
         self.store.set_threshold(threshold, note, key)
-        rule = DecisionRule(key or "cosine", threshold, "database")
+        rule = DecisionRule(Scale.of_norm(key), threshold, "database")
         return CalibrationResult("threshold", rule, report, None)
 
     def use_bundled_calibration(
@@ -183,7 +186,7 @@ class CalibrationVerbs(EvaluationVerbs):
         if setting is None and default in ("bundled", "auto") and key is None:
             setting = CalibrationSetting("none", "llr", source="bundled")
         if setting is None or setting.kind != "llr":
-            scale = key or "cosine"
+            scale = Scale.of_norm(key)
             raise UsageError(
                 f"this database decides on {scale} scores without a calibration: opt in with "
                 "`speakerdb calibrate --bundled` or fit one with `speakerdb calibrate TRIALS`"
@@ -204,10 +207,9 @@ class CalibrationVerbs(EvaluationVerbs):
             target_far=far,
             note=setting.note if setting.source != "bundled" else "bundled calibration",
         )
-        key = None if setting.normalization == "none" else setting.normalization
-        policy = resolve_policy(
-            self.identity, key, identity_threshold(self.identity, key), setting=changed
-        )
+        options = DecisionOptions.of(norm=setting.normalization)
+        key = options.normalization
+        policy = resolve_policy(self.identity, options, setting=changed)
         auto = self.store.calibration_setting(key)[0] == "auto"
         self.store.set_calibration(changed)
         if auto and changed.source == "self":  # moving its operating point keeps auto mode
@@ -223,7 +225,7 @@ class CalibrationVerbs(EvaluationVerbs):
         self.store.clear_calibration(key)
         if key is None and self.store.calibration_setting(None)[0] == "auto":
             self.set_auto_calibration(False)  # else the next decision would fit again
-        return self.decision_policy(key).rule
+        return self.decision_policy(DecisionOptions.of(norm=key)).rule
 
     def calibrate_from_enrollments(
         self, *, prior: float | None = None, far: float | None = None, norm: str | None = None
@@ -266,7 +268,7 @@ class CalibrationVerbs(EvaluationVerbs):
         default, setting = (
             self.store.calibration_setting(key) if self._store is not None else ("bundled", None)
         )
-        policy = self.decision_policy(key)
+        policy = self.decision_policy(DecisionOptions.of(norm=key))
         stored = None
         if setting is not None:
             stored = {k: v for k, v in dataclasses.asdict(setting).items() if k != "calibration"}

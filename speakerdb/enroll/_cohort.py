@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from speakerdb.decisions import Scale
 from speakerdb.errors import UsageError
-from speakerdb.model._registry import NORMALIZATIONS
 from speakerdb.scoring import as_norm, cosine, cosine_scores
 from speakerdb.storage._records import Candidate
 
@@ -39,11 +39,7 @@ top-N statistics need impostors, not all of them."""
 def normalization(name: str | None) -> str | None:
     """The canonical name of a score normalisation: None for raw cosine scores ("none").
     Raises UsageError for unknown names."""
-    if name in (None, "none"):
-        return None
-    if name not in NORMALIZATIONS:
-        raise UsageError(f"normalisation must be one of {', '.join(NORMALIZATIONS)}, not {name!r}")
-    return name
+    return Scale.of_norm(name).normalization
 
 
 class Cohorts:

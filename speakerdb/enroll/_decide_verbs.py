@@ -11,19 +11,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from speakerdb._results import Comparison, Identification, Match, Verification
+from speakerdb.decisions import DecisionOptions, Side
 from speakerdb.enroll._base import (
     FacadeBase,
     Progress,
     error_of,
+    options_of,
     side_of,
     vector_of,
 )
-from speakerdb.enroll._cohort import normalization
-from speakerdb.enroll._policy import (
-    RERANKED_CANDIDATES,
-    Side,
-    rank_candidates,
-)
+from speakerdb.enroll._ranking import RERANKED_CANDIDATES, rank_candidates
 from speakerdb.enroll._watchlist import watch
 from speakerdb.errors import AudioError, UsageError
 from speakerdb.model._audio import AudioInput
@@ -55,13 +52,13 @@ class DecisionVerbs(FacadeBase):
         norm: str | None = None,
         prior: float | None = None,
         far: float | None = None,
+        options: DecisionOptions | None = None,
     ) -> Verification:
         """Is this recording the enrolled speaker ``name``? Scores the recording against the
-        speaker's voiceprint (centroid). threshold / prior / far: see :meth:`verify_many`.
-        Raises SpeakerNotFoundError, AudioError, ..."""
-        result = self.verify_many(
-            name, [audio], threshold, sample_rate=sample_rate, norm=norm, prior=prior, far=far
-        )[0]
+        speaker's voiceprint (centroid). threshold / prior / far / options: see
+        :meth:`verify_many`. Raises SpeakerNotFoundError, AudioError, ..."""
+        options = options_of(options, threshold, norm=norm, prior=prior, far=far)
+        result = self.verify_many(name, [audio], sample_rate=sample_rate, options=options)[0]
         if isinstance(result, AudioError):
             raise result
         return result
@@ -79,6 +76,7 @@ class DecisionVerbs(FacadeBase):
         prior: float | None = None,
         far: float | None = None,
         spoof_model: str | os.PathLike[str] | None = None,
+        options: DecisionOptions | None = None,
     ) -> list[Verification | AudioError]:
         """:meth:`verify` for several recordings; unusable ones come back as their error.
 
@@ -90,10 +88,15 @@ class DecisionVerbs(FacadeBase):
         recordings ``cohort`` (see :meth:`evaluate`). spoof_model: a countermeasure
         checkpoint to run on every probe for this call instead of the database's
         (docs/spoofing.md); with either, each answer carries ``spoof`` and a detected attack is
-        decision SPOOF_DETECTED, not accepted.
+        decision SPOOF_DETECTED, not accepted. options: all of threshold, prior, far, norm,
+        cohort and cohort_size as one :class:`~speakerdb.decisions.DecisionOptions` (the CLI
+        and the service pass them so), instead of those keywords.
         """
-        key = normalization(norm)
-        policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
+        options = options_of(
+            options, threshold, norm=norm, prior=prior, far=far, cohort=cohort, size=cohort_size
+        )
+        key = options.normalization
+        policy = self.decision_policy(options)
         identity = self._check_model()
         record, centroid = self.store.centroid(name)
         cm = self._database_countermeasure(spoof_model)
@@ -105,7 +108,11 @@ class DecisionVerbs(FacadeBase):
         scores = cosines
         if key is not None and good:
             scores = self._cohorts.verification_scores(
-                np.stack([vector_of(e) for e in good]), centroid, record.id, cohort, cohort_size
+                np.stack([vector_of(e) for e in good]),
+                centroid,
+                record.id,
+                options.cohort,
+                options.cohort_size,
             ).tolist()
         enrolled = Side(record.speech_seconds, record.utterances, record.bandwidth_hz)
         decided = iter(
@@ -118,25 +125,19 @@ class DecisionVerbs(FacadeBase):
                 continue
             d = next(decided)
             out.append(
-                Verification(
-                    score=d.score,
-                    threshold=d.threshold,
-                    accepted=d.accepted,
+                Verification.of(
+                    d,
                     speaker=record.name,
                     model=identity.label,
                     source=item.source,
                     normalization=key,
-                    cosine=d.cosine,
-                    llr=d.llr,
-                    decision_rule=d.rule,
-                    calibration=d.calibration,
                 )
             )
         if cm is not None:
             from speakerdb.enroll._spoof import screen
 
             out = screen(cm, audio, embedded, out, sample_rate)
-        out = watch(self, policy if key is None else None, embedded, out, prior, far)
+        out = watch(self, policy if key is None else None, embedded, out, options)
         self.store.record_lookups(
             [
                 PendingEntry("verify", speaker=record.name, **_decided(r, r.accepted))
@@ -157,11 +158,11 @@ class DecisionVerbs(FacadeBase):
         norm: str | None = None,
         prior: float | None = None,
         far: float | None = None,
+        options: DecisionOptions | None = None,
     ) -> Comparison:
         """Same speaker? File against file, with the one rule (see :meth:`verify_many`)."""
-        result = self.compare_batch(
-            [(a, b)], threshold, sample_rate=sample_rate, norm=norm, prior=prior, far=far
-        )[0]
+        options = options_of(options, threshold, norm=norm, prior=prior, far=far)
+        result = self.compare_batch([(a, b)], sample_rate=sample_rate, options=options)[0]
         if isinstance(result, AudioError):
             raise result
         return result
@@ -179,14 +180,18 @@ class DecisionVerbs(FacadeBase):
         cohort_size: int = DEFAULT_COHORT_TOP_N,
         prior: float | None = None,
         far: float | None = None,
+        options: DecisionOptions | None = None,
     ) -> list[Comparison | AudioError]:
         """Compare many pairs, embedding each distinct file once. A pair with an unusable file
         comes back as that file's AudioError. batch_size: windows per encoder call (at least
         the default of the model). threshold / prior / far: see :meth:`verify_many`; norm /
         cohort / cohort_size: see :meth:`evaluate`. Each pair's calibration sees both
-        files' own quality (the features are symmetric)."""
-        key = normalization(norm)
-        policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
+        files' own quality (the features are symmetric). options: see :meth:`verify_many`."""
+        options = options_of(
+            options, threshold, norm=norm, prior=prior, far=far, cohort=cohort, size=cohort_size
+        )
+        key = options.normalization
+        policy = self.decision_policy(options)
         identity = self.identity
         # compare needs no database; where there is one with a countermeasure, both files of
         # every pair are screened.
@@ -201,7 +206,7 @@ class DecisionVerbs(FacadeBase):
             failed = next((embedded[i] for i in (ia, ib) if embedded[i].vector is None), None)
             rows.append(error_of(failed) if failed is not None else (ia, ib))
         good = [r for r in rows if isinstance(r, tuple)]
-        scores = self._cohorts.pair_scores(embedded, good, key, cohort, cohort_size)
+        scores = self._cohorts.pair_scores(embedded, good, key, options.cohort, options.cohort_size)
         decided = iter(
             policy.decide(
                 [raw for raw, _ in scores],
@@ -216,24 +221,11 @@ class DecisionVerbs(FacadeBase):
                 out.append(row)
                 continue
             d = next(decided)
-            out.append(
-                Comparison(
-                    score=d.score,
-                    threshold=d.threshold,
-                    same_speaker=d.accepted,
-                    model=identity.label,
-                    a=embedded[row[0]].source,
-                    b=embedded[row[1]].source,
-                    normalization=key,
-                    cosine=d.cosine,
-                    llr=d.llr,
-                    decision_rule=d.rule,
-                    calibration=d.calibration,
-                )
-            )
+            a, b = embedded[row[0]].source, embedded[row[1]].source
+            out.append(Comparison.of(d, model=identity.label, a=a, b=b, normalization=key))
         if cm is not None and out:
             out = self._screen_pairs(cm, items, position, embedded, out, sample_rate)
-        if key is not None and cohort is None and self._store is not None:
+        if key is not None and options.cohort is None and self._store is not None:
             # Scored against the enrolled speakers (the AS-norm cohort): a database lookup.
             self.store.record_lookups(
                 [
@@ -295,12 +287,12 @@ class DecisionVerbs(FacadeBase):
         norm: str | None = None,
         prior: float | None = None,
         far: float | None = None,
+        options: DecisionOptions | None = None,
     ) -> Identification:
         """Who is speaking? Open set: ``best`` is None when no enrolled speaker reaches the
         threshold (an unknown voice); ``matches`` are the top-k candidates, best first."""
-        result = self.identify_many(
-            [audio], top_k, threshold, sample_rate=sample_rate, norm=norm, prior=prior, far=far
-        )[0]
+        options = options_of(options, threshold, norm=norm, prior=prior, far=far)
+        result = self.identify_many([audio], top_k, sample_rate=sample_rate, options=options)[0]
         if isinstance(result, AudioError):
             raise result
         return result
@@ -318,6 +310,7 @@ class DecisionVerbs(FacadeBase):
         prior: float | None = None,
         far: float | None = None,
         spoof_model: str | os.PathLike[str] | None = None,
+        options: DecisionOptions | None = None,
     ) -> list[Identification | AudioError]:
         """:meth:`identify` for several recordings, searched in one batch.
 
@@ -330,8 +323,11 @@ class DecisionVerbs(FacadeBase):
         """
         if top_k < 1:
             raise UsageError(f"top-k must be at least 1, not {top_k}")
-        key = normalization(norm)
-        policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
+        options = options_of(
+            options, threshold, norm=norm, prior=prior, far=far, cohort=cohort, size=cohort_size
+        )
+        key = options.normalization
+        policy = self.decision_policy(options)
         identity = self._check_model()
         cm = self._database_countermeasure(spoof_model)
         embedded = self.model.embed(
@@ -346,7 +342,9 @@ class DecisionVerbs(FacadeBase):
         found = self.store.search(probes, fetch, identity) if probes is not None else []
         cosines = [{c.id: c.score for c in candidates} for candidates in found]
         if key is not None and probes is not None:
-            found = self._cohorts.rescore_candidates(probes, found, cohort, cohort_size)
+            found = self._cohorts.rescore_candidates(
+                probes, found, options.cohort, options.cohort_size
+            )
         results = iter(zip(found, cosines, strict=True))
         out: list[Identification | AudioError] = []
         for item in embedded:
@@ -358,22 +356,15 @@ class DecisionVerbs(FacadeBase):
             matches = [Match(c.name, d.score, d.cosine, d.llr) for c, d in decisions[:top_k]]
             best = decisions[0][0].name if decisions and decisions[0][1].accepted else None
             out.append(
-                Identification(
-                    best,
-                    matches,
-                    rule.threshold,
-                    identity.label,
-                    item.source,
-                    key,
-                    rule,
-                    rule.calibration if rule.score == "llr" else None,
+                Identification.of(
+                    rule, best, matches, model=identity.label, source=item.source, normalization=key
                 )
             )
         if cm is not None:
             from speakerdb.enroll._spoof import screen
 
             out = screen(cm, audio, embedded, out, sample_rate)
-        out = watch(self, policy if key is None else None, embedded, out, prior, far)
+        out = watch(self, policy if key is None else None, embedded, out, options)
         self.store.record_lookups([_identified(r) for r in out])
         return out
 

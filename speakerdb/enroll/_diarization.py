@@ -1,7 +1,7 @@
 """Naming the voices of a diarized recording after enrolled speakers.
 
 Each voice's voiceprint is scored against the enrolled speakers exactly as an identification
-is (:func:`speakerdb.enroll._policy.rank_candidates`: the database's policy, calibrated when
+is (:func:`speakerdb.enroll._ranking.rank_candidates`: the database's policy, calibrated when
 it is, with the voice's own speech seconds and the recording's bandwidth as the probe's
 quality); then the accepted pairs are assigned one-to-one (Hungarian). Voices nobody
 matches are ``unknown_1``, ``unknown_2``... in order of first appearance.
@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from speakerdb._identity import ModelIdentity
 from speakerdb._results import DecisionRule
+from speakerdb.decisions import Decision, DecisionPolicy, Side
 from speakerdb.diarize import (
     MIN_NAMING_SECONDS,
     Diarization,
@@ -25,13 +26,7 @@ from speakerdb.diarize import (
     VoiceAnalysis,
     assign_one_to_one,
 )
-from speakerdb.enroll._policy import (
-    RERANKED_CANDIDATES,
-    Decision,
-    DecisionPolicy,
-    Side,
-    rank_candidates,
-)
+from speakerdb.enroll._ranking import RERANKED_CANDIDATES, rank_candidates
 from speakerdb.storage._records import Candidate
 from speakerdb.storage._store import EnrollmentStore
 

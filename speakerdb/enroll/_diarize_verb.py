@@ -13,6 +13,7 @@ import numpy.typing as npt
 from speakerdb._calibration import OperatingPoint
 from speakerdb.enroll._base import (
     FacadeBase,
+    options_of,
 )
 from speakerdb.enroll._cohort import normalization
 from speakerdb.errors import UsageError
@@ -107,7 +108,8 @@ class DiarizeVerb(FacadeBase):
         key = self._naming_normalization(norm)
         if key is not None and threshold is None and prior is None and far is None:
             prior = self._naming_prior(key)
-        policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
+        decision = options_of(None, threshold, norm=key, prior=prior, far=far)
+        policy = self.decision_policy(decision)
         identity = self._check_model()
         analysis = analyse_voices(
             audio, self.model, settings, sample_rate=sample_rate, progress=progress

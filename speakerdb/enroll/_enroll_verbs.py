@@ -124,7 +124,7 @@ class EnrollVerbs(FacadeBase):
         if not accepted:
             set_totals(report, self.store.speaker_records([name]).get(name))
             return finish_report(report, None, self.threshold)
-        guard = None if force else AppendGuard(self.decision_policy(None))
+        guard = None if force else AppendGuard(self.decision_policy())
         result = self.store.enroll(
             EnrollRequest(
                 name, accepted, checked_mode, metadata, expires_at=expires_at, consent=consent

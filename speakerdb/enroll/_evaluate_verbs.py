@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from speakerdb.decisions import DecisionOptions
 from speakerdb.enroll._base import (
     FacadeBase,
     Progress,
+    options_of,
     reported_far,
     side_of,
 )
-from speakerdb.enroll._cohort import normalization
 from speakerdb.enroll._evaluation import (
     EvaluationReport,
     ScoredTrials,
@@ -45,6 +46,7 @@ class EvaluationVerbs(FacadeBase):
         cohort: Sequence[AudioInput] | None = None,
         cohort_size: int = DEFAULT_COHORT_TOP_N,
         progress: Progress | None = None,
+        options: DecisionOptions | None = None,
     ) -> EvaluationReport:
         """Error rates on labelled trials (see :class:`EvaluationReport`), and the decisions
         verify/compare/identify would take on them: the rule in use (with ``prior`` /
@@ -56,12 +58,16 @@ class EvaluationVerbs(FacadeBase):
         on these trials is reported (default 1 %). norm="asnorm": AS-norm scores against
         ``cohort`` recordings (impostors, none of the trials' speakers), else against the
         enrolled speakers' voiceprints; cohort_size: the top-N most similar cohort
-        voiceprints used per side.
+        voiceprints used per side. options: all of these but progress as one
+        :class:`~speakerdb.decisions.DecisionOptions` instead.
         """
-        key = normalization(norm)
-        report_far = reported_far(far)
-        policy = self.decision_policy(key, threshold=threshold, prior=prior, far=far)
-        scored = self._score_trials(trials, key, cohort, cohort_size, progress)
+        options = options_of(
+            options, threshold, norm=norm, prior=prior, far=far, cohort=cohort, size=cohort_size
+        )
+        key = options.normalization
+        report_far = reported_far(options.far)
+        policy = self.decision_policy(options)
+        scored = self._score_trials(trials, key, options.cohort, options.cohort_size, progress)
         return scored.summary(policy, report_far, self.identity.label, key)
 
     def _score_trials(

@@ -18,14 +18,14 @@ from speakerdb import scoring
 from speakerdb._calibration import Calibration, fit_calibration
 from speakerdb._private_files import write_private
 from speakerdb._results import DecisionRule
-from speakerdb.enroll._lists import ManifestEntry, Trial, TrialCounts, count_trials
-from speakerdb.enroll._policy import (
+from speakerdb.decisions import (
     MIN_NONTARGET_TRIALS,
     MIN_TARGET_TRIALS,
     DecisionPolicy,
     Side,
     trial_quality,
 )
+from speakerdb.enroll._lists import ManifestEntry, Trial, TrialCounts, count_trials
 from speakerdb.errors import UsageError
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ def summarise(
     at_far = scoring.threshold_at_far(non, far)
     labels = np.array([t.label for t in scored])
     taken = (
-        np.array([t.score >= threshold_in_use for t in scored])
+        np.array([scoring.accept(t.score, threshold_in_use) for t in scored])
         if accepted is None
         else np.asarray(accepted, dtype=bool)
     )

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from speakerdb.enroll._policy import Decision, DecisionPolicy, Side
+from speakerdb.decisions import Decision, DecisionPolicy, Side
 from speakerdb.enroll._reports import EnrollmentReport
 from speakerdb.errors import EnrollmentRefusedError, UsageError
 from speakerdb.scoring import cosine

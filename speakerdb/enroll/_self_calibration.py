@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from speakerdb._calibration import DEFAULT_OPERATING_POINT, Calibration
+from speakerdb.decisions import DecisionOptions, Side, bundled_for, resolve_policy
 from speakerdb.enroll._enrollment_trials import (
     MIN_SELF_SPEAKERS,
     MIN_SELF_VOICEPRINTS,
@@ -27,9 +28,7 @@ from speakerdb.enroll._enrollment_trials import (
 )
 from speakerdb.enroll._evaluation import CalibrationResult, ScoredTrials
 from speakerdb.enroll._lists import Trial
-from speakerdb.enroll._policy import Side, bundled_for, resolve_policy
 from speakerdb.errors import UsageError
-from speakerdb.model._registry import identity_threshold
 from speakerdb.scoring import DEFAULT_COHORT_TOP_N, MIN_COHORT
 from speakerdb.storage._enrollment_rows import (
     AUTO_DEFAULT,
@@ -93,7 +92,8 @@ def calibrate_from_enrollments(
     setting, calibration, trials = _fit(db, prior, far, norm)
     identity = db.identity
     # Checks the operating point (a FAR needs enough impostor trials) before anything is stored.
-    policy = resolve_policy(identity, norm, identity_threshold(identity, norm), setting=setting)
+    options = DecisionOptions.of(norm=norm)
+    policy = resolve_policy(identity, options, setting=setting)
     mode = db.store.calibration_setting(None)[0]
     db.store.set_calibration(setting)
     if mode == AUTO_DEFAULT:  # storing a calibration resets the default; keep auto mode on

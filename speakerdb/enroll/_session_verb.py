@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from speakerdb.enroll._base import FacadeBase, side_of
-from speakerdb.enroll._policy import RERANKED_CANDIDATES, Side, rank_candidates
+from speakerdb.decisions import DecisionOptions, Scale, Side
+from speakerdb.enroll._base import FacadeBase, options_of, side_of
+from speakerdb.enroll._ranking import RERANKED_CANDIDATES, rank_candidates
+from speakerdb.errors import UsageError
 from speakerdb.model._audio import SAMPLE_RATE
 from speakerdb.scoring import cosine
 from speakerdb.storage._audit import PendingEntry
@@ -39,13 +41,15 @@ class SessionVerb(FacadeBase):
         prior: float | None = None,
         far: float | None = None,
         spoof_model: str | os.PathLike[str] | None = None,
+        options: DecisionOptions | None = None,
     ) -> LiveSession:
         """A live session: verify ``speaker`` while the caller speaks, or (None) identify
         among everyone. Use as a context manager; ``feed(chunk, sample_rate)`` returns
         events, ``close()`` the summary (see :class:`speakerdb.live.LiveSession`).
 
         Decisions use the same embedder and decision policy as :meth:`verify` /
-        :meth:`identify` (threshold / prior / far as there; raw cosine scores, no AS-norm),
+        :meth:`identify` (threshold / prior / far, or all as ``options``, as there; raw
+        cosine scores, no AS-norm),
         and the database's countermeasure (or ``spoof_model``, this session only) as there:
         each segment is checked once and a detected attack is decided SPOOF_DETECTED.
         Raises SpeakerNotFoundError for an unknown speaker, UsageError for bad limits,
@@ -53,7 +57,10 @@ class SessionVerb(FacadeBase):
         """
         from speakerdb.live._session import Anchor, Judgement, LiveSession
 
-        policy = self.decision_policy(None, threshold=threshold, prior=prior, far=far)
+        options = options_of(options, threshold, prior=prior, far=far)
+        if options.norm is not Scale.COSINE:
+            raise UsageError("live sessions decide on raw cosine scores: no score normalisation")
+        policy = self.decision_policy(options)
         identity = self._check_model()
         model = self.model
         store = self.store

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from speakerdb._results import Identification, Verification
+from speakerdb.decisions import DecisionOptions, DecisionPolicy, Side
 from speakerdb.enroll._base import FacadeBase, side_of, vector_of
-from speakerdb.enroll._policy import DecisionPolicy, Side
 from speakerdb.errors import AudioError
 from speakerdb.model._audio import AudioInput
 from speakerdb.storage._watchlist import (
@@ -77,19 +77,21 @@ def watch(
     policy: DecisionPolicy | None,
     embedded: Sequence[EmbeddedAudio],
     results: list[Watched | AudioError],
-    prior: float | None = None,
-    far: float | None = None,
+    options: DecisionOptions | None = None,
 ) -> list[Watched | AudioError]:
     """``results`` (one per ``embedded`` item) with the watchlist's matches of each decided
     probe: ``watchlist`` lists the watchlisted voices whose score reaches the rule's
     threshold, best first, and any match makes the decision KNOWN_FRAUDSTER (a spoof caught
     first stays SPOOF_DETECTED). Without a watchlist the results are returned as they are.
     ``policy``: the lookup's rule on raw scores (None: a normalised lookup; the raw-score
-    rule at the same operating point is used)."""
+    rule at the same operating point, ``options``' prior or far, is used)."""
     voices = watched(db.store)
     if not voices:
         return results
-    rule = policy or db.decision_policy(None, prior=prior, far=far)
+    if policy is None:
+        point = options or DecisionOptions()
+        policy = db.decision_policy(DecisionOptions(prior=point.prior, far=point.far))
+    rule = policy
     voiceprints = np.stack([v.voiceprint for v in voices])
     sides = [Side(v.speech_seconds, v.utterances, v.bandwidth_hz) for v in voices]
     out = list(results)

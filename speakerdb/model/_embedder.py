@@ -29,13 +29,15 @@ import numpy.typing as npt
 import torch
 
 from speakerdb._identity import ModelIdentity
-from speakerdb._results import Comparison, DecisionRule
+from speakerdb._results import Comparison
+from speakerdb.decisions import DecisionOptions
 from speakerdb.errors import AudioDecodeError, AudioError, ModelError, UsageError
 from speakerdb.model._audio import SAMPLE_RATE, AudioInput, source_label
 from speakerdb.model._audio import max_audio_seconds as _audio_limit
 from speakerdb.model._device import resolve_device
 from speakerdb.model._encoder import SpeakerEncoder
 from speakerdb.model._ge2e import GE2EEncoder, GE2ESpeakerEncoder
+from speakerdb.model._pairs import decide_pairs
 from speakerdb.model._utterance import PreparedUtterance, prepare_utterance
 from speakerdb.scoring import accept, cosine, validate_threshold
 
@@ -330,28 +332,17 @@ class Embedder:
 
     # --- comparing -------------------------------------------------------------------------------
 
-    def _threshold(self, threshold: float | None) -> float:
-        return self.default_threshold if threshold is None else validate_threshold(threshold)
-
     def compare(self, a: AudioInput, b: AudioInput, threshold: float | None = None) -> Comparison:
-        """Same speaker? Scores ``a`` against ``b`` with the cosine rule (a model alone has no
-        database, hence no calibration: :meth:`SpeakerDB.compare` decides on LLRs).
+        """Same speaker? ``a`` against ``b`` decided by the one rule, exactly as ``speakerdb
+        compare A B`` and :meth:`SpeakerDB.compare` without a database decide: the model's
+        bundled calibration (``llr >= ln 99``, from the cosine and both files' quality)
+        where it has one, else the cosine against the model's threshold.
 
-        threshold: None uses the model's default cosine threshold.
+        threshold: overrides the threshold on that rule's scale (an LLR when calibrated).
+        Raises the AudioError of an unusable file, UsageError for a bad threshold.
         """
-        used = self._threshold(threshold)
-        vectors = self.embed_files([a, b])
-        score = cosine(vectors[0], vectors[1])
-        origin = "model_default" if threshold is None else "given"
-        return Comparison(
-            score=score,
-            threshold=used,
-            same_speaker=accept(score, used),
-            model=self.identity.label,
-            a=source_label(a),
-            b=source_label(b),
-            decision_rule=DecisionRule("cosine", used, origin),
-        )
+        options = DecisionOptions(threshold=threshold)
+        return decide_pairs(self, [(a, b)], options, batch_size=DEFAULT_BATCH_SIZE)[0]
 
     def verify_speakers(
         self,
@@ -359,8 +350,11 @@ class Embedder:
         path2audio_file2: AudioInput,
         threshold: float | None = None,
     ) -> bool:
-        """True iff the two recordings score at or above ``threshold`` (default: the model's)."""
-        return self.compare(path2audio_file1, path2audio_file2, threshold).same_speaker
+        """Same speaker? NeMo's name. Without ``threshold``: :meth:`compare`'s answer (the one
+        rule); with one, NeMo's meaning: the cosine against that threshold in [-1, 1]."""
+        return bool(
+            self.verify_speakers_batch([(path2audio_file1, path2audio_file2)], threshold)[0]
+        )
 
     def verify_speakers_batch(
         self,
@@ -372,15 +366,25 @@ class Embedder:
     ) -> npt.NDArray[np.bool_]:
         """Decisions for many pairs: (P,) bool, True where the pair is the same speaker.
 
-        Each distinct file is embedded once. ``batch_size`` is the number of chunks encoded
-        per call; ``sample_rate`` applies to in-memory arrays (files use their own rate);
-        ``device``, when given, moves the model there first.
+        Decided as :meth:`verify_speakers` decides: by the one rule without ``threshold``,
+        else by the cosine against it. Each distinct file is embedded once. ``batch_size``
+        is the number of chunks encoded per call; ``sample_rate`` applies to in-memory
+        arrays (files use their own rate); ``device``, when given, moves the model there first.
         """
         if device is not None:
             self.to(device)
-        used = self._threshold(threshold)
+        used = None if threshold is None else validate_threshold(threshold)
         if not audio_files_pairs:
             return np.zeros(0, dtype=bool)
+        if used is None:
+            decided = decide_pairs(
+                self,
+                audio_files_pairs,
+                DecisionOptions(),
+                batch_size=batch_size,
+                sample_rate=sample_rate,
+            )
+            return np.array([c.same_speaker for c in decided], dtype=bool)
         scores = self.score_pairs(audio_files_pairs, batch_size=batch_size, sample_rate=sample_rate)
         return np.array([accept(s, used) for s in scores], dtype=bool)
 

@@ -4,6 +4,8 @@ other)."""
 
 from __future__ import annotations
 
+from speakerdb.decisions import DEFAULT_ASNORM_THRESHOLD
+
 __all__ = ["GE2E_DEFAULT_ASNORM_THRESHOLD", "GE2E_DEFAULT_THRESHOLD", "GE2E_THRESHOLD_NOTE"]
 
 GE2E_DEFAULT_THRESHOLD = 0.82
@@ -15,5 +17,6 @@ GE2E_THRESHOLD_NOTE = (
     "speakerdb's threshold for GE2E: 1 % false accepts on its read-speech development sets"
 )
 
-GE2E_DEFAULT_ASNORM_THRESHOLD = 4.33
-"""The same rule applied to AS-norm scores (a cohort of 120 LibriSpeech speakers)."""
+GE2E_DEFAULT_ASNORM_THRESHOLD = DEFAULT_ASNORM_THRESHOLD
+"""The same rule applied to AS-norm scores (a cohort of 120 LibriSpeech speakers): the
+threshold of every model's AS-norm z-scores (:mod:`speakerdb.decisions`)."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from speakerdb._identity import ModelIdentity
+from speakerdb.decisions import NORMALIZATIONS, Scale, model_threshold
 from speakerdb.errors import ModelError, ModelNotFoundError, UsageError
 from speakerdb.model._ge2e_defaults import (
     GE2E_DEFAULT_ASNORM_THRESHOLD,
@@ -60,8 +61,6 @@ __all__ = [
 DEFAULT_MODEL = "ge2e"
 MODEL_ENV = "SPEAKERDB_MODEL"
 """Environment variable naming the model (a name or a path) where none is given."""
-
-NORMALIZATIONS = ("none", "asnorm")
 
 FAMILIES = ("nemo", "speechbrain", "onnx")
 """Bring-your-own model families, in the order files are tested for them."""
@@ -178,14 +177,9 @@ def _ge2e_identity() -> ModelIdentity:
 def identity_threshold(identity: ModelIdentity, normalization: str | None = None) -> float:
     """A model's default threshold for raw cosine scores or for a score normalisation.
 
-    AS-norm z-scores are on a scale of their own whatever the model; the GE2E figure is the
-    only one measured, and serves every model until the database is calibrated."""
-    key = normalization or "none"
-    if key not in NORMALIZATIONS:
-        raise UsageError(f"normalisation must be one of {', '.join(NORMALIZATIONS)}, not {key!r}")
-    if key == "asnorm":
-        return GE2E_DEFAULT_ASNORM_THRESHOLD
-    return identity.default_threshold
+    AS-norm z-scores are on a scale of their own whatever the model (see
+    :func:`speakerdb.decisions.model_threshold`)."""
+    return model_threshold(identity, Scale.of_norm(normalization))
 
 
 def default_threshold(name: str = DEFAULT_MODEL, normalization: str | None = None) -> float:

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from speakerdb import errors
-from speakerdb.errors import SpeakerDBError
+from speakerdb.decisions import DecisionOptions
+from speakerdb.errors import SpeakerDBError, UsageError
 
 __all__ = ["KEY_ENV", "MAX_ANSWER_BYTES", "ServiceAnswerError", "ServiceClient", "ServiceRefused"]
 
@@ -92,11 +93,14 @@ class ServiceClient:
         norm: str = "none",
         prior: float | None = None,
         far: float | None = None,
+        *,
+        options: DecisionOptions | None = None,
     ) -> list[dict[str, Any]]:
-        """One answer per file, in order (see the server's verify route)."""
+        """One answer per file, in order (see the server's verify route). threshold / norm
+        / prior / far, or all of them as ``options``."""
         from urllib.parse import quote
 
-        data = {"norm": norm} | _decision_fields(threshold, prior, far)
+        data = _decision_fields(options, threshold, norm, prior, far)
         return self._per_file(
             f"/v1/speakers/{quote(name, safe='')}/verify",
             files,
@@ -112,8 +116,10 @@ class ServiceClient:
         norm: str = "none",
         prior: float | None = None,
         far: float | None = None,
+        *,
+        options: DecisionOptions | None = None,
     ) -> list[dict[str, Any]]:
-        data = {"top_k": str(top_k), "norm": norm} | _decision_fields(threshold, prior, far)
+        data = {"top_k": str(top_k)} | _decision_fields(options, threshold, norm, prior, far)
         return self._per_file("/v1/identify", files, data, _IDENTIFICATION)
 
     def _per_file(
@@ -246,8 +252,20 @@ def _require(item: Any, shape: dict[str, tuple[type, ...]], where: str, url: str
 
 
 def _decision_fields(
-    threshold: float | None, prior: float | None, far: float | None
+    options: DecisionOptions | None,
+    threshold: float | None,
+    norm: str,
+    prior: float | None,
+    far: float | None,
 ) -> dict[str, str]:
-    """The form fields that choose the operating point, as the server's routes name them."""
-    given = {"threshold": threshold, "prior": prior, "far": far}
-    return {key: repr(value) for key, value in given.items() if value is not None}
+    """The form fields of the decision options, as the server's routes name them (the
+    options given, else those of the loose arguments)."""
+    if options is None:
+        options = DecisionOptions.of(threshold, prior=prior, far=far, norm=norm)
+    elif (threshold, prior, far) != (None, None, None) or norm != "none":
+        raise UsageError("give the decision options as DecisionOptions or as keywords, not both")
+    if options.cohort is not None:
+        raise UsageError("a cohort names local files: the server uses its enrolled speakers")
+    given = {"threshold": options.threshold, "prior": options.prior, "far": options.far}
+    fields = {"norm": "none" if options.normalization is None else options.normalization}
+    return fields | {key: repr(value) for key, value in given.items() if value is not None}

@@ -34,6 +34,7 @@ from speakerdb import (
     Verification,
     errors,
 )
+from speakerdb.decisions import DecisionOptions
 from speakerdb.errors import AudioError, SpeakerNotFoundError, UsageError
 from speakerdb.service._batcher import Upload
 from speakerdb.service._errors import (
@@ -144,6 +145,17 @@ Norm = Annotated[
     Literal["none", "asnorm"],
     Form(description="Score normalisation: asnorm against the other enrolled speakers."),
 ]
+
+
+def _decision_options(
+    threshold: Threshold = None, prior: Prior = None, far: Far = None, norm: Norm = "none"
+) -> DecisionOptions:
+    """The decision routes' request model: their form fields read once into the options
+    that travel unchanged to the rule (a bad combination is a 400 before any upload is read)."""
+    return DecisionOptions.of(threshold, prior=prior, far=far, norm=norm)
+
+
+Decision = Annotated[DecisionOptions, Depends(_decision_options)]
 Recordings = Annotated[
     list[UploadFile], File(description="One or more recordings (any format; by content).")
 ]
@@ -349,16 +361,13 @@ def verify(
     audio: Recordings,
     state: State,
     db: Db,
-    threshold: Threshold = None,
-    prior: Prior = None,
-    far: Far = None,
-    norm: Norm = "none",
+    options: Decision,
 ) -> JSONResponse:
     """Scores each recording against the speaker's voiceprint: ACCEPT iff score >=
     threshold. One recording: one object; several: a list."""
     with uploads_of(state, audio) as uploads:
         try:
-            results = db.verify_many(name, uploads, threshold, norm=norm, prior=prior, far=far)
+            results = db.verify_many(name, uploads, options=options)
         except SpeakerNotFoundError as exc:
             state.metrics.errors.labels(exc.code).inc()
             return error_response(
@@ -378,16 +387,13 @@ def identify(
     audio: Recordings,
     state: State,
     db: Db,
+    options: Decision,
     top_k: Annotated[int, Form(ge=1, le=1000, description="Candidates to list.")] = 5,
-    threshold: Threshold = None,
-    prior: Prior = None,
-    far: Far = None,
-    norm: Norm = "none",
 ) -> JSONResponse:
     """Open set: ``best`` is the top candidate if it reaches the threshold (IDENTIFIED),
     else null (UNKNOWN_SPEAKER); ``matches`` are the top-k candidates, best first."""
     with uploads_of(state, audio) as uploads:
-        results = db.identify_many(uploads, top_k, threshold, norm=norm, prior=prior, far=far)
+        results = db.identify_many(uploads, top_k, options=options)
         return _per_file(state, results, uploads)
 
 
@@ -403,16 +409,11 @@ def compare(
     b: Annotated[UploadFile, File(description="The second recording.")],
     state: State,
     db: Db,
-    threshold: Threshold = None,
-    prior: Prior = None,
-    far: Far = None,
-    norm: Norm = "none",
+    options: Decision,
 ) -> JSONResponse:
-    """File against file with the one cosine rule: ACCEPT iff score >= threshold."""
+    """File against file with the one rule: ACCEPT iff score >= threshold."""
     with uploads_of(state, [a, b]) as uploads:
-        result = db.compare_batch(
-            [(uploads[0], uploads[1])], threshold, norm=norm, prior=prior, far=far
-        )[0]
+        result = db.compare_batch([(uploads[0], uploads[1])], options=options)[0]
         return _per_file(state, [result], uploads)
 
 

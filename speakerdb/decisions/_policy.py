@@ -2,9 +2,9 @@
 
 One rule everywhere: accept iff ``score >= threshold``, where the score is the calibrated
 log-likelihood ratio when a calibration applies, else the cosine (or its AS-norm z-score).
-:func:`resolve_policy` turns what the database stores (a
-:class:`~speakerdb.storage._records.CalibrationSetting` and its default) and what the caller
-asks for (``threshold``, ``prior``, ``far``) into a :class:`DecisionPolicy`;
+:func:`resolve_policy` turns what the database stores (a :class:`StoredSetting`, the
+store's calibration row, and its default) and what the caller asks for (one
+:class:`~speakerdb.decisions.DecisionOptions`) into a :class:`DecisionPolicy`;
 :meth:`DecisionPolicy.decide` applies it to trials whose quality measures are known.
 
 Which calibration applies, for a normalisation:
@@ -30,7 +30,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -43,20 +43,23 @@ from speakerdb._calibration import (
     bundled_calibration,
 )
 from speakerdb._identity import ModelIdentity
-from speakerdb._results import DecisionRule
+from speakerdb._results import Decision, DecisionRule
+from speakerdb.decisions._options import DecisionOptions, Scale
+from speakerdb.decisions._thresholds import model_threshold
 from speakerdb.errors import ModelMismatchError, UsageError
 from speakerdb.scoring import validate_threshold
-from speakerdb.storage._records import CalibrationSetting, Candidate
 
 __all__ = [
     "MIN_NONTARGET_TRIALS",
     "MIN_TARGET_TRIALS",
-    "RERANKED_CANDIDATES",
+    "UNCALIBRATED_MODEL",
+    "UNKNOWN_ENROLLMENT_BANDWIDTH",
+    "UNKNOWN_PROBE_QUALITY",
     "Decision",
     "DecisionPolicy",
     "Side",
+    "StoredSetting",
     "bundled_for",
-    "rank_candidates",
     "resolve_policy",
     "trial_quality",
 ]
@@ -67,11 +70,6 @@ score, three quality terms and the bias), the usual floor for a logistic regress
 MIN_NONTARGET_TRIALS = 200
 """Fewest different-speaker trials ``calibrate`` fits on (the LLR threshold at a target
 false-accept rate F further needs 1 / F of them)."""
-
-RERANKED_CANDIDATES = 20
-"""Identification with a calibration (or AS-norm) ranks at least this many candidates, the
-nearest by cosine: the LLR of a voiceprint depends on its own enrollment quality, so the
-LLR order may differ from the cosine order a little further down the list."""
 
 UNKNOWN_ENROLLMENT_BANDWIDTH = (
     "not calibrated: the enrollment's bandwidth is unknown (recordings enrolled before "
@@ -123,38 +121,20 @@ def trial_quality(
 
 
 @dataclass(frozen=True)
-class Decision:
-    """One trial decided: its raw cosine, LLR (None when no calibration applied), the score
-    the rule compared, and the rule."""
-
-    cosine: float
-    llr: float | None
-    score: float
-    rule: DecisionRule
-
-    @property
-    def accepted(self) -> bool:
-        return self.rule.accepts(self.score)
-
-    @property
-    def threshold(self) -> float:
-        return self.rule.threshold
-
-    @property
-    def calibration(self) -> str | None:
-        return self.rule.calibration if self.llr is not None else None
-
-
-@dataclass(frozen=True)
 class DecisionPolicy:
     """The rules of one normalisation. ``score_rule``: the score scale's rule (used without a
     calibration, and for trials a calibration cannot take). ``calibration`` / ``llr_rule``:
     the calibration in use and its rule on LLRs (both None without one)."""
 
-    normalization: str | None
+    norm: Scale
     score_rule: DecisionRule
     calibration: Calibration | None = None
     llr_rule: DecisionRule | None = None
+
+    @property
+    def normalization(self) -> str | None:
+        """The normalisation as answers name it (None: raw cosine scores)."""
+        return self.norm.normalization
 
     @property
     def rule(self) -> DecisionRule:
@@ -201,49 +181,6 @@ class DecisionPolicy:
         return out
 
 
-def rank_candidates(
-    policy: DecisionPolicy,
-    candidates: Sequence[Candidate],
-    cosines: dict[int, float],
-    probe: Side,
-) -> tuple[list[tuple[Candidate, Decision]], DecisionRule]:
-    """Decide every identification candidate of one probe and rank them, best first by the
-    score the rule compares. ``candidates``' scores are on the policy's scale (cosine, or
-    z-score after AS-norm); ``cosines``: their raw cosines by speaker id.
-
-    One rule per identification, so that the ranking compares like with like: the LLR rule
-    when every candidate can be calibrated, else the score rule for all of them (its note
-    says how many enrollments lack a bandwidth). Returns the ranked pairs and the rule.
-    """
-    enrolls = [Side(c.speech_seconds, c.utterances, c.bandwidth_hz) for c in candidates]
-    decisions = policy.decide(
-        [cosines.get(c.id, c.score) for c in candidates],
-        [c.score for c in candidates],
-        [probe] * len(candidates),
-        enrolls,
-    )
-    rule = policy.rule
-    lacking = [d for d in decisions if d.llr is None]
-    if policy.llr_rule is not None and lacking:
-        if probe.known:
-            why = (
-                f"not calibrated: {len(lacking)} of {len(decisions)} candidates' enrollment "
-                "bandwidths are unknown (enrolled before schema 0004; re-enroll them to "
-                "calibrate)"
-            )
-        else:
-            why = UNKNOWN_PROBE_QUALITY
-        rule = policy.score_rule.with_note(why)
-        decisions = [
-            Decision(d.cosine, d.llr, float(c.score), rule)
-            for c, d in zip(candidates, decisions, strict=True)
-        ]
-    ranked = sorted(
-        zip(candidates, decisions, strict=True), key=lambda pair: (-pair[1].score, pair[0].id)
-    )
-    return ranked, rule
-
-
 def _why_not(probe: Side) -> str:
     return UNKNOWN_ENROLLMENT_BANDWIDTH if probe.known else UNKNOWN_PROBE_QUALITY
 
@@ -254,35 +191,48 @@ def bundled_for(identity_key: tuple[str, str, int]) -> Calibration | None:
     return bundled_calibration(*identity_key)
 
 
+class StoredSetting(Protocol):
+    """What a database stores about how it decides for one normalisation (the store's
+    ``CalibrationSetting`` row): ``kind`` "threshold" (``threshold`` on the score scale) or
+    "llr" (``source`` "bundled", "database" or "self", whose ``calibration`` is the JSON dict,
+    at the operating point ``p_target`` / ``c_miss`` / ``c_fa`` or ``target_far``)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def threshold(self) -> float | None: ...
+    @property
+    def source(self) -> str | None: ...
+    @property
+    def calibration(self) -> dict[str, Any] | None: ...
+    @property
+    def p_target(self) -> float | None: ...
+    @property
+    def c_miss(self) -> float | None: ...
+    @property
+    def c_fa(self) -> float | None: ...
+    @property
+    def target_far(self) -> float | None: ...
+
+
 def resolve_policy(
     identity: ModelIdentity,
-    normalization: str | None,
-    model_threshold: float,
+    options: DecisionOptions,
     default: str = "bundled",
-    setting: CalibrationSetting | None = None,
-    *,
-    threshold: float | None = None,
-    prior: float | None = None,
-    far: float | None = None,
+    setting: StoredSetting | None = None,
 ) -> DecisionPolicy:
     """The decision policy for one call (see the module docstring for the order of things).
 
-    identity: the model whose scores are decided. model_threshold: its threshold on the
-    score scale of ``normalization``. default / setting: what the database stores (see
-    :meth:`~speakerdb.storage._store.EnrollmentStore.calibration_setting`; "bundled" and
-    None without a database). threshold: overrides the threshold of the rule in use, on its
-    scale (an LLR when calibrated, else a cosine in [-1, 1] or a z-score). prior / far: an
-    operating point for this call (Bayes threshold at p_target ``prior`` with unit costs,
-    or the LLR threshold at false-accept rate ``far`` of the calibration's table).
+    identity: the model whose scores are decided. options: the caller's choices (threshold,
+    operating point, normalisation), validated when they were made. default / setting: what the
+    database stores ("bundled" and None without a database, as a new one).
 
     Raises UsageError for bad values or a calibrated decision nobody can make (AS-norm
     scores without a calibration of them), ModelMismatchError when the database's
     calibration belongs to another model.
     """
-    if prior is not None and far is not None:
-        raise UsageError("give a prior or a target false-accept rate, not both")
-    score_kind = normalization or "cosine"
-    score_threshold, score_origin = model_threshold, "model_default"
+    norm = options.norm
+    score_threshold, score_origin = model_threshold(identity, norm), "model_default"
     calibration: Calibration | None = None
     source: str | None = None
     point = DEFAULT_OPERATING_POINT
@@ -305,14 +255,14 @@ def resolve_policy(
                 _or(setting.c_miss, 1.0),
                 _or(setting.c_fa, 1.0),
             )
-    elif setting is None and default in ("bundled", "auto") and normalization is None:
+    elif setting is None and default in ("bundled", "auto") and norm is Scale.COSINE:
         calibration, source = bundled_for(identity.key), "bundled"
-    if prior is not None or far is not None:
+    if options.operating_point_given:
         if calibration is None:
-            if normalization is not None:
+            if norm is not Scale.COSINE:
                 raise UsageError(
-                    f"no calibration of {normalization} scores here: fit one with "
-                    f"`speakerdb calibrate TRIALS --norm {normalization}`"
+                    f"no calibration of {norm} scores here: fit one with "
+                    f"`speakerdb calibrate TRIALS --norm {norm}`"
                 )
             calibration, source = bundled_for(identity.key), "bundled"
             if calibration is None:
@@ -320,28 +270,31 @@ def resolve_policy(
                     f"model {identity.label} has no bundled calibration: fit one with "
                     "`speakerdb calibrate TRIALS`"
                 )
-        point = OperatingPoint(prior) if prior is not None else point
-        target_far = far if far is not None else (None if prior is not None else target_far)
+        if options.prior is not None:
+            point, target_far = OperatingPoint(options.prior), None
+        else:
+            target_far = options.far
     if calibration is None:
         source = None
     if calibration is not None:
-        _check_calibration(calibration, identity, score_kind)
+        _check_calibration(calibration, identity, norm)
 
+    threshold = options.threshold
     if threshold is not None and calibration is None:
-        score_threshold, score_origin = _given(threshold, normalization), "given"
-    score_rule = DecisionRule(score_kind, float(score_threshold), score_origin)
+        score_threshold, score_origin = _given(threshold, norm), "given"
+    score_rule = DecisionRule(norm, float(score_threshold), score_origin)
     if score_origin == "model_default" and bundled_for(identity.key) is None:
         # A bring-your-own model: its threshold is its toolkit's default, not calibrated.
         score_rule = score_rule.with_note(UNCALIBRATED_MODEL)
     if calibration is None:
-        return DecisionPolicy(normalization, score_rule)
+        return DecisionPolicy(norm, score_rule)
     # A calibration fitted here is named with its fit date: refitting shows in every answer.
     fitted = calibration.fit.created if source in ("database", "self") else None
     if threshold is not None:
-        llr_rule = DecisionRule("llr", _finite(threshold), "given", source, fitted=fitted)
+        llr_rule = DecisionRule(Scale.LLR, _finite(threshold), "given", source, fitted=fitted)
     elif target_far is not None:
         llr_rule = DecisionRule(
-            "llr",
+            Scale.LLR,
             _threshold_at_far(calibration, target_far),
             "target_far",
             source,
@@ -350,7 +303,7 @@ def resolve_policy(
         )
     else:
         llr_rule = DecisionRule(
-            "llr",
+            Scale.LLR,
             point.threshold,
             "operating_point",
             source,
@@ -359,7 +312,7 @@ def resolve_policy(
             c_fa=point.c_fa,
             fitted=fitted,
         )
-    return DecisionPolicy(normalization, score_rule, calibration, llr_rule)
+    return DecisionPolicy(norm, score_rule, calibration, llr_rule)
 
 
 def _check_calibration(calibration: Calibration, identity: ModelIdentity, score: str) -> None:
@@ -393,8 +346,8 @@ def _or(value: float | None, default: float) -> float:
     return default if value is None else float(value)
 
 
-def _given(threshold: float, normalization: str | None) -> float:
-    if normalization is None:
+def _given(threshold: float, norm: Scale) -> float:
+    if norm is Scale.COSINE:
         return validate_threshold(threshold)
     return _finite(threshold)
 
