@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import manifest
+from helpers import manifest, require_data
 from speakerdb.errors import SpeakerDBError
 from speakerdb.storage._store import EnrollmentStore
 
@@ -321,7 +321,8 @@ def test_help_does_not_import_ray():
     probe = (
         "import sys\n"
         "from speakerdb.cli import main\n"
-        "for args in (['--help'], ['enroll', '--help'], ['embed', '--help']):\n"
+        "for args in (['--help'], ['enroll', '--help'], ['embed', '--help'],"
+        " ['diarize', '--help']):\n"
         "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
         "print('ray' in sys.modules)\n"
     )
@@ -395,3 +396,106 @@ def test_a_worker_with_other_weights_fails_the_job_with_the_model_error(cluster,
     path = str(manifest("vctk")[0][0])
     with pytest.raises(ModelMismatchError, match="not the job's model ge2e:ffffffffffff"):
         list(ray_iter_embed(RayOptions(cluster.address, 1, 1), other, [path], [()]))
+
+
+# --- diarize --manifest --ray ---------------------------------------------------------------
+
+DIARIZE = [sys.executable, "-m", "speakerdb", "diarize", "--json"]
+CONVERSATIONS = ("conv04", "conv08")  # the shortest (67 s, 66 s), 3 and 4 voices, one overlapped
+
+
+@pytest.fixture(scope="module")
+def conversations(tmp_path_factory) -> tuple[Path, Path]:
+    """(the diarization manifest: two real conversations and a missing file, the
+    enrollment manifest of the conversations' known speakers), with absolute paths."""
+    base = require_data() / "conversations"
+    folder = tmp_path_factory.mktemp("conversations")
+    rows = [json.loads(line) for line in (base / "manifest.jsonl").read_text().splitlines()]
+    chosen = [r for r in rows if Path(r["audio_filepath"]).stem in CONVERSATIONS]
+    assert len(chosen) == len(CONVERSATIONS)
+    for row in chosen:
+        row["audio_filepath"] = str(base / row["audio_filepath"])
+        row["rttm_filepath"] = str(base / row["rttm_filepath"])
+    chosen.append({"audio_filepath": str(folder / "missing.flac"), "label": "infer"})
+    listing = folder / "conversations.jsonl"
+    listing.write_text("".join(json.dumps(row) + "\n" for row in chosen))
+    speakers = folder / "speakers.jsonl"
+    speakers.write_text(
+        "".join(
+            json.dumps({**row, "audio_filepath": str(base / row["audio_filepath"])}) + "\n"
+            for row in map(json.loads, (base / "enroll.jsonl").read_text().splitlines())
+        )
+    )
+    return listing, speakers
+
+
+def _diarize(url: str, listing: Path, out_dir: Path, *ray: str, env: dict[str, str]):
+    return subprocess.run(
+        [*DIARIZE, "--manifest", str(listing), "--out-dir", str(out_dir), "--db", url, *ray],
+        capture_output=True,
+        text=True,
+        timeout=HUNG_S,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def diarized_one_machine(conversations, tmp_path_factory):
+    """The one-machine command's answer: (process, SQLite URL of the enrolled speakers,
+    its RTTM folder)."""
+    listing, speakers = conversations
+    folder = tmp_path_factory.mktemp("diarized")
+    url = f"sqlite:///{folder / 'team.sqlite'}"
+    assert _enroll(url, speakers).returncode == 0
+    result = _diarize(url, listing, folder / "rttm", env=os.environ.copy())
+    assert result.returncode == 2, result.stderr  # the missing file
+    return result, url, folder / "rttm"
+
+
+def _same_diarization(result, out_dir: Path, reference, reference_dir: Path) -> None:
+    """Same exit code, error lines, per-recording JSON and RTTM files (mode 0600)."""
+    assert result.returncode == reference.returncode, result.stderr
+    got, want = json.loads(result.stdout), json.loads(reference.stdout)
+    for document in (*got, *want):
+        document.pop("rttm", None)  # the folder differs
+    assert got == want
+    assert [d["error"]["code"] for d in got if "error" in d] == ["file_not_found"]
+    names = sorted(p.name for p in reference_dir.iterdir())
+    assert names == [f"{name}.rttm" for name in CONVERSATIONS]
+    assert sorted(p.name for p in out_dir.iterdir()) == names
+    for name in names:
+        assert (out_dir / name).read_text() == (reference_dir / name).read_text(), name
+        assert (out_dir / name).stat().st_mode & 0o777 == 0o600
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [line for line in reference.stderr.splitlines() if line.startswith("error:")]
+    assert any(s["name"] for d in want if "speakers" in d for s in d["speakers"])  # some named
+
+
+def test_diarize_manifest_with_local_ray_equals_one_machine(diarized_one_machine, conversations):
+    reference, url, reference_dir = diarized_one_machine
+    out_dir = reference_dir.parent / "local"
+    env = {k: v for k, v in os.environ.items() if k != "SPEAKERDB_RAY_MARKERS"}
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    result = _diarize(url, conversations[0], out_dir, "--ray", "local", env=env)
+    _same_diarization(result, out_dir, reference, reference_dir)
+
+
+def test_diarize_manifest_on_the_cluster_from_postgresql_equals_one_machine(
+    cluster, diarized_one_machine, conversations, pg_url, tmp_path
+):
+    reference, _, reference_dir = diarized_one_machine
+    listing, speakers = conversations
+    assert _enroll(pg_url, speakers).returncode == 0
+    out_dir = tmp_path / "rttm"
+    result = _diarize(
+        pg_url, listing, out_dir, "--ray", cluster.address, "--ray-workers", "2", env=cluster.env
+    )
+    _same_diarization(result, out_dir, reference, reference_dir)
+
+
+def test_diarize_ray_needs_a_manifest(tmp_path):
+    result = subprocess.run(
+        [*DIARIZE, str(tmp_path / "a.wav"), "--ray", "local"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --ray applies to --manifest diarization only")

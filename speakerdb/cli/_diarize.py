@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +26,12 @@ from speakerdb.cli._common import (
     threshold_option,
     warn,
 )
+from speakerdb.cli._ray import ray_choice, ray_options
 from speakerdb.errors import SpeakerDBError, UsageError
 
 if TYPE_CHECKING:
     from speakerdb.diarize import Diarization, DiarizationEntry, DiarizationScore
-    from speakerdb.enroll import SpeakerDB
+    from speakerdb.enroll import RayOptions, SpeakerDB
 
 __all__ = ["diarize", "eval_diarization"]
 
@@ -125,6 +126,7 @@ def _open(db_url: str | None, model_name: str | None, device: str | None) -> Spe
     "its own calibration of AS-norm scores (calibrate --from-enrollments --norm asnorm), "
     "else none.",
 )
+@ray_options("Find the voices of the manifest's recordings", files_per_task=1)
 @json_option
 @handles_errors
 def diarize(
@@ -143,16 +145,22 @@ def diarize(
     far: float | None,
     cluster_threshold: float | None,
     norm: str,
+    ray_address: str | None,
+    ray_workers: int | None,
+    ray_files_per_task: int,
     as_json: bool,
 ) -> None:
     """Who spoke when in FILE, by name: one line per turn.
 
     Voices that match an enrolled speaker (the database's decision rule, one voice per
     speaker) carry the speaker's name; the others are unknown_1, unknown_2... Without a
-    database every voice is speaker_N. Exit status 0, or 2 on error.
+    database every voice is speaker_N. Exit status 0, or 2 on error. With --ray the voices
+    of the manifest's recordings are found on a Ray cluster and named here.
     """
     if (file is None) == (manifest is None):
         raise UsageError("give one recording FILE or --manifest M.jsonl")
+    if ray_address is not None and manifest is None:
+        raise UsageError("--ray applies to --manifest diarization only")
     if manifest is not None and out_dir is None:
         raise UsageError("--manifest needs --out-dir for the RTTM files")
     if manifest is not None and rttm_path is not None:
@@ -194,15 +202,16 @@ def diarize(
         out_dir.mkdir(parents=True, exist_ok=True)
         documents: list[dict[str, Any]] = []
         status = EXIT_OK
-        for entry, file_id in zip(entries, ids, strict=True):
-            try:
-                result = _run(db, entry.audio, options)
-            except SpeakerDBError as exc:
+        ray = ray_choice(ray_address, ray_workers, ray_files_per_task)
+        outcomes = _outcomes(db, entries, options, ray)
+        for entry, file_id, outcome in zip(entries, ids, outcomes, strict=True):
+            if isinstance(outcome, SpeakerDBError):
                 status = EXIT_ERROR
-                documents.append({"source": str(entry.audio), "error": error_object(exc)})
+                documents.append({"source": str(entry.audio), "error": error_object(outcome)})
                 if not as_json:
-                    click.echo(f"error: {exc.message}", err=True)
+                    click.echo(f"error: {outcome.message}", err=True)
                 continue
+            result = outcome
             from speakerdb.diarize import write_rttm
 
             target = out_dir / f"{file_id}.rttm"
@@ -221,6 +230,26 @@ def diarize(
         if as_json:
             emit_json(documents)
         sys.exit(status)
+
+
+def _outcomes(
+    db: SpeakerDB,
+    entries: Sequence[DiarizationEntry],
+    options: dict[str, Any],
+    ray: RayOptions | None,
+) -> Iterator[Diarization | SpeakerDBError]:
+    """Each recording's diarization or error, in the manifest's order."""
+    if ray is None:
+        for entry in entries:
+            try:
+                yield _run(db, entry.audio, options)
+            except SpeakerDBError as exc:
+                yield exc
+        return
+    with progress_bar("diarizing") as bar:
+        paths = [str(entry.audio) for entry in entries]
+        for _, result in db.diarize_on_ray(paths, ray, progress=bar, **options):
+            yield result
 
 
 def _note_renamed(entries: Sequence[DiarizationEntry], ids: Sequence[str]) -> None:

@@ -1,4 +1,5 @@
-"""The ``--ray`` options of the batch commands (enroll --manifest, embed)."""
+"""The ``--ray`` options of the batch commands (enroll --manifest, embed, db reembed,
+diarize --manifest)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,15 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def ray_options(what: str) -> Callable[[F], F]:
+def ray_options(what: str, files_per_task: int = 16) -> Callable[[F], F]:
     """``--ray ADDRESS``, ``--ray-workers N`` and ``--ray-files-per-task N``; ``what``: the
-    work the cluster does, for the help text."""
+    work the cluster does, for the help text; files_per_task: the default batch."""
 
     def decorate(command: F) -> F:
         command = click.option(
             "--ray-files-per-task",
             type=click.IntRange(min=1),
-            default=16,
+            default=files_per_task,
             show_default=True,
             metavar="N",
             help="With --ray: files per batch handed to an actor.",

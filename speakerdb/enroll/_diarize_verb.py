@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,13 +16,14 @@ from speakerdb.enroll._base import (
     options_of,
 )
 from speakerdb.enroll._cohort import normalization
-from speakerdb.errors import UsageError
+from speakerdb.errors import SpeakerDBError, UsageError
 from speakerdb.model._audio import AudioInput
 from speakerdb.scoring import DEFAULT_COHORT_TOP_N
 from speakerdb.storage._records import Candidate
 
 if TYPE_CHECKING:
-    from speakerdb.diarize import Diarization
+    from speakerdb.diarize import Diarization, DiarizationSettings, VoiceAnalysis
+    from speakerdb.enroll._ray_batch import RayOptions
 
 
 __all__ = ["NAMING_PRIOR", "DiarizeVerb"]
@@ -86,34 +87,99 @@ class DiarizeVerb(FacadeBase):
         (NoSpeechError when there is no speech), ModelMismatchError when the database holds
         another model's voiceprints. Never changes the database.
         """
-        from speakerdb.diarize import DiarizationSettings, analyse_voices
+        from speakerdb.diarize import analyse_voices
+
+        settings = _settings(num_speakers, min_speakers, max_speakers, options)
+        finish = self._namer(norm, threshold, prior, far, cohort_size, spoof_model, sample_rate)
+        analysis = analyse_voices(
+            audio, self.model, settings, sample_rate=sample_rate, progress=progress
+        )
+        return finish(analysis, audio)
+
+    def diarize_on_ray(
+        self,
+        audio: Sequence[str | os.PathLike[str]],
+        ray: RayOptions | str,
+        *,
+        num_speakers: int | None = None,
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
+        threshold: float | None = None,
+        prior: float | None = None,
+        far: float | None = None,
+        norm: str | None = "auto",
+        cohort_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        spoof_model: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> Iterator[tuple[int, Diarization | SpeakerDBError]]:
+        """:meth:`diarize` for each file of ``audio`` with the voices found on a Ray cluster
+        (``ray``: an address, "local" or "auto", or :class:`RayOptions`; extra
+        ``speakerdb[ray]``): yields ``(index, the Diarization or the SpeakerDBError that
+        :meth:`diarize` would raise)`` in the order of ``audio``. Each worker loads the model
+        once and returns each recording's voice analysis; the voices are named here, against
+        this database, by the same code as :meth:`diarize` (the workers never open the
+        database). progress: ``progress(files_done, files)``.
+
+        Raises UsageError for bad settings or options, ConfigurationError when the cluster
+        cannot be reached or its job fails. Never changes the database.
+        """
+        from speakerdb.enroll._ray_batch import ray_options
+        from speakerdb.enroll._ray_diarize import ray_iter_analyse
+
+        checked = ray_options(ray)
+        settings = _settings(num_speakers, min_speakers, max_speakers, options)
+        paths = [str(a) for a in audio]
+        try:
+            finish = self._namer(norm, threshold, prior, far, cohort_size, spoof_model, None)
+        except SpeakerDBError as exc:
+            # diarize raises it for every recording before reading any: so does this.
+            for index in range(len(paths)):
+                yield index, exc
+            return
+        pending: dict[int, Diarization | SpeakerDBError] = {}
+        following = 0
+        for done, (index, found) in enumerate(
+            ray_iter_analyse(checked, self.identity, paths, settings), start=1
+        ):
+            if isinstance(found, SpeakerDBError):
+                pending[index] = found
+            else:
+                try:
+                    pending[index] = finish(found, paths[index])
+                except SpeakerDBError as exc:
+                    pending[index] = exc
+            if progress is not None:
+                progress(done, len(paths))
+            while following in pending:
+                yield following, pending.pop(following)
+                following += 1
+
+    def _namer(
+        self,
+        norm: str | None,
+        threshold: float | None,
+        prior: float | None,
+        far: float | None,
+        cohort_size: int | None,
+        spoof_model: str | os.PathLike[str] | None,
+        sample_rate: int | None,
+    ) -> Callable[[VoiceAnalysis, AudioInput], Diarization]:
+        """What turns a recording's voice analysis into its Diarization under this
+        database's rule (anonymous voices without a database). Raises what :meth:`diarize`
+        raises before reading audio (UsageError, ModelMismatchError)."""
         from speakerdb.diarize._pipeline import anonymous
         from speakerdb.enroll._diarization import name_voices
 
-        try:
-            settings = DiarizationSettings(
-                num_speakers=num_speakers,
-                min_speakers=min_speakers,
-                max_speakers=max_speakers,
-                **options,
-            )
-        except TypeError as exc:
-            raise UsageError(f"unknown diarization option ({exc})") from None
-        settings.check()
         if self._store is None:
-            analysis = analyse_voices(
-                audio, self.model, settings, sample_rate=sample_rate, progress=progress
-            )
-            return anonymous(analysis, self.identity.label)
+            label = self.identity.label
+            return lambda analysis, _audio: anonymous(analysis, label)
         key = self._naming_normalization(norm)
         if key is not None and threshold is None and prior is None and far is None:
             prior = self._naming_prior(key)
         decision = options_of(None, threshold, norm=key, prior=prior, far=far)
         policy = self.decision_policy(decision)
         identity = self._check_model()
-        analysis = analyse_voices(
-            audio, self.model, settings, sample_rate=sample_rate, progress=progress
-        )
         top_n = DEFAULT_COHORT_TOP_N if cohort_size is None else int(cohort_size)
 
         def asnorm(
@@ -121,15 +187,18 @@ class DiarizeVerb(FacadeBase):
         ) -> list[list[Candidate]]:
             return self._cohorts.rescore_candidates(probes, found, None, top_n)
 
-        named = name_voices(
-            analysis, policy, identity, self.store, asnorm if key is not None else None
-        )
-        cm = self._database_countermeasure(spoof_model)
-        if cm is None:
-            return named
-        from speakerdb.enroll._diarize_spoof import screen_named_voices
+        def finish(analysis: VoiceAnalysis, audio: AudioInput) -> Diarization:
+            named = name_voices(
+                analysis, policy, identity, self.store, asnorm if key is not None else None
+            )
+            cm = self._database_countermeasure(spoof_model)
+            if cm is None:
+                return named
+            from speakerdb.enroll._diarize_spoof import screen_named_voices
 
-        return screen_named_voices(named, cm, audio, sample_rate)
+            return screen_named_voices(named, cm, audio, sample_rate)
+
+        return finish
 
     def _naming_normalization(self, norm: str | None) -> str | None:
         """The normalisation naming uses: ``norm``, or for "auto" AS-norm when this
@@ -152,3 +221,24 @@ class DiarizeVerb(FacadeBase):
             setting.c_fa if setting.c_fa is not None else 1.0,
         ).effective_prior
         return min(NAMING_PRIOR, stored)
+
+
+def _settings(
+    num_speakers: int | None,
+    min_speakers: int | None,
+    max_speakers: int | None,
+    options: dict[str, Any],
+) -> DiarizationSettings:
+    from speakerdb.diarize import DiarizationSettings
+
+    try:
+        settings = DiarizationSettings(
+            num_speakers=num_speakers,
+            min_speakers=min_speakers,
+            max_speakers=max_speakers,
+            **options,
+        )
+    except TypeError as exc:
+        raise UsageError(f"unknown diarization option ({exc})") from None
+    settings.check()
+    return settings

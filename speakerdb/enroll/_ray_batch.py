@@ -47,10 +47,15 @@ __all__ = [
     "MARKERS_ENV",
     "RayOptions",
     "RecordingProblem",
+    "actor_pool",
     "check_database",
     "embed_on_ray",
+    "job_error",
+    "load_embedder",
+    "mark_first_batch",
     "ray_iter_embed",
     "ray_options",
+    "ray_session",
 ]
 
 DEFAULT_FILES_PER_TASK = 16
@@ -122,7 +127,7 @@ def _ray() -> Any:
 
 
 @contextlib.contextmanager
-def _session(options: RayOptions) -> Iterator[Any]:
+def ray_session(options: RayOptions) -> Iterator[Any]:
     """Ray connected for the job (and disconnected after, if this call connected it)."""
     ray = _ray()
     if ray.is_initialized():
@@ -187,26 +192,11 @@ def ray_iter_embed(
         return
     from speakerdb.model._embedder import DEFAULT_BATCH_SIZE
 
-    with _session(options) as ray:
+    with ray_session(options) as ray:
         import ray.data
 
-        resources = ray.cluster_resources()
-        gpus = options.gpus_per_worker
-        if gpus is None:
-            gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
-        per_worker = {"num_gpus": gpus} if gpus > 0 else {"num_cpus": 1}
-        if options.workers is not None:
-            workers = options.workers
-        elif gpus > 0:
-            workers = max(1, int(resources.get("GPU", 0) // gpus))
-        else:
-            workers = max(1, int(resources.get("CPU", 1)))
         blocks = max(1, math.ceil(len(paths) / options.files_per_task))
-        workers = min(workers, blocks)  # an actor without a batch would only load the model
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        workers, per_worker, device = actor_pool(ray, options, blocks)
         rows = [
             {
                 "index": i,
@@ -223,7 +213,7 @@ def ray_iter_embed(
                 "model": identity.source or identity.name,
                 "key": identity.key,
                 "check": None if check is None else (check.source or check.name, check.key),
-                "device": "cuda" if gpus > 0 else "cpu",
+                "device": device,
                 "head_samples": head_samples,
                 "batch_size": batch_size or DEFAULT_BATCH_SIZE,
             },
@@ -238,7 +228,31 @@ def ray_iter_embed(
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 yield from _results(batch)
         except ray.exceptions.RayError as exc:
-            raise _job_error(exc) from None
+            raise job_error(exc) from None
+
+
+def actor_pool(ray: Any, options: RayOptions, blocks: int) -> tuple[int, dict[str, float], str]:
+    """The pool for a job of ``blocks`` batches on the connected cluster: how many actors,
+    the resources each asks for, and the device their model runs on. Also quietens Ray
+    Data's progress output (stdout is for results). ray: the module, ``ray.data``
+    imported."""
+    resources = ray.cluster_resources()
+    gpus = options.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+    per_worker = {"num_gpus": gpus} if gpus > 0 else {"num_cpus": 1.0}
+    if options.workers is not None:
+        workers = options.workers
+    elif gpus > 0:
+        workers = max(1, int(resources.get("GPU", 0) // gpus))
+    else:
+        workers = max(1, int(resources.get("CPU", 1)))
+    workers = min(workers, blocks)  # an actor without a batch would only load the model
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    return workers, per_worker, "cuda" if gpus > 0 else "cpu"
 
 
 def embed_on_ray(
@@ -278,8 +292,8 @@ class _EmbedWorker:
         batch_size: int,
         check: tuple[str, tuple[str, str, int]] | None = None,
     ) -> None:
-        self.embedder = _load(model, key, device)
-        self.checker = None if check is None else _load(check[0], check[1], "cpu").encoder
+        self.embedder = load_embedder(model, key, device)
+        self.checker = None if check is None else load_embedder(check[0], check[1], "cpu").encoder
         self.head_samples = head_samples
         self.batch_size = batch_size
         self.batches = 0
@@ -311,11 +325,11 @@ class _EmbedWorker:
         )
         self.batches += 1
         if self.batches == 1:
-            _mark_first_batch()
+            mark_first_batch()
         return columns
 
 
-def _load(model: str, key: tuple[str, str, int], device: str) -> Embedder:
+def load_embedder(model: str, key: tuple[str, str, int], device: str) -> Embedder:
     from speakerdb.model._registry import load_model
 
     embedder = load_model(model, device)
@@ -353,7 +367,7 @@ def _changed(path: str, expect: str, checker: SpeakerEncoder) -> AudioError | No
     return None
 
 
-def _job_error(exc: Exception) -> SpeakerDBError:
+def job_error(exc: Exception) -> SpeakerDBError:
     """The error that failed a Ray job, as the one-machine command would raise it: a
     speakerdb error raised in a worker (its class and message; Ray passes some only as
     text), else ConfigurationError naming Ray's."""
@@ -375,7 +389,7 @@ def _job_error(exc: Exception) -> SpeakerDBError:
     return ConfigurationError(f"the Ray job failed: {first}")
 
 
-def _mark_first_batch() -> None:
+def mark_first_batch() -> None:
     folder = os.environ.get(MARKERS_ENV)
     if folder:
         with open(os.path.join(folder, str(os.getpid())), "w") as marker:
