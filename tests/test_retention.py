@@ -272,3 +272,50 @@ def test_expiry_runs_every_interval_until_cancelled():
         return calls
 
     assert asyncio.run(main()) >= 2
+
+
+def test_a_manifest_carries_consent_and_retention_per_speaker(db_url, tmp_path):
+    """``enroll --manifest`` takes "consent" and "expires_after" per line for the line's
+    speaker: recorded as enroll --consent / --expires-after record them, required-consent
+    satisfied by them; lines of one speaker that disagree, or a bad period, are refused
+    naming the line, and nothing is enrolled."""
+    require_data()
+    groups = by_speaker("vctk")
+    runner = CliRunner()
+
+    def run(*argv: str):
+        return runner.invoke(cli, [*argv, "--db", db_url])
+
+    def manifest(lines: list[dict], name: str = "m.jsonl") -> str:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        return str(path)
+
+    p225, p226 = groups["p225"][:2], groups["p226"][:2]
+    consent = {"label": "p225", "consent": "signed form 42"}
+    lines = [
+        {"audio_filepath": str(p225[0]), **consent, "expires_after": "90d"},
+        {"audio_filepath": str(p225[1]), **consent},
+        {"audio_filepath": str(p226[0]), "label": "p226", "consent": "verbal"},
+        {"audio_filepath": str(p226[1]), "label": "p226"},
+    ]
+    clash = [lines[0], {**lines[1], "consent": "another form"}]
+    refused = run("enroll", "--manifest", manifest(clash, "clash.jsonl"))
+    assert refused.exit_code == 2 and "clash.jsonl:2" in refused.output
+    assert '"consent" differs from line 1' in refused.output
+    bad = [{**lines[0], "expires_after": "forever"}]
+    refused = run("enroll", "--manifest", manifest(bad, "bad.jsonl"))
+    assert refused.exit_code == 2 and "bad.jsonl:1" in refused.output
+    assert run("db", "set", "require-consent", "on").exit_code == 0
+    listed = json.loads(run("speakers", "list", "--json").stdout)
+    assert listed == []
+    made = run("enroll", "--manifest", manifest(lines))
+    assert made.exit_code == 0, made.output
+    shown = {
+        name: json.loads(run("speakers", "show", name, "--json").stdout)
+        for name in ("p225", "p226")
+    }
+    assert shown["p225"]["consent"] == "signed form 42" and shown["p226"]["consent"] == "verbal"
+    expires = dt.datetime.fromisoformat(shown["p225"]["expires_at"])
+    assert abs(expires - (dt.datetime.now(dt.UTC) + dt.timedelta(days=90))) < dt.timedelta(hours=1)
+    assert shown["p226"]["expires_at"] is None

@@ -22,7 +22,9 @@ from speakerdb.enroll._reports import (
     InputReport,
 )
 from speakerdb.scoring import cosine_scores
+from speakerdb.storage._governance import expires_at_after
 from speakerdb.storage._records import EnrollMode, EnrollRequest, EnrollResult, NewUtterance
+from speakerdb.storage._schema import utcnow
 
 if TYPE_CHECKING:
     from speakerdb._identity import ModelIdentity
@@ -189,6 +191,16 @@ class ManifestEnrollment:
         self._results: dict[str, dict[int, EmbeddedAudio]] = {n: {} for n in names}
         self._ready: list[str] = []
         self._last_commit = time.monotonic()
+        # Each speaker's consent and retention, from the lines that give them (read_manifest
+        # checked that they agree).
+        self._consent: dict[str, str] = {}
+        self._expires: dict[str, str] = {}
+        for entry in entries:
+            name = validated_name(entry.speaker)
+            if entry.consent is not None:
+                self._consent.setdefault(name, entry.consent)
+            if entry.expires_after is not None:
+                self._expires.setdefault(name, entry.expires_after)
 
     def skip(self, index: int, sha256: str) -> bool:
         """Whether a decoded input need not be embedded (see Embedder.iter_embed)."""
@@ -232,7 +244,16 @@ class ManifestEnrollment:
                 continue
             accepted = sort_inputs(report, ordered, self._known.get(name, set()))
             if accepted:
-                requests.append(EnrollRequest(name, accepted, self._mode, None))
+                requests.append(
+                    EnrollRequest(
+                        name,
+                        accepted,
+                        self._mode,
+                        None,
+                        expires_at=expires_at_after(self._expires.get(name), utcnow()),
+                        consent=self._consent.get(name),
+                    )
+                )
         results: dict[str, EnrollResult] = {}
         if requests:
             for result in self._store.enroll_many(requests, self._identity, self._guard):

@@ -28,9 +28,14 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class ManifestEntry:
+    """One manifest line. consent / expires_after: the line's ``"consent"`` text and
+    ``"expires_after"`` period ("3y", "90d" ...), for its speaker (None: not given)."""
+
     path: Path
     speaker: str
     line: int
+    consent: str | None = None
+    expires_after: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +84,13 @@ class _Paths:
 
 def read_manifest(path: str | Path) -> list[ManifestEntry]:
     """NeMo manifest: one JSON object per line with ``audio_filepath`` and ``label`` (or
-    ``speaker``). Blank lines are ignored."""
+    ``speaker``), optionally ``consent`` (text) and ``expires_after`` (a retention period:
+    "3y", "90d", "2w", "12h"), which apply to the line's speaker: the lines of one speaker
+    that give them must agree. Blank lines are ignored. Raises UsageError naming the line."""
     path = Path(path)
     resolve = _Paths(path.resolve().parent)
     entries: list[ManifestEntry] = []
+    governed: dict[str, dict[str, tuple[str, int]]] = {}
     for number, line in _read_lines(path, "manifest"):
         if not line.strip():
             continue
@@ -101,10 +109,36 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
             raise UsageError(f'{where}: missing "label" (or "speaker")')
         if not isinstance(speaker, str | int):
             raise UsageError(f'{where}: "label" must be text')
-        entries.append(ManifestEntry(resolve(audio), str(speaker), number))
+        consent, expires = _governance(item, where)
+        for key, value in (("consent", consent), ("expires_after", expires)):
+            if value is None:
+                continue
+            seen = governed.setdefault(str(speaker), {}).setdefault(key, (value, number))
+            if seen[0] != value:
+                raise UsageError(
+                    f'{where}: "{key}" differs from line {seen[1]} for speaker {str(speaker)!r}'
+                )
+        entries.append(ManifestEntry(resolve(audio), str(speaker), number, consent, expires))
     if not entries:
         raise UsageError(f"manifest {path} has no entries")
     return entries
+
+
+def _governance(item: dict[str, Any], where: str) -> tuple[str | None, str | None]:
+    """A manifest line's consent text and retention period, checked."""
+    from speakerdb.storage._governance import check_consent_text, parse_duration
+
+    consent, expires = item.get("consent"), item.get("expires_after")
+    try:
+        if consent is not None and not isinstance(consent, str):
+            raise UsageError('"consent" must be text')
+        if expires is not None:
+            if not isinstance(expires, str):
+                raise UsageError('"expires_after" must be a period such as "3y" or "90d"')
+            parse_duration(expires)
+        return check_consent_text(consent), expires
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc.message}") from None
 
 
 def read_trials(path: str | Path, require_labels: bool = False) -> list[Trial]:
