@@ -104,6 +104,29 @@ class DiarizationSettings:
     vad_min_speech: float = SpeechSettings.min_speech
     resegment: bool = False
 
+    @classmethod
+    def of(
+        cls,
+        num_speakers: int | None = None,
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> DiarizationSettings:
+        """Settings from the speaker counts and further fields by name (``options``, as the
+        ``**options`` of :func:`diarize` take them), checked. Raises UsageError for an
+        unknown field or impossible settings."""
+        try:
+            settings = cls(
+                num_speakers=num_speakers,
+                min_speakers=min_speakers,
+                max_speakers=max_speakers,
+                **(options or {}),
+            )
+        except TypeError as exc:
+            raise UsageError(f"unknown diarization option ({exc})") from None
+        settings.check()
+        return settings
+
     def count(self) -> SpeakerCount:
         return SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)
 
@@ -377,14 +400,6 @@ def diarize(
     from speakerdb.model._registry import DEFAULT_MODEL, load_model
 
     embedder = model if isinstance(model, Embedder) else load_model(model or DEFAULT_MODEL)
-    try:
-        settings = DiarizationSettings(
-            num_speakers=num_speakers,
-            min_speakers=min_speakers,
-            max_speakers=max_speakers,
-            **options,
-        )
-    except TypeError as exc:
-        raise UsageError(f"unknown diarization option ({exc})") from None
+    settings = DiarizationSettings.of(num_speakers, min_speakers, max_speakers, options)
     analysis = analyse_voices(audio, embedder, settings, sample_rate=sample_rate, progress=progress)
     return anonymous(analysis, embedder.identity.label)

@@ -16,7 +16,7 @@ from speakerdb.enroll._base import (
     options_of,
 )
 from speakerdb.enroll._cohort import normalization
-from speakerdb.errors import SpeakerDBError, UsageError
+from speakerdb.errors import SpeakerDBError
 from speakerdb.model._audio import AudioInput
 from speakerdb.scoring import DEFAULT_COHORT_TOP_N
 from speakerdb.storage._records import Candidate
@@ -231,14 +231,4 @@ def _settings(
 ) -> DiarizationSettings:
     from speakerdb.diarize import DiarizationSettings
 
-    try:
-        settings = DiarizationSettings(
-            num_speakers=num_speakers,
-            min_speakers=min_speakers,
-            max_speakers=max_speakers,
-            **options,
-        )
-    except TypeError as exc:
-        raise UsageError(f"unknown diarization option ({exc})") from None
-    settings.check()
-    return settings
+    return DiarizationSettings.of(num_speakers, min_speakers, max_speakers, options)
