@@ -176,6 +176,39 @@ def rates(llr: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float,
     return far, frr
 
 
+def _split_and_fit(
+    recs: list[Recording],
+    speakers: list[str],
+    n_cal: int,
+    enrolled: int,
+    rng: np.random.Generator,
+    prior: cal.Calibration,
+    identity: dict,
+) -> tuple[dict, cal.Calibration]:
+    """A random split of ``speakers``: ``n_cal`` of them enrolled with ``enrolled``
+    recordings each and self-calibrated (shrunk toward ``prior``), the others' held-out
+    trials; returns (the held-out trials, the fitted calibration)."""
+    order = rng.permutation(len(speakers))
+    cal_spk = {speakers[i] for i in order[:n_cal]}
+    db = []
+    for s in sorted(cal_spk):
+        own = [r for r in recs if r.speaker == s]
+        db += [own[i] for i in rng.choice(len(own), enrolled, replace=False)]
+    trials = held_out_trials([r for r in recs if r.speaker not in cal_spk], rng)
+    fitted = simulate_fit(
+        db, et.SHRINK_SPEAKERS, prior, identity, form=et.SELF_FORM, validate=et.SHRINK_VALIDATED
+    )
+    return trials, fitted
+
+
+def _held_out_row(trials: dict, c: cal.Calibration) -> dict[str, float]:
+    """FAR and FRR at ln 99 of each kind of held-out trial under ``c``."""
+    row = {}
+    for kind, (q, y) in trials.items():
+        row[f"{kind}_far"], row[f"{kind}_frr"] = rates(c.llrs(q), y, LN99)
+    return row
+
+
 def held_out_self_rows(
     name: str,
     recs: list[Recording],
@@ -192,26 +225,10 @@ def held_out_self_rows(
     rng = np.random.default_rng([13, SETS.index(name)])
     table: dict[str, list[dict[str, float]]] = {}
     for _ in range(splits):
-        order = rng.permutation(len(speakers))
-        cal_spk = {speakers[i] for i in order[: (len(speakers) + 1) // 2]}
-        db = []
-        for s in sorted(cal_spk):
-            own = [r for r in recs if r.speaker == s]
-            db += [own[i] for i in rng.choice(len(own), enrolled, replace=False)]
-        trials = held_out_trials([r for r in recs if r.speaker not in cal_spk], rng)
-        fitted = simulate_fit(
-            db,
-            et.SHRINK_SPEAKERS,
-            prior,
-            identity,
-            form=et.SELF_FORM,
-            validate=et.SHRINK_VALIDATED,
-        )
+        n_cal = (len(speakers) + 1) // 2
+        trials, fitted = _split_and_fit(recs, speakers, n_cal, enrolled, rng, prior, identity)
         for label, c in (("prior", prior), ("self", fitted)):
-            row = {}
-            for kind, (q, y) in trials.items():
-                row[f"{kind}_far"], row[f"{kind}_frr"] = rates(c.llrs(q), y, LN99)
-            table.setdefault(label, []).append(row)
+            table.setdefault(label, []).append(_held_out_row(trials, c))
     return {
         label: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
         for label, rows in table.items()
@@ -332,25 +349,11 @@ def main() -> None:
         # How many enrolled speakers the default needs: the held-out cost by database size.
         for n_cal in range(2, len(speakers) - 1):
             for _ in range(args.splits):
-                order = rng.permutation(len(speakers))
-                cal_spk = {speakers[i] for i in order[:n_cal]}
-                db = []
-                for s in sorted(cal_spk):
-                    own = [r for r in recs if r.speaker == s]
-                    db += [own[i] for i in rng.choice(len(own), args.enrolled, replace=False)]
-                trials = held_out_trials([r for r in recs if r.speaker not in cal_spk], rng)
-                fitted = simulate_fit(
-                    db,
-                    et.SHRINK_SPEAKERS,
-                    prior,
-                    identity,
-                    form=et.SELF_FORM,
-                    validate=et.SHRINK_VALIDATED,
+                trials, fitted = _split_and_fit(
+                    recs, speakers, n_cal, args.enrolled, rng, prior, identity
                 )
                 for label, c in (("bundled", prior), ("self", fitted)):
-                    row = {}
-                    for kind, (q, y) in trials.items():
-                        row[f"{kind}_far"], row[f"{kind}_frr"] = rates(c.llrs(q), y, LN99)
+                    row = _held_out_row(trials, c)
                     sizes.setdefault(name, {}).setdefault(f"{n_cal} {label}", []).append(row)
 
     summary: dict[str, dict[str, dict[str, float]]] = {}
