@@ -319,3 +319,45 @@ def test_a_manifest_carries_consent_and_retention_per_speaker(db_url, tmp_path):
     expires = dt.datetime.fromisoformat(shown["p225"]["expires_at"])
     assert abs(expires - (dt.datetime.now(dt.UTC) + dt.timedelta(days=90))) < dt.timedelta(hours=1)
     assert shown["p226"]["expires_at"] is None
+
+
+def test_a_tenant_default_retention_dates_new_speakers(db_url):
+    """``db set default-expires-after 3y``: a new speaker of the tenant enrolled without an
+    expiry gets now + 3y (an explicit one wins; speakers enrolled before keep theirs; other
+    tenants are untouched); a bad period changes nothing; ``off`` removes the default."""
+    require_data()
+    groups = by_speaker("vctk")
+    runner = CliRunner()
+
+    def run(*argv: str):
+        return runner.invoke(cli, [*argv, "--db", db_url])
+
+    def expiry(name: str, *tenant: str):
+        shown = json.loads(run("speakers", "show", name, "--json", *tenant).stdout)
+        return (
+            None if shown["expires_at"] is None else dt.datetime.fromisoformat(shown["expires_at"])
+        )
+
+    def near(moment, days: int) -> bool:
+        return abs(moment - (dt.datetime.now(dt.UTC) + dt.timedelta(days=days))) < dt.timedelta(
+            hours=1
+        )
+
+    files = {name: [str(p) for p in groups[name][:2]] for name in ("p225", "p226", "p227")}
+    assert run("enroll", "p225", *files["p225"]).exit_code == 0
+    made = run("db", "set", "default-expires-after", "3y", "--json")
+    assert made.exit_code == 0 and json.loads(made.stdout) == {"default_expires_after": "3y"}
+    bad = run("db", "set", "default-expires-after", "forever")
+    assert bad.exit_code == 2 and "retention period" in bad.output
+    assert run("enroll", "p226", *files["p226"]).exit_code == 0
+    assert run("enroll", "p227", *files["p227"], "--expires-after", "90d").exit_code == 0
+    assert run("enroll", "p228", *files["p226"], "--tenant", "other").exit_code == 0
+    assert expiry("p225") is None  # enrolled before the default
+    assert near(expiry("p226"), 3 * 365) and near(expiry("p227"), 90)
+    assert expiry("p228", "--tenant", "other") is None
+    assert run("db", "set", "default-expires-after", "off").exit_code == 0
+    assert run("enroll", "p229", *files["p225"]).exit_code == 0
+    assert expiry("p229") is None
+    log = json.loads(run("audit", "list", "--json").stdout)
+    settings = [e["detail"] for e in log if e["action"] == "setting"]
+    assert settings == [{"default_expires_after": "3y"}, {"default_expires_after": None}]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from speakerdb.cli._common import db_option, emit_json, handles_errors, json_option, open_db, show
+from speakerdb.errors import UsageError
 
 
 @click.command("expire")
@@ -32,18 +33,30 @@ def db_expire(no_compact: bool, all_tenants: bool, db_url: str | None, as_json: 
 
 
 @click.command("set")
-@click.argument("setting", type=click.Choice(["require-consent"]))
-@click.argument("value", type=click.Choice(["on", "off"]))
+@click.argument("setting", type=click.Choice(["require-consent", "default-expires-after"]))
+@click.argument("value")
 @db_option
 @json_option
 @handles_errors
 def db_set(setting: str, value: str, db_url: str | None, as_json: bool) -> None:
-    """Change a setting of the tenant. require-consent on: every enrollment of a new
-    speaker in the tenant must record consent (enroll --consent TEXT), or it is refused."""
+    """Change a setting of the tenant. require-consent on|off: every enrollment of a new
+    speaker in the tenant must record consent (enroll --consent TEXT), or it is refused.
+    default-expires-after PERIOD|off: a new speaker enrolled without --expires-after expires
+    PERIOD after its enrollment (3y, 90d, 2w, 12h; e.g. BIPA's 3-year cap: 3y)."""
+    if setting == "require-consent" and value not in ("on", "off"):
+        raise UsageError(f"require-consent takes on or off, not {value!r}")
     with open_db(db_url) as handle:
-        handle.set_require_consent(value == "on")
-        now = handle.require_consent()
+        if setting == "require-consent":
+            handle.set_require_consent(value == "on")
+            now = handle.require_consent()
+            document: dict[str, object] = {"require_consent": now}
+            text = f"require-consent is {'on' if now else 'off'}"
+        else:
+            handle.set_default_retention(None if value == "off" else value)
+            period = handle.default_retention()
+            document = {"default_expires_after": period}
+            text = f"default-expires-after is {period or 'off'}"
     if as_json:
-        emit_json({"require_consent": now})
+        emit_json(document)
     else:
-        click.echo(f"require-consent is {'on' if now else 'off'}")
+        click.echo(text)

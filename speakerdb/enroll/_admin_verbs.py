@@ -233,3 +233,14 @@ class AdminVerbs(FacadeBase):
     def set_require_consent(self, required: bool) -> None:
         """Require (or stop requiring) consent for every enrollment of a new speaker."""
         self.store.set_require_consent(required)
+
+    def default_retention(self) -> str | None:
+        """This tenant's default retention period for new speakers ("3y" ...), or None."""
+        return self.store.default_retention()
+
+    def set_default_retention(self, period: str | None) -> None:
+        """Every new speaker of this tenant enrolled without ``expires_after`` expires
+        ``period`` after its enrollment ("3y", "90d", "2w", "12h"; None: no default; BIPA's
+        3-year cap is "3y"). Speakers enrolled already keep theirs. Raises UsageError for a
+        bad period."""
+        self.store.set_default_retention(period)

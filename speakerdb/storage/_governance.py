@@ -15,6 +15,7 @@ None of these opens a transaction: each runs in the caller's, with ``store_state
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -44,6 +45,7 @@ __all__ = [
     "opted_out",
     "parse_duration",
     "remove_opt_out",
+    "with_default_retention",
 ]
 
 MAX_CONSENT = 2000  # characters of consent text
@@ -119,6 +121,27 @@ def check_enrollable(
                 f"this database requires consent for every enrollment: none given for "
                 f"{missing[0]!r} (--consent TEXT)"
             )
+
+
+def with_default_retention(
+    conn: Connection,
+    tenant_id: int,
+    requests: Sequence[EnrollRequest],
+    existing: set[str],
+    now: dt.datetime,
+) -> list[EnrollRequest]:
+    """``requests`` with the tenant's default retention (``tenants.default_retention``) as
+    the expiry of every new speaker enrolled without one; the others as they are."""
+    period = conn.execute(select(Tenant.default_retention).where(Tenant.id == tenant_id)).scalar()
+    if not period:
+        return list(requests)
+    expires_at = now + parse_duration(period)
+    return [
+        dataclasses.replace(r, expires_at=expires_at)
+        if r.expires_at is None and r.name not in existing
+        else r
+        for r in requests
+    ]
 
 
 def check_consent_text(consent: str | None) -> str | None:

@@ -19,6 +19,7 @@ from speakerdb.storage._governance import (
     erase_speaker,
     expired,
     opted_out,
+    parse_duration,
     remove_opt_out,
 )
 from speakerdb.storage._names import validated_name
@@ -144,3 +145,30 @@ class GovernedStore(AuditedStore):
             append(conn, tenant_id, [PendingEntry("setting", decision="set", detail=detail)])
 
         self.write(work, "change the consent setting")
+
+    def default_retention(self) -> str | None:
+        """The tenant's default retention period ("3y" ...) for new speakers, or None."""
+        with self.reading("read the settings") as conn:
+            value = conn.execute(
+                select(Tenant.default_retention).where(Tenant.id == self.tenant_id(conn))
+            ).scalar()
+        return str(value) if value else None
+
+    def set_default_retention(self, period: str | None) -> None:
+        """Give every new speaker of this tenant enrolled without an expiry the expiry now +
+        ``period`` ("3y", "90d", "2w", "12h"; None: no default). Speakers enrolled already
+        keep theirs. Audited. Raises UsageError for a bad period or a read-only store."""
+        if period is not None:
+            parse_duration(period)
+            period = period.strip().lower()
+
+        def work(conn: Connection) -> None:
+            lock_state(conn)
+            tenant_id = self.writing_tenant(conn)
+            conn.execute(
+                update(Tenant).where(Tenant.id == tenant_id).values(default_retention=period)
+            )
+            detail = {"default_expires_after": period}
+            append(conn, tenant_id, [PendingEntry("setting", decision="set", detail=detail)])
+
+        self.write(work, "change the default retention")

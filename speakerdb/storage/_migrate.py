@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 UPGRADE_COMMAND = "speakerdb db upgrade"
-SCHEMA_HEAD = "0013"
+SCHEMA_HEAD = "0014"
 """The newest revision in ``speakerdb/migrations/versions`` (a test keeps the two equal).
 Known without importing Alembic, which is only loaded to migrate."""
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"

@@ -175,6 +175,9 @@ class Tenant(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Every enrollment of a new speaker must record consent (``db set require-consent on``).
     require_consent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # A new speaker enrolled without an expiry gets now + this period (revision 0014;
+    # ``db set default-expires-after 3y``); None: no default.
+    default_retention: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class Calibration(Base):

@@ -41,7 +41,7 @@ from speakerdb.storage._enroll_rows import (
     existing_names,
     validated_request,
 )
-from speakerdb.storage._governance import check_enrollable, erase_speaker
+from speakerdb.storage._governance import check_enrollable, erase_speaker, with_default_retention
 from speakerdb.storage._governance_store import GovernedStore
 from speakerdb.storage._location import resolve_location
 from speakerdb.storage._metadata import validated_metadata
@@ -272,7 +272,7 @@ class EnrollmentStore(GovernedStore):
         Raises UsageError for bad names, modes, metadata or vectors (before touching the
         database), ModelMismatchError when the database holds another model's vectors.
         """
-        prepared = [validated_request(r, model.dimension) for r in requests]
+        requests_in = [validated_request(r, model.dimension) for r in requests]
 
         def work(conn: Connection) -> list[EnrollResult]:
             state = lock_state(conn)
@@ -282,8 +282,9 @@ class EnrollmentStore(GovernedStore):
             results: dict[int, EnrollResult] = {}
             # New speakers (the common case of a large enrollment) go in with a few bulk
             # statements; existing or repeated names take the general path afterwards.
-            existing = existing_names(conn, tenant_id, [r.name for r in prepared])
-            check_enrollable(conn, tenant_id, prepared, existing)
+            existing = existing_names(conn, tenant_id, [r.name for r in requests_in])
+            check_enrollable(conn, tenant_id, requests_in, existing)
+            prepared = with_default_retention(conn, tenant_id, requests_in, existing, utcnow())
             fresh: dict[str, int] = {}
             for i, request in enumerate(prepared):
                 if (
