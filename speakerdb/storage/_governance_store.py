@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
@@ -134,17 +135,9 @@ class GovernedStore(AuditedStore):
     def set_require_consent(self, required: bool) -> None:
         """Require (or stop requiring) consent for every enrollment of a new speaker in
         this tenant."""
-
-        def work(conn: Connection) -> None:
-            lock_state(conn)
-            tenant_id = self.writing_tenant(conn)
-            conn.execute(
-                update(Tenant).where(Tenant.id == tenant_id).values(require_consent=required)
-            )
-            detail = {"require_consent": required}
-            append(conn, tenant_id, [PendingEntry("setting", decision="set", detail=detail)])
-
-        self.write(work, "change the consent setting")
+        self._set_tenant_setting(
+            {"require_consent": required}, {"require_consent": required}, "consent setting"
+        )
 
     def default_retention(self) -> str | None:
         """The tenant's default retention period ("3y" ...) for new speakers, or None."""
@@ -161,14 +154,20 @@ class GovernedStore(AuditedStore):
         if period is not None:
             parse_duration(period)
             period = period.strip().lower()
+        self._set_tenant_setting(
+            {"default_retention": period}, {"default_expires_after": period}, "default retention"
+        )
+
+    def _set_tenant_setting(
+        self, values: dict[str, Any], detail: dict[str, Any], what: str
+    ) -> None:
+        """Write ``values`` to this tenant's row with one audited "setting" entry
+        (``detail``) in the same transaction."""
 
         def work(conn: Connection) -> None:
             lock_state(conn)
             tenant_id = self.writing_tenant(conn)
-            conn.execute(
-                update(Tenant).where(Tenant.id == tenant_id).values(default_retention=period)
-            )
-            detail = {"default_expires_after": period}
+            conn.execute(update(Tenant).where(Tenant.id == tenant_id).values(**values))
             append(conn, tenant_id, [PendingEntry("setting", decision="set", detail=detail)])
 
-        self.write(work, "change the default retention")
+        self.write(work, f"change the {what}")
