@@ -499,3 +499,23 @@ def test_diarize_ray_needs_a_manifest(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: --ray applies to --manifest diarization only")
+
+
+def test_messages_ray_holds_back_until_shutdown_never_reach_stdout(cluster, monkeypatch, capfd):
+    """What Ray prints when a worker dies ("(raylet) Task ... submit failed") is held back by
+    its log de-duplicator when repeated and flushed at ``ray.shutdown``: on stderr, never on
+    stdout, which carries the ``--json`` report."""
+    from ray._private import worker as ray_worker
+
+    from speakerdb.enroll._ray_batch import RayOptions, ray_session
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    message = "Task MapWorker(_EmbedBatch).submit failed. There are infinite retries remaining"
+    with ray_session(RayOptions(cluster.address, 1, 1)):
+        for _ in range(3):  # published the way Ray's error listener publishes it
+            ray_worker.print_to_stdstream(
+                {"lines": [message], "pid": "raylet", "is_err": False}, ignore_prefix=False
+            )
+    out, err = capfd.readouterr()
+    assert "submit failed" not in out
+    assert "repeated 2x" in err  # the held-back copies were flushed, to stderr

@@ -150,13 +150,15 @@ def ray_session(options: RayOptions) -> Iterator[Any]:
         ) from None
     except (RuntimeError, ValueError) as exc:
         raise ConfigurationError(f"cannot start Ray ({options.address}): {exc}") from None
-    try:
-        # Ray prints its workers' and raylets' complaints on the driver's stdout, which is
-        # for results (--json): they go to stderr.
-        with contextlib.redirect_stdout(sys.stderr):
+    # Ray prints its workers' and raylets' complaints on the driver's stdout, which is for
+    # results (--json): they go to stderr. The shutdown stays inside the redirect: it flushes
+    # the messages Ray held back (e.g. "(raylet) Task ... submit failed" after a worker died)
+    # to whatever sys.stdout is at that moment.
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
             yield ray
-    finally:
-        ray.shutdown()
+        finally:
+            ray.shutdown()
 
 
 def _worker_env() -> dict[str, str]:
