@@ -235,6 +235,40 @@ def held_out_self_rows(
     }
 
 
+def mean_rows(table: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per row label, the mean of each figure over the splits."""
+    return {
+        label: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        for label, rows in table.items()
+    }
+
+
+def held_out_cost(f: dict[str, float]) -> float:
+    """FRR + 99 FAR (the cost at prior 0.01), averaged over file pairs and voiceprints."""
+    return (f["pairs_frr"] + 99 * f["pairs_far"] + f["vp_frr"] + 99 * f["vp_far"]) / 2
+
+
+def loso_choice(
+    summary: dict[str, dict[str, dict[str, float]]], candidates: list[str]
+) -> dict[str, str]:
+    """For each set, the candidate row chosen on the OTHER sets: lowest mean cost among the
+    rows keeping FAR <= 1 % on every other set (all candidates if none does)."""
+    chosen: dict[str, str] = {}
+    for name in summary:
+        others = [s for s in summary if s != name]
+        safe = [
+            lab
+            for lab in candidates
+            if all(
+                max(summary[s][lab]["pairs_far"], summary[s][lab]["vp_far"]) <= 0.01 for s in others
+            )
+        ] or candidates
+        chosen[name] = min(
+            safe, key=lambda lab: float(np.mean([held_out_cost(summary[s][lab]) for s in others]))
+        )
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--splits", type=int, default=20)
@@ -356,30 +390,9 @@ def main() -> None:
                     row = _held_out_row(trials, c)
                     sizes.setdefault(name, {}).setdefault(f"{n_cal} {label}", []).append(row)
 
-    summary: dict[str, dict[str, dict[str, float]]] = {}
-    for name, table in results.items():
-        summary[name] = {
-            label: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-            for label, rows in table.items()
-        }
-
-    def cost(f: dict[str, float]) -> float:
-        return (f["pairs_frr"] + 99 * f["pairs_far"] + f["vp_frr"] + 99 * f["vp_far"]) / 2
-
+    summary = {name: mean_rows(table) for name, table in results.items()}
     # Leave-one-set-out choice of the default (k, operating point) among the self rows.
-    self_rows = [label for label in summary[SETS[0]] if label.startswith("self ")]
-    chosen: dict[str, str] = {}
-    for name in SETS:
-        others = [s for s in SETS if s != name]
-        # Among the rows that keep FAR <= 1 % on every other set (all rows if none does).
-        safe = [
-            lab
-            for lab in self_rows
-            if all(
-                max(summary[s][lab]["pairs_far"], summary[s][lab]["vp_far"]) <= 0.01 for s in others
-            )
-        ] or self_rows
-        chosen[name] = min(safe, key=lambda lab: np.mean([cost(summary[s][lab]) for s in others]))
+    chosen = loso_choice(summary, [lab for lab in summary[SETS[0]] if lab.startswith("self ")])
 
     lines = [
         f"self-calibration, held-out speakers: {args.splits} splits per set, "
@@ -424,7 +437,8 @@ def main() -> None:
             lines.append(
                 f"{name:16} {n_cal:2d} spk  self {100 * own['pairs_far']:5.2f}/"
                 f"{100 * own['pairs_frr']:5.1f}  {100 * own['vp_far']:5.2f}/"
-                f"{100 * (1 - own['vp_frr']):5.1f}%  cost {cost(own):.3f} vs {cost(ref):.3f}"
+                f"{100 * (1 - own['vp_frr']):5.1f}%  "
+                f"cost {held_out_cost(own):.3f} vs {held_out_cost(ref):.3f}"
             )
     emit(
         lines,

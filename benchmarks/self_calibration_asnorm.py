@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibration_transfer import EmbeddingCache, Recording, embed_set
-from self_calibration import LN99, SETS, rates, simulate_fit
+from self_calibration import LN99, SETS, loso_choice, mean_rows, rates, simulate_fit
 
 from _common import DATA, emit
 from speakerdb import _calibration as cal
@@ -318,26 +318,10 @@ def main() -> None:
             rows["oracle cosine @1% FAR"] = oracle
             for label, row in rows.items():
                 table.setdefault(label, []).append(row)
-        summary[name] = {
-            label: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]}
-            for label, rs in table.items()
-        }
-
-    def cost(f: dict[str, float]) -> float:
-        return (f["pairs_frr"] + 99 * f["pairs_far"] + f["vp_frr"] + 99 * f["vp_far"]) / 2
+        summary[name] = mean_rows(table)
 
     candidates = [lab for lab in summary[SETS[0]] if not lab.startswith("oracle")]
-    chosen: dict[str, str] = {}
-    for name in SETS:
-        others = [s for s in SETS if s != name]
-        safe = [
-            lab
-            for lab in candidates
-            if all(
-                max(summary[s][lab]["pairs_far"], summary[s][lab]["vp_far"]) <= 0.01 for s in others
-            )
-        ] or candidates
-        chosen[name] = min(safe, key=lambda lab: np.mean([cost(summary[s][lab]) for s in others]))
+    chosen = loso_choice(summary, candidates)
     lines = [
         f"AS-norm self-calibration vs affine, held-out speakers: {args.splits} splits, "
         f"{args.enrolled} recordings per enrolled speaker; FAR / FRR in %",
