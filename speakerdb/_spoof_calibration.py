@@ -13,6 +13,8 @@ bona fide speech alone, then prior-weighted logistic regression with every condi
 alike (:func:`speakerdb._calibration.group_weights`). A probe is detected as spoofed iff
 ``llr < threshold``; the threshold is chosen on the fitting data as the highest value at
 which no bona fide condition has more than ``max_flag_rate`` of its recordings flagged.
+:func:`adapt_spoof_calibration` moves a fitted calibration to a user's channel from that
+channel's bona fide speech alone (no attacks needed).
 
 Pure numpy; no torch, no SQL.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +41,7 @@ __all__ = [
     "SPOOF_FEATURES",
     "SPOOF_FORMAT",
     "SpoofCalibration",
+    "adapt_spoof_calibration",
     "bundled_spoof_calibration",
     "fit_spoof_calibration",
     "spoof_features",
@@ -216,6 +220,96 @@ def fit_spoof_calibration(
             "note": note,
         },
     )
+
+
+def adapt_spoof_calibration(
+    base: SpoofCalibration,
+    raw: npt.ArrayLike,
+    bandwidth_hz: npt.ArrayLike,
+    speakers: Sequence[str | None] | None = None,
+    *,
+    max_flag_rate: float = DEFAULT_MAX_FLAG_RATE,
+    min_per_band: int = 20,
+    note: str = "",
+) -> SpoofCalibration:
+    """``base`` moved to a channel known only from its bona fide recordings.
+
+    raw, bandwidth_hz: (n,) countermeasure log-odds and bandwidths (Hz) of bona fide speech
+    of the user's channel; speakers: (n,) who speaks in each (None: unknown, counted as a
+    speaker of its own). What an attack looks like (the slope of the LLR map) stays the
+    base's: it cannot be learned without attacks. What moves with the channel is an offset
+    per band (narrowband / wideband) with at least ``min_per_band`` recordings: the bias for
+    wideband speech, the narrowband weight for narrowband (each band moved by its own offset
+    only; a band without enough recordings keeps the base's mapping).
+
+    The offset puts the band's estimated ``max_flag_rate`` quantile of bona fide LLRs at the
+    base's threshold. The estimate is for speakers the list does not hold: a normal quantile
+    whose spread is the within-speaker variance plus the variance of the speakers' means (the
+    countermeasure scores some voices lower than others; the list's own empirical quantile
+    flags far more than the allowed share of other speakers' speech). The offset only ever
+    makes a band more permissive: speech the base already passes keeps the base's rule (a
+    stricter rule fitted on a few speakers flagged other speakers' speech too often). Both
+    choices and their held-out figures: docs/spoofing.md, "Bona fide speech alone".
+
+    Raises UsageError when no band has ``min_per_band`` recordings, on a bad rate, or on
+    mismatched / non-finite input.
+    """
+    if not 0.0 < max_flag_rate < 1.0:
+        raise UsageError("max_flag_rate must be in (0, 1)")
+    x = spoof_features(raw, bandwidth_hz)
+    who = [None] * x.shape[0] if speakers is None else list(speakers)
+    if len(who) != x.shape[0]:
+        raise UsageError(f"{len(who)} speakers for {x.shape[0]} recordings")
+    labels = np.array([f"#{i}" if s is None else f"={s}" for i, s in enumerate(who)])
+    slope = base.weights[0]
+    if slope <= 0.0:
+        raise UsageError("the base calibration's slope is not positive: it cannot be adapted")
+    llr = x @ np.asarray(base.weights) + base.bias
+    narrow = x[:, 1] == 1.0
+    offsets: dict[str, float] = {}
+    counts = {"narrowband": int(narrow.sum()), "wideband": int((~narrow).sum())}
+    z = statistics.NormalDist().inv_cdf(max_flag_rate)
+    for band, members in (("wideband", ~narrow), ("narrowband", narrow)):
+        if members.sum() >= min_per_band:
+            mean, spread = _speaker_spread(llr[members], labels[members])
+            offsets[band] = max(0.0, base.threshold - (mean + z * spread))
+    if not offsets:
+        raise UsageError(
+            f"too few bona fide recordings to adapt the spoof calibration: "
+            f"{counts['narrowband']} narrowband and {counts['wideband']} wideband "
+            f"(need {min_per_band} of one band)"
+        )
+    bias = base.bias + offsets.get("wideband", 0.0)
+    # narrowband LLR = slope raw + narrow_weight + bias: moved by its own offset only (the
+    # bias moved for wideband speech is taken back out of it).
+    narrow_weight = base.weights[1] + offsets.get("narrowband", 0.0) - (bias - base.bias)
+    return SpoofCalibration(
+        countermeasure=dict(base.countermeasure),
+        weights=(slope, narrow_weight),
+        bias=float(bias),
+        threshold=base.threshold,
+        fit={
+            "mode": "bona fide only",
+            "base": dict(base.fit),
+            "max_flag_rate": max_flag_rate,
+            "narrowband_shift": float(-narrow_weight / slope),
+            "offsets": offsets,
+            "groups": {f"bonafide-{band}": count for band, count in counts.items() if count},
+            "note": note,
+        },
+    )
+
+
+def _speaker_spread(values: Array, speakers: npt.NDArray[np.str_]) -> tuple[float, float]:
+    """(mean of the speakers' means, sqrt(mean within-speaker variance + variance of the
+    speakers' means)): the spread of one recording of a speaker not in ``values``. Speakers
+    with one recording add to the second term only."""
+    names = sorted(set(speakers.tolist()))
+    means = np.array([values[speakers == n].mean() for n in names])
+    within = [values[speakers == n].var(ddof=1) for n in names if (speakers == n).sum() > 1]
+    between = float(means.var(ddof=1)) if means.size > 1 else 0.0
+    spread = math.sqrt((float(np.mean(within)) if within else 0.0) + between)
+    return float(means.mean()), spread
 
 
 def _balanced_mean(values: Array, groups: npt.NDArray[np.str_]) -> float:

@@ -142,7 +142,7 @@ def show_countermeasure(db_url: str | None, as_json: bool) -> None:
         summary = _calibration_summary(own)
         click.echo(
             f"spoof calibration: database, fitted {summary['fitted']} on "
-            f"{summary['note']}; threshold {summary['threshold']:.3f}"
+            f"{summary['note']} ({summary['mode']}); threshold {summary['threshold']:.3f}"
         )
 
 
@@ -154,6 +154,7 @@ def _calibration_summary(own: dict[str, Any] | None) -> dict[str, Any]:
         "source": "database",
         "fitted": own.get("fitted"),
         "note": fit.get("note"),
+        "mode": fit.get("mode", "fitted on bona fide speech and attacks"),
         "threshold": own.get("threshold"),
         "groups": fit.get("groups"),
         "weights_sha256": (own.get("countermeasure") or {}).get("weights_sha256"),
@@ -176,6 +177,12 @@ def _calibration_summary(own: dict[str, Any] | None) -> dict[str, Any]:
     type=click.Path(path_type=Path),
     help="Calibrate this checkpoint instead of the database's countermeasure.",
 )
+@click.option(
+    "--bona-fide-only",
+    is_flag=True,
+    help="RECORDINGS are real speech of your channel only (any speaker manifest): adapt the "
+    "bundled calibration to them instead of fitting one.",
+)
 @click.option("--reset", is_flag=True, help="Remove the database's own spoof calibration.")
 @db_option
 @json_option
@@ -183,6 +190,7 @@ def _calibration_summary(own: dict[str, Any] | None) -> dict[str, Any]:
 def calibrate_spoof(
     recordings: Path | None,
     max_flag_rate: float | None,
+    bona_fide_only: bool,
     spoof_model: Path | None,
     reset: bool,
     db_url: str | None,
@@ -193,12 +201,16 @@ def calibrate_spoof(
     RECORDINGS: an SASV trial list (`<target|nontarget|spoof> <speaker> <path>`; target and
     nontarget probes are bona fide speech) or a JSON-lines manifest (`{"audio_filepath",
     "spoof": true|false, "attack": NAME}`), paths relative to the file. At least 20 usable
-    bona fide recordings and 20 attacks (2 s or longer). The stored calibration replaces the
-    bundled one wherever these weights run (verify, identify, compare, enroll, sessions);
-    --reset removes it.
+    bona fide recordings and 20 attacks (2 s or longer). With --bona-fide-only, at least 20
+    recordings of one band (narrowband / wideband) of real speech and no attacks: each band's
+    offset is moved so that at most --max-flag-rate of it is flagged, the bundled slope kept.
+    The stored calibration replaces the bundled one wherever these weights run (verify,
+    identify, compare, enroll, sessions); --reset removes it.
     """
     if reset == (recordings is not None):
         raise UsageError("spoof calibrate takes RECORDINGS or --reset (one of them)")
+    if reset and bona_fide_only:
+        raise UsageError("--bona-fide-only goes with RECORDINGS, not --reset")
     with open_db(db_url) as db:
         if reset:
             had = db.reset_countermeasure_calibration()
@@ -211,13 +223,17 @@ def calibrate_spoof(
             return
         assert recordings is not None
         fit = db.calibrate_countermeasure(
-            recordings, spoof_model=spoof_model, max_flag_rate=max_flag_rate
+            recordings,
+            spoof_model=spoof_model,
+            max_flag_rate=max_flag_rate,
+            bona_fide_only=bona_fide_only,
         )
     report = fit.to_dict()
     if as_json:
         emit_json(report)
         return
-    click.echo(f"spoof calibration stored: threshold {fit.calibration.threshold:.3f}")
+    adapted = " (the bundled one adapted to bona fide speech)" if bona_fide_only else ""
+    click.echo(f"spoof calibration stored{adapted}: threshold {fit.calibration.threshold:.3f}")
     for name, count in fit.groups.items():
         click.echo(f"  {name}: {count} recordings, {fit.flagged[name]:.1%} flagged")
     if fit.skipped:

@@ -8,6 +8,11 @@ speech) or a JSON-lines manifest (``{"audio_filepath", "spoof": bool, "attack"?}
 distinct recording is scored once; the fit weights every condition alike: bona fide speech by
 band (narrowband / wideband, measured), attacks by their ``attack`` name (a manifest) or as one
 group (an SASV list).
+
+A channel's bona fide speech alone (no attacks: what a call centre has) adapts the bundled
+calibration instead (``bona_fide_only``; :func:`.adapt_spoof_calibration`): the offset of each
+band so that the allowed share of that speech is flagged, the bundled slope kept. Such a list
+may be any speaker manifest (lines without ``"spoof"`` are bona fide).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from speakerdb._spoof_calibration import (
     DEFAULT_MAX_FLAG_RATE,
     NARROWBAND_HZ,
     SpoofCalibration,
+    adapt_spoof_calibration,
+    bundled_spoof_calibration,
     fit_spoof_calibration,
 )
 from speakerdb.enroll._sasv import read_sasv_trials
@@ -51,6 +58,7 @@ class LabelledRecording:
     path: Path
     bonafide: bool
     attack: str | None  # the attack's name where the list gives one
+    speaker: str | None = None  # who speaks, where the list says (bona fide speech)
 
 
 @dataclass
@@ -75,8 +83,11 @@ class SpoofFit:
         }
 
 
-def read_labelled_recordings(path: Path) -> list[LabelledRecording]:
+def read_labelled_recordings(
+    path: Path, *, bona_fide_default: bool = False
+) -> list[LabelledRecording]:
     """The distinct recordings of an SASV trial list or a JSON-lines manifest, labelled.
+    bona_fide_default: manifest lines without ``"spoof"`` are bona fide (else an error).
     Raises UsageError for an unreadable or malformed file, or one recording labelled both."""
     try:
         text = path.read_text()
@@ -85,9 +96,14 @@ def read_labelled_recordings(path: Path) -> list[LabelledRecording]:
     first = next((line for line in text.splitlines() if line.strip()), "")
     found: dict[Path, LabelledRecording] = {}
     if first.lstrip().startswith("{"):
-        items = _manifest(path, text)
+        items = _manifest(path, text, bona_fide_default)
     else:
-        items = [LabelledRecording(t.path, t.kind != "spoof", None) for t in read_sasv_trials(path)]
+        items = [
+            LabelledRecording(
+                t.path, t.kind != "spoof", None, t.speaker if t.kind == "target" else None
+            )
+            for t in read_sasv_trials(path)
+        ]
     for item in items:
         seen = found.setdefault(item.path, item)
         if seen.bonafide != item.bonafide:
@@ -95,14 +111,15 @@ def read_labelled_recordings(path: Path) -> list[LabelledRecording]:
     return list(found.values())
 
 
-def _manifest(path: Path, text: str) -> list[LabelledRecording]:
+def _manifest(path: Path, text: str, bona_fide_default: bool) -> list[LabelledRecording]:
     out = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
-            audio, spoofed = entry["audio_filepath"], entry["spoof"]
+            audio = entry["audio_filepath"]
+            spoofed = entry.get("spoof", False) if bona_fide_default else entry["spoof"]
             if not isinstance(audio, str) or not isinstance(spoofed, bool):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
@@ -110,9 +127,13 @@ def _manifest(path: Path, text: str) -> list[LabelledRecording]:
                 f'{path}:{number}: expected {{"audio_filepath": PATH, "spoof": true|false}}'
             ) from None
         attack = entry.get("attack") if spoofed else None
+        label = entry.get("label")
         out.append(
             LabelledRecording(
-                (path.parent / audio).resolve(), not spoofed, str(attack) if attack else None
+                (path.parent / audio).resolve(),
+                not spoofed,
+                str(attack) if attack else None,
+                None if spoofed or label is None else str(label),
             )
         )
     if not out:
@@ -125,17 +146,34 @@ def fit_on_recordings(
     recordings: list[LabelledRecording],
     *,
     max_flag_rate: float = DEFAULT_MAX_FLAG_RATE,
+    bona_fide_only: bool = False,
     note: str = "",
 ) -> SpoofFit:
     """Score ``recordings`` with ``cm`` and fit its calibration on them (see the module
-    docstring). Raises UsageError with fewer than :data:`MIN_RECORDINGS_PER_CLASS` usable
-    recordings of either class or a bad ``max_flag_rate``."""
+    docstring); with ``bona_fide_only``, adapt the bundled calibration of ``cm``'s weights to
+    them instead. Raises UsageError with fewer than :data:`MIN_RECORDINGS_PER_CLASS` usable
+    recordings of either class (bona fide only: of one band), a bad ``max_flag_rate``, or,
+    bona fide only, attacks in the list or no bundled calibration for the weights."""
     from speakerdb.model._countermeasure import MIN_COUNTERMEASURE_SECONDS
 
     if not 0.0 < max_flag_rate < 1.0:
         raise UsageError("--max-flag-rate must be in (0, 1)")
+    base = None
+    if bona_fide_only:
+        attacks = sum(not r.bonafide for r in recordings)
+        if attacks:
+            raise UsageError(
+                f"--bona-fide-only takes bona fide recordings only; the list has {attacks} "
+                "attacks (without the option, attacks and bona fide speech are fitted together)"
+            )
+        base = bundled_spoof_calibration(cm.identity.weights_sha256)
+        if base is None:
+            raise UsageError(
+                f"no bundled spoof calibration for {cm.identity.label} to adapt: calibrate "
+                "it on bona fide recordings and attacks (without --bona-fide-only)"
+            )
     scored = cm.score([r.path for r in recordings])
-    raw, band, labels, groups = [], [], [], []
+    raw, band, labels, groups, speakers = [], [], [], [], []
     skipped: list[dict[str, str]] = []
     for item, s in zip(recordings, scored, strict=True):
         if s.error is not None:
@@ -148,26 +186,49 @@ def fit_on_recordings(
         raw.append(s.llr_input)
         band.append(s.bandwidth_hz)
         labels.append(1 if item.bonafide else 0)
+        speakers.append(item.speaker)
         if item.bonafide:
             groups.append(
                 "bonafide-" + ("narrowband" if s.bandwidth_hz < NARROWBAND_HZ else "wideband")
             )
         else:
             groups.append(f"spoof-{item.attack}" if item.attack else "spoof")
-    bona = sum(labels)
-    if min(bona, len(labels) - bona) < MIN_RECORDINGS_PER_CLASS:
-        raise UsageError(
-            f"too few recordings to fit a spoof calibration: {bona} bona fide and "
-            f"{len(labels) - bona} attacks usable (need {MIN_RECORDINGS_PER_CLASS} of each)"
-        )
     identity = {
         "family": cm.identity.family,
         "variant": cm.identity.variant,
         "weights_sha256": cm.identity.weights_sha256,
     }
+    if base is not None:
+        calibration = adapt_spoof_calibration(
+            base,
+            raw,
+            band,
+            speakers,
+            max_flag_rate=max_flag_rate,
+            min_per_band=MIN_RECORDINGS_PER_CLASS,
+            note=note,
+        )
+        return _report(calibration, raw, band, groups, skipped)
+    bona = sum(labels)
+    if min(bona, len(labels) - bona) < MIN_RECORDINGS_PER_CLASS:
+        raise UsageError(
+            f"too few recordings to fit a spoof calibration: {bona} bona fide and "
+            f"{len(labels) - bona} attacks usable (need {MIN_RECORDINGS_PER_CLASS} of each"
+            + ("; bona fide speech alone: --bona-fide-only)" if bona == len(labels) else ")")
+        )
     calibration = fit_spoof_calibration(
         raw, band, labels, groups, countermeasure=identity, max_flag_rate=max_flag_rate, note=note
     )
+    return _report(calibration, raw, band, groups, skipped)
+
+
+def _report(
+    calibration: SpoofCalibration,
+    raw: list[float],
+    band: list[float],
+    groups: list[str],
+    skipped: list[dict[str, str]],
+) -> SpoofFit:
     llr = calibration.llrs(raw, band)
     g = np.asarray(groups)
     counts = {name: int((g == name).sum()) for name in sorted(set(groups))}

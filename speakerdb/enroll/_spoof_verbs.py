@@ -57,13 +57,17 @@ class SpoofVerbs(FacadeBase):
         *,
         spoof_model: str | os.PathLike[str] | None = None,
         max_flag_rate: float | None = None,
+        bona_fide_only: bool = False,
     ) -> SpoofFit:
         """Fit the countermeasure's calibration on labelled recordings of your own channel
         (an SASV trial list or a JSON-lines manifest: :mod:`._spoof_fit`) and store it in the
         database: from then on it replaces the bundled one wherever these weights run.
         ``max_flag_rate``: the share of any bona fide group allowed to be flagged at the
-        threshold (default 0.05). Raises UsageError (no countermeasure, a bad list, too few
-        recordings), ModelError, StoreError."""
+        threshold (default 0.05). ``bona_fide_only``: the recordings are real speech of your
+        channel and nothing else (any speaker manifest); the bundled calibration is adapted
+        to them (each band's offset), not refitted. Raises UsageError (no countermeasure, a
+        bad list, too few recordings, attacks listed with ``bona_fide_only``), ModelError,
+        StoreError."""
         import hashlib
         from pathlib import Path
 
@@ -81,12 +85,13 @@ class SpoofVerbs(FacadeBase):
                 "--spoof-model PATH"
             )
         path = Path(recordings)
-        items = read_labelled_recordings(path)
+        items = read_labelled_recordings(path, bona_fide_default=bona_fide_only)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         fit = fit_on_recordings(
             cm,
             items,
             max_flag_rate=DEFAULT_MAX_FLAG_RATE if max_flag_rate is None else max_flag_rate,
+            bona_fide_only=bona_fide_only,
             note=f"{path.name} sha256 {digest}",
         )
         write_spoof_calibration(self.store, fit.calibration.to_dict())
