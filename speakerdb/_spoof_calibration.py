@@ -40,6 +40,7 @@ __all__ = [
     "NARROWBAND_HZ",
     "SPOOF_FEATURES",
     "SPOOF_FORMAT",
+    "TOLERANCE_CONFIDENCE",
     "SpoofCalibration",
     "adapt_spoof_calibration",
     "bundled_spoof_calibration",
@@ -55,6 +56,9 @@ wideband development speech: 5.2-8 kHz)."""
 DEFAULT_MAX_FLAG_RATE = 0.05
 """Operating point: at most this share of any bona fide condition flagged (a bona fide
 target must be accepted at >= 0.95 x the rate without the countermeasure)."""
+TOLERANCE_CONFIDENCE = 0.95
+"""Confidence of the bound :func:`adapt_spoof_calibration` puts at the threshold: the usual
+level of a one-sided tolerance bound, not fitted (docs/spoofing.md)."""
 _REGULARISATION = 1e-6  # near-separable data: a larger penalty would flatten the LLRs
 _BUNDLED = "spoof-aasist.json"
 
@@ -242,14 +246,17 @@ def adapt_spoof_calibration(
     wideband speech, the narrowband weight for narrowband (each band moved by its own offset
     only; a band without enough recordings keeps the base's mapping).
 
-    The offset puts the band's estimated ``max_flag_rate`` quantile of bona fide LLRs at the
-    base's threshold. The estimate is for speakers the list does not hold: a normal quantile
-    whose spread is the within-speaker variance plus the variance of the speakers' means (the
-    countermeasure scores some voices lower than others; the list's own empirical quantile
-    flags far more than the allowed share of other speakers' speech). The offset only ever
-    makes a band more permissive: speech the base already passes keeps the base's rule (a
-    stricter rule fitted on a few speakers flagged other speakers' speech too often). Both
-    choices and their held-out figures: docs/spoofing.md, "Bona fide speech alone".
+    The offset puts a bound on the band's ``max_flag_rate`` quantile of bona fide LLRs at the
+    base's threshold. The bound is for speakers the list does not hold: a one-sided normal
+    tolerance bound (confidence :data:`TOLERANCE_CONFIDENCE`) over the speakers, whose spread
+    is the within-speaker variance plus the variance of the speakers' means (the
+    countermeasure scores some voices lower than others: the list's own empirical quantile
+    flags far more than the allowed share of other speakers' speech). Only a band of which the
+    base flags more than ``max_flag_rate`` of the list is moved, and only ever toward
+    passing more: speech the base already passes keeps the base's rule (a rule fitted on a
+    few speakers, in either direction, flagged other speakers' speech too often or let more
+    attacks through for nothing). Both choices and their held-out figures: docs/spoofing.md,
+    "Bona fide speech alone".
 
     Raises UsageError when no band has ``min_per_band`` recordings, on a bad rate, or on
     mismatched / non-finite input.
@@ -268,11 +275,20 @@ def adapt_spoof_calibration(
     narrow = x[:, 1] == 1.0
     offsets: dict[str, float] = {}
     counts = {"narrowband": int(narrow.sum()), "wideband": int((~narrow).sum())}
-    z = statistics.NormalDist().inv_cdf(max_flag_rate)
+    normal = statistics.NormalDist()
+    z = -normal.inv_cdf(max_flag_rate)
+    flagged: dict[str, float] = {}
     for band, members in (("wideband", ~narrow), ("narrowband", narrow)):
         if members.sum() >= min_per_band:
-            mean, spread = _speaker_spread(llr[members], labels[members])
-            offsets[band] = max(0.0, base.threshold - (mean + z * spread))
+            flagged[band] = float(np.mean(llr[members] < base.threshold))
+            mean, spread, speakers_in = _speaker_spread(llr[members], labels[members])
+            # The one-sided normal tolerance factor (Natrella's approximation): the quantile
+            # bound holds with TOLERANCE_CONFIDENCE over the speakers the list samples.
+            zc = normal.inv_cdf(TOLERANCE_CONFIDENCE)
+            k = z + zc * math.sqrt(1.0 / speakers_in + z * z / (2.0 * speakers_in))
+            # A band the base already passes keeps the base's rule.
+            moved = flagged[band] > max_flag_rate
+            offsets[band] = max(0.0, base.threshold - (mean - k * spread)) if moved else 0.0
     if not offsets:
         raise UsageError(
             f"too few bona fide recordings to adapt the spoof calibration: "
@@ -294,22 +310,23 @@ def adapt_spoof_calibration(
             "max_flag_rate": max_flag_rate,
             "narrowband_shift": float(-narrow_weight / slope),
             "offsets": offsets,
+            "flagged_before": flagged,
             "groups": {f"bonafide-{band}": count for band, count in counts.items() if count},
             "note": note,
         },
     )
 
 
-def _speaker_spread(values: Array, speakers: npt.NDArray[np.str_]) -> tuple[float, float]:
+def _speaker_spread(values: Array, speakers: npt.NDArray[np.str_]) -> tuple[float, float, int]:
     """(mean of the speakers' means, sqrt(mean within-speaker variance + variance of the
-    speakers' means)): the spread of one recording of a speaker not in ``values``. Speakers
-    with one recording add to the second term only."""
+    speakers' means), number of speakers): the spread of one recording of a speaker not in
+    ``values``. Speakers with one recording add to the second term only."""
     names = sorted(set(speakers.tolist()))
     means = np.array([values[speakers == n].mean() for n in names])
     within = [values[speakers == n].var(ddof=1) for n in names if (speakers == n).sum() > 1]
     between = float(means.var(ddof=1)) if means.size > 1 else 0.0
     spread = math.sqrt((float(np.mean(within)) if within else 0.0) + between)
-    return float(means.mean()), spread
+    return float(means.mean()), spread, len(names)
 
 
 def _balanced_mean(values: Array, groups: npt.NDArray[np.str_]) -> float:
