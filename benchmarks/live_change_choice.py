@@ -2,7 +2,9 @@
 
 Each recording of a set is streamed through an identify session (100 ms int16 chunks, its
 own rate) with change detection switched off, and the embedding of every change-check
-window (the last CHANGE_WINDOW_SECONDS of speech, every CHANGE_EVERY_SECONDS) is kept.
+window is kept (GE2E: the mean of the last CHANGE_WINDOW_COUNT window embeddings, at each
+new window; other models: the last CHANGE_WINDOW_SECONDS of speech re-embedded, every
+CHANGE_EVERY_SECONDS).
 Calls: hand-overs (a speaker's held-out recording joined to the next speaker's, two per
 speaker) and one-voice calls (every held-out recording). The change rule of
 speakerdb/live/_session.py (`_drop`: the window's cosine below the segment's own
@@ -40,39 +42,26 @@ SETS = ("librispeech", "telephone")
 DROPS = (0.05, 0.07, 0.09, 0.11, 0.13)
 MIN_WINDOWS = (2, 4)
 CONFIRMATIONS = (1, 2)
+WINDOW_COUNTS = (5, 6)  # window embeddings averaged per check (3.1 s, 3.5 s of speech)
 
 
 @dataclass
 class Call:
     join: float | None  # seconds of audio at the join (hand-over), None: one voice
-    windows: list[tuple[float, np.ndarray]] = field(default_factory=list)  # (time, vector)
+    # (time, vector): each window embedding as it came (GE2E), else each re-embedded window
+    windows: list[tuple[float, np.ndarray]] = field(default_factory=list)
 
 
 def _record(db: SpeakerDB, samples: np.ndarray, rate: int, join: float | None) -> Call:
     call = Call(join)
     with db.session() as session:
-        judge = session._judge
-        checking = False
+        original = session._compare
 
-        def check(now: float) -> list[Any]:
-            nonlocal checking
-            checking = True
-            try:
-                return original(now)
-            finally:
-                checking = False
+        def compare(now: float, start: float, vector: np.ndarray, judged: Any) -> list[Any]:
+            call.windows.append((now, vector))
+            return original(now, start, vector, judged)
 
-        def judged(audio: np.ndarray, against: Any) -> Any:
-            answer = judge(audio, against)
-            if checking and answer is not None and answer.vector is not None:
-                call.windows.append(
-                    (session._frames_out * live_session.FRAME_SECONDS, answer.vector)
-                )
-            return answer
-
-        original = session._check_change
-        session._check_change = check  # type: ignore[method-assign]
-        session._judge = judged
+        session._compare = compare  # type: ignore[method-assign]
         step = int(CHUNK_SECONDS * rate)
         for first in range(0, samples.size, step):
             session.feed(samples[first : first + step], sample_rate=rate)
@@ -83,6 +72,8 @@ def record(name: str, model: Embedder, enroll: int) -> list[Call]:
     from speakerdb import SpeakerDB
 
     live_session.CHANGE_DROP = float("inf")  # never fires: every window is kept
+    live_session.CHANGE_DROP_REEMBEDDED = float("inf")
+    live_session.CHANGE_WINDOW_COUNT = 1  # every window on its own: replay averages them
     groups = _groups(name)
     speakers = sorted(groups)
     calls: list[Call] = []
@@ -106,7 +97,20 @@ def record(name: str, model: Embedder, enroll: int) -> list[Call]:
     return calls
 
 
-def first_change(call: Call, drop: float, min_windows: int, confirmations: int) -> float | None:
+def _checks(call: Call, count: int) -> list[tuple[float, np.ndarray]]:
+    """The change checks of a call: at each window, the mean direction of the last
+    ``count`` (GE2E window embeddings; the re-embedding path's windows are used as they are
+    when ``count`` is 1)."""
+    out = []
+    for i in range(count - 1, len(call.windows)):
+        mean = np.mean([v for _, v in call.windows[i - count + 1 : i + 1]], axis=0)
+        out.append((call.windows[i][0], mean / np.linalg.norm(mean)))
+    return out
+
+
+def first_change(
+    call: Call, drop: float, min_windows: int, confirmations: int, count: int
+) -> float | None:
     import collections
 
     live_session.CHANGE_MIN_WINDOWS = min_windows
@@ -114,7 +118,7 @@ def first_change(call: Call, drop: float, min_windows: int, confirmations: int) 
         maxlen=live_session.CHANGE_HISTORY_WINDOWS
     )
     misses = 0
-    for time, vector in call.windows:
+    for time, vector in _checks(call, count):
         fall = change_drop(vector, same)
         if fall is None or fall < drop:
             same.append(vector)
@@ -126,7 +130,7 @@ def first_change(call: Call, drop: float, min_windows: int, confirmations: int) 
     return None
 
 
-def replay(calls: list[Call], candidate: tuple[float, int, int]) -> dict[str, Any]:
+def replay(calls: list[Call], candidate: tuple[float, int, int, int]) -> dict[str, Any]:
     caught = handovers = early = ones = false = 0
     delays: list[float] = []
     for call in calls:
@@ -161,7 +165,7 @@ def main() -> None:
 
     model = load_model(device="cpu")
     calls = {name: record(name, model, args.enroll) for name in SETS}
-    candidates = list(itertools.product(DROPS, MIN_WINDOWS, CONFIRMATIONS))
+    candidates = list(itertools.product(DROPS, MIN_WINDOWS, CONFIRMATIONS, WINDOW_COUNTS))
     results = {name: {c: replay(calls[name], c) for c in candidates} for name in SETS}
     lines = ["speaker-change constants, chosen on one set, reported on the other:"]
     choices = []
@@ -171,12 +175,17 @@ def main() -> None:
         choices.append({"chosen_on": chosen_on, "candidate": best, "held_out": held_out, **held})
         lines.append(
             f"  chosen on {chosen_on}: drop {best[0]}, min windows {best[1]}, confirmations "
-            f"{best[2]} -> {held_out}: {held['within_3s']} of {held['handovers']} hand-overs "
+            f"{best[2]}, windows per check {best[3]} -> {held_out}: {held['within_3s']} of "
+            f"{held['handovers']} hand-overs "
             f"within 3 s, {held['changes_before_join']} before the join, "
             f"{held['one_voice_calls_with_a_change']} of {held['one_voice_calls']} one-voice "
             "calls with a change"
         )
-    emit(lines, {"benchmark": "live_change_choice", "enroll": args.enroll, "choices": choices})
+    table = [
+        {"candidate": c, **{name: results[name][c]["value"] for name in SETS}} for c in candidates
+    ]
+    summary = {"benchmark": "live_change_choice", "enroll": args.enroll, "choices": choices}
+    emit(lines, {**summary, "values": table})
 
 
 if __name__ == "__main__":

@@ -111,9 +111,16 @@ def _session(
     return {"lags": lags, "decision": final.get("decision")}
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _round(
-    url: str, key: str, calls: list[tuple[str, bytes, int]], sessions: int
+    url: str, key: str, calls: list[tuple[str, bytes, int]], sessions: int, pid: int
 ) -> dict[str, Any]:
+    seconds = len(calls[0][1]) / 2 / calls[0][2]
     ready = threading.Barrier(sessions + 1, timeout=300)
     results: list[dict[str, Any]] = []
     lock = threading.Lock()
@@ -128,10 +135,10 @@ def _round(
     for t in threads:
         t.start()
     ready.wait()
-    cpu0 = os.times()
+    cpu0, server0 = os.times(), _cpu_seconds(pid)
     for t in threads:
         t.join()
-    cpu1 = os.times()
+    cpu1, server1 = os.times(), _cpu_seconds(pid)
     decision = [lag for r in results for lag in r["lags"]["decision"]]
     progress = [lag for r in results for lag in r["lags"]["progress"]]
     every = decision + progress
@@ -148,6 +155,9 @@ def _round(
         "decision_lag_p99_s": pct(decision, 99),
         "accepted": sum(1 for r in results if r["decision"] == "ACCEPT"),
         "client_cpu_s": round(cpu1.user - cpu0.user + cpu1.system - cpu0.system, 2),
+        "server_cpu_s": round(server1 - server0, 2),
+        # the server's CPU per second of audio it took, over all sessions
+        "server_cpu_per_audio_s": round((server1 - server0) / (sessions * seconds), 4),
     }
 
 
@@ -169,8 +179,9 @@ def main() -> None:
         env = {**os.environ, "SPEAKERDB_INDEX_DIR": f"{tmp}/ix"}
         cap = str(max(args.sessions, 1))
         with Server(url, "--max-sessions", cap, env=env) as server:
-            alone = _round(server.url, key, calls, 1)
-            crowd = _round(server.url, key, calls, args.sessions)
+            pid = server.process.pid
+            alone = _round(server.url, key, calls, 1, pid)
+            crowd = _round(server.url, key, calls, args.sessions, pid)
 
     def ratio(key: str) -> float | None:
         a, b = alone.get(key), crowd.get(key)
@@ -193,6 +204,8 @@ def main() -> None:
         f"{args.sessions} sessions: event lag p50 {crowd['lag_p50_s']} s, p99 "
         f"{crowd['lag_p99_s']} s; decisions p50 {crowd['decision_lag_p50_s']} s, p99 "
         f"{crowd['decision_lag_p99_s']} s; accepted {crowd['accepted']}/{args.sessions}",
+        f"server CPU per second of audio: {alone['server_cpu_per_audio_s']} s alone, "
+        f"{crowd['server_cpu_per_audio_s']} s with {args.sessions} sessions",
         f"ratio {args.sessions} vs 1: p50 {record['p50_ratio']}x, p99 {record['p99_ratio']}x "
         f"(load {statistics.fmean(os.getloadavg()):.1f})",
     ]

@@ -55,7 +55,8 @@ class SessionVerb(FacadeBase):
         Raises SpeakerNotFoundError for an unknown speaker, UsageError for bad limits,
         ModelError / ModelMismatchError for a countermeasure it cannot load.
         """
-        from speakerdb.live._session import Anchor, Judgement, LiveSession
+        from speakerdb.live._session import Anchor, Judgement, LiveSession, Probe
+        from speakerdb.live._windows import window_encoder
 
         options = options_of(options, threshold, prior=prior, far=far)
         if options.norm is not Scale.COSINE:
@@ -77,13 +78,19 @@ class SessionVerb(FacadeBase):
             voiceprint(speaker)  # an unknown speaker fails now, not at the first decision
 
         def judge(
-            samples: npt.NDArray[np.float32], against: str | Anchor | None
+            samples: npt.NDArray[np.float32] | Probe, against: str | Anchor | None
         ) -> Judgement | None:
-            item = model.embed([samples], sample_rate=SAMPLE_RATE)[0]
-            if item.vector is None:
-                return None
-            probe = side_of(item)
-            speech, vector, band = float(item.speech_seconds or 0.0), item.vector, item.bandwidth_hz
+            if isinstance(samples, Probe):  # embedded already (window embeddings): the rule
+                vector, band = samples.vector, samples.bandwidth_hz
+                speech = samples.speech_seconds
+                probe = Side(speech, 1, band)
+            else:
+                item = model.embed([samples], sample_rate=SAMPLE_RATE)[0]
+                if item.vector is None:
+                    return None
+                probe = side_of(item)
+                speech, vector = float(item.speech_seconds or 0.0), item.vector
+                band = item.bandwidth_hz
             if against is not None:
                 if isinstance(against, Anchor):  # the same voice as before? (compare's rule)
                     side = Side(against.speech_seconds, 1, against.bandwidth_hz)
@@ -129,7 +136,12 @@ class SessionVerb(FacadeBase):
             store.record_lookups([entry])
 
         return LiveSession(
-            judge, speaker, limits, on_close=record, screen=self._session_screen(spoof_model)
+            judge,
+            speaker,
+            limits,
+            on_close=record,
+            screen=self._session_screen(spoof_model),
+            windows=window_encoder(model),
         )
 
     def _session_screen(self, spoof_model: str | os.PathLike[str] | None) -> Screen | None:

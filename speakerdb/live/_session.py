@@ -6,15 +6,20 @@ only by the filter's own span so events are not delayed) and framed for the trai
 detector (silero-vad, 32 ms frames, the diarizer's onset/offset hysteresis applied causally).
 
 Decisions: the audio of the current *segment* (the voice since the last speaker change) is
-re-scored by the :data:`Judge` -- the same embedder and decision policy as a file answer --
-each time enough new speech has come: every :data:`EVALUATE_EVERY_SECONDS` at first, then
-every quarter of the speech so far, so the number of re-embeddings grows with the log of
-the call's length. The segment audio scored is capped at the last
+re-scored each time enough new speech has come: every :data:`EVALUATE_EVERY_SECONDS` at
+first, then every quarter of the speech so far. While the segment is undecided, and at
+close, the :data:`Judge` -- the same embedder and decision policy as a file answer --
+embeds the segment's audio. Once it is decided, a re-scoring first judges an *estimate*:
+the mean of the segment's window embeddings (GE2E models: :mod:`speakerdb.live._windows`,
+each speech window encoded once as it arrives), which costs no encoding; only when the
+estimate's decision differs from the one held does the engine embed the segment again and
+the rule decide on that. So every decision event is the rule's answer on the engine's
+embedding of the segment, as offline (the estimate cannot be that: the engine trims
+silence and normalises volume over the whole recording), while a decided call costs one
+window encoding per 0.38 s of speech. Models without window embeddings re-embed at every
+re-scoring. The segment audio scored is capped at the last
 :data:`MAX_SEGMENT_AUDIO_SECONDS`: calls up to that length get the offline answer on the
-same audio at close; longer ones are decided on their most recent minute, which bounds the
-cost of one re-embedding (averaging window embeddings incrementally would be cheaper still,
-but the engine trims silence and normalises volume over the whole recording, so it would
-not give the offline answer).
+same audio at close; longer ones are decided on their most recent minute.
 
 The sequential rule on top of the one rule: no decision before
 :data:`MIN_DECISION_SPEECH_SECONDS` of speech; ACCEPT (or IDENTIFIED) as soon as the rule
@@ -30,19 +35,22 @@ answer's head of the recording) are checked, once per segment; a segment decided
 audio than that is checked again at close. A detected attack turns the decision into
 SPOOF_DETECTED, which is never accepted (as offline: whatever the speaker rule says).
 
-Speaker change: every :data:`CHANGE_EVERY_SECONDS` of speech, from the first full window
-on (decided or not), the last :data:`CHANGE_WINDOW_SECONDS` of speech are embedded (by the
-judge, against the voice decided on) and compared with the segment's own earlier windows
-(:func:`change_drop`): when the window's cosine with their mean direction falls
-:data:`CHANGE_DROP` or more below theirs (:data:`CHANGE_CONFIRMATIONS` times in a row, once
-:data:`CHANGE_MIN_WINDOWS` windows are in), a new segment starts at the window's start and
-the window restarts. Raw scores and the calibrated LLR shift with the channel (a phone
-line lowers same-voice cosines and short narrowband windows are rarely accepted, so a test
-on the rule missed most phone hand-overs); a drop relative to the same call's own voice does
-not. The change constants were chosen leave-one-set-out (benchmarks/live_change_choice.py:
-the same values are chosen on read and on phone speech); the others are set from first
-principles (the rule's own threshold, window lengths a GE2E voiceprint needs);
-benchmarks/live_sessions.py measures them.
+Speaker change: at each new window embedding (GE2E: every 0.38 s of speech), from the
+first :data:`CHANGE_WINDOW_COUNT` windows on (decided or not), the mean of the last
+:data:`CHANGE_WINDOW_COUNT` window embeddings (models without them: every
+:data:`CHANGE_EVERY_SECONDS` of speech, the last :data:`CHANGE_WINDOW_SECONDS` of speech
+embedded by the judge) is compared with the segment's own earlier check windows
+(:func:`change_drop`): when its cosine with their mean direction falls :data:`CHANGE_DROP`
+(re-embedded: :data:`CHANGE_DROP_REEMBEDDED`) or more below theirs
+(:data:`CHANGE_CONFIRMATIONS` times in a row, once :data:`CHANGE_MIN_WINDOWS` are in), a new
+segment starts at the window's start and the check windows restart after it. Raw scores
+and the calibrated LLR shift with the channel (a phone line lowers same-voice cosines and
+short narrowband windows are rarely accepted, so a test on the rule missed most phone
+hand-overs); a drop relative to the same call's own voice does not. The change constants
+were chosen leave-one-set-out (benchmarks/live_change_choice.py: the same values are
+chosen on read and on phone speech); the others are set from first principles (the rule's
+own threshold, window lengths a GE2E voiceprint needs); benchmarks/live_sessions.py
+measures them.
 """
 
 from __future__ import annotations
@@ -75,6 +83,7 @@ from speakerdb.live._events import (
     SpeakerChange,
     Summary,
 )
+from speakerdb.live._windows import SegmentWindows, WindowEncoder
 from speakerdb.model._audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SAMPLE_RATE
 from speakerdb.model._embedder import single_threaded_torch
 from speakerdb.model._resampling import GE2E_RESAMPLING, StreamResampler
@@ -82,8 +91,10 @@ from speakerdb.model._resampling import GE2E_RESAMPLING, StreamResampler
 __all__ = [
     "CHANGE_CONFIRMATIONS",
     "CHANGE_DROP",
+    "CHANGE_DROP_REEMBEDDED",
     "CHANGE_EVERY_SECONDS",
     "CHANGE_MIN_WINDOWS",
+    "CHANGE_WINDOW_COUNT",
     "CHANGE_WINDOW_SECONDS",
     "EARLY_REJECT_MARGIN",
     "EVALUATE_EVERY_SECONDS",
@@ -94,6 +105,7 @@ __all__ = [
     "Judge",
     "Judgement",
     "LiveSession",
+    "Probe",
     "Screen",
     "SessionLimits",
     "SpoofCheck",
@@ -107,8 +119,12 @@ EARLY_REJECT_MARGIN = 4.0  # natural-log LLR units: 55x less likely than at the 
 CHANGE_WINDOW_SECONDS = 3.0
 CHANGE_EVERY_SECONDS = 0.5
 CHANGE_CONFIRMATIONS = 1
-CHANGE_DROP = 0.09  # cosine; chosen leave-one-set-out, see benchmarks/live_sessions.py
+# Cosine drops, chosen leave-one-set-out (benchmarks/live_change_choice.py): on window
+# embeddings (GE2E) and on the last seconds re-embedded by the engine (other models).
+CHANGE_DROP = 0.07
+CHANGE_DROP_REEMBEDDED = 0.09
 CHANGE_MIN_WINDOWS = 2
+CHANGE_WINDOW_COUNT = 5  # window embeddings per check: 1.6 s each, 0.38 s apart = 3.1 s
 CHANGE_HISTORY_WINDOWS = 120  # the segment's last minute of speech, in window steps
 MAX_SEGMENT_AUDIO_SECONDS = 60.0
 _WINDOW_FRAMES = round(CHANGE_WINDOW_SECONDS / FRAME_SECONDS)
@@ -159,8 +175,20 @@ class Anchor:
     bandwidth_hz: float | None
 
 
-Judge = Callable[[npt.NDArray[np.float32], "str | Anchor | None"], Judgement | None]
-"""``judge(samples, against)``: (n,) float32 audio at 16 kHz; ``against`` a speaker's name
+@dataclass(frozen=True)
+class Probe:
+    """An embedding already made (the mean of a segment's window embeddings, see
+    :class:`~speakerdb.live._windows.SegmentWindows`): the (D,) unit-norm vector and the
+    quality the calibration reads (speech seconds, bandwidth in Hz), judged as is."""
+
+    vector: npt.NDArray[np.float32]
+    speech_seconds: float
+    bandwidth_hz: float | None
+
+
+Judge = Callable[["npt.NDArray[np.float32] | Probe", "str | Anchor | None"], Judgement | None]
+"""``judge(samples, against)``: (n,) float32 audio at 16 kHz, embedded by the engine as a
+file is, or a :class:`Probe` (no embedding: only the rule); ``against`` a speaker's name
 (verify against that voiceprint), an :class:`Anchor` (same voice as it? the compare rule)
 or None (identify among everyone). None when the audio cannot be embedded (too little
 speech)."""
@@ -210,6 +238,7 @@ class LiveSession:
         limits: SessionLimits | None = None,
         on_close: Callable[[Summary], None] | None = None,
         screen: Screen | None = None,
+        windows: WindowEncoder | None = None,
     ) -> None:
         self.limits = limits or SessionLimits()
         self.limits.check()
@@ -235,6 +264,9 @@ class LiveSession:
         self._changes: list[SpeakerChange] = []
         self._segments: list[Segment] = []
         self._recent: collections.deque[_Frame] = collections.deque()
+        self._window_encoder = windows
+        self._bandwidth: float | None = None  # of the last audio the engine embedded
+        self.exact_judgements = 0  # audio embedded by the engine (the offline path): its cost
         self._new_segment(0.0, [])
 
     # --- public -------------------------------------------------------------------------------
@@ -401,10 +433,14 @@ class LiveSession:
             while len(self._recent) > _WINDOW_FRAMES:
                 self._recent.popleft()
             now = self._frames_out * FRAME_SECONDS
+            stream = self._stream
+            new_windows = stream.push(frame.samples, frame.start) if stream is not None else 0
             if self._since_evaluation >= max(EVALUATE_EVERY_SECONDS, self._segment_speech / 4):
                 events += self._evaluate(now)
-            if self._since_check >= CHANGE_EVERY_SECONDS:
+            if stream is None and self._since_check >= CHANGE_EVERY_SECONDS:
                 events += self._check_change(now)
+            elif new_windows and stream is self._stream:
+                events += self._check_windows(now)
         return events
 
     # --- decisions ----------------------------------------------------------------------------
@@ -427,6 +463,15 @@ class LiveSession:
         )
         self._spoof: SpoofCheck | None = None  # the countermeasure's answer on this segment
         self._spoof_samples = 0  # audio samples it read
+        # The segment's window embeddings (GE2E models), each speech window encoded once;
+        # change checks use the windows starting at or after ``_check_from`` (seconds).
+        self._stream: SegmentWindows | None = None
+        self._check_from = start
+        if self._window_encoder is not None:
+            self._stream = SegmentWindows(self._window_encoder, MAX_SEGMENT_AUDIO_SECONDS)
+            for frame in frames:
+                if frame.speech:
+                    self._stream.push(frame.samples, frame.start)
 
     def _close_segment(self, end: float) -> None:
         current = self._current
@@ -452,10 +497,14 @@ class LiveSession:
 
     def _evaluate(self, now: float, final: bool = False) -> list[Event]:
         self._since_evaluation = 0.0
+        if not final and self._current is not None and self._holds():
+            return [ProgressEvent(now, self._speech_seconds, self._current.decision)]
         judged = self._judge(self._segment_audio(), self.speaker)
+        self.exact_judgements += 1
         status = self._current.decision if self._current is not None else NOT_ENOUGH_SPEECH
         events: list[Event] = []
         if judged is not None:
+            self._bandwidth = judged.bandwidth_hz
             label = self._sequential(judged, final)
             spoof = None
             if label is not None and self._screen is not None:
@@ -498,6 +547,31 @@ class LiveSession:
             events.insert(0, ProgressEvent(now, self._speech_seconds, status))
         return events
 
+    def _holds(self) -> bool:
+        """Whether the decided segment's estimate (the mean of its window embeddings, judged
+        by the rule) gives the decision it holds: then the engine is not asked again. When
+        it does not, or there is no estimate (not a GE2E model), the engine re-embeds the
+        segment and the rule decides on that, as offline; so every decision event is the
+        offline rule's answer on the segment's audio, and a change the estimate misses is
+        still decided at close."""
+        current, stream = self._current, self._stream
+        assert current is not None
+        if stream is None or not stream.vectors:
+            return False
+        if self._spoof is not None and self._spoof.detected:
+            return True  # checked once per segment: the rule cannot undo it before close
+        speech = min(stream.speech_seconds, MAX_SEGMENT_AUDIO_SECONDS)
+        estimate = self._judge(Probe(stream.mean(), speech, self._bandwidth), self.speaker)
+        if estimate is None:
+            return False
+        label = self._label(estimate.accepted)
+        speaker = estimate.speaker if self.mode == "verify" or estimate.accepted else None
+        if (label, speaker) != (current.decision, current.speaker):
+            return False
+        if self._voice is None and estimate.vector is not None:
+            self._anchor = Anchor(estimate.vector, speech, self._bandwidth)
+        return True
+
     def _screened(self, final: bool) -> SpoofCheck:
         """The countermeasure's answer on the segment: checked once, and again at close
         when it had less audio than it reads."""
@@ -522,32 +596,61 @@ class LiveSession:
             return self._label(False)
         return None
 
+    def _against(self) -> str | Anchor | None:
+        """What a change window is scored against (the llr and score of the event): the
+        voice decided on, else the segment's own voice, else the claimed speaker or
+        (identifying) everyone."""
+        against: str | Anchor | None = self._voice if self._voice is not None else self._anchor
+        return against if against is not None else self.speaker
+
     def _check_change(self, now: float) -> list[Event]:
+        """The change check of models without window embeddings: the engine embeds the
+        last CHANGE_WINDOW_SECONDS of speech."""
         self._since_check = 0.0
         if len(self._recent) < _WINDOW_FRAMES:
             return []
-        # The judge is asked for the window's embedding (against the voice decided on, else
-        # the claimed speaker or, identifying, everyone: the llr and score of the event).
-        against: str | Anchor | None = self._voice if self._voice is not None else self._anchor
-        if against is None:
-            against = self.speaker
         window = np.concatenate([f.samples for f in self._recent])
-        judged = self._judge(window, against)
+        judged = self._judge(window, self._against())
+        self.exact_judgements += 1
         if judged is None or judged.vector is None:
             self._misses = 0
             return []
-        drop = change_drop(judged.vector, self._windows)
-        if drop is None or drop < CHANGE_DROP:
-            self._windows.append(judged.vector)
+        return self._compare(now, self._recent[0].start, judged.vector, judged)
+
+    def _check_windows(self, now: float) -> list[Event]:
+        """The change check on the segment's window embeddings: the mean of the last
+        CHANGE_WINDOW_COUNT windows (3.1 s of speech), at each new window (0.38 s)."""
+        stream = self._stream
+        assert stream is not None
+        starts = [t for t, _ in stream.vectors if t >= self._check_from]
+        if len(starts) < CHANGE_WINDOW_COUNT:
+            return []
+        vector = stream.mean(last=CHANGE_WINDOW_COUNT, since=self._check_from)
+        return self._compare(now, starts[-CHANGE_WINDOW_COUNT], vector, None)
+
+    def _compare(
+        self,
+        now: float,
+        start: float,
+        vector: npt.NDArray[np.float32],
+        judged: Judgement | None,
+    ) -> list[Event]:
+        """The change rule on one window's (D,) embedding, ``start`` seconds its start;
+        ``judged`` its judgement when the engine made one (else judged here, for the event,
+        only when the voice changed)."""
+        drop = change_drop(vector, self._windows)
+        if drop is None or drop < (CHANGE_DROP if judged is None else CHANGE_DROP_REEMBEDDED):
+            self._windows.append(vector)
             self._misses = 0
             return []
         self._misses += 1
         if self._misses < CHANGE_CONFIRMATIONS:
             return []
-        start = self._recent[0].start
-        change = SpeakerChange(
-            now, start, self._voice, judged.llr, judged.score, len(self._segments) + 1
-        )
+        if judged is None:
+            probe = Probe(vector, CHANGE_WINDOW_SECONDS, self._bandwidth)
+            judged = self._judge(probe, self._against())
+        llr, score = (judged.llr, judged.score) if judged is not None else (None, float("nan"))
+        change = SpeakerChange(now, start, self._voice, llr, score, len(self._segments) + 1)
         self._changes.append(change)
         kept = [f for f in self._segment if f.start >= start]
         self._close_segment(start)
@@ -555,6 +658,7 @@ class LiveSession:
         # The new voice's windows start afresh: one straddling the change would mix both
         # voices into the new segment's own level and look like a second change.
         self._recent.clear()
+        self._check_from = now
         return [change]
 
     def _final_decision(self) -> None:

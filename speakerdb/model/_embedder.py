@@ -275,6 +275,13 @@ class Embedder:
                     yield finished.popleft()
         assert not partial
 
+    def encode_windows(self, windows: torch.Tensor) -> npt.NDArray[np.float32]:
+        """(B, T, F) float32 inputs of the encoder (GE2E: (160, 40) mel power windows) ->
+        (B, D) float32 unit-norm chunk embeddings, in one encoder call on this thread at one
+        torch thread (a live session's few windows: more threads only add barriers)."""
+        with single_threaded_torch():
+            return self._encode(list(windows))
+
     def _encode(self, chunks: list[torch.Tensor]) -> npt.NDArray[np.float32]:
         """Chunks, each (T_i, F) float32 -> (B, D) float32 chunk embeddings (on CPU); zero-padded
         to the longest, with their lengths, in one encoder call."""

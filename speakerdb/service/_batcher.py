@@ -32,6 +32,8 @@ from speakerdb.errors import AudioError, BusyError
 from speakerdb.model import DEFAULT_BATCH_SIZE
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
     import torch
 
     from speakerdb.model import AudioInput
@@ -74,6 +76,12 @@ class _Job:
     skip: Callable[[int, str], bool] | None
     future: Future[list[EmbeddedAudio]] = field(default_factory=Future)
     head_samples: int = 0
+
+
+@dataclass
+class _WindowJob:
+    windows: torch.Tensor  # (B, T, F) encoder inputs of one live session
+    future: Future[npt.NDArray[np.float32]] = field(default_factory=Future)
 
 
 class _Announcement:
@@ -121,6 +129,7 @@ class BatchingEmbedder(Embedder):
         self._on_batch = on_batch
         self._cond = threading.Condition()
         self._queue: list[_Job] = []
+        self._windows: list[_WindowJob] = []  # live sessions' windows, served first
         self._expected = 0
         self._closed = False
         self._threads = [
@@ -241,6 +250,26 @@ class BatchingEmbedder(Embedder):
                     raise r.error
         return out
 
+    def encode_windows(self, windows: torch.Tensor) -> npt.NDArray[np.float32]:
+        """Encoder inputs (B, T, F) -> (B, D) embeddings, as ``Embedder.encode_windows``;
+        concurrent live sessions' windows are encoded together (on CPU a batch of one GE2E
+        window costs twice what each window of a batch of eight does). Served before the
+        queued recordings: a window is a few ms of work that a session's events wait for.
+        Raises BusyError as :meth:`embed`."""
+        job = _WindowJob(windows)
+        with self._cond:
+            if self._closed:
+                raise BusyError("the server is shutting down")
+            self._windows.append(job)
+            self._cond.notify_all()
+        try:
+            return job.future.result(timeout=self.timeout_s)
+        except TimeoutError:
+            job.future.cancel()
+            raise BusyError(
+                f"the server could not embed the audio within {self.timeout_s:g} s; try again later"
+            ) from None
+
     def iter_embed(
         self,
         sources: Iterable[AudioInput],
@@ -264,10 +293,20 @@ class BatchingEmbedder(Embedder):
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
+                while not self._queue and not self._windows and not self._closed:
                     self._cond.wait()
+                if self._windows:
+                    windows, self._windows = self._windows, []
+                else:
+                    windows = []
+            if windows:
+                self._encode_windows(windows)
+                continue
+            with self._cond:
                 if not self._queue:
-                    return  # closed and drained
+                    if self._closed:
+                        return  # closed and drained
+                    continue
                 deadline = time.monotonic() + self.max_wait_s
                 while (
                     self._expected > 0
@@ -311,6 +350,26 @@ class BatchingEmbedder(Embedder):
                 offset += len(job.items)
             if self._on_batch is not None:
                 self._on_batch(BatchStats(len(items), len(group), time.monotonic() - started))
+
+    def _encode_windows(self, jobs: list[_WindowJob]) -> None:
+        import torch
+
+        jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+        if not jobs:
+            return
+        try:
+            out = self._inner.encode_windows(torch.cat([job.windows for job in jobs]))
+        except BaseException as exc:  # every waiting session gets the failure
+            log.exception("encoding %d sessions' windows failed", len(jobs))
+            for job in jobs:
+                job.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        offset = 0
+        for job in jobs:
+            job.future.set_result(out[offset : offset + job.windows.shape[0]])
+            offset += job.windows.shape[0]
 
 
 def _files(queue: Sequence[_Job]) -> int:
