@@ -112,9 +112,27 @@ def _session(
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds the server has used so far (Linux /proc): the process and
+    its living children (``serve --workers N`` runs the sessions in child processes)."""
+    total = 0.0
+    for one in [pid, *_children(pid)]:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    found = [int(c) for c in listed]
+    for child in list(found):
+        found += _children(child)
+    return found
 
 
 def _round(
@@ -165,6 +183,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="serve --workers (sessions are per worker)"
+    )
     args = parser.parse_args()
     from speakerdb import SpeakerDB
 
@@ -178,7 +199,8 @@ def main() -> None:
             key = db.create_key("bench", ["verify"]).secret
         env = {**os.environ, "SPEAKERDB_INDEX_DIR": f"{tmp}/ix"}
         cap = str(max(args.sessions, 1))
-        with Server(url, "--max-sessions", cap, env=env) as server:
+        workers = ("--workers", str(args.workers)) if args.workers > 1 else ()
+        with Server(url, "--max-sessions", cap, *workers, env=env) as server:
             pid = server.process.pid
             alone = _round(server.url, key, calls, 1, pid)
             crowd = _round(server.url, key, calls, args.sessions, pid)
@@ -190,6 +212,7 @@ def main() -> None:
     record = {
         "benchmark": "live_concurrency",
         "seconds_per_call": args.seconds,
+        "workers": args.workers,
         "alone": alone,
         "crowd": crowd,
         "p50_ratio": ratio("lag_p50_s"),
@@ -198,7 +221,8 @@ def main() -> None:
         "cpus": os.cpu_count(),
     }
     lines = [
-        f"live sessions over the WebSocket, {args.seconds:g} s real-time calls, one worker",
+        f"live sessions over the WebSocket, {args.seconds:g} s real-time calls, "
+        f"{args.workers} worker(s)",
         f"1 session:  event lag p50 {alone['lag_p50_s']} s, p99 {alone['lag_p99_s']} s; "
         f"decisions p50 {alone['decision_lag_p50_s']} s, p99 {alone['decision_lag_p99_s']} s",
         f"{args.sessions} sessions: event lag p50 {crowd['lag_p50_s']} s, p99 "
