@@ -426,6 +426,8 @@ def _columns(
             [r.head.astype(np.float32).tobytes() if r.head is not None else b"" for r in results],
             dtype=object,
         ),
+        "head_bandwidth_hz": np.array([number(r.head_bandwidth_hz) for r in results]),
+        "head_seconds": np.array([number(r.head_seconds) for r in results]),
     }
 
 
@@ -457,6 +459,8 @@ def _results(batch: dict[str, npt.NDArray[Any]]) -> Iterator[tuple[int, Embedded
                 skipped=bool(batch["skipped"][row]),
                 bandwidth_hz=maybe(batch["bandwidth_hz"][row]),
                 head=np.frombuffer(head, dtype=np.float32).copy() if head else None,
+                head_bandwidth_hz=maybe(batch["head_bandwidth_hz"][row]),
+                head_seconds=maybe(batch["head_seconds"][row]),
             ),
         )
 

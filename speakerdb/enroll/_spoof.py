@@ -94,16 +94,17 @@ def spoof_scores(
     sample_rate: int | None,
 ) -> list[SpoofScore]:
     """The countermeasure's scores of ``audio[i]`` for i in ``wanted``, from the samples the
-    speaker model's decode kept (``embedded[i].head``; the engine was asked for
-    ``cm.input_samples`` of them); only recordings it could not keep them for (not at
-    16 kHz: resampled the speaker model's way) are decoded again."""
+    speaker model's decode kept (``embedded[i].head``, resampled the countermeasure's way
+    beside the speaker model's; the engine was asked for ``cm.input_samples`` of them); only
+    recordings without them (an engine result made without ``head_samples``) are decoded
+    again."""
     shared = [i for i in wanted if embedded[i].head is not None]
     scored = dict(
         zip(
             shared,
             cm.score_decoded(
                 [
-                    (e.source, e.head, e.bandwidth_hz, e.duration or 0.0)
+                    (e.source, e.head, e.head_bandwidth_hz, e.head_seconds or 0.0)
                     for e in (embedded[i] for i in shared)
                     if e.head is not None
                 ]

@@ -19,11 +19,20 @@ original computes, and this module reproduces because the trained weights depend
   plus the master node feed a linear layer giving two logits (spoof, bona fide).
 
 Inference only: dropout and the training-time frequency mask are left out.
+
+Speed (:meth:`AasistNet.prepare_for_inference`, docs/spoofing.md "Throughput"): the sinc front
+end and the widest residual blocks can run in pieces of a few thousand frames (``tile``), so
+that a piece's activations stay in the core's cache between the operations instead of
+streaming 15-65 MB tensors through memory several times per block, and the pieces can run on
+several threads at once (``pool``). Each value is the same sum of the same products as at full
+width; only the summation order inside oneDNN may differ.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,10 +40,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AASIST_CONFIGS", "SPECTRAL_NODES", "AasistConfig", "AasistNet", "sinc_filterbank"]
+__all__ = [
+    "AASIST_CONFIGS",
+    "DEFAULT_TILE",
+    "SPECTRAL_NODES",
+    "AasistConfig",
+    "AasistNet",
+    "sinc_filterbank",
+]
 
 SPECTRAL_NODES = 23
 """Spectral graph nodes: the sinc bands (70) after 3x max-pooling; fixed by ``pos_S``."""
+
+DEFAULT_TILE = 1536
+"""Frames (pre-pooling columns, a multiple of 3) per piece of the front end and of a wide
+residual block, for one probe, in a prepared network: at 32 channels x 24 rows a piece's
+activations are ~4.7 MB. 768-3072 measured alike; whole width ~1.4x slower on one thread."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +170,69 @@ class _ResidualBlock(nn.Module):
         out = self.conv2(F.selu(self.bn2(self.conv1(x)), inplace=True))
         out = out.add_(self.conv_downsample(x) if self.project else x)
         return F.max_pool2d(out, (1, 3))
+
+    def piece(self, window: torch.Tensor, first: bool, last: bool) -> torch.Tensor:
+        """The block's pooled output over frames ``start .. stop`` of its input.
+
+        window: (B, C_in, H, stop - start + 4) the input's frames ``start - 2 .. stop + 2``,
+        zeros where those fall outside the input; ``stop - start`` a multiple of 3. first /
+        last: the piece starts at frame 0 / ends at the input's last frame. Returns
+        (B, C_out, H, (stop - start) // 3), equal to those columns of :meth:`forward`.
+
+        The convolutions run unpadded in width; :meth:`forward`'s zero padding of ``conv1``'s
+        output (what ``conv2`` reads beyond the edges) is reproduced by zeroing the columns of
+        ``conv1`` that fall outside the input.
+        """
+        h = F.conv2d(window, self.conv1.weight, self.conv1.bias, padding=(1, 0))
+        h = F.selu(self.bn2(h), inplace=True)
+        if first:
+            h[..., 0] = 0.0
+        if last:
+            h[..., -1] = 0.0
+        out = F.conv2d(h, self.conv2.weight, self.conv2.bias)
+        if self.project:
+            residual = F.conv2d(
+                window[..., 1:-1], self.conv_downsample.weight, self.conv_downsample.bias
+            )
+        else:
+            residual = window[..., 2:-2]
+        return F.max_pool2d(out.add_(residual), (1, 3))
+
+
+def _spans(width: int, tile: int) -> list[tuple[int, int]]:
+    """Pieces ``(start, stop)`` covering the frames a (1, 3) max-pool keeps (the first
+    ``width // 3 * 3``), ``tile`` frames each but the last."""
+    usable = width // 3 * 3
+    return [(start, min(start + tile, usable)) for start in range(0, usable, tile)]
+
+
+def _window(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Frames ``start - 2 .. stop + 2`` of (B, C, H, W) ``x``, zeros beyond its edges,
+    as a channels-last copy."""
+    width = x.shape[-1]
+    low, high = max(start - 2, 0), min(stop + 2, width)
+    window = x[..., low:high]
+    if low != start - 2 or high != stop + 2:
+        window = F.pad(window, (low - (start - 2), stop + 2 - high))
+    return window.contiguous(memory_format=torch.channels_last)
+
+
+def _map_pieces(
+    pool: Executor | None,
+    compute: Callable[[tuple[int, int]], torch.Tensor],
+    spans: Sequence[tuple[int, int]],
+) -> torch.Tensor:
+    """``compute`` over ``spans`` (on ``pool``'s threads if given), concatenated in width."""
+    if pool is None:
+        return torch.cat([compute(span) for span in spans], dim=-1)
+
+    def run(span: tuple[int, int]) -> torch.Tensor:
+        # Grad and inference modes are per thread: without this a worker would record
+        # autograd history and refuse the caller's inference tensors.
+        with torch.inference_mode():
+            return compute(span)
+
+    return torch.cat(list(pool.map(run, spans)), dim=-1)
 
 
 def _attention_logits(nodes: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
@@ -290,6 +374,10 @@ class AasistNet(nn.Module):
         self.pool_hS2 = _GraphPool(ratios[2], hetero)
         self.pool_hT2 = _GraphPool(ratios[2], hetero)
         self.out_layer = nn.Linear(5 * hetero, 2)
+        self.tile: int | None = None
+        """Frames per piece of the front end and of the residual blocks wider than it, for
+        one probe (:data:`DEFAULT_TILE` once prepared); None computes every stage at full
+        width, as the original does."""
 
     def _branch(
         self,
@@ -305,10 +393,52 @@ class AasistNet(nn.Module):
         t_more, s_more, m_more = layers[1](t, s, m)
         return t + t_more, s + s_more, m + m_more
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def _stem(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, n) -> (B, 1, 23, (n - taps + 1) // 3): sinc, |.|, 3x3 max-pool, BN, SELU."""
         x = self.conv_time(wave).abs_()[:, None]
-        x = F.selu(self.first_bn(F.max_pool2d(x, (3, 3))), inplace=True)
-        e = self.encoder(x).abs_()  # (B, C, spectral nodes, frames)
+        return F.selu(self.first_bn(F.max_pool2d(x, (3, 3))), inplace=True)
+
+    def _stem_window(self, wave: torch.Tensor, start: int, stop: int, width: int) -> torch.Tensor:
+        """Frames ``start - 2 .. stop + 2`` of :meth:`_stem` (``width`` frames in all), zeros
+        beyond its edges, computed from the samples those frames read only."""
+        low, high = max(start - 2, 0), min(stop + 2, width)
+        taps = self.conv_time.filters.shape[-1]
+        x = self._stem(wave[:, 3 * low : 3 * high + taps - 1])
+        if low != start - 2 or high != stop + 2:
+            x = F.pad(x, (low - (start - 2), stop + 2 - high))
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def _encode(self, wave: torch.Tensor, pool: Executor | None) -> torch.Tensor:
+        """(B, n) -> the encoder's output (B, C, 23, frames), before ``abs``."""
+        blocks = [m for m in self.encoder.modules() if isinstance(m, _ResidualBlock)]
+        if self.tile is None:
+            x = self._stem(wave)
+            for block in blocks:
+                x = block(x)
+            return x
+        # Frames per piece for the whole batch, so that a piece's activations take the same
+        # cache whatever the batch size; a multiple of 3.
+        tile = max(self.tile // wave.shape[0] // 3 * 3, 9)
+        first = blocks[0]
+        width = (wave.shape[-1] - self.conv_time.filters.shape[-1] + 1) // 3
+        x = _map_pieces(
+            pool,
+            lambda span: first.piece(
+                self._stem_window(wave, *span, width), span[0] == 0, span[1] == width
+            ),
+            _spans(width, tile),
+        )
+        for block in blocks[1:]:
+            if x.shape[-1] <= tile:
+                x = block(x)
+                continue
+            x = _map_pieces(pool, _piece_of(block, x), _spans(x.shape[-1], tile))
+        return x
+
+    def forward(self, wave: torch.Tensor, pool: Executor | None = None) -> torch.Tensor:
+        """pool: threads to run the pieces on when :attr:`tile` is set (the caller keeps
+        torch's own intra-op threads at one meanwhile); None runs them in this thread."""
+        e = self._encode(wave, pool).abs_()  # (B, C, spectral nodes, frames)
 
         spectral = self.pool_S(self.GAT_layer_S(e.amax(dim=3).transpose(1, 2) + self.pos_S))
         temporal = self.pool_T(self.GAT_layer_T(e.amax(dim=2).transpose(1, 2)))
@@ -339,10 +469,22 @@ class AasistNet(nn.Module):
         """Make this (eval-mode, loaded) network faster on the CPU without changing what it
         computes beyond float32 rounding: BatchNorm folded into the convolution before it,
         channels-last memory (oneDNN's native layout for these 2-D convolutions: measured
-        ~2x on the residual stages). The state dict no longer matches a checkpoint's keys
-        afterwards. Returns self."""
+        ~2x on the residual stages), the front end and the wide blocks computed in pieces
+        of :data:`DEFAULT_TILE` frames. The state dict no longer matches a checkpoint's
+        keys afterwards. Returns self."""
         for block in self.modules():
             if isinstance(block, _ResidualBlock):
                 block.fold_batch_norm()
         self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.tile = DEFAULT_TILE
         return self
+
+
+def _piece_of(block: _ResidualBlock, x: torch.Tensor) -> Callable[[tuple[int, int]], torch.Tensor]:
+    """The function computing ``block``'s output over one span of input ``x``."""
+    width = x.shape[-1]
+
+    def compute(span: tuple[int, int]) -> torch.Tensor:
+        return block.piece(_window(x, *span), span[0] == 0, span[1] == width)
+
+    return compute

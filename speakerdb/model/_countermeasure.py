@@ -20,11 +20,14 @@ bona fide minus spoof logit, the uncalibrated log-odds that calibration maps to 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +56,7 @@ __all__ = [
     "COUNTERMEASURE_ENV",
     "COUNTERMEASURE_FAMILIES",
     "MAX_COUNTERMEASURE_BYTES",
+    "MEMO_ENTRIES",
     "MIN_COUNTERMEASURE_SECONDS",
     "Countermeasure",
     "CountermeasureIdentity",
@@ -75,7 +79,12 @@ MIN_COUNTERMEASURE_SECONDS = 2.0
 and below half of that the repetition, not the voice, dominates (1 s keywords of real people
 score like TTS). Shorter recordings get a score and an LLR but ``detected`` None."""
 
-_BATCH = 4  # recordings per forward pass: each holds ~60 MB of activations at 4 s
+_BATCH = 1
+"""Recordings per forward pass. One: four at once measured no faster per recording (the
+convolutions are compute-bound; docs/spoofing.md), and one keeps the activations small."""
+
+MEMO_ENTRIES = 1024
+"""Recordings whose logits a Countermeasure remembers (by content; see the class doc)."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +162,13 @@ class Countermeasure:
     """A loaded countermeasure. Thread-safe: forward passes are serialised.
 
     ``calibration``: the spoof calibration applied to every score (the one bundled for these
-    weights, if any; assign another or None)."""
+    weights, if any; assign another or None).
+
+    The logits of the last :data:`MEMO_ENTRIES` recordings scored are remembered, keyed by a
+    BLAKE2b digest of the samples the network read: the same audio checked twice (enrolled,
+    then verified; a file in several ``compare`` pairs; a retried request) costs one forward
+    pass. The logits depend on those samples and the weights only, so a remembered answer
+    is the one a new pass would give."""
 
     def __init__(
         self,
@@ -166,6 +181,8 @@ class Countermeasure:
         self.config: AasistConfig = net.config
         self.calibration = calibration
         self._lock = threading.Lock()
+        self._memo: OrderedDict[bytes, npt.NDArray[np.float32]] = OrderedDict()
+        self._memo_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Countermeasure({self.identity.label})"
@@ -176,16 +193,29 @@ class Countermeasure:
         return self.config.nb_samp
 
     def logits(self, waves: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """(B, nb_samp) float32 16 kHz waveforms -> (B, 2) float32 logits (spoof, bona fide)."""
+        """(B, nb_samp) float32 16 kHz waveforms -> (B, 2) float32 logits (spoof, bona fide).
+
+        The network's pieces (:attr:`AasistNet.tile`) run on one thread per intra-op thread
+        torch had, with torch at one thread meanwhile (as the speaker engine's encoders):
+        on this shared 2-core CPU, oneDNN's two-thread barriers made a forward pass 1.5-3x
+        slower than one thread whenever other processes held the cores (docs/spoofing.md)."""
         import torch
+
+        from speakerdb.model._embedder import single_threaded_torch
 
         batch = np.asarray(waves, dtype=np.float32)
         if batch.ndim != 2 or batch.shape[1] != self.input_samples:
             raise UsageError(
                 f"countermeasure input must be shaped (B, {self.input_samples}), not {batch.shape}"
             )
-        with self._lock, torch.inference_mode():
-            out = self.net(torch.from_numpy(np.ascontiguousarray(batch)))
+        wave = torch.from_numpy(np.ascontiguousarray(batch))
+        workers = torch.get_num_threads() if self.net.tile is not None else 1
+        with self._lock, torch.inference_mode(), single_threaded_torch():
+            if workers > 1:
+                with ThreadPoolExecutor(workers, thread_name_prefix="speakerdb-cm") as pool:
+                    out = self.net(wave, pool)
+            else:
+                out = self.net(wave)
         return np.asarray(out.numpy(), dtype=np.float32)
 
     def score_samples(self, samples: npt.NDArray[np.float32]) -> tuple[float, float]:
@@ -235,12 +265,36 @@ class Countermeasure:
     def _score_pending(
         self, results: list[SpoofScore], pending: list[tuple[int, npt.NDArray[np.float32]]]
     ) -> list[SpoofScore]:
-        for start in range(0, len(pending), _BATCH):
-            chunk = pending[start : start + _BATCH]
+        keys = [hashlib.blake2b(wave.tobytes(), digest_size=16).digest() for _, wave in pending]
+        known = self._remembered(keys)
+        # Each distinct recording not remembered, once (a list may repeat a file).
+        todo = list(
+            {
+                key: wave for key, (_, wave) in zip(keys, pending, strict=True) if key not in known
+            }.items()
+        )
+        for start in range(0, len(todo), _BATCH):
+            chunk = todo[start : start + _BATCH]
             logits = self.logits(np.stack([wave for _, wave in chunk]))
-            for (index, _), row in zip(chunk, logits, strict=True):
-                results[index] = self._finish(results[index], row)
+            fresh = {key: row for (key, _), row in zip(chunk, logits, strict=True)}
+            self._remember(fresh)
+            known.update(fresh)
+        for (index, _), key in zip(pending, keys, strict=True):
+            results[index] = self._finish(results[index], known[key])
         return results
+
+    def _remembered(self, keys: Sequence[bytes]) -> dict[bytes, npt.NDArray[np.float32]]:
+        with self._memo_lock:
+            found = {key: self._memo[key] for key in keys if key in self._memo}
+            for key in found:
+                self._memo.move_to_end(key)
+        return found
+
+    def _remember(self, fresh: dict[bytes, npt.NDArray[np.float32]]) -> None:
+        with self._memo_lock:
+            self._memo.update(fresh)
+            while len(self._memo) > MEMO_ENTRIES:
+                self._memo.popitem(last=False)
 
     def _finish(self, partial: SpoofScore, logits: npt.NDArray[np.float32]) -> SpoofScore:
         raw = float(logits[1] - logits[0])

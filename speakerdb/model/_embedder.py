@@ -57,8 +57,9 @@ class EmbeddedAudio:
     sha256 / duration (s) / speech_seconds (s after silence trimming) / bandwidth_hz (Hz, a
     calibration quality measure; None if unmeasurable) are set when decoding succeeded.
     ``skipped``: decoded but deliberately not encoded (see ``Embedder.iter_embed``).
-    ``head``: the recording's first samples, as :class:`PreparedUtterance` defines it (only
-    when ``head_samples`` was asked for).
+    ``head``, ``head_bandwidth_hz``, ``head_seconds``: the recording's first samples and
+    measures as a countermeasure decodes it, as :class:`PreparedUtterance` defines them
+    (only when ``head_samples`` was asked for).
     """
 
     source: str
@@ -70,6 +71,8 @@ class EmbeddedAudio:
     skipped: bool = False
     bandwidth_hz: float | None = None
     head: npt.NDArray[np.float32] | None = field(default=None, repr=False)
+    head_bandwidth_hz: float | None = None
+    head_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -500,6 +503,8 @@ def _described(
         skipped=skipped,
         bandwidth_hz=prepared.bandwidth_hz,
         head=prepared.head,
+        head_bandwidth_hz=prepared.head_bandwidth_hz,
+        head_seconds=prepared.head_seconds,
     )
 
 

@@ -16,6 +16,7 @@ Memory: the recording is held once at 16 kHz (4 bytes a sample) plus the trimmed
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,9 +79,12 @@ class PreparedUtterance:
     by the model's resampler); duration: seconds of decoded audio; speech_seconds: seconds
     left after silence trimming; bandwidth_hz: the decoded audio's bandwidth in Hz
     (:func:`speakerdb._quality.speech_bandwidth_hz`, a quality measure for calibration),
-    None when it cannot be measured; head: the first samples of the decoded 16 kHz recording
-    before any trimming, (min(n, head_samples),) float32, when asked for and the recording was
-    at 16 kHz already (what a countermeasure scores, so it need not decode the file again).
+    None when it cannot be measured; head: the first samples of the recording at 16 kHz as
+    a countermeasure decodes it (resampled with torchaudio's default filter, which is not
+    every encoder's), before any trimming, (min(n, head_samples),) float32, when asked for;
+    head_bandwidth_hz / head_seconds: bandwidth_hz and duration of the whole recording
+    resampled that way (the same numbers for audio at 16 kHz already). What a countermeasure
+    scores, so that it need not decode the file again.
     """
 
     chunks: list[torch.Tensor] = field(repr=False)
@@ -90,6 +94,8 @@ class PreparedUtterance:
     speech_seconds: float
     bandwidth_hz: float | None = None
     head: npt.NDArray[np.float32] | None = field(default=None, repr=False)
+    head_bandwidth_hz: float | None = None
+    head_seconds: float | None = None
 
     @property
     def windows(self) -> torch.Tensor:
@@ -109,8 +115,9 @@ def prepare_utterance(
 
     source / sample_rate: see :func:`speakerdb.model._audio.load_audio`. max_seconds: the
     duration limit (see :func:`speakerdb.model._audio.max_audio_seconds`). head_samples: keep
-    that many first samples as ``head`` (only for audio already at 16 kHz: other rates are
-    resampled the encoder's way, which is not the countermeasure's).
+    that many first samples as ``head``, resampled the countermeasure's way (see
+    :class:`PreparedUtterance`): audio at another rate than 16 kHz goes through a second
+    resampler beside the encoder's, from the same decoded blocks.
 
     Raises the AudioError subclasses of load_audio (TooLongError past the limit), plus
     NoSpeechError when VAD finds no speech or the signal is noise
@@ -122,13 +129,22 @@ def prepare_utterance(
     stream = open_source(source, sample_rate, max_seconds)
     label = stream.source
     feed, finish = encoder.stream_resampler(stream.rate)
+    tee = _Tee(stream.rate, feed, finish) if head_samples and stream.rate != SAMPLE_RATE else None
+    if tee is not None:
+        feed, finish = tee.feed, tee.finish
     samples, digest = collect_resampled(stream, feed, finish)
     if samples.size and not samples.flags.writeable:
         samples = samples.copy()
     duration = samples.size / SAMPLE_RATE
     bandwidth = _bandwidth(samples)
-    # A copy: GE2E trims ``samples`` in place below.
-    head = samples[:head_samples].copy() if head_samples and stream.rate == SAMPLE_RATE else None
+    head = head_bandwidth = head_seconds = None
+    if tee is not None:
+        theirs = tee.samples()
+        head, head_bandwidth = theirs[:head_samples].copy(), _bandwidth(theirs)
+        head_seconds = theirs.size / SAMPLE_RATE
+    elif head_samples:
+        # A copy: GE2E trims ``samples`` in place below.
+        head, head_bandwidth, head_seconds = samples[:head_samples].copy(), bandwidth, duration
 
     gain = volume_gain(samples)
     flags = vad_flags(samples, gain)
@@ -157,7 +173,38 @@ def prepare_utterance(
         speech_seconds=speech_seconds,
         bandwidth_hz=bandwidth,
         head=head,
+        head_bandwidth_hz=head_bandwidth,
+        head_seconds=head_seconds,
     )
+
+
+class _Tee:
+    """The encoder's resampler (``feed``, ``finish``) with the countermeasure's beside it on
+    the same blocks: one decode, two resamplings. The countermeasure's whole recording is
+    kept (for its bandwidth; at 16 kHz float32, as the encoder's)."""
+
+    def __init__(
+        self,
+        rate: int,
+        feed: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]],
+        finish: Callable[[], npt.NDArray[np.float32]],
+    ) -> None:
+        from speakerdb.model._resampling import TORCHAUDIO_DEFAULT, StreamResampler
+
+        self._theirs = StreamResampler(rate, SAMPLE_RATE, TORCHAUDIO_DEFAULT)
+        self._feed, self._finish = feed, finish
+        self._parts: list[npt.NDArray[np.float32]] = []
+
+    def feed(self, block: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        self._parts.append(self._theirs.feed(block))
+        return self._feed(block)
+
+    def finish(self) -> npt.NDArray[np.float32]:
+        self._parts.append(self._theirs.finish())
+        return self._finish()
+
+    def samples(self) -> npt.NDArray[np.float32]:
+        return np.concatenate(self._parts) if self._parts else np.zeros(0, np.float32)
 
 
 def decoded_digest(
