@@ -234,6 +234,11 @@ def test_cluster_into_postgresql_with_a_worker_killed_mid_job(
     cluster, speech_manifest, one_machine, pg_url
 ):
     reference, reference_url = one_machine
+    # Workers wait after their first batch until released: the job cannot finish before the
+    # kill, however slow this process is to notice the marker on a loaded machine.
+    hold, release = cluster.markers / "hold", cluster.markers / "release"
+    release.unlink(missing_ok=True)
+    hold.touch()
     before = set(os.listdir(cluster.markers))
     driver = _start(cluster, speech_manifest, pg_url)
     try:
@@ -243,8 +248,11 @@ def test_cluster_into_postgresql_with_a_worker_killed_mid_job(
         assert _committed(pg_url) < len(_contents(reference_url))
         victim = int(min(set(os.listdir(cluster.markers)) - before))
         os.kill(victim, signal.SIGKILL)  # Ray restarts the actor and reruns its batch
+        release.touch()
         stdout, stderr = driver.communicate(timeout=HUNG_S)
     finally:
+        release.touch()
+        hold.unlink(missing_ok=True)
         if driver.poll() is None:
             driver.kill()
             driver.wait()

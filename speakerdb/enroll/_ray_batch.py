@@ -21,6 +21,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -63,7 +64,8 @@ DEFAULT_FILES_PER_TASK = 16
 enough that a retried batch repeats little work."""
 MARKERS_ENV = "SPEAKERDB_RAY_MARKERS"
 """A folder: each worker process writes ``<pid>`` there after its first batch (used by the
-tests to kill a worker mid-job without guessing at timings)."""
+tests to kill a worker mid-job without guessing at timings; see :func:`mark_first_batch`)."""
+HOLD_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -392,10 +394,21 @@ def job_error(exc: Exception) -> SpeakerDBError:
 
 
 def mark_first_batch() -> None:
+    """The tests' hook (``$SPEAKERDB_RAY_MARKERS``): write ``<folder>/<pid>``; then, while
+    ``<folder>/hold`` exists, wait for ``<folder>/release`` (at most HOLD_S), so that a test
+    acts on a job that cannot have finished meanwhile, however loaded the machine."""
     folder = os.environ.get(MARKERS_ENV)
-    if folder:
-        with open(os.path.join(folder, str(os.getpid())), "w") as marker:
-            marker.write("1")
+    if not folder:
+        return
+    with open(os.path.join(folder, str(os.getpid())), "w") as marker:
+        marker.write("1")
+    deadline = time.monotonic() + HOLD_S
+    while (
+        os.path.exists(os.path.join(folder, "hold"))
+        and not os.path.exists(os.path.join(folder, "release"))
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
 
 
 def _columns(
