@@ -17,9 +17,11 @@ before FAISS sees a byte of it, then FAISS reads it without copying (the inverte
 views of the mapped file, see :meth:`VectorIndex.from_mapped`), so a new process's load
 costs one keyed hash of the file at about 1.8 GB/s per core, not a read, two hashes and two
 copies. The writer never modifies a file in place (a new file is renamed over the old one,
-whose mapping stays intact), so what was authenticated is what is searched; only the owner
-of the 0600 file in its 0700 folder could alter it in place, and that account can already
-alter the process itself.
+whose mapping stays intact), so what was authenticated is what is searched. The residual
+risk, accepted: the account owning the 0600 file in its 0700 folder (the service's own)
+could still rewrite its bytes in place after the check, and they would be searched
+unchecked; truncating it in place makes the process fail (SIGBUS). Neither happens through
+speakerdb.
 
 Version 2 files (``SPKDBIX2``: one HMAC-SHA256 over the whole file, a sha256 of the FAISS
 bytes in the header) are still read the old way -- copied into memory -- and used when
