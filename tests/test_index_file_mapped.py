@@ -20,6 +20,7 @@ import pytest
 
 from helpers import bulk_enroll, clustered_vectors, fake_model
 from speakerdb.storage import _index_file as index_file
+from speakerdb.storage import _vector_index as vector_index
 from speakerdb.storage._index_file import (
     MAGIC,
     MAGIC_V2,
@@ -93,7 +94,9 @@ def test_a_mapped_index_answers_as_the_copied_one(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", ["ivf", "ivfsq"])
-def test_changes_after_a_lazy_id_map_copy_the_lists_out_and_leave_the_file(tmp_path, kind):
+def test_changes_after_a_lazy_id_map_copy_the_lists_out_and_leave_the_file(
+    tmp_path, monkeypatch, kind
+):
     key = secrets.token_bytes(32)
     path, built, vectors = _written(tmp_path, kind, key)
     before = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -104,13 +107,21 @@ def test_changes_after_a_lazy_id_map_copy_the_lists_out_and_leave_the_file(tmp_p
     # The first change is a delete, with no id map built yet.
     assert mapped.remove(gone) == 3 and not mapped.mapped
     assert built.remove(gone) == 3
+    assert not mapped._has_id_map()  # found by scanning the lists
+    # Removals keep scanning until they have cost about as much as the map, then build it.
+    monkeypatch.setattr(vector_index, "SCANS_BEFORE_ID_MAP", 2)
+    more = np.array([300, 301, 302], dtype=np.int64)
+    for victim in more:
+        assert mapped.remove(np.array([victim])) == 1 and built.remove(np.array([victim])) == 1
+    assert mapped._has_id_map()
+    assert mapped.remove(more) == 0
     for row in gone - 100:
         ids = mapped.search(vectors[row : row + 1], 20)[1][0]
         assert not set(gone.tolist()) & set(ids.tolist())
         assert mapped.get(int(row) + 100) is None
     mapped.upsert(np.array([10**6, 150]), vectors[:2])
     built.upsert(np.array([10**6, 150]), vectors[:2])
-    assert len(mapped) == len(built) == N - 2
+    assert len(mapped) == len(built) == N - 5
     for got, want in zip(mapped.contents(), built.contents(), strict=True):
         assert np.array_equal(got, want)
     queries = vectors[::61]

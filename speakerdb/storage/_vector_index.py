@@ -41,6 +41,10 @@ SHORTLIST_MIN = 50  # ... and at least this many
 # A restricted search (one tenant's speakers) in an inverted index scores every allowed
 # vector exactly up to this many (a few ms per query at 256-d), and scans lists above it.
 EXACT_AMONG_MAX = 50_000
+# An inverted index read without its id map removes by scanning the lists' ids until it has
+# scanned this many times its size (a scan costs about a tenth of building the map), then
+# builds the map.
+SCANS_BEFORE_ID_MAP = 5
 # The FAISS class each kind deserialises to (a file whose header and payload disagree
 # about the kind is refused).
 _FAISS_CLASS = {"flat": "IndexIDMap2", "ivf": "IndexIVFFlat", "ivfsq": "IndexIVFScalarQuantizer"}
@@ -122,6 +126,7 @@ class VectorIndex:
         self._mapped: npt.NDArray[np.uint8] | None = None
         self._lists_mapped = False
         self._id_map_lock = threading.Lock()
+        self._scanned = 0  # list entries scanned by removals without an id map
 
     def use_gpu(self, device: str | None) -> bool:
         """Search on the GPU named by ``device`` when possible; returns whether it will."""
@@ -219,7 +224,8 @@ class VectorIndex:
         return codes
 
     def _repack(self) -> None:
-        """Re-pack the inverted lists to exactly their size (same lists, same contents)."""
+        """Re-pack the inverted lists to exactly their size (same lists, same contents; the
+        id map rebuilt if there was one)."""
         ivf = self._ivf()
         old = ivf.invlists
         lists = cast(InvertedLists, faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size))
@@ -227,7 +233,7 @@ class VectorIndex:
             size = old.list_size(list_no)
             if size:
                 lists.add_entries(list_no, size, old.get_ids(list_no), old.get_codes(list_no))
-        self._install(ivf, lists, int(ivf.ntotal))
+        self._install(ivf, lists, int(ivf.ntotal), id_map=self._has_id_map())
 
     @staticmethod
     def _pack(
@@ -249,14 +255,17 @@ class VectorIndex:
                 faiss.swig_ptr(codes[start:stop]),
             )
 
-    def _install(self, ivf: IvfIndex, lists: InvertedLists, total: int) -> None:
+    def _install(
+        self, ivf: IvfIndex, lists: InvertedLists, total: int, id_map: bool = True
+    ) -> None:
         ivf.replace_invlists(lists, True)
         lists.this.disown()  # owned by the index now
         ivf.ntotal = total
         self._index.ntotal = total
-        # Rebuild the id -> (list, offset) map from the new lists.
+        # Rebuild the id -> (list, offset) map from the new lists (or leave none).
         ivf.set_direct_map_type(faiss.DirectMap.NoMap)
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        if id_map:
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         self._grown_lists: set[int] = set()
         self._gpu_index = None
 
@@ -313,6 +322,14 @@ class VectorIndex:
             return 0
         self._own()
         self._gpu_index = None
+        if self.params.inverted and not self._has_id_map():
+            if self._scanned <= SCANS_BEFORE_ID_MAP * len(self):
+                # No id map yet (read from a file without one): a parallel scan of the
+                # lists' ids finds these, for a small fraction of building the map; once
+                # scans have cost about as much, the map is built.
+                self._scanned += len(self)
+                return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+            self._ensure_id_map()
         if self.params.inverted:
             # The id hash map of an IVF index only removes through an explicit id array.
             selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))
@@ -493,12 +510,16 @@ class VectorIndex:
         index._mapped = None
         index._lists_mapped = False
         index._id_map_lock = threading.Lock()
+        index._scanned = 0
         return index
 
     @property
     def mapped(self) -> bool:
         """Whether the index searches lists mapped from a file (it has not changed since)."""
         return self._lists_mapped
+
+    def _has_id_map(self) -> bool:
+        return not self.params.inverted or self._ivf().direct_map.type != faiss.DirectMap.NoMap
 
     def _ensure_id_map(self) -> None:
         """Build the id -> (list, offset) hash map of an inverted index read without one (a
@@ -518,7 +539,7 @@ class VectorIndex:
         mapping (they never change), which is kept; the lists' pages are given back."""
         if self._mapped is None or not self._lists_mapped:
             return
-        self._repack()  # fresh lists of its own, and the id map built from them
+        self._repack()  # fresh lists of its own (the id map still only when needed)
         self._lists_mapped = False
         mapping: object = self._mapped
         while isinstance(mapping, np.ndarray):  # a slice of an array over a memoryview
