@@ -449,17 +449,15 @@ class VectorIndex:
     def to_bytes(self, id_map: bool = True) -> bytes:
         """The FAISS serialisation. ``id_map`` False: an inverted index without its id hash
         map (16 bytes per vector, and a hash table to refill on reading), which a reader
-        rebuilds from the lists when it first needs it (see :meth:`from_mapped`)."""
+        builds from the lists when it first needs it (see :meth:`from_mapped`). This index
+        drops its own map too, to be rebuilt the same way: rebuilding it here would hold
+        the caller (a save, under the store's lock) for as long again as the write."""
         if id_map or not self.params.inverted:
             return bytes(faiss.serialize_index(self._index).tobytes())
-        ivf = self._ivf()
-        had_map = ivf.direct_map.type != faiss.DirectMap.NoMap
-        ivf.set_direct_map_type(faiss.DirectMap.NoMap)
-        try:
-            return bytes(faiss.serialize_index(self._index).tobytes())
-        finally:
-            if had_map:
-                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        with self._id_map_lock:
+            self._ivf().set_direct_map_type(faiss.DirectMap.NoMap)
+            self._scanned = 0
+        return bytes(faiss.serialize_index(self._index).tobytes())
 
     @classmethod
     def from_bytes(
