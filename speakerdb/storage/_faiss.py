@@ -64,6 +64,7 @@ class IvfIndex(FaissIndex, Protocol):
     invlists: InvertedLists
     quantizer: FaissIndex
     cp: Any  # ClusteringParameters
+    direct_map: Any  # DirectMap: .type is one of faiss.DirectMap's constants
 
     def train(self, x: FloatMatrix) -> None: ...
     def encode_vectors(self, n: int, x: object, list_nos: object, codes: object) -> None: ...

@@ -269,7 +269,8 @@ class IndexCache:
         index.use_gpu(self._device)
         self._index = index
         self._applied_seq = header.applied_seq
-        self._saved_seq = header.applied_seq
+        # A file of an older layout is rewritten (as version 3) at the next save.
+        self._saved_seq = header.applied_seq if loaded.version >= 3 else None
         self.file_seq = header.applied_seq
         applied = self._catch_up()
         self.file_state = "stale" if applied else "current"

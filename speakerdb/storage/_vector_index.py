@@ -18,6 +18,8 @@ This module does not know about SQL; :mod:`speakerdb.storage._store` keeps it in
 
 from __future__ import annotations
 
+import mmap
+import threading
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -39,6 +41,10 @@ SHORTLIST_MIN = 50  # ... and at least this many
 # A restricted search (one tenant's speakers) in an inverted index scores every allowed
 # vector exactly up to this many (a few ms per query at 256-d), and scans lists above it.
 EXACT_AMONG_MAX = 50_000
+# An inverted index read without its id map removes by scanning the lists' ids until it has
+# scanned this many times its size (a scan costs about a tenth of building the map), then
+# builds the map.
+SCANS_BEFORE_ID_MAP = 5
 # The FAISS class each kind deserialises to (a file whose header and payload disagree
 # about the kind is refused).
 _FAISS_CLASS = {"flat": "IndexIDMap2", "ivf": "IndexIVFFlat", "ivfsq": "IndexIVFScalarQuantizer"}
@@ -101,6 +107,11 @@ class VectorIndex:
 
     The master copy always lives on the CPU (updates, persistence). With a GPU
     (:meth:`use_gpu`), searches run on a GPU replica of it, refreshed after changes.
+
+    An index loaded by :meth:`from_mapped` searches its inverted lists where they lie in
+    the (authenticated, memory-mapped) file, and builds its id -> list map only when a
+    lookup by id first needs it; its first change copies it into memory of its own
+    (:meth:`_own`), once.
     """
 
     def __init__(self, dimension: int, params: IndexParams | None = None) -> None:
@@ -110,6 +121,12 @@ class VectorIndex:
         self._gpu: int | None = None
         self._gpu_index: FaissIndex | None = None
         self._gpu_resources: object | None = None
+        # The bytes a mapped index's quantiser (and, until its first change, lists) are
+        # views of: kept alive as long as the index.
+        self._mapped: npt.NDArray[np.uint8] | None = None
+        self._lists_mapped = False
+        self._id_map_lock = threading.Lock()
+        self._scanned = 0  # list entries scanned by removals without an id map
 
     def use_gpu(self, device: str | None) -> bool:
         """Search on the GPU named by ``device`` when possible; returns whether it will."""
@@ -207,7 +224,8 @@ class VectorIndex:
         return codes
 
     def _repack(self) -> None:
-        """Re-pack the inverted lists to exactly their size (same lists, same contents)."""
+        """Re-pack the inverted lists to exactly their size (same lists, same contents; the
+        id map rebuilt if there was one)."""
         ivf = self._ivf()
         old = ivf.invlists
         lists = cast(InvertedLists, faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size))
@@ -215,7 +233,7 @@ class VectorIndex:
             size = old.list_size(list_no)
             if size:
                 lists.add_entries(list_no, size, old.get_ids(list_no), old.get_codes(list_no))
-        self._install(ivf, lists, int(ivf.ntotal))
+        self._install(ivf, lists, int(ivf.ntotal), id_map=self._has_id_map())
 
     @staticmethod
     def _pack(
@@ -237,14 +255,17 @@ class VectorIndex:
                 faiss.swig_ptr(codes[start:stop]),
             )
 
-    def _install(self, ivf: IvfIndex, lists: InvertedLists, total: int) -> None:
+    def _install(
+        self, ivf: IvfIndex, lists: InvertedLists, total: int, id_map: bool = True
+    ) -> None:
         ivf.replace_invlists(lists, True)
         lists.this.disown()  # owned by the index now
         ivf.ntotal = total
         self._index.ntotal = total
-        # Rebuild the id -> (list, offset) map from the new lists.
+        # Rebuild the id -> (list, offset) map from the new lists (or leave none).
         ivf.set_direct_map_type(faiss.DirectMap.NoMap)
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        if id_map:
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         self._grown_lists: set[int] = set()
         self._gpu_index = None
 
@@ -287,6 +308,7 @@ class VectorIndex:
             return
         if len(np.unique(ids)) != len(ids):
             raise StoreError("index upsert: duplicate ids in one call")
+        self._own()
         self.remove(ids)
         self._index.add_with_ids(vectors, ids)
         self._gpu_index = None
@@ -298,7 +320,16 @@ class VectorIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) == 0 or len(self) == 0:
             return 0
+        self._own()
         self._gpu_index = None
+        if self.params.inverted and not self._has_id_map():
+            if self._scanned <= SCANS_BEFORE_ID_MAP * len(self):
+                # No id map yet (read from a file without one): a parallel scan of the
+                # lists' ids finds these, for a small fraction of building the map; once
+                # scans have cost about as much, the map is built.
+                self._scanned += len(self)
+                return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+            self._ensure_id_map()
         if self.params.inverted:
             # The id hash map of an IVF index only removes through an explicit id array.
             selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))
@@ -308,6 +339,7 @@ class VectorIndex:
     def get(self, id_: int) -> FloatMatrix | None:
         """The (d,) vector stored under ``id_`` (decoded, so approximate, for ivfsq: see
         :attr:`IndexParams.exact_vectors`), or None."""
+        self._ensure_id_map()
         try:
             return np.asarray(self._index.reconstruct(int(id_)), dtype=np.float32)
         except RuntimeError:
@@ -343,6 +375,7 @@ class VectorIndex:
         return ids[order], np.asarray(vectors, dtype=np.float32)[order]
 
     def _ivf_contents(self) -> tuple[IdArray, FloatMatrix | None]:
+        self._ensure_id_map()
         ivf = self._ivf()
         lists = ivf.invlists
         id_parts: list[IdArray] = []
@@ -394,6 +427,7 @@ class VectorIndex:
         (a small tenant in a large index: its nearest lists may hold none of them), else
         scan their lists through the selector like an unrestricted search."""
         if self.params.inverted and len(allowed) <= EXACT_AMONG_MAX:
+            self._ensure_id_map()
             vectors = self._ivf().reconstruct_batch(np.ascontiguousarray(allowed))
             scores_all = queries @ vectors.T
             order = np.argsort(-scores_all, axis=1, kind="stable")[:, :k]
@@ -412,18 +446,55 @@ class VectorIndex:
 
     # --- persistence -------------------------------------------------------------------------
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, id_map: bool = True) -> bytes:
+        """The FAISS serialisation. ``id_map`` False: an inverted index without its id hash
+        map (16 bytes per vector, and a hash table to refill on reading), which a reader
+        builds from the lists when it first needs it (see :meth:`from_mapped`). This index
+        drops its own map too, to be rebuilt the same way: rebuilding it here would hold
+        the caller (a save, under the store's lock) for as long again as the write."""
+        if id_map or not self.params.inverted:
+            return bytes(faiss.serialize_index(self._index).tobytes())
+        with self._id_map_lock:
+            self._ivf().set_direct_map_type(faiss.DirectMap.NoMap)
+            self._scanned = 0
         return bytes(faiss.serialize_index(self._index).tobytes())
 
     @classmethod
     def from_bytes(
         cls, data: bytes | bytearray, dimension: int, params: IndexParams
     ) -> VectorIndex:
-        """An index from :meth:`to_bytes` output (``data`` is not copied first)."""
+        """An index from :meth:`to_bytes` output, copied into memory of its own. Raises
+        StoreError when it is not a ``params.kind`` index of ``dimension``-d vectors."""
+        loaded = cast(FaissIndex, faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)))
+        index = cls._wrap(loaded, dimension, params)
+        index._ensure_id_map()
+        return index
+
+    @classmethod
+    def from_mapped(
+        cls, data: npt.NDArray[np.uint8], dimension: int, params: IndexParams
+    ) -> VectorIndex:
+        """An index from :meth:`to_bytes` output held in ``data`` ((n,) uint8, typically a
+        read-only memory map of an authenticated file), without copying it: the inverted
+        lists and the quantiser stay views of ``data``, which the index keeps alive, so
+        loading costs a small fraction of the payload whatever its size. ``data`` must not
+        change while the index lives (the caller authenticates it first and maps a file no
+        writer modifies in place). A flat index is copied (:meth:`from_bytes`): flat kinds
+        are the small ones. Raises StoreError as :meth:`from_bytes`."""
+        if not params.inverted:
+            return cls.from_bytes(data.tobytes(), dimension, params)
+        reader = faiss.ZeroCopyIOReader(faiss.swig_ptr(data), data.size)
+        loaded = cast(FaissIndex, faiss.read_index(reader, faiss.IO_FLAG_MMAP_IFC))
+        index = cls._wrap(loaded, dimension, params)
+        index._mapped = data
+        index._lists_mapped = True
+        return index
+
+    @classmethod
+    def _wrap(cls, loaded: FaissIndex, dimension: int, params: IndexParams) -> VectorIndex:
         index = cls.__new__(cls)
         index.dimension = dimension
         index.params = params
-        loaded = cast(FaissIndex, faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)))
         if loaded.d != dimension:
             raise StoreError(f"index file holds {loaded.d}-d vectors, expected {dimension}")
         if type(loaded).__name__ != _FAISS_CLASS.get(params.kind):
@@ -434,4 +505,46 @@ class VectorIndex:
         index._gpu = None
         index._gpu_index = None
         index._gpu_resources = None
+        index._mapped = None
+        index._lists_mapped = False
+        index._id_map_lock = threading.Lock()
+        index._scanned = 0
         return index
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the index searches lists mapped from a file (it has not changed since)."""
+        return self._lists_mapped
+
+    def _has_id_map(self) -> bool:
+        return not self.params.inverted or self._ivf().direct_map.type != faiss.DirectMap.NoMap
+
+    def _ensure_id_map(self) -> None:
+        """Build the id -> (list, offset) hash map of an inverted index read without one (a
+        scan of the lists' ids); lookups by id (reconstruct, removal) need it, searches do
+        not."""
+        if not self.params.inverted:
+            return
+        with self._id_map_lock:
+            ivf = self._ivf()
+            if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+
+    def _own(self) -> None:
+        """Before the first change of a mapped index: copy its lists out of the mapping
+        (FAISS cannot resize a list that is a view, and aborts the process if asked to),
+        once per load; searches never pay it. The quantiser's centres stay views of the
+        mapping (they never change), which is kept; the lists' pages are given back."""
+        if self._mapped is None or not self._lists_mapped:
+            return
+        self._repack()  # fresh lists of its own (the id map still only when needed)
+        self._lists_mapped = False
+        mapping: object = self._mapped
+        while isinstance(mapping, np.ndarray):  # a slice of an array over a memoryview
+            mapping = mapping.base
+        if isinstance(mapping, memoryview):
+            mapping = mapping.obj
+        if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            # Unmaps the pages from this process (the file's cache is untouched): the
+            # centres fault back in on their next read, the copied lists never do.
+            mapping.madvise(mmap.MADV_DONTNEED)
