@@ -9,13 +9,14 @@ import json
 import os
 import shutil
 import sqlite3
+import string
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import assume, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -217,14 +218,24 @@ _TEMPLATES = [
     template=st.sampled_from(_TEMPLATES),
     port=st.one_of(st.integers(-5, 10**7).map(str), st.text(max_size=6)),
 )
+# Found by this test in CI: the password's own "@" ended it early, "0000" became the host,
+# and the masked URL "user:***@0000/..." spelled the password.
+@example(password="@0000/", template=_TEMPLATES[0], port="0")
 def test_no_url_error_shows_the_password(password, template, port):
-    assume(password not in port)  # a port that spells the password is shown as the port
+    """What speakerdb shows of a URL (its error, or the resolved display and index path)
+    holds the password no more often than it does for the same URL with another password
+    of the same length: a password that happens to spell public text ("databa" in
+    "database", the port) is not a leak, one the masking let through is."""
     url = template.format(pw=password, port=port)
+    filler = next(c for c in string.ascii_letters if c not in password) * len(password)
+    shown, baseline = _shown(url), _shown(template.format(pw=filler, port=port))
+    assert shown.count(password) <= baseline.count(password), shown
+
+
+def _shown(url: str) -> str:
     try:
         location = resolve_location(url)
     except ConfigurationError as exc:
-        assert password not in exc.message
         assert "\n" not in exc.message
-    else:
-        assert password not in location.display
-        assert password not in str(location.index_path)
+        return exc.message
+    return f"{location.display} {location.index_path}"

@@ -124,6 +124,14 @@ def _parse(url: str | URL) -> URL:
     if isinstance(url, URL):
         parsed = url
     else:
+        if url.count("@") > 1:
+            # Only one "@" separates the credentials from the host. With more, the parse is
+            # a guess (SQLAlchemy ends the password at the first "@"): a password holding
+            # "@0000/" parses as host "0000", and shown back it would spell the password.
+            raise ConfigurationError(
+                f"invalid database URL {mask_password(url)!r}: more than one '@' (a user "
+                "name or password holding one must write it percent-encoded: %40)"
+            )
         try:
             parsed = make_url(url)
         except (ArgumentError, ValueError, TypeError) as exc:
