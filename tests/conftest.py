@@ -4,6 +4,14 @@ import os
 import uuid
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# CI (.ci/run) draws the same examples on every run, so that a red run is a change's doing and
+# not a new random draw; `make test` elsewhere draws afresh and finds what is new (a failure it
+# finds becomes an @example). Loaded here, before any test module builds its @settings.
+hypothesis_settings.register_profile("ci", derandomize=True)
+if os.environ.get("SPEAKERDB_HYPOTHESIS_PROFILE"):
+    hypothesis_settings.load_profile(os.environ["SPEAKERDB_HYPOTHESIS_PROFILE"])
 
 
 @pytest.fixture(autouse=True, scope="session")
