@@ -46,6 +46,23 @@ DEFAULT_PG_URL = os.environ.get(
 )
 
 
+def run_in_new_process(code: str, timeout: float = 1800) -> dict:
+    """Run Python ``code`` (dedented) in a fresh interpreter and return the JSON object of the
+    last line it prints, floats rounded to 3 places. Raises CalledProcessError on failure."""
+    import subprocess
+    import textwrap
+
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in record.items()}
+
+
 def create_scratch_pg(base_url: str, prefix: str) -> tuple[str, tuple[object, str]] | None:
     """A new empty PostgreSQL database on the server of ``base_url``: (its URL, a handle for
     :func:`drop_scratch_pg`), or None (with a note on stderr) when the server is unreachable."""

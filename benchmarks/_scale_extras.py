@@ -13,16 +13,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from _common import DATA, ROOT
+from _common import DATA, ROOT, run_in_new_process
 
 
 @dataclass
@@ -165,12 +163,5 @@ def new_process_first_query(index, vectors: np.ndarray, query: np.ndarray) -> di
             full=str(full),
             query=str(probe),
         )
-        out = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(code)],
-            capture_output=True,
-            text=True,
-            timeout=1800,
-            check=True,
-        )
-    record = json.loads(out.stdout.strip().splitlines()[-1])
-    return {k: round(v, 3) for k, v in record.items()} | {"file_mb": round(file_mb, 1)}
+        record = run_in_new_process(code)
+    return record | {"file_mb": round(file_mb, 1)}

@@ -25,10 +25,8 @@ import json
 import mmap
 import secrets
 import struct
-import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -36,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, emit
+from _common import ROOT, emit, run_in_new_process
 from speakerdb.storage._index_file import (
     MAC_SIZE,
     MAGIC_V2,
@@ -152,15 +150,7 @@ def _new_process(path: Path, key: bytes, seq: int, query_path: Path) -> dict:
         path=str(path),
         query=str(query_path),
     )
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=True,
-    )
-    record = json.loads(out.stdout.strip().splitlines()[-1])
-    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in record.items()}
+    return run_in_new_process(code)
 
 
 def _median(runs: list[dict]) -> dict:
