@@ -55,7 +55,7 @@ def _offsets(base, llr: np.ndarray, band: np.ndarray, who: np.ndarray, estimator
     """{band: offset} of the estimators the library does not ship (one-sided, as shipped)."""
     from statistics import NormalDist
 
-    from speakerdb._spoof_calibration import _highest_threshold
+    from speakerdb._spoof_calibration import _highest_threshold, _speaker_spread
 
     z = -NormalDist().inv_cdf(RATE)
     out = {}
@@ -67,11 +67,9 @@ def _offsets(base, llr: np.ndarray, band: np.ndarray, who: np.ndarray, estimator
             q = _highest_threshold(values, RATE)
         elif estimator == "normal":
             q = values.mean() - z * values.std(ddof=1)
-        else:  # speaker normal: the spread of a new speaker's recording, no tolerance factor
-            names = sorted(set(people.tolist()))
-            means = np.array([values[people == n].mean() for n in names])
-            within = [values[people == n].var(ddof=1) for n in names if (people == n).sum() > 1]
-            q = means.mean() - z * np.sqrt(np.mean(within) + means.var(ddof=1))
+        else:  # speaker normal: the shipped spread of a new speaker's recording, no tolerance
+            mean, spread, _ = _speaker_spread(values, people.astype(str))
+            q = mean - z * spread
         out[name] = max(0.0, base.threshold - q)
     return out
 
