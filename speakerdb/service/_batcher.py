@@ -339,15 +339,9 @@ class BatchingEmbedder(Embedder):
                 )
             except BaseException as exc:  # every waiting request gets the failure
                 log.exception("embedding a batch of %d recordings failed", len(items))
-                for job in group:
-                    job.future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
+                _fail([job.future for job in group], exc)
                 continue
-            offset = 0
-            for job in group:
-                job.future.set_result(embedded[offset : offset + len(job.items)])
-                offset += len(job.items)
+            _hand_out([(job.future, len(job.items)) for job in group], embedded)
             if self._on_batch is not None:
                 self._on_batch(BatchStats(len(items), len(group), time.monotonic() - started))
 
@@ -361,15 +355,26 @@ class BatchingEmbedder(Embedder):
             out = self._inner.encode_windows(torch.cat([job.windows for job in jobs]))
         except BaseException as exc:  # every waiting session gets the failure
             log.exception("encoding %d sessions' windows failed", len(jobs))
-            for job in jobs:
-                job.future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
+            _fail([job.future for job in jobs], exc)
             return
-        offset = 0
-        for job in jobs:
-            job.future.set_result(out[offset : offset + job.windows.shape[0]])
-            offset += job.windows.shape[0]
+        _hand_out([(job.future, job.windows.shape[0]) for job in jobs], out)
+
+
+def _fail(futures: Sequence[Future[Any]], exc: BaseException) -> None:
+    """Give every waiting future ``exc``; re-raise it unless it is an Exception (a
+    KeyboardInterrupt or SystemExit still stops the worker thread)."""
+    for future in futures:
+        future.set_exception(exc)
+    if not isinstance(exc, Exception):
+        raise exc
+
+
+def _hand_out(futures: Sequence[tuple[Future[Any], int]], results: Any) -> None:
+    """Give each future its consecutive slice of ``results`` (its count of rows), in order."""
+    offset = 0
+    for future, count in futures:
+        future.set_result(results[offset : offset + count])
+        offset += count
 
 
 def _files(queue: Sequence[_Job]) -> int:
