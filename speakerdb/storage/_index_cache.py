@@ -148,14 +148,16 @@ class IndexCache:
             return index
 
     @contextlib.contextmanager
-    def synced(self, conn: Connection) -> Iterator[VectorIndex]:
+    def synced(self, conn: Connection, seq: int | None = None) -> Iterator[VectorIndex]:
         """Hold the index, caught up through ``conn`` (the caller's read transaction), for the
-        duration of the block; other threads of this process wait meanwhile."""
+        duration of the block; other threads of this process wait meanwhile. ``seq``: the
+        change sequence the caller has just read through ``conn`` (saves reading it again:
+        a round trip to a database server)."""
         with self._lock:
             if self._index is None:
                 self._load()
             else:
-                self._catch_up(conn)
+                self._catch_up(conn, seq)
             assert self._index is not None
             yield self._index
 
@@ -275,13 +277,16 @@ class IndexCache:
         applied = self._catch_up()
         self.file_state = "stale" if applied else "current"
 
-    def _catch_up(self, conn: Connection | None = None) -> int:
-        """Apply changes newer than the applied sequence; returns how many were applied."""
+    def _catch_up(self, conn: Connection | None = None, current: int | None = None) -> int:
+        """Apply changes newer than the applied sequence; returns how many were applied.
+        ``current``: the change sequence already read through ``conn``."""
         assert self._index is not None
         if conn is None:
             with read_transaction(self._engine) as own:
                 return self._catch_up(own)
-        applied, seq, removed = _apply_changes(self._index, conn, self._applied_seq, self._model)
+        applied, seq, removed = _apply_changes(
+            self._index, conn, self._applied_seq, self._model, current
+        )
         if not applied:
             return 0
         self._unsaved_deletes += removed
@@ -385,11 +390,16 @@ class IndexCache:
 
 
 def _apply_changes(
-    index: VectorIndex, conn: Connection, since: int, model: ModelIdentity
+    index: VectorIndex,
+    conn: Connection,
+    since: int,
+    model: ModelIdentity,
+    current: int | None = None,
 ) -> tuple[int, int, int]:
-    """Apply to ``index`` every change after sequence ``since``, read through ``conn``.
+    """Apply to ``index`` every change after sequence ``since``, read through ``conn``
+    (``current``: the change sequence the caller read through it, else read here).
     Returns (changes applied, the sequence now applied, vectors removed)."""
-    if _state_seq(conn) == since:
+    if (_state_seq(conn) if current is None else current) == since:
         return 0, since, 0
     rows = conn.execute(
         select(Change.seq, Change.speaker_id, Speaker.centroid)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
 import numpy as np
@@ -23,15 +24,25 @@ from speakerdb.errors import ModelMismatchError, SpeakerNotFoundError, StoreErro
 from speakerdb.storage._metadata import read_stored_metadata
 from speakerdb.storage._names import lookup_forms
 from speakerdb.storage._records import Candidate, SpeakerRecord, UtteranceRecord
-from speakerdb.storage._schema import Change, ModelRow, Speaker, StoreState, Utterance, utcnow
+from speakerdb.storage._schema import (
+    Change,
+    ModelRow,
+    Speaker,
+    StoreState,
+    Tenant,
+    Utterance,
+    utcnow,
+)
 
 __all__ = [
     "METADATA_COLUMN",
     "SPEAKER_COLUMNS",
     "AnySelect",
+    "StoreSnapshot",
     "aware",
     "bandwidth_of",
     "candidate_of",
+    "candidate_rows",
     "centroid_of",
     "described",
     "enrolled_hashes",
@@ -45,6 +56,7 @@ __all__ = [
     "set_seq",
     "speaker_record",
     "speaker_row",
+    "store_snapshot",
     "stored_dimension",
     "table_of",
     "utterance_records",
@@ -110,6 +122,41 @@ def candidate_of(row: Row[Any], score: float) -> Candidate:
     )
 
 
+def candidate_rows(conn: Connection, tenant_id: int, ids: Sequence[int]) -> list[Row[Any]]:
+    """The rows (id, name, centroid, utterance_count, speech_seconds, bandwidth_hz) of those
+    speakers of ``ids`` that exist and belong to tenant ``tenant_id``, in any order."""
+    # Found by primary key alone, the tenant checked on the rows found. Given both conditions
+    # at once, PostgreSQL with stale statistics (a bulk enrollment not yet analysed; or no
+    # autovacuum) intersects the key lookups with a scan of the tenant index: every id of
+    # the tenant, ~7 ms at 100 000 speakers for 50 rows. A MATERIALIZED common table
+    # expression is evaluated on its own, so its condition decides its plan alone.
+    found = (
+        select(
+            Speaker.id,
+            Speaker.name,
+            Speaker.centroid,
+            Speaker.utterance_count,
+            Speaker.speech_seconds,
+            Speaker.bandwidth_hz,
+            Speaker.tenant_id,
+        )
+        .where(Speaker.id.in_(ids))
+        .cte("wanted")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    rows: Any = conn.execute(
+        select(
+            found.c.id,
+            found.c.name,
+            found.c.centroid,
+            found.c.utterance_count,
+            found.c.speech_seconds,
+            found.c.bandwidth_hz,
+        ).where(found.c.tenant_id == tenant_id)
+    ).all()
+    return list(rows)
+
+
 def bandwidth_of(seconds: Sequence[float], bandwidths: Sequence[float | None]) -> float | None:
     """The voiceprint's bandwidth: its recordings' bandwidths averaged with their speech
     seconds as weights (as speakerdb._calibration.enrollment_quality), None if any is
@@ -173,21 +220,19 @@ def rows_by_name(
     return out
 
 
-def model_of(conn: Connection) -> ModelIdentity | None:
-    row = conn.execute(
-        select(
-            ModelRow.name,
-            ModelRow.weights_sha256,
-            ModelRow.dimension,
-            ModelRow.default_threshold,
-            ModelRow.family,
-            ModelRow.source,
-            ModelRow.threshold_note,
-        )
-        .join(StoreState, StoreState.model_id == ModelRow.id)
-        .where(StoreState.id == 1)
-    ).first()
-    if row is None:
+_MODEL_COLUMNS = (
+    ModelRow.name,
+    ModelRow.weights_sha256,
+    ModelRow.dimension,
+    ModelRow.default_threshold,
+    ModelRow.family,
+    ModelRow.source,
+    ModelRow.threshold_note,
+)
+
+
+def _model_from(row: Row[Any]) -> ModelIdentity | None:
+    if row.name is None:  # an outer join found no model row
         return None
     return ModelIdentity(
         row.name,
@@ -197,6 +242,47 @@ def model_of(conn: Connection) -> ModelIdentity | None:
         family=row.family or row.name,
         source=row.source,
         threshold_note=row.threshold_note or "",
+    )
+
+
+def model_of(conn: Connection) -> ModelIdentity | None:
+    row: Any = conn.execute(
+        select(*_MODEL_COLUMNS)
+        .join(StoreState, StoreState.model_id == ModelRow.id)
+        .where(StoreState.id == 1)
+    ).first()
+    return None if row is None else _model_from(row)
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """What a read needs to know of the database as a whole, read in one statement (see
+    :func:`store_snapshot`): ``change_seq``, the last committed change number; ``model``, the
+    model whose vectors it holds (None before the first enrollment); ``tenant_id``, the id of
+    the tenant asked about (None when not asked, or never written)."""
+
+    change_seq: int
+    model: ModelIdentity | None
+    tenant_id: int | None
+
+
+def store_snapshot(conn: Connection, tenant: str | None = None) -> StoreSnapshot:
+    """The change sequence, the model and (``tenant``: a tenant name) that tenant's id, in
+    ONE statement: one round trip where a client-server database would take three."""
+    columns: list[Any] = [StoreState.change_seq, *_MODEL_COLUMNS]
+    if tenant is not None:
+        columns.append(
+            select(Tenant.id).where(Tenant.name == tenant).scalar_subquery().label("tenant_id")
+        )
+    row = conn.execute(
+        select(*columns)
+        .select_from(StoreState)
+        .outerjoin(ModelRow, ModelRow.id == StoreState.model_id)
+        .where(StoreState.id == 1)
+    ).one()
+    found = row.tenant_id if tenant is not None else None
+    return StoreSnapshot(
+        int(row.change_seq), _model_from(row), None if found is None else int(found)
     )
 
 

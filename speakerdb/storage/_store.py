@@ -13,12 +13,12 @@ the index each process searches equals SQL as of the moment it was caught up.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import func, select, update
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from speakerdb._identity import ModelIdentity
@@ -62,6 +62,7 @@ from speakerdb.storage._rows import (
     METADATA_COLUMN,
     SPEAKER_COLUMNS,
     candidate_of,
+    candidate_rows,
     enrolled_hashes,
     ensure_model,
     lock_state,
@@ -515,30 +516,21 @@ class EnrollmentStore(GovernedStore):
         # The index is shared by every tenant: the search is restricted to this tenant's ids
         # (no restriction when they are all it holds), and SQL checks each candidate's
         # tenant again before anything of it is read.
+        # Two statements when nothing changed since the last search (one round trip each to
+        # a database server): the snapshot (model check, change sequence, tenant id) and the
+        # candidates' rows. The change sequence the snapshot read is the one the index
+        # catches up to and the one the tenant's cached ids are checked against.
         with self.reading("search") as conn:
-            self.ensure_current_model(conn)
-            tenant_id = self.tenant_id(conn)
+            state = self.snapshot(conn)
+            tenant_id = state.tenant_id
             if tenant_id is None:
                 return [[] for _ in range(len(q))]
-            mine = self._tenant_speaker_ids(conn, tenant_id)
-            with cache.synced(conn) as index:
+            mine = self._tenant_speaker_ids(conn, tenant_id, state.change_seq)
+            with cache.synced(conn, state.change_seq) as index:
                 allowed = None if len(mine) == len(index) else mine
                 _, ids = index.search(q, index.params.shortlist(k), allowed)
             wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
-            rows = (
-                conn.execute(
-                    select(
-                        Speaker.id,
-                        Speaker.name,
-                        Speaker.centroid,
-                        Speaker.utterance_count,
-                        Speaker.speech_seconds,
-                        Speaker.bandwidth_hz,
-                    ).where(Speaker.id.in_(wanted), Speaker.tenant_id == tenant_id)
-                ).all()
-                if wanted
-                else []
-            )
+            rows = candidate_rows(conn, tenant_id, wanted) if wanted else []
         found = {r.id: (r, np.frombuffer(r.centroid, dtype=np.float32)) for r in rows}
         from speakerdb.scoring import cosine_scores
 
@@ -550,15 +542,19 @@ class EnrollmentStore(GovernedStore):
                 continue
             scores = cosine_scores(query, np.stack([found[i][1] for i in present]))
             ranked = sorted(zip(present, scores, strict=True), key=lambda p: (-p[1], p[0]))[:k]
-            out.append([candidate_of(cast(Row[Any], found[i][0]), float(s)) for i, s in ranked])
+            out.append([candidate_of(found[i][0], float(s)) for i, s in ranked])
         return out
 
-    def _tenant_speaker_ids(self, conn: Connection, tenant_id: int) -> npt.NDArray[np.int64]:
-        """The ids of the tenant's speakers as of ``conn``'s change sequence (kept until the
-        next change of the database), ascending."""
-        seq = int(
-            conn.execute(select(StoreState.change_seq).where(StoreState.id == 1)).scalar_one()
-        )
+    def _tenant_speaker_ids(
+        self, conn: Connection, tenant_id: int, seq: int | None = None
+    ) -> npt.NDArray[np.int64]:
+        """The ids of the tenant's speakers as of ``conn``'s change sequence (``seq`` when the
+        caller has read it through ``conn``; kept until the next change of the database),
+        ascending."""
+        if seq is None:
+            seq = int(
+                conn.execute(select(StoreState.change_seq).where(StoreState.id == 1)).scalar_one()
+            )
         known = self._shared.tenant_ids.get(tenant_id)
         if known is not None and known[0] == seq:
             ids: npt.NDArray[np.int64] = known[1]
