@@ -26,7 +26,13 @@ from speakerdb._identity import ModelIdentity
 from speakerdb.errors import ModelMismatchError, StoreError, UsageError
 from speakerdb.storage._cache_files import erase_other_caches, remember_folder
 from speakerdb.storage._compaction import checkpoint_wal
-from speakerdb.storage._engine import read_transaction, retrying, store_error, write_transaction
+from speakerdb.storage._engine import (
+    read_transaction,
+    retrying,
+    statement_reads,
+    store_error,
+    write_transaction,
+)
 from speakerdb.storage._location import DatabaseLocation
 from speakerdb.storage._rows import (
     StoreSnapshot,
@@ -160,11 +166,14 @@ class StoreConnection:
         return self._engine
 
     @contextlib.contextmanager
-    def reading(self, what: str) -> Iterator[Connection]:
+    def reading(self, what: str, per_statement: bool = False) -> Iterator[Connection]:
         """``with store.reading(what) as conn``: a read transaction whose database errors
-        become one-line StoreErrors ("cannot <what>: ...")."""
+        become one-line StoreErrors ("cannot <what>: ..."). ``per_statement``: the reads
+        need no snapshot shared between statements (see
+        :func:`~speakerdb.storage._engine.statement_reads`)."""
+        begin = statement_reads if per_statement else read_transaction
         try:
-            with read_transaction(self._engine) as conn:
+            with begin(self._engine) as conn:
                 yield conn
         except SQLAlchemyError as exc:
             raise store_error(exc, f"cannot {what}") from None

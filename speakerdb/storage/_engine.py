@@ -38,6 +38,7 @@ __all__ = [
     "create_database_engine",
     "read_transaction",
     "retrying",
+    "statement_reads",
     "store_error",
     "tighten_permissions",
     "write_transaction",
@@ -255,9 +256,27 @@ def migration_transaction(engine: Engine) -> Iterator[Connection]:
 
 @contextlib.contextmanager
 def read_transaction(engine: Engine) -> Iterator[Connection]:
-    """A read-only transaction: one consistent snapshot for everything read inside it."""
+    """A read transaction. SQLite: one snapshot for everything read inside it. PostgreSQL,
+    at the server's default isolation level (READ COMMITTED): each statement sees every
+    commit made before it began (its own snapshot)."""
     with engine.connect() as conn, conn.begin():
         yield conn
+
+
+@contextlib.contextmanager
+def statement_reads(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads that need no snapshot shared between their statements, only
+    that each sees every commit made before it began. PostgreSQL: outside any transaction
+    (autocommit), which saves the BEGIN and COMMIT round trips; at READ COMMITTED each
+    statement of a transaction takes its own snapshot anyway, so they read exactly what
+    they would read in :func:`read_transaction` (a read-only engine's sessions refuse
+    writes in autocommit too). SQLite: :func:`read_transaction` (no round trips there)."""
+    if engine.dialect.name != "postgresql":
+        with read_transaction(engine) as conn:
+            yield conn
+        return
+    with engine.connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _retryable(exc: BaseException) -> bool:

@@ -510,17 +510,23 @@ class EnrollmentStore(GovernedStore):
                 f"query vectors have dimension {q.shape[1]}, expected {model.dimension}"
             )
         cache = self._index_cache()
-        # One transaction: catch up with the change log, search, fetch the candidates' full
+        # One read: catch up with the change log, search, fetch the candidates' full
         # centroids (one query) and re-score them exactly: approximate kinds shortlist more
         # candidates than k so ordering errors (and ivfsq's quantised scores) vanish.
         # The index is shared by every tenant: the search is restricted to this tenant's ids
         # (no restriction when they are all it holds), and SQL checks each candidate's
         # tenant again before anything of it is read.
-        # Two statements when nothing changed since the last search (one round trip each to
-        # a database server): the snapshot (model check, change sequence, tenant id) and the
+        # Two statements when nothing changed since the last search (a round trip each to a
+        # database server): the snapshot (model check, change sequence, tenant id) and the
         # candidates' rows. The change sequence the snapshot read is the one the index
         # catches up to and the one the tenant's cached ids are checked against.
-        with self.reading("search") as conn:
+        # No snapshot shared by the statements is needed (on PostgreSQL they run outside a
+        # transaction; at its READ COMMITTED they never shared one): the snapshot statement
+        # runs after this call began, so every change committed before it is applied to the
+        # index; the candidates' rows are read after the index search, so a speaker deleted
+        # before that read is dropped even if the index still held it, and each score is
+        # the exact cosine with the centroid SQL holds at that read.
+        with self.reading("search", per_statement=True) as conn:
             state = self.snapshot(conn)
             tenant_id = state.tenant_id
             if tenant_id is None:
