@@ -17,7 +17,10 @@ windows, confirmations), up to the first change of a call.
 
 A candidate's value on a set: hand-overs caught within 3 s of the join, minus twice the
 share of hand-overs with a change before the join and twice the share of one-voice calls
-with any change. The candidate chosen on one set is reported on the other (held out).
+with any change. The candidate chosen on one set is reported on the other (held out). Ties
+go to the first candidate in the grid's order (the smaller drop, then fewer minimum
+windows, confirmations, windows a check). The library's constants are replayed beside
+them, on both sets, as the baseline.
 
     python benchmarks/live_change_choice.py [--enroll 3] [--partners 8]
 """
