@@ -27,7 +27,7 @@ Reported per set:
   session at a time: the lag a chunk adds on an idle machine).
 
     python benchmarks/live_sessions.py [--enroll 3] [--sets librispeech,telephone]
-        [--partners 8] [--handovers-only]
+        [--partners 8] [--handovers-only | --no-handovers]
 """
 
 from __future__ import annotations
@@ -166,8 +166,8 @@ def measure(
     agree = total = 0
     early_accepts = early_accepts_offline_reject = impostors = 0
     call_changes = 0
-    calls = handover_calls(name, enroll, partners)
-    old_calls = old_handovers(name, enroll)
+    calls = handover_calls(name, enroll, partners) if partners else []
+    old_calls = old_handovers(name, enroll) if partners else []
     tallies = {"new": Tally(), "old": Tally()}
     with tempfile.TemporaryDirectory() as folder:
         db = SpeakerDB.open(f"sqlite:///{folder}/live.sqlite", model=model)
@@ -249,6 +249,11 @@ def main() -> None:
         "--handovers-only", action="store_true", help="Only the hand-over sessions (quick)."
     )
     parser.add_argument(
+        "--no-handovers",
+        action="store_true",
+        help="Only the genuine and impostor sessions (no hand-over or one-voice calls).",
+    )
+    parser.add_argument(
         "--partners", type=int, default=8, help="Hand-overs per speaker (to the next N)."
     )
     args = parser.parse_args()
@@ -257,7 +262,13 @@ def main() -> None:
     model = load_model(device="cpu")
     started = time.time()
     results = [
-        measure(name, model, args.enroll, args.partners, args.handovers_only)
+        measure(
+            name,
+            model,
+            args.enroll,
+            0 if args.no_handovers else args.partners,
+            args.handovers_only,
+        )
         for name in args.sets.split(",")
     ]
     lines = ["live sessions against offline verify on the same audio (held out):"]
