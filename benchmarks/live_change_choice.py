@@ -5,17 +5,24 @@ own rate) with change detection switched off, and the embedding of every change-
 window is kept (GE2E: the mean of the last CHANGE_WINDOW_COUNT window embeddings, at each
 new window; other models: the last CHANGE_WINDOW_SECONDS of speech re-embedded, every
 CHANGE_EVERY_SECONDS).
-Calls: hand-overs (a speaker's held-out recording joined to the next speaker's, two per
-speaker) and one-voice calls (every held-out recording). The change rule of
+Calls (benchmarks/_handover.py, the same as live_sessions.py's): hand-overs (a speaker's
+held-out recordings joined to >= 6 s of audio, then another speaker's to >= 4 s after the
+join; ``--partners`` per speaker) and one-voice calls (the same construction without the
+switch, as long). Before these, the calls were one held-out recording joined to the next
+speaker's (two per speaker) and single recordings, which made hand-overs away from a voice
+heard for under 3 s and one-voice calls shorter than the hand-overs. The change rule of
 speakerdb/live/_session.py (`_drop`: the window's cosine below the segment's own
 same-voice level) is then replayed on these windows for each candidate (drop, minimum
 windows, confirmations), up to the first change of a call.
 
 A candidate's value on a set: hand-overs caught within 3 s of the join, minus twice the
 share of hand-overs with a change before the join and twice the share of one-voice calls
-with any change. The candidate chosen on one set is reported on the other (held out).
+with any change. The candidate chosen on one set is reported on the other (held out). Ties
+go to the first candidate in the grid's order (the smaller drop, then fewer minimum
+windows, confirmations, windows a check). The library's constants are replayed beside
+them, on both sets, as the baseline.
 
-    python benchmarks/live_change_choice.py [--enroll 3]
+    python benchmarks/live_change_choice.py [--enroll 3] [--partners 8]
 """
 
 from __future__ import annotations
@@ -34,15 +41,19 @@ from speakerdb.live._session import change_drop
 if TYPE_CHECKING:
     from speakerdb import Embedder, SpeakerDB
 
-from live_sessions import CHUNK_SECONDS, HANDOVER_WITHIN_S, _groups, _int16
+from _handover import HANDOVER_WITHIN_S, groups
+from _handover import calls as handover_calls
+from live_sessions import CHUNK_SECONDS
 
 from _common import emit
 
 SETS = ("librispeech", "telephone")
-DROPS = (0.05, 0.07, 0.09, 0.11, 0.13)
+DROPS = (0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.11, 0.13)
 MIN_WINDOWS = (2, 4)
 CONFIRMATIONS = (1, 2)
-WINDOW_COUNTS = (5, 6)  # window embeddings averaged per check (3.1 s, 3.5 s of speech)
+# window embeddings averaged per check (1.6 s apiece, 0.38 s apart: 2.4, 2.7, 3.1, 3.5 s of
+# speech); fewer could catch a change sooner, on noisier checks
+WINDOW_COUNTS = (3, 4, 5, 6)
 
 
 @dataclass
@@ -68,33 +79,23 @@ def _record(db: SpeakerDB, samples: np.ndarray, rate: int, join: float | None) -
     return call
 
 
-def record(name: str, model: Embedder, enroll: int) -> list[Call]:
+def record(name: str, model: Embedder, enroll: int, partners: int) -> list[Call]:
     from speakerdb import SpeakerDB
 
     live_session.CHANGE_DROP = float("inf")  # never fires: every window is kept
     live_session.CHANGE_DROP_REEMBEDDED = float("inf")
     live_session.CHANGE_WINDOW_COUNT = 1  # every window on its own: replay averages them
-    groups = _groups(name)
-    speakers = sorted(groups)
-    calls: list[Call] = []
+    by_speaker = groups(name)
+    out: list[Call] = []
     with tempfile.TemporaryDirectory() as folder:
         db = SpeakerDB.open(f"sqlite:///{folder}/choice.sqlite", model=model)
-        for speaker in speakers:
-            db.enroll(speaker, groups[speaker][:enroll])
-        for k, speaker in enumerate(speakers):
-            for shift in (1, 2):
-                other = speakers[(k + shift) % len(speakers)]
-                index = enroll + shift - 1
-                if index >= min(len(groups[speaker]), len(groups[other])):
-                    continue
-                a, rate = _int16(groups[speaker][index])
-                b, _ = _int16(groups[other][index])
-                calls.append(_record(db, np.concatenate([a, b]), rate, a.size / rate))
-            for path in groups[speaker][enroll:]:
-                samples, rate = _int16(path)
-                calls.append(_record(db, samples, rate, None))
+        for speaker in sorted(by_speaker):
+            db.enroll(speaker, by_speaker[speaker][:enroll])
+        for call in handover_calls(name, enroll, partners):
+            join = call.join if call.handover else None
+            out.append(_record(db, call.samples, call.rate, join))
         db.close()
-    return calls
+    return out
 
 
 def _checks(call: Call, count: int) -> list[tuple[float, np.ndarray]]:
@@ -142,9 +143,10 @@ def replay(calls: list[Call], candidate: tuple[float, int, int, int]) -> dict[st
         handovers += 1
         if time is not None and time < call.join:
             early += 1
-        elif time is not None and time - call.join <= HANDOVER_WITHIN_S:
-            caught += 1
+            continue
+        if time is not None:
             delays.append(time - call.join)
+            caught += time - call.join <= HANDOVER_WITHIN_S
     value = caught / handovers - 2 * early / handovers - 2 * false / ones
     return {
         "handovers": handovers,
@@ -157,35 +159,93 @@ def replay(calls: list[Call], candidate: tuple[float, int, int, int]) -> dict[st
     }
 
 
+def _line(title: str, r: dict[str, Any]) -> str:
+    return (
+        f"{title}: {r['within_3s']} of {r['handovers']} hand-overs within 3 s (median delay "
+        f"{r['median_delay_s']} s), {r['changes_before_join']} with a change before the join, "
+        f"{r['one_voice_calls_with_a_change']} of {r['one_voice_calls']} one-voice calls with "
+        "a change"
+    )
+
+
+def _recorded(
+    path: str | None, model: Embedder, enroll: int, partners: int
+) -> dict[str, list[Call]]:
+    """Every set's recorded calls; with ``path``, kept there (pickle) and read back on a
+    later run with the same arguments, so the replay can be rerun without embedding again."""
+    import pickle
+    from pathlib import Path
+
+    key = (enroll, partners)
+    if path is not None and Path(path).exists():
+        saved = pickle.loads(Path(path).read_bytes())
+        if saved["key"] == key:
+            return dict(saved["calls"])
+    calls = {name: record(name, model, enroll, partners) for name in SETS}
+    if path is not None:
+        Path(path).write_bytes(pickle.dumps({"key": key, "calls": calls}))
+    return calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--enroll", type=int, default=3)
+    parser.add_argument(
+        "--partners", type=int, default=8, help="Hand-overs per speaker (to the next N)."
+    )
+    parser.add_argument(
+        "--windows", default=None, help="Keep the recorded windows in this file (outside the repo)."
+    )
     args = parser.parse_args()
     from speakerdb import load_model
 
     model = load_model(device="cpu")
-    calls = {name: record(name, model, args.enroll) for name in SETS}
+    current = (
+        live_session.CHANGE_DROP,
+        live_session.CHANGE_MIN_WINDOWS,
+        live_session.CHANGE_CONFIRMATIONS,
+        live_session.CHANGE_WINDOW_COUNT,
+    )
+    calls = _recorded(args.windows, model, args.enroll, args.partners)
     candidates = list(itertools.product(DROPS, MIN_WINDOWS, CONFIRMATIONS, WINDOW_COUNTS))
+    if current not in candidates:
+        candidates.append(current)
     results = {name: {c: replay(calls[name], c) for c in candidates} for name in SETS}
     lines = ["speaker-change constants, chosen on one set, reported on the other:"]
     choices = []
     for chosen_on, held_out in (SETS, SETS[::-1]):
         best = max(candidates, key=lambda c: results[chosen_on][c]["value"])
         held = results[held_out][best]
-        choices.append({"chosen_on": chosen_on, "candidate": best, "held_out": held_out, **held})
-        lines.append(
-            f"  chosen on {chosen_on}: drop {best[0]}, min windows {best[1]}, confirmations "
-            f"{best[2]}, windows per check {best[3]} -> {held_out}: {held['within_3s']} of "
-            f"{held['handovers']} hand-overs "
-            f"within 3 s, {held['changes_before_join']} before the join, "
-            f"{held['one_voice_calls_with_a_change']} of {held['one_voice_calls']} one-voice "
-            "calls with a change"
+        choices.append(
+            {
+                "chosen_on": chosen_on,
+                "candidate": best,
+                "held_out": held_out,
+                **held,
+                "on_own_set": results[chosen_on][best],
+            }
         )
-    table = [
-        {"candidate": c, **{name: results[name][c]["value"] for name in SETS}} for c in candidates
-    ]
-    summary = {"benchmark": "live_change_choice", "enroll": args.enroll, "choices": choices}
-    emit(lines, {**summary, "values": table})
+        lines.append(
+            _line(
+                f"  chosen on {chosen_on} (drop {best[0]}, min windows {best[1]}, "
+                f"confirmations {best[2]}, windows per check {best[3]}) -> {held_out}",
+                held,
+            )
+        )
+        lines.append(_line(f"    (on {chosen_on} itself", results[chosen_on][best]) + ")")
+    for name in SETS:
+        lines.append(
+            _line(f"  the library's constants {current} on {name}", results[name][current])
+        )
+    table = [{"candidate": c, **{name: results[name][c] for name in SETS}} for c in candidates]
+    summary = {
+        "benchmark": "live_change_choice",
+        "enroll": args.enroll,
+        "partners": args.partners,
+        "choices": choices,
+        "library_constants": {"candidate": current, **{n: results[n][current] for n in SETS}},
+    }
+    emit(lines, {**summary, "candidates": table})
 
 
 if __name__ == "__main__":

@@ -43,10 +43,10 @@ __all__ = [
 
 WINDOW_SAMPLES = WINDOW_FRAMES * MEL_HOP  # 25600 samples: 1.6 s at 16 kHz
 # Half the engine's window step (77 mel frames, 0.77 s), in whole frames: 0.38 s. A change
-# check then comes every 0.38 s of speech and averages 5 overlapping windows over the same
-# 3.1 s as 3 windows 0.77 s apart (the re-embedding check looked every 0.5 s); at 0.77 s
-# steps the checks were noisier (benchmarks/live_change_choice.py: false changes on read
-# speech). Twice the windows: 2.6 window encodings per second of speech.
+# check then comes every 0.38 s of speech and averages 6 overlapping windows (3.5 s of
+# speech; 5 cover the same 3.1 s as 3 windows 0.77 s apart, the re-embedding check looked
+# every 0.5 s); at 0.77 s steps the checks were noisier (benchmarks/live_change_choice.py:
+# false changes on read speech). Twice the windows: 2.6 window encodings per second of speech.
 WINDOW_HOP_SAMPLES = 38 * MEL_HOP
 
 
