@@ -67,6 +67,7 @@ import numpy.typing as npt
 
 from speakerdb._results import DecisionRule
 from speakerdb.diarize._speech import FRAME_SAMPLES, FRAME_SECONDS, SpeechDetector, SpeechSettings
+from speakerdb.diarize._speech_batch import BatchedSpeechNet
 from speakerdb.errors import InvalidAudioError, SessionLimitError, UsageError
 from speakerdb.live._events import (
     ACCEPT,
@@ -248,7 +249,8 @@ class LiveSession:
         self.speaker = speaker
         self.mode = "verify" if speaker is not None else "identify"
         self._settings = SpeechSettings()
-        self._detector = SpeechDetector()
+        # Shared by the process's sessions: concurrent sessions' frames share one pass.
+        self._detector = SpeechDetector(BatchedSpeechNet.shared())
         self._rate: int | None = None
         self._resampler: StreamResampler | None = None
         self._unframed = np.zeros(0, np.float32)
