@@ -3,7 +3,8 @@
 Audio path: each chunk is checked (nothing changes when it is refused), converted to
 float32, resampled to 16 kHz by the engine's streaming resampler (GE2E's filter, held back
 only by the filter's own span so events are not delayed) and framed for the trained speech
-detector (silero-vad, 32 ms frames, the diarizer's onset/offset hysteresis applied causally).
+detector (silero-vad, 32 ms frames, the diarizer's onset/offset hysteresis applied causally;
+the process's sessions share its passes, :mod:`speakerdb.diarize._speech_batch`).
 
 Decisions: the audio of the current *segment* (the voice since the last speaker change) is
 re-scored each time enough new speech has come: every :data:`EVALUATE_EVERY_SECONDS` at
