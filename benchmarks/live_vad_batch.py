@@ -11,7 +11,7 @@ whole process's CPU), how late a chunk's probabilities come (p50 / p99 of the wa
 from the chunk's due moment to the end of its ``push``) and, batched, the chunks' calls per
 pass. The probabilities of both modes are compared (max absolute difference).
 
-    python benchmarks/live_vad_batch.py [--sessions 32] [--seconds 10] [--repeats 2]
+    python benchmarks/live_vad_batch.py [--sessions 32] [--seconds 10] [--repeats 2] [--wait-ms W]
 """
 
 from __future__ import annotations
@@ -39,8 +39,14 @@ SAMPLE = ROOT / "tests" / "fixtures" / "pyannote_sample" / "sample.wav"
 CHUNK = 1600  # 100 ms at 16 kHz, as the WebSocket clients send
 
 
-def _run(audio: np.ndarray, sessions: int, seconds: float, batched: bool) -> dict[str, Any]:
-    net = BatchedSpeechNet(SileroVAD.shared()) if batched else None
+def _run(
+    audio: np.ndarray, sessions: int, seconds: float, batched: bool, wait_s: float | None
+) -> dict[str, Any]:
+    net = None
+    if batched:
+        net = BatchedSpeechNet(SileroVAD.shared())
+        if wait_s is not None:
+            net.max_wait_s = wait_s
     chunks = int(seconds * 10)
     rng = np.random.default_rng(0)
     phases = rng.uniform(0.0, 0.1, sessions)
@@ -96,12 +102,19 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--wait-ms",
+        type=float,
+        default=None,
+        help="BatchedSpeechNet.max_wait_s in ms (default: its own)",
+    )
     args = parser.parse_args()
     audio, rate = sf.read(SAMPLE, dtype="float32")
     assert rate == 16000
     SileroVAD.shared()  # loaded before anything is timed
+    wait_s = BatchedSpeechNet().max_wait_s if args.wait_ms is None else args.wait_ms / 1000
     runs = [
-        _run(audio, args.sessions, args.seconds, batched)
+        _run(audio, args.sessions, args.seconds, batched, wait_s)
         for _ in range(args.repeats)
         for batched in (False, True)
     ]
@@ -120,6 +133,7 @@ def main() -> None:
         "benchmark": "live_vad_batch",
         "sessions": args.sessions,
         "seconds": args.seconds,
+        "wait_ms": wait_s * 1000,
         "runs": runs,
         "summary": summary,
         "cpu_ratio": round(
@@ -130,7 +144,10 @@ def main() -> None:
         "max_probability_difference": difference,
         "load": os.getloadavg(),
     }
-    lines = [f"speech detector of {args.sessions} real-time sessions, {args.seconds:g} s each"]
+    lines = [
+        f"speech detector of {args.sessions} real-time sessions, {args.seconds:g} s each"
+        f", batched passes wait up to {wait_s * 1000:g} ms"
+    ]
     for mode, s in summary.items():
         lines.append(
             f"{mode:12s} detector CPU {s['vad_cpu_per_audio_s']:.4f} s per audio s "
