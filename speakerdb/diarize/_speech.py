@@ -14,7 +14,7 @@ The four constants are chosen from the development conversations by leave-one-se
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,7 @@ __all__ = [
     "FRAME_SAMPLES",
     "FRAME_SECONDS",
     "SpeechDetector",
+    "SpeechNet",
     "SpeechSettings",
     "runs",
     "speech_mask",
@@ -64,9 +65,22 @@ class SpeechSettings:
             raise UsageError("min_pause and min_speech must be >= 0 seconds")
 
 
+class SpeechNet(Protocol):
+    """What computes the probabilities: :class:`SileroVAD`, or a
+    :class:`~speakerdb.diarize._speech_batch.BatchedSpeechNet` shared by concurrent streams.
+    (n, 576) float32 context + chunk and the stream's state (None: a new stream) -> (n,)
+    float32 speech probabilities and the state after the last chunk."""
+
+    def probabilities(
+        self,
+        chunks: npt.NDArray[np.float32],
+        state: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[npt.NDArray[np.float32], tuple[torch.Tensor, torch.Tensor]]: ...
+
+
 class SpeechDetector:
     """Feed consecutive blocks of 16 kHz float32 samples; get one speech probability per
-    32 ms frame.
+    32 ms frame. ``net``: who runs the network (default: silero in this thread).
 
     ``push(block)`` returns the (k,) float32 probabilities of the whole frames completed by
     the block; samples of an incomplete frame are kept for the next block. ``finish()``
@@ -74,8 +88,8 @@ class SpeechDetector:
     weights cannot be read.
     """
 
-    def __init__(self) -> None:
-        self._net = SileroVAD.shared()
+    def __init__(self, net: SpeechNet | None = None) -> None:
+        self._net: SpeechNet = net if net is not None else SileroVAD.shared()
         self._rest = np.zeros(0, dtype=np.float32)
         self._context = np.zeros(CONTEXT_SAMPLES, dtype=np.float32)
         self._state: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -3,7 +3,8 @@
 Audio path: each chunk is checked (nothing changes when it is refused), converted to
 float32, resampled to 16 kHz by the engine's streaming resampler (GE2E's filter, held back
 only by the filter's own span so events are not delayed) and framed for the trained speech
-detector (silero-vad, 32 ms frames, the diarizer's onset/offset hysteresis applied causally).
+detector (silero-vad, 32 ms frames, the diarizer's onset/offset hysteresis applied causally;
+the process's sessions share its passes, :mod:`speakerdb.diarize._speech_batch`).
 
 Decisions: the audio of the current *segment* (the voice since the last speaker change) is
 re-scored each time enough new speech has come: every :data:`EVALUATE_EVERY_SECONDS` at
@@ -67,6 +68,7 @@ import numpy.typing as npt
 
 from speakerdb._results import DecisionRule
 from speakerdb.diarize._speech import FRAME_SAMPLES, FRAME_SECONDS, SpeechDetector, SpeechSettings
+from speakerdb.diarize._speech_batch import BatchedSpeechNet
 from speakerdb.errors import InvalidAudioError, SessionLimitError, UsageError
 from speakerdb.live._events import (
     ACCEPT,
@@ -248,7 +250,8 @@ class LiveSession:
         self.speaker = speaker
         self.mode = "verify" if speaker is not None else "identify"
         self._settings = SpeechSettings()
-        self._detector = SpeechDetector()
+        # Shared by the process's sessions: concurrent sessions' frames share one pass.
+        self._detector = SpeechDetector(BatchedSpeechNet.shared())
         self._rate: int | None = None
         self._resampler: StreamResampler | None = None
         self._unframed = np.zeros(0, np.float32)
