@@ -92,6 +92,24 @@ def test_a_genuine_caller_is_accepted_early_and_agrees_with_verify(db, speech):
     assert db.audit_verify().ok
 
 
+def test_the_speech_detector_hears_each_sample_once(db, speech):
+    """At close the detector gets only the samples it has not had: the sub-frame remainder
+    it already holds is not pushed a second time (the last frames were judged on repeated
+    audio)."""
+    probe = speech["probe"]["1688"][: 16000 * 3 + 300]  # not a whole number of frames
+    with db.session(speaker="1688") as session:
+        pushed: list[int] = []
+        push = session._detector.push
+
+        def counting(block):
+            pushed.append(block.size)
+            return push(block)
+
+        session._detector.push = counting
+        run(session, probe, chunk_seconds=0.1)
+    assert sum(pushed) == probe.size
+
+
 def test_an_impostor_is_never_accepted(db, speech):
     with db.session(speaker="1688") as session:
         events, summary = run(session, speech["impostor"], rate=16000, dtype="int16")

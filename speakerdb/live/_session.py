@@ -332,7 +332,9 @@ class LiveSession:
             with single_threaded_torch():
                 rest = self._resampler.finish()
                 self._unframed = np.concatenate([self._unframed, rest])
-                probabilities = self._detector.push(self._unframed)
+                # The detector already holds the unframed samples before ``rest`` (it keeps
+                # its own remainder): only the resampler's tail is new to it.
+                probabilities = self._detector.push(rest)
             whole = probabilities.size * FRAME_SAMPLES
             self._frames(self._unframed[:whole], probabilities)
             self._unframed = self._unframed[whole:]
