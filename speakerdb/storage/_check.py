@@ -27,7 +27,7 @@ from speakerdb.storage._engine import read_transaction
 from speakerdb.storage._index_cache import IndexCache, read_file_as_stored
 from speakerdb.storage._migrate import schema_status
 from speakerdb.storage._records import vectors_from_bytes
-from speakerdb.storage._rows import model_of
+from speakerdb.storage._rows import CANDIDATE_COLUMNS, model_of
 from speakerdb.storage._schema import Change, Reembedding, Speaker, StoreState, Utterance
 from speakerdb.storage._store import EnrollmentStore
 
@@ -194,15 +194,7 @@ def _check_sql(store: EnrollmentStore) -> CheckReport:
         ).one()
         model = model_of(conn)
         speakers = conn.execute(
-            select(
-                Speaker.id,
-                Speaker.name,
-                Speaker.centroid,
-                Speaker.utterance_count,
-                Speaker.speech_seconds,
-                Speaker.bandwidth_hz,
-                Speaker.change_seq,
-            ).order_by(Speaker.id)
+            select(*CANDIDATE_COLUMNS, Speaker.change_seq).order_by(Speaker.id)
         ).all()
         utterances = conn.execute(
             select(

@@ -35,6 +35,7 @@ from speakerdb.storage._schema import (
 )
 
 __all__ = [
+    "CANDIDATE_COLUMNS",
     "METADATA_COLUMN",
     "SPEAKER_COLUMNS",
     "AnySelect",
@@ -122,6 +123,17 @@ def candidate_of(row: Row[Any], score: float) -> Candidate:
     )
 
 
+# What a search answer is made of (and what `db check` compares with the index).
+CANDIDATE_COLUMNS = (
+    Speaker.id,
+    Speaker.name,
+    Speaker.centroid,
+    Speaker.utterance_count,
+    Speaker.speech_seconds,
+    Speaker.bandwidth_hz,
+)
+
+
 def candidate_rows(conn: Connection, tenant_id: int, ids: Sequence[int]) -> list[Row[Any]]:
     """The rows (id, name, centroid, utterance_count, speech_seconds, bandwidth_hz) of those
     speakers of ``ids`` that exist and belong to tenant ``tenant_id``, in any order."""
@@ -131,15 +143,7 @@ def candidate_rows(conn: Connection, tenant_id: int, ids: Sequence[int]) -> list
     # the tenant, ~7 ms at 100 000 speakers for 50 rows. A MATERIALIZED common table
     # expression is evaluated on its own, so its condition decides its plan alone.
     found = (
-        select(
-            Speaker.id,
-            Speaker.name,
-            Speaker.centroid,
-            Speaker.utterance_count,
-            Speaker.speech_seconds,
-            Speaker.bandwidth_hz,
-            Speaker.tenant_id,
-        )
+        select(*CANDIDATE_COLUMNS, Speaker.tenant_id)
         .where(Speaker.id.in_(ids))
         .cte("wanted")
         .prefix_with("MATERIALIZED", dialect="postgresql")
