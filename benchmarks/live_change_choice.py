@@ -22,7 +22,11 @@ go to the first candidate in the grid's order (the smaller drop, then fewer mini
 windows, confirmations, windows a check). The library's constants are replayed beside
 them, on both sets, as the baseline.
 
-    python benchmarks/live_change_choice.py [--enroll 3] [--partners 8]
+    python benchmarks/live_change_choice.py [--enroll 3] [--partners 8] [--step 1]
+
+``--step 2`` replays every other window (windows 0.76 s apart, the engine's own step,
+starting at the first or, with ``--phase 1``, the second): what the checks would catch
+with half the window encodings, the largest part of a session's CPU.
 """
 
 from __future__ import annotations
@@ -196,6 +200,12 @@ def main() -> None:
     parser.add_argument(
         "--windows", default=None, help="Keep the recorded windows in this file (outside the repo)."
     )
+    parser.add_argument(
+        "--step", type=int, default=1, help="Replay every STEP-th window (2: 0.76 s apart)."
+    )
+    parser.add_argument(
+        "--phase", type=int, default=0, help="With --step: the first window replayed."
+    )
     args = parser.parse_args()
     from speakerdb import load_model
 
@@ -207,6 +217,11 @@ def main() -> None:
         live_session.CHANGE_WINDOW_COUNT,
     )
     calls = _recorded(args.windows, model, args.enroll, args.partners)
+    if args.step > 1:
+        calls = {
+            name: [Call(c.join, c.windows[args.phase :: args.step]) for c in recorded]
+            for name, recorded in calls.items()
+        }
     candidates = list(itertools.product(DROPS, MIN_WINDOWS, CONFIRMATIONS, WINDOW_COUNTS))
     if current not in candidates:
         candidates.append(current)
@@ -242,6 +257,8 @@ def main() -> None:
         "benchmark": "live_change_choice",
         "enroll": args.enroll,
         "partners": args.partners,
+        "step": args.step,
+        "phase": args.phase,
         "choices": choices,
         "library_constants": {"candidate": current, **{n: results[n][current] for n in SETS}},
     }
