@@ -11,7 +11,7 @@ join; ``--partners`` per speaker) and one-voice calls (the same construction wit
 switch, as long). Before these, the calls were one held-out recording joined to the next
 speaker's (two per speaker) and single recordings, which made hand-overs away from a voice
 heard for under 3 s and one-voice calls shorter than the hand-overs. The change rule of
-speakerdb/live/_session.py (`_drop`: the window's cosine below the segment's own
+speakerdb/live/_change.py (`change_drop`: the window's cosine below the segment's own
 same-voice level) is then replayed on these windows for each candidate (drop, minimum
 windows, confirmations), up to the first change of a call.
 
@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import speakerdb.live._change as live_change
 import speakerdb.live._session as live_session
-from speakerdb.live._session import change_drop
+from speakerdb.live._change import change_drop
 
 if TYPE_CHECKING:
     from speakerdb import Embedder, SpeakerDB
@@ -86,8 +87,8 @@ def _record(db: SpeakerDB, samples: np.ndarray, rate: int, join: float | None) -
 def record(name: str, model: Embedder, enroll: int, partners: int) -> list[Call]:
     from speakerdb import SpeakerDB
 
-    live_session.CHANGE_DROP = float("inf")  # never fires: every window is kept
-    live_session.CHANGE_DROP_REEMBEDDED = float("inf")
+    live_change.CHANGE_DROP = float("inf")  # never fires: every window is kept
+    live_change.CHANGE_DROP_REEMBEDDED = float("inf")
     live_session.CHANGE_WINDOW_COUNT = 1  # every window on its own: replay averages them
     by_speaker = groups(name)
     out: list[Call] = []
@@ -118,9 +119,9 @@ def first_change(
 ) -> float | None:
     import collections
 
-    live_session.CHANGE_MIN_WINDOWS = min_windows
+    live_change.CHANGE_MIN_WINDOWS = min_windows
     same: collections.deque[np.ndarray] = collections.deque(
-        maxlen=live_session.CHANGE_HISTORY_WINDOWS
+        maxlen=live_change.CHANGE_HISTORY_WINDOWS
     )
     misses = 0
     for time, vector in _checks(call, count):
@@ -211,9 +212,9 @@ def main() -> None:
 
     model = load_model(device="cpu")
     current = (
-        live_session.CHANGE_DROP,
-        live_session.CHANGE_MIN_WINDOWS,
-        live_session.CHANGE_CONFIRMATIONS,
+        live_change.CHANGE_DROP,
+        live_change.CHANGE_MIN_WINDOWS,
+        live_change.CHANGE_CONFIRMATIONS,
         live_session.CHANGE_WINDOW_COUNT,
     )
     calls = _recorded(args.windows, model, args.enroll, args.partners)

@@ -24,7 +24,8 @@ from speakerdb.storage._audit import PendingEntry
 
 if TYPE_CHECKING:
     from speakerdb.live._events import Summary
-    from speakerdb.live._session import Judgement, LiveSession, Screen, SessionLimits
+    from speakerdb.live._judging import Judgement, Screen, SessionLimits
+    from speakerdb.live._session import LiveSession
 
 __all__ = ["SessionVerb"]
 
@@ -55,7 +56,8 @@ class SessionVerb(FacadeBase):
         Raises SpeakerNotFoundError for an unknown speaker, UsageError for bad limits,
         ModelError / ModelMismatchError for a countermeasure it cannot load.
         """
-        from speakerdb.live._session import Anchor, Judgement, LiveSession, Probe
+        from speakerdb.live._judging import Anchor, Judgement, Probe
+        from speakerdb.live._session import LiveSession
         from speakerdb.live._windows import window_encoder
 
         options = options_of(options, threshold, prior=prior, far=far)
@@ -147,7 +149,7 @@ class SessionVerb(FacadeBase):
     def _session_screen(self, spoof_model: str | os.PathLike[str] | None) -> Screen | None:
         """The countermeasure as a session's :class:`~speakerdb.live.Screen`, or None."""
         from speakerdb.enroll._spoof import spoof_answer
-        from speakerdb.live._session import Screen, SpoofCheck
+        from speakerdb.live._judging import Screen, SpoofCheck
 
         cm = self._database_countermeasure(spoof_model)
         if cm is None:

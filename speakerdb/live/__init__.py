@@ -22,15 +22,15 @@ from speakerdb.live._events import (
     SpeakerChange,
     Summary,
 )
-from speakerdb.live._session import (
+from speakerdb.live._judging import (
     Judge,
     Judgement,
-    LiveSession,
     Probe,
     Screen,
     SessionLimits,
     SpoofCheck,
 )
+from speakerdb.live._session import LiveSession
 from speakerdb.live._sources import ENCODINGS, PcmDecoder, file_chunks
 
 __all__ = [

@@ -40,18 +40,13 @@ Speaker change: at each new window embedding (GE2E: every 0.38 s of speech), fro
 first :data:`CHANGE_WINDOW_COUNT` windows on (decided or not), the mean of the last
 :data:`CHANGE_WINDOW_COUNT` window embeddings (models without them: every
 :data:`CHANGE_EVERY_SECONDS` of speech, the last :data:`CHANGE_WINDOW_SECONDS` of speech
-embedded by the judge) is compared with the segment's own earlier check windows
-(:func:`change_drop`): when its cosine with their mean direction falls :data:`CHANGE_DROP`
-(re-embedded: :data:`CHANGE_DROP_REEMBEDDED`) or more below theirs
-(:data:`CHANGE_CONFIRMATIONS` times in a row, once :data:`CHANGE_MIN_WINDOWS` are in), a new
-segment starts at the window's start and the check windows restart after it. Raw scores
-and the calibrated LLR shift with the channel (a phone line lowers same-voice cosines and
-short narrowband windows are rarely accepted, so a test on the rule missed most phone
-hand-overs); a drop relative to the same call's own voice does not. The change constants
-were chosen leave-one-set-out (benchmarks/live_change_choice.py: read and phone speech
-choose the same values); the others are set from first principles (the rule's
-own threshold, window lengths a GE2E voiceprint needs); benchmarks/live_sessions.py
-measures them.
+embedded by the judge) is a check window, judged against the segment's own earlier ones by
+the change rule (:mod:`speakerdb.live._change`). On a change a new segment starts at the
+window's start, decided afresh, and the check windows restart after it. The change
+constants were chosen leave-one-set-out (benchmarks/live_change_choice.py); the others are
+set from first principles (the rule's own threshold, window lengths a GE2E voiceprint
+needs); benchmarks/live_sessions.py measures them. The values a session exchanges with the
+database are in :mod:`speakerdb.live._judging`.
 """
 
 from __future__ import annotations
@@ -61,15 +56,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from speakerdb._results import DecisionRule
 from speakerdb.diarize._speech import FRAME_SAMPLES, FRAME_SECONDS, SpeechDetector, SpeechSettings
 from speakerdb.diarize._speech_batch import BatchedSpeechNet
 from speakerdb.errors import InvalidAudioError, SessionLimitError, UsageError
+from speakerdb.live._change import VoiceChecks
 from speakerdb.live._events import (
     ACCEPT,
     IDENTIFIED,
@@ -85,17 +79,22 @@ from speakerdb.live._events import (
     SpeakerChange,
     Summary,
 )
+from speakerdb.live._judging import (
+    Anchor,
+    Judge,
+    Judgement,
+    Probe,
+    Screen,
+    SessionLimits,
+    SpoofCheck,
+)
 from speakerdb.live._windows import SegmentWindows, WindowEncoder
 from speakerdb.model._audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SAMPLE_RATE
 from speakerdb.model._embedder import single_threaded_torch
 from speakerdb.model._resampling import GE2E_RESAMPLING, StreamResampler
 
 __all__ = [
-    "CHANGE_CONFIRMATIONS",
-    "CHANGE_DROP",
-    "CHANGE_DROP_REEMBEDDED",
     "CHANGE_EVERY_SECONDS",
-    "CHANGE_MIN_WINDOWS",
     "CHANGE_WINDOW_COUNT",
     "CHANGE_WINDOW_SECONDS",
     "EARLY_REJECT_MARGIN",
@@ -111,7 +110,6 @@ __all__ = [
     "Screen",
     "SessionLimits",
     "SpoofCheck",
-    "change_drop",
 ]
 
 EVALUATE_EVERY_SECONDS = 1.0
@@ -120,98 +118,10 @@ FIRM_SPEECH_SECONDS = 6.0
 EARLY_REJECT_MARGIN = 4.0  # natural-log LLR units: 55x less likely than at the threshold
 CHANGE_WINDOW_SECONDS = 3.0
 CHANGE_EVERY_SECONDS = 0.5
-CHANGE_CONFIRMATIONS = 1
-# Cosine drops, chosen leave-one-set-out (benchmarks/live_change_choice.py): on window
-# embeddings (GE2E) and on the last seconds re-embedded by the engine (other models).
-CHANGE_DROP = 0.09
-CHANGE_DROP_REEMBEDDED = 0.09
-CHANGE_MIN_WINDOWS = 2
 CHANGE_WINDOW_COUNT = 6  # window embeddings per check: 1.6 s each, 0.38 s apart = 3.5 s
-CHANGE_HISTORY_WINDOWS = 120  # the segment's last minute of speech, in window steps
 MAX_SEGMENT_AUDIO_SECONDS = 60.0
 _WINDOW_FRAMES = round(CHANGE_WINDOW_SECONDS / FRAME_SECONDS)
 _STEP_SECONDS = 0.25  # a long chunk is worked through in steps, so events come where due
-
-
-@dataclass(frozen=True)
-class SessionLimits:
-    """max_seconds: audio seconds a session may receive; max_bytes: input bytes;
-    max_silence_seconds: audio seconds in a row without speech. Reaching one ends the
-    session with a fatal ``limit`` error event."""
-
-    max_seconds: float = 3600.0
-    max_bytes: int = 256 * 1024 * 1024
-    max_silence_seconds: float = 300.0
-
-    def check(self) -> None:
-        if not (self.max_seconds > 0 and self.max_bytes > 0 and self.max_silence_seconds > 0):
-            raise UsageError("session limits must be positive")
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """The one rule's answer about some audio. accepted: the rule accepts; speaker: the
-    speaker verified, or the best candidate (identify; None when nobody is enrolled); llr
-    (None: not calibrated), score, threshold, rule: as in offline results; speech_seconds:
-    the engine's speech measure of the audio scored."""
-
-    accepted: bool
-    speaker: str | None
-    llr: float | None
-    score: float
-    threshold: float
-    rule: DecisionRule
-    speech_seconds: float
-    vector: npt.NDArray[np.float32] | None = None
-    bandwidth_hz: float | None = None
-
-
-@dataclass(frozen=True)
-class Anchor:
-    """A voice without a name (an unknown caller): the (D,) unit-norm embedding of a
-    segment and its quality (the engine's speech seconds, bandwidth in Hz), so that later
-    speech can be compared with it by the one rule, as ``compare`` compares two files."""
-
-    vector: npt.NDArray[np.float32]
-    speech_seconds: float
-    bandwidth_hz: float | None
-
-
-@dataclass(frozen=True)
-class Probe:
-    """An embedding already made (the mean of a segment's window embeddings, see
-    :class:`~speakerdb.live._windows.SegmentWindows`): the (D,) unit-norm vector and the
-    quality the calibration reads (speech seconds, bandwidth in Hz), judged as is."""
-
-    vector: npt.NDArray[np.float32]
-    speech_seconds: float
-    bandwidth_hz: float | None
-
-
-Judge = Callable[["npt.NDArray[np.float32] | Probe", "str | Anchor | None"], Judgement | None]
-"""``judge(samples, against)``: (n,) float32 audio at 16 kHz, embedded by the engine as a
-file is, or a :class:`Probe` (no embedding: only the rule); ``against`` a speaker's name
-(verify against that voiceprint), an :class:`Anchor` (same voice as it? the compare rule)
-or None (identify among everyone). None when the audio cannot be embedded (too little
-speech)."""
-
-
-@dataclass(frozen=True)
-class SpoofCheck:
-    """A countermeasure's answer on some audio: detected (None: not judged, e.g. too short
-    or no calibration) and answer, the ``spoof`` part of answers."""
-
-    detected: bool | None
-    answer: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Screen:
-    """The database's countermeasure for a session: ``check(samples)`` on (n,) float32
-    16 kHz audio, of which it reads the first ``samples``."""
-
-    samples: int
-    check: Callable[[npt.NDArray[np.float32]], SpoofCheck]
 
 
 @dataclass
@@ -461,11 +371,7 @@ class LiveSession:
         self._current: DecisionEvent | None = None
         self._voice: str | None = None  # the named voice decided on, for change detection
         self._anchor: Anchor | None = None  # else the segment's own voice, once decided
-        self._misses = 0
-        # the segment's earlier windows that matched its voice (unit-norm embeddings)
-        self._windows: collections.deque[npt.NDArray[np.float32]] = collections.deque(
-            maxlen=CHANGE_HISTORY_WINDOWS
-        )
+        self._checks = VoiceChecks()  # the change rule on the segment's check windows
         self._spoof: SpoofCheck | None = None  # the countermeasure's answer on this segment
         self._spoof_samples = 0  # audio samples it read
         # The segment's window embeddings (GE2E models), each speech window encoded once;
@@ -544,7 +450,7 @@ class LiveSession:
                     if changed:
                         events.append(event)
                         self._voice = speaker if accepted else None
-                        self._misses = 0
+                        self._checks.misses = 0
                 status = label
             if self._current is not None and self._voice is None and judged.vector is not None:
                 self._anchor = Anchor(judged.vector, judged.speech_seconds, judged.bandwidth_hz)
@@ -618,7 +524,7 @@ class LiveSession:
         judged = self._judge(window, self._against())
         self.exact_judgements += 1
         if judged is None or judged.vector is None:
-            self._misses = 0
+            self._checks.misses = 0
             return []
         return self._compare(now, self._recent[0].start, judged.vector, judged)
 
@@ -643,13 +549,7 @@ class LiveSession:
         """The change rule on one window's (D,) embedding, ``start`` seconds its start;
         ``judged`` its judgement when the engine made one (else judged here, for the event,
         only when the voice changed)."""
-        drop = change_drop(vector, self._windows)
-        if drop is None or drop < (CHANGE_DROP if judged is None else CHANGE_DROP_REEMBEDDED):
-            self._windows.append(vector)
-            self._misses = 0
-            return []
-        self._misses += 1
-        if self._misses < CHANGE_CONFIRMATIONS:
+        if not self._checks.changed(vector, reembedded=judged is not None):
             return []
         if judged is None:
             probe = Probe(vector, CHANGE_WINDOW_SECONDS, self._bandwidth)
@@ -669,23 +569,3 @@ class LiveSession:
     def _final_decision(self) -> None:
         if self._segment_speech > 0 and self._segment:
             self._evaluate(self.time, final=True)
-
-
-def change_drop(
-    vector: npt.NDArray[np.float32], windows: collections.deque[npt.NDArray[np.float32]]
-) -> float | None:
-    """How far (cosine) a window falls below the segment's own same-voice level: the mean
-    cosine of the segment's earlier windows with their mean direction, minus this window's
-    cosine with it. Both cosines come from the same call, channel and speaker, so the
-    difference does not depend on the channel's shift of raw scores (a phone line lowers
-    same-voice cosines as much as it raises other-voice ones). None: too few windows."""
-    if len(windows) < CHANGE_MIN_WINDOWS:
-        return None
-    earlier = np.stack(list(windows))
-    centre = earlier.mean(axis=0)
-    norm = float(np.linalg.norm(centre))
-    if norm == 0.0:
-        return None
-    centre = centre / norm
-    level = float((earlier @ centre).mean())
-    return level - float(vector @ centre)
