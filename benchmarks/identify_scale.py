@@ -17,6 +17,12 @@ with the index's resident memory).
 
     python benchmarks/identify_scale.py --n 1000000 [--kind ivfsq] [--json]
     python benchmarks/identify_scale.py --n 100000 --store      # also through the real store
+    python benchmarks/identify_scale.py --n 10000000 --probe-factors 1.5,2,3
+
+--probe-factors: after the measurements at the policy's nprobe, the same built index is
+searched again with nprobe multiplied by each factor (recall@1 known / unknown against the
+same exact answers, single-query p50 / p99): what a wider probe rule would buy and cost,
+without a second build.
 
 --store enrolls the voiceprints into a real SQLite file and a real PostgreSQL database from
 precomputed vectors, reopens them and identifies through EnrollmentStore.search.
@@ -92,6 +98,38 @@ def open_set_accuracy(
     return float(ok_known.mean()), float(ok_unknown.mean())
 
 
+def probe_sweep(index, vectors, probes, exact_ids, singles, known, factors) -> list[dict]:
+    """Recall@1 (known / unknown probes) and single-query times of ``index`` with its
+    nprobe multiplied by each factor (capped at nlist), against the exact answers; the
+    index's own nprobe is restored afterwards."""
+    import dataclasses
+
+    base = index.params
+    ivf = faiss.extract_index_ivf(index._index)
+    out = []
+    try:
+        for factor in factors:
+            nprobe = min(base.nlist, round(base.nprobe * factor))
+            index.params = dataclasses.replace(base, nprobe=nprobe)
+            ivf.nprobe = nprobe
+            _, found = ours_search(index, vectors, probes, 5)
+            times = single_query_times(lambda q: ours_search(index, vectors, q, 5), singles)
+            hit = found[:, 0] == exact_ids[:, 0]
+            out.append(
+                {
+                    "factor": factor,
+                    "nprobe": nprobe,
+                    "recall_at_1_known": float(hit[:known].mean()),
+                    "recall_at_1_unknown": float(hit[known:].mean()),
+                    **percentiles_ms(times),
+                }
+            )
+    finally:
+        index.params = base
+        ivf.nprobe = base.nprobe
+    return out
+
+
 def measure_index(args, vectors, ids, probes, truth, singles, real_mask) -> dict:
     n = len(vectors)
     raw_mb = n * DIM * 4 / 2**20
@@ -130,6 +168,8 @@ def measure_index(args, vectors, ids, probes, truth, singles, real_mask) -> dict
     ours_scores, ours_ids = ours_search(index, vectors, probes, 5)
     ours_batch = time.perf_counter() - start
     new_process = new_process_first_query(index, vectors, singles[0])
+    factors = [float(f) for f in args.probe_factors.split(",") if f] if params.inverted else []
+    sweep = probe_sweep(index, vectors, probes, exact_ids, singles, args.known, factors)
 
     known = args.known
     open_known, open_unknown = open_set_accuracy(ours_scores[:, 0], ours_ids[:, 0], truth, known)
@@ -175,6 +215,7 @@ def measure_index(args, vectors, ids, probes, truth, singles, real_mask) -> dict
         "memory_ratio_to_raw": round(index_mb / raw_mb, 3),
         "memory_mb_per_million": round(index_mb * 1e6 / n, 1),
         "new_process": new_process,
+        "probe_sweep": sweep,
         "new_process_memory_ratio_to_raw": round(new_process["index_resident_mb"] / raw_mb, 3),
         "decision_agreement_with_exact": agreement,
         "open_set_known": open_known,
@@ -288,6 +329,11 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--probe-factors",
+        default="",
+        help="comma-separated factors: also search with nprobe times each (e.g. 1.5,2,3)",
+    )
+    parser.add_argument(
         "--kind", default="auto", choices=["auto", "flat", "ivf", "ivfsq"], help="index kind"
     )
     parser.add_argument("--no-real", action="store_true", help="synthetic voiceprints only")
@@ -357,6 +403,12 @@ def main() -> None:
         f"  {r['speedup_vs_exact_p50']}x faster than exact at p50; "
         f"{r['memory_mb_per_million']:.0f} MB per million speakers",
     ]
+    for w in r["probe_sweep"]:
+        lines.append(
+            f"  nprobe x{w['factor']:g} ({w['nprobe']}): recall@1 known "
+            f"{w['recall_at_1_known']:.4f}, unknown {w['recall_at_1_unknown']:.4f}; "
+            f"p50 {w['p50_ms']:.3f} ms p99 {w['p99_ms']:.3f} ms"
+        )
     for s in r.get("store", []):
         lines.append(
             f"  store {s['backend']} ({s['n']} speakers, {s['index']}): "
