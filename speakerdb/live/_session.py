@@ -102,14 +102,7 @@ __all__ = [
     "FIRM_SPEECH_SECONDS",
     "MAX_SEGMENT_AUDIO_SECONDS",
     "MIN_DECISION_SPEECH_SECONDS",
-    "Anchor",
-    "Judge",
-    "Judgement",
     "LiveSession",
-    "Probe",
-    "Screen",
-    "SessionLimits",
-    "SpoofCheck",
 ]
 
 EVALUATE_EVERY_SECONDS = 1.0
