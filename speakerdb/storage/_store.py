@@ -75,6 +75,7 @@ from speakerdb.storage._rows import (
     utterance_records,
 )
 from speakerdb.storage._schema import Speaker, StoreState, Utterance, utcnow
+from speakerdb.storage._tenant_ids import tenant_speaker_ids
 from speakerdb.storage._tenants import DEFAULT_TENANT, validated_tenant
 
 if TYPE_CHECKING:
@@ -555,22 +556,9 @@ class EnrollmentStore(GovernedStore):
         self, conn: Connection, tenant_id: int, seq: int | None = None
     ) -> npt.NDArray[np.int64]:
         """The ids of the tenant's speakers as of ``conn``'s change sequence (``seq`` when the
-        caller has read it through ``conn``; kept until the next change of the database),
-        ascending."""
-        if seq is None:
-            seq = int(
-                conn.execute(select(StoreState.change_seq).where(StoreState.id == 1)).scalar_one()
-            )
-        known = self._shared.tenant_ids.get(tenant_id)
-        if known is not None and known[0] == seq:
-            ids: npt.NDArray[np.int64] = known[1]
-            return ids
-        found = conn.execute(
-            select(Speaker.id).where(Speaker.tenant_id == tenant_id).order_by(Speaker.id)
-        ).scalars()
-        ids = np.fromiter(found, dtype=np.int64)
-        self._shared.tenant_ids[tenant_id] = (seq, ids)
-        return ids
+        caller has read it through ``conn``), ascending; kept in step with the change log
+        (:mod:`speakerdb.storage._tenant_ids`)."""
+        return tenant_speaker_ids(conn, self._shared.tenant_ids, tenant_id, seq)
 
     def index_status(self) -> IndexStatus:
         return self._index_cache().status()
