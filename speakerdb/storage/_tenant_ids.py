@@ -1,9 +1,9 @@
 """Each tenant's speaker ids, kept in step with the change log instead of re-read.
 
 A search restricts the shared vector index to the ids of its tenant's speakers. Re-reading
-them after every change of the database cost a scan of all the tenant's speakers (about a
-second at a million) on the first search after each enrollment or deletion: a database
-taking enrollments while it answers paid that scan on nearly every search. The change log
+them after every change of the database cost a scan of all the tenant's speakers on the
+first search after each enrollment or deletion: a database taking enrollments while it
+answers paid that scan on nearly every search. The change log
 (:class:`~speakerdb.storage._schema.Change`) holds the latest change of every speaker id
 by sequence number, and every insertion and deletion of a speaker writes one (as the
 vector index's catch-up relies on), so the ids changed since a known sequence, with their
