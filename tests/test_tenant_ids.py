@@ -91,3 +91,18 @@ def test_after_a_change_the_ids_are_not_read_again(db_url, rng):
         scans = [s for s in seen if "FROM speakers" in s and "changes" not in s]
         assert not any("speakers.tenant_id =" in s for s in scans), seen
         assert held(store, "default") == read_all(store, "default")
+
+
+def test_the_set_updates_equal_set_operations_on_the_whole():
+    """Removing and adding a few ids by binary search gives what numpy's set operations on
+    the whole array give (random sets, ids absent or present, duplicates in the removals)."""
+    from speakerdb.storage._tenant_ids import _with, _without
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):  # bounded
+        ids = np.unique(rng.integers(0, 200, int(rng.integers(0, 50)))).astype(np.int64)
+        gone = rng.integers(0, 200, int(rng.integers(0, 10))).astype(np.int64)
+        new = np.unique(rng.integers(0, 200, int(rng.integers(0, 10)))).astype(np.int64)
+        got = _with(_without(ids, gone), new)
+        assert got.dtype == np.int64
+        assert np.array_equal(got, np.union1d(np.setdiff1d(ids, gone), new))

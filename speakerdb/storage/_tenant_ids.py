@@ -55,10 +55,39 @@ def tenant_speaker_ids(
         .outerjoin(Speaker, Speaker.id == Change.speaker_id)
         .where(Change.seq > held[0])
     ).all()
-    mine = np.array([r.speaker_id for r in rows if r.tenant_id == tenant_id], np.int64)
+    mine = np.unique(np.array([r.speaker_id for r in rows if r.tenant_id == tenant_id], np.int64))
     # deleted (no row any more) or another tenant's
     gone = np.array([r.speaker_id for r in rows if r.tenant_id != tenant_id], np.int64)
-    ids = np.union1d(np.setdiff1d(held[1], gone, assume_unique=True), mine).astype(np.int64)
+    ids = _with(_without(held[1], gone), mine)
     newest = max([seq, *(int(r.seq) for r in rows)])
     known[tenant_id] = (newest, ids)
     return ids
+
+
+def _positions(
+    ids: npt.NDArray[np.int64], wanted: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
+    """Where each of ``wanted`` is or would go in ascending ``ids``, and whether it is there.
+    A binary search per wanted id: the changes are few, the ids many (set operations on
+    the whole array cost a sort or a hash of every id, 60 ms at 100 000 ids)."""
+    at = np.searchsorted(ids, wanted)
+    inside = at < ids.size
+    found = np.zeros(wanted.size, dtype=bool)
+    found[inside] = ids[at[inside]] == wanted[inside]
+    return at, found
+
+
+def _without(ids: npt.NDArray[np.int64], gone: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Ascending ``ids`` less ``gone`` (ids not in it ignored)."""
+    if gone.size == 0:
+        return ids
+    at, found = _positions(ids, gone)
+    return np.delete(ids, np.unique(at[found]))
+
+
+def _with(ids: npt.NDArray[np.int64], new: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Ascending ``ids`` with ascending unique ``new`` added (ids already there ignored)."""
+    if new.size == 0:
+        return ids
+    at, found = _positions(ids, new)
+    return np.insert(ids, at[~found], new[~found])
