@@ -27,7 +27,7 @@ from speakerdb.storage._engine import read_transaction
 from speakerdb.storage._index_cache import IndexCache, read_file_as_stored
 from speakerdb.storage._migrate import schema_status
 from speakerdb.storage._records import vectors_from_bytes
-from speakerdb.storage._rows import CANDIDATE_COLUMNS, model_of
+from speakerdb.storage._rows import CANDIDATE_COLUMNS, change_seq, model_of
 from speakerdb.storage._schema import Change, Reembedding, Speaker, StoreState, Utterance
 from speakerdb.storage._store import EnrollmentStore
 
@@ -90,7 +90,7 @@ def check_store(store: EnrollmentStore, attempts: int = 3) -> CheckReport:
         )
         ids, vectors = cache.index().contents()
         with read_transaction(store.engine) as conn:
-            seq = int(conn.execute(select(StoreState.change_seq)).scalar_one())
+            seq = change_seq(conn)
             rows = conn.execute(select(Speaker.id, Speaker.centroid).order_by(Speaker.id)).all()
         if seq == cache.applied_seq:
             break

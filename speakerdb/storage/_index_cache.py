@@ -47,7 +47,8 @@ from speakerdb.storage._index_file import (
 )
 from speakerdb.storage._index_policy import choose_params, needs_rebuild
 from speakerdb.storage._records import vectors_from_bytes
-from speakerdb.storage._schema import Change, Speaker, StoreState
+from speakerdb.storage._rows import change_seq
+from speakerdb.storage._schema import Change, Speaker
 from speakerdb.storage._vector_index import IndexParams, VectorIndex
 
 __all__ = ["IndexCache", "IndexStatus", "read_all_centroids", "read_file_as_stored"]
@@ -81,12 +82,8 @@ def read_file_as_stored(
     """The index file at ``path`` as it is on disk (not caught up), checked against the
     database's current change counter and identity; see :func:`read_index_file`."""
     with read_transaction(engine) as conn:
-        seq = _state_seq(conn)
+        seq = change_seq(conn)
     return read_index_file(path, Expected(instance_id, model.key, key, seq, database))
-
-
-def _state_seq(conn: Connection) -> int:
-    return int(conn.execute(select(StoreState.change_seq).where(StoreState.id == 1)).scalar_one())
 
 
 @dataclass(frozen=True)
@@ -342,7 +339,7 @@ class IndexCache:
             # Built without the lock: the counter first, the centroids second, then every
             # change after that counter replayed under the lock (see the module docstring).
             with read_transaction(self._engine) as conn:
-                seq = _state_seq(conn)
+                seq = change_seq(conn)
             with read_transaction(self._engine) as conn:
                 ids, vectors = read_all_centroids(conn, self._model.dimension)
             log.info("rebuilding the vector index of %d speakers in the background", len(ids))
@@ -375,7 +372,7 @@ class IndexCache:
         log.info("rebuilding the vector index from SQL: %s", reason)
         self._generation += 1
         with read_transaction(self._engine) as conn:
-            seq = _state_seq(conn)
+            seq = change_seq(conn)
         # Centroids are read after the counter: anything committed in between is replayed by
         # the catch-up below, which is harmless (see module docstring).
         with read_transaction(self._engine) as conn:
@@ -399,7 +396,7 @@ def _apply_changes(
     """Apply to ``index`` every change after sequence ``since``, read through ``conn``
     (``current``: the change sequence the caller read through it, else read here).
     Returns (changes applied, the sequence now applied, vectors removed)."""
-    if (_state_seq(conn) if current is None else current) == since:
+    if (change_seq(conn) if current is None else current) == since:
         return 0, since, 0
     rows = conn.execute(
         select(Change.seq, Change.speaker_id, Speaker.centroid)

@@ -45,6 +45,7 @@ __all__ = [
     "candidate_of",
     "candidate_rows",
     "centroid_of",
+    "change_seq",
     "described",
     "enrolled_hashes",
     "ensure_model",
@@ -318,6 +319,11 @@ def lock_state(conn: Connection) -> Row[int, int | None]:
         .where(StoreState.id == 1)
         .with_for_update()
     ).one()
+
+
+def change_seq(conn: Connection) -> int:
+    """The last committed change number, as ``conn`` sees it."""
+    return int(conn.execute(select(StoreState.change_seq).where(StoreState.id == 1)).scalar_one())
 
 
 def set_seq(conn: Connection, seq: int) -> None:

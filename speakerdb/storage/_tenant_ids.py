@@ -19,7 +19,8 @@ import numpy.typing as npt
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from speakerdb.storage._schema import Change, Speaker, StoreState
+from speakerdb.storage._rows import change_seq
+from speakerdb.storage._schema import Change, Speaker
 
 __all__ = ["tenant_speaker_ids"]
 
@@ -35,8 +36,7 @@ def tenant_speaker_ids(
     sequence they are as of: the first call reads them all, later ones apply the changes
     since (none when nothing changed)."""
     if seq is None:
-        state = select(StoreState.change_seq).where(StoreState.id == 1)
-        seq = int(conn.execute(state).scalar_one())
+        seq = change_seq(conn)
     held = known.get(tenant_id)
     if held is not None and held[0] >= seq:
         ids: npt.NDArray[np.int64] = held[1]
