@@ -63,6 +63,25 @@ def run_in_new_process(code: str, timeout: float = 1800) -> dict:
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in record.items()}
 
 
+def run_arm(script: str, code: str, args: list[str], index_dir: Path) -> dict:
+    """Run ``script --child ARGS`` in a fresh interpreter on the speakerdb checkout ``code``
+    (its PYTHONPATH and working directory; index files under ``index_dir``), for benchmarks
+    that compare the code before with this code; returns the JSON object of the last line
+    it prints. Raises CalledProcessError on failure."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": code, "SPEAKERDB_INDEX_DIR": str(index_dir)}
+    out = subprocess.run(
+        [sys.executable, script, "--child", *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=code,
+    ).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
 def create_scratch_pg(base_url: str, prefix: str) -> tuple[str, tuple[object, str]] | None:
     """A new empty PostgreSQL database on the server of ``base_url``: (its URL, a handle for
     :func:`drop_scratch_pg`), or None (with a note on stderr) when the server is unreachable."""

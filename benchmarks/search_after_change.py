@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, percentiles_ms, run_arm
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMENSION = 256
@@ -108,58 +109,44 @@ def main() -> None:
     times: dict[str, dict[str, list[float]]] = {a: {"quiet": [], "after_change": []} for a in arms}
     for round_ in range(args.rounds + 1):  # round 0 builds the databases, untimed
         for name, code in arms.items():
-            env = {**os.environ, "PYTHONPATH": code, "SPEAKERDB_INDEX_DIR": str(folder / name)}
             url = f"sqlite:///{folder / name}.sqlite"
             child = [str(x) for x in (url, args.speakers, args.queries, args.tenants, round_)]
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", *child],
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-                cwd=code,
-            ).stdout
+            got = run_arm(__file__, code, child, folder / name)
             if round_ > 0:
-                got = json.loads(out.strip().splitlines()[-1])
                 for kind in ("quiet", "after_change"):
                     times[name][kind] += got[kind]
 
-    def ms(values: list[float], q: float) -> float:
-        return round(float(np.percentile(values, q)) * 1000, 3)
-
     summary = {
         name: {
-            f"{kind}_{stat}_ms": ms(values, q)
+            f"{kind}_{stat}": value
             for kind, values in kinds.items()
-            for stat, q in (("p50", 50), ("p99", 99))
+            for stat, value in percentiles_ms(values).items()
+            if stat != "mean_ms"
         }
         for name, kinds in times.items()
     }
     ratio = summary["after"]["after_change_p50_ms"] / summary["before"]["after_change_p50_ms"]
-    print(
+    lines = [
         f"{args.speakers} speakers in {args.tenants} tenant(s), {args.queries} searches a kind "
         f"per round, {args.rounds} rounds"
-    )
+    ]
     for name, row in summary.items():
-        print(
+        lines.append(
             f"{name:7s} search, nothing changed: p50 {row['quiet_p50_ms']} ms p99 "
             f"{row['quiet_p99_ms']} ms; right after an enrollment: p50 "
             f"{row['after_change_p50_ms']} ms p99 {row['after_change_p99_ms']} ms"
         )
-    print(f"after / before, search right after an enrollment, p50: {ratio:.3f}x")
-    print(
-        json.dumps(
-            {
-                "benchmark": "search_after_change",
-                "speakers": args.speakers,
-                "tenants": args.tenants,
-                "queries": args.queries,
-                "rounds": args.rounds,
-                "arms": summary,
-                "after_change_p50_ratio": round(ratio, 4),
-            }
-        )
-    )
+    lines.append(f"after / before, search right after an enrollment, p50: {ratio:.3f}x")
+    record = {
+        "benchmark": "search_after_change",
+        "speakers": args.speakers,
+        "tenants": args.tenants,
+        "queries": args.queries,
+        "rounds": args.rounds,
+        "arms": summary,
+        "after_change_p50_ratio": round(ratio, 4),
+    }
+    emit(lines, record)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import run_arm
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMENSION = 256
@@ -106,18 +107,10 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {name: [] for name in arms}
     for round_ in range(args.rounds + 1):  # round 0 builds the databases, untimed
         for name, (code, arm, url) in arms.items():
-            env = {**os.environ, "PYTHONPATH": code, "SPEAKERDB_INDEX_DIR": str(folder / name)}
-            command = [sys.executable, __file__, "--child", arm, url]
-            out = subprocess.run(
-                [*command, str(args.speakers), str(args.queries)],
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-                cwd=code,
-            ).stdout
+            child = [arm, url, str(args.speakers), str(args.queries)]
+            got = run_arm(__file__, code, child, folder / name)
             if round_ > 0:
-                results[name].append(json.loads(out.strip().splitlines()[-1]))
+                results[name].append(got)
     summary: dict[str, dict[str, float | str]] = {}
     for name, runs in results.items():
         summary[name] = {
