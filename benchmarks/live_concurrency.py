@@ -185,10 +185,11 @@ def _round(
     # the steady state: every caller streaming
     all_on = max(r["streamed"][0] for r in results)
     all_off = min(r["streamed"][1] for r in results)
-    steady = [lag for lag, at in every if all_on <= at <= all_off]
+    steady = [(lag, at) for lag, at in every if all_on <= at <= all_off]
 
-    def pct(values: list[tuple[float, float]] | list[float], q: float) -> float | None:
-        lags = [v[0] if isinstance(v, tuple) else v for v in values]
+    def pct(values: list[tuple[float, float]], q: float) -> float | None:
+        """The q-th percentile of the lags of (lag, arrival) pairs."""
+        lags = [lag for lag, _ in values]
         return round(float(np.percentile(lags, q)), 3) if lags else None
 
     return {
