@@ -7,7 +7,8 @@ thousand speakers (4.5 ms at 50 000, 90 ms at 1 000 000), so exact search is kep
 full-precision vectors) scan a few percent of the speakers: with 4 sqrt(N) lists and
 nprobe = max(64, lists / 64) recall@1 against exact search is >= 0.99 at 1 M speakers for
 about 1 ms per query. The lists are trained on the stored voiceprints and retrained when
-the database has grown fourfold since.
+the database has grown fourfold since. A query far from the population the lists were
+trained on scans more lists than nprobe (:mod:`speakerdb.storage._probing`).
 
 Past ``COMPRESSED_MIN`` speakers the lists hold 8-bit quantised residuals instead of full
 vectors (ivfsq: 0.3x the raw float32 vectors against ivf's 1.05x), with the same lists and

@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from speakerdb.errors import StoreError
 from speakerdb.storage._faiss import FaissIndex, FlatIdMap, InvertedLists, IvfIndex, faiss
+from speakerdb.storage._probing import probe_lists, reference_span, search_lists
 
 __all__ = ["IndexParams", "VectorIndex", "gpu_number"]
 
@@ -106,7 +107,8 @@ class VectorIndex:
     """Vectors keyed by int64 id. Not thread-safe for writes: the store serialises access.
 
     The master copy always lives on the CPU (updates, persistence). With a GPU
-    (:meth:`use_gpu`), searches run on a GPU replica of it, refreshed after changes.
+    (:meth:`use_gpu`), searches run on a GPU replica of it, refreshed after changes, with
+    the fixed nprobe (the widened probing of :mod:`._probing` runs on the CPU only).
 
     An index loaded by :meth:`from_mapped` searches its inverted lists where they lie in
     the (authenticated, memory-mapped) file, and builds its id -> list map only when a
@@ -127,6 +129,8 @@ class VectorIndex:
         self._lists_mapped = False
         self._id_map_lock = threading.Lock()
         self._scanned = 0  # list entries scanned by removals without an id map
+        # The probe rule's reference (_probing) and the nprobe it was measured for.
+        self._span: tuple[int, float] | None = None
 
     def use_gpu(self, device: str | None) -> bool:
         """Search on the GPU named by ``device`` when possible; returns whether it will."""
@@ -283,6 +287,7 @@ class VectorIndex:
 
     def _train(self, vectors: FloatMatrix) -> None:
         ivf = self._ivf()
+        self._span = None  # new centres, a new reference for the probe rule
         # k-means on a sample is enough for list centres; 64 points per list is FAISS's own
         # lower recommendation (its default ceiling of 256 per list costs 4x the time).
         sample = vectors
@@ -411,6 +416,8 @@ class VectorIndex:
             return np.full((m, max(k, 0)), -np.inf, np.float32), np.full((m, max(k, 0)), -1)
         if allowed is not None:
             scores, ids = self._search_among(queries, min(k, size), allowed)
+        elif self.params.inverted and self._gpu is None:
+            scores, ids = self._search_lists(queries, min(k, size))
         else:
             scores, ids = self._searcher().search(queries, min(k, size))
         if k > ids.shape[1]:
@@ -437,12 +444,26 @@ class VectorIndex:
             )
         selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed))
         if self.params.inverted:
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.params.nprobe)
-        else:
-            params = faiss.SearchParameters(sel=selector)
+            return self._search_lists(queries, k, selector)
         # The CPU copy: a GPU index does not take selectors.
+        params = faiss.SearchParameters(sel=selector)
         scores, ids = cast(Any, self._index).search(queries, k, params=params)
         return scores, ids
+
+    def _search_lists(
+        self, queries: FloatMatrix, k: int, selector: object | None = None
+    ) -> tuple[FloatMatrix, IdArray]:
+        """An inverted index's search on the CPU: the lists of :mod:`._probing`'s rule (the
+        policy's nprobe, widened for a query the list ranking says little about), scanned
+        for the top ``k`` (through ``selector`` when given)."""
+        ivf = self._ivf()
+        nprobe = min(self.params.nprobe, ivf.nlist)
+        if self._span is None or self._span[0] != nprobe:
+            # The centres never change in this object's life (a retrain builds a new one).
+            self._span = (nprobe, reference_span(ivf.quantizer, ivf.nlist, nprobe))
+        span = self._span[1]
+        scores, lists = probe_lists(ivf.quantizer, queries, nprobe, ivf.nlist, span)
+        return search_lists(ivf, queries, k, scores, lists, selector)
 
     # --- persistence -------------------------------------------------------------------------
 
@@ -509,6 +530,7 @@ class VectorIndex:
         index._lists_mapped = False
         index._id_map_lock = threading.Lock()
         index._scanned = 0
+        index._span = None
         return index
 
     @property
