@@ -167,10 +167,10 @@ def new_process_first_query(index, vectors: np.ndarray, query: np.ndarray) -> di
             query=str(probe),
         )
         record = run_in_new_process(code)
-        # Then from a cold page cache, as a replica starting after a reboot: the index
-        # file's pages are dropped (written back first, then POSIX_FADV_DONTNEED, which an
-        # unprivileged process may ask for its own files). The stand-in for SQL stays warm:
-        # SQL is another server with a cache of its own.
+        # Then with the index file out of the page cache (Python and its libraries stay
+        # cached: not a whole cold boot). Its pages are written back, then dropped with
+        # POSIX_FADV_DONTNEED, which an unprivileged process may ask for its own files. The
+        # stand-in for SQL stays warm: SQL is another server with a cache of its own.
         evict_from_page_cache(path)
         record["cold"] = run_in_new_process(code)
     return record | {"file_mb": round(file_mb, 1)}

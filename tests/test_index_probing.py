@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from speakerdb.storage._probing import WIDEN_MAX, probe_lists, reference_span
+from speakerdb.storage._probing import WIDEN_MAX, probe_lists, reference_span, search_lists
 from speakerdb.storage._vector_index import IndexParams, VectorIndex
 
 DIM = 64
@@ -66,6 +66,17 @@ def built() -> tuple[VectorIndex, np.ndarray, np.ndarray, np.ndarray]:
     return index, vectors, all_ids, population
 
 
+def _lists_of(groups, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The groups of probe_lists as (m, widest) centre scores and list numbers (-1: none)."""
+    width = max(g.lists.shape[1] for g in groups)
+    scores = np.full((m, width), -np.inf, np.float32)
+    lists = np.full((m, width), -1, np.int64)
+    for g in groups:
+        scores[g.rows, : g.lists.shape[1]] = g.scores
+        lists[g.rows, : g.lists.shape[1]] = g.lists
+    return scores, lists
+
+
 def _exact(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return ids[np.argmax(queries @ vectors.T, axis=1)]
 
@@ -81,7 +92,7 @@ def test_queries_of_the_trained_population_scan_nprobe_lists_with_faiss_answers(
     queries = _unit(population[:200] + 0.05 * rng.standard_normal((200, DIM)))
     ivf = faiss.extract_index_ivf(index._index)
     span = reference_span(ivf.quantizer, ivf.nlist, 8)
-    _, lists = probe_lists(ivf.quantizer, queries, 8, ivf.nlist, span)
+    _, lists = _lists_of(probe_lists(ivf.quantizer, queries, 8, ivf.nlist, span), 200)
     widened = (lists >= 0).sum(axis=1) > 8
     assert widened.mean() <= 0.05  # the rule leaves the population's own queries alone
     plain = ~widened
@@ -97,7 +108,9 @@ def test_an_outlying_query_scans_the_widened_lists(built) -> None:
     truth = _exact(vectors, ids, probes)
     ivf = faiss.extract_index_ivf(index._index)
     span = reference_span(ivf.quantizer, ivf.nlist, 8)
-    _, lists = probe_lists(ivf.quantizer, probes, 8, ivf.nlist, span)
+    groups = probe_lists(ivf.quantizer, probes, 8, ivf.nlist, span)
+    assert len(groups) <= 2
+    _, lists = _lists_of(groups, len(probes))
     widths = (lists >= 0).sum(axis=1)
     assert (widths > 8).mean() >= 0.5  # the list ranking is flat for most of them
     assert widths.max() <= WIDEN_MAX * 8
@@ -119,10 +132,51 @@ def test_the_widening_is_capped(built) -> None:
     ivf = faiss.extract_index_ivf(index._index)
     probes = _outsiders(20, np.random.default_rng(3))
     # A span no query can stay within: every query would take every list but for the cap.
-    scores, lists = probe_lists(ivf.quantizer, probes, 8, ivf.nlist, span=10.0)
+    groups = probe_lists(ivf.quantizer, probes, 8, ivf.nlist, span=10.0)
+    assert len(groups) == 1
+    scores, lists = groups[0].scores, groups[0].lists
     assert lists.shape == (20, WIDEN_MAX * 8)
     assert (lists >= 0).all()
     assert (np.diff(scores, axis=1) <= 0).all()  # best first
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfsq"])
+def test_widened_queries_get_faiss_answers_over_the_widened_lists(kind: str, built) -> None:
+    """Every query widened to the cap (a span none stays within) gets exactly what FAISS's
+    own search scanning that many lists gives: ids and scores, so the centre scores passed
+    for the extra lists are the right ones (ivfsq adds them to every score), and a batch
+    mixing widened and plain queries is answered row for row."""
+    _, vectors, ids, population = built
+    params = IndexParams(kind, nlist=400, nprobe=8, trained_on=len(population))
+    # Trained on the population alone, the outsiders added afterwards, as in ``built``.
+    index = VectorIndex.build(DIM, ids[: len(population)], population, params)
+    index.upsert(ids[len(population) :], vectors[len(population) :])
+    ivf = faiss.extract_index_ivf(index._index)
+    probes = np.concatenate([_outsiders(30, np.random.default_rng(21)), population[:30]])
+    groups = probe_lists(ivf.quantizer, probes, 8, ivf.nlist, span=10.0)
+    ours_scores, ours_ids = search_lists(ivf, probes, 10, groups)
+    wide = faiss.SearchParametersIVF(nprobe=WIDEN_MAX * 8)
+    faiss_scores, faiss_ids = index._index.search(probes, 10, params=wide)
+    np.testing.assert_array_equal(ours_ids, faiss_ids)
+    np.testing.assert_array_equal(ours_scores, faiss_scores)
+
+    # A mixed batch: each row as it would be alone.
+    span = reference_span(ivf.quantizer, ivf.nlist, 8)
+    mixed = probe_lists(ivf.quantizer, probes, 8, ivf.nlist, span)
+    assert len(mixed) == 2
+    batch_scores, batch_ids = search_lists(ivf, probes, 10, mixed)
+    for row in (0, 1, 40, 59):
+        one = probe_lists(ivf.quantizer, probes[row : row + 1], 8, ivf.nlist, span)
+        alone_scores, alone_ids = search_lists(ivf, probes[row : row + 1], 10, one)
+        np.testing.assert_array_equal(batch_ids[row], alone_ids[0])
+        np.testing.assert_array_equal(batch_scores[row], alone_scores[0])
+
+
+def test_a_batch_is_spread_over_threads(built) -> None:
+    index, _, _, _ = built
+    assert faiss.extract_index_ivf(index._index).parallel_mode == 3
+    loaded = VectorIndex.from_bytes(index.to_bytes(), DIM, index.params)
+    assert faiss.extract_index_ivf(loaded._index).parallel_mode == 3
 
 
 def test_restricted_search_takes_the_same_lists(built) -> None:

@@ -59,6 +59,7 @@ class IvfIndex(FaissIndex, Protocol):
 
     nlist: int
     nprobe: int
+    parallel_mode: int
     code_size: int
     own_fields: bool
     invlists: InvertedLists

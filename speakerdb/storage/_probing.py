@@ -17,12 +17,14 @@ used as queries -- points of the trained population by construction -- and its 1
 percentile is the reference. A query whose ``nprobe`` best lists span less than that (its
 ranking is flatter than for 99 % of the population's own points) scans every list whose
 centre scores within the reference span of its best, up to ``WIDEN_MAX`` times ``nprobe``
-lists. Queries of the trained population are untouched; an outlying query costs up to
+lists. By construction about 1 % of the trained population's own queries are widened too
+(a few percent of the synthetic probes at 10 M); an outlying query costs up to
 ``WIDEN_MAX`` times more, which is what finding its neighbour takes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,7 +32,7 @@ import numpy.typing as npt
 
 from speakerdb.storage._faiss import FaissIndex, faiss
 
-__all__ = ["WIDEN_MAX", "probe_lists", "reference_span", "search_lists"]
+__all__ = ["WIDEN_MAX", "ProbeGroup", "probe_lists", "reference_span", "search_lists"]
 
 WIDEN_MAX = 8  # an outlying query scans at most this many times nprobe lists
 _SAMPLE = 512  # centres used as reference queries (about 50 ms at 12 649 lists)
@@ -55,61 +57,76 @@ def reference_span(quantizer: FaissIndex, nlist: int, nprobe: int) -> float:
     return float(np.percentile(spans, _QUANTILE))
 
 
+@dataclass(frozen=True)
+class ProbeGroup:
+    """Queries that scan lists of one width: the rows of the batch they are, and per row the
+    centre scores (r, w) float32 and list numbers (r, w) int64, best first, -1 past a
+    row's own lists."""
+
+    rows: npt.NDArray[np.intp]
+    scores: npt.NDArray[np.float32]
+    lists: npt.NDArray[np.int64]
+
+
 def probe_lists(
     quantizer: FaissIndex, queries: npt.NDArray[np.float32], nprobe: int, nlist: int, span: float
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    """The lists each of ``queries`` (m, d) scans: centre scores (m, w) float32 and list
-    numbers (m, w) int64, best first, -1 where a query scans fewer than the widest one.
-    Every query scans its ``nprobe`` best lists; one whose ``nprobe`` best span less than
-    ``span`` (:func:`reference_span`) scans every list within ``span`` of its best, up to
-    ``WIDEN_MAX * nprobe``."""
+) -> list[ProbeGroup]:
+    """The lists each of ``queries`` (m, d) scans, in at most two groups: the queries that
+    scan their ``nprobe`` best lists, and those whose ``nprobe`` best span less than
+    ``span`` (:func:`reference_span`), which scan every list within ``span`` of their best,
+    up to ``WIDEN_MAX * nprobe``. (Two groups, so a batch with one widened query does not
+    hold every row at the widest width.)"""
     scores, lists = quantizer.search(queries, nprobe)
     flat = (scores[:, 0] - scores[:, nprobe - 1]) < span
     if span <= 0.0 or not flat.any():
-        return scores, lists
+        return [ProbeGroup(np.arange(len(queries)), scores, lists)]
     widest = min(nlist, WIDEN_MAX * nprobe)
-    wide_scores, wide_lists = quantizer.search(np.ascontiguousarray(queries[flat]), widest)
-    out_scores = np.full((len(queries), widest), -np.inf, np.float32)
-    out_lists = np.full((len(queries), widest), -1, np.int64)
-    out_scores[:, :nprobe], out_lists[:, :nprobe] = scores, lists
+    wide = np.flatnonzero(flat)
+    wide_scores, wide_lists = quantizer.search(np.ascontiguousarray(queries[wide]), widest)
     within = wide_scores >= wide_scores[:, :1] - span
     within[:, :nprobe] = True
-    wide_lists = np.where(within, wide_lists, -1)
-    out_scores[flat], out_lists[flat] = np.where(within, wide_scores, -np.inf), wide_lists
-    return out_scores, out_lists
+    groups = [ProbeGroup(wide, wide_scores, np.where(within, wide_lists, -1))]
+    plain = np.flatnonzero(~flat)
+    if plain.size:
+        groups.append(ProbeGroup(plain, scores[plain], lists[plain]))
+    return groups
 
 
 def search_lists(
     ivf: Any,
     queries: npt.NDArray[np.float32],
     k: int,
-    scores: npt.NDArray[np.float32],
-    lists: npt.NDArray[np.int64],
+    groups: list[ProbeGroup],
     selector: object | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    """Top-``k`` of ``queries`` (m, d) among the lists ``lists`` (m, w) of the inverted index
-    ``ivf`` (-1 entries skipped), optionally through an id ``selector``: scores (m, k)
+    """Top-``k`` of ``queries`` (m, d) among the lists of ``groups`` (:func:`probe_lists`)
+    of the inverted index ``ivf``, optionally through an id ``selector``: scores (m, k)
     float32 and ids (m, k) int64, -1 where fewer were found. The probe width travels in
-    the search parameters, so concurrent searches never share it."""
-    m = len(queries)
-    # Named arrays: FAISS reads them through raw pointers, which do not keep them alive.
-    x = np.ascontiguousarray(queries, np.float32)
-    params = faiss.SearchParametersIVF(nprobe=int(lists.shape[1]))
-    if selector is not None:
-        params.sel = selector
-    out_scores = np.empty((m, k), np.float32)
-    out_ids = np.empty((m, k), np.int64)
-    lists = np.ascontiguousarray(lists, np.int64)
-    scores = np.ascontiguousarray(np.where(lists >= 0, scores, 0.0), np.float32)
-    ivf.search_preassigned_c(
-        m,
-        faiss.swig_ptr(x),
-        k,
-        faiss.swig_ptr(lists),
-        faiss.swig_ptr(scores),
-        faiss.swig_ptr(out_scores),
-        faiss.swig_ptr(out_ids),
-        False,
-        params,
-    )
+    the search parameters, so concurrent searches never share it; FAISS spreads each
+    group's queries over its threads (``parallel_mode`` 3, set where the index is made)."""
+    out_scores = np.empty((len(queries), k), np.float32)
+    out_ids = np.empty((len(queries), k), np.int64)
+    for group in groups:
+        m = len(group.rows)
+        # Named arrays: FAISS reads them through raw pointers, which do not keep them alive.
+        x = np.ascontiguousarray(queries[group.rows], np.float32)
+        lists = np.ascontiguousarray(group.lists, np.int64)
+        centre_scores = np.ascontiguousarray(group.scores, np.float32)
+        found_scores = np.empty((m, k), np.float32)
+        found_ids = np.empty((m, k), np.int64)
+        params = faiss.SearchParametersIVF(nprobe=int(lists.shape[1]))
+        if selector is not None:
+            params.sel = selector
+        ivf.search_preassigned_c(
+            m,
+            faiss.swig_ptr(x),
+            k,
+            faiss.swig_ptr(lists),
+            faiss.swig_ptr(centre_scores),
+            faiss.swig_ptr(found_scores),
+            faiss.swig_ptr(found_ids),
+            False,
+            params,
+        )
+        out_scores[group.rows], out_ids[group.rows] = found_scores, found_ids
     return out_scores, out_ids

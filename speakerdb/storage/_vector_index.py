@@ -46,6 +46,10 @@ EXACT_AMONG_MAX = 50_000
 # scanned this many times its size (a scan costs about a tenth of building the map), then
 # builds the map.
 SCANS_BEFORE_ID_MAP = 5
+# Searches call FAISS's search_preassigned (speakerdb.storage._probing), which spreads a
+# batch's queries over threads only in this mode (in the default mode 0 FAISS's own search
+# splits the batch before calling it).
+SEARCH_PARALLEL_MODE = 3
 # The FAISS class each kind deserialises to (a file whose header and payload disagree
 # about the kind is refused).
 _FAISS_CLASS = {"flat": "IndexIDMap2", "ivf": "IndexIVFFlat", "ivfsq": "IndexIVFScalarQuantizer"}
@@ -179,6 +183,7 @@ class VectorIndex:
         quantizer.this.disown()
         index.set_direct_map_type(faiss.DirectMap.Hashtable)
         index.nprobe = params.nprobe
+        index.parallel_mode = SEARCH_PARALLEL_MODE
         return index
 
     # --- building ----------------------------------------------------------------------------
@@ -462,8 +467,8 @@ class VectorIndex:
             # The centres never change in this object's life (a retrain builds a new one).
             self._span = (nprobe, reference_span(ivf.quantizer, ivf.nlist, nprobe))
         span = self._span[1]
-        scores, lists = probe_lists(ivf.quantizer, queries, nprobe, ivf.nlist, span)
-        return search_lists(ivf, queries, k, scores, lists, selector)
+        groups = probe_lists(ivf.quantizer, queries, nprobe, ivf.nlist, span)
+        return search_lists(ivf, queries, k, groups, selector)
 
     # --- persistence -------------------------------------------------------------------------
 
@@ -521,7 +526,9 @@ class VectorIndex:
         if type(loaded).__name__ != _FAISS_CLASS.get(params.kind):
             raise StoreError(f"index file does not hold a {params.kind} index")
         if params.inverted:
-            cast(IvfIndex, faiss.extract_index_ivf(loaded)).nprobe = params.nprobe
+            ivf = cast(IvfIndex, faiss.extract_index_ivf(loaded))
+            ivf.nprobe = params.nprobe
+            ivf.parallel_mode = SEARCH_PARALLEL_MODE  # not kept in the file
         index._index = loaded
         index._gpu = None
         index._gpu_index = None
