@@ -235,8 +235,8 @@ def measure_index(args, vectors, ids, probes, truth, singles, real_mask) -> dict
         "probes": {
             "known": known,
             "unknown": len(probes) - known,
-            "real_known": int((real_mask[:known]).sum()),
-            "real_unknown": int((real_mask[known:]).sum()),
+            "real_known": int(real_mask[:known].sum()),
+            "real_unknown": int(real_mask[known:].sum()),
             "single_timed": len(singles),
         },
     }
