@@ -111,7 +111,7 @@ from speakerdb.errors import ConfigurationError, MissingDependencyError, UsageEr
     type=click.IntRange(1, 10_000),
     default=32,
     show_default=True,
-    help="Most live sessions (WebSocket /v1/sessions) at once, per worker.",
+    help="Most live sessions (WebSocket /v1/sessions) at once, over all workers.",
 )
 @click.option(
     "--session-idle",
@@ -173,6 +173,7 @@ def serve(
         import uvicorn
 
         from speakerdb.service import (
+            SESSION_SLOTS_ENV,
             SETTINGS_ENV,
             DeadlineH11Protocol,
             ServiceSettings,
@@ -234,6 +235,9 @@ def serve(
         "lifespan": "on",
     }
     if workers == 1:
+        # One process: its sessions' slots are its own (not a directory left in the
+        # environment by something else).
+        os.environ.pop(SESSION_SLOTS_ENV, None)
         config = uvicorn.Config(
             create_app(settings),
             # h11 with a deadline on request headers (slow or silent connections are closed)
@@ -260,8 +264,14 @@ def serve(
     )
     # The workers' metrics meet in files here (a fresh directory: stale files of an
     # earlier run would add to the counts); the workers inherit the variable.
-    with tempfile.TemporaryDirectory(prefix="speakerdb-metrics-") as shared:
+    # The live-session cap is the server's: every worker takes its sessions' slots from one
+    # private directory (lock files; a worker that dies frees its own).
+    with (
+        tempfile.TemporaryDirectory(prefix="speakerdb-metrics-") as shared,
+        tempfile.TemporaryDirectory(prefix="speakerdb-sessions-") as slots,
+    ):
         os.environ[MULTIPROCESS_ENV] = shared
+        os.environ[SESSION_SLOTS_ENV] = slots
         Multiprocess(config, sockets=[sock]).run()
 
 

@@ -19,9 +19,11 @@ if TYPE_CHECKING:
     from speakerdb.service._metrics import MULTIPROCESS_ENV
     from speakerdb.service._protocol import DeadlineH11Protocol
     from speakerdb.service._settings import SETTINGS_ENV, ServiceSettings, is_loopback
+    from speakerdb.service._slots import SESSION_SLOTS_ENV
 
 __all__ = [
     "MULTIPROCESS_ENV",
+    "SESSION_SLOTS_ENV",
     "SETTINGS_ENV",
     "DeadlineH11Protocol",
     "ServiceClient",
@@ -39,6 +41,7 @@ _LAZY = {
     "ServiceClient": "speakerdb.service._client",
     "MULTIPROCESS_ENV": "speakerdb.service._metrics",
     "DeadlineH11Protocol": "speakerdb.service._protocol",
+    "SESSION_SLOTS_ENV": "speakerdb.service._slots",
     "SETTINGS_ENV": "speakerdb.service._settings",
     "ServiceSettings": "speakerdb.service._settings",
     "is_loopback": "speakerdb.service._settings",

@@ -31,6 +31,7 @@ from speakerdb.live import ErrorEvent, LiveSession, PcmDecoder, SessionLimits
 from speakerdb.service._errors import ServiceError, error_body, error_response, status_for
 from speakerdb.service._guard import NO_KEY_ACTOR
 from speakerdb.service._origin import bad_host, cross_origin
+from speakerdb.service._slots import SessionSlot
 from speakerdb.service._state import ServiceState
 
 __all__ = ["CLOSE_BAD_DATA", "CLOSE_POLICY", "CLOSE_TOO_BIG", "CLOSE_TRY_LATER", "router"]
@@ -59,23 +60,25 @@ _KEY = "speakerdb.session_key"  # the admitted key (absent: no key needed)
 @router.websocket("/v1/sessions")
 async def sessions(websocket: WebSocket) -> None:
     state: ServiceState = websocket.app.state.service
-    refusal = await _admit(websocket, state)
-    if refusal is not None:
-        await _refuse(websocket, *refusal)
+    admitted = await _admit(websocket, state)
+    if not isinstance(admitted, SessionSlot):
+        await _refuse(websocket, *admitted)
         return
-    state.live_sessions += 1
     # The audit log's actor for the session's lookups (the worker threads inherit it).
     actor = websocket.scope.get(_ACTOR, NO_KEY_ACTOR)
     try:
         with acting_as(actor):
             await websocket.accept()
-            await _run(websocket, state)
+            await _run(websocket, state, admitted)
     finally:
-        state.live_sessions -= 1
+        admitted.release()
 
 
-async def _admit(websocket: WebSocket, state: ServiceState) -> tuple[int, int, str, str] | None:
-    """(HTTP status, close code, error code, message) of a refusal, or None."""
+async def _admit(
+    websocket: WebSocket, state: ServiceState
+) -> SessionSlot | tuple[int, int, str, str]:
+    """The session's slot once every check passed, else (HTTP status, close code, error
+    code, message) of the refusal."""
     settings, headers = state.settings, websocket.scope.get("headers", ())
     why = bad_host(headers, settings)
     if why is not None:
@@ -95,13 +98,18 @@ async def _admit(websocket: WebSocket, state: ServiceState) -> tuple[int, int, s
         return exc.status, CLOSE_POLICY, exc.code, exc.message
     except SpeakerDBError as exc:
         return status_for(exc), CLOSE_POLICY, exc.code, exc.message
-    if state.live_sessions >= settings.max_sessions:
+    try:
+        slot = state.session_slots.acquire()
+    except OSError:
+        log.exception("live sessions: the session slots cannot be used")
+        return 503, CLOSE_TRY_LATER, "busy", "the server cannot take a live session now"
+    if slot is None:
         message = f"this server runs at most {settings.max_sessions} live sessions at once"
         return 429, CLOSE_TRY_LATER, "busy", message
     if key is not None:
         websocket.scope[_ACTOR] = key.name
         websocket.scope[_KEY] = key
-    return None
+    return slot
 
 
 async def _refuse(websocket: WebSocket, status: int, close: int, code: str, message: str) -> None:
@@ -118,7 +126,7 @@ def _bearer(websocket: WebSocket) -> str | None:
     return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
 
 
-async def _run(websocket: WebSocket, state: ServiceState) -> None:
+async def _run(websocket: WebSocket, state: ServiceState, slot: SessionSlot) -> None:
     settings = state.settings
     session: LiveSession | None = None
     code = CLOSE_NORMAL
@@ -159,6 +167,8 @@ async def _run(websocket: WebSocket, state: ServiceState) -> None:
     if session is not None:
         summary = await anyio.to_thread.run_sync(session.close)
         await _send(websocket, summary.to_dict())
+    # Free before the close frame: a client that saw its session end may start the next.
+    slot.release()
     await websocket.close(code)
 
 

@@ -43,8 +43,9 @@ class ServiceSettings:
     in Host (any port), e.g. the name a reverse proxy forwards; on another address they
     are, when given, the only names accepted besides loopback ones.
 
-    Live sessions (``/v1/sessions``, a WebSocket): max_sessions at once (per worker
-    process; more are refused with 429 / close 1013); session_idle_s: longest wait for a
+    Live sessions (``/v1/sessions``, a WebSocket): max_sessions at once over the
+    whole server, every worker process together (more are refused with 429 / close 1013;
+    :mod:`speakerdb.service._slots`); session_idle_s: longest wait for a
     frame from the client, or for it to take one (close 1008); session_max_seconds /
     session_max_bytes: audio one session may send (close 1008 / 1009).
 

@@ -23,6 +23,7 @@ from speakerdb.service._errors import (
 )
 from speakerdb.service._metrics import Metrics
 from speakerdb.service._settings import ServiceSettings
+from speakerdb.service._slots import SESSION_SLOTS_ENV, SessionSlots
 
 __all__ = ["ServiceState"]
 
@@ -41,7 +42,10 @@ class ServiceState:
         self._keys_required = settings.auth == "required"
         self._keys_lock = threading.Lock()
         self.redact = Redactor([settings.db_url, _path_like(settings.model), settings.upload_dir])
-        self.live_sessions = 0  # open WebSocket sessions (counted on the event loop)
+        # Live sessions' slots: shared by every worker of `serve --workers N` (the cap is
+        # the server's), else this app's own.
+        shared = os.environ.get(SESSION_SLOTS_ENV) or None
+        self.session_slots = SessionSlots(settings.max_sessions, shared)
         self._tenants: dict[str, SpeakerDB] = {}
         self._tenants_lock = threading.Lock()
 
@@ -127,6 +131,7 @@ class ServiceState:
         return len(names)
 
     def stop(self) -> None:
+        self.session_slots.close()
         if self.batcher is not None:
             self.batcher.close()
         if self._db is not None:
