@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -59,7 +60,11 @@ class SessionSlots:
         """A free slot, or None when all ``capacity`` are held (by any process). Never
         blocks. Raises OSError when the directory cannot be used."""
         folder = self._directory()
-        for index in range(self.capacity):
+        # From a random slot on: with k of n held the search opens n / (n - k) files on
+        # average, not the k+1 of a search that always starts at the first.
+        start = secrets.randbelow(self.capacity)
+        for step in range(self.capacity):
+            index = (start + step) % self.capacity
             fd = os.open(folder / f"slot-{index}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
