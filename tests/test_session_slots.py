@@ -15,36 +15,57 @@ from speakerdb import SpeakerDB
 from speakerdb.service._slots import SessionSlots
 
 
-def test_slots_cap_release_and_reuse(tmp_path):
-    slots = SessionSlots(2, tmp_path)
+def private_dir(tmp_path):
+    folder = tmp_path / "slots"
+    folder.mkdir(mode=0o700)
+    return folder
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["directory", "in-process"])
+def test_slots_cap_release_and_reuse(tmp_path, shared):
+    folder = private_dir(tmp_path) if shared else None
+    slots = SessionSlots(2, folder)
     first, second = slots.acquire(), slots.acquire()
     assert first is not None and second is not None
     assert slots.acquire() is None  # both held
     first.release()
-    first.release()  # idempotent: never closes a descriptor twice
-    third = slots.acquire()
-    assert third is not None
-    assert slots.acquire() is None
+    first.release()  # idempotent: never gives a slot back twice
+    with slots.acquire() as third:  # type: ignore[union-attr]
+        assert slots.acquire() is None
     second.release()
-    third.release()
-    assert {p.name for p in tmp_path.iterdir()} == {"slot-0", "slot-1"}
-    for path in tmp_path.iterdir():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert third is not None
+    again = [slots.acquire(), slots.acquire()]
+    assert None not in again
+    for slot in again:
+        slot.release()  # type: ignore[union-attr]
+    slots.close()
+    if folder is not None:
+        assert {p.name for p in folder.iterdir()} == {"slot-0", "slot-1"}
+        for path in folder.iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_two_users_of_one_directory_share_the_cap(tmp_path):
     # Two workers' SessionSlots on the server's directory: one cap, not one each.
-    a, b = SessionSlots(2, tmp_path), SessionSlots(2, tmp_path)
+    folder = private_dir(tmp_path)
+    a, b = SessionSlots(2, folder), SessionSlots(2, folder)
     held = [a.acquire(), b.acquire()]
-    assert all(s is not None for s in held)
+    assert None not in held
     assert a.acquire() is None and b.acquire() is None
     held[0].release()  # type: ignore[union-attr]
-    assert b.acquire() is not None
+    with b.acquire() as slot:  # type: ignore[union-attr]
+        assert slot is not None and a.acquire() is None
+    held[1].release()  # type: ignore[union-attr]
+    a.close()
+    b.close()
 
 
 def test_a_dead_holder_frees_its_slot(tmp_path):
     """Another process holds the only slot; once it is killed (no clean-up of its own), the
     slot is free: nothing to repair after a worker crash."""
+    import select
+
+    folder = private_dir(tmp_path)
     child = subprocess.Popen(
         [
             sys.executable,
@@ -53,7 +74,7 @@ def test_a_dead_holder_frees_its_slot(tmp_path):
                 f"""
                 import sys
                 from speakerdb.service._slots import SessionSlots
-                slot = SessionSlots(1, {str(tmp_path)!r}).acquire()
+                slot = SessionSlots(1, {str(folder)!r}).acquire()
                 print("held" if slot is not None else "refused", flush=True)
                 sys.stdin.read()  # until the test kills it
                 """
@@ -63,27 +84,42 @@ def test_a_dead_holder_frees_its_slot(tmp_path):
         stdout=subprocess.PIPE,
         text=True,
     )
+    slots = SessionSlots(1, folder)
     try:
         assert child.stdout is not None
-        assert child.stdout.readline().strip() == "held"
-        slots = SessionSlots(1, tmp_path)
+        ready, _, _ = select.select([child.stdout], [], [], 120)  # a hung child fails
+        assert ready and child.stdout.readline().strip() == "held"
         assert slots.acquire() is None
     finally:
         child.kill()
         child.wait()
-    assert slots.acquire() is not None
-
-
-def test_a_private_directory_is_made_on_first_use_and_removed(tmp_path):
-    slots = SessionSlots(1)
-    slot = slots.acquire()
-    assert slot is not None
-    folder = slots._folder
-    assert folder is not None and folder.is_dir()
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    slot.release()
+    with slots.acquire() as slot:  # type: ignore[union-attr]
+        assert slot is not None
     slots.close()
-    assert not folder.exists()
+
+
+def test_only_a_private_directory_of_this_user_is_used(tmp_path):
+    import os
+
+    from speakerdb.errors import ConfigurationError
+
+    open_to_all = tmp_path / "open"
+    open_to_all.mkdir(mode=0o700)
+    open_to_all.chmod(0o755)
+    link = tmp_path / "link"
+    link.symlink_to(private_dir(tmp_path))
+    for bad in (open_to_all, link, tmp_path / "missing"):
+        with pytest.raises(ConfigurationError):
+            SessionSlots(1, bad)
+    # A slot name that is a symbolic link (to a file it would create) is refused.
+    (tmp_path / "other").mkdir()
+    folder = private_dir(tmp_path / "other")
+    os.symlink(tmp_path / "elsewhere", folder / "slot-0")
+    slots = SessionSlots(1, folder)
+    with pytest.raises(OSError):
+        slots.acquire()
+    assert not (tmp_path / "elsewhere").exists()
+    slots.close()
     with pytest.raises(ValueError):
         SessionSlots(0)
 

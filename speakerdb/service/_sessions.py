@@ -2,9 +2,10 @@
 
 Before the upgrade is accepted, the same checks as the HTTP routes: the Host header, where a
 browser says the connection comes from, the key and its scope (``speaker=NAME`` needs
-verify, ``mode=identify`` identify), and the server-wide session cap. A refusal is an HTTP
-answer (400 / 401 / 403 / 429 with the usual JSON error) where the server can send one,
-else a close before the handshake completes.
+verify, ``mode=identify`` identify), and the server-wide session cap
+(:mod:`speakerdb.service._slots`). A refusal is an HTTP answer (400 / 401 / 403 / 429 at the
+cap, 503 when the slots cannot be used, with the usual JSON error) where the server can
+send one, else a close before the handshake completes.
 
 Then: one JSON text frame ``{"sample_rate", "encoding", "channels"}``, binary frames of raw
 PCM, and a text frame ``{"type": "end"}`` for the end of the audio. The server sends one
@@ -66,12 +67,10 @@ async def sessions(websocket: WebSocket) -> None:
         return
     # The audit log's actor for the session's lookups (the worker threads inherit it).
     actor = websocket.scope.get(_ACTOR, NO_KEY_ACTOR)
-    try:
-        with acting_as(actor):
-            await websocket.accept()
-            await _run(websocket, state, admitted)
-    finally:
-        admitted.release()
+    # No await between the slot's acquisition and this block: it is always given back.
+    with admitted, acting_as(actor):
+        await websocket.accept()
+        await _run(websocket, state, admitted)
 
 
 async def _admit(
