@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -66,15 +67,20 @@ class Call:
     join: float | None  # seconds of audio at the join (hand-over), None: one voice
     # (time, vector): each window embedding as it came (GE2E), else each re-embedded window
     windows: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)  # each window's start (session time)
+    speakers: tuple[str, str] = ("", "")  # first and second voice (equal: one voice)
 
 
-def _record(db: SpeakerDB, samples: np.ndarray, rate: int, join: float | None) -> Call:
-    call = Call(join)
+def _record(
+    db: SpeakerDB, samples: np.ndarray, rate: int, join: float | None, speakers: tuple[str, str]
+) -> Call:
+    call = Call(join, speakers=speakers)
     with db.session() as session:
         original = session._compare
 
         def compare(now: float, start: float, vector: np.ndarray, judged: Any) -> list[Any]:
             call.windows.append((now, vector))
+            call.starts.append(start)
             return original(now, start, vector, judged)
 
         session._compare = compare  # type: ignore[method-assign]
@@ -98,7 +104,7 @@ def record(name: str, model: Embedder, enroll: int, partners: int) -> list[Call]
             db.enroll(speaker, by_speaker[speaker][:enroll])
         for call in handover_calls(name, enroll, partners):
             join = call.join if call.handover else None
-            out.append(_record(db, call.samples, call.rate, join))
+            out.append(_record(db, call.samples, call.rate, join, (call.first, call.second)))
         db.close()
     return out
 
@@ -137,10 +143,16 @@ def first_change(
 
 
 def replay(calls: list[Call], candidate: tuple[float, int, int, int]) -> dict[str, Any]:
+    return replay_rule(calls, lambda call: first_change(call, *candidate))
+
+
+def replay_rule(calls: list[Call], rule: Callable[[Call], float | None]) -> dict[str, Any]:
+    """A rule's figures on recorded calls: ``rule(call)`` is the time of the call's first
+    change (None: no change)."""
     caught = handovers = early = ones = false = 0
     delays: list[float] = []
     for call in calls:
-        time = first_change(call, *candidate)
+        time = rule(call)
         if call.join is None:
             ones += 1
             false += time is not None
@@ -181,7 +193,7 @@ def _recorded(
     import pickle
     from pathlib import Path
 
-    key = (enroll, partners)
+    key = (enroll, partners, 2)  # 2: windows' starts and speakers recorded too
     if path is not None and Path(path).exists():
         saved = pickle.loads(Path(path).read_bytes())
         if saved["key"] == key:
