@@ -176,6 +176,24 @@ def replay_rule(calls: list[Call], rule: Callable[[Call], float | None]) -> dict
     }
 
 
+def held_out_choices(results: dict[str, dict[Any, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """For each set, the candidate with the best value on it (the first in the grid's order
+    on ties) and its figures on the other set, with its own set's beside them."""
+    choices = []
+    for chosen_on, held_out in (SETS, SETS[::-1]):
+        best = max(results[chosen_on], key=lambda c: results[chosen_on][c]["value"])
+        choices.append(
+            {
+                "chosen_on": chosen_on,
+                "candidate": best,
+                "held_out": held_out,
+                **results[held_out][best],
+                "on_own_set": results[chosen_on][best],
+            }
+        )
+    return choices
+
+
 def _line(title: str, r: dict[str, Any]) -> str:
     return (
         f"{title}: {r['within_3s']} of {r['handovers']} hand-overs within 3 s (median delay "
@@ -240,27 +258,17 @@ def main() -> None:
         candidates.append(current)
     results = {name: {c: replay(calls[name], c) for c in candidates} for name in SETS}
     lines = ["speaker-change constants, chosen on one set, reported on the other:"]
-    choices = []
-    for chosen_on, held_out in (SETS, SETS[::-1]):
-        best = max(candidates, key=lambda c: results[chosen_on][c]["value"])
-        held = results[held_out][best]
-        choices.append(
-            {
-                "chosen_on": chosen_on,
-                "candidate": best,
-                "held_out": held_out,
-                **held,
-                "on_own_set": results[chosen_on][best],
-            }
-        )
+    choices = held_out_choices(results)
+    for choice in choices:
+        chosen_on, best, held_out = choice["chosen_on"], choice["candidate"], choice["held_out"]
         lines.append(
             _line(
                 f"  chosen on {chosen_on} (drop {best[0]}, min windows {best[1]}, "
                 f"confirmations {best[2]}, windows per check {best[3]}) -> {held_out}",
-                held,
+                choice,
             )
         )
-        lines.append(_line(f"    (on {chosen_on} itself", results[chosen_on][best]) + ")")
+        lines.append(_line(f"    (on {chosen_on} itself", choice["on_own_set"]) + ")")
     for name in SETS:
         lines.append(
             _line(f"  the library's constants {current} on {name}", results[name][current])

@@ -35,7 +35,15 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from live_change_choice import SETS, Call, _recorded, first_change, replay_rule
+from live_change_choice import (
+    SETS,
+    Call,
+    _line,
+    _recorded,
+    first_change,
+    held_out_choices,
+    replay_rule,
+)
 
 import speakerdb.live._change as live_change
 from _common import emit
@@ -125,28 +133,7 @@ def loso(
         name: {g: replay_rule(calls[name], lambda c, g=g: rule(c, g)) for g in grid}
         for name in SETS
     }
-    out = []
-    for chosen_on, held_out in (SETS, SETS[::-1]):
-        best = max(grid, key=lambda g: results[chosen_on][g]["value"])
-        out.append(
-            {
-                "chosen_on": chosen_on,
-                "candidate": best,
-                "held_out": held_out,
-                **results[held_out][best],
-                "on_own_set": results[chosen_on][best],
-            }
-        )
-    return out
-
-
-def _line(name: str, r: dict[str, Any]) -> str:
-    return (
-        f"  {name}, chosen on {r['chosen_on']} {r['candidate']} -> {r['held_out']}: "
-        f"{r['within_3s']} of {r['handovers']} hand-overs within 3 s, "
-        f"{r['changes_before_join']} with a change before the join, "
-        f"{r['one_voice_calls_with_a_change']} of {r['one_voice_calls']} one-voice calls cut"
-    )
+    return held_out_choices(results)
 
 
 def main() -> None:
@@ -188,7 +175,10 @@ def main() -> None:
     record: dict[str, Any] = {"benchmark": "live_change_variants"}
     for name, (family_calls, grid, rule) in families.items():
         record[name] = loso(family_calls, grid, rule)
-        lines += [_line(name, r) for r in record[name]]
+        lines += [
+            _line(f"  {name}, chosen on {r['chosen_on']} {r['candidate']} -> {r['held_out']}", r)
+            for r in record[name]
+        ]
     emit(lines, record)
 
 
